@@ -1,0 +1,1 @@
+//! projstore controller (not built yet: see README status).

@@ -1,0 +1,28 @@
+//! projstore API types: the `Project`, `StoragePool` and `StreamReplica` custom resources of
+//! `projstore.io/v1alpha1`, the rules their schemas enforce, and the generated CRDs.
+
+pub mod crd;
+pub mod names;
+pub mod project;
+mod schema;
+pub mod storage_pool;
+pub mod stream_replica;
+#[cfg(feature = "validate")]
+pub mod validate;
+
+pub use project::*;
+pub use storage_pool::*;
+pub use stream_replica::*;
+
+/// API group of every projstore kind.
+pub const GROUP: &str = "projstore.io";
+/// API version of every projstore kind.
+pub const VERSION: &str = "v1alpha1";
+/// Label the controller sets on StreamReplicas: the node whose agent acts on them.
+pub const NODE_LABEL: &str = "projstore.io/node";
+/// Finalizer the controller keeps on Projects until their data is in the trash.
+pub const CLEANUP_FINALIZER: &str = "projstore.io/cleanup";
+/// Annotation: any new value asks the primary for a snapshot now.
+pub const SNAPSHOT_NOW_ANNOTATION: &str = "projstore.io/snapshot-now";
+/// Annotation: any new value asks the primary to repair ownership of the project tree.
+pub const REPAIR_OWNERSHIP_ANNOTATION: &str = "projstore.io/repair-ownership";

@@ -1,0 +1,1 @@
+//! projstore end-to-end support (not built yet: see README status).

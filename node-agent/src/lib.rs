@@ -1,0 +1,1 @@
+//! projstore node agent.

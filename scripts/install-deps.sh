@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what `make test` needs, only when it is missing (idempotent; safe to run often).
+set -euo pipefail
+
+apt_missing=()
+need_cmd() { command -v "$1" >/dev/null 2>&1 || apt_missing+=("$2"); }
+need_cmd zfs-fuse zfs-fuse
+need_cmd sshfs sshfs
+need_cmd bindfs bindfs
+[ -x /usr/sbin/sshd ] || apt_missing+=(openssh-server)
+need_cmd fusermount3 fuse3
+# A stock kubectl is usually installed; Debian's kubernetes-client conflicts with it, so it is
+# only installed where no kubectl exists.
+command -v kubectl >/dev/null 2>&1 || apt_missing+=(kubernetes-client)
+
+if [ ${#apt_missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: missing ${apt_missing[*]} and not root: install them and rerun" >&2
+    exit 1
+  fi
+  echo "install-deps: apt-get install ${apt_missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
+fi
+
+pip_missing=()
+python3 -c 'import kubernetes_validate' 2>/dev/null || pip_missing+=(kubernetes-validate)
+if [ ${#pip_missing[@]} -gt 0 ]; then
+  echo "install-deps: pip install ${pip_missing[*]}"
+  python3 -m pip install -q --disable-pip-version-check "${pip_missing[@]}" 2>&1 | grep -v "Running pip as the 'root' user" || true
+fi
