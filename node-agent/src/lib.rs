@@ -1,1 +1,12 @@
-//! projstore node agent.
+//! projstore node agent: the storage engine of one host.
+//!
+//! - [`zfs`]: typed ZFS operations over the `zfs`/`zpool` tools, capability detection, names.
+//! - [`streams`]: the stream store (DESIGN §4), the chain planner and GC (§5.3), compaction.
+//! - [`retention`]: which snapshots to keep (§5.2) and the snapshot space guard.
+//! - [`transfer`]: moving streams between ZFS and the store, verified before any receive.
+
+pub mod cli;
+pub mod retention;
+pub mod streams;
+pub mod transfer;
+pub mod zfs;

@@ -1,0 +1,11 @@
+//! `projstore-agent`: wires the command line to the library.
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = projstore_agent::cli::main(
+        &args,
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr().lock(),
+    );
+    std::process::exit(code);
+}

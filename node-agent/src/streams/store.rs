@@ -1,0 +1,456 @@
+//! The stream store of one pool (DESIGN §4): `<root>/<namespace>/<name>/<id>.zstream` with a
+//! `<id>.json` manifest.
+//!
+//! A stream is written as `<id>.zstream.partial`, fsynced, checksummed, renamed; the manifest
+//! is written last (itself through a `.partial` and a rename) and marks the stream complete.
+//! Anything else found in a project directory is a crash leftover and [`StreamStore::recover`]
+//! removes it.
+
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use sha2::{Digest, Sha256};
+use tokio::fs::{self, File, OpenOptions};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
+
+use super::manifest::{Manifest, ProjectKey, SnapshotJson, StreamId};
+
+/// Where deleted projects' streams wait for purge, inside the store root. A leading dot can
+/// never be a namespace (DNS-1123 labels), so it cannot collide with a project directory.
+pub const TRASH_DIR: &str = ".trash";
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "stream {id} of {project} is corrupt: {reason}; it will not be applied (fetch or write it again)"
+    )]
+    Corrupt {
+        project: String,
+        id: String,
+        reason: String,
+    },
+    #[error("stream {id} of {project} does not exist")]
+    NotFound { project: String, id: String },
+    #[error("stream {id} of {project} already exists")]
+    AlreadyExists { project: String, id: String },
+    #[error("{path}: bad manifest: {reason}")]
+    BadManifest { path: PathBuf, reason: String },
+    #[error("offset {offset} is past the end of stream {id} ({len} bytes)")]
+    BadOffset { id: String, offset: u64, len: u64 },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A complete stream: its id and manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredStream {
+    pub id: StreamId,
+    pub manifest: Manifest,
+}
+
+/// What the writer of a stream knows besides the bytes.
+#[derive(Debug, Clone)]
+pub struct StreamMeta {
+    pub from: Option<SnapshotJson>,
+    pub to: SnapshotJson,
+    pub epoch: u64,
+    pub node: String,
+}
+
+/// The stream store rooted at the mountpoint of `<pool>/streams`.
+#[derive(Debug, Clone)]
+pub struct StreamStore {
+    root: PathBuf,
+}
+
+impl StreamStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory of a project's streams.
+    pub fn dir(&self, p: &ProjectKey) -> PathBuf {
+        self.root.join(&p.namespace).join(&p.name)
+    }
+
+    /// Starts writing stream `id` of `p`. Write the bytes into the returned writer, then
+    /// [`StreamWriter::commit`]. Dropping it uncommitted leaves a `.partial` that
+    /// [`StreamStore::recover`] removes.
+    pub async fn begin(&self, p: &ProjectKey, id: &StreamId) -> Result<StreamWriter, StoreError> {
+        let dir = self.dir(p);
+        fs::create_dir_all(&dir).await.map_err(io(&dir))?;
+        let final_path = dir.join(id.file_name());
+        if fs::try_exists(&final_path).await.map_err(io(&final_path))? {
+            return Err(StoreError::AlreadyExists {
+                project: p.to_string(),
+                id: id.to_string(),
+            });
+        }
+        let partial = dir.join(format!("{}.partial", id.file_name()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&partial)
+            .await
+            .map_err(io(&partial))?;
+        Ok(StreamWriter {
+            file,
+            hasher: Sha256::new(),
+            bytes: 0,
+            partial,
+            dir,
+            id: id.clone(),
+            project: p.clone(),
+        })
+    }
+
+    /// The complete streams of `p`, sorted by id. Incomplete ones (no manifest yet, or a file
+    /// whose size differs from its manifest) are left out.
+    pub async fn list(&self, p: &ProjectKey) -> Result<Vec<StoredStream>, StoreError> {
+        let dir = self.dir(p);
+        let mut out = Vec::new();
+        let mut rd = match fs::read_dir(&dir).await {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io(&dir)(e)),
+        };
+        while let Some(entry) = rd.next_entry().await.map_err(io(&dir))? {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(id) = StreamId::from_file_name(&name) else {
+                continue;
+            };
+            let Ok(manifest) = self.manifest(p, &id).await else {
+                continue;
+            };
+            let len = entry.metadata().await.map_err(io(&entry.path()))?.len();
+            if len == manifest.bytes {
+                out.push(StoredStream { id, manifest });
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Reads the manifest of stream `id`.
+    pub async fn manifest(&self, p: &ProjectKey, id: &StreamId) -> Result<Manifest, StoreError> {
+        let path = self.dir(p).join(id.manifest_name());
+        let text = match fs::read(&path).await {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound {
+                    project: p.to_string(),
+                    id: id.to_string(),
+                });
+            }
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let m: Manifest = serde_json::from_slice(&text).map_err(|e| StoreError::BadManifest {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if m.project != p.to_string() {
+            return Err(StoreError::BadManifest {
+                path,
+                reason: format!("belongs to project {}", m.project),
+            });
+        }
+        Ok(m)
+    }
+
+    /// Checks size and SHA-256 of stream `id` against its manifest.
+    pub async fn verify(&self, p: &ProjectKey, id: &StreamId) -> Result<Manifest, StoreError> {
+        let manifest = self.manifest(p, id).await?;
+        let path = self.dir(p).join(id.file_name());
+        let corrupt = |reason: String| StoreError::Corrupt {
+            project: p.to_string(),
+            id: id.to_string(),
+            reason,
+        };
+        let mut file = match File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(corrupt("the stream file is missing".into()));
+            }
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let len = file.metadata().await.map_err(io(&path))?.len();
+        if len != manifest.bytes {
+            return Err(corrupt(format!(
+                "{len} bytes on disk, manifest says {}",
+                manifest.bytes
+            )));
+        }
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf).await.map_err(io(&path))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let sum = hex::encode(hasher.finalize());
+        if sum != manifest.sha256 {
+            return Err(corrupt(format!(
+                "sha256 {sum}, manifest says {}",
+                manifest.sha256
+            )));
+        }
+        Ok(manifest)
+    }
+
+    /// Opens stream `id` at byte `offset` (for serving `Range` requests); returns the file
+    /// positioned there and the stream's total length.
+    pub async fn open_at(
+        &self,
+        p: &ProjectKey,
+        id: &StreamId,
+        offset: u64,
+    ) -> Result<(File, u64), StoreError> {
+        let manifest = self.manifest(p, id).await?;
+        let path = self.dir(p).join(id.file_name());
+        let mut file = File::open(&path).await.map_err(io(&path))?;
+        let len = file.metadata().await.map_err(io(&path))?.len();
+        if len != manifest.bytes {
+            return Err(StoreError::Corrupt {
+                project: p.to_string(),
+                id: id.to_string(),
+                reason: format!("{len} bytes on disk, manifest says {}", manifest.bytes),
+            });
+        }
+        if offset > len {
+            return Err(StoreError::BadOffset {
+                id: id.to_string(),
+                offset,
+                len,
+            });
+        }
+        file.seek(SeekFrom::Start(offset))
+            .await
+            .map_err(io(&path))?;
+        Ok((file, len))
+    }
+
+    /// Deletes stream `id`: the manifest first (so it stops being complete), then the file.
+    pub async fn delete(&self, p: &ProjectKey, id: &StreamId) -> Result<(), StoreError> {
+        let dir = self.dir(p);
+        for name in [id.manifest_name(), id.file_name()] {
+            let path = dir.join(name);
+            match fs::remove_file(&path).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&path)(e)),
+            }
+        }
+        sync_dir(&dir).await
+    }
+
+    /// Moves all of `p`'s streams into the trash as `<root>/.trash/<ns>/<name>-<stamp>`;
+    /// returns that directory (None when `p` has no streams).
+    pub async fn move_to_trash(
+        &self,
+        p: &ProjectKey,
+        stamp: &str,
+    ) -> Result<Option<PathBuf>, StoreError> {
+        let from = self.dir(p);
+        if !fs::try_exists(&from).await.map_err(io(&from))? {
+            return Ok(None);
+        }
+        let trash_ns = self.root.join(TRASH_DIR).join(&p.namespace);
+        fs::create_dir_all(&trash_ns).await.map_err(io(&trash_ns))?;
+        let to = trash_ns.join(format!("{}-{stamp}", p.name));
+        fs::rename(&from, &to).await.map_err(io(&to))?;
+        sync_dir(&trash_ns).await?;
+        Ok(Some(to))
+    }
+
+    /// Puts streams back from a trash directory made by [`StreamStore::move_to_trash`].
+    pub async fn restore_from_trash(
+        &self,
+        p: &ProjectKey,
+        trashed: &Path,
+    ) -> Result<(), StoreError> {
+        let to = self.dir(p);
+        if fs::try_exists(&to).await.map_err(io(&to))? {
+            return Err(StoreError::AlreadyExists {
+                project: p.to_string(),
+                id: "(project directory)".into(),
+            });
+        }
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent).await.map_err(io(parent))?;
+        }
+        fs::rename(trashed, &to).await.map_err(io(&to))?;
+        Ok(())
+    }
+
+    /// Removes crash leftovers in every project directory: `*.partial` files, stream files
+    /// without a manifest, and manifests whose stream is missing or of the wrong size.
+    /// Returns what was removed.
+    pub async fn recover(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let mut removed = Vec::new();
+        for dir in self.project_dirs().await? {
+            let mut rd = fs::read_dir(&dir).await.map_err(io(&dir))?;
+            let mut names = Vec::new();
+            while let Some(e) = rd.next_entry().await.map_err(io(&dir))? {
+                names.push(e.file_name().to_string_lossy().into_owned());
+            }
+            for name in &names {
+                let stale = if name.ends_with(".partial") {
+                    true
+                } else if let Some(stem) = name.strip_suffix(".zstream") {
+                    !names.contains(&format!("{stem}.json"))
+                } else if let Some(stem) = name.strip_suffix(".json") {
+                    let stream = dir.join(format!("{stem}.zstream"));
+                    let size_ok =
+                        match (fs::metadata(&stream).await, fs::read(dir.join(name)).await) {
+                            (Ok(meta), Ok(text)) => serde_json::from_slice::<Manifest>(&text)
+                                .is_ok_and(|m| m.bytes == meta.len()),
+                            _ => false,
+                        };
+                    !size_ok
+                } else {
+                    false
+                };
+                if stale {
+                    let path = dir.join(name);
+                    fs::remove_file(&path).await.map_err(io(&path))?;
+                    removed.push(path);
+                }
+            }
+            if !removed.is_empty() {
+                sync_dir(&dir).await?;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Every `<root>/<ns>/<name>` directory (the trash excluded).
+    async fn project_dirs(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let mut out = Vec::new();
+        let mut namespaces = match fs::read_dir(&self.root).await {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io(&self.root)(e)),
+        };
+        while let Some(ns) = namespaces.next_entry().await.map_err(io(&self.root))? {
+            if ns.file_name() == TRASH_DIR
+                || !ns.file_type().await.map_err(io(&ns.path()))?.is_dir()
+            {
+                continue;
+            }
+            let mut projects = fs::read_dir(ns.path()).await.map_err(io(&ns.path()))?;
+            while let Some(p) = projects.next_entry().await.map_err(io(&ns.path()))? {
+                if p.file_type().await.map_err(io(&p.path()))?.is_dir() {
+                    out.push(p.path());
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Writes one stream: counts and hashes every byte on the way to `<id>.zstream.partial`.
+pub struct StreamWriter {
+    file: File,
+    hasher: Sha256,
+    bytes: u64,
+    partial: PathBuf,
+    dir: PathBuf,
+    id: StreamId,
+    project: ProjectKey,
+}
+
+impl StreamWriter {
+    /// Bytes written so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// fsync → rename to `<id>.zstream` → manifest (fsynced, renamed) → directory fsync.
+    pub async fn commit(mut self, meta: StreamMeta) -> Result<Manifest, StoreError> {
+        self.file.flush().await.map_err(io(&self.partial))?;
+        self.file.sync_all().await.map_err(io(&self.partial))?;
+        let sha256 = hex::encode(self.hasher.finalize_reset());
+        let final_path = self.dir.join(self.id.file_name());
+        fs::rename(&self.partial, &final_path)
+            .await
+            .map_err(io(&final_path))?;
+        let manifest = Manifest {
+            project: self.project.to_string(),
+            from: meta.from,
+            to: meta.to,
+            epoch: meta.epoch,
+            bytes: self.bytes,
+            sha256,
+            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            node: meta.node,
+        };
+        let text = serde_json::to_vec_pretty(&manifest).map_err(|e| StoreError::BadManifest {
+            path: final_path.clone(),
+            reason: e.to_string(),
+        })?;
+        let manifest_path = self.dir.join(self.id.manifest_name());
+        let manifest_partial = self
+            .dir
+            .join(format!("{}.partial", self.id.manifest_name()));
+        let mut f = File::create(&manifest_partial)
+            .await
+            .map_err(io(&manifest_partial))?;
+        f.write_all(&text).await.map_err(io(&manifest_partial))?;
+        f.sync_all().await.map_err(io(&manifest_partial))?;
+        fs::rename(&manifest_partial, &manifest_path)
+            .await
+            .map_err(io(&manifest_path))?;
+        sync_dir(&self.dir).await?;
+        Ok(manifest)
+    }
+}
+
+impl AsyncWrite for StreamWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.file).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                this.hasher.update(&buf[..n]);
+                this.bytes += n as u64;
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.file).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.file).poll_shutdown(cx)
+    }
+}
+
+async fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    let d = File::open(dir).await.map_err(io(dir))?;
+    d.sync_all().await.map_err(io(dir))
+}
