@@ -13,7 +13,17 @@ if [ ! -e /dev/fuse ]; then
   echo "start-zfs: /dev/fuse is missing; zfs-fuse cannot run" >&2
   exit 1
 fi
+# A daemon that is still shutting down holds the socket: wait for it to go.
+for _ in $(seq 1 60); do
+  pgrep -x zfs-fuse >/dev/null || break
+  sleep 0.5
+done
+if pgrep -x zfs-fuse >/dev/null; then
+  echo "start-zfs: a zfs-fuse process exists but does not answer; stop it and rerun" >&2
+  exit 1
+fi
 mkdir -p /var/run/zfs
+rm -f /var/run/zfs-fuse.pid   # stale: the process is gone
 zfs-fuse --no-kstat-mount -p /var/run/zfs-fuse.pid
 for _ in $(seq 1 50); do
   if zpool list >/dev/null 2>&1; then

@@ -1,1 +1,270 @@
-fn main() {}
+//! `make bench` for the storage engine: prints each measurement with how it was taken.
+//!
+//! 1. Planner time on 10,000 streams with forks (goal: under 20 ms).
+//! 2. Throughput of send → stream store → verify → recv against raw `zfs send | zfs recv` of
+//!    the same snapshot, measured in the same run, as a ratio (goal: at least 0.9).
+//!    Needs root and ZFS; says so and skips that part otherwise.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark binary: fail loudly
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use projstore_agent::layout::{NewProject, PoolLayout, create_project, ensure_layout};
+use projstore_agent::streams::{Edge, ProjectKey, Snap, StreamStore, plan};
+use projstore_agent::transfer::{Storage, apply_stream, write_stream};
+use projstore_agent::zfs::{PoolName, Progress, Vdev, Zfs};
+
+fn main() {
+    planner_bench();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(throughput_bench());
+}
+
+/// About `n` streams: a main line of incrementals with a fresh full every 30 snapshots (none in
+/// the last 25, so the chain ends in a run of incrementals), and a 3-stream fork branching off
+/// every 10th snapshot of the first half (forks keep their ancestors; the rest is superseded).
+fn graph(n: usize) -> Vec<Edge> {
+    let snap = |i: u64| Snap {
+        name: format!("s{i}"),
+        guid: 1_000_000 + i,
+        createtxg: i * 10,
+        time: i as i64 * 60,
+    };
+    // Each main-line snapshot brings 1 + 1/30 + 3/20 streams on average.
+    let last = (n as f64 / (1.0 + 1.0 / 30.0 + 0.15)) as u64;
+    let mut edges = Vec::with_capacity(n + 8);
+    edges.push(Edge {
+        id: "full--s1".into(),
+        from: None,
+        to: snap(1),
+        bytes: 1 << 30,
+    });
+    for i in 1..last {
+        let (a, b) = (snap(i), snap(i + 1));
+        edges.push(Edge {
+            id: format!("s{i}--s{}", i + 1),
+            from: Some(a.clone()),
+            to: b.clone(),
+            bytes: 1 << 20,
+        });
+        if i.is_multiple_of(30) && i + 25 < last {
+            edges.push(Edge {
+                id: format!("full--s{}", i + 1),
+                from: None,
+                to: b,
+                bytes: 1 << 30,
+            });
+        }
+        if i.is_multiple_of(10) && i < last / 2 {
+            let mut prev = a;
+            for k in 0..3u64 {
+                let f = Snap {
+                    name: format!("f{i}-{k}"),
+                    guid: 9_000_000 + i * 10 + k,
+                    createtxg: i * 10 + k + 1,
+                    time: i as i64 * 60 + 1 + k as i64,
+                };
+                edges.push(Edge {
+                    id: format!("{}--{}", prev.name, f.name),
+                    from: Some(prev),
+                    to: f.clone(),
+                    bytes: 4096,
+                });
+                prev = f;
+            }
+        }
+    }
+    edges
+}
+
+fn planner_bench() {
+    let edges = graph(10_000);
+    let count = edges.len();
+    let mut times = Vec::new();
+    let mut result = None;
+    for _ in 0..21 {
+        let t = Instant::now();
+        result = Some(plan(&edges).unwrap());
+        times.push(t.elapsed());
+    }
+    times.sort();
+    let p = result.unwrap();
+    println!(
+        "planner: {count} streams (main line, a full every 30, a 3-stream fork every 10 in the first half): median {:.2} ms over 21 runs \
+         (min {:.2} ms); chain {} streams, {} deletable; goal < 20 ms",
+        ms(times[10]),
+        ms(times[0]),
+        p.chain.len(),
+        p.deletable.len()
+    );
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+struct Pools(Vec<String>);
+impl Drop for Pools {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            for _ in 0..40 {
+                if Command::new("zpool")
+                    .args(["destroy", "-f", p])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    }
+}
+
+async fn throughput_bench() {
+    let zfs = match Zfs::detect().await {
+        Ok(z) => z,
+        Err(e) => {
+            println!("throughput: skipped, no usable ZFS here ({e})");
+            return;
+        }
+    };
+    const MIB: u64 = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|s| format!("psbench{}{s}", std::process::id()))
+        .collect();
+    let _cleanup = Pools(names.clone());
+    let mut layouts = Vec::new();
+    for n in &names {
+        let pool = PoolName::parse(n).unwrap();
+        let img = dir.path().join(format!("{n}.img"));
+        zfs.pool_create(
+            &pool,
+            &[Vdev::new(img.to_str().unwrap(), Some(1024 * MIB)).unwrap()],
+            &[],
+        )
+        .await
+        .unwrap();
+        let layout = PoolLayout::new(pool);
+        ensure_layout(&zfs, &layout, &dir.path().join(format!("{n}-streams")))
+            .await
+            .unwrap();
+        layouts.push(layout);
+    }
+    let key = ProjectKey::new("bench", "data").unwrap();
+    let mp = dir.path().join("mnt");
+    let new = NewProject {
+        key: &key,
+        mountpoint: &mp,
+        quota_bytes: 900 * MIB,
+        uid: 1000,
+        gid: 1000,
+        epoch: 1,
+    };
+    let ds = create_project(&zfs, &layouts[0], &new).await.unwrap();
+    let size = 96 * MIB;
+    let noise: Vec<u8> = (0..size)
+        .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8)
+        .collect();
+    std::fs::write(mp.join("noise"), &noise).unwrap();
+    let snap = ds.snapshot("bench").unwrap();
+    zfs.snapshot(&snap, &[]).await.unwrap();
+
+    let store_a = StreamStore::new(dir.path().join(format!("{}-streams", names[0])));
+    let store_b = StreamStore::new(dir.path().join(format!("{}-streams", names[1])));
+    let mut raw = Vec::new();
+    let mut ours = Vec::new();
+    let (mut sends, mut verify_only, mut applies) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..3 {
+        // Raw: zfs send | zfs recv, two processes joined by a pipe.
+        let raw_target = format!("{}/raw{round}", names[1]);
+        let t = Instant::now();
+        let mut send = Command::new("zfs")
+            .args(["send", &snap.full()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let recv = Command::new("zfs")
+            .args(["recv", "-u", &raw_target])
+            .stdin(Stdio::from(send.stdout.take().unwrap()))
+            .status()
+            .unwrap();
+        assert!(send.wait().unwrap().success() && recv.success());
+        raw.push(t.elapsed());
+
+        // Ours: send into the store (hashed, fsynced), then verify and receive through
+        // staging. Copying the file to the other pool's store stands in for the HTTP
+        // transfer and is not timed (neither is the raw pipe's network).
+        let t = Instant::now();
+        let storage_a = Storage {
+            zfs: &zfs,
+            store: &store_a,
+            pool: layouts[0].pool(),
+            node: "a",
+        };
+        let stored = write_stream(&storage_a, &key, &snap, None, 1, &Progress::new())
+            .await
+            .unwrap();
+        let send_side = t.elapsed();
+        let key_b = ProjectKey::new("bench", &format!("copy{round}")).unwrap();
+        let dst = store_b.dir(&key_b);
+        std::fs::create_dir_all(&dst).unwrap();
+        std::fs::copy(
+            store_a.dir(&key).join(stored.id.file_name()),
+            dst.join(stored.id.file_name()),
+        )
+        .unwrap();
+        let manifest =
+            std::fs::read_to_string(store_a.dir(&key).join(stored.id.manifest_name())).unwrap();
+        std::fs::write(
+            dst.join(stored.id.manifest_name()),
+            manifest.replace("bench/data", &format!("bench/copy{round}")),
+        )
+        .unwrap();
+        let t = Instant::now();
+        store_b.verify(&key_b, &stored.id).await.unwrap();
+        verify_only.push(t.elapsed());
+        sends.push(send_side);
+        let t = Instant::now();
+        let storage_b = Storage {
+            zfs: &zfs,
+            store: &store_b,
+            pool: layouts[1].pool(),
+            node: "b",
+        };
+        let target = layouts[1].project(&key_b).unwrap();
+        apply_stream(&storage_b, &key_b, &stored.id, &target, &Progress::new())
+            .await
+            .unwrap();
+        ours.push(send_side + t.elapsed());
+        applies.push(t.elapsed());
+        store_a.delete(&key, &stored.id).await.unwrap();
+    }
+    raw.sort();
+    ours.sort();
+    sends.sort();
+    verify_only.sort();
+    applies.sort();
+    println!(
+        "throughput breakdown (medians): send into store {:.2} s, verify alone {:.2} s, verify+recv {:.2} s",
+        sends[1].as_secs_f64(),
+        verify_only[1].as_secs_f64(),
+        applies[1].as_secs_f64()
+    );
+    let (r, o) = (raw[1], ours[1]);
+    let bytes = std::fs::metadata(mp.join("noise")).unwrap().len() as f64;
+    println!(
+        "throughput: {:.0} MiB snapshot on {}: raw zfs send|recv median {:.2} s ({:.1} MiB/s); \
+         send→store→verify→recv median {:.2} s ({:.1} MiB/s); ratio {:.2} (3 alternating rounds; goal ≥ 0.9)",
+        bytes / MIB as f64,
+        zfs.capabilities().implementation.as_str(),
+        r.as_secs_f64(),
+        bytes / MIB as f64 / r.as_secs_f64(),
+        o.as_secs_f64(),
+        bytes / MIB as f64 / o.as_secs_f64(),
+        r.as_secs_f64() / o.as_secs_f64()
+    );
+}

@@ -25,7 +25,7 @@ pub use error::ZfsError;
 pub use names::{DatasetName, HoldTag, NameError, PoolName, PropertyName, SnapshotName};
 pub use parse::{PoolRow, SnapshotInfo};
 pub use pipe::{Progress, RecvOptions};
-pub use pool::{Capacity, Imported, Vdev};
+pub use pool::{Capacity, Imported, Vdev, parse_status_vdevs};
 
 /// A handle on the host's ZFS: the binaries to run and what they can do.
 #[derive(Debug, Clone)]

@@ -71,22 +71,27 @@ impl Zfs {
         let stderr = drain_stderr(&mut child);
         let mut buf = vec![0u8; BUF];
         let mut total = 0u64;
+        let io_err = |source| ZfsError::Io {
+            what: what.clone(),
+            source,
+        };
         loop {
-            let n = stdout.read(&mut buf).await.map_err(|source| ZfsError::Io {
-                what: what.clone(),
-                source,
-            })?;
-            if n == 0 {
+            // A pipe hands out at most 64 KiB per read; fill the buffer so the writer (often a
+            // file, where each write costs a thread hop) sees few large writes.
+            let mut filled = 0;
+            while filled < buf.len() {
+                let n = stdout.read(&mut buf[filled..]).await.map_err(io_err)?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+                progress.add(n);
+            }
+            if filled == 0 {
                 break;
             }
-            out.write_all(&buf[..n])
-                .await
-                .map_err(|source| ZfsError::Io {
-                    what: what.clone(),
-                    source,
-                })?;
-            total += n as u64;
-            progress.add(n);
+            out.write_all(&buf[..filled]).await.map_err(io_err)?;
+            total += filled as u64;
         }
         out.flush().await.map_err(|source| ZfsError::Io {
             what: what.clone(),
