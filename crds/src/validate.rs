@@ -94,6 +94,20 @@ impl ObjectValidator {
         })
     }
 
+    /// The `openAPIV3Schema` this validator checks against.
+    pub fn openapi(&self) -> &Value {
+        &self.openapi
+    }
+
+    /// The object without the fields the schema does not know (what the API server does unless
+    /// asked for strict field validation), and the paths of the fields it dropped.
+    pub fn prune(&self, object: &Value) -> (Value, Vec<String>) {
+        let mut out = object.clone();
+        let mut dropped = Vec::new();
+        prune_node(&self.openapi, &mut out, "", true, &mut dropped);
+        (out, dropped)
+    }
+
     /// The object with the schema's defaults filled in, as the API server stores it.
     pub fn with_defaults(&self, object: &Value) -> Value {
         kube_cel::apply_defaults(&self.openapi, object)
@@ -140,6 +154,54 @@ impl ObjectValidator {
             }
         }
         errors
+    }
+}
+
+fn prune_node(
+    schema: &Value,
+    value: &mut Value,
+    path: &str,
+    root: bool,
+    dropped: &mut Vec<String>,
+) {
+    if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
+        return;
+    }
+    match value {
+        Value::Object(map) => {
+            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+                let unknown: Vec<String> = map
+                    .keys()
+                    .filter(|k| {
+                        let implicit =
+                            root && matches!(k.as_str(), "apiVersion" | "kind" | "metadata");
+                        !(props.contains_key(*k) || implicit)
+                    })
+                    .cloned()
+                    .collect();
+                for k in unknown {
+                    map.remove(&k);
+                    dropped.push(join(path, &k));
+                }
+                for (k, v) in map.iter_mut() {
+                    if let Some(s) = props.get(k) {
+                        prune_node(s, v, &join(path, k), false, dropped);
+                    }
+                }
+            } else if let Some(s) = schema.get("additionalProperties").filter(|s| s.is_object()) {
+                for (k, v) in map.iter_mut() {
+                    prune_node(s, v, &join(path, k), false, dropped);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(s) = schema.get("items") {
+                for (i, v) in items.iter_mut().enumerate() {
+                    prune_node(s, v, &format!("{path}[{i}]"), false, dropped);
+                }
+            }
+        }
+        _ => {}
     }
 }
 

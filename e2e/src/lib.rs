@@ -1,1 +1,4 @@
-//! projstore end-to-end support (not built yet: see README status).
+//! projstore end-to-end support: the Kubernetes test API server ([`apiserver`]) and the dev
+//! cluster (`projstore-dev`).
+
+pub mod apiserver;

@@ -1,0 +1,121 @@
+//! Just enough OpenAPI v3 for kubectl: the index, and per group-version documents whose
+//! operations declare the `fieldValidation` parameter (so kubectl validates server-side) and
+//! whose schemas carry the CRDs' `openAPIV3Schema` (so `kubectl explain` works).
+
+use serde_json::{Map, Value, json};
+
+use super::registry::{Registry, ResourceType};
+
+fn gv_path(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
+}
+
+/// `GET /openapi/v3`.
+pub fn index(registry: &Registry) -> Value {
+    let mut paths = Map::new();
+    let mut gvs: Vec<(String, String)> = registry
+        .all()
+        .map(|t| (t.group.clone(), t.version.clone()))
+        .collect();
+    gvs.sort();
+    gvs.dedup();
+    for (g, v) in gvs {
+        let p = gv_path(&g, &v);
+        paths.insert(
+            p.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash=projstore")}),
+        );
+    }
+    json!({"paths": paths})
+}
+
+fn schema_name(t: &ResourceType) -> String {
+    let group = if t.group.is_empty() {
+        "io.k8s.api.core".to_owned()
+    } else {
+        t.group.split('.').rev().collect::<Vec<_>>().join(".")
+    };
+    format!("{group}.{}.{}", t.version, t.kind)
+}
+
+fn params() -> Value {
+    json!([
+        {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+        {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+        {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+    ])
+}
+
+fn operation(t: &ResourceType, action: &str, with_params: bool) -> Value {
+    let mut op = json!({
+        "operationId": format!("{action}{}", t.kind),
+        "x-kubernetes-action": action,
+        "x-kubernetes-group-version-kind": {"group": t.group, "version": t.version, "kind": t.kind},
+        "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{}", schema_name(t))}}}}},
+    });
+    if with_params {
+        op["parameters"] = params();
+    }
+    op
+}
+
+/// `GET /openapi/v3/apis/<group>/<version>` (or `api/v1`).
+pub fn group_version(registry: &Registry, group: &str, version: &str) -> Option<Value> {
+    let types: Vec<&ResourceType> = registry
+        .all()
+        .filter(|t| t.group == group && t.version == version)
+        .collect();
+    if types.is_empty() {
+        return None;
+    }
+    let mut paths = Map::new();
+    let mut schemas = Map::new();
+    for t in types {
+        let base = format!("/{}", gv_path(group, version));
+        let coll = if t.namespaced {
+            format!("{base}/namespaces/{{namespace}}/{}", t.plural)
+        } else {
+            format!("{base}/{}", t.plural)
+        };
+        paths.insert(
+            coll.clone(),
+            json!({"get": operation(t, "list", false), "post": operation(t, "post", true)}),
+        );
+        paths.insert(
+            format!("{coll}/{{name}}"),
+            json!({
+                "get": operation(t, "get", false),
+                "put": operation(t, "put", true),
+                "patch": operation(t, "patch", true),
+                "delete": operation(t, "delete", false),
+            }),
+        );
+        let mut schema = t
+            .validator
+            .as_ref()
+            .map(|v| v.openapi().clone())
+            .unwrap_or_else(
+                || json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+            );
+        if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+            props.entry("apiVersion").or_insert(json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."}));
+            props.entry("kind").or_insert(json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."}));
+            props
+                .entry("metadata")
+                .or_insert(json!({"type": "object", "description": "Standard object's metadata."}));
+        }
+        schema["x-kubernetes-group-version-kind"] =
+            json!([{"group": t.group, "version": t.version, "kind": t.kind}]);
+        schemas.insert(schema_name(t), schema);
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.33.0"},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }))
+}
