@@ -2,3 +2,4 @@
 //! cluster (`projstore-dev`).
 
 pub mod apiserver;
+pub mod dev;

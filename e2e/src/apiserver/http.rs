@@ -177,6 +177,11 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     let method = req.method().clone();
     let accept = header(&req, "accept");
     let content_type = header(&req, "content-type");
+    // kubectl's typed clients may send two Content-Type headers; protobuf wins if present.
+    let binary_body = req.headers().get_all("content-type").iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.contains("protobuf") || s.contains("cbor"))
+    });
     let user_agent = header(&req, "user-agent");
     let r = {
         let state = shared
@@ -324,6 +329,16 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                     404,
                     "NotFound",
                     format!("the server could not find the requested resource ({s})"),
+                ));
+            }
+            if binary_body {
+                // Only JSON (and YAML for apply) is served: a documented deviation.
+                return Err(ApiError::new(
+                    415,
+                    "UnsupportedMediaType",
+                    format!(
+                        "{content_type} bodies are not supported by the projstore test API server; send JSON (kubectl apply -f / create -f do)"
+                    ),
                 ));
             }
             let body = req

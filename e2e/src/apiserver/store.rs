@@ -41,7 +41,7 @@ pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-type Objects = BTreeMap<(String, String), Value>;
+type Objects = BTreeMap<(String, String), Arc<Value>>;
 
 pub struct State {
     pub registry: Registry,
@@ -103,6 +103,7 @@ impl State {
         self.objects
             .get(&t.key())?
             .get(&(ns.to_owned(), name.to_owned()))
+            .map(|o| o.as_ref())
     }
 
     /// Objects of `t` in `ns` (all namespaces when `ns` is empty), in (namespace, name) order,
@@ -121,7 +122,7 @@ impl State {
         Box::new(
             m.range((lower, Bound::Unbounded))
                 .filter(move |((n, _), _)| ns.is_empty() || n == ns)
-                .map(|(_, v)| v),
+                .map(|(_, v)| v.as_ref()),
         )
     }
 
@@ -134,7 +135,7 @@ impl State {
         let mut all = Vec::new();
         for (key, objs) in &self.objects {
             for o in objs.values() {
-                all.push(json!({"group": key.0, "plural": key.1, "object": o}));
+                all.push(json!({"group": key.0, "plural": key.1, "object": **o}));
             }
         }
         json!({"resourceVersion": self.rv, "objects": all})
@@ -160,36 +161,32 @@ impl State {
                 meta_str(&o, "namespace").to_owned(),
                 meta_str(&o, "name").to_owned(),
             );
-            self.objects.entry(key).or_default().insert(id, o);
+            self.objects.entry(key).or_default().insert(id, Arc::new(o));
         }
         Ok(())
     }
 
     /// Records a change: next resourceVersion, object map, log, broadcast.
-    fn commit(
-        &mut self,
-        t: &ResourceType,
-        type_: &'static str,
-        mut obj: Value,
-        prev: Option<Value>,
-    ) -> Value {
+    /// The stored object and the log share one copy.
+    fn commit(&mut self, t: &ResourceType, type_: &'static str, mut obj: Value) -> Value {
         self.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
         let ns = meta_str(&obj, "namespace").to_owned();
         let id = (ns.clone(), meta_str(&obj, "name").to_owned());
+        let shared = Arc::new(obj);
         let objs = self.objects.entry(t.key()).or_default();
-        if type_ == "DELETED" {
-            objs.remove(&id);
+        let prev = if type_ == "DELETED" {
+            objs.remove(&id)
         } else {
-            objs.insert(id, obj.clone());
-        }
+            objs.insert(id, shared.clone())
+        };
         let change = Arc::new(Change {
             rv: self.rv,
             key: t.key(),
             namespace: ns,
             type_,
-            object: Arc::new(obj.clone()),
-            prev: prev.map(Arc::new),
+            object: shared.clone(),
+            prev: if type_ == "MODIFIED" { prev } else { None },
         });
         self.log.push_back(change.clone());
         while self.log.len() > self.log_cap {
@@ -197,7 +194,7 @@ impl State {
         }
         let _ = self.tx.send(change);
         self.dirty = true;
-        obj
+        (*shared).clone()
     }
 
     /// Schema work for custom resources: drop (or, strictly, refuse) unknown fields, apply
@@ -368,7 +365,7 @@ impl State {
                 .map_err(|e| ApiError::invalid(t, &name, vec![("spec".into(), e)]))?;
             obj["status"] = crd_status(&obj);
         }
-        let created = self.commit(t, "ADDED", obj, None);
+        let created = self.commit(t, "ADDED", obj);
         if t.group == "events.k8s.io" {
             self.mirror_event(&created);
         }
@@ -541,7 +538,7 @@ impl State {
         if new.pointer("/metadata/deletionTimestamp").is_some() && finalizers(&new).is_empty() {
             return Ok(self.remove(t, ns, name, new));
         }
-        let updated = self.commit(t, "MODIFIED", new, Some(old));
+        let updated = self.commit(t, "MODIFIED", new);
         if t.group == "events.k8s.io" {
             self.mirror_event(&updated);
         }
@@ -582,7 +579,7 @@ impl State {
             let mut marked = old.clone();
             marked["metadata"]["deletionTimestamp"] = json!(now());
             marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-            return Ok(self.commit(t, "MODIFIED", marked, Some(old)));
+            return Ok(self.commit(t, "MODIFIED", marked));
         }
         Ok(self.remove(t, ns, name, old))
     }
@@ -590,7 +587,7 @@ impl State {
     /// Removes an object for good and collects what it owned.
     fn remove(&mut self, t: &ResourceType, ns: &str, name: &str, obj: Value) -> Value {
         let uid = meta_str(&obj, "uid").to_owned();
-        let gone = self.commit(t, "DELETED", obj, None);
+        let gone = self.commit(t, "DELETED", obj);
         if t.plural == "customresourcedefinitions"
             && let Some(served) = self.registry.unregister_crd(name)
         {
@@ -602,7 +599,7 @@ impl State {
                     .unwrap_or_default();
                 for (n, nm) in ids {
                     if let Some(o) = self.get(&served, &n, &nm).cloned() {
-                        self.commit(&served, "DELETED", o, None);
+                        self.commit(&served, "DELETED", o);
                     }
                 }
             }
@@ -660,17 +657,17 @@ impl State {
                     .and_then(Value::as_array)
                     && refs.iter().any(|r| r["uid"] == uid)
                 {
-                    let mut n = o.clone();
+                    let mut n = (**o).clone();
                     let kept: Vec<Value> =
                         refs.iter().filter(|r| r["uid"] != uid).cloned().collect();
                     n["metadata"]["ownerReferences"] = json!(kept);
-                    changes.push((key.clone(), n, o.clone()));
+                    changes.push((key.clone(), n));
                 }
             }
         }
-        for (key, n, o) in changes {
+        for (key, n) in changes {
             if let Some(t) = self.registry.by_key(&key).cloned() {
-                self.commit(&t, "MODIFIED", n, Some(o));
+                self.commit(&t, "MODIFIED", n);
             }
         }
     }
@@ -680,7 +677,7 @@ impl State {
         let mut marked = old.clone();
         marked["metadata"]["deletionTimestamp"] = json!(now());
         marked["status"] = json!({"phase": "Terminating"});
-        let marked = self.commit(t, "MODIFIED", marked, Some(old));
+        let marked = self.commit(t, "MODIFIED", marked);
         let types: Vec<ResourceType> = self
             .registry
             .all()
@@ -716,7 +713,7 @@ impl State {
             .filter(|t| t.namespaced)
             .all(|t| self.list(t, ns, None).next().is_none());
         if empty {
-            self.commit(&nst, "DELETED", n, None);
+            self.commit(&nst, "DELETED", n);
         }
     }
 
@@ -751,7 +748,6 @@ impl State {
             &core,
             if prev.is_some() { "MODIFIED" } else { "ADDED" },
             twin,
-            prev,
         );
     }
 }

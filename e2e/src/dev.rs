@@ -1,0 +1,291 @@
+//! The dev cluster (DESIGN §8): `projstore-dev up|down|status --state-dir DIR`.
+//!
+//! `up` starts a supervisor process in the background and returns once it reports ready. The
+//! supervisor runs the test API server (persistent in `DIR/apiserver`), registers the CRDs,
+//! and in a full cluster declares one StoragePool per simulated host and supervises the
+//! controller and one agent per host on its own 127.0.0.x address.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::apiserver::{ApiServer, Config};
+
+/// What `up` was asked for, saved as `DIR/cluster.json` for `status` and `down`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClusterSpec {
+    pub nodes: u32,
+    pub api_only: bool,
+}
+
+/// A simulated storage host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub node: String,
+    pub addr: String,
+    pub pool: String,
+    pub datacenter: String,
+    pub zone: String,
+}
+
+/// The hosts of an `n`-node cluster: `host-a`, `host-b`, … on 127.0.0.2, .3, …, spread over
+/// two datacenters (dc1 gets the extra host when `n` is odd).
+pub fn hosts(n: u32) -> Vec<Host> {
+    (0..n)
+        .map(|i| {
+            let letter = char::from(b'a' + (i % 26) as u8);
+            let dc = if i % 2 == 0 { "dc1" } else { "dc2" };
+            Host {
+                node: format!("host-{letter}"),
+                addr: format!("127.0.0.{}", i + 2),
+                pool: format!("pdev{letter}"),
+                datacenter: dc.into(),
+                zone: format!("{dc}-{letter}"),
+            }
+        })
+        .collect()
+}
+
+/// Which binaries a full cluster needs and does not have yet.
+pub fn missing_components(bin_dir: &Path) -> Vec<String> {
+    let mut missing = Vec::new();
+    if !bin_dir.join("projstore-controller").exists() {
+        missing.push("projstore-controller (the controller binary is not built yet)".to_owned());
+    }
+    let agent = bin_dir.join("projstore-agent");
+    let supports_run = Command::new(&agent)
+        .arg("help")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("run --node-name"));
+    if !supports_run {
+        missing.push("projstore-agent run (the node agent runtime is not built yet)".to_owned());
+    }
+    missing
+}
+
+fn pid_file(dir: &Path) -> PathBuf {
+    dir.join("supervisor.pid")
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+fn read_pid(dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(pid_file(dir))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// `up`: starts the supervisor in the background and waits until it is ready.
+pub fn up(dir: &Path, spec: &ClusterSpec, exe: &Path) -> Result<(), String> {
+    if let Some(pid) = read_pid(dir).filter(|p| alive(*p)) {
+        return Err(format!(
+            "a dev cluster already runs from {} (pid {pid}); run down first",
+            dir.display()
+        ));
+    }
+    if !spec.api_only {
+        let bin_dir = exe.parent().unwrap_or(Path::new("."));
+        let missing = missing_components(bin_dir);
+        if !missing.is_empty() {
+            return Err(format!(
+                "cannot start the full cluster, missing: {}. Use --api-only for the API server alone.",
+                missing.join("; ")
+            ));
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let ready = dir.join("ready");
+    let _ = std::fs::remove_file(&ready);
+    std::fs::write(
+        dir.join("cluster.json"),
+        serde_json::to_vec_pretty(spec).unwrap_or_default(),
+    )
+    .map_err(|e| format!("cannot write cluster.json: {e}"))?;
+    let log = std::fs::File::create(dir.join("supervisor.log"))
+        .map_err(|e| format!("cannot create the log: {e}"))?;
+    let err_log = log.try_clone().map_err(|e| e.to_string())?;
+    use std::os::unix::process::CommandExt;
+    let child = Command::new(exe)
+        .arg("supervise")
+        .arg("--state-dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err_log)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start the supervisor: {e}"))?;
+    std::fs::write(pid_file(dir), child.id().to_string()).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if ready.exists() {
+            return Ok(());
+        }
+        if !alive(child.id()) {
+            let log = std::fs::read_to_string(dir.join("supervisor.log")).unwrap_or_default();
+            return Err(format!("the supervisor exited before it was ready:\n{log}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err("the dev cluster did not become ready within 60 s; see supervisor.log".into())
+}
+
+/// The supervisor itself (runs until SIGTERM or SIGINT).
+pub async fn supervise(dir: &Path) -> Result<(), String> {
+    let spec: ClusterSpec = std::fs::read(dir.join("cluster.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or("cluster.json is missing or unreadable")?;
+    let server = ApiServer::start(Config {
+        state_dir: Some(dir.join("apiserver")),
+        ..Config::default()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let crds = crds_dir()?;
+    server.register_crds(&crds).map_err(|e| e.to_string())?;
+    server
+        .write_kubeconfig(&dir.join("kubeconfig"))
+        .map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("apiserver.url"), &server.url).map_err(|e| e.to_string())?;
+    if !spec.api_only {
+        // `up` refused a full cluster without its binaries; reaching here means they exist,
+        // and the supervision of controller and agents belongs with them.
+        return Err("full-cluster supervision is not available in this build".into());
+    }
+    std::fs::write(dir.join("ready"), "ready\n").map_err(|e| e.to_string())?;
+    tracing::info!(url = %server.url, "dev cluster ready");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    server.shutdown().await;
+    let _ = std::fs::remove_file(dir.join("ready"));
+    Ok(())
+}
+
+/// The CRD manifests: next to the repository this binary was built from.
+fn crds_dir() -> Result<PathBuf, String> {
+    let candidates = [
+        std::env::var_os("PROJSTORE_CRDS").map(PathBuf::from),
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/manifests")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_dir())
+        .ok_or_else(|| "cannot find crds/manifests (set PROJSTORE_CRDS)".to_owned())
+}
+
+/// `down`: stops the supervisor (and what it started), removes pools, mounts and state.
+pub fn down(dir: &Path) -> Result<Vec<String>, String> {
+    let mut done = Vec::new();
+    if let Some(pid) = read_pid(dir)
+        && alive(pid)
+    {
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if alive(pid) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        done.push(format!("stopped supervisor (pid {pid})"));
+    }
+    let spec: Option<ClusterSpec> = std::fs::read(dir.join("cluster.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if let Some(spec) = spec.filter(|s| !s.api_only) {
+        for h in hosts(spec.nodes) {
+            if Command::new("zpool")
+                .args(["destroy", "-f", &h.pool])
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                done.push(format!("destroyed pool {}", h.pool));
+            }
+        }
+    }
+    // Anything still mounted below the state dir (sshfs, bindfs, ZFS) goes before the files.
+    if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
+        let prefix = dir.display().to_string();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(1))
+            .filter(|m| m.starts_with(&prefix))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for m in points {
+            let _ = Command::new("umount").args(["-l", m]).status();
+            done.push(format!("unmounted {m}"));
+        }
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)
+            .map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
+        done.push(format!("removed {}", dir.display()));
+    }
+    Ok(done)
+}
+
+/// `status`: one line per process and pool.
+pub fn status(dir: &Path) -> Result<Vec<String>, String> {
+    let spec: ClusterSpec = std::fs::read(dir.join("cluster.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| format!("no dev cluster in {}", dir.display()))?;
+    let mut lines = Vec::new();
+    let pid = read_pid(dir);
+    let state = match pid {
+        Some(p) if alive(p) && dir.join("ready").exists() => format!("running (pid {p})"),
+        Some(p) if alive(p) => format!("starting (pid {p})"),
+        _ => "stopped".to_owned(),
+    };
+    lines.push(format!("supervisor    {state}"));
+    let url = std::fs::read_to_string(dir.join("apiserver.url")).unwrap_or_default();
+    lines.push(format!(
+        "apiserver     {} {}",
+        if state.starts_with("running") {
+            "serving"
+        } else {
+            "down"
+        },
+        url.trim()
+    ));
+    lines.push(format!(
+        "kubeconfig    {}",
+        dir.join("kubeconfig").display()
+    ));
+    if spec.api_only {
+        lines.push("mode          api-only (no controller, agents or pools)".into());
+    } else {
+        for h in hosts(spec.nodes) {
+            let health = Command::new("zpool")
+                .args(["list", "-H", "-o", "health", &h.pool])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                .unwrap_or_else(|| "absent".into());
+            lines.push(format!(
+                "pool {:<8} node {} {} {} {}",
+                h.pool, h.node, h.addr, h.datacenter, health
+            ));
+        }
+    }
+    Ok(lines)
+}

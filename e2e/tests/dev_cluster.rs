@@ -1,0 +1,208 @@
+//! The dev cluster command contract (DESIGN §8) and the API server's persistence and CRD
+//! lifecycle.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // integration tests
+
+use std::path::Path;
+use std::process::Command;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+use projstore_api::Project;
+use projstore_e2e::apiserver::{ApiServer, Config};
+use serde_json::json;
+
+const DEV: &str = env!("CARGO_BIN_EXE_projstore-dev");
+
+async fn client_for(kubeconfig_yaml: &str) -> Client {
+    let kc = kube::config::Kubeconfig::from_yaml(kubeconfig_yaml).unwrap();
+    Client::try_from(
+        kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn up_status_down_with_the_api_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let up = Command::new(DEV)
+        .args(["up", "--state-dir"])
+        .arg(&dir)
+        .arg("--api-only")
+        .output()
+        .unwrap();
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert!(String::from_utf8_lossy(&up.stdout).contains("kubeconfig"));
+    let kubeconfig = std::fs::read_to_string(dir.join("kubeconfig")).unwrap();
+    let client = client_for(&kubeconfig).await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let names: Vec<String> = crds
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|c| c.name_any())
+        .collect();
+    assert!(
+        names.contains(&"projects.projstore.io".to_owned()),
+        "{names:?}"
+    );
+
+    let again = Command::new(DEV)
+        .args(["up", "--state-dir"])
+        .arg(&dir)
+        .arg("--api-only")
+        .output()
+        .unwrap();
+    assert!(
+        !again.status.success(),
+        "a second up on the same dir is refused"
+    );
+
+    let status = Command::new(DEV)
+        .args(["status", "--state-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success()
+            && text.contains("supervisor    running")
+            && text.contains("apiserver     serving"),
+        "{text}"
+    );
+
+    let down = Command::new(DEV)
+        .args(["down", "--state-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert!(!dir.exists(), "state removed");
+    let projects: Api<Project> = Api::all(client);
+    assert!(
+        projects.list(&ListParams::default()).await.is_err(),
+        "the server is gone"
+    );
+}
+
+#[tokio::test]
+async fn a_full_cluster_says_what_is_missing_and_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(DEV)
+        .args(["up", "--state-dir"])
+        .arg(tmp.path().join("s"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Until the controller and the agent runtime exist, `up` must say so, not pretend.
+    if !Path::new(DEV)
+        .with_file_name("projstore-controller")
+        .exists()
+    {
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains("missing") && stderr.contains("projstore-controller"),
+            "{stderr}"
+        );
+        assert!(!tmp.path().join("s/ready").exists());
+    }
+}
+
+#[tokio::test]
+async fn a_persistent_server_survives_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = || Config {
+        state_dir: Some(tmp.path().to_owned()),
+        ..Config::default()
+    };
+    let server = ApiServer::start(config()).await.unwrap();
+    server
+        .register_crds(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/manifests"))
+        .unwrap();
+    let kubeconfig = server.kubeconfig(&server.admin_token, "admin");
+    let client = client_for(&kubeconfig).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "keep"}, "data": {"a": "b"}})).unwrap();
+    let created = cms.create(&PostParams::default(), &cm).await.unwrap();
+    let rv: u64 = created.resource_version().unwrap().parse().unwrap();
+    server.shutdown().await;
+
+    let server = ApiServer::start(Config {
+        port: 0,
+        ..config()
+    })
+    .await
+    .unwrap();
+    // Same CA and token: only the address moved.
+    let moved = kubeconfig.replace(
+        &kubeconfig
+            .lines()
+            .find(|l| l.contains("server:"))
+            .unwrap()
+            .trim()
+            .replace("server: ", ""),
+        &server.url,
+    );
+    let client = client_for(&moved).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let back = cms.get("keep").await.unwrap();
+    assert_eq!(back.uid(), created.uid());
+    let projects: Api<Project> = Api::all(client.clone());
+    projects
+        .list(&ListParams::default())
+        .await
+        .expect("CRDs are served again after the restart");
+    let next = cms
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "n"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        next.resource_version().unwrap().parse::<u64>().unwrap() > rv,
+        "versions keep growing"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn deleting_a_crd_unserves_its_kind_and_removes_its_objects() {
+    let server = ApiServer::start(Config::default()).await.unwrap();
+    server
+        .register_crds(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/manifests"))
+        .unwrap();
+    let client = client_for(&server.kubeconfig(&server.admin_token, "admin")).await;
+    let projects: Api<Project> = Api::namespaced(client.clone(), "default");
+    let p: Project = serde_json::from_value(json!({
+        "apiVersion": "projstore.io/v1alpha1", "kind": "Project", "metadata": {"name": "p"},
+        "spec": {"quota": "1Gi", "owner": {"uid": 1, "gid": 1}}
+    }))
+    .unwrap();
+    projects.create(&PostParams::default(), &p).await.unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.delete("projects.projstore.io", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(
+        matches!(projects.list(&ListParams::default()).await, Err(kube::Error::Api(s)) if s.code == 404)
+    );
+    assert_eq!(server.count("projstore.io", "projects"), 0);
+    server.shutdown().await;
+}
