@@ -1,1 +1,3 @@
-//! projstore controller (not built yet: see README status).
+//! projstore controller: placement, StreamReplicas, failover, moves, close/open, deletion.
+
+pub mod placement;

@@ -165,10 +165,25 @@ pub struct StreamReplicaStatus {
     /// Seconds behind the primary's newest snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag_seconds: Option<i64>,
+    /// On the primary: bytes used by the live data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_bytes: Option<u64>,
+    /// On the primary: bytes held only by snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_used_bytes: Option<u64>,
+    /// On the primary: the quota as applied (`refquota`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_bytes: Option<u64>,
+    /// Number of snapshots held here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_count: Option<u32>,
+    /// On the primary: where the project is mounted on its node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_path: Option<String>,
     /// The last error, with what to do about it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
-    /// Ready, Synced, Diverged.
+    /// Ready, Synced, Diverged, SnapshotsBlocked, HandedOff, Mounted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
