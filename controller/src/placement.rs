@@ -128,18 +128,17 @@ pub fn place(req: &Request<'_>, pools: &[PoolInfo]) -> Placement {
             .iter()
             .filter(|p| !nodes.contains(p.node.as_str()))
             .collect();
-        let tiers: [Box<dyn Fn(&PoolInfo) -> bool>; 3] = [
-            Box::new(|p: &PoolInfo| match req.spread {
-                Spread::Datacenter => !dcs.contains(p.datacenter.as_str()),
-                Spread::Zone => !zones.contains(p.zone.as_str()),
-                Spread::None => true,
-            }),
-            Box::new(|p: &PoolInfo| req.spread == Spread::None || !zones.contains(p.zone.as_str())),
-            Box::new(|_: &PoolInfo| true),
-        ];
-        let pick = tiers.iter().find_map(|tier| {
+        // Tier 0: what `spread` asks for; tier 1: at least a new zone; tier 2: any new node.
+        let in_tier = |tier: usize, p: &PoolInfo| match (tier, req.spread) {
+            (0, Spread::Datacenter) => !dcs.contains(p.datacenter.as_str()),
+            (0, Spread::Zone) | (1, Spread::Datacenter | Spread::Zone) => {
+                !zones.contains(p.zone.as_str())
+            }
+            _ => true,
+        };
+        let pick = (0..3).find_map(|tier| {
             open.iter()
-                .filter(|p| tier(p))
+                .filter(|p| in_tier(tier, p))
                 .max_by(|a, b| {
                     score(req.project, &a.name, a.usable())
                         .total_cmp(&score(req.project, &b.name, b.usable()))

@@ -1,0 +1,347 @@
+//! Applying decisions: the only place the Project and StoragePool reconcilers write.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource, ResourceExt};
+use projstore_api::{
+    CLEANUP_FINALIZER, Project, ProjectPhase, ReplicaState, StoragePool, StreamReplica,
+};
+use serde_json::json;
+
+use super::decide::{Change, Inputs, PROJECT_LABEL, decide};
+use super::pool::{lease_name, pool_phase};
+use crate::metrics::Metrics;
+use crate::view::PoolView;
+
+/// Field manager of every write the controller makes.
+pub const MANAGER: &str = "projstore-controller";
+
+/// Settings of the reconcilers.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub lease_namespace: String,
+    pub failover_grace: Duration,
+    pub heartbeat_timeout: Duration,
+}
+
+/// What the reconcilers share.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub settings: Settings,
+    pub replicas: Store<StreamReplica>,
+    pub pools: Store<StoragePool>,
+    pub leases: Store<Lease>,
+    /// Consecutive failures per object, for exponential backoff.
+    pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+/// Errors of a reconcile; each says what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("object has no namespace")]
+    NoNamespace,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+        stores: (Store<StreamReplica>, Store<StoragePool>, Store<Lease>),
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: std::env::var("HOSTNAME").ok(),
+            },
+        );
+        Self {
+            client,
+            recorder,
+            metrics,
+            settings,
+            replicas: stores.0,
+            pools: stores.1,
+            leases: stores.2,
+            failures: Default::default(),
+        }
+    }
+}
+
+fn pp() -> PatchParams {
+    PatchParams::default()
+}
+
+/// Reconciles one Project.
+pub async fn reconcile_project(p: Arc<Project>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let start = Instant::now();
+    ctx.metrics.reconciles.with_label_values(&["Project"]).inc();
+    let ns = p.namespace().ok_or(Error::NoNamespace)?;
+    let name = p.name_any();
+    let uid = p.uid().unwrap_or_default();
+    let all: Vec<Arc<StreamReplica>> = ctx.replicas.state();
+    // Sorted: caches iterate in no particular order, and the status must not depend on it.
+    let mut mine: Vec<StreamReplica> = all
+        .iter()
+        .filter(|r| {
+            r.namespace().as_deref() == Some(ns.as_str())
+                && r.owner_references().iter().any(|o| o.uid == uid)
+        })
+        .map(|r| (**r).clone())
+        .collect();
+    mine.sort_by_key(|r| r.name_any());
+    let tombstones: Vec<StreamReplica> = all
+        .iter()
+        .filter(|r| {
+            r.namespace().as_deref() == Some(ns.as_str())
+                && r.owner_references().is_empty()
+                && r.labels().get(PROJECT_LABEL) == Some(&name)
+                && r.spec.state == ReplicaState::Trashed
+        })
+        .map(|r| (**r).clone())
+        .collect();
+    let mut pools: Vec<PoolView> = ctx
+        .pools
+        .state()
+        .iter()
+        .map(|p| PoolView::from_pool(p))
+        .collect();
+    pools.sort_by(|a, b| a.name.cmp(&b.name));
+    let grace = chrono::Duration::from_std(ctx.settings.failover_grace)
+        .unwrap_or(chrono::Duration::seconds(120));
+    let decision = decide(&Inputs {
+        project: &p,
+        replicas: &mine,
+        tombstones: &tombstones,
+        pools: &pools,
+        now: Utc::now(),
+        failover_grace: grace,
+    });
+
+    let projects: Api<Project> = Api::namespaced(ctx.client.clone(), &ns);
+    let srs: Api<StreamReplica> = Api::namespaced(ctx.client.clone(), &ns);
+    let owner = p.controller_owner_ref(&()).map(|mut o| {
+        o.block_owner_deletion = Some(true);
+        o
+    });
+    let mut finalizer_removed = false;
+    for change in &decision.changes {
+        match change {
+            Change::AddFinalizer => {
+                let mut f = p.finalizers().to_vec();
+                f.push(CLEANUP_FINALIZER.to_owned());
+                let patch =
+                    json!({"metadata": {"finalizers": f, "resourceVersion": p.resource_version()}});
+                projects.patch(&name, &pp(), &Patch::Merge(&patch)).await?;
+            }
+            Change::RemoveFinalizer => {
+                let f: Vec<&String> = p
+                    .finalizers()
+                    .iter()
+                    .filter(|f| *f != CLEANUP_FINALIZER)
+                    .collect();
+                let patch =
+                    json!({"metadata": {"finalizers": f, "resourceVersion": p.resource_version()}});
+                projects.patch(&name, &pp(), &Patch::Merge(&patch)).await?;
+                finalizer_removed = true;
+            }
+            Change::Create(sr) => {
+                let mut sr = (**sr).clone();
+                sr.metadata.owner_references = owner.clone().map(|o| vec![o]);
+                match srs
+                    .create(
+                        &PostParams {
+                            field_manager: Some(MANAGER.into()),
+                            ..Default::default()
+                        },
+                        &sr,
+                    )
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Change::Update {
+                name,
+                spec,
+                annotations,
+            } => {
+                let ann: BTreeMap<&String, &Option<String>> = annotations.iter().collect();
+                let patch = if ann.is_empty() {
+                    json!({"spec": spec})
+                } else {
+                    json!({"spec": spec, "metadata": {"annotations": ann}})
+                };
+                srs.patch(name, &pp(), &Patch::Merge(&patch)).await?;
+            }
+            Change::Adopt { name } => {
+                let patch = json!({
+                    "metadata": {"ownerReferences": owner.clone().map(|o| vec![o]), "annotations": {super::decide::TRASHED_AT: null, super::decide::RETAIN_DAYS: null}},
+                    "spec": {"state": "Live"},
+                });
+                srs.patch(name, &pp(), &Patch::Merge(&patch)).await?;
+            }
+            Change::Orphan { name } => {
+                srs.patch(
+                    name,
+                    &pp(),
+                    &Patch::Merge(&json!({"metadata": {"ownerReferences": null}})),
+                )
+                .await?;
+            }
+            Change::Delete { name } => match srs.delete(name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            },
+            Change::Event {
+                warning,
+                reason,
+                message,
+            } => {
+                if *reason == "Unplaceable" {
+                    ctx.metrics
+                        .placement_failures
+                        .with_label_values(&["unplaceable"])
+                        .inc();
+                }
+                let ev = Event {
+                    type_: if *warning {
+                        EventType::Warning
+                    } else {
+                        EventType::Normal
+                    },
+                    reason: (*reason).to_owned(),
+                    note: Some(message.chars().take(1000).collect()),
+                    action: (*reason).to_owned(),
+                    secondary: None,
+                };
+                if let Err(e) = ctx.recorder.publish(&ev, &p.object_ref(&())).await {
+                    tracing::warn!(project = %format!("{ns}/{name}"), error = %e, "cannot record event");
+                }
+            }
+        }
+    }
+    if !finalizer_removed && p.status.as_ref() != Some(&decision.status) {
+        projects
+            .patch_status(
+                &name,
+                &pp(),
+                &Patch::Merge(&json!({"status": decision.status})),
+            )
+            .await?;
+    }
+    for r in &decision.status.replicas {
+        if let Some(lag) = r.lag_seconds {
+            ctx.metrics
+                .lag
+                .with_label_values(&[ns.as_str()])
+                .observe(lag as f64);
+        }
+    }
+    ctx.metrics
+        .duration
+        .with_label_values(&["Project"])
+        .observe(start.elapsed().as_secs_f64());
+    forget_failures(&ctx, &format!("Project/{ns}/{name}"));
+    // Time-driven steps (grace periods, catching up) need a look again soon.
+    let settled = matches!(
+        decision.status.phase,
+        Some(ProjectPhase::Ready | ProjectPhase::Closed)
+    );
+    Ok(if decision.changes.is_empty() && settled {
+        Action::requeue(Duration::from_secs(300))
+    } else {
+        Action::requeue(Duration::from_secs(5))
+    })
+}
+
+/// Reconciles one StoragePool: phase and `Ready` from the agent's Lease.
+pub async fn reconcile_pool(pool: Arc<StoragePool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let start = Instant::now();
+    ctx.metrics
+        .reconciles
+        .with_label_values(&["StoragePool"])
+        .inc();
+    let lease = ctx.leases.get(
+        &ObjectRef::new(&lease_name(&pool.spec.node_name)).within(&ctx.settings.lease_namespace),
+    );
+    let renewed = lease
+        .and_then(|l| l.spec.clone())
+        .and_then(|s| s.renew_time)
+        .map(|t| crate::view::chrono_of(&t.0));
+    let timeout = chrono::Duration::from_std(ctx.settings.heartbeat_timeout)
+        .unwrap_or(chrono::Duration::seconds(40));
+    let (phase, ready) = pool_phase(&pool, renewed, Utc::now(), timeout);
+    let status = pool.status.clone().unwrap_or_default();
+    let current_ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+    if status.phase != Some(phase) || current_ready != Some(&ready) {
+        // Keep the agent's conditions; replace only ours. The resourceVersion guards the list.
+        let mut conds: Vec<_> = status
+            .conditions
+            .iter()
+            .filter(|c| c.type_ != "Ready")
+            .cloned()
+            .collect();
+        conds.push(ready);
+        let patch = json!({
+            "metadata": {"resourceVersion": pool.resource_version()},
+            "status": {"phase": phase, "conditions": conds, "observedGeneration": pool.metadata.generation},
+        });
+        let api: Api<StoragePool> = Api::all(ctx.client.clone());
+        api.patch_status(&pool.name_any(), &pp(), &Patch::Merge(&patch))
+            .await?;
+    }
+    ctx.metrics
+        .duration
+        .with_label_values(&["StoragePool"])
+        .observe(start.elapsed().as_secs_f64());
+    forget_failures(&ctx, &format!("StoragePool//{}", pool.name_any()));
+    // Look again when the heartbeat would go stale.
+    Ok(Action::requeue(Duration::from_secs(5)))
+}
+
+fn forget_failures(ctx: &Context, key: &str) {
+    if let Ok(mut f) = ctx.failures.lock() {
+        f.remove(key);
+    }
+}
+
+/// Counts, logs, and backs off per object: 1 s, 2 s, 4 s, … up to 5 minutes.
+pub fn on_error<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    err: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let kind = K::kind(&());
+    ctx.metrics.errors.with_label_values(&[kind.as_ref()]).inc();
+    let key = format!(
+        "{kind}/{}/{}",
+        obj.meta().namespace.clone().unwrap_or_default(),
+        obj.meta().name.clone().unwrap_or_default()
+    );
+    let n = ctx.failures.lock().map(|mut f| {
+        let n = f.entry(key.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    });
+    let delay = Duration::from_secs(1u64 << n.unwrap_or(1).min(9).saturating_sub(1))
+        .min(Duration::from_secs(300));
+    tracing::warn!(object = %key, error = %err, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}

@@ -1,0 +1,197 @@
+//! The controller process: wait for the CRDs, win the leader Lease, watch, reconcile.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::Api;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use projstore_api::{Project, StoragePool, StreamReplica};
+
+use crate::leader::Election;
+use crate::metrics::{self, Metrics};
+use crate::reconcile::apply::{self, Context, Settings};
+
+/// Command-line settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub metrics_addr: SocketAddr,
+    pub identity: String,
+    pub leader_lease: Duration,
+    pub settings: Settings,
+}
+
+/// Why the controller stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot start metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("lost the leader Lease: another replica leads now")]
+    LostLeadership,
+}
+
+/// Waits until every projstore CRD reports Established.
+async fn wait_for_crds(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in [
+        "projects.projstore.io",
+        "storagepools.projstore.io",
+        "streamreplicas.projstore.io",
+    ] {
+        loop {
+            let established = crds.get_opt(name).await.ok().flatten().is_some_and(|c| {
+                c.status.and_then(|s| s.conditions).is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                })
+            });
+            if established {
+                break;
+            }
+            tracing::info!(crd = name, "waiting for the CRD to be established");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+}
+
+/// Runs until leadership is lost (error) or SIGTERM/SIGINT (Ok).
+pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
+    let metrics = Arc::new(Metrics::new()?);
+    let m = metrics.clone();
+    let addr = config.metrics_addr;
+    tokio::spawn(async move {
+        if let Err(e) = metrics::serve(addr, m).await {
+            tracing::error!(error = %e, "metrics endpoint failed");
+        }
+    });
+    wait_for_crds(&client).await;
+    let election = Election {
+        api: Api::namespaced(client.clone(), &config.settings.lease_namespace),
+        name: "projstore-controller".into(),
+        identity: config.identity.clone(),
+        duration: config.leader_lease,
+    };
+    tokio::select! {
+        _ = election.acquire() => {}
+        _ = shutdown_signal() => return Ok(()),
+    }
+    tracing::info!(identity = %config.identity, "leading");
+
+    let wc = watcher::Config::default();
+    let (sr_store, sr_writer) = reflector::store::<StreamReplica>();
+    let (pool_store, pool_writer) = reflector::store::<StoragePool>();
+    let (lease_store, lease_writer) = reflector::store::<Lease>();
+    let sr_api: Api<StreamReplica> = Api::all(client.clone());
+    let pool_api: Api<StoragePool> = Api::all(client.clone());
+    let lease_api: Api<Lease> = Api::namespaced(client.clone(), &config.settings.lease_namespace);
+    let reflectors = tokio::spawn(futures::future::join3(
+        reflector::reflector(sr_writer, watcher(sr_api.clone(), wc.clone()))
+            .applied_objects()
+            .for_each(|_| async {}),
+        reflector::reflector(pool_writer, watcher(pool_api.clone(), wc.clone()))
+            .applied_objects()
+            .for_each(|_| async {}),
+        reflector::reflector(lease_writer, watcher(lease_api.clone(), wc.clone()))
+            .applied_objects()
+            .for_each(|_| async {}),
+    ));
+    // Decisions read these caches: never decide from a half-filled one.
+    let _ = futures::future::join3(
+        sr_store.wait_until_ready(),
+        pool_store.wait_until_ready(),
+        lease_store.wait_until_ready(),
+    )
+    .await;
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics.clone(),
+        config.settings.clone(),
+        (sr_store.clone(), pool_store.clone(), lease_store.clone()),
+    ));
+
+    let projects: Api<Project> = Api::all(client.clone());
+    let project_ctrl = Controller::new(projects, wc.clone());
+    let project_store = project_ctrl.store();
+    let by_pool = project_store.clone();
+    let project_ctrl = project_ctrl
+        .owns(sr_api, wc.clone())
+        .watches(pool_api.clone(), wc.clone(), move |pool: StoragePool| {
+            // A pool change matters to the projects with a copy there and to those not yet
+            // fully placed.
+            let name = pool.name_any();
+            by_pool
+                .state()
+                .iter()
+                .filter(|p| {
+                    let st = p.status.clone().unwrap_or_default();
+                    st.replicas.iter().any(|r| r.pool == name)
+                        || st.replicas.len() < usize::from(p.spec.copies)
+                })
+                .map(|p| ObjectRef::from_obj(&**p))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown_signal())
+        .run(apply::reconcile_project, apply::on_error, ctx.clone())
+        .for_each(|_| async {});
+    let pool_ctrl = Controller::new(pool_api, wc.clone())
+        .graceful_shutdown_on(shutdown_signal())
+        .run(apply::reconcile_pool, apply::on_error, ctx.clone())
+        .for_each(|_| async {});
+    let readiness = {
+        let (metrics, projects) = (metrics.clone(), project_store.clone());
+        async move {
+            let _ = projects.wait_until_ready().await;
+            metrics.ready.store(true, Ordering::Relaxed);
+            futures::future::pending::<()>().await;
+        }
+    };
+    let phases = {
+        let (metrics, projects) = (metrics.clone(), project_store.clone());
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                metrics.projects_by_phase.reset();
+                for p in projects.state() {
+                    let phase = p
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.phase)
+                        .map_or("Unknown".to_owned(), |ph| format!("{ph:?}"));
+                    metrics
+                        .projects_by_phase
+                        .with_label_values(&[phase.as_str()])
+                        .inc();
+                }
+            }
+        }
+    };
+    let result = tokio::select! {
+        _ = futures::future::join(project_ctrl, pool_ctrl) => Ok(()),
+        _ = readiness => Ok(()),
+        _ = phases => Ok(()),
+        _ = election.hold() => Err(RunError::LostLeadership),
+    };
+    reflectors.abort();
+    result
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,179 @@
+//! Plain views of the objects the decisions read, and condition helpers.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+use projstore_api::{PoolPhase, StoragePool};
+
+/// A Kubernetes timestamp (jiff) as chrono time.
+pub fn chrono_of(t: &k8s_openapi::jiff::Timestamp) -> DateTime<Utc> {
+    DateTime::from_timestamp(
+        t.as_second(),
+        u32::try_from(t.subsec_nanosecond()).unwrap_or(0),
+    )
+    .unwrap_or_default()
+}
+
+/// A chrono time as a Kubernetes timestamp.
+pub fn jiff_of(t: DateTime<Utc>) -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::new(
+        t.timestamp(),
+        i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    )
+    .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
+}
+
+/// What the controller knows of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolView {
+    pub name: String,
+    pub node: String,
+    pub zone: String,
+    pub datacenter: String,
+    pub phase: Option<PoolPhase>,
+    pub schedulable: bool,
+    pub experimental: bool,
+    pub labels: BTreeMap<String, String>,
+    pub free_bytes: u64,
+    pub size_bytes: u64,
+    pub reserved_percent: u8,
+    /// Since when the pool is not Ready (its Ready condition's transition time).
+    pub not_ready_since: Option<DateTime<Utc>>,
+    pub stream_endpoint: Option<String>,
+}
+
+impl PoolView {
+    pub fn from_pool(p: &StoragePool) -> Self {
+        let status = p.status.clone().unwrap_or_default();
+        let topo = p.spec.topology.clone().unwrap_or_default();
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+        let not_ready_since = match ready {
+            Some(c) if c.status != "True" => Some(chrono_of(&c.last_transition_time.0)),
+            None if status.phase == Some(PoolPhase::NotReady) => p
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| chrono_of(&t.0)),
+            _ => None,
+        };
+        Self {
+            name: p.name_any(),
+            node: p.spec.node_name.clone(),
+            zone: topo.zone.unwrap_or_default(),
+            datacenter: topo.datacenter.unwrap_or_default(),
+            phase: status.phase,
+            schedulable: p.spec.schedulable,
+            experimental: p.spec.experimental,
+            labels: p.labels().clone(),
+            free_bytes: status.free_bytes.unwrap_or(0),
+            size_bytes: status.size_bytes.unwrap_or(0),
+            reserved_percent: p.spec.reserved_percent,
+            not_ready_since,
+            stream_endpoint: status.agent.and_then(|a| a.stream_endpoint),
+        }
+    }
+
+    pub fn ready(&self) -> bool {
+        self.phase == Some(PoolPhase::Ready)
+    }
+
+    /// NotReady for at least `grace`: its copies count as lost.
+    pub fn lost(&self, now: DateTime<Utc>, grace: chrono::Duration) -> bool {
+        self.phase == Some(PoolPhase::NotReady)
+            && self.not_ready_since.is_some_and(|t| now - t >= grace)
+    }
+}
+
+/// A condition, keeping `lastTransitionTime` from `previous` when the status did not change.
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: impl Into<String>,
+    now: DateTime<Utc>,
+    generation: Option<i64>,
+) -> Condition {
+    let status = if ok { "True" } else { "False" }.to_owned();
+    let last = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(jiff_of(now)));
+    Condition {
+        type_: type_.to_owned(),
+        status,
+        reason: reason.to_owned(),
+        message: message.into(),
+        last_transition_time: last,
+        observed_generation: generation,
+    }
+}
+
+/// Whether condition `type_` is True in `conds`.
+pub fn is_true(conds: &[Condition], type_: &str) -> bool {
+    conds.iter().any(|c| c.type_ == type_ && c.status == "True")
+}
+
+/// `1.2Gi`-style bytes for `kubectl get` columns.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 6] = ["", "Ki", "Mi", "Gi", "Ti", "Pi"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b}")
+    } else if v >= 10.0 {
+        format!("{v:.0}{}", UNITS[u])
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+/// Parses a Kubernetes quantity (`10Gi`, `500M`, `1e9`) into bytes.
+pub fn quantity_bytes(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let split = q.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult: f64 = match suffix {
+        "" => 1.0,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse().ok()?),
+        _ => return None,
+    };
+    let v = n * mult;
+    (v.is_finite() && v >= 0.0).then_some(v as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities() {
+        assert_eq!(quantity_bytes("1Gi"), Some(1 << 30));
+        assert_eq!(quantity_bytes("512Mi"), Some(512 << 20));
+        assert_eq!(quantity_bytes("1e9"), Some(1_000_000_000));
+        assert_eq!(quantity_bytes("2G"), Some(2_000_000_000));
+        assert_eq!(quantity_bytes("x"), None);
+        assert_eq!(human_bytes(1536 << 20), "1.5Gi");
+        assert_eq!(human_bytes(100 << 30), "100Gi");
+    }
+}
