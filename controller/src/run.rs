@@ -116,7 +116,9 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     ));
 
     let projects: Api<Project> = Api::all(client.clone());
-    let project_ctrl = Controller::new(projects, wc.clone());
+    // Bounded concurrency keeps memory flat however many Projects change at once.
+    let ctrl_config = kube::runtime::controller::Config::default().concurrency(16);
+    let project_ctrl = Controller::new(projects, wc.clone()).with_config(ctrl_config.clone());
     let project_store = project_ctrl.store();
     let by_pool = project_store.clone();
     let project_ctrl = project_ctrl
@@ -140,6 +142,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         .run(apply::reconcile_project, apply::on_error, ctx.clone())
         .for_each(|_| async {});
     let pool_ctrl = Controller::new(pool_api, wc.clone())
+        .with_config(ctrl_config)
         .graceful_shutdown_on(shutdown_signal())
         .run(apply::reconcile_pool, apply::on_error, ctx.clone())
         .for_each(|_| async {});

@@ -376,9 +376,24 @@ pub fn decide(inp: &Inputs<'_>) -> Decision {
     }
 
     // Replica specs: the state the project is in, secondaries pointing at the primary.
+    let deleting: Vec<String> = cx
+        .changes
+        .iter()
+        .filter_map(|c| {
+            if let Change::Delete { name } = c {
+                Some(name.clone())
+            } else {
+                None
+            }
+        })
+        .collect();
     if let Some(pr) = primary {
         let src = cx.source(pr);
-        for r in inp.replicas {
+        for r in inp
+            .replicas
+            .iter()
+            .filter(|r| !deleting.contains(&r.name_any()))
+        {
             let mut spec = r.spec.clone();
             spec.state = desired_state;
             if r.spec.role == ReplicaRole::Secondary {
