@@ -108,36 +108,64 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         lease_store.wait_until_ready(),
     )
     .await;
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        metrics.clone(),
-        config.settings.clone(),
-        (sr_store.clone(), pool_store.clone(), lease_store.clone()),
-    ));
 
     let projects: Api<Project> = Api::all(client.clone());
     // Bounded concurrency keeps memory flat however many Projects change at once.
     let ctrl_config = kube::runtime::controller::Config::default().concurrency(16);
     let project_ctrl = Controller::new(projects, wc.clone()).with_config(ctrl_config.clone());
     let project_store = project_ctrl.store();
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics.clone(),
+        config.settings.clone(),
+        (
+            sr_store.clone(),
+            pool_store.clone(),
+            lease_store.clone(),
+            project_store.clone(),
+        ),
+    ));
     let by_pool = project_store.clone();
+    let by_source = project_store.clone();
     let project_ctrl = project_ctrl
         .owns(sr_api, wc.clone())
         .watches(pool_api.clone(), wc.clone(), move |pool: StoragePool| {
             // A pool change matters to the projects with a copy there and to those not yet
-            // fully placed.
+            // fully placed; recently written projects first, so after a pool loss they
+            // re-replicate first.
             let name = pool.name_any();
-            by_pool
+            let mut hit: Vec<Arc<Project>> = by_pool
                 .state()
-                .iter()
+                .into_iter()
                 .filter(|p| {
                     let st = p.status.clone().unwrap_or_default();
                     st.replicas.iter().any(|r| r.pool == name)
                         || st.replicas.len() < usize::from(p.spec.copies)
                 })
+                .collect();
+            hit.sort_by_key(|p| {
+                std::cmp::Reverse(p.status.as_ref().and_then(|s| s.last_snapshot.clone()))
+            });
+            hit.iter()
                 .map(|p| ObjectRef::from_obj(&**p))
                 .collect::<Vec<_>>()
         })
+        .watches(
+            Api::<Project>::all(client.clone()),
+            wc.clone(),
+            move |source: Project| {
+                // A project that moved or failed over: every project mounting a folder of it.
+                let (ns, name) = (source.namespace(), source.name_any());
+                by_source
+                    .state()
+                    .iter()
+                    .filter(|p| {
+                        p.namespace() == ns && p.spec.mounts.iter().any(|m| m.project == name)
+                    })
+                    .map(|p| ObjectRef::from_obj(&**p))
+                    .collect::<Vec<_>>()
+            },
+        )
         .graceful_shutdown_on(shutdown_signal())
         .run(apply::reconcile_project, apply::on_error, ctx.clone())
         .for_each(|_| async {});

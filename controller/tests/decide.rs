@@ -115,6 +115,7 @@ fn run(
         pools,
         now: now(),
         failover_grace: chrono::Duration::seconds(120),
+        mount_sources: &BTreeMap::new(),
     })
 }
 
@@ -486,6 +487,7 @@ fn deletion_trashes_then_releases_and_a_new_project_restores() {
         pools: &pools(),
         now: now() + chrono::Duration::days(4),
         failover_grace: chrono::Duration::seconds(120),
+        mount_sources: &BTreeMap::new(),
     });
     assert_eq!(creates(&later).len(), 3);
 }
@@ -541,4 +543,97 @@ fn a_lost_secondary_is_replaced_and_then_dropped() {
     assert!(d.changes.contains(&Change::Delete {
         name: "thesis-pc".into()
     }));
+}
+
+#[test]
+fn mounts_point_the_consumer_at_the_sources_primary_and_follow_it() {
+    let p = project(
+        json!({"spec": {"mounts": [{"project": "course", "path": "handin/alice", "mountPath": "handin"}]}}),
+    );
+    let reps = placed(&project(json!({})));
+    let primary = reps
+        .iter()
+        .find(|r| r.spec.role == ReplicaRole::Primary)
+        .unwrap()
+        .name_any();
+    let src = |node: &str, epoch: u64| {
+        BTreeMap::from([(
+            "course".to_owned(),
+            Some(projstore_api::PrimaryStatus {
+                pool: format!("p{node}"),
+                node: node.into(),
+                epoch,
+                mount_path: None,
+            }),
+        )])
+    };
+    let at_b = src("b", 1);
+    let d = decide(&Inputs {
+        project: &p,
+        replicas: &reps,
+        tombstones: &[],
+        pools: &pools(),
+        now: now(),
+        failover_grace: chrono::Duration::seconds(120),
+        mount_sources: &at_b,
+    });
+    let u = updates(&d);
+    let ann = u[&primary]
+        .3
+        .get("projstore.io/mount-sources")
+        .cloned()
+        .flatten()
+        .unwrap();
+    assert!(ann.contains(r#""node":"b""#), "{ann}");
+    assert_eq!(d.status.mounts[0].phase, "Pending");
+    // The source moves to node c: the annotation follows.
+    let mut annotated = reps.clone();
+    for r in annotated.iter_mut().filter(|r| r.name_any() == primary) {
+        r.metadata.annotations = Some(BTreeMap::from([(
+            "projstore.io/mount-sources".to_owned(),
+            ann.clone(),
+        )]));
+    }
+    let same = decide(&Inputs {
+        project: &p,
+        replicas: &annotated,
+        tombstones: &[],
+        pools: &pools(),
+        now: now(),
+        failover_grace: chrono::Duration::seconds(120),
+        mount_sources: &at_b,
+    });
+    assert!(updates(&same).is_empty(), "no change, no write");
+    let at_c = src("c", 2);
+    let moved = decide(&Inputs {
+        project: &p,
+        replicas: &annotated,
+        tombstones: &[],
+        pools: &pools(),
+        now: now(),
+        failover_grace: chrono::Duration::seconds(120),
+        mount_sources: &at_c,
+    });
+    let ann = updates(&moved)[&primary]
+        .3
+        .get("projstore.io/mount-sources")
+        .cloned()
+        .flatten()
+        .unwrap();
+    assert!(
+        ann.contains(r#""node":"c""#) && ann.contains(r#""epoch":2"#),
+        "{ann}"
+    );
+    // A missing source is reported, not guessed.
+    let none = BTreeMap::from([("course".to_owned(), None)]);
+    let missing = decide(&Inputs {
+        project: &p,
+        replicas: &reps,
+        tombstones: &[],
+        pools: &pools(),
+        now: now(),
+        failover_grace: chrono::Duration::seconds(120),
+        mount_sources: &none,
+    });
+    assert_eq!(missing.status.mounts[0].phase, "Failed");
 }

@@ -41,6 +41,8 @@ pub struct Context {
     pub replicas: Store<StreamReplica>,
     pub pools: Store<StoragePool>,
     pub leases: Store<Lease>,
+    /// All Projects (for mount sources).
+    pub projects: Store<Project>,
     /// Consecutive failures per object, for exponential backoff.
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
@@ -59,7 +61,12 @@ impl Context {
         client: Client,
         metrics: Arc<Metrics>,
         settings: Settings,
-        stores: (Store<StreamReplica>, Store<StoragePool>, Store<Lease>),
+        stores: (
+            Store<StreamReplica>,
+            Store<StoragePool>,
+            Store<Lease>,
+            Store<Project>,
+        ),
     ) -> Self {
         let recorder = Recorder::new(
             client.clone(),
@@ -76,6 +83,7 @@ impl Context {
             replicas: stores.0,
             pools: stores.1,
             leases: stores.2,
+            projects: stores.3,
             failures: Default::default(),
         }
     }
@@ -122,6 +130,19 @@ pub async fn reconcile_project(p: Arc<Project>, ctx: Arc<Context>) -> Result<Act
     pools.sort_by(|a, b| a.name.cmp(&b.name));
     let grace = chrono::Duration::from_std(ctx.settings.failover_grace)
         .unwrap_or(chrono::Duration::seconds(120));
+    let mount_sources: BTreeMap<String, Option<projstore_api::PrimaryStatus>> = p
+        .spec
+        .mounts
+        .iter()
+        .map(|m| {
+            let src = ctx
+                .projects
+                .get(&ObjectRef::new(&m.project).within(&ns))
+                .and_then(|s| s.status.clone())
+                .and_then(|s| s.primary);
+            (m.project.clone(), src)
+        })
+        .collect();
     let decision = decide(&Inputs {
         project: &p,
         replicas: &mine,
@@ -129,6 +150,7 @@ pub async fn reconcile_project(p: Arc<Project>, ctx: Arc<Context>) -> Result<Act
         pools: &pools,
         now: Utc::now(),
         failover_grace: grace,
+        mount_sources: &mount_sources,
     });
 
     let projects: Api<Project> = Api::namespaced(ctx.client.clone(), &ns);

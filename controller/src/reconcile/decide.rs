@@ -77,7 +77,14 @@ pub struct Inputs<'a> {
     pub pools: &'a [PoolView],
     pub now: DateTime<Utc>,
     pub failover_grace: chrono::Duration,
+    /// The primaries of the projects this one mounts folders of (None: no such project, or
+    /// not served yet).
+    pub mount_sources: &'a BTreeMap<String, Option<PrimaryStatus>>,
 }
+
+/// Annotation on the primary's replica: where each mounted source project is served now, so
+/// the agent mounting it follows moves and failovers (JSON object by project name).
+pub const MOUNT_SOURCES: &str = "projstore.io/mount-sources";
 
 /// The name of the replica of `project` on `pool`.
 pub fn replica_name(project: &str, pool: &str) -> String {
@@ -376,6 +383,44 @@ pub fn decide(inp: &Inputs<'_>) -> Decision {
     }
 
     // Replica specs: the state the project is in, secondaries pointing at the primary.
+    // The consumer's agent learns where its mount sources live from the primary's replica.
+    let mut mount_status = Vec::new();
+    if let Some(pr) = primary
+        && !p.spec.mounts.is_empty()
+    {
+        let mut sources = serde_json::Map::new();
+        for m in &p.spec.mounts {
+            match inp.mount_sources.get(&m.project).cloned().flatten() {
+                Some(src) => {
+                    sources.insert(
+                        m.project.clone(),
+                        serde_json::json!({"pool": src.pool, "node": src.node, "epoch": src.epoch}),
+                    );
+                    mount_status.push(projstore_api::MountStatus {
+                        mount_path: m.mount_path.clone(),
+                        phase: "Pending".into(),
+                        message: Some(format!("{}:{} served by {}", m.project, m.path, src.node)),
+                    });
+                }
+                None => mount_status.push(projstore_api::MountStatus {
+                    mount_path: m.mount_path.clone(),
+                    phase: "Failed".into(),
+                    message: Some(format!(
+                        "project {} does not exist or is not served yet",
+                        m.project
+                    )),
+                }),
+            }
+        }
+        let want = serde_json::Value::Object(sources).to_string();
+        if annotation(pr, MOUNT_SOURCES) != Some(want.as_str()) {
+            cx.update(
+                pr,
+                pr.spec.clone(),
+                BTreeMap::from([(MOUNT_SOURCES.to_owned(), Some(want))]),
+            );
+        }
+    }
     let deleting: Vec<String> = cx
         .changes
         .iter()
@@ -412,7 +457,10 @@ pub fn decide(inp: &Inputs<'_>) -> Decision {
     } else {
         None
     };
-    let status = status(&cx, &prev, phase, None, notes);
+    let mut status = status(&cx, &prev, phase, None, notes);
+    if !p.spec.mounts.is_empty() {
+        status.mounts = mount_status;
+    }
     // Events for transitions users must see.
     let placed_now = is_true(&status.conditions, "Placed");
     if !placed_now
