@@ -320,6 +320,7 @@ pub async fn reconcile_pool(pool: Arc<StoragePool>, ctx: Arc<Context>) -> Result
             .filter(|c| c.type_ != "Ready")
             .cloned()
             .collect();
+        let (ready_reason, ready_message) = (ready.reason.clone(), ready.message.clone());
         conds.push(ready);
         let patch = json!({
             "metadata": {"resourceVersion": pool.resource_version()},
@@ -328,6 +329,27 @@ pub async fn reconcile_pool(pool: Arc<StoragePool>, ctx: Arc<Context>) -> Result
         let api: Api<StoragePool> = Api::all(ctx.client.clone());
         api.patch_status(&pool.name_any(), &pp(), &Patch::Merge(&patch))
             .await?;
+        if status.phase != Some(phase) {
+            let ev = Event {
+                type_: if phase == projstore_api::PoolPhase::Ready {
+                    EventType::Normal
+                } else {
+                    EventType::Warning
+                },
+                reason: format!("Pool{phase:?}"),
+                note: Some(
+                    format!("{ready_reason}: {ready_message}")
+                        .chars()
+                        .take(1000)
+                        .collect(),
+                ),
+                action: "Heartbeat".into(),
+                secondary: None,
+            };
+            if let Err(e) = ctx.recorder.publish(&ev, &pool.object_ref(&())).await {
+                tracing::warn!(pool = %pool.name_any(), error = %e, "cannot record event");
+            }
+        }
     }
     ctx.metrics
         .duration

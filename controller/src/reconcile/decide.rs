@@ -808,8 +808,13 @@ fn status(
         ProjectPhase::Degraded
     });
     let notes_text = notes.join("; ");
-    let placed_ok = inp.replicas.len() >= copies
-        || (!inp.replicas.is_empty() && !notes_text.contains("copies can be placed"));
+    // Copies that exist or are being created now; placement reports any shortfall in notes.
+    let placed = inp.replicas.len()
+        + cx.changes
+            .iter()
+            .filter(|c| matches!(c, Change::Create(_)))
+            .count();
+    let placed_ok = !notes_text.contains("copies can be placed");
     let phase_now = project_phase;
     let secondaries_ready = inp
         .replicas
@@ -820,10 +825,13 @@ fn status(
         condition(
             &prev.conditions,
             "Placed",
-            placed_ok && !notes_text.contains("copies can be placed"),
+            placed_ok,
             if placed_ok { "Placed" } else { "Unplaceable" },
             if notes_text.is_empty() {
-                format!("{} of {copies} copies placed", inp.replicas.len())
+                format!(
+                    "{} of {copies} copies placed",
+                    placed.min(copies.max(placed))
+                )
             } else {
                 notes_text.clone()
             },
