@@ -182,6 +182,27 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
             futures::future::pending::<()>().await;
         }
     };
+    // Trashed replicas of deleted projects (tombstones) are removed once their retention ends;
+    // the agents purge the data by the same clock (DESIGN §5.6).
+    let tombstones = {
+        let (client, srs) = (client.clone(), sr_store.clone());
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                for r in srs
+                    .state()
+                    .iter()
+                    .filter(|r| crate::reconcile::decide::tombstone_expired(r, chrono::Utc::now()))
+                {
+                    let api: Api<StreamReplica> =
+                        Api::namespaced(client.clone(), &r.namespace().unwrap_or_default());
+                    if let Err(e) = api.delete(&r.name_any(), &Default::default()).await {
+                        tracing::warn!(replica = %r.name_any(), error = %e, "cannot remove an expired trash tombstone");
+                    }
+                }
+            }
+        }
+    };
     let phases = {
         let (metrics, projects) = (metrics.clone(), project_store.clone());
         async move {
@@ -206,6 +227,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         _ = futures::future::join(project_ctrl, pool_ctrl) => Ok(()),
         _ = readiness => Ok(()),
         _ = phases => Ok(()),
+        _ = tombstones => Ok(()),
         _ = election.hold() => Err(RunError::LostLeadership),
     };
     reflectors.abort();

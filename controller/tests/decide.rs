@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
 use projstore_api::{PoolPhase, Project, ProjectPhase, ReplicaRole, ReplicaState, StreamReplica};
 use projstore_controller::reconcile::decide::{
     Change, Decision, HANDOFF_TO, Inputs, MOVED_FROM, TRASHED_AT, decide,
@@ -636,4 +636,22 @@ fn mounts_point_the_consumer_at_the_sources_primary_and_follow_it() {
         mount_sources: &none,
     });
     assert_eq!(missing.status.mounts[0].phase, "Failed");
+}
+
+#[test]
+fn tombstones_expire_after_their_retention() {
+    let mut t = replica("pa", "a", "Secondary", 1, Some("Trashed"), None);
+    t.spec.state = ReplicaState::Trashed;
+    t.metadata.annotations = Some(BTreeMap::from([
+        (TRASHED_AT.to_owned(), "2026-11-20T12:00:00Z".to_owned()),
+        ("projstore.io/retain-days".to_owned(), "2".to_owned()),
+    ]));
+    use projstore_controller::reconcile::decide::tombstone_expired;
+    assert!(!tombstone_expired(&t, now()));
+    assert!(tombstone_expired(&t, now() + chrono::Duration::days(2)));
+    t.metadata.owner_references = Some(vec![project(json!({})).controller_owner_ref(&()).unwrap()]);
+    assert!(
+        !tombstone_expired(&t, now() + chrono::Duration::days(2)),
+        "owned replicas are not tombstones"
+    );
 }

@@ -481,6 +481,17 @@ pub fn decide(inp: &Inputs<'_>) -> Decision {
     }
 }
 
+/// A Trashed replica no Project owns, whose retention has ended.
+pub fn tombstone_expired(r: &StreamReplica, now: DateTime<Utc>) -> bool {
+    r.spec.state == ReplicaState::Trashed
+        && r.metadata
+            .owner_references
+            .as_ref()
+            .is_none_or(Vec::is_empty)
+        && annotation(r, TRASHED_AT).is_some()
+        && !within_retention(r, now)
+}
+
 fn within_retention(t: &StreamReplica, now: DateTime<Utc>) -> bool {
     let Some(at) = annotation(t, TRASHED_AT).and_then(|a| DateTime::parse_from_rfc3339(a).ok())
     else {
