@@ -8,6 +8,8 @@
 pub mod cli;
 pub mod layout;
 pub mod retention;
+pub mod sanity;
+pub mod server;
 pub mod streams;
 pub mod transfer;
 pub mod zfs;

@@ -1,0 +1,262 @@
+//! The stream server (DESIGN §5.4): peers fetch manifests and stream files with a bearer
+//! token; `Range` resumes a download. Every path is validated before the file system is
+//! touched: only `<namespace>/<name>[/<id>.zstream|.json]` of the store is ever served.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::Frame;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
+
+use crate::streams::{ProjectKey, StoreError, StreamId, StreamStore};
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// What the server needs.
+pub struct StreamServer {
+    pub store: StreamStore,
+    pub token: String,
+    pub ready: AtomicBool,
+}
+
+fn text(code: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(msg.into())).boxed());
+    *r.status_mut() = code;
+    r
+}
+
+/// Compares without an early exit, so timing does not tell how much of a token was right.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// Parses `bytes=N-` or `bytes=N-M` (one range; M inclusive).
+fn parse_range(h: &str, len: u64) -> Option<(u64, u64)> {
+    let spec = h.strip_prefix("bytes=")?;
+    let (a, b) = spec.split_once('-')?;
+    let start: u64 = a.trim().parse().ok()?;
+    let end: u64 = if b.trim().is_empty() {
+        len.checked_sub(1)?
+    } else {
+        b.trim().parse::<u64>().ok()?.min(len.checked_sub(1)?)
+    };
+    (start <= end && start < len).then_some((start, end))
+}
+
+impl StreamServer {
+    /// Answers one request.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<hyper::body::Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
+        let path = req.uri().path().to_owned();
+        if path == "/healthz" {
+            return Ok(text(StatusCode::OK, "ok"));
+        }
+        if path == "/readyz" {
+            return Ok(if self.ready.load(Ordering::Relaxed) {
+                text(StatusCode::OK, "ok")
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "sanity checks have not passed",
+                )
+            });
+        }
+        let auth = req
+            .headers()
+            .get("authorization")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        if !auth
+            .strip_prefix("Bearer ")
+            .is_some_and(|t| same(t, &self.token))
+        {
+            return Ok(text(
+                StatusCode::UNAUTHORIZED,
+                "a valid bearer token is required",
+            ));
+        }
+        if req.method() != Method::GET {
+            return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "only GET"));
+        }
+        let Some(rest) = path.strip_prefix("/v1/streams/") else {
+            return Ok(text(StatusCode::NOT_FOUND, "no such endpoint"));
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        let (project, file) = match parts.as_slice() {
+            [ns, name] => (ProjectKey::new(ns, name), None),
+            [ns, name, file] => (ProjectKey::new(ns, name), Some(*file)),
+            _ => {
+                return Ok(text(
+                    StatusCode::BAD_REQUEST,
+                    "expected /v1/streams/<namespace>/<name>[/<file>]",
+                ));
+            }
+        };
+        let project = match project {
+            Ok(p) => p,
+            Err(e) => return Ok(text(StatusCode::BAD_REQUEST, e)),
+        };
+        let Some(file) = file else {
+            return Ok(match self.store.list(&project).await {
+                Ok(list) => {
+                    let items: Vec<serde_json::Value> = list
+                        .iter()
+                        .map(|s| serde_json::json!({"id": s.id.as_str(), "manifest": s.manifest}))
+                        .collect();
+                    let mut r = Response::new(
+                        Full::new(Bytes::from(serde_json::to_vec(&items).unwrap_or_default()))
+                            .boxed(),
+                    );
+                    r.headers_mut().insert(
+                        "content-type",
+                        hyper::header::HeaderValue::from_static("application/json"),
+                    );
+                    r
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            });
+        };
+        if let Some(stem) = file.strip_suffix(".json") {
+            let id = match StreamId::parse(stem) {
+                Ok(id) => id,
+                Err(e) => return Ok(text(StatusCode::BAD_REQUEST, e)),
+            };
+            return Ok(match self.store.manifest(&project, &id).await {
+                Ok(m) => text(
+                    StatusCode::OK,
+                    serde_json::to_string(&m).unwrap_or_default(),
+                ),
+                Err(StoreError::NotFound { .. }) => text(StatusCode::NOT_FOUND, "no such stream"),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            });
+        }
+        let id = match StreamId::from_file_name(file) {
+            Ok(id) => id,
+            Err(e) => return Ok(text(StatusCode::BAD_REQUEST, e)),
+        };
+        let (_, len) = match self.store.open_at(&project, &id, 0).await {
+            Ok(x) => x,
+            Err(StoreError::NotFound { .. }) => {
+                return Ok(text(StatusCode::NOT_FOUND, "no such stream"));
+            }
+            Err(e) => return Ok(text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        };
+        let range = req
+            .headers()
+            .get("range")
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned);
+        let (start, end, partial) = match range {
+            None => (0, len.saturating_sub(1), false),
+            Some(h) => match parse_range(&h, len) {
+                Some((s, e)) => (s, e, true),
+                None => {
+                    let mut r = text(StatusCode::RANGE_NOT_SATISFIABLE, "bad range");
+                    r.headers_mut().insert(
+                        "content-range",
+                        format!("bytes */{len}")
+                            .parse()
+                            .unwrap_or(hyper::header::HeaderValue::from_static("bytes */0")),
+                    );
+                    return Ok(r);
+                }
+            },
+        };
+        let (mut f, _) = match self.store.open_at(&project, &id, start).await {
+            Ok(x) => x,
+            Err(e) => return Ok(text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        };
+        let count = if len == 0 { 0 } else { end - start + 1 };
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(8);
+        tokio::spawn(async move {
+            let mut left = count;
+            let mut buf = vec![0u8; 1 << 20];
+            while left > 0 {
+                let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+                let n = match f.read(&mut buf[..want]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                left -= n as u64;
+                if tx
+                    .send(Ok(Frame::data(Bytes::copy_from_slice(&buf[..n]))))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let body = StreamBody::new(tokio_stream_compat(rx)).boxed();
+        let mut r = Response::new(body);
+        r.headers_mut().insert("content-length", count.into());
+        r.headers_mut().insert(
+            "accept-ranges",
+            hyper::header::HeaderValue::from_static("bytes"),
+        );
+        if partial {
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            if let Ok(v) = format!("bytes {start}-{end}/{len}").parse() {
+                r.headers_mut().insert("content-range", v);
+            }
+        }
+        Ok(r)
+    }
+}
+
+/// An mpsc receiver as a stream of frames.
+fn tokio_stream_compat(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, Infallible>>,
+) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, Infallible>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Serves until the task is dropped; returns the bound address through `bound`.
+pub async fn serve(listener: tokio::net::TcpListener, server: Arc<StreamServer>) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let server = server.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| server.clone().handle(req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+/// Binds the stream server's listener.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-", 10), Some((0, 9)));
+        assert_eq!(parse_range("bytes=4-6", 10), Some((4, 6)));
+        assert_eq!(parse_range("bytes=4-100", 10), Some((4, 9)));
+        assert_eq!(parse_range("bytes=10-", 10), None);
+        assert_eq!(parse_range("bytes=6-4", 10), None);
+        assert_eq!(parse_range("items=0-1", 10), None);
+        assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));
+    }
+}
