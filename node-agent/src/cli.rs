@@ -1,12 +1,17 @@
-//! The `projstore-agent` command line (the agent runtime's `run` and `check` are not built
-//! yet; see README).
+//! The `projstore-agent` command line.
 
 use std::io::Write;
 
 use crate::streams::{PlanOutput, parse_plan_input, plan};
 
 /// Usage text.
-pub const USAGE: &str = "usage: projstore-agent streams plan --json FILE\n\n\
+pub const USAGE: &str = "usage: projstore-agent run --node-name N [--projects-root DIR] [--streams-root DIR]\n\
+                            [--listen ADDR] [--advertise URL] [--lease-namespace NS]\n\
+                            [--token-file FILE] [--interval-seconds N] [--log-format json|pretty]\n\
+       projstore-agent check --pool POOL... [--projects-root DIR] [--streams-root DIR]\n\
+       projstore-agent streams plan --json FILE\n\n\
+  run                        keep this host's StoragePools, renew the heartbeat Lease, serve streams\n\
+  check                      run the start-up sanity checks and print them (exit 1 if one fails)\n\
   streams plan --json FILE   print the chain and the deletable streams of the stream graph in FILE\n\
                              (DESIGN §5.3); exit code 2 on invalid input\n";
 
@@ -15,6 +20,14 @@ pub fn main(args: &[String], out: &mut impl Write, err: &mut impl Write) -> i32 
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
     match words.as_slice() {
         ["streams", "plan", "--json", file] => streams_plan(file, out, err),
+        ["run", rest @ ..] => match parse_run(rest) {
+            Ok((cfg, json)) => run(cfg, json, err),
+            Err(e) => {
+                let _ = writeln!(err, "projstore-agent run: {e}\n{USAGE}");
+                2
+            }
+        },
+        ["check", rest @ ..] => check(rest, out, err),
         ["help" | "--help" | "-h"] => {
             let _ = write!(out, "{USAGE}");
             0
@@ -60,4 +73,147 @@ fn streams_plan(file: &str, out: &mut impl Write, err: &mut impl Write) -> i32 {
         }
         Err(e) => fail(err, e.to_string()),
     }
+}
+
+fn parse_run(args: &[&str]) -> Result<(crate::runtime::Config, bool), String> {
+    let mut cfg = crate::runtime::Config {
+        node_name: String::new(),
+        projects_root: "/projects".into(),
+        streams_root: "/var/lib/projstore/streams".into(),
+        listen: "0.0.0.0:7420".parse().map_err(|e| format!("{e}"))?,
+        advertise: String::new(),
+        lease_namespace: "projstore-system".into(),
+        token: String::new(),
+        interval: std::time::Duration::from_secs(10),
+    };
+    let mut json = true;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut v = || {
+            it.next()
+                .map(|s| (*s).to_owned())
+                .ok_or_else(|| format!("{a} needs a value"))
+        };
+        match *a {
+            "--node-name" => cfg.node_name = v()?,
+            "--projects-root" => cfg.projects_root = v()?.into(),
+            "--streams-root" => cfg.streams_root = v()?.into(),
+            "--listen" => cfg.listen = v()?.parse().map_err(|e| format!("--listen: {e}"))?,
+            "--advertise" => cfg.advertise = v()?,
+            "--lease-namespace" => cfg.lease_namespace = v()?,
+            "--token-file" => {
+                let f = v()?;
+                cfg.token = std::fs::read_to_string(&f)
+                    .map_err(|e| format!("--token-file {f}: {e}"))?
+                    .trim()
+                    .to_owned();
+            }
+            "--interval-seconds" => {
+                cfg.interval = std::time::Duration::from_secs(
+                    v()?.parse()
+                        .map_err(|e| format!("--interval-seconds: {e}"))?,
+                )
+            }
+            "--log-format" => json = v()? == "json",
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if !projstore_api::names::is_dns1123_subdomain(&cfg.node_name) {
+        return Err("--node-name is required and must be a Kubernetes node name".into());
+    }
+    if cfg.token.is_empty() {
+        return Err("--token-file is required: peers authenticate stream requests with it".into());
+    }
+    if cfg.advertise.is_empty() {
+        cfg.advertise = format!("http://{}", cfg.listen);
+    }
+    Ok((cfg, json))
+}
+
+fn run(cfg: crate::runtime::Config, json: bool, err: &mut impl Write) -> i32 {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if json {
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .try_init();
+    } else {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = writeln!(err, "projstore-agent run: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(async {
+        let client = match kube::Client::try_default().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "no Kubernetes client: set KUBECONFIG or run in a cluster");
+                return 1;
+            }
+        };
+        match crate::runtime::run(client, cfg).await {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::error!(error = %e, "stopping");
+                1
+            }
+        }
+    })
+}
+
+fn check(args: &[&str], out: &mut impl Write, err: &mut impl Write) -> i32 {
+    let (mut pools, mut projects_root, mut streams_root) = (
+        Vec::new(),
+        std::path::PathBuf::from("/projects"),
+        std::path::PathBuf::from("/var/lib/projstore/streams"),
+    );
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match (*a, it.next()) {
+            ("--pool", Some(p)) => match crate::zfs::PoolName::parse(p) {
+                Ok(n) => pools.push(n),
+                Err(e) => {
+                    let _ = writeln!(err, "projstore-agent check: {e}");
+                    return 2;
+                }
+            },
+            ("--projects-root", Some(p)) => projects_root = p.into(),
+            ("--streams-root", Some(p)) => streams_root = p.into(),
+            _ => {
+                let _ = write!(err, "{USAGE}");
+                return 2;
+            }
+        }
+    }
+    let Ok(rt) = tokio::runtime::Runtime::new() else {
+        return 1;
+    };
+    let checks = rt.block_on(async {
+        let zfs = crate::zfs::Zfs::detect().await.ok();
+        let list: Vec<_> = pools
+            .iter()
+            .map(|p| {
+                (
+                    crate::layout::PoolLayout::new(p.clone()),
+                    streams_root.join(p.as_str()),
+                )
+            })
+            .collect();
+        crate::sanity::run_checks(zfs.as_ref(), &list, &projects_root).await
+    });
+    for c in &checks {
+        let _ = writeln!(
+            out,
+            "{} {:<40} {}",
+            if c.ok { "ok  " } else { "FAIL" },
+            c.name,
+            c.detail
+        );
+    }
+    i32::from(!checks.iter().all(|c| c.ok))
 }

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod layout;
 pub mod retention;
+pub mod runtime;
 pub mod sanity;
 pub mod server;
 pub mod streams;

@@ -1,0 +1,200 @@
+//! `projstore-agent run`: the agent on one storage host. Today it keeps the host's
+//! StoragePools, renews the heartbeat Lease, runs the sanity checks, and serves streams.
+//! (Serving replicas — snapshots, replication, mounts — is not built yet; see README.)
+
+pub mod pool;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Client, ResourceExt};
+use projstore_api::StoragePool;
+
+use crate::layout::PoolLayout;
+use crate::sanity::run_checks;
+use crate::server::{StreamServer, serve};
+use crate::streams::StreamStore;
+use crate::zfs::{PoolName, Zfs};
+
+/// Field manager of the agent's writes.
+pub const MANAGER: &str = "projstore-agent";
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_name: String,
+    pub projects_root: PathBuf,
+    /// Each pool's `streams` filesystem is mounted at `<streams_root>/<pool>`.
+    pub streams_root: PathBuf,
+    pub listen: SocketAddr,
+    /// How peers reach the stream server (`http://<addr>:<port>`).
+    pub advertise: String,
+    pub lease_namespace: String,
+    pub token: String,
+    /// Seconds between heartbeats and pool checks (10 in production).
+    pub interval: Duration,
+}
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+async fn heartbeat(client: &Client, cfg: &Config) -> Result<(), kube::Error> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.lease_namespace);
+    let name = format!("projstore-agent-{}", cfg.node_name);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let lease = serde_json::json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name},
+        "spec": {"holderIdentity": cfg.node_name, "leaseDurationSeconds": 40, "renewTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(now)}
+    });
+    leases
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&lease),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Runs until SIGTERM/SIGINT.
+pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
+    let zfs = match Zfs::detect().await {
+        Ok(z) => Some(z),
+        Err(e) => {
+            tracing::error!(error = %e, "ZFS is not usable: reporting not Ready until it is");
+            None
+        }
+    };
+    let listener = crate::server::bind(cfg.listen)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let pools_api: Api<StoragePool> = Api::all(client.clone());
+    let (store, writer) = reflector::store::<StoragePool>();
+    let watch = reflector::reflector(
+        writer,
+        watcher(pools_api.clone(), watcher::Config::default()),
+    )
+    .applied_objects()
+    .for_each(|_| async {});
+    let watch = tokio::spawn(watch);
+    let _ = store.wait_until_ready().await;
+
+    let mut server: Option<Arc<StreamServer>> = None;
+    let mut server_task = None;
+    let mut listener = Some(listener);
+    let mut tick = tokio::time::interval(cfg.interval);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = heartbeat(&client, &cfg).await {
+            tracing::warn!(error = %e, "cannot renew the heartbeat Lease");
+        }
+        let mine: Vec<Arc<StoragePool>> = store
+            .state()
+            .into_iter()
+            .filter(|p| p.spec.node_name == cfg.node_name)
+            .collect();
+        let mut all_ok = !mine.is_empty();
+        for sp in &mine {
+            let report = match &zfs {
+                Some(z) => pool::keep(z, sp, &cfg.streams_root)
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Err("ZFS is not usable on this host".to_owned()),
+            };
+            let layout = PoolName::parse(&sp.spec.pool_name)
+                .ok()
+                .map(PoolLayout::new);
+            let streams_mp = cfg.streams_root.join(&sp.spec.pool_name);
+            let checks = match &layout {
+                Some(l) => {
+                    run_checks(
+                        zfs.as_ref(),
+                        &[(l.clone(), streams_mp.clone())],
+                        &cfg.projects_root,
+                    )
+                    .await
+                }
+                None => Vec::new(),
+            };
+            all_ok &= report.is_ok() && checks.iter().all(|c| c.ok);
+            if server.is_none() && report.is_ok() {
+                let s = Arc::new(StreamServer {
+                    store: StreamStore::new(streams_mp),
+                    token: cfg.token.clone(),
+                    ready: Default::default(),
+                });
+                if let Some(l) = listener.take() {
+                    server_task = Some(tokio::spawn(serve(l, s.clone())));
+                }
+                server = Some(s);
+            }
+            let patch = pool::status_patch(
+                zfs.as_ref(),
+                sp,
+                &checks,
+                report.as_ref().map_err(Clone::clone),
+                &cfg.advertise,
+                None,
+                0,
+            )
+            .await;
+            if let Err(e) = pools_api
+                .patch_status(
+                    &sp.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+            {
+                // A conflict means the controller wrote meanwhile: the next tick retries.
+                tracing::debug!(pool = %sp.name_any(), error = %e, "status not written");
+            }
+        }
+        if let Some(s) = &server {
+            s.ready.store(all_ok, Ordering::Relaxed);
+        }
+    }
+    watch.abort();
+    if let Some(t) = server_task {
+        t.abort();
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,247 @@
+//! Keeping this host's StoragePools: create or import, grow, properties with capability
+//! fallback, the standard filesystems, and the status the controller reads. Never destroys
+//! or shrinks a pool.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+use projstore_api::{AgentStatus, Capabilities, StoragePool};
+
+use crate::layout::{PoolLayout, ensure_layout};
+use crate::sanity::Check;
+use crate::zfs::{Imported, PoolName, PropertyName, Vdev, Zfs, ZfsError};
+
+/// What keeping a pool found, for its status.
+#[derive(Debug, Clone, Default)]
+pub struct PoolReport {
+    pub problems: Vec<String>,
+    pub properties_in_effect: BTreeMap<String, String>,
+}
+
+fn prop(name: &str) -> Result<PropertyName, ZfsError> {
+    PropertyName::parse(name).map_err(|source| ZfsError::InvalidName {
+        what: "pool property".into(),
+        source,
+    })
+}
+
+/// Brings the pool of `sp` to its spec: import (searching the vdevs' directories) or create,
+/// add new vdevs, set properties, create the layout with `<streams_root>/<pool>` mounted.
+pub async fn keep(
+    zfs: &Zfs,
+    sp: &StoragePool,
+    streams_root: &Path,
+) -> Result<PoolReport, ZfsError> {
+    let name = PoolName::parse(&sp.spec.pool_name).map_err(|source| ZfsError::InvalidName {
+        what: "poolName".into(),
+        source,
+    })?;
+    let mut report = PoolReport::default();
+    let vdevs: Vec<Vdev> = sp
+        .spec
+        .vdevs
+        .iter()
+        .map(|v| Vdev::new(&v.path, v.size_bytes))
+        .collect::<Result<_, _>>()
+        .map_err(|source| ZfsError::InvalidName {
+            what: "vdev".into(),
+            source,
+        })?;
+    if zfs.pool_info(&name).await.is_err() {
+        let dirs: Vec<PathBuf> = {
+            let mut d: Vec<PathBuf> = vdevs
+                .iter()
+                .filter_map(|v| v.path().parent().map(Path::to_path_buf))
+                .collect();
+            d.sort();
+            d.dedup();
+            d
+        };
+        match zfs.pool_import(&name, &dirs, sp.spec.force_import).await {
+            Ok(Imported::Now | Imported::Already) => tracing::info!(pool = %name, "imported"),
+            Err(ZfsError::PoolUnavailable { stderr, .. }) if stderr.contains("no such pool") => {
+                // Nothing to import: a new pool on the listed vdevs (never forced).
+                zfs.pool_create(&name, &vdevs, &[]).await?;
+                tracing::info!(pool = %name, "created");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let present = zfs.pool_vdevs(&name).await?;
+    for v in &vdevs {
+        if !present.iter().any(|p| Path::new(p) == v.path()) {
+            zfs.pool_add(&name, v).await?;
+            tracing::info!(pool = %name, vdev = %v.path().display(), "grown");
+        }
+    }
+    let listed: Vec<&str> = sp.spec.vdevs.iter().map(|v| v.path.as_str()).collect();
+    let removed: Vec<&String> = present
+        .iter()
+        .filter(|p| p.starts_with('/') && !listed.contains(&p.as_str()))
+        .collect();
+    if !removed.is_empty() {
+        report.problems.push(format!("vdevs {removed:?} are in the pool but not in spec.vdevs: pools never shrink; put them back in the spec"));
+    }
+    let root = name.root();
+    let (compression, fell_back) = zfs
+        .capabilities()
+        .compression_for(&sp.spec.properties.compression);
+    zfs.set(&root, &prop("compression")?, &compression).await?;
+    if fell_back {
+        report
+            .properties_in_effect
+            .insert("compression".into(), compression);
+    }
+    zfs.set(
+        &root,
+        &prop("atime")?,
+        if sp.spec.properties.atime {
+            "on"
+        } else {
+            "off"
+        },
+    )
+    .await?;
+    if let Some(rs) = &sp.spec.properties.recordsize {
+        zfs.set(&root, &prop("recordsize")?, rs).await?;
+    }
+    if let Some(lb) = &sp.spec.properties.logbias {
+        let v = serde_json::to_value(lb)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        zfs.set(&root, &prop("logbias")?, &v).await?;
+    }
+    ensure_layout(
+        zfs,
+        &PoolLayout::new(name.clone()),
+        &streams_root.join(name.as_str()),
+    )
+    .await?;
+    Ok(report)
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    prev: &[Condition],
+) -> Condition {
+    let status = if ok { "True" } else { "False" }.to_owned();
+    let last = prev
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(jiff_now()));
+    Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        message,
+        last_transition_time: last,
+        observed_generation: None,
+    }
+}
+
+fn jiff_now() -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::now()
+}
+
+/// The status fields the agent owns, as a merge patch (the controller owns `phase` and the
+/// `Ready` condition, which are kept).
+pub async fn status_patch(
+    zfs: Option<&Zfs>,
+    sp: &StoragePool,
+    checks: &[Check],
+    report: Result<&PoolReport, String>,
+    stream_endpoint: &str,
+    sftp_endpoint: Option<&str>,
+    projects: u32,
+) -> serde_json::Value {
+    let prev = sp.status.clone().unwrap_or_default();
+    let mut conditions: Vec<Condition> = prev
+        .conditions
+        .iter()
+        .filter(|c| c.type_ == "Ready")
+        .cloned()
+        .collect();
+    let failed: Vec<String> = checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| format!("{}: {}", c.name, c.detail))
+        .collect();
+    let mut problems = failed.clone();
+    match &report {
+        Ok(r) => problems.extend(r.problems.iter().cloned()),
+        Err(e) => problems.push(e.clone()),
+    }
+    conditions.push(condition(
+        "SanityChecksPassed",
+        failed.is_empty() && report.is_ok(),
+        if failed.is_empty() && report.is_ok() {
+            "ChecksPassed"
+        } else {
+            "ChecksFailed"
+        },
+        if problems.is_empty() {
+            "zfs works, the pool is imported, its filesystems are mounted".into()
+        } else {
+            problems.join("; ")
+        },
+        &prev.conditions,
+    ));
+    let mut status = serde_json::json!({
+        "conditions": conditions,
+        "agent": AgentStatus {
+            heartbeat_time: Some(Time(jiff_now())),
+            version: Some(env!("CARGO_PKG_VERSION").into()),
+            stream_endpoint: Some(stream_endpoint.into()),
+            sftp_endpoint: sftp_endpoint.map(str::to_owned),
+        },
+        "projects": projects,
+    });
+    if let Some(zfs) = zfs {
+        if let Ok(name) = PoolName::parse(&sp.spec.pool_name)
+            && let Ok(cap) = zfs.capacity(&name).await
+        {
+            let free = cap.available;
+            let size = cap.available + cap.used;
+            status["health"] = serde_json::json!(cap.health);
+            status["sizeBytes"] = serde_json::json!(size);
+            status["allocatedBytes"] = serde_json::json!(cap.used);
+            status["freeBytes"] = serde_json::json!(free);
+            status["size"] = serde_json::json!(human(size));
+            status["free"] = serde_json::json!(human(free));
+        }
+        let c = zfs.capabilities();
+        status["capabilities"] = serde_json::to_value(Capabilities {
+            implementation: c.implementation.as_str().into(),
+            version: c.version.clone(),
+            features: c.feature_names(),
+        })
+        .unwrap_or_default();
+    }
+    if let Ok(r) = report {
+        status["propertiesInEffect"] =
+            serde_json::to_value(&r.properties_in_effect).unwrap_or_default();
+    }
+    serde_json::json!({"metadata": {"resourceVersion": sp.resource_version()}, "status": status})
+}
+
+fn human(b: u64) -> String {
+    const UNITS: [&str; 6] = ["", "Ki", "Mi", "Gi", "Ti", "Pi"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        b.to_string()
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
