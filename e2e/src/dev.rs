@@ -30,17 +30,29 @@ pub struct Host {
     pub zone: String,
 }
 
-/// The hosts of an `n`-node cluster: `host-a`, `host-b`, … on 127.0.0.2, .3, …, spread over
-/// two datacenters (dc1 gets the extra host when `n` is odd).
-pub fn hosts(n: u32) -> Vec<Host> {
+/// The hosts of an `n`-node cluster: `host-a`, `host-b`, … on 127.0.0.2, .3, …, in two
+/// datacenters like `examples/` (host-a and host-b in dc1, host-c in dc2, then alternating).
+/// Pool names carry a hash of the state directory: several dev clusters share one ZFS.
+pub fn hosts(n: u32, dir: &Path) -> Vec<Host> {
+    let tag = dir
+        .display()
+        .to_string()
+        .bytes()
+        .fold(0x811c_9dc5u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
     (0..n)
         .map(|i| {
             let letter = char::from(b'a' + (i % 26) as u8);
-            let dc = if i % 2 == 0 { "dc1" } else { "dc2" };
+            let dc = if i == 2 || (i > 2 && i % 2 == 0) {
+                "dc2"
+            } else {
+                "dc1"
+            };
             Host {
                 node: format!("host-{letter}"),
                 addr: format!("127.0.0.{}", i + 2),
-                pool: format!("pdev{letter}"),
+                pool: format!("ps{:06x}{letter}", tag & 0xff_ffff),
                 datacenter: dc.into(),
                 zone: format!("{dc}-{letter}"),
             }
@@ -155,22 +167,211 @@ pub async fn supervise(dir: &Path) -> Result<(), String> {
         .write_kubeconfig(&dir.join("kubeconfig"))
         .map_err(|e| e.to_string())?;
     std::fs::write(dir.join("apiserver.url"), &server.url).map_err(|e| e.to_string())?;
+    let mut children = Vec::new();
     if !spec.api_only {
-        // `up` refused a full cluster without its binaries; reaching here means they exist,
-        // and the supervision of controller and agents belongs with them.
-        return Err("full-cluster supervision is not available in this build".into());
+        children = start_hosts(&server, dir, &spec).await?;
     }
     std::fs::write(dir.join("ready"), "ready\n").map_err(|e| e.to_string())?;
     tracing::info!(url = %server.url, "dev cluster ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = check.tick() => {
+                // Supervision: a child that died is started again (the dev cluster's agents
+                // and controller are meant to run; tests kill them on purpose via `kill`).
+                for c in children.iter_mut() {
+                    if let Ok(Some(status)) = c.child.try_wait() {
+                        tracing::warn!(name = %c.name, %status, "restarting");
+                        match c.spawn() {
+                            Ok(new) => c.child = new,
+                            Err(e) => tracing::error!(name = %c.name, error = %e, "cannot restart"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for c in children.iter_mut() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.child.id().to_string()])
+            .status();
+    }
+    for c in children.iter_mut() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = c.child.kill();
+        let _ = c.child.wait();
     }
     server.shutdown().await;
     let _ = std::fs::remove_file(dir.join("ready"));
     Ok(())
+}
+
+/// A supervised child process.
+struct Supervised {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    kubeconfig: PathBuf,
+    child: std::process::Child,
+}
+
+impl Supervised {
+    fn spawn(&self) -> std::io::Result<std::process::Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let err = log.try_clone()?;
+        Command::new(&self.program)
+            .args(&self.args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+    }
+}
+
+/// Starts ZFS if needed, declares a StoragePool per host, and starts the controller and one
+/// agent per host; returns once every pool is Ready.
+async fn start_hosts(
+    server: &ApiServer,
+    dir: &Path,
+    spec: &ClusterSpec,
+) -> Result<Vec<Supervised>, String> {
+    if !Command::new("zpool")
+        .arg("list")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        let started = Command::new("zfs-fuse")
+            .args(["--no-kstat-mount", "-p"])
+            .arg(dir.join("zfs-fuse.pid"))
+            .status();
+        if !started.is_ok_and(|s| s.success()) {
+            return Err("no ZFS: zpool does not work and zfs-fuse did not start".into());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let bin = std::env::current_exe()
+        .map_err(|e| e.to_string())?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
+    let token = format!("{}", uuid::Uuid::new_v4().simple());
+    let token_file = dir.join("stream-token");
+    std::fs::write(&token_file, &token).map_err(|e| e.to_string())?;
+    let _ = server.create_object(
+        "",
+        "v1",
+        "namespaces",
+        "",
+        serde_json::json!({"metadata": {"name": "projstore-system"}}),
+    );
+    let kubeconfig = dir.join("kubeconfig");
+    let mut children = Vec::new();
+    for h in hosts(spec.nodes, dir) {
+        let img = dir.join("pools").join(format!("{}.img", h.node));
+        let pool = serde_json::json!({
+            "apiVersion": "projstore.io/v1alpha1", "kind": "StoragePool",
+            "metadata": {"name": format!("{}-storage", h.node), "labels": {"tier": "standard"}},
+            "spec": {"nodeName": h.node, "poolName": h.pool,
+                     "vdevs": [{"path": img.display().to_string(), "sizeBytes": 2u64 << 30}],
+                     "topology": {"datacenter": h.datacenter, "zone": h.zone}}
+        });
+        if let Err(e) = server.create_object("projstore.io", "v1alpha1", "storagepools", "", pool)
+            && !e.to_string().contains("already exists")
+        {
+            return Err(e.to_string());
+        }
+        let host_dir = dir.join("hosts").join(&h.node);
+        std::fs::create_dir_all(host_dir.join("projects")).map_err(|e| e.to_string())?;
+        let mut s = Supervised {
+            name: format!("agent {}", h.node),
+            program: bin.join("projstore-agent"),
+            args: vec![
+                "run".into(),
+                "--node-name".into(),
+                h.node.clone(),
+                "--projects-root".into(),
+                host_dir.join("projects").display().to_string(),
+                "--streams-root".into(),
+                host_dir.join("streams").display().to_string(),
+                "--listen".into(),
+                format!("{}:7420", h.addr),
+                "--advertise".into(),
+                format!("http://{}:7420", h.addr),
+                "--token-file".into(),
+                token_file.display().to_string(),
+                "--log-format".into(),
+                "pretty".into(),
+            ],
+            log: logs.join(format!("agent-{}.log", h.node)),
+            kubeconfig: kubeconfig.clone(),
+            child: Command::new("true").spawn().map_err(|e| e.to_string())?,
+        };
+        s.child = s
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", s.name))?;
+        children.push(s);
+    }
+    let mut ctrl = Supervised {
+        name: "controller".into(),
+        program: bin.join("projstore-controller"),
+        args: vec![
+            "--metrics-addr".into(),
+            "127.0.0.1:0".into(),
+            "--lease-namespace".into(),
+            "projstore-system".into(),
+            "--failover-grace-seconds".into(),
+            "30".into(),
+            "--log-format".into(),
+            "pretty".into(),
+        ],
+        log: logs.join("controller.log"),
+        kubeconfig,
+        child: Command::new("true").spawn().map_err(|e| e.to_string())?,
+    };
+    ctrl.child = ctrl
+        .spawn()
+        .map_err(|e| format!("cannot start the controller: {e}"))?;
+    children.push(ctrl);
+    // Ready when every pool is.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let ready = hosts(spec.nodes, dir).iter().all(|h| {
+            server
+                .object_field(
+                    "projstore.io",
+                    "storagepools",
+                    "",
+                    &format!("{}-storage", h.node),
+                    "/status/phase",
+                )
+                .as_deref()
+                == Some("Ready")
+        });
+        if ready {
+            return Ok(children);
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "pools not Ready after 90 s; see {}",
+                logs.display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// The CRD manifests: next to the repository this binary was built from.
@@ -210,7 +411,7 @@ pub fn down(dir: &Path) -> Result<Vec<String>, String> {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     if let Some(spec) = spec.filter(|s| !s.api_only) {
-        for h in hosts(spec.nodes) {
+        for h in hosts(spec.nodes, dir) {
             if Command::new("zpool")
                 .args(["destroy", "-f", &h.pool])
                 .status()
@@ -273,7 +474,7 @@ pub fn status(dir: &Path) -> Result<Vec<String>, String> {
     if spec.api_only {
         lines.push("mode          api-only (no controller, agents or pools)".into());
     } else {
-        for h in hosts(spec.nodes) {
+        for h in hosts(spec.nodes, dir) {
             let health = Command::new("zpool")
                 .args(["list", "-H", "-o", "health", &h.pool])
                 .output()

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
-use projstore_api::Project;
+use projstore_api::{Project, StoragePool};
 use projstore_e2e::apiserver::{ApiServer, Config};
 use serde_json::json;
 
@@ -100,27 +100,122 @@ async fn up_status_down_with_the_api_only() {
     );
 }
 
+fn zfs_usable() -> bool {
+    std::process::Command::new("zpool")
+        .arg("list")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 #[tokio::test]
-async fn a_full_cluster_says_what_is_missing_and_fails() {
+async fn a_full_cluster_runs_pools_agents_and_the_controller_or_says_what_is_missing() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(DEV)
+    let dir = tmp.path().join("s");
+    let bins = Path::new(DEV).parent().unwrap();
+    if !bins.join("projstore-controller").exists() || !bins.join("projstore-agent").exists() {
+        let out = Command::new(DEV)
+            .args(["up", "--state-dir"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains("missing"), "{stderr}");
+        return;
+    }
+    if !zfs_usable() {
+        assert!(
+            std::env::var("PROJSTORE_REQUIRE_ZFS").as_deref() != Ok("1"),
+            "ZFS is required but unusable"
+        );
+        eprintln!("SKIP: no usable ZFS");
+        return;
+    }
+    let up = Command::new(DEV)
         .args(["up", "--state-dir"])
-        .arg(tmp.path().join("s"))
+        .arg(&dir)
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    // Until the controller and the agent runtime exist, `up` must say so, not pretend.
-    if !Path::new(DEV)
-        .with_file_name("projstore-controller")
-        .exists()
-    {
-        assert!(!out.status.success());
-        assert!(
-            stderr.contains("missing") && stderr.contains("projstore-controller"),
-            "{stderr}"
-        );
-        assert!(!tmp.path().join("s/ready").exists());
+    // Whatever happens next, take the cluster down.
+    struct Down(std::path::PathBuf);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = Command::new(DEV)
+                .args(["down", "--state-dir"])
+                .arg(&self.0)
+                .output();
+        }
     }
+    let down = Down(dir.clone());
+    assert!(
+        up.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&up.stdout),
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let client = client_for(&std::fs::read_to_string(dir.join("kubeconfig")).unwrap()).await;
+    let pools: Api<StoragePool> = Api::all(client.clone());
+    let list = pools.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(list.len(), 3);
+    let dcs: std::collections::BTreeSet<String> = list
+        .iter()
+        .filter_map(|p| p.spec.topology.as_ref().and_then(|t| t.datacenter.clone()))
+        .collect();
+    assert_eq!(dcs.len(), 2, "three hosts in two datacenters");
+    for p in &list {
+        let st = p.status.clone().unwrap();
+        assert_eq!(
+            st.phase,
+            Some(projstore_api::PoolPhase::Ready),
+            "{}",
+            p.name_any()
+        );
+        assert!(st.free_bytes.unwrap_or(0) > 0);
+    }
+    let status = String::from_utf8_lossy(
+        &Command::new(DEV)
+            .args(["status", "--state-dir"])
+            .arg(&dir)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert_eq!(status.matches("ONLINE").count(), 3, "{status}");
+    // A project gets placed by the controller onto the agents' pools.
+    let projects: Api<Project> = Api::namespaced(client.clone(), "default");
+    let p: Project = serde_json::from_value(json!({
+        "apiVersion": "projstore.io/v1alpha1", "kind": "Project", "metadata": {"name": "p"},
+        "spec": {"quota": "100Mi", "owner": {"uid": 1000, "gid": 1000}}
+    }))
+    .unwrap();
+    projects.create(&PostParams::default(), &p).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let got = projects.get("p").await.unwrap();
+        if got.status.as_ref().is_some_and(|s| s.replicas.len() == 3) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not placed: {:?}",
+            got.status
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    drop(down);
+    let pools_left = String::from_utf8_lossy(
+        &Command::new("zpool")
+            .args(["list", "-H", "-o", "name"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    for h in projstore_e2e::dev::hosts(3, &dir) {
+        assert!(!pools_left.contains(&h.pool), "pool {} left behind", h.pool);
+    }
+    assert!(!dir.exists());
 }
 
 #[tokio::test]

@@ -354,6 +354,26 @@ impl ApiServer {
         Ok(n)
     }
 
+    /// One field (JSON pointer) of a stored object, as a string.
+    pub fn object_field(
+        &self,
+        group: &str,
+        plural: &str,
+        ns: &str,
+        name: &str,
+        pointer: &str,
+    ) -> Option<String> {
+        let state = self.shared.state.lock().ok()?;
+        let t = state
+            .registry
+            .by_key(&(group.to_owned(), plural.to_owned()))?
+            .clone();
+        let o = state.get(&t, ns, name)?;
+        o.pointer(pointer)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    }
+
     /// How many objects of `group`/`plural` are stored (for benchmarks and tests).
     pub fn count(&self, group: &str, plural: &str) -> usize {
         self.shared
