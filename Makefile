@@ -41,10 +41,11 @@ crds:
 bench:
 	$(CARGO) bench --workspace
 
-## make demo: the dev cluster and the guided tour. Not built yet: says so and fails.
+## make demo: the dev cluster and the guided tour. Not complete yet: says what is missing and fails.
 demo:
-	@echo "make demo: not available yet. Missing: the test API server and dev cluster (projstore-dev)," >&2
-	@echo "the controller (projstore-controller) and the node agent runtime (projstore-agent run)." >&2
+	@echo "make demo: not available yet. Missing: the agents' replica handling (datasets, snapshots," >&2
+	@echo "replication, fencing, mounts) and the guided tour. What exists runs with:" >&2
+	@echo "  cargo build --workspace && target/debug/projstore-dev up --state-dir /tmp/projstore-dev" >&2
 	@echo "See README.md, 'What works today'." >&2
 	@exit 1
 
