@@ -407,21 +407,8 @@ pub fn down(dir: &Path) -> Result<Vec<String>, String> {
         }
         done.push(format!("stopped supervisor (pid {pid})"));
     }
-    let spec: Option<ClusterSpec> = std::fs::read(dir.join("cluster.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    if let Some(spec) = spec.filter(|s| !s.api_only) {
-        for h in hosts(spec.nodes, dir) {
-            if Command::new("zpool")
-                .args(["destroy", "-f", &h.pool])
-                .status()
-                .is_ok_and(|s| s.success())
-            {
-                done.push(format!("destroyed pool {}", h.pool));
-            }
-        }
-    }
-    // Anything still mounted below the state dir (sshfs, bindfs, ZFS) goes before the files.
+    // Mounts below the state dir (projects, sshfs, bindfs) go first, then the pools (ZFS may
+    // say "busy" for a moment after the agents stopped), then the files.
     if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
         let prefix = dir.display().to_string();
         let mut points: Vec<&str> = mounts
@@ -433,6 +420,38 @@ pub fn down(dir: &Path) -> Result<Vec<String>, String> {
         for m in points {
             let _ = Command::new("umount").args(["-l", m]).status();
             done.push(format!("unmounted {m}"));
+        }
+    }
+    let spec: Option<ClusterSpec> = std::fs::read(dir.join("cluster.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if let Some(spec) = spec.filter(|s| !s.api_only) {
+        for h in hosts(spec.nodes, dir) {
+            let exists = || {
+                Command::new("zpool")
+                    .args(["list", &h.pool])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while exists() && Instant::now() < deadline {
+                if Command::new("zpool")
+                    .args(["destroy", "-f", &h.pool])
+                    .status()
+                    .is_ok_and(|s| s.success())
+                {
+                    done.push(format!("destroyed pool {}", h.pool));
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            if exists() {
+                return Err(format!(
+                    "pool {} is still busy; the state in {} is kept so down can be run again",
+                    h.pool,
+                    dir.display()
+                ));
+            }
         }
     }
     if dir.exists() {

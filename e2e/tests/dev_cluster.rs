@@ -203,6 +203,41 @@ async fn a_full_cluster_runs_pools_agents_and_the_controller_or_says_what_is_mis
         );
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
+    // The agents serve it: the primary snapshots and streams, the secondaries apply.
+    let srs: Api<projstore_api::StreamReplica> = Api::namespaced(client.clone(), "default");
+    let applied = || async {
+        srs.list(&ListParams::default()).await.unwrap().items.iter().map(|r| {
+            r.status.as_ref().and_then(|s| s.applied_snapshot.as_ref()).map(|a| a.guid.clone())
+        }).collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let first = loop {
+        let a = applied().await;
+        if a.len() == 3 && a.iter().all(|g| g.is_some() && *g == a[0]) {
+            break a[0].clone().unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "replicas not in sync: {a:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    let got = projects.get("p").await.unwrap().status.unwrap();
+    assert_eq!(got.phase, Some(projstore_api::ProjectPhase::Ready));
+    assert_eq!(got.replicas_ready.as_deref(), Some("3/3"));
+    // New data and a snapshot on demand reach every copy.
+    let mount = got.primary.unwrap().mount_path.unwrap();
+    std::fs::write(Path::new(&mount).join("hello.txt"), b"hello").unwrap();
+    projects
+        .patch("p", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(json!({"metadata": {"annotations": {"projstore.io/snapshot-now": "1"}}})))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let a = applied().await;
+        if a.iter().all(|g| g.is_some() && *g == a[0]) && a[0].as_deref() != Some(first.as_str()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the new snapshot did not reach every copy: {a:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
     drop(down);
     let pools_left = String::from_utf8_lossy(
         &Command::new("zpool")

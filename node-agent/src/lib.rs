@@ -6,6 +6,7 @@
 //! - [`transfer`]: moving streams between ZFS and the store, verified before any receive.
 
 pub mod cli;
+pub mod fetch;
 pub mod layout;
 pub mod retention;
 pub mod runtime;

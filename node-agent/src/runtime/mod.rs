@@ -3,6 +3,7 @@
 //! (Serving replicas — snapshots, replication, mounts — is not built yet; see README.)
 
 pub mod pool;
+pub mod replica;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
-use projstore_api::StoragePool;
+use projstore_api::{StoragePool, StreamReplica};
 
 use crate::layout::PoolLayout;
 use crate::sanity::run_checks;
@@ -96,6 +97,24 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
     .for_each(|_| async {});
     let watch = tokio::spawn(watch);
     let _ = store.wait_until_ready().await;
+    // Only this node's replicas: a server-side label selector.
+    let sr_api: Api<StreamReplica> = Api::all(client.clone());
+    let (sr_store, sr_writer) = reflector::store::<StreamReplica>();
+    let sr_watch = reflector::reflector(
+        sr_writer,
+        watcher(
+            sr_api,
+            watcher::Config::default().labels(&format!(
+                "{}={}",
+                projstore_api::NODE_LABEL,
+                cfg.node_name
+            )),
+        ),
+    )
+    .applied_objects()
+    .for_each(|_| async {});
+    let sr_watch = tokio::spawn(sr_watch);
+    let _ = sr_store.wait_until_ready().await;
 
     let mut server: Option<Arc<StreamServer>> = None;
     let mut server_task = None;
@@ -176,8 +195,45 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
         if let Some(s) = &server {
             s.ready.store(all_ok, Ordering::Relaxed);
         }
+        // Replicas only once the sanity checks pass: never write into an unmounted pool.
+        if let (Some(zfs), true) = (&zfs, all_ok) {
+            let env = replica::ReplicaEnv {
+                zfs,
+                client: &client,
+                node: &cfg.node_name,
+                projects_root: &cfg.projects_root,
+                streams_root: &cfg.streams_root,
+                token: &cfg.token,
+            };
+            for sr in sr_store.state() {
+                let Some(pool) = mine
+                    .iter()
+                    .find(|p| p.name_any() == sr.spec.pool)
+                    .and_then(|p| PoolName::parse(&p.spec.pool_name).ok())
+                else {
+                    continue;
+                };
+                let status = replica::reconcile(&env, &sr, &pool).await;
+                let current = serde_json::to_value(&sr.status).unwrap_or_default();
+                if !same_status(&current, &status) {
+                    let api: Api<StreamReplica> =
+                        Api::namespaced(client.clone(), &sr.namespace().unwrap_or_default());
+                    if let Err(e) = api
+                        .patch_status(
+                            &sr.name_any(),
+                            &PatchParams::default(),
+                            &Patch::Merge(&serde_json::json!({"status": status})),
+                        )
+                        .await
+                    {
+                        tracing::warn!(replica = %sr.name_any(), error = %e, "cannot write replica status");
+                    }
+                }
+            }
+        }
     }
     watch.abort();
+    sr_watch.abort();
     if let Some(t) = server_task {
         t.abort();
     }
@@ -197,4 +253,26 @@ async fn shutdown_signal() {
         _ = term => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// Whether writing `new` would change `current` (condition times aside).
+fn same_status(current: &serde_json::Value, new: &serde_json::Value) -> bool {
+    let strip = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        if let Some(list) = v
+            .get_mut("conditions")
+            .and_then(serde_json::Value::as_array_mut)
+        {
+            for c in list {
+                c["lastTransitionTime"] = serde_json::Value::Null;
+            }
+        }
+        v
+    };
+    let (a, b) = (strip(current), strip(new));
+    b.as_object().is_some_and(|o| {
+        o.iter().all(|(k, v)| {
+            v.is_null() && a.get(k).is_none_or(serde_json::Value::is_null) || a.get(k) == Some(v)
+        })
+    })
 }

@@ -53,6 +53,21 @@ impl Zfs {
             .collect())
     }
 
+    /// Several properties of a dataset by name (each name checked first).
+    pub async fn get_props(
+        &self,
+        ds: &DatasetName,
+        props: &[&str],
+    ) -> Result<BTreeMap<String, String>, ZfsError> {
+        for name in props {
+            PropertyName::parse(name).map_err(|source| ZfsError::InvalidName {
+                what: format!("get of {ds}"),
+                source,
+            })?;
+        }
+        self.get(ds.as_str(), props).await
+    }
+
     /// One property of a dataset (`-` when unset for user properties).
     pub async fn property(
         &self,

@@ -26,7 +26,7 @@ impl Progress {
     pub fn bytes(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
-    fn add(&self, n: usize) {
+    pub fn add(&self, n: usize) {
         self.0.fetch_add(n as u64, Ordering::Relaxed);
     }
 }

@@ -1,0 +1,467 @@
+//! Serving StreamReplicas of this node (DESIGN §5.2–§5.5), `state: Live` only so far.
+//!
+//! Primary: the dataset (created, or rebuilt from the stream chain), epoch fencing, quota,
+//! owner, mount; snapshots on schedule and on `projstore.io/snapshot-now`, with the space
+//! guard and retention; a stream per snapshot; superseded streams collected.
+//! Secondary: fetch what the chain lacks from the primary's stream server (resuming, checked
+//! against the peer's manifest), apply it never mounted, report what it holds.
+
+use std::path::Path;
+
+use chrono::Utc;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::Api;
+use kube::{Client, ResourceExt};
+use projstore_api::{Project, ReplicaRole, ReplicaState, StreamReplica};
+use serde_json::{Value, json};
+
+use crate::fetch::Peer;
+use crate::layout::{NewProject, PROP_EPOCH, PROP_ROLE, PoolLayout, create_project};
+use crate::retention::{
+    RetentionPolicy, SnapshotFacts, is_managed, managed_name, retain, snapshot_due,
+    snapshots_blocked,
+};
+use crate::streams::{ProjectKey, ReplicaPlan, StreamStore, plan, plan_for_replica};
+use crate::transfer::{Storage, apply_stream, write_stream};
+use crate::zfs::{DatasetName, PoolName, Progress, PropertyName, SnapshotInfo, Zfs};
+
+/// User property on a primary's dataset: the last `projstore.io/snapshot-now` value acted on.
+const PROP_SNAPSHOT_NOW: &str = "projstore.io:snapshot-now";
+
+/// Everything a replica pass needs.
+pub struct ReplicaEnv<'a> {
+    pub zfs: &'a Zfs,
+    pub client: &'a Client,
+    pub node: &'a str,
+    pub projects_root: &'a Path,
+    pub streams_root: &'a Path,
+    pub token: &'a str,
+}
+
+fn p(name: &str) -> Result<PropertyName, String> {
+    PropertyName::parse(name).map_err(|e| e.to_string())
+}
+
+fn cond(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: impl Into<String>,
+    prev: &[Condition],
+) -> Condition {
+    let status = if ok { "True" } else { "False" }.to_owned();
+    let last = prev
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
+    Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        message: message.into(),
+        last_transition_time: last,
+        observed_generation: None,
+    }
+}
+
+fn snapshot_ref(s: &SnapshotInfo) -> Value {
+    let t = k8s_openapi::jiff::Timestamp::from_second(s.creation)
+        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+    json!({"name": s.name, "guid": s.guid.to_string(), "createtxg": s.createtxg, "time": Time(t)})
+}
+
+fn quantity_bytes(q: &str) -> Option<u64> {
+    let split = q.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(q.len());
+    let (n, unit) = q.split_at(split);
+    let n: f64 = n.parse().ok()?;
+    let m = match unit {
+        "" => 1.0,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        _ => return None,
+    };
+    Some((n * m) as u64)
+}
+
+/// One pass over replica `sr` on pool `pool`; returns the status to write.
+pub async fn reconcile(env: &ReplicaEnv<'_>, sr: &StreamReplica, pool: &PoolName) -> Value {
+    let prev = sr.status.clone().unwrap_or_default();
+    let result = match (sr.spec.state, sr.spec.role) {
+        (ReplicaState::Live, ReplicaRole::Primary) => primary(env, sr, pool).await,
+        (ReplicaState::Live, ReplicaRole::Secondary) => secondary(env, sr, pool).await,
+        (state, _) => Err(format!(
+            "state {state:?} is not served by this agent build yet"
+        )),
+    };
+    match result {
+        Ok(mut status) => {
+            status["observedGeneration"] = json!(sr.metadata.generation);
+            let ready = status["phase"] == "Ready";
+            let mut all: Vec<Value> = status["conditions"].as_array().cloned().unwrap_or_default();
+            let reason = if ready { "Serving" } else { "NotInSync" };
+            all.push(
+                serde_json::to_value(cond("Ready", ready, reason, "", &prev.conditions))
+                    .unwrap_or_default(),
+            );
+            status["conditions"] = Value::Array(all);
+            status["lastError"] = Value::Null;
+            status
+        }
+        Err(e) => json!({
+            "phase": "Error",
+            "lastError": e,
+            "observedGeneration": sr.metadata.generation,
+            "conditions": [cond("Ready", false, "Error", e.clone(), &prev.conditions)],
+        }),
+    }
+}
+
+async fn primary(
+    env: &ReplicaEnv<'_>,
+    sr: &StreamReplica,
+    pool: &PoolName,
+) -> Result<Value, String> {
+    let ns = sr.namespace().unwrap_or_default();
+    let key = ProjectKey::new(&ns, &sr.spec.project)?;
+    let project = Api::<Project>::namespaced(env.client.clone(), &ns)
+        .get_opt(&sr.spec.project)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("project {key} does not exist"))?;
+    let zfs = env.zfs;
+    let layout = PoolLayout::new(pool.clone());
+    let ds = layout.project(&key).map_err(|e| e.to_string())?;
+    let store = StreamStore::new(env.streams_root.join(pool.as_str()));
+    let storage = Storage {
+        zfs,
+        store: &store,
+        pool,
+        node: env.node,
+    };
+    let mountpoint = env.projects_root.join(&ns).join(&sr.spec.project);
+    let quota = quantity_bytes(&project.spec.quota.0).ok_or("quota is not a quantity")?;
+    if zfs.exists(&ds).await.map_err(|e| e.to_string())? {
+        // Fencing: never serve a dataset written under a newer epoch than ours.
+        let seen: u64 = zfs
+            .property(&ds, &p(PROP_EPOCH)?)
+            .await
+            .map_err(|e| e.to_string())?
+            .parse()
+            .unwrap_or(0);
+        if seen > sr.spec.epoch {
+            let _ = zfs.unmount(&ds).await;
+            return Err(format!(
+                "the dataset was written under epoch {seen}, newer than this replica's {}: not serving it",
+                sr.spec.epoch
+            ));
+        }
+    } else {
+        let streams = store.list(&key).await.map_err(|e| e.to_string())?;
+        let edges: Vec<_> = streams
+            .iter()
+            .filter_map(|s| s.manifest.edge(&s.id).ok())
+            .collect();
+        let chain = plan(&edges).map_err(|e| e.to_string())?.chain;
+        if chain.is_empty() {
+            let new = NewProject {
+                key: &key,
+                mountpoint: &mountpoint,
+                quota_bytes: quota,
+                uid: project.spec.owner.uid,
+                gid: project.spec.owner.gid,
+                epoch: sr.spec.epoch,
+            };
+            create_project(zfs, &layout, &new)
+                .await
+                .map_err(|e| e.to_string())?;
+        } else {
+            // Rebuild from the chain (a restore, or a primary placed where only streams are).
+            for id in chain {
+                let id = crate::streams::StreamId::parse(&id)?;
+                apply_stream(&storage, &key, &id, &ds, &Progress::new())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    zfs.set(&ds, &p(PROP_EPOCH)?, &sr.spec.epoch.to_string())
+        .await
+        .map_err(|e| e.to_string())?;
+    zfs.set(&ds, &p(PROP_ROLE)?, "primary")
+        .await
+        .map_err(|e| e.to_string())?;
+    zfs.set(&ds, &p("readonly")?, "off")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mp = mountpoint.to_str().ok_or("projects root is not UTF-8")?;
+    if zfs
+        .property(&ds, &p("mountpoint")?)
+        .await
+        .map_err(|e| e.to_string())?
+        != mp
+    {
+        zfs.set(&ds, &p("mountpoint")?, mp)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    zfs.mount(&ds).await.map_err(|e| e.to_string())?;
+    let (uid, gid) = (project.spec.owner.uid, project.spec.owner.gid);
+    let root = mountpoint.clone();
+    let _ =
+        tokio::task::spawn_blocking(move || std::os::unix::fs::chown(&root, Some(uid), Some(gid)))
+            .await;
+
+    let mut conditions = Vec::new();
+    let prev = sr.status.clone().unwrap_or_default();
+    let props = zfs
+        .get_props(&ds, &["refquota", "referenced", "usedbysnapshots", "used"])
+        .await
+        .map_err(|e| e.to_string())?;
+    let num = |k: &str| {
+        props
+            .get(k)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    if num("refquota") != quota {
+        if quota < num("referenced") {
+            conditions.push(cond(
+                "QuotaApplied",
+                false,
+                "QuotaBelowUsage",
+                format!(
+                    "quota {quota} is below the {} bytes in use: not applied",
+                    num("referenced")
+                ),
+                &prev.conditions,
+            ));
+        } else {
+            zfs.set(&ds, &p("refquota")?, &quota.to_string())
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+
+    // Snapshots: schedule, on demand, the space guard.
+    let now = Utc::now().timestamp();
+    let mut snaps = zfs.snapshots(&ds, &[]).await.map_err(|e| e.to_string())?;
+    let policy = &project.spec.snapshots;
+    let blocked = snapshots_blocked(num("usedbysnapshots"), quota, policy.max_space_ratio);
+    let asked = project
+        .annotations()
+        .get(projstore_api::SNAPSHOT_NOW_ANNOTATION)
+        .cloned();
+    let handled = zfs
+        .property(&ds, &p(PROP_SNAPSHOT_NOW)?)
+        .await
+        .map_err(|e| e.to_string())?;
+    let last = snaps
+        .iter()
+        .filter(|s| is_managed(&s.name))
+        .map(|s| s.creation)
+        .max();
+    let on_demand = asked.as_ref().is_some_and(|a| *a != handled);
+    let due = on_demand || snapshot_due(last, now, i64::from(policy.interval_minutes) * 60, None);
+    conditions.push(cond(
+        "SnapshotsBlocked",
+        blocked,
+        if blocked { "SnapshotSpaceExceeded" } else { "WithinLimit" },
+        if blocked {
+            format!("snapshots use {} bytes, more than {}x the quota: no new snapshots until old ones expire or the quota grows", num("usedbysnapshots"), policy.max_space_ratio)
+        } else {
+            String::new()
+        },
+        &prev.conditions,
+    ));
+    let stored = store.list(&key).await.map_err(|e| e.to_string())?;
+    let edges: Vec<_> = stored
+        .iter()
+        .filter_map(|s| s.manifest.edge(&s.id).ok())
+        .collect();
+    let target = plan(&edges).map_err(|e| e.to_string())?.target;
+    if due && !blocked && !snaps.iter().any(|s| s.name == managed_name(now)) {
+        let snap = ds.snapshot(&managed_name(now)).map_err(|e| e.to_string())?;
+        zfs.snapshot(&snap, &[]).await.map_err(|e| e.to_string())?;
+        // An incremental from the newest snapshot the stream chain reaches, else a full one.
+        let from = target
+            .as_ref()
+            .and_then(|t| snaps.iter().find(|s| s.guid == t.guid))
+            .map(|s| ds.snapshot(&s.name))
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        write_stream(
+            &storage,
+            &key,
+            &snap,
+            from.as_ref(),
+            sr.spec.epoch,
+            &Progress::new(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        if let Some(a) = &asked {
+            zfs.set(&ds, &p(PROP_SNAPSHOT_NOW)?, a)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        snaps = zfs.snapshots(&ds, &[]).await.map_err(|e| e.to_string())?;
+    }
+    // Retention never destroys the base of the next incremental (the newest, and the chain
+    // target), nor user snapshots.
+    let stored = store.list(&key).await.map_err(|e| e.to_string())?;
+    let edges: Vec<_> = stored
+        .iter()
+        .filter_map(|s| s.manifest.edge(&s.id).ok())
+        .collect();
+    let planned = plan(&edges).map_err(|e| e.to_string())?;
+    let keep_guid = planned.target.as_ref().map(|t| t.guid);
+    let facts: Vec<SnapshotFacts> = snaps
+        .iter()
+        .map(|s| SnapshotFacts {
+            name: s.name.clone(),
+            guid: s.guid,
+            createtxg: s.createtxg,
+            time: s.creation,
+            held: Some(s.guid) == keep_guid,
+        })
+        .collect();
+    let k = &policy.keep;
+    let rp = RetentionPolicy {
+        frequent: k.frequent,
+        hourly: k.hourly,
+        daily: k.daily,
+        weekly: k.weekly,
+        monthly: k.monthly,
+        frequent_secs: i64::from(policy.interval_minutes) * 60,
+    };
+    for name in retain(&facts, now, &rp).destroy {
+        if let Ok(s) = ds.snapshot(&name) {
+            let _ = zfs.destroy_snapshot(&s).await;
+        }
+    }
+    for id in planned.deletable {
+        if let Ok(id) = crate::streams::StreamId::parse(&id) {
+            let _ = store.delete(&key, &id).await;
+        }
+    }
+    let snaps = zfs.snapshots(&ds, &[]).await.map_err(|e| e.to_string())?;
+    let bytes: u64 = stored.iter().map(|s| s.manifest.bytes).sum();
+    Ok(json!({
+        "phase": "Ready",
+        "appliedSnapshot": snaps.last().map(snapshot_ref),
+        "streams": {"count": stored.len(), "bytes": bytes},
+        "lagSeconds": 0,
+        "usedBytes": num("referenced"),
+        "snapshotUsedBytes": num("usedbysnapshots"),
+        "quotaBytes": quota,
+        "snapshotCount": snaps.len(),
+        "mountPath": mp,
+        "conditions": conditions,
+    }))
+}
+
+async fn secondary(
+    env: &ReplicaEnv<'_>,
+    sr: &StreamReplica,
+    pool: &PoolName,
+) -> Result<Value, String> {
+    let ns = sr.namespace().unwrap_or_default();
+    let key = ProjectKey::new(&ns, &sr.spec.project)?;
+    let source = sr.spec.source.as_ref().ok_or("no source primary yet")?;
+    let endpoint = source
+        .stream_endpoint
+        .as_deref()
+        .ok_or("the primary's stream endpoint is not known yet")?;
+    let peer = Peer::new(endpoint, env.token).map_err(|e| e.to_string())?;
+    let zfs = env.zfs;
+    let ds: DatasetName = PoolLayout::new(pool.clone())
+        .project(&key)
+        .map_err(|e| e.to_string())?;
+    let store = StreamStore::new(env.streams_root.join(pool.as_str()));
+    let storage = Storage {
+        zfs,
+        store: &store,
+        pool,
+        node: env.node,
+    };
+    let remote = peer.list(&key).await.map_err(|e| e.to_string())?;
+    let edges: Vec<_> = remote
+        .iter()
+        .filter_map(|(id, m)| m.edge(id).ok())
+        .collect();
+    let exists = zfs.exists(&ds).await.map_err(|e| e.to_string())?;
+    let held = if exists {
+        zfs.snapshots(&ds, &[])
+            .await
+            .map_err(|e| e.to_string())?
+            .last()
+            .map(|s| s.guid)
+    } else {
+        None
+    };
+    let mut conditions = Vec::new();
+    let prev = sr.status.clone().unwrap_or_default();
+    match plan_for_replica(&edges, held).map_err(|e| e.to_string())? {
+        ReplicaPlan::UpToDate => {}
+        ReplicaPlan::Apply(ids) => {
+            for id in ids {
+                let (sid, manifest) = remote
+                    .iter()
+                    .find(|(i, _)| i.as_str() == id)
+                    .ok_or("the peer's list changed")?;
+                let local = store.manifest(&key, sid).await.ok();
+                if local.as_ref().map(|m| &m.sha256) != Some(&manifest.sha256) {
+                    peer.download(&store, &key, sid, manifest, &Progress::new())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                apply_stream(&storage, &key, sid, &ds, &Progress::new())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        ReplicaPlan::Diverged => {
+            conditions.push(cond("Diverged", true, "HistoryDiverged", format!("{ds} holds a snapshot the primary's chain does not lead from; it is kept untouched"), &prev.conditions));
+        }
+    }
+    if zfs.exists(&ds).await.map_err(|e| e.to_string())? {
+        zfs.set(&ds, &p(PROP_EPOCH)?, &sr.spec.epoch.to_string())
+            .await
+            .map_err(|e| e.to_string())?;
+        zfs.set(&ds, &p(PROP_ROLE)?, "secondary")
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let snaps = if zfs.exists(&ds).await.map_err(|e| e.to_string())? {
+        zfs.snapshots(&ds, &[]).await.map_err(|e| e.to_string())?
+    } else {
+        Vec::new()
+    };
+    let newest_remote = plan(&edges)
+        .map_err(|e| e.to_string())?
+        .target
+        .map(|t| t.time);
+    let lag = match (newest_remote, snaps.last()) {
+        (Some(r), Some(l)) => (r - l.creation).max(0),
+        (Some(_), None) => i64::MAX / 2,
+        _ => 0,
+    };
+    let stored = store.list(&key).await.map_err(|e| e.to_string())?;
+    Ok(json!({
+        "phase": if conditions.is_empty() { if lag == 0 { "Ready" } else { "Syncing" } } else { "Error" },
+        "appliedSnapshot": snaps.last().map(snapshot_ref),
+        "streams": {"count": stored.len(), "bytes": stored.iter().map(|s| s.manifest.bytes).sum::<u64>()},
+        "lagSeconds": lag.min(i64::from(u32::MAX)),
+        "snapshotCount": snaps.len(),
+        "conditions": conditions,
+    }))
+}
