@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 use projstore_api::{PoolPhase, StoragePool};
 
@@ -96,20 +96,15 @@ pub fn condition(
     now: DateTime<Utc>,
     generation: Option<i64>,
 ) -> Condition {
-    let status = if ok { "True" } else { "False" }.to_owned();
-    let last = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or(Time(jiff_of(now)));
-    Condition {
-        type_: type_.to_owned(),
-        status,
-        reason: reason.to_owned(),
-        message: message.into(),
-        last_transition_time: last,
-        observed_generation: generation,
-    }
+    projstore_api::units::condition(
+        previous,
+        type_,
+        ok,
+        reason,
+        message,
+        jiff_of(now),
+        generation,
+    )
 }
 
 /// Whether condition `type_` is True in `conds`.
@@ -117,63 +112,4 @@ pub fn is_true(conds: &[Condition], type_: &str) -> bool {
     conds.iter().any(|c| c.type_ == type_ && c.status == "True")
 }
 
-/// `1.2Gi`-style bytes for `kubectl get` columns.
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 6] = ["", "Ki", "Mi", "Gi", "Ti", "Pi"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b}")
-    } else if v >= 10.0 {
-        format!("{v:.0}{}", UNITS[u])
-    } else {
-        format!("{v:.1}{}", UNITS[u])
-    }
-}
-
-/// Parses a Kubernetes quantity (`10Gi`, `500M`, `1e9`) into bytes.
-pub fn quantity_bytes(q: &str) -> Option<u64> {
-    let q = q.trim();
-    let split = q.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let mult: f64 = match suffix {
-        "" => 1.0,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse().ok()?),
-        _ => return None,
-    };
-    let v = n * mult;
-    (v.is_finite() && v >= 0.0).then_some(v as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quantities() {
-        assert_eq!(quantity_bytes("1Gi"), Some(1 << 30));
-        assert_eq!(quantity_bytes("512Mi"), Some(512 << 20));
-        assert_eq!(quantity_bytes("1e9"), Some(1_000_000_000));
-        assert_eq!(quantity_bytes("2G"), Some(2_000_000_000));
-        assert_eq!(quantity_bytes("x"), None);
-        assert_eq!(human_bytes(1536 << 20), "1.5Gi");
-        assert_eq!(human_bytes(100 << 30), "100Gi");
-    }
-}
+pub use projstore_api::units::{human_bytes, quantity_bytes};

@@ -7,6 +7,7 @@ pub mod project;
 mod schema;
 pub mod storage_pool;
 pub mod stream_replica;
+pub mod units;
 #[cfg(feature = "validate")]
 pub mod validate;
 

@@ -206,9 +206,18 @@ async fn a_full_cluster_runs_pools_agents_and_the_controller_or_says_what_is_mis
     // The agents serve it: the primary snapshots and streams, the secondaries apply.
     let srs: Api<projstore_api::StreamReplica> = Api::namespaced(client.clone(), "default");
     let applied = || async {
-        srs.list(&ListParams::default()).await.unwrap().items.iter().map(|r| {
-            r.status.as_ref().and_then(|s| s.applied_snapshot.as_ref()).map(|a| a.guid.clone())
-        }).collect::<Vec<_>>()
+        srs.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|r| {
+                r.status
+                    .as_ref()
+                    .and_then(|s| s.applied_snapshot.as_ref())
+                    .map(|a| a.guid.clone())
+            })
+            .collect::<Vec<_>>()
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let first = loop {
@@ -216,7 +225,10 @@ async fn a_full_cluster_runs_pools_agents_and_the_controller_or_says_what_is_mis
         if a.len() == 3 && a.iter().all(|g| g.is_some() && *g == a[0]) {
             break a[0].clone().unwrap();
         }
-        assert!(std::time::Instant::now() < deadline, "replicas not in sync: {a:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replicas not in sync: {a:?}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     };
     let got = projects.get("p").await.unwrap().status.unwrap();
@@ -226,7 +238,13 @@ async fn a_full_cluster_runs_pools_agents_and_the_controller_or_says_what_is_mis
     let mount = got.primary.unwrap().mount_path.unwrap();
     std::fs::write(Path::new(&mount).join("hello.txt"), b"hello").unwrap();
     projects
-        .patch("p", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(json!({"metadata": {"annotations": {"projstore.io/snapshot-now": "1"}}})))
+        .patch(
+            "p",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"metadata": {"annotations": {"projstore.io/snapshot-now": "1"}}}),
+            ),
+        )
         .await
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -235,7 +253,10 @@ async fn a_full_cluster_runs_pools_agents_and_the_controller_or_says_what_is_mis
         if a.iter().all(|g| g.is_some() && *g == a[0]) && a[0].as_deref() != Some(first.as_str()) {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the new snapshot did not reach every copy: {a:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new snapshot did not reach every copy: {a:?}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
     drop(down);

@@ -130,20 +130,7 @@ fn condition(
     message: String,
     prev: &[Condition],
 ) -> Condition {
-    let status = if ok { "True" } else { "False" }.to_owned();
-    let last = prev
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| Time(jiff_now()));
-    Condition {
-        type_: type_.into(),
-        status,
-        reason: reason.into(),
-        message,
-        last_transition_time: last,
-        observed_generation: None,
-    }
+    projstore_api::units::condition(prev, type_, ok, reason, message, jiff_now(), None)
 }
 
 fn jiff_now() -> k8s_openapi::jiff::Timestamp {
@@ -213,8 +200,8 @@ pub async fn status_patch(
             status["sizeBytes"] = serde_json::json!(size);
             status["allocatedBytes"] = serde_json::json!(cap.used);
             status["freeBytes"] = serde_json::json!(free);
-            status["size"] = serde_json::json!(human(size));
-            status["free"] = serde_json::json!(human(free));
+            status["size"] = serde_json::json!(projstore_api::units::human_bytes(size));
+            status["free"] = serde_json::json!(projstore_api::units::human_bytes(free));
         }
         let c = zfs.capabilities();
         status["capabilities"] = serde_json::to_value(Capabilities {
@@ -229,19 +216,4 @@ pub async fn status_patch(
             serde_json::to_value(&r.properties_in_effect).unwrap_or_default();
     }
     serde_json::json!({"metadata": {"resourceVersion": sp.resource_version()}, "status": status})
-}
-
-fn human(b: u64) -> String {
-    const UNITS: [&str; 6] = ["", "Ki", "Mi", "Gi", "Ti", "Pi"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        b.to_string()
-    } else {
-        format!("{v:.1}{}", UNITS[u])
-    }
 }

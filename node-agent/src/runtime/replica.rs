@@ -49,47 +49,21 @@ fn cond(
     message: impl Into<String>,
     prev: &[Condition],
 ) -> Condition {
-    let status = if ok { "True" } else { "False" }.to_owned();
-    let last = prev
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
-    Condition {
-        type_: type_.into(),
-        status,
-        reason: reason.into(),
-        message: message.into(),
-        last_transition_time: last,
-        observed_generation: None,
-    }
+    projstore_api::units::condition(
+        prev,
+        type_,
+        ok,
+        reason,
+        message,
+        k8s_openapi::jiff::Timestamp::now(),
+        None,
+    )
 }
 
 fn snapshot_ref(s: &SnapshotInfo) -> Value {
     let t = k8s_openapi::jiff::Timestamp::from_second(s.creation)
         .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
     json!({"name": s.name, "guid": s.guid.to_string(), "createtxg": s.createtxg, "time": Time(t)})
-}
-
-fn quantity_bytes(q: &str) -> Option<u64> {
-    let split = q.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(q.len());
-    let (n, unit) = q.split_at(split);
-    let n: f64 = n.parse().ok()?;
-    let m = match unit {
-        "" => 1.0,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        _ => return None,
-    };
-    Some((n * m) as u64)
 }
 
 /// One pass over replica `sr` on pool `pool`; returns the status to write.
@@ -148,7 +122,8 @@ async fn primary(
         node: env.node,
     };
     let mountpoint = env.projects_root.join(&ns).join(&sr.spec.project);
-    let quota = quantity_bytes(&project.spec.quota.0).ok_or("quota is not a quantity")?;
+    let quota = projstore_api::units::quantity_bytes(&project.spec.quota.0)
+        .ok_or("quota is not a quantity")?;
     if zfs.exists(&ds).await.map_err(|e| e.to_string())? {
         // Fencing: never serve a dataset written under a newer epoch than ours.
         let seen: u64 = zfs
