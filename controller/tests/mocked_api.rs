@@ -371,3 +371,113 @@ async fn deletion_marks_replicas_trashed_before_anything_else() {
     no_more(&mut handle).await;
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn the_finalizer_goes_once_the_agents_trashed_the_data() {
+    let p = project(
+        json!({"metadata": {"finalizers": ["projstore.io/cleanup"], "deletionTimestamp": "2026-11-21T00:00:00Z"}}),
+    );
+    let mut reps = replicas_of(&p);
+    for r in &mut reps {
+        r.spec.state = projstore_api::ReplicaState::Trashed;
+        r.status.as_mut().unwrap().phase = Some(projstore_api::ReplicaPhase::Trashed);
+    }
+    let (ctx, mut handle) = context(&fleet(), &reps);
+    let task = tokio::spawn(reconcile_project(Arc::new(p.clone()), ctx));
+    for r in ["thesis-pa", "thesis-pb", "thesis-pc"] {
+        let reply = serde_json::to_value(
+            reps.iter()
+                .find(|x| x.metadata.name.as_deref() == Some(r))
+                .unwrap(),
+        )
+        .unwrap();
+        expect(
+            &mut handle,
+            "PATCH",
+            &format!("{REPLICAS}/{r}"),
+            |b| {
+                assert_eq!(
+                    b["metadata"]["ownerReferences"],
+                    Value::Null,
+                    "orphaned as a tombstone"
+                )
+            },
+            reply,
+        )
+        .await;
+    }
+    expect(
+        &mut handle,
+        "PATCH",
+        PROJECT,
+        |b| {
+            assert_eq!(b["metadata"]["finalizers"], json!([]));
+            assert_eq!(b["metadata"]["resourceVersion"], "7");
+        },
+        serde_json::to_value(&p).unwrap(),
+    )
+    .await;
+    // The Trashed event; no status write for an object on its way out.
+    let (req, send) = handle.next_request().await.unwrap();
+    assert!(req.uri().path().ends_with("/events"));
+    let bytes = http_body_util::BodyExt::collect(req.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    send.send_response(
+        Response::builder()
+            .status(201)
+            .body(Body::from(bytes))
+            .unwrap(),
+    );
+    no_more(&mut handle).await;
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_move_asks_the_caught_up_primary_to_hand_off() {
+    let p = project(
+        json!({"metadata": {"finalizers": ["projstore.io/cleanup"]}, "spec": {"placement": {"pool": "pd"}}}),
+    );
+    let mut reps = replicas_of(&p);
+    let owner = p.controller_owner_ref(&()).unwrap();
+    reps.push(serde_json::from_value(json!({
+        "apiVersion": "projstore.io/v1alpha1", "kind": "StreamReplica",
+        "metadata": {"name": "thesis-pd", "namespace": "alice", "ownerReferences": [owner]},
+        "spec": {"project": "thesis", "pool": "pd", "node": "d", "role": "Secondary", "epoch": 1, "state": "Live",
+                 "source": {"pool": "pa", "node": "a", "streamEndpoint": "http://a:7420"}},
+        "status": {"phase": "Ready", "appliedSnapshot": {"name": "ps-1", "guid": "1", "createtxg": 1}}
+    })).unwrap());
+    let mut pools = fleet();
+    pools.push(pool("pd", "d", "dc2"));
+    let (ctx, mut handle) = context(&pools, &reps);
+    let task = tokio::spawn(reconcile_project(Arc::new(p.clone()), ctx));
+    let reply = serde_json::to_value(&reps[0]).unwrap();
+    expect(
+        &mut handle,
+        "PATCH",
+        &format!("{REPLICAS}/thesis-pa"),
+        |b| {
+            assert_eq!(
+                b["metadata"]["annotations"]["projstore.io/handoff-to"],
+                "pd"
+            );
+            assert_eq!(
+                b["spec"]["role"], "Primary",
+                "still the primary until the final snapshot arrives"
+            );
+        },
+        reply,
+    )
+    .await;
+    expect(
+        &mut handle,
+        "PATCH",
+        &format!("{PROJECT}/status"),
+        |b| assert_eq!(b["status"]["phase"], "Moving"),
+        serde_json::to_value(&p).unwrap(),
+    )
+    .await;
+    no_more(&mut handle).await;
+    task.await.unwrap().unwrap();
+}
