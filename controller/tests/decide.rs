@@ -89,10 +89,21 @@ fn sourced(mut reps: Vec<StreamReplica>) -> Vec<StreamReplica> {
         .max_by_key(|r| r.spec.epoch)
         .cloned()
         .unwrap();
+    let newest = primary
+        .status
+        .as_ref()
+        .and_then(|s| s.applied_snapshot.as_ref())
+        .map(|a| a.guid.clone());
     for r in reps
         .iter_mut()
         .filter(|r| r.spec.role == ReplicaRole::Secondary)
     {
+        if let Some(g) = &newest {
+            r.metadata
+                .annotations
+                .get_or_insert_with(BTreeMap::new)
+                .insert("projstore.io/primary-snapshot".into(), g.clone());
+        }
         r.spec.source = Some(projstore_api::ReplicaSource {
             pool: primary.spec.pool.clone(),
             node: primary.spec.node.clone(),

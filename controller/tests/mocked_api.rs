@@ -196,6 +196,7 @@ fn replicas_of(p: &Project) -> Vec<StreamReplica> {
             });
             if *role == "Secondary" {
                 v["spec"]["source"] = json!({"pool": "pa", "node": "a", "streamEndpoint": "http://a:7420"});
+                v["metadata"]["annotations"] = json!({"projstore.io/primary-snapshot": "1"});
             }
             serde_json::from_value(v).unwrap()
         })
@@ -443,7 +444,7 @@ async fn a_move_asks_the_caught_up_primary_to_hand_off() {
     let owner = p.controller_owner_ref(&()).unwrap();
     reps.push(serde_json::from_value(json!({
         "apiVersion": "projstore.io/v1alpha1", "kind": "StreamReplica",
-        "metadata": {"name": "thesis-pd", "namespace": "alice", "ownerReferences": [owner]},
+        "metadata": {"name": "thesis-pd", "namespace": "alice", "ownerReferences": [owner], "annotations": {"projstore.io/primary-snapshot": "1"}},
         "spec": {"project": "thesis", "pool": "pd", "node": "d", "role": "Secondary", "epoch": 1, "state": "Live",
                  "source": {"pool": "pa", "node": "a", "streamEndpoint": "http://a:7420"}},
         "status": {"phase": "Ready", "appliedSnapshot": {"name": "ps-1", "guid": "1", "createtxg": 1}}

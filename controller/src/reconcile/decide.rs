@@ -25,6 +25,8 @@ pub const RETAIN_DAYS: &str = "projstore.io/retain-days";
 pub const HANDOFF_TO: &str = "projstore.io/handoff-to";
 /// Annotation on the old primary after a move: it is the copy to drop.
 pub const MOVED_FROM: &str = "projstore.io/moved-from";
+/// Annotation on secondaries: the GUID of the primary's newest snapshot (wakes their agent).
+pub const PRIMARY_SNAPSHOT: &str = "projstore.io/primary-snapshot";
 /// Label on StreamReplicas: the Project they belong to.
 pub const PROJECT_LABEL: &str = "projstore.io/project";
 /// Label on StreamReplicas: their pool.
@@ -444,8 +446,17 @@ pub fn decide(inp: &Inputs<'_>) -> Decision {
             if r.spec.role == ReplicaRole::Secondary {
                 spec.source = Some(src.clone());
             }
-            if spec != r.spec {
-                cx.update(r, spec, BTreeMap::new());
+            // Secondaries learn of the primary's newest snapshot at once (their agents wake on
+            // changes to their own replica) instead of waiting for their next poll.
+            let mut ann = BTreeMap::new();
+            if r.spec.role == ReplicaRole::Secondary
+                && let Some(g) = applied_guid(pr)
+                && annotation(r, PRIMARY_SNAPSHOT) != Some(g)
+            {
+                ann.insert(PRIMARY_SNAPSHOT.to_owned(), Some(g.to_owned()));
+            }
+            if spec != r.spec || !ann.is_empty() {
+                cx.update(r, spec, ann);
             }
         }
     }

@@ -100,6 +100,10 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
     // Only this node's replicas: a server-side label selector.
     let sr_api: Api<StreamReplica> = Api::all(client.clone());
     let (sr_store, sr_writer) = reflector::store::<StreamReplica>();
+    // A change to one of our replicas (a new role, a new primary snapshot) wakes the loop at
+    // once: replication is event-driven, the interval is only the fallback.
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let woken = wake.clone();
     let sr_watch = reflector::reflector(
         sr_writer,
         watcher(
@@ -112,7 +116,10 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
         ),
     )
     .applied_objects()
-    .for_each(|_| async {});
+    .for_each(move |_| {
+        woken.notify_one();
+        async {}
+    });
     let sr_watch = tokio::spawn(sr_watch);
     let _ = sr_store.wait_until_ready().await;
 
@@ -126,6 +133,7 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tick.tick() => {}
+            _ = wake.notified() => {}
         }
         if let Err(e) = heartbeat(&client, &cfg).await {
             tracing::warn!(error = %e, "cannot renew the heartbeat Lease");
