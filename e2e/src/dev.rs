@@ -135,7 +135,8 @@ pub fn up(dir: &Path, spec: &ClusterSpec, exe: &Path) -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("cannot start the supervisor: {e}"))?;
     std::fs::write(pid_file(dir), child.id().to_string()).map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Longer than the supervisor's own wait for the pools, so its error is the one reported.
+    let deadline = Instant::now() + Duration::from_secs(150);
     while Instant::now() < deadline {
         if ready.exists() {
             return Ok(());
@@ -146,7 +147,7 @@ pub fn up(dir: &Path, spec: &ClusterSpec, exe: &Path) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Err("the dev cluster did not become ready within 60 s; see supervisor.log".into())
+    Err("the dev cluster did not become ready within 150 s; see supervisor.log".into())
 }
 
 /// The supervisor itself (runs until SIGTERM or SIGINT).
@@ -347,7 +348,7 @@ async fn start_hosts(
         .map_err(|e| format!("cannot start the controller: {e}"))?;
     children.push(ctrl);
     // Ready when every pool is.
-    let deadline = Instant::now() + Duration::from_secs(90);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let ready = hosts(spec.nodes, dir).iter().all(|h| {
             server

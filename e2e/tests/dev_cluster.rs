@@ -259,6 +259,48 @@ async fn a_full_cluster_runs_pools_agents_and_the_controller_or_says_what_is_mis
         );
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
+    // Delete: the data goes to the trash on every copy, then the object goes.
+    projects.delete("p", &Default::default()).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while projects.get_opt("p").await.unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the project was not released after trashing"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let trashed = String::from_utf8_lossy(
+        &Command::new("zfs")
+            .args(["list", "-H", "-o", "name", "-r"])
+            .arg(format!(
+                "{}/trash",
+                projstore_e2e::dev::hosts(3, &dir)[0].pool
+            ))
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert!(trashed.contains("/trash/default/p-"), "{trashed}");
+    // Re-created within retainDays: restored, with the data.
+    projects.create(&PostParams::default(), &p).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let got = projects.get("p").await.unwrap().status.unwrap_or_default();
+        if got.restored_from.is_some() && got.phase == Some(projstore_api::ProjectPhase::Ready) {
+            let mount = got.primary.unwrap().mount_path.unwrap();
+            assert_eq!(
+                std::fs::read(Path::new(&mount).join("hello.txt")).unwrap(),
+                b"hello"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not restored: {got:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
     drop(down);
     let pools_left = String::from_utf8_lossy(
         &Command::new("zpool")

@@ -167,6 +167,16 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
                 None => Vec::new(),
             };
             all_ok &= report.is_ok() && checks.iter().all(|c| c.ok);
+            if let (Some(z), Ok(_), Some(l)) = (&zfs, &report, &layout) {
+                match replica::purge_trash(z, l.pool(), chrono::Utc::now()).await {
+                    Ok(purged) => {
+                        for ds in purged {
+                            tracing::info!(dataset = %ds, "purged from the trash after its retention");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot purge the trash"),
+                }
+            }
             if server.is_none() && report.is_ok() {
                 let s = Arc::new(StreamServer {
                     store: StreamStore::new(streams_mp),

@@ -72,6 +72,7 @@ pub async fn reconcile(env: &ReplicaEnv<'_>, sr: &StreamReplica, pool: &PoolName
     let result = match (sr.spec.state, sr.spec.role) {
         (ReplicaState::Live, ReplicaRole::Primary) => primary(env, sr, pool).await,
         (ReplicaState::Live, ReplicaRole::Secondary) => secondary(env, sr, pool).await,
+        (ReplicaState::Trashed, _) => trash(env, sr, pool).await,
         (state, _) => Err(format!(
             "state {state:?} is not served by this agent build yet"
         )),
@@ -139,6 +140,8 @@ async fn primary(
                 sr.spec.epoch
             ));
         }
+    } else if restore_from_trash(zfs, &layout, &store, &key, &ds).await? {
+        tracing::info!(project = %key, "restored from the trash");
     } else {
         let streams = store.list(&key).await.map_err(|e| e.to_string())?;
         let edges: Vec<_> = streams
@@ -373,7 +376,11 @@ async fn secondary(
         .iter()
         .filter_map(|(id, m)| m.edge(id).ok())
         .collect();
-    let exists = zfs.exists(&ds).await.map_err(|e| e.to_string())?;
+    let mut exists = zfs.exists(&ds).await.map_err(|e| e.to_string())?;
+    if !exists {
+        let layout = PoolLayout::new(pool.clone());
+        exists = restore_from_trash(zfs, &layout, &store, &key, &ds).await?;
+    }
     let held = if exists {
         zfs.snapshots(&ds, &[])
             .await
@@ -439,4 +446,135 @@ async fn secondary(
         "snapshotCount": snaps.len(),
         "conditions": conditions,
     }))
+}
+
+/// The trash stamp of a replica: its `trashed-at` time as `yyyymmddThhmmssZ`.
+fn trash_stamp(sr: &StreamReplica) -> Result<(String, chrono::DateTime<Utc>), String> {
+    let at = sr
+        .annotations()
+        .get("projstore.io/trashed-at")
+        .ok_or("no projstore.io/trashed-at annotation")?;
+    let t = chrono::DateTime::parse_from_rfc3339(at)
+        .map_err(|e| format!("bad trashed-at {at:?}: {e}"))?
+        .with_timezone(&Utc);
+    Ok((t.format("%Y%m%dT%H%M%SZ").to_string(), t))
+}
+
+/// Moves a deleted project's dataset to `trash/<ns>/<name>-<stamp>` (with the time it may be
+/// purged as a property) and its streams to the store's trash. Nothing is destroyed here.
+async fn trash(env: &ReplicaEnv<'_>, sr: &StreamReplica, pool: &PoolName) -> Result<Value, String> {
+    let ns = sr.namespace().unwrap_or_default();
+    let key = ProjectKey::new(&ns, &sr.spec.project)?;
+    let zfs = env.zfs;
+    let layout = PoolLayout::new(pool.clone());
+    let ds = layout.project(&key).map_err(|e| e.to_string())?;
+    let (stamp, at) = trash_stamp(sr)?;
+    let days: i64 = sr
+        .annotations()
+        .get("projstore.io/retain-days")
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(7);
+    let target = layout.trashed(&key, &stamp).map_err(|e| e.to_string())?;
+    if zfs.exists(&ds).await.map_err(|e| e.to_string())? {
+        zfs.unmount(&ds).await.map_err(|e| e.to_string())?;
+        zfs.create_parents(&target)
+            .await
+            .map_err(|e| e.to_string())?;
+        zfs.rename(&ds, &target).await.map_err(|e| e.to_string())?;
+        let purge =
+            (at + chrono::Duration::days(days)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        zfs.set(&target, &p(PROP_PURGE_AFTER)?, &purge)
+            .await
+            .map_err(|e| e.to_string())?;
+        zfs.set(&target, &p("mountpoint")?, "none")
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let store = StreamStore::new(env.streams_root.join(pool.as_str()));
+    store
+        .move_to_trash(&key, &stamp)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(json!({"phase": "Trashed", "conditions": []}))
+}
+
+/// User property on a trashed dataset: when it may be purged (RFC 3339).
+pub const PROP_PURGE_AFTER: &str = "projstore.io:purge-after";
+
+/// Puts the newest trashed copy of `key` back at `ds` (and its streams back in the store);
+/// false when the trash holds none.
+async fn restore_from_trash(
+    zfs: &Zfs,
+    layout: &PoolLayout,
+    store: &StreamStore,
+    key: &ProjectKey,
+    ds: &DatasetName,
+) -> Result<bool, String> {
+    let Ok(ns_trash) = layout.trash().and_then(|t| t.child(&key.namespace)) else {
+        return Ok(false);
+    };
+    if !zfs.exists(&ns_trash).await.map_err(|e| e.to_string())? {
+        return Ok(false);
+    }
+    let prefix = format!("{}/{}-", ns_trash, key.name);
+    let mut candidates: Vec<DatasetName> = zfs
+        .children(&ns_trash)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|c| {
+            c.as_str()
+                .strip_prefix(&prefix)
+                .is_some_and(|stamp| stamp.len() == 16 && stamp.ends_with('Z'))
+        })
+        .collect();
+    candidates.sort();
+    let Some(newest) = candidates.pop() else {
+        return Ok(false);
+    };
+    zfs.create_parents(ds).await.map_err(|e| e.to_string())?;
+    zfs.rename(&newest, ds).await.map_err(|e| e.to_string())?;
+    let stamp = newest.as_str().trim_start_matches(&prefix).to_owned();
+    let trashed_streams = store
+        .root()
+        .join(crate::streams::store::TRASH_DIR)
+        .join(&key.namespace)
+        .join(format!("{}-{stamp}", key.name));
+    if trashed_streams.is_dir() {
+        store
+            .restore_from_trash(key, &trashed_streams)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(true)
+}
+
+/// Destroys trashed datasets of `pool` whose retention has ended (DESIGN §5.6: agents purge
+/// after `retainDays`). Returns what was purged.
+pub async fn purge_trash(
+    zfs: &Zfs,
+    pool: &PoolName,
+    now: chrono::DateTime<Utc>,
+) -> Result<Vec<DatasetName>, String> {
+    let layout = PoolLayout::new(pool.clone());
+    let trash = layout.trash().map_err(|e| e.to_string())?;
+    if !zfs.exists(&trash).await.map_err(|e| e.to_string())? {
+        return Ok(Vec::new());
+    }
+    let mut purged = Vec::new();
+    for ns in zfs.children(&trash).await.map_err(|e| e.to_string())? {
+        for ds in zfs.children(&ns).await.map_err(|e| e.to_string())? {
+            let after = zfs
+                .property(&ds, &p(PROP_PURGE_AFTER)?)
+                .await
+                .map_err(|e| e.to_string())?;
+            let due = chrono::DateTime::parse_from_rfc3339(&after)
+                .is_ok_and(|t| t.with_timezone(&Utc) <= now);
+            if due {
+                zfs.destroy(&ds, true).await.map_err(|e| e.to_string())?;
+                purged.push(ds);
+            }
+        }
+    }
+    Ok(purged)
 }
