@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::names::{DatasetName, HoldTag, PropertyName, SnapshotName, check_property_value};
 use super::parse::{self, SNAPSHOT_PROPS, SnapshotInfo};
-use super::{Zfs, ZfsError, args};
+use super::{Zfs, ZfsError, args, push_props};
 
 /// Whether a create made something new.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,14 +150,7 @@ impl Zfs {
     ) -> Result<Created, ZfsError> {
         let what = format!("create {ds}");
         let mut a = args(["create"]);
-        for (name, value) in props {
-            check_property_value(value).map_err(|source| ZfsError::InvalidName {
-                what: what.clone(),
-                source,
-            })?;
-            a.push("-o".into());
-            a.push(format!("{}={value}", name.as_str()).into());
-        }
+        push_props(&mut a, "-o", props, &what)?;
         a.push(ds.as_str().into());
         let created = match self.zfs(&what, a).await {
             Ok(_) => Created::Now,
@@ -328,14 +321,7 @@ impl Zfs {
     ) -> Result<SnapshotInfo, ZfsError> {
         let what = format!("snapshot {snap}");
         let mut a = args(["snapshot"]);
-        for (name, value) in props {
-            check_property_value(value).map_err(|source| ZfsError::InvalidName {
-                what: what.clone(),
-                source,
-            })?;
-            a.push("-o".into());
-            a.push(format!("{}={value}", name.as_str()).into());
-        }
+        push_props(&mut a, "-o", props, &what)?;
         a.push(snap.full().into());
         self.zfs(&what, a).await?;
         self.snapshot_info(snap)

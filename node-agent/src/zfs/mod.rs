@@ -138,6 +138,25 @@ async fn run(what: &str, program: &PathBuf, args: Vec<OsString>) -> Result<Strin
     }
 }
 
+/// Appends `flag name=value` for each property, checking every value first (a value is data
+/// to ZFS, but a newline would break `-H` output and a leading `-` reads like an option).
+fn push_props(
+    a: &mut Vec<OsString>,
+    flag: &str,
+    props: &[(PropertyName, String)],
+    what: &str,
+) -> Result<(), ZfsError> {
+    for (name, value) in props {
+        names::check_property_value(value).map_err(|source| ZfsError::InvalidName {
+            what: what.to_owned(),
+            source,
+        })?;
+        a.push(flag.into());
+        a.push(format!("{}={value}", name.as_str()).into());
+    }
+    Ok(())
+}
+
 /// Builds an argument vector from anything string-like.
 fn args<I, S>(items: I) -> Vec<OsString>
 where

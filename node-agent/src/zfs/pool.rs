@@ -2,9 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::names::{NameError, PoolName, PropertyName, check_property_value};
+use super::names::{NameError, PoolName, PropertyName};
 use super::parse::{self, PoolRow};
-use super::{Zfs, ZfsError, args};
+use super::{Zfs, ZfsError, args, push_props};
 
 /// A vdev: a block device or an image file, created sparse with `create_size` when missing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,14 +111,7 @@ impl Zfs {
             v.ensure_exists().await?;
         }
         let mut a = args(["create", "-m", "none"]);
-        for (name, value) in props {
-            check_property_value(value).map_err(|source| ZfsError::InvalidName {
-                what: what.clone(),
-                source,
-            })?;
-            a.push("-O".into());
-            a.push(format!("{}={value}", name.as_str()).into());
-        }
+        push_props(&mut a, "-O", props, &what)?;
         a.push(pool.as_str().into());
         a.extend(vdevs.iter().map(|v| v.path.clone().into_os_string()));
         self.zpool(&what, a).await?;
