@@ -259,6 +259,86 @@ async fn a_full_cluster_runs_pools_agents_and_the_controller_or_says_what_is_mis
         );
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
+    // Close: archived to verified streams on every copy, live datasets gone; open: back, same data.
+    let phase_is = |want: projstore_api::ProjectPhase| {
+        let projects = projects.clone();
+        async move {
+            projects
+                .get("p")
+                .await
+                .unwrap()
+                .status
+                .and_then(|s| s.phase)
+                == Some(want)
+        }
+    };
+    projects
+        .patch(
+            "p",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"state": "Closed"}})),
+        )
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while !phase_is(projstore_api::ProjectPhase::Closed).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not Closed: {:?}",
+            projects.get("p").await.unwrap().status
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    for h in projstore_e2e::dev::hosts(3, &dir) {
+        let live = Command::new("zfs")
+            .args(["list", "-H", &format!("{}/projects/default/p", h.pool)])
+            .output()
+            .unwrap();
+        assert!(
+            !live.status.success(),
+            "a live dataset is left on {}",
+            h.pool
+        );
+    }
+    projects
+        .patch(
+            "p",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"state": "Open"}})),
+        )
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while !phase_is(projstore_api::ProjectPhase::Ready).await {
+        if std::time::Instant::now() >= deadline {
+            let errs: Vec<Option<String>> = srs
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .map(|r| r.status.as_ref().and_then(|s| s.last_error.clone()))
+                .collect();
+            panic!("not reopened: {errs:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let mount = projects
+        .get("p")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .primary
+        .unwrap()
+        .mount_path
+        .unwrap();
+    assert_eq!(
+        std::fs::read(Path::new(&mount).join("hello.txt")).unwrap(),
+        b"hello",
+        "the data survived close and open"
+    );
+
     // Delete: the data goes to the trash on every copy, then the object goes.
     projects.delete("p", &Default::default()).await.unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);

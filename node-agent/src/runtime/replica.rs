@@ -73,9 +73,7 @@ pub async fn reconcile(env: &ReplicaEnv<'_>, sr: &StreamReplica, pool: &PoolName
         (ReplicaState::Live, ReplicaRole::Primary) => primary(env, sr, pool).await,
         (ReplicaState::Live, ReplicaRole::Secondary) => secondary(env, sr, pool).await,
         (ReplicaState::Trashed, _) => trash(env, sr, pool).await,
-        (state, _) => Err(format!(
-            "state {state:?} is not served by this agent build yet"
-        )),
+        (ReplicaState::Archived, role) => archive(env, sr, pool, role).await,
     };
     match result {
         Ok(mut status) => {
@@ -577,4 +575,134 @@ pub async fn purge_trash(
         }
     }
     Ok(purged)
+}
+
+/// Closes a copy (DESIGN §5.6): a primary takes a final snapshot and stream; every copy then
+/// checks that its stored chain rebuilds the newest snapshot (received into a scratch dataset
+/// and compared by GUID), and only then destroys its live dataset. The streams stay.
+async fn archive(
+    env: &ReplicaEnv<'_>,
+    sr: &StreamReplica,
+    pool: &PoolName,
+    role: ReplicaRole,
+) -> Result<Value, String> {
+    let ns = sr.namespace().unwrap_or_default();
+    let key = ProjectKey::new(&ns, &sr.spec.project)?;
+    let zfs = env.zfs;
+    let layout = PoolLayout::new(pool.clone());
+    let ds = layout.project(&key).map_err(|e| e.to_string())?;
+    let store = StreamStore::new(env.streams_root.join(pool.as_str()));
+    let storage = Storage {
+        zfs,
+        store: &store,
+        pool,
+        node: env.node,
+    };
+    if role == ReplicaRole::Secondary && zfs.exists(&ds).await.map_err(|e| e.to_string())? {
+        // Catch up first (the primary's final stream), so what is verified is everything.
+        secondary(env, sr, pool).await?;
+    }
+    if zfs.exists(&ds).await.map_err(|e| e.to_string())? {
+        let snaps = zfs.snapshots(&ds, &[]).await.map_err(|e| e.to_string())?;
+        let stored = store.list(&key).await.map_err(|e| e.to_string())?;
+        let edges: Vec<_> = stored
+            .iter()
+            .filter_map(|s| s.manifest.edge(&s.id).ok())
+            .collect();
+        let target = plan(&edges).map_err(|e| e.to_string())?.target;
+        if role == ReplicaRole::Primary {
+            zfs.unmount(&ds).await.map_err(|e| e.to_string())?;
+            let newest = snaps.last();
+            let covered = newest.is_some_and(|n| target.as_ref().is_some_and(|t| t.guid == n.guid));
+            if !covered {
+                // The final snapshot and its stream: nothing written since the last one is lost.
+                let now = Utc::now().timestamp();
+                let snap = ds.snapshot(&managed_name(now)).map_err(|e| e.to_string())?;
+                zfs.snapshot(&snap, &[]).await.map_err(|e| e.to_string())?;
+                let from = target
+                    .as_ref()
+                    .and_then(|t| snaps.iter().find(|s| s.guid == t.guid))
+                    .map(|s| ds.snapshot(&s.name))
+                    .transpose()
+                    .map_err(|e| e.to_string())?;
+                write_stream(
+                    &storage,
+                    &key,
+                    &snap,
+                    from.as_ref(),
+                    sr.spec.epoch,
+                    &Progress::new(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            }
+        }
+        let newest = zfs
+            .snapshots(&ds, &[])
+            .await
+            .map_err(|e| e.to_string())?
+            .last()
+            .cloned()
+            .ok_or("the dataset has no snapshot to archive")?;
+        verify_chain_restores(env, &storage, &key, newest.guid).await?;
+        zfs.destroy(&ds, true).await.map_err(|e| e.to_string())?;
+    }
+    let stored = store.list(&key).await.map_err(|e| e.to_string())?;
+    Ok(json!({
+        "phase": "Archived",
+        "streams": {"count": stored.len(), "bytes": stored.iter().map(|s| s.manifest.bytes).sum::<u64>()},
+        "conditions": [],
+    }))
+}
+
+/// Receives the stored chain into `<pool>/recv/<ns>/<name>-verify` and checks it ends at
+/// snapshot `guid`; the scratch dataset is removed either way.
+async fn verify_chain_restores(
+    env: &ReplicaEnv<'_>,
+    storage: &Storage<'_>,
+    key: &ProjectKey,
+    guid: u64,
+) -> Result<(), String> {
+    let stored = storage.store.list(key).await.map_err(|e| e.to_string())?;
+    let edges: Vec<_> = stored
+        .iter()
+        .filter_map(|s| s.manifest.edge(&s.id).ok())
+        .collect();
+    let planned = plan(&edges).map_err(|e| e.to_string())?;
+    if planned.target.as_ref().map(|t| t.guid) != Some(guid) {
+        return Err(format!(
+            "the stored chain does not reach the newest snapshot ({guid}): not archiving yet"
+        ));
+    }
+    let scratch = storage
+        .pool
+        .dataset(&format!("recv/{}/{}-verify", key.namespace, key.name))
+        .map_err(|e| e.to_string())?;
+    crate::transfer::clear_staging(env.zfs, &scratch)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut result = Ok(());
+    for id in planned.chain {
+        let id = crate::streams::StreamId::parse(&id)?;
+        if let Err(e) = apply_stream(storage, key, &id, &scratch, &Progress::new()).await {
+            result = Err(format!("the stored chain does not restore: {e}"));
+            break;
+        }
+    }
+    if result.is_ok() {
+        let last = env
+            .zfs
+            .snapshots(&scratch, &[])
+            .await
+            .map_err(|e| e.to_string())?
+            .last()
+            .map(|s| s.guid);
+        if last != Some(guid) {
+            result = Err("the restored chain ends at another snapshot".into());
+        }
+    }
+    crate::transfer::clear_staging(env.zfs, &scratch)
+        .await
+        .map_err(|e| e.to_string())?;
+    result
 }

@@ -46,12 +46,6 @@ pub enum PlanError {
     SelfLoop(String),
     #[error("streams form a cycle (through {0:?})")]
     Cycle(String),
-    #[error("snapshot guid {guid} is described differently by streams {first:?} and {second:?}")]
-    Inconsistent {
-        guid: u64,
-        first: String,
-        second: String,
-    },
 }
 
 /// What a replica must do to reach the target.
@@ -92,7 +86,6 @@ impl<'a> Graph<'a> {
             to_node: Vec::with_capacity(edges.len()),
             topo: Vec::new(),
         };
-        let mut described_by: Vec<usize> = vec![usize::MAX];
         for (i, e) in edges.iter().enumerate() {
             if ids.insert(e.id.as_str(), i).is_some() {
                 return Err(PlanError::DuplicateId(e.id.clone()));
@@ -102,23 +95,14 @@ impl<'a> Graph<'a> {
             }
             let mut node = |s: &'a Snap| -> Result<usize, PlanError> {
                 match g.index.get(&s.guid) {
-                    Some(&n) => {
-                        let known = g.snaps[n].unwrap_or(s);
-                        if known.createtxg != s.createtxg || known.time != s.time {
-                            return Err(PlanError::Inconsistent {
-                                guid: s.guid,
-                                first: edges[described_by[n]].id.clone(),
-                                second: e.id.clone(),
-                            });
-                        }
-                        Ok(n)
-                    }
+                    // Identity is the GUID. The same snapshot may carry another createtxg in a
+                    // stream written after a receive (txgs are per pool): the first description wins.
+                    Some(&n) => Ok(n),
                     None => {
                         let n = g.snaps.len();
                         g.snaps.push(Some(s));
                         g.out.push(Vec::new());
                         g.into.push(Vec::new());
-                        described_by.push(i);
                         g.index.insert(s.guid, n);
                         Ok(n)
                     }
