@@ -141,12 +141,7 @@ async fn primary(
     } else if restore_from_trash(zfs, &layout, &store, &key, &ds).await? {
         tracing::info!(project = %key, "restored from the trash");
     } else {
-        let streams = store.list(&key).await.map_err(|e| e.to_string())?;
-        let edges: Vec<_> = streams
-            .iter()
-            .filter_map(|s| s.manifest.edge(&s.id).ok())
-            .collect();
-        let chain = plan(&edges).map_err(|e| e.to_string())?.chain;
+        let chain = stored_plan(&store, &key).await?.chain;
         if chain.is_empty() {
             let new = NewProject {
                 key: &key,
@@ -258,32 +253,8 @@ async fn primary(
         },
         &prev.conditions,
     ));
-    let stored = store.list(&key).await.map_err(|e| e.to_string())?;
-    let edges: Vec<_> = stored
-        .iter()
-        .filter_map(|s| s.manifest.edge(&s.id).ok())
-        .collect();
-    let target = plan(&edges).map_err(|e| e.to_string())?.target;
     if due && !blocked && !snaps.iter().any(|s| s.name == managed_name(now)) {
-        let snap = ds.snapshot(&managed_name(now)).map_err(|e| e.to_string())?;
-        zfs.snapshot(&snap, &[]).await.map_err(|e| e.to_string())?;
-        // An incremental from the newest snapshot the stream chain reaches, else a full one.
-        let from = target
-            .as_ref()
-            .and_then(|t| snaps.iter().find(|s| s.guid == t.guid))
-            .map(|s| ds.snapshot(&s.name))
-            .transpose()
-            .map_err(|e| e.to_string())?;
-        write_stream(
-            &storage,
-            &key,
-            &snap,
-            from.as_ref(),
-            sr.spec.epoch,
-            &Progress::new(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        snapshot_and_stream(&storage, &key, &ds, &snaps, sr.spec.epoch).await?;
         if let Some(a) = &asked {
             zfs.set(&ds, &p(PROP_SNAPSHOT_NOW)?, a)
                 .await
@@ -604,37 +575,15 @@ async fn archive(
     }
     if zfs.exists(&ds).await.map_err(|e| e.to_string())? {
         let snaps = zfs.snapshots(&ds, &[]).await.map_err(|e| e.to_string())?;
-        let stored = store.list(&key).await.map_err(|e| e.to_string())?;
-        let edges: Vec<_> = stored
-            .iter()
-            .filter_map(|s| s.manifest.edge(&s.id).ok())
-            .collect();
-        let target = plan(&edges).map_err(|e| e.to_string())?.target;
         if role == ReplicaRole::Primary {
             zfs.unmount(&ds).await.map_err(|e| e.to_string())?;
-            let newest = snaps.last();
-            let covered = newest.is_some_and(|n| target.as_ref().is_some_and(|t| t.guid == n.guid));
+            let target = stored_plan(&store, &key).await?.target;
+            let covered = snaps
+                .last()
+                .is_some_and(|n| target.as_ref().is_some_and(|t| t.guid == n.guid));
             if !covered {
                 // The final snapshot and its stream: nothing written since the last one is lost.
-                let now = Utc::now().timestamp();
-                let snap = ds.snapshot(&managed_name(now)).map_err(|e| e.to_string())?;
-                zfs.snapshot(&snap, &[]).await.map_err(|e| e.to_string())?;
-                let from = target
-                    .as_ref()
-                    .and_then(|t| snaps.iter().find(|s| s.guid == t.guid))
-                    .map(|s| ds.snapshot(&s.name))
-                    .transpose()
-                    .map_err(|e| e.to_string())?;
-                write_stream(
-                    &storage,
-                    &key,
-                    &snap,
-                    from.as_ref(),
-                    sr.spec.epoch,
-                    &Progress::new(),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+                snapshot_and_stream(&storage, &key, &ds, &snaps, sr.spec.epoch).await?;
             }
         }
         let newest = zfs
@@ -663,12 +612,7 @@ async fn verify_chain_restores(
     key: &ProjectKey,
     guid: u64,
 ) -> Result<(), String> {
-    let stored = storage.store.list(key).await.map_err(|e| e.to_string())?;
-    let edges: Vec<_> = stored
-        .iter()
-        .filter_map(|s| s.manifest.edge(&s.id).ok())
-        .collect();
-    let planned = plan(&edges).map_err(|e| e.to_string())?;
+    let planned = stored_plan(storage.store, key).await?;
     if planned.target.as_ref().map(|t| t.guid) != Some(guid) {
         return Err(format!(
             "the stored chain does not reach the newest snapshot ({guid}): not archiving yet"
@@ -705,4 +649,47 @@ async fn verify_chain_restores(
         .await
         .map_err(|e| e.to_string())?;
     result
+}
+
+/// The planner's view of the streams stored for `key`.
+async fn stored_plan(
+    store: &StreamStore,
+    key: &ProjectKey,
+) -> Result<crate::streams::Plan, String> {
+    let stored = store.list(key).await.map_err(|e| e.to_string())?;
+    let edges: Vec<_> = stored
+        .iter()
+        .filter_map(|s| s.manifest.edge(&s.id).ok())
+        .collect();
+    plan(&edges).map_err(|e| e.to_string())
+}
+
+/// Takes a managed snapshot of `ds` now and writes its stream: incremental from the newest
+/// snapshot the stored chain reaches (when `ds` still has it), else full.
+async fn snapshot_and_stream(
+    storage: &Storage<'_>,
+    key: &ProjectKey,
+    ds: &DatasetName,
+    snaps: &[SnapshotInfo],
+    epoch: u64,
+) -> Result<(), String> {
+    let target = stored_plan(storage.store, key).await?.target;
+    let snap = ds
+        .snapshot(&managed_name(Utc::now().timestamp()))
+        .map_err(|e| e.to_string())?;
+    storage
+        .zfs
+        .snapshot(&snap, &[])
+        .await
+        .map_err(|e| e.to_string())?;
+    let from = target
+        .as_ref()
+        .and_then(|t| snaps.iter().find(|s| s.guid == t.guid))
+        .map(|s| ds.snapshot(&s.name))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    write_stream(storage, key, &snap, from.as_ref(), epoch, &Progress::new())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
 }

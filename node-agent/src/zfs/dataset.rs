@@ -226,26 +226,24 @@ impl Zfs {
         Ok(())
     }
 
+    /// Whether ZFS reports `ds` mounted.
+    pub async fn is_mounted(&self, ds: &DatasetName) -> Result<bool, ZfsError> {
+        Ok(self
+            .get(ds.as_str(), &["mounted"])
+            .await?
+            .get("mounted")
+            .map(String::as_str)
+            == Some("yes"))
+    }
+
     /// Mounts `ds` at its `mountpoint` property and checks that it is mounted.
     pub async fn mount(&self, ds: &DatasetName) -> Result<(), ZfsError> {
         let what = format!("mount {ds}");
-        if self
-            .get(ds.as_str(), &["mounted"])
-            .await?
-            .get("mounted")
-            .map(String::as_str)
-            == Some("yes")
-        {
+        if self.is_mounted(ds).await? {
             return Ok(());
         }
         self.zfs(&what, args(["mount", ds.as_str()])).await?;
-        if self
-            .get(ds.as_str(), &["mounted"])
-            .await?
-            .get("mounted")
-            .map(String::as_str)
-            != Some("yes")
-        {
+        if !self.is_mounted(ds).await? {
             return Err(ZfsError::Unverified {
                 what,
                 problem: "it is not mounted afterwards".into(),
@@ -257,23 +255,11 @@ impl Zfs {
     /// Unmounts `ds`; not mounted is success.
     pub async fn unmount(&self, ds: &DatasetName) -> Result<(), ZfsError> {
         let what = format!("unmount {ds}");
-        if self
-            .get(ds.as_str(), &["mounted"])
-            .await?
-            .get("mounted")
-            .map(String::as_str)
-            != Some("yes")
-        {
+        if !self.is_mounted(ds).await? {
             return Ok(());
         }
         self.zfs(&what, args(["unmount", ds.as_str()])).await?;
-        if self
-            .get(ds.as_str(), &["mounted"])
-            .await?
-            .get("mounted")
-            .map(String::as_str)
-            == Some("yes")
-        {
+        if self.is_mounted(ds).await? {
             return Err(ZfsError::Unverified {
                 what,
                 problem: "it is still mounted".into(),
