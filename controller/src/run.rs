@@ -91,15 +91,24 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     let pool_api: Api<StoragePool> = Api::all(client.clone());
     let lease_api: Api<Lease> = Api::namespaced(client.clone(), &config.settings.lease_namespace);
     let reflectors = tokio::spawn(futures::future::join3(
-        reflector::reflector(sr_writer, watcher(sr_api.clone(), wc.clone()))
-            .applied_objects()
-            .for_each(|_| async {}),
-        reflector::reflector(pool_writer, watcher(pool_api.clone(), wc.clone()))
-            .applied_objects()
-            .for_each(|_| async {}),
-        reflector::reflector(lease_writer, watcher(lease_api.clone(), wc.clone()))
-            .applied_objects()
-            .for_each(|_| async {}),
+        reflector::reflector(
+            sr_writer,
+            watcher(sr_api.clone(), wc.clone()).default_backoff(),
+        )
+        .applied_objects()
+        .for_each(|_| async {}),
+        reflector::reflector(
+            pool_writer,
+            watcher(pool_api.clone(), wc.clone()).default_backoff(),
+        )
+        .applied_objects()
+        .for_each(|_| async {}),
+        reflector::reflector(
+            lease_writer,
+            watcher(lease_api.clone(), wc.clone()).default_backoff(),
+        )
+        .applied_objects()
+        .for_each(|_| async {}),
     ));
     // Decisions read these caches: never decide from a half-filled one.
     let _ = futures::future::join3(

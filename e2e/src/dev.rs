@@ -30,9 +30,10 @@ pub struct Host {
     pub zone: String,
 }
 
-/// The hosts of an `n`-node cluster: `host-a`, `host-b`, … on 127.0.0.2, .3, …, in two
+/// The hosts of an `n`-node cluster: `host-a`, `host-b`, … on 127.X.Y.2, .3, …, in two
 /// datacenters like `examples/` (host-a and host-b in dc1, host-c in dc2, then alternating).
-/// Pool names carry a hash of the state directory: several dev clusters share one ZFS.
+/// Pool names and the X.Y of the addresses carry a hash of the state directory: several dev
+/// clusters share one ZFS and one loopback network.
 pub fn hosts(n: u32, dir: &Path) -> Vec<Host> {
     let tag = dir
         .display()
@@ -51,7 +52,12 @@ pub fn hosts(n: u32, dir: &Path) -> Vec<Host> {
             };
             Host {
                 node: format!("host-{letter}"),
-                addr: format!("127.0.0.{}", i + 2),
+                addr: format!(
+                    "127.{}.{}.{}",
+                    1 + (tag >> 16) % 254,
+                    (tag >> 8) & 0xff,
+                    i + 2
+                ),
                 pool: format!("ps{:06x}{letter}", tag & 0xff_ffff),
                 datacenter: dc.into(),
                 zone: format!("{dc}-{letter}"),
@@ -142,6 +148,7 @@ pub fn up(dir: &Path, spec: &ClusterSpec, exe: &Path) -> Result<(), String> {
             return Ok(());
         }
         if !alive(child.id()) {
+            kill_group(child.id());
             let log = std::fs::read_to_string(dir.join("supervisor.log")).unwrap_or_default();
             return Err(format!("the supervisor exited before it was ready:\n{log}"));
         }
@@ -185,10 +192,21 @@ pub async fn supervise(dir: &Path) -> Result<(), String> {
                 // Supervision: a child that died is started again (the dev cluster's agents
                 // and controller are meant to run; tests kill them on purpose via `kill`).
                 for c in children.iter_mut() {
+                    if held(dir, &c.key) {
+                        // `projstore-dev kill --hold`: keep it down until released.
+                        if c.child.try_wait().ok().flatten().is_none() {
+                            let _ = c.child.kill();
+                            let _ = c.child.wait();
+                        }
+                        continue;
+                    }
                     if let Ok(Some(status)) = c.child.try_wait() {
                         tracing::warn!(name = %c.name, %status, "restarting");
                         match c.spawn() {
-                            Ok(new) => c.child = new,
+                            Ok(new) => {
+                                c.child = new;
+                                c.record_pid(dir);
+                            }
                             Err(e) => tracing::error!(name = %c.name, error = %e, "cannot restart"),
                         }
                     }
@@ -217,6 +235,8 @@ pub async fn supervise(dir: &Path) -> Result<(), String> {
 /// A supervised child process.
 struct Supervised {
     name: String,
+    /// `controller` or `agent-<node>`: what `kill` and `release` name.
+    key: String,
     program: PathBuf,
     args: Vec<String>,
     log: PathBuf,
@@ -225,6 +245,11 @@ struct Supervised {
 }
 
 impl Supervised {
+    fn record_pid(&self, dir: &Path) {
+        let pids = dir.join("pids");
+        let _ = std::fs::create_dir_all(&pids);
+        let _ = std::fs::write(pids.join(&self.key), self.child.id().to_string());
+    }
     fn spawn(&self) -> std::io::Result<std::process::Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -299,6 +324,7 @@ async fn start_hosts(
         std::fs::create_dir_all(host_dir.join("projects")).map_err(|e| e.to_string())?;
         let mut s = Supervised {
             name: format!("agent {}", h.node),
+            key: format!("agent-{}", h.node),
             program: bin.join("projstore-agent"),
             args: vec![
                 "run".into(),
@@ -324,10 +350,12 @@ async fn start_hosts(
         s.child = s
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", s.name))?;
+        s.record_pid(dir);
         children.push(s);
     }
     let mut ctrl = Supervised {
         name: "controller".into(),
+        key: "controller".into(),
         program: bin.join("projstore-controller"),
         args: vec![
             "--metrics-addr".into(),
@@ -346,6 +374,7 @@ async fn start_hosts(
     ctrl.child = ctrl
         .spawn()
         .map_err(|e| format!("cannot start the controller: {e}"))?;
+    ctrl.record_pid(dir);
     children.push(ctrl);
     // Ready when every pool is.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -407,6 +436,9 @@ pub fn down(dir: &Path) -> Result<Vec<String>, String> {
                 .status();
         }
         done.push(format!("stopped supervisor (pid {pid})"));
+    }
+    if let Some(pid) = read_pid(dir) {
+        kill_group(pid);
     }
     // Mounts below the state dir (projects, sshfs, bindfs) go first, then the pools (ZFS may
     // say "busy" for a moment after the agents stopped), then the files.
@@ -509,4 +541,69 @@ pub fn status(dir: &Path) -> Result<Vec<String>, String> {
         }
     }
     Ok(lines)
+}
+
+fn held(dir: &Path, key: &str) -> bool {
+    dir.join("held").join(key).exists()
+}
+
+fn check_key(key: &str) -> Result<(), String> {
+    let ok = key == "controller"
+        || key
+            .strip_prefix("agent-host-")
+            .is_some_and(|l| l.len() == 1 && l.bytes().all(|b| b.is_ascii_lowercase()));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key:?} is not a process of the dev cluster (controller, agent-host-a, …)"
+        ))
+    }
+}
+
+/// `kill`: SIGKILLs a supervised process (`controller`, `agent-host-a`, …). The supervisor
+/// restarts it within a second unless `hold` keeps it down until [`release`].
+pub fn kill(dir: &Path, key: &str, hold: bool) -> Result<Vec<String>, String> {
+    check_key(key)?;
+    if hold {
+        let d = dir.join("held");
+        std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
+        std::fs::write(d.join(key), "").map_err(|e| e.to_string())?;
+    }
+    let pid: u32 = std::fs::read_to_string(dir.join("pids").join(key))
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+        .ok_or_else(|| format!("no pid recorded for {key}: is the cluster up?"))?;
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    Ok(vec![format!(
+        "killed {key} (pid {pid}){}",
+        if hold {
+            "; held down until release"
+        } else {
+            ""
+        }
+    )])
+}
+
+/// `release`: lets the supervisor start a held process again.
+pub fn release(dir: &Path, key: &str) -> Result<Vec<String>, String> {
+    check_key(key)?;
+    match std::fs::remove_file(dir.join("held").join(key)) {
+        Ok(()) => Ok(vec![format!("released {key}")]),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(vec![format!("{key} was not held")])
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// SIGKILLs whatever is left of the supervisor's process group (it leads its own group, and
+/// the agents and controller it started belong to it).
+fn kill_group(pgid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .stderr(Stdio::null())
+        .status();
 }

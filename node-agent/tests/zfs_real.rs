@@ -591,3 +591,57 @@ async fn hostile_values_never_reach_zfs() {
     );
     assert!(!std::path::Path::new("/tmp/pwned").exists());
 }
+
+#[tokio::test]
+async fn unsaved_writes_are_found_and_kept_in_a_snapshot_and_nothing_else_is() {
+    let Some(zfs) = zfs_or_skip("unsaved_writes_are_found").await else {
+        return;
+    };
+    let host = Host::new(&zfs, "host-a").await;
+    let mp = host.pool.path("mnt");
+    let new = NewProject {
+        key: &key(),
+        mountpoint: &mp,
+        quota_bytes: 64 * MIB,
+        uid: 2001,
+        gid: 2002,
+        epoch: 1,
+    };
+    let ds = create_project(&zfs, &host.layout, &new).await.unwrap();
+    zfs.set(&ds, &PropertyName::parse("atime").unwrap(), "off")
+        .await
+        .unwrap();
+    // No snapshot yet: whatever the dataset holds is unsaved.
+    let first = zfs
+        .snapshot_unsaved(&ds, &ds.snapshot("first").unwrap())
+        .await
+        .unwrap();
+    assert!(first.is_some());
+    // Nothing written since: no snapshot is left behind.
+    let quiet = ds.snapshot("quiet").unwrap();
+    assert!(zfs.snapshot_unsaved(&ds, &quiet).await.unwrap().is_none());
+    assert!(zfs.snapshot_info(&quiet).await.unwrap_err().is_not_found());
+    // A write, a chmod, a delete: each is found.
+    let change = |i: u32| {
+        let mp = mp.clone();
+        move || match i {
+            0 => std::fs::write(mp.join("a"), b"late write").unwrap(),
+            1 => {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(mp.join("a"), std::fs::Permissions::from_mode(0o600))
+                    .unwrap()
+            }
+            _ => std::fs::remove_file(mp.join("a")).unwrap(),
+        }
+    };
+    for i in 0..3 {
+        change(i)();
+        let s = ds.snapshot(&format!("after-{i}")).unwrap();
+        let kept = zfs.snapshot_unsaved(&ds, &s).await.unwrap();
+        assert_eq!(
+            kept.map(|k| k.name),
+            Some(format!("after-{i}")),
+            "change {i}"
+        );
+    }
+}

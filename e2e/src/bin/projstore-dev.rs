@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use projstore_e2e::dev::{self, ClusterSpec};
 
-const USAGE: &str = "usage: projstore-dev up --state-dir DIR [--nodes N] [--api-only]\n       projstore-dev down --state-dir DIR\n       projstore-dev status --state-dir DIR\n";
+const USAGE: &str = "usage: projstore-dev up --state-dir DIR [--nodes N] [--api-only]\n       projstore-dev down --state-dir DIR\n       projstore-dev status --state-dir DIR\n       projstore-dev kill --state-dir DIR PROCESS [--hold]   (PROCESS: controller, agent-host-a, ...)\n       projstore-dev release --state-dir DIR PROCESS\n";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -14,7 +14,7 @@ fn main() -> ExitCode {
         eprint!("{USAGE}");
         return ExitCode::from(2);
     };
-    let (mut dir, mut nodes, mut api_only) = (None, 3u32, false);
+    let (mut dir, mut nodes, mut api_only, mut hold, mut target) = (None, 3u32, false, false, None);
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -31,6 +31,8 @@ fn main() -> ExitCode {
                 }
             },
             "--api-only" => api_only = true,
+            "--hold" => hold = true,
+            other if !other.starts_with('-') && target.is_none() => target = Some(other.to_owned()),
             other => {
                 eprintln!("projstore-dev: unknown argument {other}\n{USAGE}");
                 return ExitCode::from(2);
@@ -59,6 +61,11 @@ fn main() -> ExitCode {
             })
         }
         "down" => dev::down(&dir),
+        "kill" | "release" => match &target {
+            Some(t) if cmd == "kill" => dev::kill(&dir, t, hold),
+            Some(t) => dev::release(&dir, t),
+            None => Err(format!("{cmd} needs the process to act on\n{USAGE}")),
+        },
         "status" => dev::status(&dir),
         "supervise" => {
             tracing_subscriber::fmt()

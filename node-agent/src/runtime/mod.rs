@@ -24,6 +24,10 @@ use crate::server::{StreamServer, serve};
 use crate::streams::StreamStore;
 use crate::zfs::{PoolName, Zfs};
 
+/// After this long without renewing its Lease, an agent stops serving read-write: the
+/// controller considers a pool NotReady after 40 s, and fails over only after the grace.
+const LEASE_EXPIRY: Duration = Duration::from_secs(30);
+
 /// Field manager of the agent's writes.
 pub const MANAGER: &str = "projstore-agent";
 
@@ -91,7 +95,7 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
     let (store, writer) = reflector::store::<StoragePool>();
     let watch = reflector::reflector(
         writer,
-        watcher(pools_api.clone(), watcher::Config::default()),
+        watcher(pools_api.clone(), watcher::Config::default()).default_backoff(),
     )
     .applied_objects()
     .for_each(|_| async {});
@@ -113,7 +117,8 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
                 projstore_api::NODE_LABEL,
                 cfg.node_name
             )),
-        ),
+        )
+        .default_backoff(),
     )
     .applied_objects()
     .for_each(move |_| {
@@ -127,6 +132,7 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
     let mut server_task = None;
     let mut listener = Some(listener);
     let mut tick = tokio::time::interval(cfg.interval);
+    let mut renewed = std::time::Instant::now();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -135,8 +141,20 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
             _ = tick.tick() => {}
             _ = wake.notified() => {}
         }
-        if let Err(e) = heartbeat(&client, &cfg).await {
-            tracing::warn!(error = %e, "cannot renew the heartbeat Lease");
+        match heartbeat(&client, &cfg).await {
+            Ok(()) => renewed = std::time::Instant::now(),
+            Err(e) => tracing::warn!(error = %e, "cannot renew the heartbeat Lease"),
+        }
+        // Self-fencing: once our Lease may have expired, the controller may promote another
+        // copy; stop serving read-write before that can happen (DESIGN §6 invariant 2).
+        if renewed.elapsed() > LEASE_EXPIRY {
+            if let Some(z) = &zfs {
+                replica::fence_all(z, &sr_store.state(), &store.state(), &cfg.node_name).await;
+            }
+            if let Some(s) = &server {
+                s.ready.store(false, Ordering::Relaxed);
+            }
+            continue;
         }
         let mine: Vec<Arc<StoragePool>> = store
             .state()

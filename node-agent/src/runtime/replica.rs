@@ -25,6 +25,9 @@ use crate::streams::{ProjectKey, ReplicaPlan, StreamStore, plan, plan_for_replic
 use crate::transfer::{Storage, apply_stream, write_stream};
 use crate::zfs::{DatasetName, PoolName, Progress, PropertyName, SnapshotInfo, Zfs};
 
+/// Annotation on the primary's replica during a move: the pool taking over.
+pub const HANDOFF_TO: &str = "projstore.io/handoff-to";
+
 /// User property on a primary's dataset: the last `projstore.io/snapshot-now` value acted on.
 const PROP_SNAPSHOT_NOW: &str = "projstore.io:snapshot-now";
 
@@ -164,6 +167,9 @@ async fn primary(
             }
         }
     }
+    if let Some(to) = sr.annotations().get(HANDOFF_TO) {
+        return hand_off(&storage, sr, &key, &ds, to).await;
+    }
     zfs.set(&ds, &p(PROP_EPOCH)?, &sr.spec.epoch.to_string())
         .await
         .map_err(|e| e.to_string())?;
@@ -300,6 +306,9 @@ async fn primary(
             let _ = store.delete(&key, &id).await;
         }
     }
+    if let Some(c) = forks_condition(zfs, &layout, &key, &prev.conditions).await {
+        conditions.push(c);
+    }
     let snaps = zfs.snapshots(&ds, &[]).await.map_err(|e| e.to_string())?;
     let bytes: u64 = stored.iter().map(|s| s.manifest.bytes).sum();
     Ok(json!({
@@ -345,10 +354,13 @@ async fn secondary(
         .iter()
         .filter_map(|(id, m)| m.edge(id).ok())
         .collect();
+    let layout = PoolLayout::new(pool.clone());
     let mut exists = zfs.exists(&ds).await.map_err(|e| e.to_string())?;
     if !exists {
-        let layout = PoolLayout::new(pool.clone());
         exists = restore_from_trash(zfs, &layout, &store, &key, &ds).await?;
+    }
+    if exists {
+        stop_serving(zfs, &ds).await?;
     }
     let held = if exists {
         zfs.snapshots(&ds, &[])
@@ -361,7 +373,15 @@ async fn secondary(
     };
     let mut conditions = Vec::new();
     let prev = sr.status.clone().unwrap_or_default();
-    match plan_for_replica(&edges, held).map_err(|e| e.to_string())? {
+    let mut todo = plan_for_replica(&edges, held).map_err(|e| e.to_string())?;
+    if matches!(todo, ReplicaPlan::Diverged) {
+        // This copy holds history the primary lacks (a returning old primary): keep it under
+        // forks/ and sync afresh. Nothing is destroyed.
+        let fork = fork(zfs, &layout, &store, &key, &ds, &remote).await?;
+        tracing::warn!(project = %key, fork = %fork, "diverged history preserved; re-syncing from the primary");
+        todo = plan_for_replica(&edges, None).map_err(|e| e.to_string())?;
+    }
+    match todo {
         ReplicaPlan::UpToDate => {}
         ReplicaPlan::Apply(ids) => {
             for id in ids {
@@ -381,9 +401,12 @@ async fn secondary(
             }
         }
         ReplicaPlan::Diverged => {
-            conditions.push(cond("Diverged", true, "HistoryDiverged", format!("{ds} holds a snapshot the primary's chain does not lead from; it is kept untouched"), &prev.conditions));
+            return Err(format!(
+                "the primary's chain does not lead to a fresh copy of {key}"
+            ));
         }
     }
+    let forked = forks_condition(zfs, &layout, &key, &prev.conditions).await;
     if zfs.exists(&ds).await.map_err(|e| e.to_string())? {
         zfs.set(&ds, &p(PROP_EPOCH)?, &sr.spec.epoch.to_string())
             .await
@@ -407,8 +430,9 @@ async fn secondary(
         _ => 0,
     };
     let stored = store.list(&key).await.map_err(|e| e.to_string())?;
+    conditions.extend(forked);
     Ok(json!({
-        "phase": if conditions.is_empty() { if lag == 0 { "Ready" } else { "Syncing" } } else { "Error" },
+        "phase": if lag == 0 { "Ready" } else { "Syncing" },
         "appliedSnapshot": snaps.last().map(snapshot_ref),
         "streams": {"count": stored.len(), "bytes": stored.iter().map(|s| s.manifest.bytes).sum::<u64>()},
         "lagSeconds": lag.min(i64::from(u32::MAX)),
@@ -574,17 +598,9 @@ async fn archive(
         secondary(env, sr, pool).await?;
     }
     if zfs.exists(&ds).await.map_err(|e| e.to_string())? {
-        let snaps = zfs.snapshots(&ds, &[]).await.map_err(|e| e.to_string())?;
         if role == ReplicaRole::Primary {
             zfs.unmount(&ds).await.map_err(|e| e.to_string())?;
-            let target = stored_plan(&store, &key).await?.target;
-            let covered = snaps
-                .last()
-                .is_some_and(|n| target.as_ref().is_some_and(|t| t.guid == n.guid));
-            if !covered {
-                // The final snapshot and its stream: nothing written since the last one is lost.
-                snapshot_and_stream(&storage, &key, &ds, &snaps, sr.spec.epoch).await?;
-            }
+            final_snapshot(&storage, &key, &ds, sr.spec.epoch).await?;
         }
         let newest = zfs
             .snapshots(&ds, &[])
@@ -664,6 +680,50 @@ async fn stored_plan(
     plan(&edges).map_err(|e| e.to_string())
 }
 
+/// Writes stopped (`ds` unmounted): makes sure the stored chain ends at everything `ds`
+/// holds. Writes since the newest snapshot get a final snapshot; a newest snapshot the chain
+/// does not reach gets its stream. Nothing written is left out.
+async fn final_snapshot(
+    storage: &Storage<'_>,
+    key: &ProjectKey,
+    ds: &DatasetName,
+    epoch: u64,
+) -> Result<(), String> {
+    let zfs = storage.zfs;
+    let snaps = zfs.snapshots(ds, &[]).await.map_err(|e| e.to_string())?;
+    let target = stored_plan(storage.store, key).await?.target;
+    let mut t = Utc::now().timestamp();
+    while snaps.iter().any(|s| s.name == managed_name(t)) {
+        t += 1;
+    }
+    let snap = ds.snapshot(&managed_name(t)).map_err(|e| e.to_string())?;
+    let newest = match zfs
+        .snapshot_unsaved(ds, &snap)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Some(taken) => taken,
+        None => match snaps.last() {
+            Some(n) => n.clone(),
+            None => zfs.snapshot(&snap, &[]).await.map_err(|e| e.to_string())?,
+        },
+    };
+    if target.as_ref().is_some_and(|t| t.guid == newest.guid) {
+        return Ok(());
+    }
+    let from = target
+        .as_ref()
+        .and_then(|t| snaps.iter().find(|s| s.guid == t.guid))
+        .map(|s| ds.snapshot(&s.name))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let to = ds.snapshot(&newest.name).map_err(|e| e.to_string())?;
+    write_stream(storage, key, &to, from.as_ref(), epoch, &Progress::new())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 /// Takes a managed snapshot of `ds` now and writes its stream: incremental from the newest
 /// snapshot the stored chain reaches (when `ds` still has it), else full.
 async fn snapshot_and_stream(
@@ -692,4 +752,202 @@ async fn snapshot_and_stream(
         .await
         .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// A primary being moved away (`projstore.io/handoff-to`): stop writes (unmount), take the
+/// final snapshot and its stream, and say so with `HandedOff`; the controller flips the roles
+/// once the new pool has applied that snapshot.
+async fn hand_off(
+    storage: &Storage<'_>,
+    sr: &StreamReplica,
+    key: &ProjectKey,
+    ds: &DatasetName,
+    to: &str,
+) -> Result<Value, String> {
+    let zfs = storage.zfs;
+    zfs.unmount(ds).await.map_err(|e| e.to_string())?;
+    final_snapshot(storage, key, ds, sr.spec.epoch).await?;
+    let snaps = zfs.snapshots(ds, &[]).await.map_err(|e| e.to_string())?;
+    let stored = storage.store.list(key).await.map_err(|e| e.to_string())?;
+    let prev = sr.status.clone().unwrap_or_default();
+    let newest = snaps.last().map(|s| s.name.clone()).unwrap_or_default();
+    Ok(json!({
+        "phase": "Ready",
+        "appliedSnapshot": snaps.last().map(snapshot_ref),
+        "streams": {"count": stored.len(), "bytes": stored.iter().map(|s| s.manifest.bytes).sum::<u64>()},
+        "lagSeconds": 0,
+        "snapshotCount": snaps.len(),
+        "conditions": [cond("HandedOff", true, "WritesStopped", format!("unmounted; final snapshot {newest} is ready for {to}"), &prev.conditions)],
+    }))
+}
+
+/// A copy that is not the primary: never mounted, read-only. A demoted primary first keeps
+/// whatever was written after its newest snapshot in a snapshot of its own (so divergence is
+/// seen and preserved, never rolled back).
+async fn stop_serving(zfs: &Zfs, ds: &DatasetName) -> Result<(), String> {
+    zfs.unmount(ds).await.map_err(|e| e.to_string())?;
+    if zfs
+        .property(ds, &p(PROP_ROLE)?)
+        .await
+        .map_err(|e| e.to_string())?
+        == "primary"
+    {
+        let taken: Vec<String> = zfs
+            .snapshots(ds, &[])
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        let mut t = Utc::now().timestamp();
+        while taken.contains(&managed_name(t)) {
+            t += 1;
+        }
+        let snap = ds.snapshot(&managed_name(t)).map_err(|e| e.to_string())?;
+        if let Some(kept) = zfs
+            .snapshot_unsaved(ds, &snap)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            tracing::warn!(dataset = %ds, snapshot = %kept.name, "writes made after the last replicated snapshot kept in a snapshot");
+        }
+        zfs.set(ds, &p(PROP_ROLE)?, "secondary")
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    if zfs
+        .property(ds, &p("readonly")?)
+        .await
+        .map_err(|e| e.to_string())?
+        != "on"
+    {
+        zfs.set(ds, &p("readonly")?, "on")
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Renames `ds` to `forks/<ns>/<name>-e<epoch>` (`-2`, `-3`… when taken), unmounted and
+/// read-only, and sets aside the local streams the primary does not serve. Returns the fork.
+async fn fork(
+    zfs: &Zfs,
+    layout: &PoolLayout,
+    store: &StreamStore,
+    key: &ProjectKey,
+    ds: &DatasetName,
+    remote: &[(crate::streams::StreamId, crate::streams::Manifest)],
+) -> Result<DatasetName, String> {
+    let epoch: u64 = zfs
+        .property(ds, &p(PROP_EPOCH)?)
+        .await
+        .map_err(|e| e.to_string())?
+        .parse()
+        .unwrap_or(0);
+    let base = layout.fork(key, epoch).map_err(|e| e.to_string())?;
+    let mut target = base.clone();
+    let mut n = 1;
+    while zfs.exists(&target).await.map_err(|e| e.to_string())? {
+        n += 1;
+        target = DatasetName::parse(&format!("{base}-{n}")).map_err(|e| e.to_string())?;
+    }
+    zfs.unmount(ds).await.map_err(|e| e.to_string())?;
+    zfs.create_parents(&target)
+        .await
+        .map_err(|e| e.to_string())?;
+    zfs.rename(ds, &target).await.map_err(|e| e.to_string())?;
+    for (prop, value) in [
+        ("mountpoint", "none"),
+        ("readonly", "on"),
+        (PROP_ROLE, "fork"),
+    ] {
+        zfs.set(&target, &p(prop)?, value)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let label = target.as_str().rsplit('/').next().unwrap_or_default();
+    for s in store.list(key).await.map_err(|e| e.to_string())? {
+        let served = remote
+            .iter()
+            .any(|(id, m)| *id == s.id && m.sha256 == s.manifest.sha256);
+        if !served {
+            store
+                .set_aside(key, &s.id, label)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(target)
+}
+
+/// `Diverged` naming the forks kept for `key` on this pool, if any.
+async fn forks_condition(
+    zfs: &Zfs,
+    layout: &PoolLayout,
+    key: &ProjectKey,
+    prev: &[Condition],
+) -> Option<Condition> {
+    let ns = layout.forks().and_then(|f| f.child(&key.namespace)).ok()?;
+    let prefix = format!("{ns}/{}-e", key.name);
+    let forks: Vec<String> = zfs
+        .children(&ns)
+        .await
+        .ok()?
+        .into_iter()
+        .map(|d| d.to_string())
+        .filter(|d| {
+            d.strip_prefix(&prefix).is_some_and(|rest| {
+                rest.split('-')
+                    .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
+        .collect();
+    if forks.is_empty() {
+        return None;
+    }
+    Some(cond(
+        "Diverged",
+        true,
+        "ForkPreserved",
+        format!(
+            "writes the primary lacked are preserved at {}",
+            forks.join(", ")
+        ),
+        prev,
+    ))
+}
+
+/// Unmounts every primary dataset of this node (the agent lost its Lease). The datasets keep
+/// their role; the next pass with a renewed Lease mounts them again if they are still primary.
+pub async fn fence_all(
+    zfs: &Zfs,
+    replicas: &[std::sync::Arc<StreamReplica>],
+    pools: &[std::sync::Arc<projstore_api::StoragePool>],
+    node: &str,
+) {
+    for sr in replicas
+        .iter()
+        .filter(|r| r.spec.role == ReplicaRole::Primary)
+    {
+        let Some(pool) = pools
+            .iter()
+            .find(|p| p.spec.node_name == node && p.name_any() == sr.spec.pool)
+            .and_then(|p| PoolName::parse(&p.spec.pool_name).ok())
+        else {
+            continue;
+        };
+        let Ok(key) = ProjectKey::new(&sr.namespace().unwrap_or_default(), &sr.spec.project) else {
+            continue;
+        };
+        if let Ok(ds) = PoolLayout::new(pool).project(&key)
+            && zfs.is_mounted(&ds).await.unwrap_or(false)
+        {
+            match zfs.unmount(&ds).await {
+                Ok(()) => tracing::warn!(dataset = %ds, "Lease not renewed: stopped serving"),
+                Err(e) => {
+                    tracing::error!(dataset = %ds, error = %e, "Lease not renewed and cannot unmount")
+                }
+            }
+        }
+    }
 }

@@ -20,6 +20,8 @@ use super::manifest::{Manifest, ProjectKey, SnapshotJson, StreamId};
 /// Where deleted projects' streams wait for purge, inside the store root. A leading dot can
 /// never be a namespace (DNS-1123 labels), so it cannot collide with a project directory.
 pub const TRASH_DIR: &str = ".trash";
+/// Where streams of diverged history are kept: `<root>/.forks/<ns>/<fork>/`.
+pub const FORKS_DIR: &str = ".forks";
 
 /// What went wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -261,6 +263,29 @@ impl StreamStore {
                 Err(e) => return Err(io(&path)(e)),
             }
         }
+        sync_dir(&dir).await
+    }
+
+    /// Moves stream `id` (manifest first, so it stops being complete here) out of the project
+    /// into `<root>/.forks/<ns>/<fork>/`, kept with the diverged dataset it belongs to.
+    pub async fn set_aside(
+        &self,
+        p: &ProjectKey,
+        id: &StreamId,
+        fork: &str,
+    ) -> Result<(), StoreError> {
+        let dir = self.dir(p);
+        let to = self.root.join(FORKS_DIR).join(&p.namespace).join(fork);
+        fs::create_dir_all(&to).await.map_err(io(&to))?;
+        for name in [id.manifest_name(), id.file_name()] {
+            let from = dir.join(&name);
+            match fs::rename(&from, to.join(&name)).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&from)(e)),
+            }
+        }
+        sync_dir(&to).await?;
         sync_dir(&dir).await
     }
 

@@ -318,6 +318,37 @@ impl Zfs {
             })
     }
 
+    /// Keeps what was written to `ds` since its newest snapshot in a new snapshot `snap`, and
+    /// returns it; None (and no snapshot left behind) when nothing was written.
+    pub async fn snapshot_unsaved(
+        &self,
+        ds: &DatasetName,
+        snap: &SnapshotName,
+    ) -> Result<Option<SnapshotInfo>, ZfsError> {
+        let newest = self.snapshots(ds, &[]).await?.pop();
+        if newest.is_some() && self.caps.written_property {
+            let written = self.get(ds.as_str(), &["written"]).await?;
+            if written.get("written").map(|w| w.trim()) == Some("0") {
+                return Ok(None);
+            }
+        }
+        let info = self.snapshot(snap, &[]).await?;
+        let Some(prev) = newest else {
+            return Ok(Some(info));
+        };
+        let prev = ds
+            .snapshot(&prev.name)
+            .map_err(|source| ZfsError::InvalidName {
+                what: format!("snapshot {snap}"),
+                source,
+            })?;
+        if self.caps.written_property || self.changed_between(&prev, snap).await? {
+            return Ok(Some(info));
+        }
+        self.destroy_snapshot(snap).await?;
+        Ok(None)
+    }
+
     /// Identity and order of one snapshot.
     pub async fn snapshot_info(&self, snap: &SnapshotName) -> Result<SnapshotInfo, ZfsError> {
         let what = format!("read snapshot {snap}");

@@ -214,3 +214,130 @@ async fn finish(
         Err(ZfsError::classify(what, &msg))
     }
 }
+
+/// `dmu_replay_record_t` is a fixed 312 bytes; `drr_type` is its first `u32`, and the BEGIN
+/// record's magic (at byte 8) says the stream's byte order.
+const DRR_LEN: usize = 312;
+const DRR_MAGIC: u64 = 0x2F5B_ACBAC;
+/// Record types that carry no change: BEGIN, FREEOBJECTS, FREE, END.
+const DRR_QUIET: [u32; 4] = [0, 2, 4, 5];
+
+/// A writer that reads the records of an incremental send stream and notes whether any of
+/// them changes data or metadata. Only payload-free records come before the first change,
+/// so walking fixed-size records is exact up to that point; after it, bytes are dropped.
+#[derive(Debug, Default)]
+pub(crate) struct ChangeScan {
+    partial: Vec<u8>,
+    swapped: Option<bool>,
+    pub(crate) changed: bool,
+}
+
+impl ChangeScan {
+    pub(crate) fn feed(&mut self, mut data: &[u8]) {
+        while !self.changed && !data.is_empty() {
+            let take = (DRR_LEN - self.partial.len()).min(data.len());
+            self.partial.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.partial.len() < DRR_LEN {
+                return;
+            }
+            let rec = std::mem::take(&mut self.partial);
+            let word = |at: usize, n: usize| rec[at..at + n].to_vec();
+            let swapped = *self.swapped.get_or_insert_with(|| {
+                let m: [u8; 8] = word(8, 8).try_into().unwrap_or_default();
+                u64::from_le_bytes(m) != DRR_MAGIC
+            });
+            let t: [u8; 4] = word(0, 4).try_into().unwrap_or_default();
+            let kind = if swapped {
+                u32::from_be_bytes(t)
+            } else {
+                u32::from_le_bytes(t)
+            };
+            if !DRR_QUIET.contains(&kind) {
+                self.changed = true;
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ChangeScan {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.get_mut().feed(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl Zfs {
+    /// Whether anything changed between snapshots `from` and `to` of one dataset. Uses the
+    /// records of `zfs send -i` (zfs-fuse has no `written` property).
+    pub async fn changed_between(
+        &self,
+        from: &SnapshotName,
+        to: &SnapshotName,
+    ) -> Result<bool, ZfsError> {
+        let mut scan = ChangeScan::default();
+        self.send(to, Some(from), &mut scan, &Progress::new())
+            .await?;
+        Ok(scan.changed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(kind: u32) -> Vec<u8> {
+        let mut r = vec![0u8; DRR_LEN];
+        r[..4].copy_from_slice(&kind.to_le_bytes());
+        r[8..16].copy_from_slice(&DRR_MAGIC.to_le_bytes());
+        r
+    }
+
+    #[test]
+    fn quiet_streams_are_unchanged_in_any_split() {
+        let stream: Vec<u8> = [record(0), record(2), record(4), record(5)].concat();
+        for chunk in [1, 7, 312, 313, 4096] {
+            let mut s = ChangeScan::default();
+            for part in stream.chunks(chunk) {
+                s.feed(part);
+            }
+            assert!(!s.changed, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn a_write_or_object_record_is_a_change() {
+        for kind in [1, 3, 6, 7, 8] {
+            let mut s = ChangeScan::default();
+            s.feed(&[record(0), record(kind), vec![9; 1000], record(5)].concat());
+            assert!(s.changed, "kind {kind}");
+        }
+    }
+
+    #[test]
+    fn byte_swapped_streams_are_read_in_their_order() {
+        let mut begin = vec![0u8; DRR_LEN];
+        begin[8..16].copy_from_slice(&DRR_MAGIC.to_be_bytes());
+        let mut end = vec![0u8; DRR_LEN];
+        end[..4].copy_from_slice(&5u32.to_be_bytes());
+        let mut s = ChangeScan::default();
+        s.feed(&[begin, end].concat());
+        assert!(!s.changed);
+    }
+}

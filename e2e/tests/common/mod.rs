@@ -1,0 +1,346 @@
+//! The scenario harness: a dev cluster per scenario (or a real cluster when
+//! `PROJSTORE_E2E_KUBECONFIG` is set), waits that print their timings, and fault injection.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)] // test support
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use projstore_api::{Project, ReplicaRole, StoragePool, StreamReplica};
+use projstore_e2e::dev::Host;
+use serde_json::{Value, json};
+
+pub const DEV: &str = env!("CARGO_BIN_EXE_projstore-dev");
+
+/// A running cluster; taken down (pools, mounts, files) when dropped.
+pub struct Cluster {
+    pub name: &'static str,
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub client: Client,
+    pub hosts: Vec<Host>,
+    started: Instant,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+fn zfs_usable() -> bool {
+    Command::new("zpool")
+        .arg("list")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+pub async fn client_for(kubeconfig: &Path) -> Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    Client::try_from(
+        kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+impl Cluster {
+    /// Starts a three-host dev cluster for scenario `name`; None when ZFS is missing and not
+    /// required (with PROJSTORE_REQUIRE_ZFS=1 a missing part fails the scenario).
+    pub async fn up(name: &'static str) -> Option<Cluster> {
+        if let Ok(kc) = std::env::var("PROJSTORE_E2E_KUBECONFIG") {
+            let kubeconfig = PathBuf::from(kc);
+            return Some(Cluster {
+                name,
+                dir: PathBuf::new(),
+                client: client_for(&kubeconfig).await,
+                kubeconfig,
+                hosts: Vec::new(),
+                started: Instant::now(),
+                _tmp: None,
+            });
+        }
+        let bins = Path::new(DEV).parent().unwrap();
+        let missing = projstore_e2e::dev::missing_components(bins);
+        assert!(missing.is_empty(), "build the workspace first: {missing:?}");
+        if !zfs_usable() {
+            assert!(
+                std::env::var("PROJSTORE_REQUIRE_ZFS").as_deref() != Ok("1"),
+                "ZFS is required but unusable"
+            );
+            eprintln!("SKIP {name}: no usable ZFS");
+            return None;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        let started = Instant::now();
+        let up = Command::new(DEV)
+            .args(["up", "--state-dir"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        if !up.status.success() {
+            let _ = Command::new(DEV)
+                .args(["down", "--state-dir"])
+                .arg(&dir)
+                .output();
+            panic!(
+                "[{name}] dev cluster did not start: {}{}",
+                String::from_utf8_lossy(&up.stdout),
+                String::from_utf8_lossy(&up.stderr)
+            );
+        }
+        let kubeconfig = dir.join("kubeconfig");
+        let cluster = Cluster {
+            name,
+            client: client_for(&kubeconfig).await,
+            kubeconfig,
+            hosts: projstore_e2e::dev::hosts(3, &dir),
+            dir,
+            started,
+            _tmp: Some(tmp),
+        };
+        println!(
+            "[{name}] dev cluster up in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        Some(cluster)
+    }
+
+    pub fn is_dev(&self) -> bool {
+        !self.hosts.is_empty()
+    }
+
+    /// Prints a timing line for this scenario.
+    pub fn timing(&self, what: &str, d: Duration) {
+        println!("[{}] {what}: {:.1}s", self.name, d.as_secs_f64());
+    }
+
+    /// Waits up to `limit` for `f` to give Some, printing how long it took.
+    pub async fn wait<T, F, Fut>(&self, what: &str, limit: Duration, mut f: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, String>>,
+    {
+        let t = Instant::now();
+        loop {
+            let last = match f().await {
+                Ok(v) => {
+                    self.timing(what, t.elapsed());
+                    return v;
+                }
+                Err(e) => e,
+            };
+            if t.elapsed() > limit {
+                self.dump_logs();
+                panic!(
+                    "[{}] {what}: not within {}s; last: {last}",
+                    self.name,
+                    limit.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    pub fn dump_logs(&self) {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("logs")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(25).collect();
+            eprintln!("--- {} (last lines)", e.path().display());
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+
+    pub fn projects(&self, ns: &str) -> Api<Project> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+    pub fn replicas_api(&self, ns: &str) -> Api<StreamReplica> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+    pub fn pools(&self) -> Api<StoragePool> {
+        Api::all(self.client.clone())
+    }
+
+    pub async fn create_project(&self, ns: &str, name: &str, spec: Value) -> Project {
+        let p: Project = serde_json::from_value(json!({
+            "apiVersion": "projstore.io/v1alpha1", "kind": "Project",
+            "metadata": {"name": name, "namespace": ns}, "spec": spec
+        }))
+        .unwrap();
+        self.projects(ns)
+            .create(&PostParams::default(), &p)
+            .await
+            .unwrap()
+    }
+
+    pub async fn patch_project(&self, ns: &str, name: &str, patch: Value) {
+        self.projects(ns)
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .unwrap();
+    }
+
+    /// Asks the primary for a snapshot now (a fresh annotation value each time).
+    pub async fn snapshot_now(&self, ns: &str, name: &str) {
+        let v = format!("{}", chrono::Utc::now().timestamp_micros());
+        self.patch_project(
+            ns,
+            name,
+            json!({"metadata": {"annotations": {"projstore.io/snapshot-now": v}}}),
+        )
+        .await;
+    }
+
+    pub async fn replicas(&self, ns: &str, project: &str) -> Vec<StreamReplica> {
+        self.replicas_api(ns)
+            .list(&ListParams::default().labels(&format!("projstore.io/project={project}")))
+            .await
+            .unwrap()
+            .items
+    }
+
+    /// Waits until the project is Ready with `copies` copies that all hold the same newest
+    /// snapshot (other than `not`); returns that snapshot's GUID.
+    pub async fn in_sync(
+        &self,
+        ns: &str,
+        name: &str,
+        copies: usize,
+        not: Option<&str>,
+        limit: Duration,
+    ) -> String {
+        self.wait(
+            &format!("{name}: {copies} copies in sync"),
+            limit,
+            || async {
+                let p = self
+                    .projects(ns)
+                    .get(name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let st = p.status.clone().unwrap_or_default();
+                if st.phase != Some(projstore_api::ProjectPhase::Ready) {
+                    return Err(format!("phase {:?}", st.phase));
+                }
+                let srs = self.replicas(ns, name).await;
+                let live: Vec<&StreamReplica> = srs
+                    .iter()
+                    .filter(|r| r.owner_references().iter().any(|o| o.name == name))
+                    .collect();
+                let guids: Vec<Option<String>> = live
+                    .iter()
+                    .map(|r| {
+                        r.status
+                            .as_ref()
+                            .and_then(|s| s.applied_snapshot.as_ref())
+                            .map(|a| a.guid.clone())
+                    })
+                    .collect();
+                let first = guids.first().cloned().flatten();
+                if guids.len() == copies
+                    && first.is_some()
+                    && guids.iter().all(|g| *g == first)
+                    && first.as_deref() != not
+                {
+                    Ok(first.unwrap_or_default())
+                } else {
+                    Err(format!("applied snapshots {guids:?}"))
+                }
+            },
+        )
+        .await
+    }
+
+    /// The primary's replica of a project.
+    pub async fn primary(&self, ns: &str, name: &str) -> StreamReplica {
+        self.replicas(ns, name)
+            .await
+            .into_iter()
+            .find(|r| r.spec.role == ReplicaRole::Primary)
+            .expect("a primary")
+    }
+
+    /// The host serving pool `pool` (a StoragePool name).
+    pub fn host_of_pool(&self, pool: &str) -> &Host {
+        self.hosts
+            .iter()
+            .find(|h| format!("{}-storage", h.node) == pool)
+            .expect("a dev host")
+    }
+
+    /// Where the project is mounted on its primary (from the Project's status).
+    pub async fn mount_path(&self, ns: &str, name: &str) -> PathBuf {
+        let st = self.projects(ns).get(name).await.unwrap().status.unwrap();
+        PathBuf::from(st.primary.unwrap().mount_path.unwrap())
+    }
+
+    pub fn dev(&self, args: &[&str]) -> String {
+        let out = Command::new(DEV)
+            .args(args)
+            .arg("--state-dir")
+            .arg(&self.dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "projstore-dev {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// SIGKILLs `controller` or `agent-host-x`; `hold` keeps it down until `release`.
+    pub fn kill(&self, process: &str, hold: bool) {
+        let mut a = vec!["kill", process];
+        if hold {
+            a.push("--hold");
+        }
+        self.dev(&a);
+    }
+    pub fn release(&self, process: &str) {
+        self.dev(&["release", process]);
+    }
+
+    /// Runs the stock kubectl against this cluster (None when there is none).
+    pub fn kubectl(&self, args: &[&str]) -> Option<std::process::Output> {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .ok()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.is_dev() {
+            let _ = Command::new(DEV)
+                .args(["down", "--state-dir"])
+                .arg(&self.dir)
+                .output();
+            println!(
+                "[{}] total {:.1}s",
+                self.name,
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
+/// Runs a program (never through a shell) and returns its stdout; panics on failure.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -1,0 +1,348 @@
+//! The end-to-end scenarios (issue #7): each on its own dev cluster of three hosts in two
+//! datacenters — real zfs-fuse pools, agents and controller processes, the test API server.
+//! Every scenario prints its key timings.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // integration tests
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{Cluster, run};
+use kube::ResourceExt;
+use projstore_api::{ProjectPhase, ReplicaRole};
+use serde_json::json;
+
+const NS: &str = "default";
+
+fn spec() -> serde_json::Value {
+    json!({"quota": "100Mi", "owner": {"uid": 1000, "gid": 1000}})
+}
+
+/// Scenario 1: create → placed → Ready with 3 copies across both datacenters; kubectl columns.
+#[tokio::test]
+async fn s01_project_lifecycle() {
+    let Some(c) = Cluster::up("s01-lifecycle").await else {
+        return;
+    };
+    let t = Instant::now();
+    c.create_project(NS, "alpha", spec()).await;
+    c.in_sync(NS, "alpha", 3, None, Duration::from_secs(60))
+        .await;
+    c.timing("created to Ready with 3 copies", t.elapsed());
+    let srs = c.replicas(NS, "alpha").await;
+    assert_eq!(
+        srs.iter()
+            .filter(|r| r.spec.role == ReplicaRole::Primary)
+            .count(),
+        1
+    );
+    let pools = c.pools().list(&Default::default()).await.unwrap().items;
+    let dcs: std::collections::BTreeSet<String> = srs
+        .iter()
+        .filter_map(|r| pools.iter().find(|p| p.name_any() == r.spec.pool))
+        .filter_map(|p| p.spec.topology.as_ref().and_then(|t| t.datacenter.clone()))
+        .collect();
+    assert_eq!(dcs.len(), 2, "copies span both datacenters");
+    let mount = c.mount_path(NS, "alpha").await;
+    assert!(mount.is_dir());
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&mount).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1000, 1000), "owner on the root");
+    if let Some(out) = c.kubectl(&["get", "proj,sr,sp", "-n", NS]) {
+        let text = String::from_utf8_lossy(&out.stdout);
+        println!("{text}");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for col in [
+            "PHASE", "PRIMARY", "REPLICAS", "ROLE", "EPOCH", "APPLIED", "POOL",
+        ] {
+            assert!(text.contains(col), "kubectl get shows {col}: {text}");
+        }
+        assert!(text.contains("alpha") && text.contains("Ready"), "{text}");
+    }
+}
+
+/// Scenarios 7 and 8: the primary's host is lost → failover within the grace period plus
+/// 15 s, the new primary holds the last replicated snapshot byte for byte; the old primary
+/// returns → demoted, its extra writes preserved under forks/ and named by `Diverged`.
+#[tokio::test]
+async fn s07_s08_failover_and_divergence() {
+    let Some(c) = Cluster::up("s07-failover").await else {
+        return;
+    };
+    if !c.is_dev() {
+        println!("[s07] needs the dev cluster to kill an agent; skipped on a real cluster");
+        return;
+    }
+    c.create_project(NS, "beta", spec()).await;
+    let first = c
+        .in_sync(NS, "beta", 3, None, Duration::from_secs(60))
+        .await;
+    let mount = c.mount_path(NS, "beta").await;
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(mount.join("data.bin"), &payload).unwrap();
+    c.snapshot_now(NS, "beta").await;
+    let replicated = c
+        .in_sync(NS, "beta", 3, Some(&first), Duration::from_secs(60))
+        .await;
+    let old = c.primary(NS, "beta").await;
+    let old_host = c.host_of_pool(&old.spec.pool).clone();
+    let killed = Instant::now();
+    c.kill(&format!("agent-{}", old_host.node), true);
+    // The dataset is still mounted on the lost host: writes land there and nowhere else.
+    std::fs::write(
+        mount.join("late.txt"),
+        b"written after the host was cut off",
+    )
+    .unwrap();
+    let new = c
+        .wait(
+            "failover to another pool",
+            Duration::from_secs(150),
+            || async {
+                let p = c.primary(NS, "beta").await;
+                if p.spec.pool != old.spec.pool && p.spec.epoch > old.spec.epoch {
+                    Ok(p)
+                } else {
+                    Err(format!("primary still {}", p.spec.pool))
+                }
+            },
+        )
+        .await;
+    let pool = c.pools().get(&old.spec.pool).await.unwrap();
+    let not_ready_at = pool
+        .status
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.last_transition_time.0)
+        .unwrap();
+    let failed_over_after =
+        (k8s_openapi::jiff::Timestamp::now() - not_ready_at).get_seconds() as u64;
+    println!(
+        "[s07] killed → failover {:.1}s; pool NotReady → failover ≤ {failed_over_after}s (grace 30 s)",
+        killed.elapsed().as_secs_f64()
+    );
+    assert!(
+        failed_over_after <= 30 + 15,
+        "failover took {failed_over_after}s after NotReady"
+    );
+    let applied = new
+        .status
+        .as_ref()
+        .and_then(|s| s.applied_snapshot.clone())
+        .map(|a| a.guid);
+    assert_eq!(
+        applied.as_deref(),
+        Some(replicated.as_str()),
+        "the new primary holds the last replicated snapshot"
+    );
+    let new_mount = c
+        .wait("new primary mounted", Duration::from_secs(60), || async {
+            let m = c.mount_path(NS, "beta").await;
+            let h = c.host_of_pool(&new.spec.pool);
+            if m.starts_with(c.dir.join("hosts").join(&h.node)) && m.join("data.bin").exists() {
+                Ok(m)
+            } else {
+                Err(format!("mount path {}", m.display()))
+            }
+        })
+        .await;
+    assert_eq!(
+        std::fs::read(new_mount.join("data.bin")).unwrap(),
+        payload,
+        "byte for byte"
+    );
+    assert!(
+        !new_mount.join("late.txt").exists(),
+        "unreplicated writes do not appear"
+    );
+
+    // The old primary returns.
+    let back = Instant::now();
+    c.release(&format!("agent-{}", old_host.node));
+    let msg = c
+        .wait(
+            "old primary demoted, fork named by Diverged",
+            Duration::from_secs(90),
+            || async {
+                let p = c
+                    .projects(NS)
+                    .get("beta")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let cond = p
+                    .status
+                    .unwrap_or_default()
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "Diverged" && c.status == "True");
+                cond.map(|c| c.message)
+                    .ok_or_else(|| "no Diverged condition yet".into())
+            },
+        )
+        .await;
+    c.timing("return → Diverged", back.elapsed());
+    let fork = format!("{}/forks/{NS}/beta-e{}", old_host.pool, old.spec.epoch);
+    assert!(msg.contains(&fork), "{msg}");
+    // The fork holds the late write: mount it read-only somewhere and look.
+    let look = c.dir.join("fork-look");
+    run(
+        "zfs",
+        &["set", &format!("mountpoint={}", look.display()), &fork],
+    );
+    if run("zfs", &["get", "-H", "-o", "value", "mounted", &fork]).trim() != "yes" {
+        run("zfs", &["mount", &fork]);
+    }
+    let late = std::fs::read(look.join("late.txt"));
+    let _ = run("zfs", &["unmount", &fork]);
+    assert_eq!(late.unwrap(), b"written after the host was cut off");
+    // Every copy syncs again, only one is mounted read-write.
+    c.in_sync(NS, "beta", 3, None, Duration::from_secs(90))
+        .await;
+    let old_ds = format!("{}/projects/{NS}/beta", old_host.pool);
+    let props = run(
+        "zfs",
+        &["get", "-H", "-o", "value", "mounted,readonly", &old_ds],
+    );
+    assert_eq!(
+        props.split_whitespace().collect::<Vec<_>>(),
+        ["no", "on"],
+        "the old primary is a read-only, unmounted copy"
+    );
+}
+
+/// Scenario 9 (moves; the mount following it is asserted once mounts exist) and scenario 15:
+/// the controller killed at every step of a move still completes it.
+#[tokio::test]
+async fn s09_s15_move_with_controller_restarts() {
+    let Some(c) = Cluster::up("s09-move").await else {
+        return;
+    };
+    c.create_project(
+        NS,
+        "gamma",
+        json!({"quota": "100Mi", "owner": {"uid": 1000, "gid": 1000}, "copies": 2}),
+    )
+    .await;
+    c.in_sync(NS, "gamma", 2, None, Duration::from_secs(60))
+        .await;
+    let mount = c.mount_path(NS, "gamma").await;
+    std::fs::write(mount.join("moved.txt"), b"follows the project").unwrap();
+    let srs = c.replicas(NS, "gamma").await;
+    let used: Vec<String> = srs.iter().map(|r| r.spec.pool.clone()).collect();
+    let target = c
+        .pools()
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|p| p.name_any())
+        .find(|p| !used.contains(p))
+        .unwrap();
+    let t = Instant::now();
+    c.patch_project(
+        NS,
+        "gamma",
+        json!({"spec": {"placement": {"pool": target}}}),
+    )
+    .await;
+    let restarts = c.is_dev();
+    let moved = c
+        .wait(
+            "move to the pinned pool",
+            Duration::from_secs(120),
+            || async {
+                if restarts {
+                    // Scenario 15: the controller dies at whatever step the move is in.
+                    c.kill("controller", false);
+                }
+                let p = c.primary(NS, "gamma").await;
+                let st = c
+                    .projects(NS)
+                    .get("gamma")
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .status
+                    .unwrap_or_default();
+                if p.spec.pool == target && st.phase == Some(ProjectPhase::Ready) {
+                    Ok(p)
+                } else {
+                    Err(format!("primary {} phase {:?}", p.spec.pool, st.phase))
+                }
+            },
+        )
+        .await;
+    c.timing("move", t.elapsed());
+    assert_eq!(moved.spec.pool, target);
+    let m = c
+        .wait(
+            "mounted on the new pool",
+            Duration::from_secs(60),
+            || async {
+                let m = c.mount_path(NS, "gamma").await;
+                if m.join("moved.txt").exists() {
+                    Ok(m)
+                } else {
+                    Err(m.display().to_string())
+                }
+            },
+        )
+        .await;
+    assert_eq!(
+        std::fs::read(m.join("moved.txt")).unwrap(),
+        b"follows the project"
+    );
+    // Nothing diverged in a planned move.
+    let st = c.projects(NS).get("gamma").await.unwrap().status.unwrap();
+    assert!(
+        !st.conditions
+            .iter()
+            .any(|c| c.type_ == "Diverged" && c.status == "True"),
+        "{:?}",
+        st.conditions
+    );
+    let _ = Path::new("");
+}
+
+/// Scenario 4: a secondary's agent is down while snapshots are taken; after its restart it
+/// catches up.
+#[tokio::test]
+async fn s04_catch_up_after_agent_restart() {
+    let Some(c) = Cluster::up("s04-catch-up").await else {
+        return;
+    };
+    if !c.is_dev() {
+        return;
+    }
+    c.create_project(NS, "delta", spec()).await;
+    let first = c
+        .in_sync(NS, "delta", 3, None, Duration::from_secs(60))
+        .await;
+    let sec = c
+        .replicas(NS, "delta")
+        .await
+        .into_iter()
+        .find(|r| r.spec.role == ReplicaRole::Secondary)
+        .unwrap();
+    let host = c.host_of_pool(&sec.spec.pool).node.clone();
+    c.kill(&format!("agent-{host}"), true);
+    let mount = c.mount_path(NS, "delta").await;
+    for i in 0..3 {
+        std::fs::write(mount.join(format!("f{i}")), vec![i as u8; 50_000]).unwrap();
+        c.snapshot_now(NS, "delta").await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let t = Instant::now();
+    c.release(&format!("agent-{host}"));
+    c.in_sync(NS, "delta", 3, Some(&first), Duration::from_secs(90))
+        .await;
+    c.timing("restart → caught up", t.elapsed());
+}
