@@ -183,6 +183,9 @@ pub struct StreamReplicaStatus {
     /// The last error, with what to do about it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// On the primary: the project's mounts of other projects' folders, as the agent sees them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<crate::MountStatus>,
     /// Ready, Synced, Diverged, SnapshotsBlocked, HandedOff, Mounted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

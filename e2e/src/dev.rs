@@ -304,6 +304,20 @@ async fn start_hosts(
         "",
         serde_json::json!({"metadata": {"name": "projstore-system"}}),
     );
+    // The sftp keys every agent shares (in a cluster: the chart's Secret).
+    let ssh = dir.join("ssh");
+    std::fs::create_dir_all(&ssh).map_err(|e| e.to_string())?;
+    for key in ["ssh-host-key", "ssh-client-key"] {
+        if !ssh.join(key).exists() {
+            let made = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", key, "-f"])
+                .arg(ssh.join(key))
+                .status();
+            if !made.is_ok_and(|s| s.success()) {
+                return Err("ssh-keygen failed: install openssh-client".into());
+            }
+        }
+    }
     let kubeconfig = dir.join("kubeconfig");
     let mut children = Vec::new();
     for h in hosts(spec.nodes, dir) {
@@ -340,6 +354,14 @@ async fn start_hosts(
                 format!("http://{}:7420", h.addr),
                 "--token-file".into(),
                 token_file.display().to_string(),
+                "--sftp-listen".into(),
+                format!("{}:7422", h.addr),
+                "--sftp-advertise".into(),
+                format!("{}:7422", h.addr),
+                "--ssh-dir".into(),
+                ssh.display().to_string(),
+                "--run-dir".into(),
+                host_dir.join("run").display().to_string(),
                 "--log-format".into(),
                 "pretty".into(),
             ],

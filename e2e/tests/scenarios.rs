@@ -346,3 +346,123 @@ async fn s04_catch_up_after_agent_restart() {
         .await;
     c.timing("restart → caught up", t.elapsed());
 }
+
+/// Scenario 9, mounts: a folder of one project mounted in another on a different host
+/// (sshfs from the source's sftp-only sshd, then bindfs); files created through it belong to
+/// the source's owner; the source moves and the mount follows it.
+#[tokio::test]
+async fn s09_mount_follows_a_moved_source() {
+    let Some(c) = Cluster::up("s09-mount").await else {
+        return;
+    };
+    if !c.is_dev() {
+        return;
+    }
+    c.create_project(
+        NS,
+        "src",
+        json!({"quota": "100Mi", "owner": {"uid": 2001, "gid": 2001}, "copies": 1}),
+    )
+    .await;
+    c.in_sync(NS, "src", 1, None, Duration::from_secs(60)).await;
+    let src_pool = c.primary(NS, "src").await.spec.pool;
+    let src_mount = c.mount_path(NS, "src").await;
+    std::fs::create_dir(src_mount.join("shared")).unwrap();
+    std::os::unix::fs::chown(src_mount.join("shared"), Some(2001), Some(2001)).unwrap();
+    std::fs::write(src_mount.join("shared/readme"), b"from src").unwrap();
+    let pools: Vec<String> = c
+        .hosts
+        .iter()
+        .map(|h| format!("{}-storage", h.node))
+        .collect();
+    let others: Vec<&String> = pools.iter().filter(|p| **p != src_pool).collect();
+    c.create_project(
+        NS,
+        "dst",
+        json!({"quota": "100Mi", "owner": {"uid": 3001, "gid": 3001}, "copies": 1,
+               "placement": {"pool": others[0]},
+               "mounts": [{"project": "src", "path": "shared", "mountPath": "from-src"}]}),
+    )
+    .await;
+    let t = Instant::now();
+    let dst_mount = c.mount_path_when_ready(NS, "dst").await;
+    let target = dst_mount.join("from-src");
+    c.wait(
+        "mounted from the other host",
+        Duration::from_secs(60),
+        || async {
+            let st = c
+                .projects(NS)
+                .get("dst")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            match st.mounts.first() {
+                Some(m) if m.phase == "Mounted" && target.join("readme").exists() => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    c.timing("create → mounted", t.elapsed());
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::read(target.join("readme")).unwrap(), b"from src");
+    assert_eq!(
+        std::fs::metadata(target.join("readme")).unwrap().uid(),
+        3001,
+        "shown as the consumer's owner"
+    );
+    std::fs::write(target.join("answer"), b"from dst").unwrap();
+    let made = std::fs::metadata(src_mount.join("shared/answer")).unwrap();
+    assert_eq!(
+        (made.uid(), made.gid()),
+        (2001, 2001),
+        "created for the source's owner"
+    );
+
+    // The source moves to the third pool: the mount follows.
+    let third = pools
+        .iter()
+        .find(|p| **p != src_pool && *p != others[0])
+        .unwrap()
+        .clone();
+    let t = Instant::now();
+    c.patch_project(NS, "src", json!({"spec": {"placement": {"pool": third}}}))
+        .await;
+    c.wait(
+        "mount follows the moved source",
+        Duration::from_secs(120),
+        || async {
+            let p = c.primary(NS, "src").await;
+            let st = c
+                .projects(NS)
+                .get("dst")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            let m = st.mounts.first().cloned().unwrap_or_default();
+            let host = &c.host_of_pool(&third).addr;
+            let table = std::fs::read_to_string("/proc/self/mounts").unwrap();
+            let follows = table
+                .lines()
+                .any(|l| l.starts_with(&format!("root@{host}:/{NS}/src/shared ")));
+            if p.spec.pool == third
+                && m.phase == "Mounted"
+                && follows
+                && target.join("answer").exists()
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "source on {}, mount {m:?}, follows {follows}",
+                    p.spec.pool
+                ))
+            }
+        },
+    )
+    .await;
+    c.timing("source move → remounted", t.elapsed());
+    assert_eq!(std::fs::read(target.join("answer")).unwrap(), b"from dst");
+}

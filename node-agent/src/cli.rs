@@ -8,6 +8,7 @@ use crate::streams::{PlanOutput, parse_plan_input, plan};
 pub const USAGE: &str = "usage: projstore-agent run --node-name N [--projects-root DIR] [--streams-root DIR]\n\
                             [--listen ADDR] [--advertise URL] [--lease-namespace NS]\n\
                             [--token-file FILE] [--interval-seconds N] [--log-format json|pretty]\n\
+                            [--sftp-listen ADDR --sftp-advertise HOST:PORT --ssh-dir DIR] [--run-dir DIR]\n\
        projstore-agent check --pool POOL... [--projects-root DIR] [--streams-root DIR]\n\
        projstore-agent streams plan --json FILE\n\n\
   run                        keep this host's StoragePools, renew the heartbeat Lease, serve streams\n\
@@ -85,6 +86,10 @@ fn parse_run(args: &[&str]) -> Result<(crate::runtime::Config, bool), String> {
         lease_namespace: "projstore-system".into(),
         token: String::new(),
         interval: std::time::Duration::from_secs(10),
+        sftp_listen: None,
+        sftp_advertise: None,
+        ssh_dir: None,
+        run_dir: "/run/projstore".into(),
     };
     let mut json = true;
     let mut it = args.iter();
@@ -115,6 +120,12 @@ fn parse_run(args: &[&str]) -> Result<(crate::runtime::Config, bool), String> {
                 )
             }
             "--log-format" => json = v()? == "json",
+            "--sftp-listen" => {
+                cfg.sftp_listen = Some(v()?.parse().map_err(|e| format!("--sftp-listen: {e}"))?)
+            }
+            "--sftp-advertise" => cfg.sftp_advertise = Some(v()?),
+            "--ssh-dir" => cfg.ssh_dir = Some(v()?.into()),
+            "--run-dir" => cfg.run_dir = v()?.into(),
             other => return Err(format!("unknown argument {other}")),
         }
     }

@@ -125,6 +125,10 @@ async fn the_agent_keeps_its_pool_and_reports_it() {
         lease_namespace: "projstore-system".into(),
         token: "t".into(),
         interval: Duration::from_millis(500),
+        sftp_listen: None,
+        sftp_advertise: None,
+        ssh_dir: None,
+        run_dir: tmp.path().join("run"),
     };
     let agent = tokio::spawn(run(client.clone(), cfg));
 

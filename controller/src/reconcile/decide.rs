@@ -470,7 +470,20 @@ pub fn decide(inp: &Inputs<'_>) -> Decision {
     };
     let mut status = status(&cx, &prev, phase, None, notes);
     if !p.spec.mounts.is_empty() {
-        status.mounts = mount_status;
+        // What the primary's agent reports wins over what the controller expects.
+        let seen = primary
+            .and_then(|pr| pr.status.as_ref())
+            .map(|s| s.mounts.clone())
+            .unwrap_or_default();
+        status.mounts = mount_status
+            .into_iter()
+            .map(|m| {
+                seen.iter()
+                    .find(|s| s.mount_path == m.mount_path && m.phase != "Failed")
+                    .cloned()
+                    .unwrap_or(m)
+            })
+            .collect();
     }
     // Events for transitions users must see.
     let placed_now = is_true(&status.conditions, "Placed");

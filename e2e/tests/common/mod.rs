@@ -71,7 +71,13 @@ impl Cluster {
             eprintln!("SKIP {name}: no usable ZFS");
             return None;
         }
-        let tmp = tempfile::tempdir().unwrap();
+        // Not below /tmp: the agents' sftp chroot needs root-owned, unwritable parents.
+        let base = Path::new("/var/lib/projstore-e2e");
+        std::fs::create_dir_all(base).unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix(name)
+            .tempdir_in(base)
+            .unwrap();
         let dir = tmp.path().join("s");
         let started = Instant::now();
         let up = Command::new(DEV)
@@ -278,6 +284,28 @@ impl Cluster {
     pub async fn mount_path(&self, ns: &str, name: &str) -> PathBuf {
         let st = self.projects(ns).get(name).await.unwrap().status.unwrap();
         PathBuf::from(st.primary.unwrap().mount_path.unwrap())
+    }
+
+    /// Waits for the project to be Ready and returns its mount path.
+    pub async fn mount_path_when_ready(&self, ns: &str, name: &str) -> PathBuf {
+        self.wait(
+            &format!("{name} Ready"),
+            Duration::from_secs(60),
+            || async {
+                let st = self
+                    .projects(ns)
+                    .get(name)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .status
+                    .unwrap_or_default();
+                match (st.phase, st.primary.and_then(|p| p.mount_path)) {
+                    (Some(projstore_api::ProjectPhase::Ready), Some(m)) => Ok(PathBuf::from(m)),
+                    (phase, _) => Err(format!("phase {phase:?}")),
+                }
+            },
+        )
+        .await
     }
 
     pub fn dev(&self, args: &[&str]) -> String {

@@ -45,6 +45,14 @@ pub struct Config {
     pub token: String,
     /// Seconds between heartbeats and pool checks (10 in production).
     pub interval: Duration,
+    /// Where the sftp-only sshd listens, and how peers reach it (`host:port`); no sshd
+    /// (and no mounts from other hosts) when unset.
+    pub sftp_listen: Option<SocketAddr>,
+    pub sftp_advertise: Option<String>,
+    /// The Secret's key files (see [`crate::mounts::SshKeys`]).
+    pub ssh_dir: Option<PathBuf>,
+    /// Runtime files: sshd config, sshfs staging mounts.
+    pub run_dir: PathBuf,
 }
 
 /// Why the agent stopped.
@@ -133,6 +141,7 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
     let mut listener = Some(listener);
     let mut tick = tokio::time::interval(cfg.interval);
     let mut renewed = std::time::Instant::now();
+    let mut sshd: Option<tokio::process::Child> = None;
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -149,7 +158,7 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
         // copy; stop serving read-write before that can happen (DESIGN §6 invariant 2).
         if renewed.elapsed() > LEASE_EXPIRY {
             if let Some(z) = &zfs {
-                replica::fence_all(z, &sr_store.state(), &store.state(), &cfg.node_name).await;
+                replica::fence_all(z, &sr_store.state(), &store.state(), &cfg).await;
             }
             if let Some(s) = &server {
                 s.ready.store(false, Ordering::Relaxed);
@@ -212,7 +221,7 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
                 &checks,
                 report.as_ref().map_err(Clone::clone),
                 &cfg.advertise,
-                None,
+                cfg.sftp_advertise.as_deref(),
                 0,
             )
             .await;
@@ -231,8 +240,28 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
         if let Some(s) = &server {
             s.ready.store(all_ok, Ordering::Relaxed);
         }
+        // The sftp server only once the checks pass: never serve an empty directory.
+        if all_ok
+            && let (Some(listen), Some(dir)) = (cfg.sftp_listen, &cfg.ssh_dir)
+            && sshd
+                .as_mut()
+                .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+        {
+            let keys = crate::mounts::SshKeys { dir: dir.clone() };
+            match crate::mounts::start_sshd(listen, &keys, &cfg.projects_root, &cfg.run_dir).await {
+                Ok(c) => {
+                    tracing::info!(%listen, "sftp server started");
+                    sshd = Some(c);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the sftp server; mounts of this host's projects fail");
+                    sshd = None;
+                }
+            }
+        }
         // Replicas only once the sanity checks pass: never write into an unmounted pool.
         if let (Some(zfs), true) = (&zfs, all_ok) {
+            let all_pools = store.state();
             let env = replica::ReplicaEnv {
                 zfs,
                 client: &client,
@@ -240,6 +269,12 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
                 projects_root: &cfg.projects_root,
                 streams_root: &cfg.streams_root,
                 token: &cfg.token,
+                run_dir: &cfg.run_dir,
+                keys: cfg
+                    .ssh_dir
+                    .clone()
+                    .map(|dir| crate::mounts::SshKeys { dir }),
+                pools: &all_pools,
             };
             for sr in sr_store.state() {
                 let Some(pool) = mine
@@ -268,6 +303,11 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
             }
         }
     }
+    // Clean shutdown: the mounts this agent made go first (sshd stops when dropped).
+    for m in crate::mounts::release_under(&cfg.projects_root, &cfg.run_dir).await {
+        tracing::info!(mount = %m.display(), "unmounted at shutdown");
+    }
+    drop(sshd);
     watch.abort();
     sr_watch.abort();
     if let Some(t) = server_task {

@@ -39,6 +39,11 @@ pub struct ReplicaEnv<'a> {
     pub projects_root: &'a Path,
     pub streams_root: &'a Path,
     pub token: &'a str,
+    pub run_dir: &'a Path,
+    /// Key files for sftp mounts (None: mounts from other hosts are not possible).
+    pub keys: Option<crate::mounts::SshKeys>,
+    /// Every StoragePool (to find where a mounted source project is served).
+    pub pools: &'a [std::sync::Arc<projstore_api::StoragePool>],
 }
 
 fn p(name: &str) -> Result<PropertyName, String> {
@@ -135,7 +140,7 @@ async fn primary(
             .parse()
             .unwrap_or(0);
         if seen > sr.spec.epoch {
-            let _ = zfs.unmount(&ds).await;
+            let _ = stop_writes(zfs, env.run_dir, &ds).await;
             return Err(format!(
                 "the dataset was written under epoch {seen}, newer than this replica's {}: not serving it",
                 sr.spec.epoch
@@ -168,7 +173,7 @@ async fn primary(
         }
     }
     if let Some(to) = sr.annotations().get(HANDOFF_TO) {
-        return hand_off(&storage, sr, &key, &ds, to).await;
+        return hand_off(&storage, env.run_dir, sr, &key, &ds, to).await;
     }
     zfs.set(&ds, &p(PROP_EPOCH)?, &sr.spec.epoch.to_string())
         .await
@@ -199,6 +204,31 @@ async fn primary(
 
     let mut conditions = Vec::new();
     let prev = sr.status.clone().unwrap_or_default();
+    let mounts = serve_mounts(env, sr, &project, &mountpoint).await;
+    if !project.spec.mounts.is_empty() {
+        let failed: Vec<String> = mounts
+            .iter()
+            .filter(|m| m.phase != "Mounted")
+            .map(|m| {
+                format!(
+                    "{}: {}",
+                    m.mount_path,
+                    m.message.clone().unwrap_or_default()
+                )
+            })
+            .collect();
+        conditions.push(cond(
+            "Mounted",
+            failed.is_empty(),
+            if failed.is_empty() {
+                "AllMounted"
+            } else {
+                "MountFailed"
+            },
+            failed.join("; "),
+            &prev.conditions,
+        ));
+    }
     let props = zfs
         .get_props(&ds, &["refquota", "referenced", "usedbysnapshots", "used"])
         .await
@@ -321,6 +351,7 @@ async fn primary(
         "quotaBytes": quota,
         "snapshotCount": snaps.len(),
         "mountPath": mp,
+        "mounts": mounts,
         "conditions": conditions,
     }))
 }
@@ -360,7 +391,7 @@ async fn secondary(
         exists = restore_from_trash(zfs, &layout, &store, &key, &ds).await?;
     }
     if exists {
-        stop_serving(zfs, &ds).await?;
+        stop_serving(zfs, env.run_dir, &ds).await?;
     }
     let held = if exists {
         zfs.snapshots(&ds, &[])
@@ -377,7 +408,7 @@ async fn secondary(
     if matches!(todo, ReplicaPlan::Diverged) {
         // This copy holds history the primary lacks (a returning old primary): keep it under
         // forks/ and sync afresh. Nothing is destroyed.
-        let fork = fork(zfs, &layout, &store, &key, &ds, &remote).await?;
+        let fork = fork(zfs, env.run_dir, &layout, &store, &key, &ds, &remote).await?;
         tracing::warn!(project = %key, fork = %fork, "diverged history preserved; re-syncing from the primary");
         todo = plan_for_replica(&edges, None).map_err(|e| e.to_string())?;
     }
@@ -469,7 +500,7 @@ async fn trash(env: &ReplicaEnv<'_>, sr: &StreamReplica, pool: &PoolName) -> Res
         .unwrap_or(7);
     let target = layout.trashed(&key, &stamp).map_err(|e| e.to_string())?;
     if zfs.exists(&ds).await.map_err(|e| e.to_string())? {
-        zfs.unmount(&ds).await.map_err(|e| e.to_string())?;
+        stop_writes(zfs, env.run_dir, &ds).await?;
         zfs.create_parents(&target)
             .await
             .map_err(|e| e.to_string())?;
@@ -599,7 +630,7 @@ async fn archive(
     }
     if zfs.exists(&ds).await.map_err(|e| e.to_string())? {
         if role == ReplicaRole::Primary {
-            zfs.unmount(&ds).await.map_err(|e| e.to_string())?;
+            stop_writes(zfs, env.run_dir, &ds).await?;
             final_snapshot(&storage, &key, &ds, sr.spec.epoch).await?;
         }
         let newest = zfs
@@ -759,13 +790,14 @@ async fn snapshot_and_stream(
 /// once the new pool has applied that snapshot.
 async fn hand_off(
     storage: &Storage<'_>,
+    run_dir: &Path,
     sr: &StreamReplica,
     key: &ProjectKey,
     ds: &DatasetName,
     to: &str,
 ) -> Result<Value, String> {
     let zfs = storage.zfs;
-    zfs.unmount(ds).await.map_err(|e| e.to_string())?;
+    stop_writes(zfs, run_dir, ds).await?;
     final_snapshot(storage, key, ds, sr.spec.epoch).await?;
     let snaps = zfs.snapshots(ds, &[]).await.map_err(|e| e.to_string())?;
     let stored = storage.store.list(key).await.map_err(|e| e.to_string())?;
@@ -784,8 +816,8 @@ async fn hand_off(
 /// A copy that is not the primary: never mounted, read-only. A demoted primary first keeps
 /// whatever was written after its newest snapshot in a snapshot of its own (so divergence is
 /// seen and preserved, never rolled back).
-async fn stop_serving(zfs: &Zfs, ds: &DatasetName) -> Result<(), String> {
-    zfs.unmount(ds).await.map_err(|e| e.to_string())?;
+async fn stop_serving(zfs: &Zfs, run_dir: &Path, ds: &DatasetName) -> Result<(), String> {
+    stop_writes(zfs, run_dir, ds).await?;
     if zfs
         .property(ds, &p(PROP_ROLE)?)
         .await
@@ -832,6 +864,7 @@ async fn stop_serving(zfs: &Zfs, ds: &DatasetName) -> Result<(), String> {
 /// read-only, and sets aside the local streams the primary does not serve. Returns the fork.
 async fn fork(
     zfs: &Zfs,
+    run_dir: &Path,
     layout: &PoolLayout,
     store: &StreamStore,
     key: &ProjectKey,
@@ -851,7 +884,7 @@ async fn fork(
         n += 1;
         target = DatasetName::parse(&format!("{base}-{n}")).map_err(|e| e.to_string())?;
     }
-    zfs.unmount(ds).await.map_err(|e| e.to_string())?;
+    stop_writes(zfs, run_dir, ds).await?;
     zfs.create_parents(&target)
         .await
         .map_err(|e| e.to_string())?;
@@ -923,7 +956,7 @@ pub async fn fence_all(
     zfs: &Zfs,
     replicas: &[std::sync::Arc<StreamReplica>],
     pools: &[std::sync::Arc<projstore_api::StoragePool>],
-    node: &str,
+    cfg: &super::Config,
 ) {
     for sr in replicas
         .iter()
@@ -931,7 +964,7 @@ pub async fn fence_all(
     {
         let Some(pool) = pools
             .iter()
-            .find(|p| p.spec.node_name == node && p.name_any() == sr.spec.pool)
+            .find(|p| p.spec.node_name == cfg.node_name && p.name_any() == sr.spec.pool)
             .and_then(|p| PoolName::parse(&p.spec.pool_name).ok())
         else {
             continue;
@@ -942,7 +975,7 @@ pub async fn fence_all(
         if let Ok(ds) = PoolLayout::new(pool).project(&key)
             && zfs.is_mounted(&ds).await.unwrap_or(false)
         {
-            match zfs.unmount(&ds).await {
+            match stop_writes(zfs, &cfg.run_dir, &ds).await {
                 Ok(()) => tracing::warn!(dataset = %ds, "Lease not renewed: stopped serving"),
                 Err(e) => {
                     tracing::error!(dataset = %ds, error = %e, "Lease not renewed and cannot unmount")
@@ -950,4 +983,124 @@ pub async fn fence_all(
             }
         }
     }
+}
+
+/// Stops all writes to `ds`: the folder mounts inside it go first, then the dataset is
+/// unmounted (forced when open files, e.g. a peer's sftp session, keep it busy).
+async fn stop_writes(zfs: &Zfs, run_dir: &Path, ds: &DatasetName) -> Result<(), String> {
+    if !zfs.is_mounted(ds).await.map_err(|e| e.to_string())? {
+        return Ok(());
+    }
+    let mp = zfs
+        .property(ds, &p("mountpoint")?)
+        .await
+        .map_err(|e| e.to_string())?;
+    if mp.starts_with('/') {
+        crate::mounts::release_under(Path::new(&mp), run_dir).await;
+    }
+    match zfs.unmount(ds).await {
+        Err(e) if e.is_busy() => zfs.unmount_force(ds).await.map_err(|e| e.to_string()),
+        other => other.map_err(|e| e.to_string()),
+    }
+}
+
+/// Annotation on the primary's replica: where each mounted source project is served.
+pub const MOUNT_SOURCES: &str = "projstore.io/mount-sources";
+
+/// Makes the project's folder mounts match its spec (DESIGN §5.7) and says how each went.
+/// Mounts inside the project that the spec no longer names are taken down.
+async fn serve_mounts(
+    env: &ReplicaEnv<'_>,
+    sr: &StreamReplica,
+    project: &Project,
+    mountpoint: &Path,
+) -> Vec<projstore_api::MountStatus> {
+    let sources: serde_json::Map<String, Value> = sr
+        .annotations()
+        .get(MOUNT_SOURCES)
+        .and_then(|a| serde_json::from_str(a).ok())
+        .unwrap_or_default();
+    let ns = sr.namespace().unwrap_or_default();
+    let mut out = Vec::new();
+    let mut targets = Vec::new();
+    for m in &project.spec.mounts {
+        let status = |phase: &str, message: String| projstore_api::MountStatus {
+            mount_path: m.mount_path.clone(),
+            phase: phase.into(),
+            message: Some(message),
+        };
+        let wanted = async {
+            let rel = crate::mounts::safe_relative(&m.mount_path)?;
+            let path = crate::mounts::safe_relative(&m.path)?;
+            let key = ProjectKey::new(&ns, &m.project)?;
+            let src = sources
+                .get(&m.project)
+                .ok_or_else(|| format!("project {} is not served yet", m.project))?;
+            let node = src["node"].as_str().unwrap_or_default();
+            let remote = if node == env.node {
+                None
+            } else {
+                let pool = src["pool"].as_str().unwrap_or_default();
+                let ep = env
+                    .pools
+                    .iter()
+                    .find(|p| p.name_any() == pool)
+                    .and_then(|p| p.status.as_ref()?.agent.as_ref()?.sftp_endpoint.clone())
+                    .ok_or_else(|| format!("the agent of {pool} serves no sftp"))?;
+                Some(ep)
+            };
+            let source_project = Api::<Project>::namespaced(env.client.clone(), &ns)
+                .get_opt(&m.project)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("project {} does not exist", m.project))?;
+            Ok::<_, String>(crate::mounts::Wanted {
+                target: mountpoint.join(rel),
+                source: Path::new(&key.namespace).join(&key.name).join(path),
+                remote,
+                read_only: m.read_only,
+                source_owner: (source_project.spec.owner.uid, source_project.spec.owner.gid),
+                owner: (project.spec.owner.uid, project.spec.owner.gid),
+            })
+        };
+        match wanted.await {
+            Err(e) => out.push(status("Failed", e)),
+            Ok(w) => {
+                targets.push(w.target.clone());
+                if w.remote.is_some() && env.keys.is_none() {
+                    out.push(status(
+                        "Failed",
+                        "this agent has no ssh keys (--ssh-dir)".into(),
+                    ));
+                    continue;
+                }
+                let keys = env.keys.clone().unwrap_or(crate::mounts::SshKeys {
+                    dir: Default::default(),
+                });
+                match crate::mounts::ensure(&w, &keys, env.projects_root, env.run_dir).await {
+                    Ok(()) => out.push(status(
+                        "Mounted",
+                        format!(
+                            "{}:{} from {}",
+                            m.project,
+                            m.path,
+                            w.remote.as_deref().unwrap_or("this host")
+                        ),
+                    )),
+                    Err(e) => out.push(status("Failed", e)),
+                }
+            }
+        }
+    }
+    // Mounts no longer asked for.
+    for old in crate::mounts::mount_table() {
+        if old.fstype.starts_with("fuse")
+            && old.target.starts_with(mountpoint)
+            && old.target != mountpoint
+            && !targets.contains(&old.target)
+        {
+            crate::mounts::release(&old.target, env.run_dir).await;
+        }
+    }
+    out
 }

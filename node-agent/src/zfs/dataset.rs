@@ -254,11 +254,25 @@ impl Zfs {
 
     /// Unmounts `ds`; not mounted is success.
     pub async fn unmount(&self, ds: &DatasetName) -> Result<(), ZfsError> {
+        self.unmount_with(ds, false).await
+    }
+
+    /// Unmounts `ds` even while files on it are open (`-f`): writes must stop now.
+    pub async fn unmount_force(&self, ds: &DatasetName) -> Result<(), ZfsError> {
+        self.unmount_with(ds, true).await
+    }
+
+    async fn unmount_with(&self, ds: &DatasetName, force: bool) -> Result<(), ZfsError> {
         let what = format!("unmount {ds}");
         if !self.is_mounted(ds).await? {
             return Ok(());
         }
-        self.zfs(&what, args(["unmount", ds.as_str()])).await?;
+        let a = if force {
+            args(["unmount", "-f", ds.as_str()])
+        } else {
+            args(["unmount", ds.as_str()])
+        };
+        self.zfs(&what, a).await?;
         if self.is_mounted(ds).await? {
             return Err(ZfsError::Unverified {
                 what,
