@@ -9,10 +9,10 @@ ifdef CI
 export PROJSTORE_REQUIRE_ZFS := 1
 endif
 
-.PHONY: test deps zfs fmt-check clippy cargo-test manifests-check crds bench demo demo-down
+.PHONY: test deps zfs fmt-check clippy cargo-test manifests-check chart-test rbac-report crds bench demo demo-down
 
 ## make test: install what is missing, start zfs-fuse if needed, then every check and test.
-test: deps zfs fmt-check clippy cargo-test manifests-check
+test: deps zfs fmt-check clippy cargo-test rbac-report manifests-check chart-test
 
 deps:
 	@bash scripts/install-deps.sh
@@ -33,9 +33,18 @@ cargo-test:
 manifests-check:
 	kubernetes-validate --strict --quiet crds/manifests/*.yaml examples/00-namespace.yaml
 
+## After the scenarios: every RBAC rule of the chart was needed by some scenario.
+rbac-report:
+	$(CARGO) test -p projstore-e2e --test rbac_report -- --ignored --nocapture
+
+## The Helm chart: rendered with Helm's library, linted, validated, security asserted.
+chart-test:
+	python3 charts/tests/test_chart.py
+
 ## make crds: regenerate crds/manifests from the types.
 crds:
 	$(CARGO) run -q -p projstore-api --bin crdgen -- crds/manifests
+	cp crds/manifests/*.yaml charts/projstore/crds/
 
 ## make bench: the speed targets of the issues, each printed with how it was measured.
 bench:

@@ -9,6 +9,7 @@ need_cmd sshfs sshfs
 need_cmd bindfs bindfs
 [ -x /usr/sbin/sshd ] || apt_missing+=(openssh-server)
 need_cmd fusermount3 fuse3
+need_cmd ssh-keygen openssh-client
 # A stock kubectl is usually installed; Debian's kubernetes-client conflicts with it, so it is
 # only installed where no kubectl exists.
 command -v kubectl >/dev/null 2>&1 || apt_missing+=(kubernetes-client)
@@ -25,6 +26,8 @@ fi
 
 pip_missing=()
 python3 -c 'import kubernetes_validate' 2>/dev/null || pip_missing+=(kubernetes-validate)
+python3 -c 'import helm_python' 2>/dev/null || pip_missing+=(helm-python-sdk)
+python3 -c 'import yaml' 2>/dev/null || pip_missing+=(pyyaml)
 if [ ${#pip_missing[@]} -gt 0 ]; then
   echo "install-deps: pip install ${pip_missing[*]}"
   python3 -m pip install -q --disable-pip-version-check "${pip_missing[@]}" 2>&1 | grep -v "Running pip as the 'root' user" || true

@@ -163,12 +163,49 @@ pub async fn supervise(dir: &Path) -> Result<(), String> {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or("cluster.json is missing or unreadable")?;
+    // The controller and the agents run under the chart's ClusterRoles, enforced.
+    let chart = chart_dir()?;
+    let mut tokens = Vec::new();
+    let mut roles = Vec::new();
+    for component in ["controller", "agent"] {
+        let user = crate::rbac::service_account_user(SYSTEM_NS, &format!("projstore-{component}"));
+        let token_file = dir.join(format!("token-{component}"));
+        let token = match std::fs::read_to_string(&token_file) {
+            Ok(t) => t.trim().to_owned(),
+            Err(_) => {
+                let t = uuid::Uuid::new_v4().simple().to_string();
+                std::fs::write(&token_file, &t).map_err(|e| e.to_string())?;
+                t
+            }
+        };
+        tokens.push((
+            token,
+            crate::apiserver::Identity {
+                user: user.clone(),
+                groups: vec!["system:serviceaccounts".into()],
+            },
+        ));
+        roles.push(crate::rbac::Role {
+            name: component.into(),
+            user,
+            rules: crate::rbac::load_rules(&crate::rbac::rules_file(&chart, component))?,
+        });
+    }
     let server = ApiServer::start(Config {
         state_dir: Some(dir.join("apiserver")),
+        tokens: tokens.clone(),
+        authorizer: Some(Box::new(crate::rbac::RbacAuthorizer::new(roles, dir))),
         ..Config::default()
     })
     .await
     .map_err(|e| e.to_string())?;
+    for ((token, who), component) in tokens.iter().zip(["controller", "agent"]) {
+        std::fs::write(
+            dir.join(format!("kubeconfig-{component}")),
+            server.kubeconfig(token, &who.user),
+        )
+        .map_err(|e| e.to_string())?;
+    }
     let crds = crds_dir()?;
     server.register_crds(&crds).map_err(|e| e.to_string())?;
     server
@@ -318,7 +355,6 @@ async fn start_hosts(
             }
         }
     }
-    let kubeconfig = dir.join("kubeconfig");
     let mut children = Vec::new();
     for h in hosts(spec.nodes, dir) {
         let img = dir.join("pools").join(format!("{}.img", h.node));
@@ -366,7 +402,7 @@ async fn start_hosts(
                 "pretty".into(),
             ],
             log: logs.join(format!("agent-{}.log", h.node)),
-            kubeconfig: kubeconfig.clone(),
+            kubeconfig: dir.join("kubeconfig-agent"),
             child: Command::new("true").spawn().map_err(|e| e.to_string())?,
         };
         s.child = s
@@ -390,7 +426,7 @@ async fn start_hosts(
             "pretty".into(),
         ],
         log: logs.join("controller.log"),
-        kubeconfig,
+        kubeconfig: dir.join("kubeconfig-controller"),
         child: Command::new("true").spawn().map_err(|e| e.to_string())?,
     };
     ctrl.child = ctrl
@@ -424,6 +460,22 @@ async fn start_hosts(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The namespace of the agents' Leases and the ServiceAccounts' identities.
+const SYSTEM_NS: &str = "projstore-system";
+
+/// The Helm chart (its RBAC rules): next to the repository this binary was built from.
+fn chart_dir() -> Result<PathBuf, String> {
+    let candidates = [
+        std::env::var_os("PROJSTORE_CHART").map(PathBuf::from),
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/projstore")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.join("files").is_dir())
+        .ok_or_else(|| "cannot find charts/projstore (set PROJSTORE_CHART)".to_owned())
 }
 
 /// The CRD manifests: next to the repository this binary was built from.

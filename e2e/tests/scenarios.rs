@@ -466,3 +466,831 @@ async fn s09_mount_follows_a_moved_source() {
     c.timing("source move → remounted", t.elapsed());
     assert_eq!(std::fs::read(target.join("answer")).unwrap(), b"from dst");
 }
+
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Scenario 2: writes beyond `quota` fail; raising the quota with `kubectl apply` works.
+#[tokio::test]
+async fn s02_quota() {
+    let Some(c) = Cluster::up("s02-quota").await else {
+        return;
+    };
+    c.create_project(
+        NS,
+        "q",
+        json!({"quota": "8Mi", "owner": {"uid": 1000, "gid": 1000}, "copies": 1}),
+    )
+    .await;
+    let mount = c.mount_path_when_ready(NS, "q").await;
+    let big = random_bytes(12 << 20, 7);
+    let err = std::fs::write(mount.join("big"), &big).expect_err("a write past the quota fails");
+    println!("[s02] write of 12 MiB into an 8 MiB quota: {err}");
+    assert_eq!(err.raw_os_error(), Some(122), "EDQUOT: {err}");
+    let manifest = format!(
+        "apiVersion: projstore.io/v1alpha1\nkind: Project\nmetadata:\n  name: q\n  namespace: {NS}\nspec:\n  quota: 64Mi\n  owner:\n    uid: 1000\n    gid: 1000\n  copies: 1\n"
+    );
+    let applied = c.kubectl_stdin(&["apply", "-f", "-"], &manifest);
+    match applied {
+        Some(out) => assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        None => {
+            c.patch_project(NS, "q", json!({"spec": {"quota": "64Mi"}}))
+                .await
+        }
+    }
+    c.wait("the new quota applied", Duration::from_secs(60), || async {
+        let st = c.primary(NS, "q").await.status.unwrap_or_default();
+        match st.quota_bytes {
+            Some(b) if b == 64 << 20 => Ok(()),
+            other => Err(format!("quotaBytes {other:?}")),
+        }
+    })
+    .await;
+    std::fs::write(mount.join("big"), &big).expect("fits under the raised quota");
+}
+
+/// Scenario 3: snapshots on schedule, retention, and `SnapshotsBlocked` with an Event when
+/// snapshot space exceeds the ratio.
+#[tokio::test]
+async fn s03_snapshots_schedule_retention_and_space_guard() {
+    let Some(c) = Cluster::up("s03-snapshots").await else {
+        return;
+    };
+    c.create_project(
+        NS,
+        "guard",
+        json!({"quota": "10Mi", "owner": {"uid": 1000, "gid": 1000}, "copies": 1,
+        "snapshots": {"maxSpaceRatio": 1}}),
+    )
+    .await;
+    c.create_project(NS, "sched", json!({"quota": "10Mi", "owner": {"uid": 1000, "gid": 1000}, "copies": 1,
+        "snapshots": {"intervalMinutes": 1, "keep": {"frequent": 2, "hourly": 0, "daily": 0, "weekly": 0, "monthly": 0}}})).await;
+    // Retention: many snapshots on demand, few kept.
+    let sched = c.mount_path_when_ready(NS, "sched").await;
+    for i in 0..5u8 {
+        std::fs::write(sched.join(format!("f{i}")), [i; 1000]).unwrap();
+        c.snapshot_now(NS, "sched").await;
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+    let count = c
+        .wait(
+            "retention keeps frequent=2 (plus the chain's base)",
+            Duration::from_secs(60),
+            || async {
+                let st = c.primary(NS, "sched").await.status.unwrap_or_default();
+                match st.snapshot_count {
+                    Some(n) if (1..=3).contains(&n) => Ok(n),
+                    other => Err(format!("snapshotCount {other:?}")),
+                }
+            },
+        )
+        .await;
+    println!("[s03] after 5+ snapshots, {count} kept");
+    // The space guard: data only snapshots hold grows past 1x the quota. Managed snapshots of
+    // one period replace each other, so the user's own snapshots (never pruned) hold it here.
+    let guard = c.mount_path_when_ready(NS, "guard").await;
+    let primary = c.primary(NS, "guard").await;
+    let ds = format!(
+        "{}/projects/{NS}/guard",
+        c.host_of_pool(&primary.spec.pool).pool
+    );
+    for i in 0..2u64 {
+        std::fs::write(guard.join("blob"), random_bytes(6 << 20, i + 1)).unwrap();
+        run("zfs", &["snapshot", &format!("{ds}@mine-{i}")]);
+        std::fs::remove_file(guard.join("blob")).unwrap();
+    }
+    c.snapshot_now(NS, "guard").await;
+    let msg = c
+        .wait("SnapshotsBlocked", Duration::from_secs(60), || async {
+            let st = c
+                .projects(NS)
+                .get("guard")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            st.conditions
+                .iter()
+                .find(|c| c.type_ == "SnapshotsBlocked" && c.status == "True")
+                .map(|c| c.message.clone())
+                .ok_or_else(|| {
+                    format!(
+                        "{:?}",
+                        st.conditions
+                            .iter()
+                            .map(|c| (&c.type_, &c.status))
+                            .collect::<Vec<_>>()
+                    )
+                })
+        })
+        .await;
+    println!("[s03] {msg}");
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(c.client.clone(), NS);
+    c.wait(
+        "a SnapshotsBlocked Event",
+        Duration::from_secs(30),
+        || async {
+            let list = events
+                .list(&Default::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            list.items
+                .iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("SnapshotsBlocked")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("guard")
+                })
+                .map(|_| ())
+                .ok_or_else(|| "no event yet".into())
+        },
+    )
+    .await;
+    // On schedule: a snapshot appears without being asked for (interval 1 minute).
+    let before = c
+        .primary(NS, "sched")
+        .await
+        .status
+        .and_then(|s| s.applied_snapshot)
+        .map(|a| a.guid);
+    c.wait("a scheduled snapshot", Duration::from_secs(100), || async {
+        let now = c
+            .primary(NS, "sched")
+            .await
+            .status
+            .and_then(|s| s.applied_snapshot)
+            .map(|a| a.guid);
+        if now != before {
+            Ok(())
+        } else {
+            Err("none yet".into())
+        }
+    })
+    .await;
+}
+
+/// Scenario 10: close → verified → open, with identical contents.
+#[tokio::test]
+async fn s10_close_and_open() {
+    let Some(c) = Cluster::up("s10-close-open").await else {
+        return;
+    };
+    c.create_project(NS, "arch", spec()).await;
+    c.in_sync(NS, "arch", 3, None, Duration::from_secs(60))
+        .await;
+    let mount = c.mount_path(NS, "arch").await;
+    let data = random_bytes(300_000, 3);
+    std::fs::write(mount.join("data"), &data).unwrap();
+    // Written after the last snapshot: the close's final snapshot must carry it.
+    let t = Instant::now();
+    c.patch_project(NS, "arch", json!({"spec": {"state": "Closed"}}))
+        .await;
+    c.wait("Closed", Duration::from_secs(120), || async {
+        let st = c
+            .projects(NS)
+            .get("arch")
+            .await
+            .map_err(|e| e.to_string())?
+            .status
+            .unwrap_or_default();
+        if st.phase == Some(ProjectPhase::Closed) {
+            Ok(())
+        } else {
+            Err(format!("{:?}", st.phase))
+        }
+    })
+    .await;
+    c.timing("close", t.elapsed());
+    for h in &c.hosts {
+        let live = std::process::Command::new("zfs")
+            .args(["list", "-H", &format!("{}/projects/{NS}/arch", h.pool)])
+            .output()
+            .unwrap();
+        assert!(
+            !live.status.success(),
+            "a live dataset is left on {}",
+            h.pool
+        );
+    }
+    let t = Instant::now();
+    c.patch_project(NS, "arch", json!({"spec": {"state": "Open"}}))
+        .await;
+    let mount = c.mount_path_when_ready(NS, "arch").await;
+    c.timing("open", t.elapsed());
+    assert_eq!(
+        std::fs::read(mount.join("data")).unwrap(),
+        data,
+        "identical contents"
+    );
+}
+
+/// Scenario 11: delete → trash → re-create → restored; purge after retention.
+#[tokio::test]
+async fn s11_delete_trash_restore_purge() {
+    let Some(c) = Cluster::up("s11-trash").await else {
+        return;
+    };
+    c.create_project(
+        NS,
+        "tr",
+        json!({"quota": "100Mi", "owner": {"uid": 1000, "gid": 1000}, "copies": 2}),
+    )
+    .await;
+    c.in_sync(NS, "tr", 2, None, Duration::from_secs(60)).await;
+    let mount = c.mount_path(NS, "tr").await;
+    std::fs::write(mount.join("keep.txt"), b"undelete me").unwrap();
+    c.snapshot_now(NS, "tr").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let t = Instant::now();
+    c.projects(NS)
+        .delete("tr", &Default::default())
+        .await
+        .unwrap();
+    c.wait(
+        "deleted into the trash",
+        Duration::from_secs(60),
+        || async {
+            match c
+                .projects(NS)
+                .get_opt("tr")
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                None => Ok(()),
+                Some(_) => Err("still there".into()),
+            }
+        },
+    )
+    .await;
+    c.timing("delete", t.elapsed());
+    let trashed: Vec<String> = c
+        .hosts
+        .iter()
+        .map(|h| {
+            run(
+                "zfs",
+                &[
+                    "list",
+                    "-H",
+                    "-o",
+                    "name",
+                    "-r",
+                    &format!("{}/trash", h.pool),
+                ],
+            )
+        })
+        .collect();
+    assert!(
+        trashed
+            .iter()
+            .any(|t| t.contains(&format!("/trash/{NS}/tr-"))),
+        "{trashed:?}"
+    );
+    let t = Instant::now();
+    c.create_project(
+        NS,
+        "tr",
+        json!({"quota": "100Mi", "owner": {"uid": 1000, "gid": 1000}, "copies": 2}),
+    )
+    .await;
+    let mount = c
+        .wait("restored", Duration::from_secs(60), || async {
+            let st = c
+                .projects(NS)
+                .get("tr")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            match (
+                st.restored_from,
+                st.phase,
+                st.primary.and_then(|p| p.mount_path),
+            ) {
+                (Some(_), Some(ProjectPhase::Ready), Some(m)) => Ok(std::path::PathBuf::from(m)),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    c.timing("re-create → restored", t.elapsed());
+    assert_eq!(
+        std::fs::read(mount.join("keep.txt")).unwrap(),
+        b"undelete me"
+    );
+    // Purge: retainDays 0 → the trash is emptied by the agents.
+    c.patch_project(NS, "tr", json!({"spec": {"deletion": {"retainDays": 0}}}))
+        .await;
+    c.projects(NS)
+        .delete("tr", &Default::default())
+        .await
+        .unwrap();
+    let t = Instant::now();
+    c.wait("purged", Duration::from_secs(90), || async {
+        let left: Vec<String> = c
+            .hosts
+            .iter()
+            .map(|h| {
+                run(
+                    "zfs",
+                    &[
+                        "list",
+                        "-H",
+                        "-o",
+                        "name",
+                        "-r",
+                        &format!("{}/trash", h.pool),
+                    ],
+                )
+            })
+            .filter(|t| t.contains(&format!("/trash/{NS}/tr-")))
+            .collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    })
+    .await;
+    c.timing("delete with retainDays 0 → purged", t.elapsed());
+}
+
+/// Scenario 12: experimental pools receive no automatic placement; a pinned project lands there.
+#[tokio::test]
+async fn s12_experimental_pools() {
+    let Some(c) = Cluster::up("s12-experimental").await else {
+        return;
+    };
+    let exp = "host-c-storage";
+    c.pools()
+        .patch(
+            exp,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"experimental": true}})),
+        )
+        .await
+        .unwrap();
+    for i in 0..4 {
+        c.create_project(
+            NS,
+            &format!("auto{i}"),
+            json!({"quota": "10Mi", "owner": {"uid": 1000, "gid": 1000}}),
+        )
+        .await;
+    }
+    c.create_project(
+        NS,
+        "pinned",
+        json!({"quota": "10Mi", "owner": {"uid": 1000, "gid": 1000}, "copies": 1,
+        "placement": {"pool": exp}}),
+    )
+    .await;
+    c.wait(
+        "pinned project placed on the experimental pool",
+        Duration::from_secs(60),
+        || async {
+            let pools: Vec<String> = c
+                .replicas(NS, "pinned")
+                .await
+                .iter()
+                .filter(|r| r.spec.role == ReplicaRole::Primary)
+                .map(|r| r.spec.pool.clone())
+                .collect();
+            if pools == [exp] {
+                Ok(())
+            } else {
+                Err(format!("{pools:?}"))
+            }
+        },
+    )
+    .await;
+    for i in 0..4 {
+        c.wait(
+            &format!("auto{i} placed"),
+            Duration::from_secs(60),
+            || async {
+                let n = c.replicas(NS, &format!("auto{i}")).await.len();
+                if n >= 2 {
+                    Ok(())
+                } else {
+                    Err(format!("{n} copies"))
+                }
+            },
+        )
+        .await;
+        let pools: Vec<String> = c
+            .replicas(NS, &format!("auto{i}"))
+            .await
+            .iter()
+            .map(|r| r.spec.pool.clone())
+            .collect();
+        assert!(
+            !pools.iter().any(|p| p == exp),
+            "auto{i} placed on the experimental pool: {pools:?}"
+        );
+    }
+}
+
+/// Scenario 13: bad manifests are refused naming the field; the agent refuses hostile stream
+/// names and HTTP paths.
+#[tokio::test]
+async fn s13_bad_input_is_refused() {
+    let Some(c) = Cluster::up("s13-bad-input").await else {
+        return;
+    };
+    let bad = [
+        (
+            "spec.quota",
+            json!({"quota": "lots", "owner": {"uid": 1, "gid": 1}}),
+        ),
+        (
+            "spec.owner.uid",
+            json!({"quota": "1Gi", "owner": {"uid": 0, "gid": 1}}),
+        ),
+        (
+            "spec.mounts[0].path",
+            json!({"quota": "1Gi", "owner": {"uid": 1, "gid": 1}, "mounts": [{"project": "x", "path": "../etc", "mountPath": "m"}]}),
+        ),
+        (
+            "spec.copies",
+            json!({"quota": "1Gi", "owner": {"uid": 1, "gid": 1}, "copies": 9}),
+        ),
+    ];
+    for (field, spec) in bad {
+        let p: projstore_api::Project = serde_json::from_value(json!({
+            "apiVersion": "projstore.io/v1alpha1", "kind": "Project",
+            "metadata": {"name": "bad", "namespace": NS}, "spec": spec
+        }))
+        .unwrap();
+        let err = c
+            .projects(NS)
+            .create(&Default::default(), &p)
+            .await
+            .expect_err(field);
+        let text = err.to_string();
+        assert!(text.contains(field), "{field}: {text}");
+        println!("[s13] refused: {text}");
+    }
+    if !c.is_dev() {
+        return;
+    }
+    let token = std::fs::read_to_string(c.dir.join("stream-token")).unwrap();
+    let addr = format!("{}:7420", c.hosts[0].addr);
+    let get = |path: &str, auth: bool| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        let auth = if auth {
+            format!("Authorization: Bearer {token}\r\n")
+        } else {
+            String::new()
+        };
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.lines().next().unwrap_or_default().to_owned()
+    };
+    assert!(
+        get("/v1/streams/default/p", false).contains(" 401 "),
+        "no token"
+    );
+    for hostile in [
+        "/v1/streams/default/p/..%2F..%2Fetc%2Fpasswd",
+        "/v1/streams/default/p/../x",
+        "/v1/streams/../../etc/passwd",
+        "/v1/streams//etc/passwd",
+        "/v1/streams/default/p/-rf.zstream",
+        "/v1/streams/default/p/a;rm%20-rf.zstream",
+        "/v1/streams/default/p/full--x.json.partial",
+    ] {
+        let status = get(hostile, true);
+        assert!(
+            status.contains(" 400 ") || status.contains(" 404 "),
+            "{hostile}: {status}"
+        );
+        println!("[s13] {hostile}: {status}");
+    }
+}
+
+/// Scenario 14: an agent whose pool filesystem is not mounted stays not Ready and receives
+/// nothing into the empty directory.
+#[tokio::test]
+async fn s14_unmounted_pool_filesystem_keeps_the_agent_not_ready() {
+    let Some(c) = Cluster::up("s14-unmounted").await else {
+        return;
+    };
+    if !c.is_dev() {
+        return;
+    }
+    let h = c.hosts[2].clone();
+    let streams = format!("{}/streams", h.pool);
+    // A dataset that cannot be mounted (as after a bad import): the agent cannot fix it.
+    run("zfs", &["set", "canmount=off", &streams]);
+    // zfs-fuse unmounts on canmount=off by itself; OpenZFS needs the unmount.
+    let _ = std::process::Command::new("zfs")
+        .args(["unmount", &streams])
+        .output();
+    let pool = format!("{}-storage", h.node);
+    c.wait(
+        "SanityChecksPassed=False",
+        Duration::from_secs(30),
+        || async {
+            let sp = c.pools().get(&pool).await.map_err(|e| e.to_string())?;
+            let st = sp.status.unwrap_or_default();
+            match st
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "SanityChecksPassed")
+            {
+                Some(cond) if cond.status == "False" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    c.create_project(NS, "safe", spec()).await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let dir = c
+        .dir
+        .join("hosts")
+        .join(&h.node)
+        .join("streams")
+        .join(&h.pool);
+    let written: Vec<_> = std::fs::read_dir(&dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        written.is_empty(),
+        "written into the unmounted streams directory: {written:?}"
+    );
+    let st = c.pools().get(&pool).await.unwrap().status.unwrap();
+    assert_ne!(
+        st.phase,
+        Some(projstore_api::PoolPhase::Ready),
+        "the pool is not Ready"
+    );
+    let ds = format!("{}/projects/{NS}/safe", h.pool);
+    let exists = std::process::Command::new("zfs")
+        .args(["list", &ds])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert!(
+        !exists,
+        "nothing received on the host that failed its checks"
+    );
+    // Fixed: the agent becomes Ready again and serves.
+    run("zfs", &["set", "canmount=on", &streams]);
+    run("zfs", &["mount", &streams]);
+    c.wait("Ready again", Duration::from_secs(60), || async {
+        let st = c
+            .pools()
+            .get(&pool)
+            .await
+            .map_err(|e| e.to_string())?
+            .status
+            .unwrap_or_default();
+        if st.phase == Some(projstore_api::PoolPhase::Ready) {
+            Ok(())
+        } else {
+            Err(format!("{:?}", st.phase))
+        }
+    })
+    .await;
+}
+
+/// The stream store directory of a project on a host.
+fn store_dir(c: &Cluster, pool: &str, project: &str) -> std::path::PathBuf {
+    let h = c.host_of_pool(pool);
+    c.dir
+        .join("hosts")
+        .join(&h.node)
+        .join("streams")
+        .join(&h.pool)
+        .join(NS)
+        .join(project)
+}
+
+fn files_ending(dir: &Path, suffix: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.to_string_lossy().ends_with(suffix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Polls every 10 ms until a file ending in `suffix` with data appears in `dir`.
+async fn catch_in_flight(dir: &Path, suffix: &str, limit: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if files_ending(dir, suffix)
+            .iter()
+            .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// Scenario 5: agents SIGKILLed mid-transfer (the secondary while it downloads, the primary
+/// while it writes a stream) resume after their restart; nothing partial is ever applied.
+#[tokio::test]
+async fn s05_sigkill_mid_transfer_resumes() {
+    let Some(c) = Cluster::up("s05-sigkill").await else {
+        return;
+    };
+    if !c.is_dev() {
+        return;
+    }
+    c.create_project(
+        NS,
+        "big",
+        json!({"quota": "1Gi", "owner": {"uid": 1000, "gid": 1000}, "copies": 2}),
+    )
+    .await;
+    let first = c.in_sync(NS, "big", 2, None, Duration::from_secs(60)).await;
+    let primary = c.primary(NS, "big").await;
+    let secondary = c
+        .replicas(NS, "big")
+        .await
+        .into_iter()
+        .find(|r| r.spec.role == ReplicaRole::Secondary)
+        .unwrap();
+    let (p_agent, s_agent) = (
+        format!("agent-{}", primary.spec.node),
+        format!("agent-{}", secondary.spec.node),
+    );
+    let mount = c.mount_path(NS, "big").await;
+
+    // The primary killed while it writes a stream.
+    std::fs::write(mount.join("one"), random_bytes(160 << 20, 11)).unwrap();
+    c.snapshot_now(NS, "big").await;
+    let p_store = store_dir(&c, &primary.spec.pool, "big");
+    assert!(
+        catch_in_flight(&p_store, ".partial", Duration::from_secs(60)).await,
+        "never saw the primary writing a stream"
+    );
+    c.kill(&p_agent, false);
+    println!("[s05] primary agent killed during a stream write");
+    let second = c
+        .in_sync(NS, "big", 2, Some(&first), Duration::from_secs(180))
+        .await;
+
+    // The secondary killed while it downloads.
+    c.kill(&s_agent, true);
+    std::fs::write(mount.join("two"), random_bytes(160 << 20, 12)).unwrap();
+    c.snapshot_now(NS, "big").await;
+    c.wait(
+        "the primary's new stream",
+        Duration::from_secs(120),
+        || async {
+            let st = c.primary(NS, "big").await.status.unwrap_or_default();
+            let g = st.applied_snapshot.map(|a| a.guid).unwrap_or_default();
+            if g != second && files_ending(&p_store, ".partial").is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{g} {:?} {:?}", st.last_error, st.phase))
+            }
+        },
+    )
+    .await;
+    c.release(&s_agent);
+    let s_store = store_dir(&c, &secondary.spec.pool, "big");
+    assert!(
+        catch_in_flight(&s_store, ".download", Duration::from_secs(60)).await,
+        "never saw the secondary downloading"
+    );
+    c.kill(&s_agent, false);
+    println!("[s05] secondary agent killed during a download");
+    let t = Instant::now();
+    c.in_sync(NS, "big", 2, Some(&second), Duration::from_secs(180))
+        .await;
+    c.timing("restart → transfer completed", t.elapsed());
+    for dir in [&p_store, &s_store] {
+        for suffix in [".partial", ".download"] {
+            assert!(
+                files_ending(dir, suffix).is_empty(),
+                "{suffix} left in {}",
+                dir.display()
+            );
+        }
+    }
+    for h in &c.hosts {
+        let staged = run(
+            "zfs",
+            &[
+                "list",
+                "-H",
+                "-o",
+                "name",
+                "-r",
+                &format!("{}/recv", h.pool),
+            ],
+        );
+        // `recv` and its namespace folders may exist; a dataset below them is a receive.
+        assert!(
+            staged.lines().all(|l| l.matches('/').count() <= 2),
+            "a partial receive is visible: {staged}"
+        );
+    }
+}
+
+/// Scenario 6: a stream corrupted on a secondary's disk is detected, fetched again, and
+/// never applied.
+#[tokio::test]
+async fn s06_corrupted_stream_is_refetched_never_applied() {
+    let Some(c) = Cluster::up("s06-corrupt").await else {
+        return;
+    };
+    if !c.is_dev() {
+        return;
+    }
+    c.create_project(
+        NS,
+        "cor",
+        json!({"quota": "100Mi", "owner": {"uid": 1000, "gid": 1000}, "copies": 2}),
+    )
+    .await;
+    let first = c.in_sync(NS, "cor", 2, None, Duration::from_secs(60)).await;
+    let primary = c.primary(NS, "cor").await;
+    let secondary = c
+        .replicas(NS, "cor")
+        .await
+        .into_iter()
+        .find(|r| r.spec.role == ReplicaRole::Secondary)
+        .unwrap();
+    let s_agent = format!("agent-{}", secondary.spec.node);
+    c.kill(&s_agent, true);
+    let mount = c.mount_path(NS, "cor").await;
+    std::fs::write(mount.join("payload"), random_bytes(2 << 20, 5)).unwrap();
+    c.snapshot_now(NS, "cor").await;
+    let new = c
+        .wait(
+            "the primary's new stream",
+            Duration::from_secs(60),
+            || async {
+                let g = c
+                    .primary(NS, "cor")
+                    .await
+                    .status
+                    .and_then(|s| s.applied_snapshot)
+                    .map(|a| a.guid)
+                    .unwrap_or_default();
+                if g != first { Ok(g) } else { Err(g) }
+            },
+        )
+        .await;
+    // Plant the new stream in the secondary's store as if fetched, with one byte flipped.
+    let p_store = store_dir(&c, &primary.spec.pool, "cor");
+    let s_store = store_dir(&c, &secondary.spec.pool, "cor");
+    let manifest = files_ending(&p_store, ".json")
+        .into_iter()
+        .find(|m| {
+            std::fs::read_to_string(m)
+                .unwrap()
+                .contains(&format!("\"{new}\""))
+        })
+        .expect("the new stream's manifest");
+    let stream = manifest.with_extension("zstream");
+    let mut bytes = std::fs::read(&stream).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::create_dir_all(&s_store).unwrap();
+    std::fs::write(s_store.join(stream.file_name().unwrap()), &bytes).unwrap();
+    std::fs::copy(&manifest, s_store.join(manifest.file_name().unwrap())).unwrap();
+    c.release(&s_agent);
+    c.in_sync(NS, "cor", 2, Some(&first), Duration::from_secs(90))
+        .await;
+    let log = std::fs::read_to_string(c.dir.join("logs").join(format!("{s_agent}.log"))).unwrap();
+    assert!(
+        log.contains("stored stream is corrupt: fetching it again"),
+        "the corruption was not noticed"
+    );
+    let good = std::fs::read(s_store.join(stream.file_name().unwrap())).unwrap();
+    assert_eq!(
+        good,
+        std::fs::read(&stream).unwrap(),
+        "the stream was fetched again"
+    );
+}

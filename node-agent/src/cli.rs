@@ -9,6 +9,7 @@ pub const USAGE: &str = "usage: projstore-agent run --node-name N [--projects-ro
                             [--listen ADDR] [--advertise URL] [--lease-namespace NS]\n\
                             [--token-file FILE] [--interval-seconds N] [--log-format json|pretty]\n\
                             [--sftp-listen ADDR --sftp-advertise HOST:PORT --ssh-dir DIR] [--run-dir DIR]\n\
+                            [--zfs PATH --zpool PATH]\n\
        projstore-agent check --pool POOL... [--projects-root DIR] [--streams-root DIR]\n\
        projstore-agent streams plan --json FILE\n\n\
   run                        keep this host's StoragePools, renew the heartbeat Lease, serve streams\n\
@@ -90,6 +91,8 @@ fn parse_run(args: &[&str]) -> Result<(crate::runtime::Config, bool), String> {
         sftp_advertise: None,
         ssh_dir: None,
         run_dir: "/run/projstore".into(),
+        zfs_bin: None,
+        zpool_bin: None,
     };
     let mut json = true;
     let mut it = args.iter();
@@ -126,6 +129,8 @@ fn parse_run(args: &[&str]) -> Result<(crate::runtime::Config, bool), String> {
             "--sftp-advertise" => cfg.sftp_advertise = Some(v()?),
             "--ssh-dir" => cfg.ssh_dir = Some(v()?.into()),
             "--run-dir" => cfg.run_dir = v()?.into(),
+            "--zfs" => cfg.zfs_bin = Some(v()?.into()),
+            "--zpool" => cfg.zpool_bin = Some(v()?.into()),
             other => return Err(format!("unknown argument {other}")),
         }
     }

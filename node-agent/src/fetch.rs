@@ -138,6 +138,7 @@ impl Peer {
                 if let Some(data) = frame.data_ref() {
                     file.write_all(data).await.map_err(|e| self.err(e))?;
                     progress.add(data.len());
+                    crate::metrics::add(&crate::metrics::METRICS.bytes_received, data.len() as u64);
                 }
             }
             file.sync_all().await.map_err(|e| self.err(e))?;

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod fetch;
 pub mod layout;
+pub mod metrics;
 pub mod mounts;
 pub mod retention;
 pub mod runtime;

@@ -2,10 +2,6 @@
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let code = projstore_agent::cli::main(
-        &args,
-        &mut std::io::stdout().lock(),
-        &mut std::io::stderr().lock(),
-    );
+    let code = projstore_agent::cli::main(&args, &mut std::io::stdout(), &mut std::io::stderr());
     std::process::exit(code);
 }

@@ -36,6 +36,42 @@ impl SshKeys {
     }
 }
 
+/// Copies the private keys of the Secret (`ssh-host-key`, `ssh-client-key`) to
+/// `<run_dir>/ssh` with mode 0600 (ssh refuses keys others can read, and Secret volumes
+/// may be group-readable) and derives their public halves there.
+pub fn install_keys(secret_dir: &Path, run_dir: &Path) -> Result<SshKeys, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = run_dir.join("ssh");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    for name in ["ssh-host-key", "ssh-client-key"] {
+        let from = secret_dir.join(name);
+        let key = std::fs::read(&from).map_err(|e| format!("{}: {e}", from.display()))?;
+        let to = dir.join(name);
+        let _ = std::fs::remove_file(&to);
+        std::fs::write(&to, key).map_err(|e| format!("{}: {e}", to.display()))?;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("{}: {e}", to.display()))?;
+        let out = std::process::Command::new("ssh-keygen")
+            .arg("-y")
+            .arg("-f")
+            .arg(&to)
+            .output()
+            .map_err(|e| format!("cannot run ssh-keygen: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} is not a usable private key: {}",
+                from.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let public = dir.join(format!("{name}.pub"));
+        std::fs::write(&public, &out.stdout).map_err(|e| format!("{}: {e}", public.display()))?;
+    }
+    Ok(SshKeys { dir })
+}
+
 /// sshd refuses a chroot whose path components are not root-owned and unwritable by others;
 /// say which one is wrong instead of letting every login fail.
 pub fn check_chroot(root: &Path) -> Result<(), String> {
@@ -73,6 +109,8 @@ pub async fn start_sshd(
     // sshd wants its privilege-separation directory even with UsePAM no.
     let _ = std::fs::create_dir_all("/run/sshd");
     let config = run_dir.join("sshd_config");
+    let pid_file = run_dir.join("sshd.pid");
+    stop_stale_sshd(&pid_file, &config);
     let text = format!(
         "ListenAddress {listen}\nHostKey {}\nPidFile none\nAuthorizedKeysFile {}\n\
          PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
@@ -95,6 +133,10 @@ pub async fn start_sshd(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot start sshd: {e}"))?;
+    // sshd -D writes no pid file: record it, so a restarted agent can stop an orphan.
+    if let Some(pid) = child.id() {
+        let _ = std::fs::write(&pid_file, pid.to_string());
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     if let Ok(Some(status)) = child.try_wait() {
         return Err(format!(
@@ -102,6 +144,33 @@ pub async fn start_sshd(
         ));
     }
     Ok(child)
+}
+
+/// An agent killed with SIGKILL leaves its sshd running (holding the port): stop it, but
+/// only when the recorded pid is an sshd started with our config.
+fn stop_stale_sshd(pid_file: &Path, config: &Path) {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+    else {
+        return;
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let ours = cmdline
+        .split(|b| *b == 0)
+        .any(|arg| arg == config.as_os_str().as_encoded_bytes());
+    if ours {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        for _ in 0..50 {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = std::fs::remove_file(pid_file);
 }
 
 /// One wanted mount on the consumer's primary host.

@@ -64,6 +64,12 @@ impl StreamServer {
         if path == "/healthz" {
             return Ok(text(StatusCode::OK, "ok"));
         }
+        if path == "/metrics" {
+            return Ok(text(
+                StatusCode::OK,
+                crate::metrics::render(&crate::metrics::METRICS),
+            ));
+        }
         if path == "/readyz" {
             return Ok(if self.ready.load(Ordering::Relaxed) {
                 text(StatusCode::OK, "ok")
@@ -191,6 +197,7 @@ impl StreamServer {
                     Ok(n) => n,
                 };
                 left -= n as u64;
+                crate::metrics::add(&crate::metrics::METRICS.bytes_sent, n as u64);
                 if tx
                     .send(Ok(Frame::data(Bytes::copy_from_slice(&buf[..n]))))
                     .await

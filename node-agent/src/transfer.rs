@@ -88,6 +88,7 @@ pub async fn write_stream(
             node: node.to_owned(),
         })
         .await?;
+    crate::metrics::add(&crate::metrics::METRICS.streams_written, 1);
     Ok(StoredStream { id, manifest })
 }
 
@@ -156,6 +157,7 @@ pub async fn apply_stream(
     let held = check_received(zfs, target, &manifest, want_guid)
         .await
         .map_err(not_applicable)?;
+    crate::metrics::add(&crate::metrics::METRICS.streams_applied, 1);
     Ok(held)
 }
 

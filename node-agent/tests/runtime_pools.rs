@@ -129,6 +129,8 @@ async fn the_agent_keeps_its_pool_and_reports_it() {
         sftp_advertise: None,
         ssh_dir: None,
         run_dir: tmp.path().join("run"),
+        zfs_bin: None,
+        zpool_bin: None,
     };
     let agent = tokio::spawn(run(client.clone(), cfg));
 

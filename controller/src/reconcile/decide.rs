@@ -499,6 +499,20 @@ pub fn decide(inp: &Inputs<'_>) -> Decision {
             .unwrap_or_default();
         cx.event(true, "Unplaceable", msg);
     }
+    for (kind, reason) in [
+        ("SnapshotsBlocked", "SnapshotsBlocked"),
+        ("Diverged", "Diverged"),
+    ] {
+        if is_true(&status.conditions, kind) && !is_true(&prev.conditions, kind) {
+            let msg = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == kind)
+                .map(|c| c.message.clone())
+                .unwrap_or_default();
+            cx.event(true, reason, msg);
+        }
+    }
     Decision {
         changes: cx.changes,
         status,

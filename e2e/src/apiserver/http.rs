@@ -322,6 +322,21 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                     )));
                 }
             }
+            // Like Kubernetes: a patch (server-side apply) that creates the object also needs
+            // `create`.
+            if let (Some(auth), "patch", Some(n), None) = (&shared.authorizer, verb, &name, &sub) {
+                let exists = shared
+                    .state
+                    .lock()
+                    .map(|st| st.get(&t, &ns, n).is_some())
+                    .unwrap_or(true);
+                if !exists && !auth.allowed(&who, "create", &group, &plural, &ns, n) {
+                    return Err(ApiError::forbidden(format!(
+                        "{} \"{n}\" is forbidden: User \"{}\" cannot create resource \"{plural}\" in API group \"{group}\" (an apply that creates it)",
+                        t.plural, who.user
+                    )));
+                }
+            }
             if let Some(s) = &sub
                 && !(s == "status" && t.status_subresource)
             {

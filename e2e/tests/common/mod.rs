@@ -155,7 +155,7 @@ impl Cluster {
         };
         for e in entries.flatten() {
             let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(25).collect();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
             eprintln!("--- {} (last lines)", e.path().display());
             for l in tail.iter().rev() {
                 eprintln!("{l}");
@@ -335,6 +335,22 @@ impl Cluster {
         self.dev(&["release", process]);
     }
 
+    /// Runs kubectl with `input` on stdin (None when there is no kubectl).
+    pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> Option<std::process::Output> {
+        use std::io::Write;
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .ok()?;
+        child.stdin.take()?.write_all(input.as_bytes()).ok()?;
+        child.wait_with_output().ok()
+    }
+
     /// Runs the stock kubectl against this cluster (None when there is none).
     pub fn kubectl(&self, args: &[&str]) -> Option<std::process::Output> {
         Command::new("kubectl")
@@ -346,9 +362,20 @@ impl Cluster {
     }
 }
 
+/// Where scenarios leave the RBAC rules they used (read by the `rbac_report` test).
+pub fn rbac_usage_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rbac-usage")
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         if self.is_dev() {
+            // Every request of the controller and the agents ran under the chart's roles.
+            let used = self.dir.join("rbac-used.jsonl");
+            let _ = std::fs::create_dir_all(rbac_usage_dir());
+            let _ = std::fs::copy(&used, rbac_usage_dir().join(format!("{}.jsonl", self.name)));
+            let denied =
+                std::fs::read_to_string(self.dir.join("rbac-denied.jsonl")).unwrap_or_default();
             let _ = Command::new(DEV)
                 .args(["down", "--state-dir"])
                 .arg(&self.dir)
@@ -358,6 +385,12 @@ impl Drop for Cluster {
                 self.name,
                 self.started.elapsed().as_secs_f64()
             );
+            if !denied.is_empty() && !std::thread::panicking() {
+                panic!(
+                    "[{}] the chart's RBAC denied requests (a missing permission):\n{denied}",
+                    self.name
+                );
+            }
         }
     }
 }

@@ -53,6 +53,9 @@ pub struct Config {
     pub ssh_dir: Option<PathBuf>,
     /// Runtime files: sshd config, sshfs staging mounts.
     pub run_dir: PathBuf,
+    /// `zfs` and `zpool` to run (e.g. the host's userland); found on the PATH when unset.
+    pub zfs_bin: Option<PathBuf>,
+    pub zpool_bin: Option<PathBuf>,
 }
 
 /// Why the agent stopped.
@@ -86,7 +89,12 @@ async fn heartbeat(client: &Client, cfg: &Config) -> Result<(), kube::Error> {
 
 /// Runs until SIGTERM/SIGINT.
 pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
-    let zfs = match Zfs::detect().await {
+    let detected = Zfs::with_binaries(
+        cfg.zfs_bin.clone().unwrap_or_else(|| "zfs".into()),
+        cfg.zpool_bin.clone().unwrap_or_else(|| "zpool".into()),
+    )
+    .await;
+    let zfs = match detected {
         Ok(z) => Some(z),
         Err(e) => {
             tracing::error!(error = %e, "ZFS is not usable: reporting not Ready until it is");
@@ -142,6 +150,7 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
     let mut tick = tokio::time::interval(cfg.interval);
     let mut renewed = std::time::Instant::now();
     let mut sshd: Option<tokio::process::Child> = None;
+    let mut recovered = std::collections::BTreeSet::new();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -194,6 +203,32 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
                 None => Vec::new(),
             };
             all_ok &= report.is_ok() && checks.iter().all(|c| c.ok);
+            // Crash leftovers, once per pool after a start: half-written streams and
+            // interrupted receives go (their sources are intact); downloads are resumed.
+            if let (Some(z), Ok(_), Some(l), true) = (
+                &zfs,
+                &report,
+                &layout,
+                !recovered.contains(&sp.spec.pool_name),
+            ) {
+                let store = StreamStore::new(&streams_mp);
+                match (
+                    store.recover().await,
+                    crate::transfer::recover_staging(z, l.pool()).await,
+                ) {
+                    (Ok(files), Ok(datasets)) => {
+                        for f in files {
+                            tracing::warn!(file = %f.display(), "removed a stream a crash left half-written");
+                        }
+                        for d in datasets {
+                            tracing::warn!(dataset = %d, "removed a receive a crash interrupted");
+                        }
+                        recovered.insert(sp.spec.pool_name.clone());
+                    }
+                    (Err(e), _) => tracing::error!(error = %e, "cannot clean the stream store"),
+                    (_, Err(e)) => tracing::error!(error = %e, "cannot clean interrupted receives"),
+                }
+            }
             if let (Some(z), Ok(_), Some(l)) = (&zfs, &report, &layout) {
                 match replica::purge_trash(z, l.pool(), chrono::Utc::now()).await {
                     Ok(purged) => {
@@ -247,8 +282,13 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
                 .as_mut()
                 .is_none_or(|c| c.try_wait().ok().flatten().is_some())
         {
-            let keys = crate::mounts::SshKeys { dir: dir.clone() };
-            match crate::mounts::start_sshd(listen, &keys, &cfg.projects_root, &cfg.run_dir).await {
+            let started = match crate::mounts::install_keys(dir, &cfg.run_dir) {
+                Ok(keys) => {
+                    crate::mounts::start_sshd(listen, &keys, &cfg.projects_root, &cfg.run_dir).await
+                }
+                Err(e) => Err(e),
+            };
+            match started {
                 Ok(c) => {
                     tracing::info!(%listen, "sftp server started");
                     sshd = Some(c);
@@ -270,10 +310,9 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
                 streams_root: &cfg.streams_root,
                 token: &cfg.token,
                 run_dir: &cfg.run_dir,
-                keys: cfg
-                    .ssh_dir
-                    .clone()
-                    .map(|dir| crate::mounts::SshKeys { dir }),
+                keys: cfg.ssh_dir.as_ref().map(|_| crate::mounts::SshKeys {
+                    dir: cfg.run_dir.join("ssh"),
+                }),
                 pools: &all_pools,
             };
             for sr in sr_store.state() {

@@ -21,8 +21,9 @@ use crate::retention::{
     RetentionPolicy, SnapshotFacts, is_managed, managed_name, retain, snapshot_due,
     snapshots_blocked,
 };
+use crate::streams::StoreError;
 use crate::streams::{ProjectKey, ReplicaPlan, StreamStore, plan, plan_for_replica};
-use crate::transfer::{Storage, apply_stream, write_stream};
+use crate::transfer::{Storage, TransferError, apply_stream, write_stream};
 use crate::zfs::{DatasetName, PoolName, Progress, PropertyName, SnapshotInfo, Zfs};
 
 /// Annotation on the primary's replica during a move: the pool taking over.
@@ -97,12 +98,15 @@ pub async fn reconcile(env: &ReplicaEnv<'_>, sr: &StreamReplica, pool: &PoolName
             status["lastError"] = Value::Null;
             status
         }
-        Err(e) => json!({
+        Err(e) => {
+            crate::metrics::add(&crate::metrics::METRICS.errors, 1);
+            json!({
             "phase": "Error",
             "lastError": e,
             "observedGeneration": sr.metadata.generation,
             "conditions": [cond("Ready", false, "Error", e.clone(), &prev.conditions)],
-        }),
+            })
+        }
     }
 }
 
@@ -290,7 +294,7 @@ async fn primary(
         &prev.conditions,
     ));
     if due && !blocked && !snaps.iter().any(|s| s.name == managed_name(now)) {
-        snapshot_and_stream(&storage, &key, &ds, &snaps, sr.spec.epoch).await?;
+        snapshot_and_stream(&storage, &key, &ds, sr.spec.epoch).await?;
         if let Some(a) = &asked {
             zfs.set(&ds, &p(PROP_SNAPSHOT_NOW)?, a)
                 .await
@@ -298,6 +302,8 @@ async fn primary(
         }
         snaps = zfs.snapshots(&ds, &[]).await.map_err(|e| e.to_string())?;
     }
+    // A snapshot whose stream a crash interrupted gets it now.
+    stream_newest(&storage, &key, &ds, sr.spec.epoch).await?;
     // Retention never destroys the base of the next incremental (the newest, and the chain
     // target), nor user snapshots.
     let stored = store.list(&key).await.map_err(|e| e.to_string())?;
@@ -426,9 +432,18 @@ async fn secondary(
                         .await
                         .map_err(|e| e.to_string())?;
                 }
-                apply_stream(&storage, &key, sid, &ds, &Progress::new())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let mut applied = apply_stream(&storage, &key, sid, &ds, &Progress::new()).await;
+                if let Err(TransferError::Store(StoreError::Corrupt { reason, .. })) = &applied {
+                    // Damaged on this disk since it was fetched: never applied; fetch it again.
+                    tracing::warn!(project = %key, stream = %sid, %reason, "stored stream is corrupt: fetching it again");
+                    crate::metrics::add(&crate::metrics::METRICS.errors, 1);
+                    store.delete(&key, sid).await.map_err(|e| e.to_string())?;
+                    peer.download(&store, &key, sid, manifest, &Progress::new())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    applied = apply_stream(&storage, &key, sid, &ds, &Progress::new()).await;
+                }
+                applied.map_err(|e| e.to_string())?;
             }
         }
         ReplicaPlan::Diverged => {
@@ -445,6 +460,8 @@ async fn secondary(
         zfs.set(&ds, &p(PROP_ROLE)?, "secondary")
             .await
             .map_err(|e| e.to_string())?;
+        // A copy just received (or re-synced after a fork) is read-only from the start.
+        stop_serving(zfs, env.run_dir, &ds).await?;
     }
     let snaps = if zfs.exists(&ds).await.map_err(|e| e.to_string())? {
         zfs.snapshots(&ds, &[]).await.map_err(|e| e.to_string())?
@@ -712,8 +729,7 @@ async fn stored_plan(
 }
 
 /// Writes stopped (`ds` unmounted): makes sure the stored chain ends at everything `ds`
-/// holds. Writes since the newest snapshot get a final snapshot; a newest snapshot the chain
-/// does not reach gets its stream. Nothing written is left out.
+/// holds. Writes since the newest snapshot get a final snapshot; nothing written is left out.
 async fn final_snapshot(
     storage: &Storage<'_>,
     key: &ProjectKey,
@@ -722,23 +738,39 @@ async fn final_snapshot(
 ) -> Result<(), String> {
     let zfs = storage.zfs;
     let snaps = zfs.snapshots(ds, &[]).await.map_err(|e| e.to_string())?;
-    let target = stored_plan(storage.store, key).await?.target;
     let mut t = Utc::now().timestamp();
     while snaps.iter().any(|s| s.name == managed_name(t)) {
         t += 1;
     }
     let snap = ds.snapshot(&managed_name(t)).map_err(|e| e.to_string())?;
-    let newest = match zfs
+    let taken = zfs
         .snapshot_unsaved(ds, &snap)
         .await
-        .map_err(|e| e.to_string())?
-    {
-        Some(taken) => taken,
-        None => match snaps.last() {
-            Some(n) => n.clone(),
-            None => zfs.snapshot(&snap, &[]).await.map_err(|e| e.to_string())?,
-        },
+        .map_err(|e| e.to_string())?;
+    if taken.is_none() && snaps.is_empty() {
+        zfs.snapshot(&snap, &[]).await.map_err(|e| e.to_string())?;
+    }
+    stream_newest(storage, key, ds, epoch).await
+}
+
+/// Makes the stored chain reach the newest snapshot of `ds`: writes its stream, incremental
+/// from the chain's end when `ds` still has that snapshot, else full. Also what finishes the
+/// job after a crash between a snapshot and its stream.
+async fn stream_newest(
+    storage: &Storage<'_>,
+    key: &ProjectKey,
+    ds: &DatasetName,
+    epoch: u64,
+) -> Result<(), String> {
+    let snaps = storage
+        .zfs
+        .snapshots(ds, &[])
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(newest) = snaps.last() else {
+        return Ok(());
     };
+    let target = stored_plan(storage.store, key).await?.target;
     if target.as_ref().is_some_and(|t| t.guid == newest.guid) {
         return Ok(());
     }
@@ -755,16 +787,13 @@ async fn final_snapshot(
     Ok(())
 }
 
-/// Takes a managed snapshot of `ds` now and writes its stream: incremental from the newest
-/// snapshot the stored chain reaches (when `ds` still has it), else full.
+/// Takes a managed snapshot of `ds` now and writes its stream.
 async fn snapshot_and_stream(
     storage: &Storage<'_>,
     key: &ProjectKey,
     ds: &DatasetName,
-    snaps: &[SnapshotInfo],
     epoch: u64,
 ) -> Result<(), String> {
-    let target = stored_plan(storage.store, key).await?.target;
     let snap = ds
         .snapshot(&managed_name(Utc::now().timestamp()))
         .map_err(|e| e.to_string())?;
@@ -773,16 +802,8 @@ async fn snapshot_and_stream(
         .snapshot(&snap, &[])
         .await
         .map_err(|e| e.to_string())?;
-    let from = target
-        .as_ref()
-        .and_then(|t| snaps.iter().find(|s| s.guid == t.guid))
-        .map(|s| ds.snapshot(&s.name))
-        .transpose()
-        .map_err(|e| e.to_string())?;
-    write_stream(storage, key, &snap, from.as_ref(), epoch, &Progress::new())
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(())
+    crate::metrics::add(&crate::metrics::METRICS.snapshots_taken, 1);
+    stream_newest(storage, key, ds, epoch).await
 }
 
 /// A primary being moved away (`projstore.io/handoff-to`): stop writes (unmount), take the

@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""Tests of the Helm chart (issue #8), run by `make test`.
+
+Renders charts/projstore with Helm's own library (helm-python-sdk) for the default values and
+four more value sets, lints it, validates every rendered object with kubernetes-validate
+--strict for the newest Kubernetes it knows, and asserts the security properties.
+"""
+
+import filecmp
+import pathlib
+import re
+import sys
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "projstore"
+WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
+
+VALUE_SETS = {
+    "default": {},
+    "host-userland-zfs-fuse": {
+        "agent": {"hostZfsUserland": True, "zfsBackend": "zfs-fuse", "projectsRoot": "/srv/projects"}
+    },
+    "monitoring-and-policies": {
+        "controller": {"replicas": 3},
+        "metrics": {"serviceMonitor": {"enabled": True, "interval": "15s"}},
+        "networkPolicy": {"enabled": True},
+    },
+    "single-controller": {"controller": {"replicas": 1}, "podDisruptionBudget": {"enabled": False}},
+    "scheduling": {
+        "imagePullSecrets": [{"name": "regcred"}],
+        "image": {"controller": {"repository": "registry.example/pc", "tag": "1.2.3"}},
+        "agent": {
+            "nodeSelector": {"storage": "zfs"},
+            "tolerations": [{"key": "storage", "operator": "Exists", "effect": "NoSchedule"}],
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]}]}]}}},
+            "priorityClassName": "storage-critical",
+        },
+    },
+}
+
+failures = []
+
+
+def check(cond, msg):
+    if not cond:
+        failures.append(msg)
+
+
+def render(values):
+    chart = helm.Chart.load(str(CHART))
+    out = chart.render(values, name="ps", namespace="projstore-system", is_install=True)
+    objs = []
+    for path, text in sorted(out.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                objs.append(doc)
+    return objs
+
+
+def find(objs, kind, suffix=""):
+    return [o for o in objs if o["kind"] == kind and o["metadata"]["name"].endswith(suffix)]
+
+
+def test_crds_are_the_generated_manifests():
+    generated = sorted(p.name for p in (ROOT / "crds" / "manifests").glob("*.yaml"))
+    in_chart = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
+    check(generated == in_chart, f"chart crds/ {in_chart} differ from crds/manifests {generated}")
+    for name in generated:
+        check(filecmp.cmp(ROOT / "crds" / "manifests" / name, CHART / "crds" / name, shallow=False),
+              f"charts/projstore/crds/{name} differs from crds/manifests/{name} (run make crds)")
+
+
+def test_lint_is_clean():
+    for label, values in VALUE_SETS.items():
+        report = helm.lint(str(CHART), values, strict=True, namespace="projstore-system")
+        bad = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+        check(not bad, f"helm lint ({label}): {bad}")
+
+
+def test_values_schema_refuses_bad_values():
+    chart = helm.Chart.load(str(CHART))
+    for bad in [{"controller": {"replicas": 0}}, {"agent": {"zfsBackend": "btrfs"}},
+                {"agent": {"projectsRoot": "relative/path"}}, {"unknownKey": 1}]:
+        try:
+            chart.validate_schema(bad)
+            failures.append(f"values.schema.json accepted {bad}")
+        except helm.HelmError:
+            pass
+
+
+def test_every_object_validates_strictly():
+    version = kubernetes_validate.latest_version()
+    for label, values in VALUE_SETS.items():
+        for o in render(values):
+            if o["apiVersion"].startswith("monitoring.coreos.com"):
+                continue  # a CRD kubernetes-validate does not know
+            try:
+                kubernetes_validate.validate(o, version, strict=True)
+            except Exception as e:  # noqa: BLE001 - report any validation failure
+                failures.append(f"{label}: {o['kind']}/{o['metadata']['name']} invalid for {version}: {e}")
+
+
+def test_controller_is_hardened():
+    for label, values in VALUE_SETS.items():
+        objs = render(values)
+        [dep] = find(objs, "Deployment", "-controller")
+        pod = dep["spec"]["template"]["spec"]
+        check(pod["securityContext"].get("runAsNonRoot") is True, f"{label}: controller runs as root")
+        check(pod["securityContext"].get("seccompProfile", {}).get("type") == "RuntimeDefault",
+              f"{label}: controller seccomp")
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            check(sc.get("readOnlyRootFilesystem") is True, f"{label}: controller root fs writable")
+            check(sc.get("allowPrivilegeEscalation") is False, f"{label}: controller may escalate")
+            check(sc.get("capabilities", {}).get("drop") == ["ALL"], f"{label}: controller keeps capabilities")
+            check("resources" in c and c["resources"].get("requests"), f"{label}: controller resources")
+            check("livenessProbe" in c and "readinessProbe" in c, f"{label}: controller probes")
+            check(any(a.startswith("--metrics-addr") for a in c["args"]), f"{label}: metrics port")
+        check(pod.get("serviceAccountName") == "projstore-controller", f"{label}: controller SA")
+        want = values.get("controller", {}).get("replicas", 2)
+        check(dep["spec"]["replicas"] == want, f"{label}: controller replicas")
+        pdbs = find(objs, "PodDisruptionBudget")
+        pdb_on = values.get("podDisruptionBudget", {}).get("enabled", True) and want > 1
+        check(bool(pdbs) == pdb_on, f"{label}: PodDisruptionBudget present={bool(pdbs)}")
+
+
+def test_agent_host_access_is_narrow():
+    for label, values in VALUE_SETS.items():
+        objs = render(values)
+        [ds] = find(objs, "DaemonSet", "-agent")
+        pod = ds["spec"]["template"]["spec"]
+        check(not pod.get("hostPID") and not pod.get("hostIPC"), f"{label}: agent shares host PID/IPC")
+        agent = values.get("agent", {})
+        allowed = {"/dev/fuse", agent.get("projectsRoot", "/projects"),
+                   agent.get("streamsRoot", "/var/lib/projstore/streams"),
+                   agent.get("poolImageDir", "/var/lib/projstore/pools")}
+        if agent.get("zfsBackend", "kernel") == "kernel":
+            allowed.add("/dev/zfs")
+        else:
+            allowed.add(agent.get("zfsFuseSocketDir", "/var/run/zfs"))
+        if agent.get("hostZfsUserland"):
+            allowed.add(agent.get("hostZfsBinDir", "/usr/sbin"))
+        host_paths = {v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+        check(host_paths == allowed, f"{label}: agent hostPaths {sorted(host_paths)} != {sorted(allowed)}")
+        for p in host_paths:
+            check(p not in ("/", "/dev", "/etc", "/var", "/usr"), f"{label}: broad hostPath {p}")
+        [c] = pod["containers"]
+        mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+        check(mounts[agent.get("projectsRoot", "/projects")].get("mountPropagation") == "Bidirectional",
+              f"{label}: projects root propagation")
+        check(mounts["/etc/projstore/keys"].get("readOnly") is True, f"{label}: keys mounted writable")
+        check(c["securityContext"].get("readOnlyRootFilesystem") is True, f"{label}: agent root fs writable")
+        env = {e["name"]: e for e in c["env"]}
+        check(env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName",
+              f"{label}: node name from the downward API")
+        check("--node-name=$(NODE_NAME)" in c["args"], f"{label}: --node-name")
+        userland = any(a.startswith("--zfs=") for a in c["args"])
+        check(userland == bool(agent.get("hostZfsUserland")), f"{label}: zfs userland choice")
+        for key in ("tolerations", "affinity", "priorityClassName"):
+            if key in agent:
+                check(pod.get(key) == agent[key], f"{label}: agent {key}")
+        # Helm merges maps: the default storage-host label stays, the user's is added.
+        for k, v in agent.get("nodeSelector", {}).items():
+            check(pod.get("nodeSelector", {}).get(k) == v, f"{label}: agent nodeSelector {k}")
+        check(pod.get("serviceAccountName") == "projstore-agent", f"{label}: agent SA")
+
+
+def rules_of(objs, suffix):
+    [role] = find(objs, "ClusterRole", suffix)
+    return role["rules"]
+
+
+def test_rbac_is_least_privilege_and_explained():
+    objs = render({})
+    for suffix in ("-controller", "-agent"):
+        for r in rules_of(objs, suffix):
+            for field in ("verbs", "resources", "apiGroups"):
+                check("*" not in r[field], f"{suffix}: wildcard in {field}: {r}")
+    for r in rules_of(objs, "-agent"):
+        if "projstore.io" in r["apiGroups"]:
+            for res in ("projects", "storagepools"):
+                check(not (res in r["resources"] and WRITE_VERBS & set(r["verbs"])),
+                      f"agent can write {res} specs: {r}")
+    for name in ("controller-rules.yaml", "agent-rules.yaml"):
+        lines = (CHART / "files" / name).read_text().splitlines()
+        for i, line in enumerate(lines):
+            if line.startswith("- "):
+                check(i > 0 and lines[i - 1].startswith("# ") and len(lines[i - 1]) > 10,
+                      f"{name}:{i + 1}: a rule without a one-line comment saying why")
+    [sec] = find(objs, "Secret")
+    check(set(sec["data"]) == {"stream-token", "ssh-host-key", "ssh-client-key"}, "secret keys")
+    check(sec["metadata"]["annotations"].get("helm.sh/resource-policy") == "keep", "secret kept on uninstall")
+    check(re.search(r"lookup", (CHART / "templates" / "secret.yaml").read_text()) is not None,
+          "secret reuses what the cluster holds on upgrade")
+
+
+def test_optional_objects_follow_values():
+    objs = render(VALUE_SETS["monitoring-and-policies"])
+    check(len(find(objs, "ServiceMonitor")) == 1, "ServiceMonitor when enabled")
+    check(len(find(objs, "NetworkPolicy")) >= 1, "NetworkPolicy when enabled")
+    objs = render({})
+    check(not find(objs, "ServiceMonitor") and not find(objs, "NetworkPolicy"), "off by default")
+    check(len(find(objs, "Service")) == 2, "metrics Services for controller and agent")
+
+
+def main():
+    tests = [v for k, v in sorted(globals().items()) if k.startswith("test_") and callable(v)]
+    for t in tests:
+        before = len(failures)
+        t()
+        print(f"{'ok  ' if len(failures) == before else 'FAIL'} {t.__name__}")
+    for f in failures:
+        print("  -", f)
+    print(f"chart tests: {len(tests)} run, {len(failures)} failures")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
