@@ -50,14 +50,13 @@ crds:
 bench:
 	$(CARGO) bench --workspace
 
-## make demo: the dev cluster and the guided tour. Not complete yet: says what is missing and fails.
-demo:
-	@echo "make demo: not available yet. Missing: the agents' replica handling (datasets, snapshots," >&2
-	@echo "replication, fencing, mounts) and the guided tour. What exists runs with:" >&2
-	@echo "  cargo build --workspace && target/debug/projstore-dev up --state-dir /tmp/projstore-dev" >&2
-	@echo "See README.md, 'What works today'." >&2
-	@exit 1
+## make demo: build, start the dev cluster, apply examples/ and walk through it (it keeps running).
+DEMO_DIR ?= /var/lib/projstore-demo
+demo: deps zfs
+	$(CARGO) build --workspace
+	target/debug/projstore-demo --state-dir $(DEMO_DIR)
 
+## make demo-down: stop the demo's dev cluster and remove its pools, mounts and files.
 demo-down:
-	@echo "make demo-down: nothing to stop (the dev cluster does not exist yet)." >&2
-	@exit 1
+	$(CARGO) build -q -p projstore-e2e --bin projstore-dev
+	target/debug/projstore-dev down --state-dir $(DEMO_DIR)

@@ -362,7 +362,7 @@ async fn start_hosts(
             "apiVersion": "projstore.io/v1alpha1", "kind": "StoragePool",
             "metadata": {"name": format!("{}-storage", h.node), "labels": {"tier": "standard"}},
             "spec": {"nodeName": h.node, "poolName": h.pool,
-                     "vdevs": [{"path": img.display().to_string(), "sizeBytes": 2u64 << 30}],
+                     "vdevs": [{"path": img.display().to_string(), "sizeBytes": 4u64 << 30}],
                      "topology": {"datacenter": h.datacenter, "zone": h.zone}}
         });
         if let Err(e) = server.create_object("projstore.io", "v1alpha1", "storagepools", "", pool)

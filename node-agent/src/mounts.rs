@@ -324,10 +324,15 @@ pub async fn ensure(
     if staged.is_some() {
         unmount(&staging).await?;
     }
-    if !w.target.exists() {
-        std::fs::create_dir_all(&w.target).map_err(|e| format!("{}: {e}", w.target.display()))?;
-        std::os::unix::fs::chown(&w.target, Some(w.owner.0), Some(w.owner.1))
-            .map_err(|e| format!("{}: {e}", w.target.display()))?;
+    if !probe(&w.target).await? {
+        let (target, owner) = (w.target.clone(), w.owner);
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&target)
+                .and_then(|()| std::os::unix::fs::chown(&target, Some(owner.0), Some(owner.1)))
+                .map_err(|e| format!("{}: {e}", target.display()))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
     }
     if let (Some(remote), Some(src)) = (&w.remote, &sshfs_source) {
         let (_, port) = remote
@@ -356,7 +361,7 @@ pub async fn ensure(
             ],
         )
         .await?;
-    } else if !lower.is_dir() {
+    } else if !probe(&lower).await? {
         return Err(format!(
             "{} does not exist in the source project",
             w.source.display()
@@ -381,6 +386,34 @@ pub async fn ensure(
     args.push(w.target.clone().into());
     let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
     run("bindfs", &refs).await
+}
+
+/// Unmounts the same-host bindfs mounts whose source lies in `dir` (a project about to stop
+/// serving): they must go before the project's own filesystem does, or they hang.
+pub async fn release_sourced_from(dir: &Path, run_dir: &Path) -> Vec<PathBuf> {
+    let mut done = Vec::new();
+    for m in mount_table() {
+        if m.fstype.starts_with("fuse") && Path::new(&m.source).starts_with(dir) {
+            release(&m.target, run_dir).await;
+            done.push(m.target);
+        }
+    }
+    done
+}
+
+/// Whether `p` exists, asked off the async threads with a time limit: a path below a dead
+/// FUSE mount must not stall the agent.
+async fn probe(p: &Path) -> Result<bool, String> {
+    let owned = p.to_path_buf();
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::task::spawn_blocking(move || owned.exists()),
+    )
+    .await
+    {
+        Ok(Ok(b)) => Ok(b),
+        _ => Err(format!("{} does not answer (a hung mount?)", p.display())),
+    }
 }
 
 /// Unmounts the mount at `target` and the sshfs staged behind it.

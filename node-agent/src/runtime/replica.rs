@@ -1018,6 +1018,7 @@ async fn stop_writes(zfs: &Zfs, run_dir: &Path, ds: &DatasetName) -> Result<(), 
         .map_err(|e| e.to_string())?;
     if mp.starts_with('/') {
         crate::mounts::release_under(Path::new(&mp), run_dir).await;
+        crate::mounts::release_sourced_from(Path::new(&mp), run_dir).await;
     }
     match zfs.unmount(ds).await {
         Err(e) if e.is_busy() => zfs.unmount_force(ds).await.map_err(|e| e.to_string()),
