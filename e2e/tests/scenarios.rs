@@ -50,6 +50,31 @@ async fn s01_project_lifecycle() {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(&mount).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (1000, 1000), "owner on the root");
+    // Ownership repair on the annotation: files of any owner go back to the project's.
+    std::fs::create_dir(mount.join("sub")).unwrap();
+    std::fs::write(mount.join("sub/root-owned"), b"x").unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", mount.join("link")).unwrap();
+    c.patch_project(
+        NS,
+        "alpha",
+        json!({"metadata": {"annotations": {"projstore.io/repair-ownership": "1"}}}),
+    )
+    .await;
+    c.wait("ownership repaired", Duration::from_secs(30), || async {
+        let f = std::fs::metadata(mount.join("sub/root-owned")).map_err(|e| e.to_string())?;
+        if (f.uid(), f.gid()) == (1000, 1000) {
+            Ok(())
+        } else {
+            Err(format!("{}:{}", f.uid(), f.gid()))
+        }
+    })
+    .await;
+    let host = std::fs::metadata("/etc/hostname").unwrap();
+    assert_eq!(
+        host.uid(),
+        0,
+        "a symlink's target outside the project is left alone"
+    );
     if let Some(out) = c.kubectl(&["get", "proj,sr,sp", "-n", NS]) {
         let text = String::from_utf8_lossy(&out.stdout);
         println!("{text}");

@@ -208,6 +208,7 @@ async fn primary(
 
     let mut conditions = Vec::new();
     let prev = sr.status.clone().unwrap_or_default();
+    repair_ownership(zfs, &ds, &project, &mountpoint).await?;
     let mounts = serve_mounts(env, sr, &project, &mountpoint).await;
     if !project.spec.mounts.is_empty() {
         let failed: Vec<String> = mounts
@@ -1125,4 +1126,72 @@ async fn serve_mounts(
         }
     }
     out
+}
+
+/// User property on a primary's dataset: the last `projstore.io/repair-ownership` value acted on.
+const PROP_REPAIR_OWNERSHIP: &str = "projstore.io:repair-ownership";
+
+/// On a new `projstore.io/repair-ownership` value: gives every file of the project to its
+/// owner (DESIGN §1), skipping `.zfs` and never following symlinks or crossing into mounts.
+async fn repair_ownership(
+    zfs: &Zfs,
+    ds: &DatasetName,
+    project: &Project,
+    root: &Path,
+) -> Result<(), String> {
+    let Some(asked) = project
+        .annotations()
+        .get(projstore_api::REPAIR_OWNERSHIP_ANNOTATION)
+        .cloned()
+    else {
+        return Ok(());
+    };
+    let prop = p(PROP_REPAIR_OWNERSHIP)?;
+    if zfs.property(ds, &prop).await.map_err(|e| e.to_string())? == asked {
+        return Ok(());
+    }
+    let (uid, gid) = (project.spec.owner.uid, project.spec.owner.gid);
+    let top = root.to_path_buf();
+    let changed = tokio::task::spawn_blocking(move || chown_tree(&top, uid, gid))
+        .await
+        .map_err(|e| e.to_string())??;
+    tracing::info!(dataset = %ds, files = changed, uid, gid, "ownership repaired");
+    zfs.set(ds, &prop, &asked).await.map_err(|e| e.to_string())
+}
+
+/// `lchown -R` of `root` staying on its filesystem and skipping `root/.zfs`; returns how many
+/// entries it changed.
+fn chown_tree(root: &Path, uid: u32, gid: u32) -> Result<u64, String> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::symlink_metadata(root)
+        .map_err(|e| format!("{}: {e}", root.display()))?
+        .dev();
+    let mut todo = vec![root.to_path_buf()];
+    let mut changed = 0;
+    while let Some(dir) = todo.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for e in entries.flatten() {
+            let path = e.path();
+            if dir == root && e.file_name() == ".zfs" {
+                continue;
+            }
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.dev() != dev {
+                continue; // a mount inside the project (another project's folder)
+            }
+            if (meta.uid(), meta.gid()) != (uid, gid) {
+                std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                changed += 1;
+            }
+            if meta.is_dir() {
+                todo.push(path);
+            }
+        }
+    }
+    std::os::unix::fs::chown(root, Some(uid), Some(gid))
+        .map_err(|e| format!("{}: {e}", root.display()))?;
+    Ok(changed)
 }
