@@ -1178,6 +1178,29 @@ async fn s05_sigkill_mid_transfer_resumes() {
     );
     c.kill(&p_agent, false);
     println!("[s05] primary agent killed during a stream write");
+    let seen = c
+        .wait(
+            "the secondary reports transfer progress",
+            Duration::from_secs(180),
+            || async {
+                let st = c
+                    .replicas_api(NS)
+                    .get(&secondary.name_any())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .status
+                    .unwrap_or_default();
+                match st.transfer {
+                    Some(t) if t.bytes_total > 0 => Ok(t),
+                    _ => Err("no transfer in status".into()),
+                }
+            },
+        )
+        .await;
+    println!(
+        "[s05] status.transfer: {} of {} bytes",
+        seen.bytes_done, seen.bytes_total
+    );
     let second = c
         .in_sync(NS, "big", 2, Some(&first), Duration::from_secs(180))
         .await;
@@ -1318,4 +1341,83 @@ async fn s06_corrupted_stream_is_refetched_never_applied() {
         std::fs::read(&stream).unwrap(),
         "the stream was fetched again"
     );
+}
+
+/// Compaction (DESIGN §5.3): a chain ending in many tiny increments gets one larger
+/// incremental, and the tiny ones are collected.
+#[tokio::test]
+async fn s03b_tiny_increments_are_compacted() {
+    let Some(c) = Cluster::up("s03b-compaction").await else {
+        return;
+    };
+    if !c.is_dev() {
+        return;
+    }
+    c.create_project(
+        NS,
+        "cmp",
+        json!({"quota": "10Mi", "owner": {"uid": 1000, "gid": 1000}, "copies": 1}),
+    )
+    .await;
+    let mount = c.mount_path_when_ready(NS, "cmp").await;
+    let primary = c.primary(NS, "cmp").await;
+    let ds = format!(
+        "{}/projects/{NS}/cmp",
+        c.host_of_pool(&primary.spec.pool).pool
+    );
+    let store = store_dir(&c, &primary.spec.pool, "cmp");
+    let srs = c.replicas_api(NS);
+    for i in 0..9 {
+        std::fs::write(mount.join(format!("f{i}")), [i as u8; 100]).unwrap();
+        // The user's own snapshots: never pruned, so every one stays a possible base.
+        run("zfs", &["snapshot", &format!("{ds}@u{i}")]);
+        // Wake the agent (it reacts to changes of its replicas).
+        srs.patch(
+            &primary.name_any(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"metadata": {"annotations": {"test.projstore.io/poke": i.to_string()}}}),
+            ),
+        )
+        .await
+        .unwrap();
+        c.wait(
+            &format!("stream to u{i}"),
+            Duration::from_secs(30),
+            || async {
+                if files_ending(&store, &format!("--u{i}.json")).is_empty() {
+                    Err("not yet".into())
+                } else {
+                    Ok(())
+                }
+            },
+        )
+        .await;
+    }
+    let merged = c
+        .wait(
+            "one larger incremental replaces the tiny ones",
+            Duration::from_secs(60),
+            || async {
+                let incs: Vec<String> = files_ending(&store, ".json")
+                    .iter()
+                    .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+                    .collect();
+                // An incremental spanning several user snapshots (`X--uK`, X not uK-1).
+                let big = incs.iter().find(|n| {
+                    n.strip_suffix(".json")
+                        .and_then(|id| id.split_once("--u"))
+                        .and_then(|(from, k)| k.parse::<u32>().ok().map(|k| (from.to_owned(), k)))
+                        .is_some_and(|(from, k)| {
+                            k >= 2 && from != "full" && from != format!("u{}", k - 1)
+                        })
+                });
+                match big {
+                    Some(b) if incs.len() <= 4 => Ok(b.clone()),
+                    _ => Err(format!("{incs:?}")),
+                }
+            },
+        )
+        .await;
+    println!("[s03b] compacted into {merged}");
 }

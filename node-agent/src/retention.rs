@@ -91,8 +91,10 @@ pub fn retain(snaps: &[SnapshotFacts], now: i64, policy: &RetentionPolicy) -> Re
     ];
     for (class, &n) in counts.iter().enumerate() {
         let mut periods = BTreeSet::new();
-        // Newest first: the first snapshot met in a period is that period's newest.
-        for s in order.iter().rev() {
+        // Newest first: the first snapshot met in a period is that period's newest. Only
+        // managed snapshots stand for a period: the user's are kept anyway, and must not
+        // leave a period without a managed one (or every pass would take a new one).
+        for s in order.iter().rev().filter(|s| is_managed(&s.name)) {
             if periods.len() >= n as usize {
                 break;
             }

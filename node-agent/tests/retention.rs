@@ -227,3 +227,21 @@ fn compaction_shortens_long_chains() {
         Compaction::Full { .. }
     ));
 }
+
+#[test]
+fn a_newer_user_snapshot_never_costs_a_period_its_managed_snapshot() {
+    // A managed snapshot, then the user's own one a minute later in the same period: both
+    // stay (else every pass would find no managed snapshot and take a new one).
+    let snaps = vec![
+        managed(1, MONDAY),
+        SnapshotFacts {
+            name: "before-upgrade".into(),
+            guid: 7,
+            createtxg: 9,
+            time: MONDAY + 60,
+            held: false,
+        },
+    ];
+    let r = retain(&snaps, MONDAY + 120, &policy(1, 1, 1, 1, 1));
+    assert!(r.destroy.is_empty(), "{:?}", r.destroy);
+}

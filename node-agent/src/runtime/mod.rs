@@ -230,7 +230,8 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
                 }
             }
             if let (Some(z), Ok(_), Some(l)) = (&zfs, &report, &layout) {
-                match replica::purge_trash(z, l.pool(), chrono::Utc::now()).await {
+                let store = StreamStore::new(&streams_mp);
+                match replica::purge_trash(z, l.pool(), &store, chrono::Utc::now()).await {
                     Ok(purged) => {
                         for ds in purged {
                             tracing::info!(dataset = %ds, "purged from the trash after its retention");

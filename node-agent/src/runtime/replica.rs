@@ -305,6 +305,7 @@ async fn primary(
     }
     // A snapshot whose stream a crash interrupted gets it now.
     stream_newest(&storage, &key, &ds, sr.spec.epoch).await?;
+    compact(&storage, &key, &ds, sr.spec.epoch).await?;
     // Retention never destroys the base of the next incremental (the newest, and the chain
     // target), nor user snapshots.
     let stored = store.list(&key).await.map_err(|e| e.to_string())?;
@@ -422,6 +423,14 @@ async fn secondary(
     match todo {
         ReplicaPlan::UpToDate => {}
         ReplicaPlan::Apply(ids) => {
+            // Progress (bytes fetched and applied) shows in status.transfer while it runs.
+            let progress = Progress::new();
+            let total: u64 = ids
+                .iter()
+                .filter_map(|id| remote.iter().find(|(i, _)| i.as_str() == id))
+                .map(|(_, m)| 2 * m.bytes)
+                .sum();
+            let _reporter = report_transfer(env.client, sr, progress.clone(), total);
             for id in ids {
                 let (sid, manifest) = remote
                     .iter()
@@ -429,11 +438,13 @@ async fn secondary(
                     .ok_or("the peer's list changed")?;
                 let local = store.manifest(&key, sid).await.ok();
                 if local.as_ref().map(|m| &m.sha256) != Some(&manifest.sha256) {
-                    peer.download(&store, &key, sid, manifest, &Progress::new())
+                    peer.download(&store, &key, sid, manifest, &progress)
                         .await
                         .map_err(|e| e.to_string())?;
+                } else {
+                    progress.add(usize::try_from(manifest.bytes).unwrap_or(usize::MAX));
                 }
-                let mut applied = apply_stream(&storage, &key, sid, &ds, &Progress::new()).await;
+                let mut applied = apply_stream(&storage, &key, sid, &ds, &progress).await;
                 if let Err(TransferError::Store(StoreError::Corrupt { reason, .. })) = &applied {
                     // Damaged on this disk since it was fetched: never applied; fetch it again.
                     tracing::warn!(project = %key, stream = %sid, %reason, "stored stream is corrupt: fetching it again");
@@ -481,6 +492,7 @@ async fn secondary(
     let stored = store.list(&key).await.map_err(|e| e.to_string())?;
     conditions.extend(forked);
     Ok(json!({
+        "transfer": null,
         "phase": if lag == 0 { "Ready" } else { "Syncing" },
         "appliedSnapshot": snaps.last().map(snapshot_ref),
         "streams": {"count": stored.len(), "bytes": stored.iter().map(|s| s.manifest.bytes).sum::<u64>()},
@@ -596,6 +608,7 @@ async fn restore_from_trash(
 pub async fn purge_trash(
     zfs: &Zfs,
     pool: &PoolName,
+    store: &StreamStore,
     now: chrono::DateTime<Utc>,
 ) -> Result<Vec<DatasetName>, String> {
     let layout = PoolLayout::new(pool.clone());
@@ -614,6 +627,21 @@ pub async fn purge_trash(
                 .is_ok_and(|t| t.with_timezone(&Utc) <= now);
             if due {
                 zfs.destroy(&ds, true).await.map_err(|e| e.to_string())?;
+                // The streams trashed with it (`<store>/.trash/<ns>/<name>-<stamp>`) go too.
+                let rel = ds
+                    .as_str()
+                    .strip_prefix(trash.as_str())
+                    .unwrap_or_default()
+                    .trim_start_matches('/');
+                let dir = store
+                    .root()
+                    .join(crate::streams::store::TRASH_DIR)
+                    .join(rel);
+                if !rel.is_empty() && !rel.contains("..") && dir.is_dir() {
+                    tokio::fs::remove_dir_all(&dir)
+                        .await
+                        .map_err(|e| format!("{}: {e}", dir.display()))?;
+                }
                 purged.push(ds);
             }
         }
@@ -1194,4 +1222,101 @@ fn chown_tree(root: &Path, uid: u32, gid: u32) -> Result<u64, String> {
     std::os::unix::fs::chown(root, Some(uid), Some(gid))
         .map_err(|e| format!("{}: {e}", root.display()))?;
     Ok(changed)
+}
+
+/// Compaction (DESIGN §5.3): when the stored chain grew long or ends in many tiny
+/// increments, writes one full or one larger incremental stream to the newest snapshot, so
+/// the planner's chain gets shorter and the superseded streams are collected.
+async fn compact(
+    storage: &Storage<'_>,
+    key: &ProjectKey,
+    ds: &DatasetName,
+    epoch: u64,
+) -> Result<(), String> {
+    use crate::streams::compaction::{Compaction, CompactionPolicy, decide};
+    let stored = storage.store.list(key).await.map_err(|e| e.to_string())?;
+    let edges: Vec<crate::streams::Edge> = stored
+        .iter()
+        .filter_map(|s| s.manifest.edge(&s.id).ok())
+        .collect();
+    let planned = plan(&edges).map_err(|e| e.to_string())?;
+    let chain: Vec<crate::streams::Edge> = planned
+        .chain
+        .iter()
+        .filter_map(|id| edges.iter().find(|e| &e.id == id).cloned())
+        .collect();
+    let snaps = storage
+        .zfs
+        .snapshots(ds, &[])
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(newest) = snaps.last() else {
+        return Ok(());
+    };
+    if planned.target.as_ref().map(|t| t.guid) != Some(newest.guid) {
+        return Ok(());
+    }
+    let from = match decide(
+        &chain,
+        |g| snaps.iter().any(|s| s.guid == g),
+        &CompactionPolicy::default(),
+    ) {
+        Compaction::Nothing => return Ok(()),
+        Compaction::Full { reason } => {
+            tracing::info!(project = %key, %reason, "compacting: a fresh full stream");
+            None
+        }
+        Compaction::Incremental { from_guid, reason } => {
+            tracing::info!(project = %key, %reason, "compacting: one larger incremental");
+            snaps.iter().find(|s| s.guid == from_guid)
+        }
+    };
+    let from = from
+        .map(|s| ds.snapshot(&s.name))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let to = ds.snapshot(&newest.name).map_err(|e| e.to_string())?;
+    match write_stream(storage, key, &to, from.as_ref(), epoch, &Progress::new()).await {
+        Ok(_) => Ok(()),
+        // Already written by an earlier pass: the planner uses it.
+        Err(TransferError::Store(StoreError::AlreadyExists { .. })) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Patches `status.transfer` of `sr` every second from `progress` until dropped.
+fn report_transfer(
+    client: &Client,
+    sr: &StreamReplica,
+    progress: Progress,
+    total: u64,
+) -> AbortOnDrop {
+    let api: Api<StreamReplica> =
+        Api::namespaced(client.clone(), &sr.namespace().unwrap_or_default());
+    let name = sr.name_any();
+    AbortOnDrop(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let done = progress.bytes().min(total);
+            let patch = json!({"status": {"transfer": {"bytesDone": done, "bytesTotal": total}}});
+            let _ = api
+                .patch_status(
+                    &name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await;
+        }
+    }))
+}
+
+/// A task that stops when this handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
