@@ -850,6 +850,24 @@ async fn s11_delete_trash_restore_purge() {
     })
     .await;
     c.timing("delete with retainDays 0 → purged", t.elapsed());
+    for h in &c.hosts {
+        let trash = c
+            .dir
+            .join("hosts")
+            .join(&h.node)
+            .join("streams")
+            .join(&h.pool)
+            .join(".trash")
+            .join(NS);
+        let left: Vec<_> = std::fs::read_dir(&trash)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            left.is_empty(),
+            "trashed streams left on {}: {left:?}",
+            h.node
+        );
+    }
 }
 
 /// Scenario 12: experimental pools receive no automatic placement; a pinned project lands there.
