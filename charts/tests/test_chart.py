@@ -189,6 +189,11 @@ def test_rbac_is_least_privilege_and_explained():
             for res in ("projects", "storagepools"):
                 check(not (res in r["resources"] and WRITE_VERBS & set(r["verbs"])),
                       f"agent can write {res} specs: {r}")
+    # The test API server enforces the files; the chart must render exactly them.
+    for component in ("controller", "agent"):
+        from_file = yaml.safe_load((CHART / "files" / f"{component}-rules.yaml").read_text())
+        check(rules_of(objs, f"-{component}") == from_file,
+              f"the rendered {component} ClusterRole differs from files/{component}-rules.yaml")
     for name in ("controller-rules.yaml", "agent-rules.yaml"):
         lines = (CHART / "files" / name).read_text().splitlines()
         for i, line in enumerate(lines):
