@@ -351,12 +351,7 @@ async fn s04_catch_up_after_agent_restart() {
     let first = c
         .in_sync(NS, "delta", 3, None, Duration::from_secs(60))
         .await;
-    let sec = c
-        .replicas(NS, "delta")
-        .await
-        .into_iter()
-        .find(|r| r.spec.role == ReplicaRole::Secondary)
-        .unwrap();
+    let sec = c.secondary(NS, "delta").await;
     let host = c.host_of_pool(&sec.spec.pool).node.clone();
     c.kill(&format!("agent-{host}"), true);
     let mount = c.mount_path(NS, "delta").await;
@@ -1174,12 +1169,7 @@ async fn s05_sigkill_mid_transfer_resumes() {
     .await;
     let first = c.in_sync(NS, "big", 2, None, Duration::from_secs(60)).await;
     let primary = c.primary(NS, "big").await;
-    let secondary = c
-        .replicas(NS, "big")
-        .await
-        .into_iter()
-        .find(|r| r.spec.role == ReplicaRole::Secondary)
-        .unwrap();
+    let secondary = c.secondary(NS, "big").await;
     let (p_agent, s_agent) = (
         format!("agent-{}", primary.spec.node),
         format!("agent-{}", secondary.spec.node),
@@ -1300,12 +1290,7 @@ async fn s06_corrupted_stream_is_refetched_never_applied() {
     .await;
     let first = c.in_sync(NS, "cor", 2, None, Duration::from_secs(60)).await;
     let primary = c.primary(NS, "cor").await;
-    let secondary = c
-        .replicas(NS, "cor")
-        .await
-        .into_iter()
-        .find(|r| r.spec.role == ReplicaRole::Secondary)
-        .unwrap();
+    let secondary = c.secondary(NS, "cor").await;
     let s_agent = format!("agent-{}", secondary.spec.node);
     c.kill(&s_agent, true);
     let mount = c.mount_path(NS, "cor").await;

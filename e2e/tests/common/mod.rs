@@ -272,6 +272,15 @@ impl Cluster {
             .expect("a primary")
     }
 
+    /// A secondary replica of a project.
+    pub async fn secondary(&self, ns: &str, name: &str) -> StreamReplica {
+        self.replicas(ns, name)
+            .await
+            .into_iter()
+            .find(|r| r.spec.role == ReplicaRole::Secondary)
+            .expect("a secondary")
+    }
+
     /// The host serving pool `pool` (a StoragePool name).
     pub fn host_of_pool(&self, pool: &str) -> &Host {
         self.hosts

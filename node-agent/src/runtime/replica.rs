@@ -767,11 +767,7 @@ async fn final_snapshot(
 ) -> Result<(), String> {
     let zfs = storage.zfs;
     let snaps = zfs.snapshots(ds, &[]).await.map_err(|e| e.to_string())?;
-    let mut t = Utc::now().timestamp();
-    while snaps.iter().any(|s| s.name == managed_name(t)) {
-        t += 1;
-    }
-    let snap = ds.snapshot(&managed_name(t)).map_err(|e| e.to_string())?;
+    let snap = unused_managed_snapshot(ds, &snaps)?;
     let taken = zfs
         .snapshot_unsaved(ds, &snap)
         .await
@@ -874,18 +870,8 @@ async fn stop_serving(zfs: &Zfs, run_dir: &Path, ds: &DatasetName) -> Result<(),
         .map_err(|e| e.to_string())?
         == "primary"
     {
-        let taken: Vec<String> = zfs
-            .snapshots(ds, &[])
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .map(|s| s.name)
-            .collect();
-        let mut t = Utc::now().timestamp();
-        while taken.contains(&managed_name(t)) {
-            t += 1;
-        }
-        let snap = ds.snapshot(&managed_name(t)).map_err(|e| e.to_string())?;
+        let snaps = zfs.snapshots(ds, &[]).await.map_err(|e| e.to_string())?;
+        let snap = unused_managed_snapshot(ds, &snaps)?;
         if let Some(kept) = zfs
             .snapshot_unsaved(ds, &snap)
             .await
@@ -1319,4 +1305,16 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// A managed snapshot of `ds` named for now, or the next free second when that name is taken.
+fn unused_managed_snapshot(
+    ds: &DatasetName,
+    snaps: &[SnapshotInfo],
+) -> Result<crate::zfs::SnapshotName, String> {
+    let mut t = Utc::now().timestamp();
+    while snaps.iter().any(|s| s.name == managed_name(t)) {
+        t += 1;
+    }
+    ds.snapshot(&managed_name(t)).map_err(|e| e.to_string())
 }
