@@ -20,6 +20,11 @@ fn spec() -> serde_json::Value {
     json!({"quota": "100Mi", "owner": {"uid": 1000, "gid": 1000}})
 }
 
+/// A project spec with this quota and number of copies.
+fn sized(quota: &str, copies: u8) -> serde_json::Value {
+    json!({"quota": quota, "owner": {"uid": 1000, "gid": 1000}, "copies": copies})
+}
+
 /// Scenario 1: create → placed → Ready with 3 copies across both datacenters; kubectl columns.
 #[tokio::test]
 async fn s01_project_lifecycle() {
@@ -250,12 +255,7 @@ async fn s09_s15_move_with_controller_restarts() {
     let Some(c) = Cluster::up("s09-move").await else {
         return;
     };
-    c.create_project(
-        NS,
-        "gamma",
-        json!({"quota": "100Mi", "owner": {"uid": 1000, "gid": 1000}, "copies": 2}),
-    )
-    .await;
+    c.create_project(NS, "gamma", sized("100Mi", 2)).await;
     c.in_sync(NS, "gamma", 2, None, Duration::from_secs(60))
         .await;
     let mount = c.mount_path(NS, "gamma").await;
@@ -290,13 +290,7 @@ async fn s09_s15_move_with_controller_restarts() {
                     c.kill("controller", false);
                 }
                 let p = c.primary(NS, "gamma").await;
-                let st = c
-                    .projects(NS)
-                    .get("gamma")
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .status
-                    .unwrap_or_default();
+                let st = c.project_status(NS, "gamma").await?;
                 if p.spec.pool == target && st.phase == Some(ProjectPhase::Ready) {
                     Ok(p)
                 } else {
@@ -341,12 +335,9 @@ async fn s09_s15_move_with_controller_restarts() {
 /// catches up.
 #[tokio::test]
 async fn s04_catch_up_after_agent_restart() {
-    let Some(c) = Cluster::up("s04-catch-up").await else {
+    let Some(c) = Cluster::up_with_hosts("s04-catch-up").await else {
         return;
     };
-    if !c.is_dev() {
-        return;
-    }
     c.create_project(NS, "delta", spec()).await;
     let first = c
         .in_sync(NS, "delta", 3, None, Duration::from_secs(60))
@@ -372,12 +363,9 @@ async fn s04_catch_up_after_agent_restart() {
 /// the source's owner; the source moves and the mount follows it.
 #[tokio::test]
 async fn s09_mount_follows_a_moved_source() {
-    let Some(c) = Cluster::up("s09-mount").await else {
+    let Some(c) = Cluster::up_with_hosts("s09-mount").await else {
         return;
     };
-    if !c.is_dev() {
-        return;
-    }
     c.create_project(
         NS,
         "src",
@@ -411,13 +399,7 @@ async fn s09_mount_follows_a_moved_source() {
         "mounted from the other host",
         Duration::from_secs(60),
         || async {
-            let st = c
-                .projects(NS)
-                .get("dst")
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .unwrap_or_default();
+            let st = c.project_status(NS, "dst").await?;
             match st.mounts.first() {
                 Some(m) if m.phase == "Mounted" && target.join("readme").exists() => Ok(()),
                 other => Err(format!("{other:?}")),
@@ -455,13 +437,7 @@ async fn s09_mount_follows_a_moved_source() {
         Duration::from_secs(120),
         || async {
             let p = c.primary(NS, "src").await;
-            let st = c
-                .projects(NS)
-                .get("dst")
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .unwrap_or_default();
+            let st = c.project_status(NS, "dst").await?;
             let m = st.mounts.first().cloned().unwrap_or_default();
             let host = &c.host_of_pool(&third).addr;
             let table = std::fs::read_to_string("/proc/self/mounts").unwrap();
@@ -505,12 +481,7 @@ async fn s02_quota() {
     let Some(c) = Cluster::up("s02-quota").await else {
         return;
     };
-    c.create_project(
-        NS,
-        "q",
-        json!({"quota": "8Mi", "owner": {"uid": 1000, "gid": 1000}, "copies": 1}),
-    )
-    .await;
+    c.create_project(NS, "q", sized("8Mi", 1)).await;
     let mount = c.mount_path_when_ready(NS, "q").await;
     let big = random_bytes(12 << 20, 7);
     let err = std::fs::write(mount.join("big"), &big).expect_err("a write past the quota fails");
@@ -595,13 +566,7 @@ async fn s03_snapshots_schedule_retention_and_space_guard() {
     c.snapshot_now(NS, "guard").await;
     let msg = c
         .wait("SnapshotsBlocked", Duration::from_secs(60), || async {
-            let st = c
-                .projects(NS)
-                .get("guard")
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .unwrap_or_default();
+            let st = c.project_status(NS, "guard").await?;
             st.conditions
                 .iter()
                 .find(|c| c.type_ == "SnapshotsBlocked" && c.status == "True")
@@ -679,13 +644,7 @@ async fn s10_close_and_open() {
     c.patch_project(NS, "arch", json!({"spec": {"state": "Closed"}}))
         .await;
     c.wait("Closed", Duration::from_secs(120), || async {
-        let st = c
-            .projects(NS)
-            .get("arch")
-            .await
-            .map_err(|e| e.to_string())?
-            .status
-            .unwrap_or_default();
+        let st = c.project_status(NS, "arch").await?;
         if st.phase == Some(ProjectPhase::Closed) {
             Ok(())
         } else {
@@ -723,12 +682,7 @@ async fn s11_delete_trash_restore_purge() {
     let Some(c) = Cluster::up("s11-trash").await else {
         return;
     };
-    c.create_project(
-        NS,
-        "tr",
-        json!({"quota": "100Mi", "owner": {"uid": 1000, "gid": 1000}, "copies": 2}),
-    )
-    .await;
+    c.create_project(NS, "tr", sized("100Mi", 2)).await;
     c.in_sync(NS, "tr", 2, None, Duration::from_secs(60)).await;
     let mount = c.mount_path(NS, "tr").await;
     std::fs::write(mount.join("keep.txt"), b"undelete me").unwrap();
@@ -780,21 +734,10 @@ async fn s11_delete_trash_restore_purge() {
         "{trashed:?}"
     );
     let t = Instant::now();
-    c.create_project(
-        NS,
-        "tr",
-        json!({"quota": "100Mi", "owner": {"uid": 1000, "gid": 1000}, "copies": 2}),
-    )
-    .await;
+    c.create_project(NS, "tr", sized("100Mi", 2)).await;
     let mount = c
         .wait("restored", Duration::from_secs(60), || async {
-            let st = c
-                .projects(NS)
-                .get("tr")
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .unwrap_or_default();
+            let st = c.project_status(NS, "tr").await?;
             match (
                 st.restored_from,
                 st.phase,
@@ -1029,12 +972,9 @@ async fn s13_bad_input_is_refused() {
 /// nothing into the empty directory.
 #[tokio::test]
 async fn s14_unmounted_pool_filesystem_keeps_the_agent_not_ready() {
-    let Some(c) = Cluster::up("s14-unmounted").await else {
+    let Some(c) = Cluster::up_with_hosts("s14-unmounted").await else {
         return;
     };
-    if !c.is_dev() {
-        return;
-    }
     let h = c.hosts[2].clone();
     let streams = format!("{}/streams", h.pool);
     // A dataset that cannot be mounted (as after a bad import): the agent cannot fix it.
@@ -1155,18 +1095,10 @@ async fn catch_in_flight(dir: &Path, suffix: &str, limit: Duration) -> bool {
 /// while it writes a stream) resume after their restart; nothing partial is ever applied.
 #[tokio::test]
 async fn s05_sigkill_mid_transfer_resumes() {
-    let Some(c) = Cluster::up("s05-sigkill").await else {
+    let Some(c) = Cluster::up_with_hosts("s05-sigkill").await else {
         return;
     };
-    if !c.is_dev() {
-        return;
-    }
-    c.create_project(
-        NS,
-        "big",
-        json!({"quota": "1Gi", "owner": {"uid": 1000, "gid": 1000}, "copies": 2}),
-    )
-    .await;
+    c.create_project(NS, "big", sized("1Gi", 2)).await;
     let first = c.in_sync(NS, "big", 2, None, Duration::from_secs(60)).await;
     let primary = c.primary(NS, "big").await;
     let secondary = c.secondary(NS, "big").await;
@@ -1276,18 +1208,10 @@ async fn s05_sigkill_mid_transfer_resumes() {
 /// never applied.
 #[tokio::test]
 async fn s06_corrupted_stream_is_refetched_never_applied() {
-    let Some(c) = Cluster::up("s06-corrupt").await else {
+    let Some(c) = Cluster::up_with_hosts("s06-corrupt").await else {
         return;
     };
-    if !c.is_dev() {
-        return;
-    }
-    c.create_project(
-        NS,
-        "cor",
-        json!({"quota": "100Mi", "owner": {"uid": 1000, "gid": 1000}, "copies": 2}),
-    )
-    .await;
+    c.create_project(NS, "cor", sized("100Mi", 2)).await;
     let first = c.in_sync(NS, "cor", 2, None, Duration::from_secs(60)).await;
     let primary = c.primary(NS, "cor").await;
     let secondary = c.secondary(NS, "cor").await;
@@ -1350,18 +1274,10 @@ async fn s06_corrupted_stream_is_refetched_never_applied() {
 /// incremental, and the tiny ones are collected.
 #[tokio::test]
 async fn s03b_tiny_increments_are_compacted() {
-    let Some(c) = Cluster::up("s03b-compaction").await else {
+    let Some(c) = Cluster::up_with_hosts("s03b-compaction").await else {
         return;
     };
-    if !c.is_dev() {
-        return;
-    }
-    c.create_project(
-        NS,
-        "cmp",
-        json!({"quota": "10Mi", "owner": {"uid": 1000, "gid": 1000}, "copies": 1}),
-    )
-    .await;
+    c.create_project(NS, "cmp", sized("10Mi", 1)).await;
     let mount = c.mount_path_when_ready(NS, "cmp").await;
     let primary = c.primary(NS, "cmp").await;
     let ds = format!(

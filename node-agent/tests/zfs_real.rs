@@ -40,6 +40,19 @@ impl Host {
             node: node.into(),
         }
     }
+    /// The project `key()` (64 MiB, owner 2001:2002) mounted at the pool's `mnt`.
+    async fn project(&self, zfs: &Zfs) -> (DatasetName, std::path::PathBuf) {
+        let mp = self.pool.path("mnt");
+        let new = NewProject {
+            key: &key(),
+            mountpoint: &mp,
+            quota_bytes: 64 * MIB,
+            uid: 2001,
+            gid: 2002,
+            epoch: 1,
+        };
+        (create_project(zfs, &self.layout, &new).await.unwrap(), mp)
+    }
     fn storage<'a>(&'a self, zfs: &'a Zfs) -> Storage<'a> {
         Storage {
             zfs,
@@ -184,16 +197,7 @@ async fn snapshots_are_listed_held_released_and_destroyed() {
         return;
     };
     let host = Host::new(&zfs, "host-a").await;
-    let mp = host.pool.path("mnt");
-    let new = NewProject {
-        key: &key(),
-        mountpoint: &mp,
-        quota_bytes: 64 * MIB,
-        uid: 2001,
-        gid: 2002,
-        epoch: 1,
-    };
-    let ds = create_project(&zfs, &host.layout, &new).await.unwrap();
+    let (ds, mp) = host.project(&zfs).await;
     let managed = PropertyName::parse("projstore.io:managed").unwrap();
     let s1 = ds.snapshot("s1").unwrap();
     let i1 = zfs
@@ -390,16 +394,7 @@ async fn corrupt_or_truncated_streams_are_refused_before_zfs_sees_them() {
         Host::new(&zfs, "host-a").await,
         Host::new(&zfs, "host-b").await,
     );
-    let mp = a.pool.path("mnt");
-    let new = NewProject {
-        key: &key(),
-        mountpoint: &mp,
-        quota_bytes: 64 * MIB,
-        uid: 2001,
-        gid: 2001,
-        epoch: 1,
-    };
-    let ds = create_project(&zfs, &a.layout, &new).await.unwrap();
+    let (ds, mp) = a.project(&zfs).await;
     write_tree(&mp, 1, 200_000);
     let snap = ds.snapshot("s1").unwrap();
     zfs.snapshot(&snap, &[]).await.unwrap();
@@ -598,16 +593,7 @@ async fn unsaved_writes_are_found_and_kept_in_a_snapshot_and_nothing_else_is() {
         return;
     };
     let host = Host::new(&zfs, "host-a").await;
-    let mp = host.pool.path("mnt");
-    let new = NewProject {
-        key: &key(),
-        mountpoint: &mp,
-        quota_bytes: 64 * MIB,
-        uid: 2001,
-        gid: 2002,
-        epoch: 1,
-    };
-    let ds = create_project(&zfs, &host.layout, &new).await.unwrap();
+    let (ds, mp) = host.project(&zfs).await;
     zfs.set(&ds, &PropertyName::parse("atime").unwrap(), "off")
         .await
         .unwrap();

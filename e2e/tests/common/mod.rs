@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use projstore_api::{Project, ReplicaRole, StoragePool, StreamReplica};
+use projstore_api::{Project, ProjectStatus, ReplicaRole, StoragePool, StreamReplica};
 use projstore_e2e::dev::Host;
 use serde_json::{Value, json};
 
@@ -113,6 +113,12 @@ impl Cluster {
         Some(cluster)
     }
 
+    /// A cluster whose hosts this test reaches (disks, `zfs`, agents to kill): the dev
+    /// cluster; None against a real cluster too.
+    pub async fn up_with_hosts(name: &'static str) -> Option<Self> {
+        Self::up(name).await.filter(Self::is_dev)
+    }
+
     pub fn is_dev(&self) -> bool {
         !self.hosts.is_empty()
     }
@@ -161,6 +167,16 @@ impl Cluster {
                 eprintln!("{l}");
             }
         }
+    }
+
+    /// A Project's status (empty when it has none yet), for [`Cluster::wait`] closures.
+    pub async fn project_status(&self, ns: &str, name: &str) -> Result<ProjectStatus, String> {
+        let p = self
+            .projects(ns)
+            .get(name)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(p.status.unwrap_or_default())
     }
 
     pub fn projects(&self, ns: &str) -> Api<Project> {
