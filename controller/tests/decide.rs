@@ -96,6 +96,15 @@ fn sourced(mut reps: Vec<StreamReplica>) -> Vec<StreamReplica> {
         .map(|a| a.guid.clone());
     for r in reps
         .iter_mut()
+        .filter(|r| r.spec.role == ReplicaRole::Primary)
+    {
+        r.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert("projstore.io/project-generation".into(), "1".into());
+    }
+    for r in reps
+        .iter_mut()
         .filter(|r| r.spec.role == ReplicaRole::Secondary)
     {
         if let Some(g) = &newest {
@@ -600,10 +609,10 @@ fn mounts_point_the_consumer_at_the_sources_primary_and_follow_it() {
     // The source moves to node c: the annotation follows.
     let mut annotated = reps.clone();
     for r in annotated.iter_mut().filter(|r| r.name_any() == primary) {
-        r.metadata.annotations = Some(BTreeMap::from([(
-            "projstore.io/mount-sources".to_owned(),
-            ann.clone(),
-        )]));
+        r.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert("projstore.io/mount-sources".to_owned(), ann.clone());
     }
     let same = decide(&Inputs {
         project: &p,
@@ -664,5 +673,38 @@ fn tombstones_expire_after_their_retention() {
     assert!(
         !tombstone_expired(&t, now() + chrono::Duration::days(2)),
         "owned replicas are not tombstones"
+    );
+}
+
+#[test]
+fn the_primary_is_told_of_project_changes_its_agent_acts_on() {
+    let p = project(json!({}));
+    let reps = placed(&p);
+    let primary = reps
+        .iter()
+        .find(|r| r.spec.role == ReplicaRole::Primary)
+        .unwrap()
+        .name_any();
+    // A new snapshot-now value and a spec change (generation 2) reach the primary's replica,
+    // which its agent watches; the secondaries are left alone.
+    let asked = project(
+        json!({"metadata": {"generation": 2, "annotations": {"projstore.io/snapshot-now": "before-upgrade"}}}),
+    );
+    let d = run(&asked, &reps, &[], &pools());
+    let u = updates(&d);
+    assert_eq!(u.len(), 1, "{u:?}");
+    let (role, epoch, _, ann) = &u[&primary];
+    assert_eq!(
+        (*role, *epoch),
+        (ReplicaRole::Primary, 1),
+        "the spec is kept"
+    );
+    assert_eq!(
+        ann.get("projstore.io/snapshot-now"),
+        Some(&Some("before-upgrade".to_owned()))
+    );
+    assert_eq!(
+        ann.get("projstore.io/project-generation"),
+        Some(&Some("2".to_owned()))
     );
 }

@@ -194,6 +194,9 @@ fn replicas_of(p: &Project) -> Vec<StreamReplica> {
                 "spec": {"project": "thesis", "pool": pool, "node": node, "role": role, "epoch": 1, "state": "Live"},
                 "status": {"phase": "Ready", "appliedSnapshot": {"name": "ps-1", "guid": "1", "createtxg": 1}}
             });
+            if *role == "Primary" {
+                v["metadata"]["annotations"] = json!({"projstore.io/project-generation": "1"});
+            }
             if *role == "Secondary" {
                 v["spec"]["source"] = json!({"pool": "pa", "node": "a", "streamEndpoint": "http://a:7420"});
                 v["metadata"]["annotations"] = json!({"projstore.io/primary-snapshot": "1"});

@@ -604,7 +604,9 @@ async fn s03_snapshots_schedule_retention_and_space_guard() {
         },
     )
     .await;
-    // On schedule: a snapshot appears without being asked for (interval 1 minute).
+    // On schedule: a snapshot appears without being asked for (interval 1 minute) once
+    // something was written since the last one.
+    std::fs::write(sched.join("later"), b"written after the last snapshot").unwrap();
     let before = c
         .primary(NS, "sched")
         .await
@@ -1091,8 +1093,31 @@ async fn catch_in_flight(dir: &Path, suffix: &str, limit: Duration) -> bool {
     false
 }
 
-/// Scenario 5: agents SIGKILLed mid-transfer (the secondary while it downloads, the primary
-/// while it writes a stream) resume after their restart; nothing partial is ever applied.
+/// Polls every 10 ms until a `zfs recv` into `dataset` runs.
+async fn catch_receive(dataset: &str, limit: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        let running = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                    let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+                    args.contains(&b"recv".as_slice()) && args.contains(&dataset.as_bytes())
+                })
+            });
+        if running {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// Scenario 5: agents SIGKILLed mid-transfer (the primary while it writes a stream, the
+/// secondary while it downloads and while `zfs recv` applies) resume after their restart;
+/// nothing partial is ever applied.
 #[tokio::test]
 async fn s05_sigkill_mid_transfer_resumes() {
     let Some(c) = Cluster::up_with_hosts("s05-sigkill").await else {
@@ -1172,9 +1197,25 @@ async fn s05_sigkill_mid_transfer_resumes() {
     c.kill(&s_agent, false);
     println!("[s05] secondary agent killed during a download");
     let t = Instant::now();
-    c.in_sync(NS, "big", 2, Some(&second), Duration::from_secs(180))
+    let third = c
+        .in_sync(NS, "big", 2, Some(&second), Duration::from_secs(180))
         .await;
     c.timing("restart → transfer completed", t.elapsed());
+
+    // The secondary killed while `zfs recv` applies a stream: the receive is cut off.
+    std::fs::write(mount.join("three"), random_bytes(160 << 20, 13)).unwrap();
+    c.snapshot_now(NS, "big").await;
+    let target = format!("{}/projects/{NS}/big", secondary.spec.pool);
+    assert!(
+        catch_receive(&target, Duration::from_secs(120)).await,
+        "never saw the secondary receiving into {target}"
+    );
+    c.kill(&s_agent, false);
+    println!("[s05] secondary agent killed during zfs recv");
+    let t = Instant::now();
+    c.in_sync(NS, "big", 2, Some(&third), Duration::from_secs(180))
+        .await;
+    c.timing("restart → receive completed", t.elapsed());
     for dir in [&p_store, &s_store] {
         for suffix in [".partial", ".download"] {
             assert!(

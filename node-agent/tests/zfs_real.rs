@@ -180,6 +180,32 @@ async fn datasets_are_idempotent_and_a_missing_pool_is_an_error() {
         zfs.destroy(&renamed, false).await.unwrap(),
         Destroyed::AlreadyGone
     );
+    // One listing of everything below, with a user property (unset reads "-").
+    let top = pool.name.dataset("t").unwrap();
+    let (x, y) = (
+        top.child("x").unwrap(),
+        top.child("x").unwrap().child("y").unwrap(),
+    );
+    for d in [&top, &x, &y] {
+        zfs.create(d, &[]).await.unwrap();
+    }
+    let prop = PropertyName::parse("projstore.io:purge-after").unwrap();
+    zfs.set(&y, &prop, "2026-01-01T00:00:00Z").await.unwrap();
+    let ty = PropertyName::parse("type").unwrap();
+    let at = |v: &str| vec![v.to_owned(), "filesystem".to_owned()];
+    assert_eq!(
+        zfs.descendants_with(&top, &[&prop, &ty]).await.unwrap(),
+        [
+            (x.clone(), at("-")),
+            (y.clone(), at("2026-01-01T00:00:00Z"))
+        ]
+    );
+    assert!(
+        zfs.descendants_with(&renamed, &[&prop])
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
     let nowhere = DatasetName::parse("nosuchpool9/a").unwrap();
     assert!(matches!(
         zfs.destroy(&nowhere, false).await,

@@ -27,6 +27,10 @@ pub const HANDOFF_TO: &str = "projstore.io/handoff-to";
 pub const MOVED_FROM: &str = "projstore.io/moved-from";
 /// Annotation on secondaries: the GUID of the primary's newest snapshot (wakes their agent).
 pub const PRIMARY_SNAPSHOT: &str = "projstore.io/primary-snapshot";
+/// Annotation on the primary: the Project's generation, so its agent (which watches only its
+/// replicas) wakes when the Project's spec changes. The Project's `snapshot-now` and
+/// `repair-ownership` annotations are copied next to it for the same reason.
+pub const PROJECT_GENERATION: &str = "projstore.io/project-generation";
 /// Label on StreamReplicas: the Project they belong to.
 pub const PROJECT_LABEL: &str = "projstore.io/project";
 /// Label on StreamReplicas: their pool.
@@ -118,6 +122,25 @@ fn applied_guid(r: &StreamReplica) -> Option<&str> {
         .map(|a| a.guid.as_str())
 }
 
+/// What the primary's replica carries of its Project (see [`PROJECT_GENERATION`]).
+fn primary_echo(p: &Project) -> [(&'static str, Option<String>); 3] {
+    let copied = |k: &str| p.annotations().get(k).cloned();
+    [
+        (
+            PROJECT_GENERATION,
+            p.metadata.generation.map(|g| g.to_string()),
+        ),
+        (
+            projstore_api::SNAPSHOT_NOW_ANNOTATION,
+            copied(projstore_api::SNAPSHOT_NOW_ANNOTATION),
+        ),
+        (
+            projstore_api::REPAIR_OWNERSHIP_ANNOTATION,
+            copied(projstore_api::REPAIR_OWNERSHIP_ANNOTATION),
+        ),
+    ]
+}
+
 fn phase(r: &StreamReplica) -> Option<ReplicaPhase> {
     r.status.as_ref().and_then(|s| s.phase)
 }
@@ -166,6 +189,26 @@ impl Ctx<'_> {
                 spec,
                 annotations,
             });
+        }
+    }
+    /// Sets annotations on `r` alone: folded into an update of `r` already decided, so its
+    /// spec is never written back as it was.
+    fn annotate(&mut self, r: &StreamReplica, annotations: BTreeMap<String, Option<String>>) {
+        if annotations.is_empty() {
+            return;
+        }
+        let name = r.name_any();
+        let earlier = self.changes.iter_mut().rev().find_map(|c| match c {
+            Change::Update {
+                name: n,
+                annotations: a,
+                ..
+            } if *n == name => Some(a),
+            _ => None,
+        });
+        match earlier {
+            Some(a) => a.extend(annotations),
+            None => self.update(r, r.spec.clone(), annotations),
         }
     }
     fn event(&mut self, warning: bool, reason: &'static str, message: String) {
@@ -459,6 +502,12 @@ pub fn decide(inp: &Inputs<'_>) -> Decision {
                 cx.update(r, spec, ann);
             }
         }
+        let echo: BTreeMap<String, Option<String>> = primary_echo(p)
+            .into_iter()
+            .filter(|(k, v)| annotation(pr, k) != v.as_deref())
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        cx.annotate(pr, echo);
     }
 
     let phase = if inp.replicas.is_empty() {

@@ -1,9 +1,11 @@
-//! `projstore-agent run`: the agent on one storage host. Today it keeps the host's
-//! StoragePools, renews the heartbeat Lease, runs the sanity checks, and serves streams.
-//! (Serving replicas — snapshots, replication, mounts — is not built yet; see README.)
+//! `projstore-agent run`: the agent on one storage host. A loop every `interval` renews the
+//! heartbeat Lease (self-fencing when it cannot), keeps the host's StoragePools, runs the
+//! sanity checks, serves streams and the sftp server; the replicas are worked on by
+//! [`schedule`], event-driven, while the checks pass.
 
 pub mod pool;
 pub mod replica;
+pub mod schedule;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,17 +18,21 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
-use projstore_api::{StoragePool, StreamReplica};
+use projstore_api::{ReplicaRole, ReplicaState, StoragePool, StreamReplica};
 
 use crate::layout::PoolLayout;
 use crate::sanity::run_checks;
 use crate::server::{StreamServer, serve};
+use crate::streams::ProjectKey;
 use crate::streams::StreamStore;
-use crate::zfs::{PoolName, Zfs};
+use crate::zfs::{PoolName, PropertyName, Zfs};
 
 /// After this long without renewing its Lease, an agent stops serving read-write: the
 /// controller considers a pool NotReady after 40 s, and fails over only after the grace.
 const LEASE_EXPIRY: Duration = Duration::from_secs(30);
+
+/// How often a pool is kept in full (import, vdevs, properties, layout) when nothing asks.
+const KEEP_EVERY: Duration = Duration::from_secs(300);
 
 /// Field manager of the agent's writes.
 pub const MANAGER: &str = "projstore-agent";
@@ -117,32 +123,10 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
     .for_each(|_| async {});
     let watch = tokio::spawn(watch);
     let _ = store.wait_until_ready().await;
-    // Only this node's replicas: a server-side label selector.
-    let sr_api: Api<StreamReplica> = Api::all(client.clone());
-    let (sr_store, sr_writer) = reflector::store::<StreamReplica>();
-    // A change to one of our replicas (a new role, a new primary snapshot) wakes the loop at
-    // once: replication is event-driven, the interval is only the fallback.
-    let wake = Arc::new(tokio::sync::Notify::new());
-    let woken = wake.clone();
-    let sr_watch = reflector::reflector(
-        sr_writer,
-        watcher(
-            sr_api,
-            watcher::Config::default().labels(&format!(
-                "{}={}",
-                projstore_api::NODE_LABEL,
-                cfg.node_name
-            )),
-        )
-        .default_backoff(),
-    )
-    .applied_objects()
-    .for_each(move |_| {
-        woken.notify_one();
-        async {}
-    });
-    let sr_watch = tokio::spawn(sr_watch);
-    let _ = sr_store.wait_until_ready().await;
+    let zfs_for_replicas = zfs.clone();
+    let replicas =
+        schedule::Replicas::start(client.clone(), cfg.clone(), store.clone(), zfs_for_replicas);
+    let sr_store = replicas.store.clone();
 
     let mut server: Option<Arc<StreamServer>> = None;
     let mut server_task = None;
@@ -151,13 +135,16 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
     let mut renewed = std::time::Instant::now();
     let mut sshd: Option<tokio::process::Child> = None;
     let mut recovered = std::collections::BTreeSet::new();
+    let mut kept: std::collections::HashMap<
+        String,
+        (Option<i64>, std::time::Instant, pool::PoolReport),
+    > = Default::default();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tick.tick() => {}
-            _ = wake.notified() => {}
         }
         match heartbeat(&client, &cfg).await {
             Ok(()) => renewed = std::time::Instant::now(),
@@ -166,6 +153,7 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
         // Self-fencing: once our Lease may have expired, the controller may promote another
         // copy; stop serving read-write before that can happen (DESIGN §6 invariant 2).
         if renewed.elapsed() > LEASE_EXPIRY {
+            replicas.close();
             if let Some(z) = &zfs {
                 replica::fence_all(z, &sr_store.state(), &store.state(), &cfg).await;
             }
@@ -181,11 +169,22 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
             .collect();
         let mut all_ok = !mine.is_empty();
         for sp in &mine {
-            let report = match &zfs {
-                Some(z) => pool::keep(z, sp, &cfg.streams_root)
+            // The whole pool (import, vdevs, properties, layout) is kept when its spec
+            // changed, after a failed check, and every few minutes; the checks run every tick.
+            let key = sp.name_any();
+            let fresh = kept
+                .get(&key)
+                .filter(|(generation, at, _)| {
+                    *generation == sp.metadata.generation && at.elapsed() < KEEP_EVERY
+                })
+                .map(|(_, _, r)| r.clone());
+            let refreshed = fresh.is_none();
+            let report = match (&zfs, fresh) {
+                (Some(_), Some(r)) => Ok(r),
+                (Some(z), None) => pool::keep(z, sp, &cfg.streams_root)
                     .await
                     .map_err(|e| e.to_string()),
-                None => Err("ZFS is not usable on this host".to_owned()),
+                (None, _) => Err("ZFS is not usable on this host".to_owned()),
             };
             let layout = PoolName::parse(&sp.spec.pool_name)
                 .ok()
@@ -202,7 +201,18 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
                 }
                 None => Vec::new(),
             };
-            all_ok &= report.is_ok() && checks.iter().all(|c| c.ok);
+            let pool_ok = report.is_ok() && checks.iter().all(|c| c.ok);
+            all_ok &= pool_ok;
+            match (&report, pool_ok) {
+                (Ok(r), true) if refreshed => {
+                    let now = std::time::Instant::now();
+                    kept.insert(key, (sp.metadata.generation, now, r.clone()));
+                }
+                (Ok(_), true) => {}
+                _ => {
+                    kept.remove(&key);
+                }
+            }
             // Crash leftovers, once per pool after a start: half-written streams and
             // interrupted receives go (their sources are intact); downloads are resumed.
             if let (Some(z), Ok(_), Some(l), true) = (
@@ -301,59 +311,91 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
             }
         }
         // Replicas only once the sanity checks pass: never write into an unmounted pool.
-        if let (Some(zfs), true) = (&zfs, all_ok) {
-            let all_pools = store.state();
-            let env = replica::ReplicaEnv {
-                zfs,
-                client: &client,
-                node: &cfg.node_name,
-                projects_root: &cfg.projects_root,
-                streams_root: &cfg.streams_root,
-                token: &cfg.token,
-                run_dir: &cfg.run_dir,
-                keys: cfg.ssh_dir.as_ref().map(|_| crate::mounts::SshKeys {
-                    dir: cfg.run_dir.join("ssh"),
-                }),
-                pools: &all_pools,
-            };
-            for sr in sr_store.state() {
-                let Some(pool) = mine
-                    .iter()
-                    .find(|p| p.name_any() == sr.spec.pool)
-                    .and_then(|p| PoolName::parse(&p.spec.pool_name).ok())
-                else {
-                    continue;
-                };
-                let status = replica::reconcile(&env, &sr, &pool).await;
-                let current = serde_json::to_value(&sr.status).unwrap_or_default();
-                if !same_status(&current, &status) {
-                    let api: Api<StreamReplica> =
-                        Api::namespaced(client.clone(), &sr.namespace().unwrap_or_default());
-                    if let Err(e) = api
-                        .patch_status(
-                            &sr.name_any(),
-                            &PatchParams::default(),
-                            &Patch::Merge(&serde_json::json!({"status": status})),
-                        )
-                        .await
-                    {
-                        tracing::warn!(replica = %sr.name_any(), error = %e, "cannot write replica status");
-                    }
+        if all_ok {
+            replicas.open();
+            if let Some(z) = &zfs {
+                for sp in &mine {
+                    poke_changed_usage(z, sp, &sr_store.state(), &replicas).await;
                 }
             }
+        } else {
+            replicas.close();
         }
     }
+    // Work in progress on a replica (a receive, a stream) finishes; no new work starts.
+    replicas.stop().await;
     // Clean shutdown: the mounts this agent made go first (sshd stops when dropped).
     for m in crate::mounts::release_under(&cfg.projects_root, &cfg.run_dir).await {
         tracing::info!(mount = %m.display(), "unmounted at shutdown");
     }
     drop(sshd);
     watch.abort();
-    sr_watch.abort();
     if let Some(t) = server_task {
         t.abort();
     }
     Ok(())
+}
+
+/// Pokes the primaries on pool `sp` whose space use differs from what their status says (a
+/// user writing, snapshots growing as data changes): one `zfs list` for the whole pool.
+async fn poke_changed_usage(
+    zfs: &Zfs,
+    sp: &StoragePool,
+    replicas: &[Arc<StreamReplica>],
+    scheduler: &schedule::Replicas,
+) {
+    let Ok(layout) = PoolName::parse(&sp.spec.pool_name).map(PoolLayout::new) else {
+        return;
+    };
+    let (Ok(projects), Ok(referenced), Ok(by_snapshots)) = (
+        layout.projects(),
+        PropertyName::parse("referenced"),
+        PropertyName::parse("usedbysnapshots"),
+    ) else {
+        return;
+    };
+    let listed = match zfs
+        .descendants_with(&projects, &[&referenced, &by_snapshots])
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::debug!(pool = %sp.name_any(), error = %e, "cannot list project usage");
+            return;
+        }
+    };
+    let usage: std::collections::HashMap<&str, &[String]> = listed
+        .iter()
+        .map(|(ds, v)| (ds.as_str(), v.as_slice()))
+        .collect();
+    for sr in replicas.iter().filter(|r| {
+        r.spec.pool == sp.name_any()
+            && r.spec.role == ReplicaRole::Primary
+            && r.spec.state == ReplicaState::Live
+    }) {
+        let Ok(key) = ProjectKey::new(&sr.namespace().unwrap_or_default(), &sr.spec.project) else {
+            continue;
+        };
+        let Some(now) = layout
+            .project(&key)
+            .ok()
+            .and_then(|ds| usage.get(ds.as_str()).copied())
+        else {
+            continue;
+        };
+        let st = sr.status.as_ref();
+        if st.and_then(|s| s.phase) == Some(projstore_api::ReplicaPhase::Error) {
+            continue; // retried on its backoff
+        }
+        let reported = [
+            st.and_then(|s| s.used_bytes),
+            st.and_then(|s| s.snapshot_used_bytes),
+        ];
+        let seen = [now[0].parse().ok(), now[1].parse().ok()];
+        if reported != seen {
+            scheduler.poke(sr);
+        }
+    }
 }
 
 async fn shutdown_signal() {

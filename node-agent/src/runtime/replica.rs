@@ -45,7 +45,14 @@ pub struct ReplicaEnv<'a> {
     pub keys: Option<crate::mounts::SshKeys>,
     /// Every StoragePool (to find where a mounted source project is served).
     pub pools: &'a [std::sync::Arc<projstore_api::StoragePool>],
+    /// Per primary dataset: when a scheduled snapshot last found nothing written (no snapshot
+    /// was taken; the next check is one interval later).
+    pub quiet: &'a std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
+
+/// What a pass over a replica asks of the scheduler: the time until it has work of its own
+/// (a primary's next snapshot), or None when only a change to the replica makes work.
+pub type Due = Option<std::time::Duration>;
 
 fn p(name: &str) -> Result<PropertyName, String> {
     PropertyName::parse(name).map_err(|e| e.to_string())
@@ -75,16 +82,20 @@ fn snapshot_ref(s: &SnapshotInfo) -> Value {
     json!({"name": s.name, "guid": s.guid.to_string(), "createtxg": s.createtxg, "time": Time(t)})
 }
 
-/// One pass over replica `sr` on pool `pool`; returns the status to write.
-pub async fn reconcile(env: &ReplicaEnv<'_>, sr: &StreamReplica, pool: &PoolName) -> Value {
+/// One pass over replica `sr` on pool `pool`; returns the status to write, and when the
+/// replica has work of its own next.
+pub async fn reconcile(env: &ReplicaEnv<'_>, sr: &StreamReplica, pool: &PoolName) -> (Value, Due) {
     let prev = sr.status.clone().unwrap_or_default();
     let result = match (sr.spec.state, sr.spec.role) {
         (ReplicaState::Live, ReplicaRole::Primary) => primary(env, sr, pool).await,
-        (ReplicaState::Live, ReplicaRole::Secondary) => secondary(env, sr, pool).await,
-        (ReplicaState::Trashed, _) => trash(env, sr, pool).await,
-        (ReplicaState::Archived, role) => archive(env, sr, pool, role).await,
+        (ReplicaState::Live, ReplicaRole::Secondary) => {
+            secondary(env, sr, pool).await.map(|s| (s, None))
+        }
+        (ReplicaState::Trashed, _) => trash(env, sr, pool).await.map(|s| (s, None)),
+        (ReplicaState::Archived, role) => archive(env, sr, pool, role).await.map(|s| (s, None)),
     };
-    match result {
+    let due = result.as_ref().ok().and_then(|(_, d)| *d);
+    let status = match result.map(|(s, _)| s) {
         Ok(mut status) => {
             status["observedGeneration"] = json!(sr.metadata.generation);
             let ready = status["phase"] == "Ready";
@@ -107,14 +118,15 @@ pub async fn reconcile(env: &ReplicaEnv<'_>, sr: &StreamReplica, pool: &PoolName
             "conditions": [cond("Ready", false, "Error", e.clone(), &prev.conditions)],
             })
         }
-    }
+    };
+    (status, due)
 }
 
 async fn primary(
     env: &ReplicaEnv<'_>,
     sr: &StreamReplica,
     pool: &PoolName,
-) -> Result<Value, String> {
+) -> Result<(Value, Due), String> {
     let ns = sr.namespace().unwrap_or_default();
     let key = ProjectKey::new(&ns, &sr.spec.project)?;
     let project = Api::<Project>::namespaced(env.client.clone(), &ns)
@@ -135,20 +147,38 @@ async fn primary(
     let mountpoint = env.projects_root.join(&ns).join(&sr.spec.project);
     let quota = projstore_api::units::quantity_bytes(&project.spec.quota.0)
         .ok_or("quota is not a quantity")?;
-    if zfs.exists(&ds).await.map_err(|e| e.to_string())? {
+    // What the pass reads of the dataset, in one call; written only where it differs.
+    let read = || {
+        zfs.get_props(
+            &ds,
+            &[
+                PROP_EPOCH,
+                PROP_ROLE,
+                PROP_SNAPSHOT_NOW,
+                "readonly",
+                "mountpoint",
+                "mounted",
+                "refquota",
+                "referenced",
+                "usedbysnapshots",
+            ],
+        )
+    };
+    let fenced = |have: &std::collections::BTreeMap<String, String>| {
         // Fencing: never serve a dataset written under a newer epoch than ours.
-        let seen: u64 = zfs
-            .property(&ds, &p(PROP_EPOCH)?)
-            .await
-            .map_err(|e| e.to_string())?
-            .parse()
+        let seen: u64 = have
+            .get(PROP_EPOCH)
+            .and_then(|e| e.parse().ok())
             .unwrap_or(0);
-        if seen > sr.spec.epoch {
+        (seen > sr.spec.epoch).then(|| format!(
+            "the dataset was written under epoch {seen}, newer than this replica's {}: not serving it",
+            sr.spec.epoch
+        ))
+    };
+    if zfs.exists(&ds).await.map_err(|e| e.to_string())? {
+        if let Some(e) = fenced(&read().await.map_err(|e| e.to_string())?) {
             let _ = stop_writes(zfs, env.run_dir, &ds).await;
-            return Err(format!(
-                "the dataset was written under epoch {seen}, newer than this replica's {}: not serving it",
-                sr.spec.epoch
-            ));
+            return Err(e);
         }
     } else if restore_from_trash(zfs, &layout, &store, &key, &ds).await? {
         tracing::info!(project = %key, "restored from the trash");
@@ -177,29 +207,33 @@ async fn primary(
         }
     }
     if let Some(to) = sr.annotations().get(HANDOFF_TO) {
-        return hand_off(&storage, env.run_dir, sr, &key, &ds, to).await;
+        return Ok((
+            hand_off(&storage, env.run_dir, sr, &key, &ds, to).await?,
+            None,
+        ));
     }
-    zfs.set(&ds, &p(PROP_EPOCH)?, &sr.spec.epoch.to_string())
-        .await
-        .map_err(|e| e.to_string())?;
-    zfs.set(&ds, &p(PROP_ROLE)?, "primary")
-        .await
-        .map_err(|e| e.to_string())?;
-    zfs.set(&ds, &p("readonly")?, "off")
-        .await
-        .map_err(|e| e.to_string())?;
+    let have = read().await.map_err(|e| e.to_string())?;
+    if let Some(e) = fenced(&have) {
+        let _ = stop_writes(zfs, env.run_dir, &ds).await;
+        return Err(e);
+    }
     let mp = mountpoint.to_str().ok_or("projects root is not UTF-8")?;
-    if zfs
-        .property(&ds, &p("mountpoint")?)
-        .await
-        .map_err(|e| e.to_string())?
-        != mp
-    {
-        zfs.set(&ds, &p("mountpoint")?, mp)
-            .await
-            .map_err(|e| e.to_string())?;
+    let epoch = sr.spec.epoch.to_string();
+    for (prop, want) in [
+        (PROP_EPOCH, epoch.as_str()),
+        (PROP_ROLE, "primary"),
+        ("readonly", "off"),
+        ("mountpoint", mp),
+    ] {
+        if have.get(prop).map(String::as_str) != Some(want) {
+            zfs.set(&ds, &p(prop)?, want)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
     }
-    zfs.mount(&ds).await.map_err(|e| e.to_string())?;
+    if have.get("mounted").map(String::as_str) != Some("yes") {
+        zfs.mount(&ds).await.map_err(|e| e.to_string())?;
+    }
     let (uid, gid) = (project.spec.owner.uid, project.spec.owner.gid);
     let root = mountpoint.clone();
     let _ =
@@ -234,16 +268,7 @@ async fn primary(
             &prev.conditions,
         ));
     }
-    let props = zfs
-        .get_props(&ds, &["refquota", "referenced", "usedbysnapshots", "used"])
-        .await
-        .map_err(|e| e.to_string())?;
-    let num = |k: &str| {
-        props
-            .get(k)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let num = |k: &str| have.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     if num("refquota") != quota {
         if quota < num("referenced") {
             conditions.push(cond(
@@ -272,17 +297,27 @@ async fn primary(
         .annotations()
         .get(projstore_api::SNAPSHOT_NOW_ANNOTATION)
         .cloned();
-    let handled = zfs
-        .property(&ds, &p(PROP_SNAPSHOT_NOW)?)
-        .await
-        .map_err(|e| e.to_string())?;
-    let last = snaps
-        .iter()
-        .filter(|s| is_managed(&s.name))
-        .map(|s| s.creation)
-        .max();
+    let handled = have.get(PROP_SNAPSHOT_NOW).cloned().unwrap_or_default();
+    let interval = i64::from(policy.interval_minutes) * 60;
+    let quiet = |env: &ReplicaEnv<'_>| {
+        env.quiet
+            .lock()
+            .map(|q| q.get(ds.as_str()).copied())
+            .unwrap_or_default()
+    };
+    // The last scheduled check: the newest managed snapshot, or a check that found nothing
+    // written since the newest snapshot.
+    let checked = |snaps: &[SnapshotInfo], env: &ReplicaEnv<'_>| {
+        snaps
+            .iter()
+            .filter(|s| is_managed(&s.name))
+            .map(|s| s.creation)
+            .chain(quiet(env))
+            .max()
+    };
     let on_demand = asked.as_ref().is_some_and(|a| *a != handled);
-    let due = on_demand || snapshot_due(last, now, i64::from(policy.interval_minutes) * 60, None);
+    let scheduled = snapshot_due(checked(&snaps, env), now, interval, None);
+    let due = on_demand || scheduled;
     conditions.push(cond(
         "SnapshotsBlocked",
         blocked,
@@ -295,7 +330,12 @@ async fn primary(
         &prev.conditions,
     ));
     if due && !blocked && !snaps.iter().any(|s| s.name == managed_name(now)) {
-        snapshot_and_stream(&storage, &key, &ds, sr.spec.epoch).await?;
+        // On schedule only when something was written since the newest snapshot; on demand
+        // always.
+        let taken = snapshot_and_stream(&storage, &key, &ds, sr.spec.epoch, on_demand).await?;
+        if !taken && let Ok(mut q) = env.quiet.lock() {
+            q.insert(ds.as_str().to_owned(), now);
+        }
         if let Some(a) = &asked {
             zfs.set(&ds, &p(PROP_SNAPSHOT_NOW)?, a)
                 .await
@@ -349,7 +389,12 @@ async fn primary(
     }
     let snaps = zfs.snapshots(&ds, &[]).await.map_err(|e| e.to_string())?;
     let bytes: u64 = stored.iter().map(|s| s.manifest.bytes).sum();
-    Ok(json!({
+    // The next scheduled check; retention ages with it.
+    let next = checked(&snaps, env).map_or(0, |t| t + interval - Utc::now().timestamp());
+    let due = Some(std::time::Duration::from_secs(
+        next.clamp(1, interval).unsigned_abs(),
+    ));
+    let status = json!({
         "phase": "Ready",
         "appliedSnapshot": snaps.last().map(snapshot_ref),
         "streams": {"count": stored.len(), "bytes": bytes},
@@ -361,7 +406,8 @@ async fn primary(
         "mountPath": mp,
         "mounts": mounts,
         "conditions": conditions,
-    }))
+    });
+    Ok((status, due))
 }
 
 async fn secondary(
@@ -418,8 +464,10 @@ async fn secondary(
         // forks/ and sync afresh. Nothing is destroyed.
         let fork = fork(zfs, env.run_dir, &layout, &store, &key, &ds, &remote).await?;
         tracing::warn!(project = %key, fork = %fork, "diverged history preserved; re-syncing from the primary");
+        exists = false;
         todo = plan_for_replica(&edges, None).map_err(|e| e.to_string())?;
     }
+    let received = !matches!(todo, ReplicaPlan::UpToDate);
     match todo {
         ReplicaPlan::UpToDate => {}
         ReplicaPlan::Apply(ids) => {
@@ -465,17 +513,30 @@ async fn secondary(
         }
     }
     let forked = forks_condition(zfs, &layout, &key, &prev.conditions).await;
-    if zfs.exists(&ds).await.map_err(|e| e.to_string())? {
-        zfs.set(&ds, &p(PROP_EPOCH)?, &sr.spec.epoch.to_string())
+    let exists = if received {
+        zfs.exists(&ds).await.map_err(|e| e.to_string())?
+    } else {
+        exists
+    };
+    if exists {
+        let have = zfs
+            .get_props(&ds, &[PROP_EPOCH, PROP_ROLE])
             .await
             .map_err(|e| e.to_string())?;
-        zfs.set(&ds, &p(PROP_ROLE)?, "secondary")
-            .await
-            .map_err(|e| e.to_string())?;
-        // A copy just received (or re-synced after a fork) is read-only from the start.
-        stop_serving(zfs, env.run_dir, &ds).await?;
+        let epoch = sr.spec.epoch.to_string();
+        for (prop, want) in [(PROP_EPOCH, epoch.as_str()), (PROP_ROLE, "secondary")] {
+            if have.get(prop).map(String::as_str) != Some(want) {
+                zfs.set(&ds, &p(prop)?, want)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        if received {
+            // A copy just received (or re-synced after a fork) is read-only from the start.
+            stop_serving(zfs, env.run_dir, &ds).await?;
+        }
     }
-    let snaps = if zfs.exists(&ds).await.map_err(|e| e.to_string())? {
+    let snaps = if exists {
         zfs.snapshots(&ds, &[]).await.map_err(|e| e.to_string())?
     } else {
         Vec::new()
@@ -613,37 +674,37 @@ pub async fn purge_trash(
 ) -> Result<Vec<DatasetName>, String> {
     let layout = PoolLayout::new(pool.clone());
     let trash = layout.trash().map_err(|e| e.to_string())?;
-    if !zfs.exists(&trash).await.map_err(|e| e.to_string())? {
-        return Ok(Vec::new());
-    }
+    let listed = match zfs.descendants_with(&trash, &[&p(PROP_PURGE_AFTER)?]).await {
+        Err(e) if e.is_not_found() => return Ok(Vec::new()),
+        other => other.map_err(|e| e.to_string())?,
+    };
     let mut purged = Vec::new();
-    for ns in zfs.children(&trash).await.map_err(|e| e.to_string())? {
-        for ds in zfs.children(&ns).await.map_err(|e| e.to_string())? {
-            let after = zfs
-                .property(&ds, &p(PROP_PURGE_AFTER)?)
-                .await
-                .map_err(|e| e.to_string())?;
-            let due = chrono::DateTime::parse_from_rfc3339(&after)
+    // `trash/<ns>/<name>-<stamp>`: two levels below the trash (the namespaces carry no time).
+    let depth = |ds: &DatasetName| ds.as_str().matches('/').count();
+    let top = depth(&trash);
+    for (ds, after) in listed {
+        let after = after.concat();
+        let due = depth(&ds) == top + 2
+            && chrono::DateTime::parse_from_rfc3339(&after)
                 .is_ok_and(|t| t.with_timezone(&Utc) <= now);
-            if due {
-                zfs.destroy(&ds, true).await.map_err(|e| e.to_string())?;
-                // The streams trashed with it (`<store>/.trash/<ns>/<name>-<stamp>`) go too.
-                let rel = ds
-                    .as_str()
-                    .strip_prefix(trash.as_str())
-                    .unwrap_or_default()
-                    .trim_start_matches('/');
-                let dir = store
-                    .root()
-                    .join(crate::streams::store::TRASH_DIR)
-                    .join(rel);
-                if !rel.is_empty() && !rel.contains("..") && dir.is_dir() {
-                    tokio::fs::remove_dir_all(&dir)
-                        .await
-                        .map_err(|e| format!("{}: {e}", dir.display()))?;
-                }
-                purged.push(ds);
+        if due {
+            zfs.destroy(&ds, true).await.map_err(|e| e.to_string())?;
+            // The streams trashed with it (`<store>/.trash/<ns>/<name>-<stamp>`) go too.
+            let rel = ds
+                .as_str()
+                .strip_prefix(trash.as_str())
+                .unwrap_or_default()
+                .trim_start_matches('/');
+            let dir = store
+                .root()
+                .join(crate::streams::store::TRASH_DIR)
+                .join(rel);
+            if !rel.is_empty() && !rel.contains("..") && dir.is_dir() {
+                tokio::fs::remove_dir_all(&dir)
+                    .await
+                    .map_err(|e| format!("{}: {e}", dir.display()))?;
             }
+            purged.push(ds);
         }
     }
     Ok(purged)
@@ -812,23 +873,31 @@ async fn stream_newest(
     Ok(())
 }
 
-/// Takes a managed snapshot of `ds` now and writes its stream.
+/// Takes a managed snapshot of `ds` now and writes its stream; unless `always`, only when
+/// something was written since the newest snapshot. Says whether one was taken.
 async fn snapshot_and_stream(
     storage: &Storage<'_>,
     key: &ProjectKey,
     ds: &DatasetName,
     epoch: u64,
-) -> Result<(), String> {
+    always: bool,
+) -> Result<bool, String> {
     let snap = ds
         .snapshot(&managed_name(Utc::now().timestamp()))
         .map_err(|e| e.to_string())?;
-    storage
-        .zfs
-        .snapshot(&snap, &[])
-        .await
-        .map_err(|e| e.to_string())?;
-    crate::metrics::add(&crate::metrics::METRICS.snapshots_taken, 1);
-    stream_newest(storage, key, ds, epoch).await
+    let zfs = storage.zfs;
+    let taken = if always {
+        zfs.snapshot(&snap, &[]).await.map(Some)
+    } else {
+        zfs.snapshot_unsaved(ds, &snap).await
+    }
+    .map_err(|e| e.to_string())?
+    .is_some();
+    if taken {
+        crate::metrics::add(&crate::metrics::METRICS.snapshots_taken, 1);
+        stream_newest(storage, key, ds, epoch).await?;
+    }
+    Ok(taken)
 }
 
 /// A primary being moved away (`projstore.io/handoff-to`): stop writes (unmount), take the

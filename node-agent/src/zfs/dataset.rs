@@ -282,35 +282,60 @@ impl Zfs {
         Ok(())
     }
 
+    /// Every filesystem below `ds` (not `ds` itself) with the values of `props`, in one call.
+    pub async fn descendants_with(
+        &self,
+        ds: &DatasetName,
+        props: &[&PropertyName],
+    ) -> Result<Vec<(DatasetName, Vec<String>)>, ZfsError> {
+        self.filesystems_below(ds, props, None).await
+    }
+
     /// The direct child filesystems of `ds`.
     pub async fn children(&self, ds: &DatasetName) -> Result<Vec<DatasetName>, ZfsError> {
-        let what = format!("list children of {ds}");
-        let out = self
-            .zfs(
-                &what,
-                args([
-                    "list",
-                    "-H",
-                    "-o",
-                    "name",
-                    "-t",
-                    "filesystem",
-                    "-d",
-                    "1",
-                    "-r",
-                    ds.as_str(),
-                ]),
-            )
-            .await?;
-        out.lines()
-            .filter(|l| !l.is_empty() && *l != ds.as_str())
-            .map(|l| {
-                DatasetName::parse(l).map_err(|source| ZfsError::InvalidName {
-                    what: what.clone(),
-                    source,
-                })
-            })
-            .collect()
+        let found = self.filesystems_below(ds, &[], Some(1)).await?;
+        Ok(found.into_iter().map(|(name, _)| name).collect())
+    }
+
+    /// `zfs list -r` below `ds` (down to `depth` levels), with the values of `props`.
+    async fn filesystems_below(
+        &self,
+        ds: &DatasetName,
+        props: &[&PropertyName],
+        depth: Option<u32>,
+    ) -> Result<Vec<(DatasetName, Vec<String>)>, ZfsError> {
+        let what = format!("list filesystems below {ds}");
+        let cols = std::iter::once("name")
+            .chain(props.iter().map(|p| p.as_str()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut a = args(["list", "-H", "-o", &cols, "-t", "filesystem", "-r"]);
+        if let Some(d) = depth {
+            a.extend(["-d".into(), d.to_string().into()]);
+        }
+        a.push(ds.as_str().into());
+        let out = self.zfs(&what, a).await?;
+        let mut found = Vec::new();
+        for line in out.lines().filter(|l| !l.is_empty()) {
+            let mut cells = line.split('\t');
+            let name = cells.next().unwrap_or_default();
+            let values: Vec<String> = cells.map(str::to_owned).collect();
+            if values.len() != props.len() {
+                return Err(ZfsError::Parse {
+                    what,
+                    detail: format!("{} columns expected in {line:?}", props.len() + 1),
+                });
+            }
+            if name == ds.as_str() {
+                continue;
+            }
+            let name = DatasetName::parse(name).map_err(|source| ZfsError::InvalidName {
+                what: what.clone(),
+                source,
+            })?;
+            found.push((name, values));
+        }
+        Ok(found)
     }
 
     /// Takes snapshot `snap` (with user properties `props`) and returns what identifies it.

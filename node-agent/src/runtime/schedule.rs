@@ -1,0 +1,299 @@
+//! When the agent works on its StreamReplicas: event-driven, never polled.
+//!
+//! A replica is reconciled when it changes (spec, labels, annotations: not its status, which
+//! the agent writes itself), when it asked to be (a primary's next scheduled snapshot), after
+//! a failure with a growing backoff, when the space its dataset uses changed (one `zfs list`
+//! per pool and tick finds those), once an hour as a resync, and all of them whenever the
+//! agent opens again for work (sanity checks passing, heartbeat renewed). The controller
+//! turns what the agent must act on into changes of its replicas: the primary's newest
+//! snapshot for secondaries, the Project's generation and on-demand annotations for the
+//! primary. At most [`CONCURRENCY`] replicas are worked on at once, never one twice.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::channel::{mpsc, oneshot};
+use futures::{StreamExt, TryStreamExt, stream};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Config as ApplierConfig, applier};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use projstore_api::{StoragePool, StreamReplica};
+use serde_json::Value;
+
+use super::{Config, replica};
+use crate::zfs::{PoolName, Zfs};
+
+/// Replicas worked on at once: a long receive never holds up a primary's snapshot.
+pub const CONCURRENCY: u16 = 4;
+/// A replica with nothing due is still looked at this often.
+pub const RESYNC: Duration = Duration::from_secs(3600);
+/// Backoff after the first failure; doubles per failure up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(2);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+struct Shared {
+    client: Client,
+    cfg: Config,
+    pools: Store<StoragePool>,
+    zfs: Option<Zfs>,
+    /// Work is allowed: sanity checks pass and the heartbeat is fresh.
+    open: AtomicBool,
+    /// Consecutive failed passes per replica (`ns/name`).
+    failures: Mutex<HashMap<String, u32>>,
+    quiet: Mutex<HashMap<String, i64>>,
+}
+
+/// The replica scheduler of one agent.
+pub struct Replicas {
+    /// This node's replicas (server-side label selector `projstore.io/node=<node>`).
+    pub store: Store<StreamReplica>,
+    shared: Arc<Shared>,
+    everything: mpsc::UnboundedSender<()>,
+    pokes: mpsc::UnboundedSender<ObjectRef<StreamReplica>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Replicas {
+    /// Starts watching this node's replicas; no work is done until [`Replicas::open`].
+    pub fn start(client: Client, cfg: Config, pools: Store<StoragePool>, zfs: Option<Zfs>) -> Self {
+        let (store, writer) = reflector::store::<StreamReplica>();
+        let selector = format!("{}={}", projstore_api::NODE_LABEL, cfg.node_name);
+        let mut seen: HashMap<ObjectRef<StreamReplica>, u64> = HashMap::new();
+        let changes = reflector::reflector(
+            writer,
+            watcher(
+                Api::<StreamReplica>::all(client.clone()),
+                watcher::Config::default().labels(&selector),
+            )
+            .default_backoff(),
+        )
+        .applied_objects()
+        .try_filter_map(move |sr| {
+            let key = ObjectRef::from_obj(&sr);
+            let print = fingerprint(&sr);
+            let changed = seen.insert(key.clone(), print) != Some(print);
+            futures::future::ready(Ok(changed.then_some(key)))
+        });
+        let (everything, all_rx) = mpsc::unbounded::<()>();
+        let all_of = store.clone();
+        let all = all_rx
+            .flat_map(move |()| {
+                stream::iter(
+                    all_of
+                        .state()
+                        .iter()
+                        .map(|sr| ObjectRef::from_obj(&**sr))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .map(Ok);
+        let (pokes, poked) = mpsc::unbounded::<ObjectRef<StreamReplica>>();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let queue = stream::select(stream::select(changes, all), poked.map(Ok)).take_until(stopped);
+        let shared = Arc::new(Shared {
+            client,
+            cfg,
+            pools,
+            zfs,
+            open: AtomicBool::new(false),
+            failures: Mutex::default(),
+            quiet: Mutex::default(),
+        });
+        let work = applier(
+            |sr, sh| Box::pin(reconcile(sr, sh)),
+            |_, never: &Infallible, _| match *never {},
+            shared.clone(),
+            store.clone(),
+            queue,
+            ApplierConfig::default().concurrency(CONCURRENCY),
+        )
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "replica scheduler");
+            }
+        });
+        Self {
+            store,
+            shared,
+            everything,
+            pokes,
+            stop: Some(stop),
+            task: tokio::spawn(work),
+        }
+    }
+
+    /// Work may start: every replica is looked at once now, then as events say.
+    pub fn open(&self) {
+        if !self.shared.open.swap(true, Ordering::SeqCst) {
+            let _ = self.everything.unbounded_send(());
+        }
+    }
+
+    /// Looks at `sr` now: something the agent sees outside the replica object changed (the
+    /// space its dataset uses).
+    pub fn poke(&self, sr: &StreamReplica) {
+        let _ = self.pokes.unbounded_send(ObjectRef::from_obj(sr));
+    }
+
+    /// No new work (a pass already running finishes).
+    pub fn close(&self) {
+        self.shared.open.store(false, Ordering::SeqCst);
+    }
+
+    /// Stops taking work and waits for passes in progress (a receive, a stream write) to end.
+    pub async fn stop(mut self) {
+        self.close();
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if tokio::time::timeout(Duration::from_secs(120), &mut self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("replica work still running after 120 s: leaving it to crash recovery");
+            self.task.abort();
+        }
+    }
+}
+
+/// What of a replica the agent acts on: everything but its status.
+fn fingerprint(sr: &StreamReplica) -> u64 {
+    let m = &sr.metadata;
+    let what = serde_json::to_string(&(&sr.spec, &m.annotations, &m.labels, &m.deletion_timestamp))
+        .unwrap_or_default();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    what.hash(&mut h);
+    h.finish()
+}
+
+fn backoff(failures: u32) -> Duration {
+    FIRST_BACKOFF
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF)
+}
+
+/// Whether a status asks for another try soon (an error, a copy behind, a mount not made).
+fn unsettled(status: &Value) -> bool {
+    let phase = status["phase"].as_str().unwrap_or_default();
+    let mount_failed = status["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Mounted" && c["status"] == "False")
+    });
+    phase == "Error" || phase == "Syncing" || mount_failed
+}
+
+async fn reconcile(sr: Arc<StreamReplica>, sh: Arc<Shared>) -> Result<Action, Infallible> {
+    let (Some(zfs), true) = (&sh.zfs, sh.open.load(Ordering::SeqCst)) else {
+        // Opening again looks at every replica.
+        return Ok(Action::await_change());
+    };
+    let cfg = &sh.cfg;
+    let key = format!("{}/{}", sr.namespace().unwrap_or_default(), sr.name_any());
+    let pools = sh.pools.state();
+    let pool = pools
+        .iter()
+        .find(|p| p.spec.node_name == cfg.node_name && p.name_any() == sr.spec.pool)
+        .and_then(|p| PoolName::parse(&p.spec.pool_name).ok());
+    let (status, due) = match pool {
+        Some(pool) => {
+            let env = replica::ReplicaEnv {
+                zfs,
+                client: &sh.client,
+                node: &cfg.node_name,
+                projects_root: &cfg.projects_root,
+                streams_root: &cfg.streams_root,
+                token: &cfg.token,
+                run_dir: &cfg.run_dir,
+                keys: cfg.ssh_dir.as_ref().map(|_| crate::mounts::SshKeys {
+                    dir: cfg.run_dir.join("ssh"),
+                }),
+                pools: &pools,
+                quiet: &sh.quiet,
+            };
+            replica::reconcile(&env, &sr, &pool).await
+        }
+        None => (
+            serde_json::json!({"phase": "Error", "lastError": format!("pool {} is not one of this node's", sr.spec.pool)}),
+            None,
+        ),
+    };
+    let current = serde_json::to_value(&sr.status).unwrap_or_default();
+    if !super::same_status(&current, &status) {
+        let api: Api<StreamReplica> =
+            Api::namespaced(sh.client.clone(), &sr.namespace().unwrap_or_default());
+        if let Err(e) = api
+            .patch_status(
+                &sr.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&serde_json::json!({ "status": status })),
+            )
+            .await
+        {
+            tracing::warn!(replica = %key, error = %e, "cannot write replica status");
+        }
+    }
+    let mut failures = sh.failures.lock().unwrap_or_else(|p| p.into_inner());
+    let next = if unsettled(&status) {
+        let n = failures.entry(key).or_default();
+        *n = n.saturating_add(1);
+        backoff(*n)
+    } else {
+        failures.remove(&key);
+        due.unwrap_or(RESYNC).min(RESYNC)
+    };
+    Ok(Action::requeue(next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        assert_eq!(backoff(1), Duration::from_secs(2));
+        assert_eq!(backoff(2), Duration::from_secs(4));
+        assert_eq!(backoff(5), Duration::from_secs(32));
+        assert_eq!(backoff(40), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn only_what_the_agent_acts_on_changes_the_fingerprint() {
+        let sr: StreamReplica = serde_json::from_value(serde_json::json!({
+            "apiVersion": "projstore.io/v1alpha1", "kind": "StreamReplica",
+            "metadata": {"name": "p-a", "namespace": "ns", "resourceVersion": "1"},
+            "spec": {"project": "p", "pool": "a", "node": "n", "role": "Secondary", "epoch": 1},
+        }))
+        .unwrap();
+        let mut status_only = sr.clone();
+        status_only.metadata.resource_version = Some("2".into());
+        status_only.status = serde_json::from_value(serde_json::json!({"phase": "Ready"})).unwrap();
+        assert_eq!(fingerprint(&sr), fingerprint(&status_only));
+        let mut annotated = sr.clone();
+        annotated.metadata.annotations =
+            Some([("projstore.io/primary-snapshot".to_owned(), "42".to_owned())].into());
+        assert_ne!(fingerprint(&sr), fingerprint(&annotated));
+        let mut promoted = sr.clone();
+        promoted.spec.role = projstore_api::ReplicaRole::Primary;
+        assert_ne!(fingerprint(&sr), fingerprint(&promoted));
+    }
+
+    #[test]
+    fn errors_behind_copies_and_failed_mounts_are_retried() {
+        assert!(unsettled(&serde_json::json!({"phase": "Error"})));
+        assert!(unsettled(&serde_json::json!({"phase": "Syncing"})));
+        assert!(unsettled(
+            &serde_json::json!({"phase": "Ready", "conditions": [{"type": "Mounted", "status": "False"}]})
+        ));
+        assert!(!unsettled(
+            &serde_json::json!({"phase": "Ready", "conditions": [{"type": "Mounted", "status": "True"}]})
+        ));
+        assert!(!unsettled(&serde_json::json!({"phase": "Trashed"})));
+    }
+}
