@@ -115,7 +115,8 @@ fn main() {
         .trim()
         .parse()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(15));
+    // Settling: space accounting of the new datasets catches up (each primary looked at once).
+    std::thread::sleep(Duration::from_secs(45));
     let rss_kib = proc_field(pid, "status", "VmRSS:");
     println!(
         "agent resident memory with {n} projects: {:.1} MiB (goal < 64 MiB for 1,000) [VmRSS of the host-a agent after all Ready]",

@@ -191,17 +191,32 @@ async fn datasets_are_idempotent_and_a_missing_pool_is_an_error() {
     }
     let prop = PropertyName::parse("projstore.io:purge-after").unwrap();
     zfs.set(&y, &prop, "2026-01-01T00:00:00Z").await.unwrap();
+    zfs.snapshot(&y.snapshot("s").unwrap(), &[]).await.unwrap(); // never listed
     let ty = PropertyName::parse("type").unwrap();
     let at = |v: &str| vec![v.to_owned(), "filesystem".to_owned()];
     assert_eq!(
-        zfs.descendants_with(&top, &[&prop, &ty]).await.unwrap(),
+        zfs.descendants_with(&top, &[&prop, &ty], None)
+            .await
+            .unwrap(),
         [
             (x.clone(), at("-")),
             (y.clone(), at("2026-01-01T00:00:00Z"))
         ]
     );
+    // Sizes in bytes on every implementation (zfs-fuse's `zfs list` has no `-p`).
+    let referenced = PropertyName::parse("referenced").unwrap();
+    let sizes = zfs
+        .descendants_with(&top, &[&referenced], Some(1))
+        .await
+        .unwrap();
+    assert_eq!(sizes.len(), 1, "one level down: {sizes:?}");
     assert!(
-        zfs.descendants_with(&renamed, &[&prop])
+        sizes.iter().all(|(_, v)| v[0].parse::<u64>().is_ok()),
+        "{sizes:?}"
+    );
+    assert_eq!(zfs.children(&top).await.unwrap(), std::slice::from_ref(&x));
+    assert!(
+        zfs.descendants_with(&renamed, &[&prop], None)
             .await
             .unwrap_err()
             .is_not_found()

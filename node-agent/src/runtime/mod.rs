@@ -31,6 +31,10 @@ use crate::zfs::{PoolName, PropertyName, Zfs};
 /// controller considers a pool NotReady after 40 s, and fails over only after the grace.
 const LEASE_EXPIRY: Duration = Duration::from_secs(30);
 
+/// How often the space the projects use is compared with their status (one `zfs get` per
+/// pool).
+const USAGE_SWEEP: Duration = Duration::from_secs(30);
+
 /// How often a pool is kept in full (import, vdevs, properties, layout) when nothing asks.
 const KEEP_EVERY: Duration = Duration::from_secs(300);
 
@@ -135,6 +139,7 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
     let mut renewed = std::time::Instant::now();
     let mut sshd: Option<tokio::process::Child> = None;
     let mut recovered = std::collections::BTreeSet::new();
+    let mut swept = std::time::Instant::now();
     let mut kept: std::collections::HashMap<
         String,
         (Option<i64>, std::time::Instant, pool::PoolReport),
@@ -313,7 +318,10 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
         // Replicas only once the sanity checks pass: never write into an unmounted pool.
         if all_ok {
             replicas.open();
-            if let Some(z) = &zfs {
+            if let Some(z) = &zfs
+                && swept.elapsed() >= USAGE_SWEEP
+            {
+                swept = std::time::Instant::now();
                 for sp in &mine {
                     poke_changed_usage(z, sp, &sr_store.state(), &replicas).await;
                 }
@@ -355,7 +363,7 @@ async fn poke_changed_usage(
         return;
     };
     let listed = match zfs
-        .descendants_with(&projects, &[&referenced, &by_snapshots])
+        .descendants_with(&projects, &[&referenced, &by_snapshots], Some(2))
         .await
     {
         Ok(l) => l,

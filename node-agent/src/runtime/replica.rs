@@ -674,7 +674,10 @@ pub async fn purge_trash(
 ) -> Result<Vec<DatasetName>, String> {
     let layout = PoolLayout::new(pool.clone());
     let trash = layout.trash().map_err(|e| e.to_string())?;
-    let listed = match zfs.descendants_with(&trash, &[&p(PROP_PURGE_AFTER)?]).await {
+    let listed = match zfs
+        .descendants_with(&trash, &[&p(PROP_PURGE_AFTER)?], Some(2))
+        .await
+    {
         Err(e) if e.is_not_found() => return Ok(Vec::new()),
         other => other.map_err(|e| e.to_string())?,
     };

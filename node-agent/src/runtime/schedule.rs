@@ -33,6 +33,8 @@ use crate::zfs::{PoolName, Zfs};
 pub const CONCURRENCY: u16 = 4;
 /// A replica with nothing due is still looked at this often.
 pub const RESYNC: Duration = Duration::from_secs(3600);
+/// A replica is poked (looked at for a change outside its object) at most this often.
+pub const POKE_EVERY: Duration = Duration::from_secs(30);
 /// Backoff after the first failure; doubles per failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -56,6 +58,7 @@ pub struct Replicas {
     shared: Arc<Shared>,
     everything: mpsc::UnboundedSender<()>,
     pokes: mpsc::UnboundedSender<ObjectRef<StreamReplica>>,
+    poked: Mutex<HashMap<ObjectRef<StreamReplica>, std::time::Instant>>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -124,6 +127,7 @@ impl Replicas {
             shared,
             everything,
             pokes,
+            poked: Mutex::default(),
             stop: Some(stop),
             task: tokio::spawn(work),
         }
@@ -138,8 +142,19 @@ impl Replicas {
 
     /// Looks at `sr` now: something the agent sees outside the replica object changed (the
     /// space its dataset uses).
+    /// At most once per [`POKE_EVERY`] per replica, whatever the caller sees.
     pub fn poke(&self, sr: &StreamReplica) {
-        let _ = self.pokes.unbounded_send(ObjectRef::from_obj(sr));
+        let key = ObjectRef::from_obj(sr);
+        let mut last = self.poked.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if last
+            .get(&key)
+            .is_some_and(|t| now.duration_since(*t) < POKE_EVERY)
+        {
+            return;
+        }
+        last.insert(key.clone(), now);
+        let _ = self.pokes.unbounded_send(key);
     }
 
     /// No new work (a pass already running finishes).

@@ -282,13 +282,16 @@ impl Zfs {
         Ok(())
     }
 
-    /// Every filesystem below `ds` (not `ds` itself) with the values of `props`, in one call.
+    /// The filesystems below `ds` (not `ds` itself, down to `depth` levels) with the values of
+    /// `props`, in one call. A depth also keeps the snapshots of the deepest level out of what
+    /// `zfs` reads.
     pub async fn descendants_with(
         &self,
         ds: &DatasetName,
         props: &[&PropertyName],
+        depth: Option<u32>,
     ) -> Result<Vec<(DatasetName, Vec<String>)>, ZfsError> {
-        self.filesystems_below(ds, props, None).await
+        self.filesystems_below(ds, props, depth).await
     }
 
     /// The direct child filesystems of `ds`.
@@ -297,7 +300,9 @@ impl Zfs {
         Ok(found.into_iter().map(|(name, _)| name).collect())
     }
 
-    /// `zfs list -r` below `ds` (down to `depth` levels), with the values of `props`.
+    /// The filesystems below `ds` (down to `depth` levels), with the values of `props`:
+    /// `zfs get -Hp -r`, as `zfs list` has no `-p` and `zfs get` no `-t` on every
+    /// implementation (zfs-fuse); snapshots are left out by their type.
     async fn filesystems_below(
         &self,
         ds: &DatasetName,
@@ -305,35 +310,39 @@ impl Zfs {
         depth: Option<u32>,
     ) -> Result<Vec<(DatasetName, Vec<String>)>, ZfsError> {
         let what = format!("list filesystems below {ds}");
-        let cols = std::iter::once("name")
+        let wanted = std::iter::once("type")
             .chain(props.iter().map(|p| p.as_str()))
             .collect::<Vec<_>>()
             .join(",");
-        let mut a = args(["list", "-H", "-o", &cols, "-t", "filesystem", "-r"]);
+        let mut a = args(["get", "-Hp", "-r"]);
         if let Some(d) = depth {
             a.extend(["-d".into(), d.to_string().into()]);
         }
+        a.extend(["-o".into(), "name,property,value".into(), wanted.into()]);
         a.push(ds.as_str().into());
         let out = self.zfs(&what, a).await?;
+        let rows = parse::parse_get(&out).map_err(|detail| ZfsError::Parse {
+            what: what.clone(),
+            detail,
+        })?;
         let mut found = Vec::new();
-        for line in out.lines().filter(|l| !l.is_empty()) {
-            let mut cells = line.split('\t');
-            let name = cells.next().unwrap_or_default();
-            let values: Vec<String> = cells.map(str::to_owned).collect();
-            if values.len() != props.len() {
-                return Err(ZfsError::Parse {
-                    what,
-                    detail: format!("{} columns expected in {line:?}", props.len() + 1),
-                });
-            }
-            if name == ds.as_str() {
+        for (name, values) in parse::group(rows) {
+            if name == ds.as_str() || values.get("type").map(String::as_str) != Some("filesystem") {
                 continue;
             }
-            let name = DatasetName::parse(name).map_err(|source| ZfsError::InvalidName {
+            let row = props
+                .iter()
+                .map(|p| values.get(p.as_str()).cloned())
+                .collect::<Option<Vec<String>>>()
+                .ok_or_else(|| ZfsError::Parse {
+                    what: what.clone(),
+                    detail: format!("{name}: a property is missing from the output"),
+                })?;
+            let name = DatasetName::parse(&name).map_err(|source| ZfsError::InvalidName {
                 what: what.clone(),
                 source,
             })?;
-            found.push((name, values));
+            found.push((name, row));
         }
         Ok(found)
     }
