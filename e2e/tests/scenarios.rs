@@ -1137,9 +1137,9 @@ async fn s05_sigkill_mid_transfer_resumes() {
     std::fs::write(mount.join("one"), random_bytes(160 << 20, 11)).unwrap();
     c.snapshot_now(NS, "big").await;
     let p_store = store_dir(&c, &primary.spec.pool, "big");
-    assert!(
+    c.check(
         catch_in_flight(&p_store, ".partial", Duration::from_secs(60)).await,
-        "never saw the primary writing a stream"
+        "never saw the primary writing a stream",
     );
     c.kill(&p_agent, false);
     println!("[s05] primary agent killed during a stream write");
@@ -1190,9 +1190,9 @@ async fn s05_sigkill_mid_transfer_resumes() {
     .await;
     c.release(&s_agent);
     let s_store = store_dir(&c, &secondary.spec.pool, "big");
-    assert!(
+    c.check(
         catch_in_flight(&s_store, ".download", Duration::from_secs(60)).await,
-        "never saw the secondary downloading"
+        "never saw the secondary downloading",
     );
     c.kill(&s_agent, false);
     println!("[s05] secondary agent killed during a download");
@@ -1205,10 +1205,13 @@ async fn s05_sigkill_mid_transfer_resumes() {
     // The secondary killed while `zfs recv` applies a stream: the receive is cut off.
     std::fs::write(mount.join("three"), random_bytes(160 << 20, 13)).unwrap();
     c.snapshot_now(NS, "big").await;
-    let target = format!("{}/projects/{NS}/big", secondary.spec.pool);
-    assert!(
+    let target = format!(
+        "{}/projects/{NS}/big",
+        c.host_of_pool(&secondary.spec.pool).pool
+    );
+    c.check(
         catch_receive(&target, Duration::from_secs(120)).await,
-        "never saw the secondary receiving into {target}"
+        &format!("never saw the secondary receiving into {target}"),
     );
     c.kill(&s_agent, false);
     println!("[s05] secondary agent killed during zfs recv");
@@ -1241,6 +1244,15 @@ async fn s05_sigkill_mid_transfer_resumes() {
         assert!(
             staged.lines().all(|l| l.matches('/').count() <= 2),
             "a partial receive is visible: {staged}"
+        );
+    }
+    // The killed agents' sshd outlived them; the restarted agents stopped it and serve sftp.
+    for agent in [&p_agent, &s_agent] {
+        let log = std::fs::read_to_string(c.dir.join("logs").join(format!("{agent}.log"))).unwrap();
+        let served = log.matches("sftp server started").count();
+        assert!(
+            served >= 2 && !log.contains("cannot start the sftp server"),
+            "{agent} did not serve sftp again after its restart ({served} starts)"
         );
     }
 }

@@ -156,10 +156,7 @@ fn stop_stale_sshd(pid_file: &Path, config: &Path) {
         return;
     };
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let ours = cmdline
-        .split(|b| *b == 0)
-        .any(|arg| arg == config.as_os_str().as_encoded_bytes());
-    if ours {
+    if started_with(&cmdline, config) {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status();
@@ -171,6 +168,16 @@ fn stop_stale_sshd(pid_file: &Path, config: &Path) {
         }
     }
     let _ = std::fs::remove_file(pid_file);
+}
+
+/// Whether a process command line (`/proc/PID/cmdline`) is an sshd started with `config`.
+/// sshd rewrites its title to `sshd: /usr/sbin/sshd -D -e -f CONFIG [listener] …`, one
+/// string: the path is looked for as a whole word, in either form.
+fn started_with(cmdline: &[u8], config: &Path) -> bool {
+    let config = config.as_os_str().as_encoded_bytes();
+    cmdline
+        .split(|b| *b == 0 || *b == b' ')
+        .any(|word| word == config)
 }
 
 /// One wanted mount on the consumer's primary host.
@@ -457,6 +464,19 @@ mod tests {
         for bad in ["", "../x", "a/../../x", "/etc", "a\0b"] {
             assert!(safe_relative(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn an_orphaned_sshd_is_recognised_by_its_config_also_after_it_renamed_itself() {
+        let config = Path::new("/run/projstore/sshd_config");
+        // Debian 12's sshd as a listener (its title rewritten), and as first started.
+        let titled = b"sshd: /usr/sbin/sshd -D -e -f /run/projstore/sshd_config [listener] 0 of 10-100 startups\0";
+        let plain = b"/usr/sbin/sshd\0-D\0-e\0-f\0/run/projstore/sshd_config\0";
+        assert!(started_with(titled, config));
+        assert!(started_with(plain, config));
+        let other = b"sshd: /usr/sbin/sshd -D -f /run/projstore/sshd_config.old [listener]\0";
+        assert!(!started_with(other, config));
+        assert!(!started_with(b"", config));
     }
 
     #[test]

@@ -155,6 +155,14 @@ impl Cluster {
         }
     }
 
+    /// Asserts `ok`; when it fails, the processes' logs are printed first.
+    pub fn check(&self, ok: bool, what: &str) {
+        if !ok {
+            self.dump_logs();
+            panic!("[{}] {what}", self.name);
+        }
+    }
+
     pub fn dump_logs(&self) {
         let Ok(entries) = std::fs::read_dir(self.dir.join("logs")) else {
             return;
@@ -401,6 +409,21 @@ impl Drop for Cluster {
             let _ = std::fs::copy(&used, rbac_usage_dir().join(format!("{}.jsonl", self.name)));
             let denied =
                 std::fs::read_to_string(self.dir.join("rbac-denied.jsonl")).unwrap_or_default();
+            if std::thread::panicking() {
+                // The processes' logs outlive a failed scenario, for the one who looks into it.
+                let kept = std::env::temp_dir()
+                    .join("projstore-e2e-failed")
+                    .join(self.name);
+                let _ = std::fs::create_dir_all(&kept);
+                for e in std::fs::read_dir(self.dir.join("logs"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let _ = std::fs::copy(e.path(), kept.join(e.file_name()));
+                }
+                eprintln!("[{}] logs kept in {}", self.name, kept.display());
+            }
             let _ = Command::new(DEV)
                 .args(["down", "--state-dir"])
                 .arg(&self.dir)

@@ -503,7 +503,8 @@ async fn secondary(
                         .map_err(|e| e.to_string())?;
                     applied = apply_stream(&storage, &key, sid, &ds, &Progress::new()).await;
                 }
-                applied.map_err(|e| e.to_string())?;
+                let applied = applied.map_err(|e| e.to_string())?;
+                tracing::info!(project = %key, stream = %sid, snapshot = %applied.name, "stream applied");
             }
         }
         ReplicaPlan::Diverged => {
@@ -870,9 +871,10 @@ async fn stream_newest(
         .transpose()
         .map_err(|e| e.to_string())?;
     let to = ds.snapshot(&newest.name).map_err(|e| e.to_string())?;
-    write_stream(storage, key, &to, from.as_ref(), epoch, &Progress::new())
+    let written = write_stream(storage, key, &to, from.as_ref(), epoch, &Progress::new())
         .await
         .map_err(|e| e.to_string())?;
+    tracing::info!(project = %key, stream = %written.id, bytes = written.manifest.bytes, "stream written");
     Ok(())
 }
 
@@ -898,6 +900,7 @@ async fn snapshot_and_stream(
     .is_some();
     if taken {
         crate::metrics::add(&crate::metrics::METRICS.snapshots_taken, 1);
+        tracing::info!(project = %key, %snap, "snapshot taken");
         stream_newest(storage, key, ds, epoch).await?;
     }
     Ok(taken)
