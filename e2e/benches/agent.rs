@@ -2,7 +2,8 @@
 //! resident memory of the agent serving N projects (goal under 64 MiB for 1,000), its idle
 //! CPU over a minute (goal under 1% of a core), and the time from a snapshot on a primary to
 //! its application on a secondary for a small stream (goal under 2 s).
-//! `PROJSTORE_BENCH_PROJECTS` sets N (default 1000). Needs the workspace's binaries built.
+//! `PROJSTORE_BENCH_PROJECTS` sets N (default 1000; 950 where zfs-fuse is the ZFS, which
+//! serves at most 1,000 mounted filesystems). Needs the workspace's binaries built.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark binary
 
@@ -40,11 +41,36 @@ fn cpu_ticks(pid: u32) -> (u64, u64) {
     (own, own + field(13) + field(14))
 }
 
+/// Projects measured when zfs-fuse (not OpenZFS) is the ZFS here.
+const ZFS_FUSE_PROJECTS: usize = 950;
+
+/// Whether the zfs-fuse daemon runs on this machine.
+fn zfs_fuse_runs() -> bool {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "zfs-fuse")
+        })
+}
+
 fn main() {
-    let n: usize = std::env::var("PROJSTORE_BENCH_PROJECTS")
+    let n: usize = match std::env::var("PROJSTORE_BENCH_PROJECTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    {
+        Some(n) => n,
+        None if zfs_fuse_runs() => {
+            // zfs-fuse serves at most 1,000 mounted filesystems per daemon (MAX_FILESYSTEMS
+            // in its fuse_listener.c), the two pools' own filesystems included.
+            println!(
+                "zfs-fuse serves this machine's pools: {ZFS_FUSE_PROJECTS} projects instead of 1,000 (PROJSTORE_BENCH_PROJECTS overrides)"
+            );
+            ZFS_FUSE_PROJECTS
+        }
+        None => 1000,
+    };
     let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug");
     let dev = bin.join("projstore-dev");
     assert!(
@@ -95,14 +121,19 @@ fn main() {
             .filter(|l| l.contains(" Ready "))
             .count()
     };
+    // Fails when no project became Ready for five minutes (a stuck host), not after an hour.
+    let (mut last, mut moved) = (0, Instant::now());
     loop {
         let r = ready(&kc);
         if r >= n {
             break;
         }
+        if r > last {
+            (last, moved) = (r, Instant::now());
+        }
         assert!(
-            t.elapsed() < Duration::from_secs(3600),
-            "only {r}/{n} Ready after an hour"
+            moved.elapsed() < Duration::from_secs(300),
+            "only {r}/{n} Ready, none more for five minutes"
         );
         std::thread::sleep(Duration::from_secs(5));
     }

@@ -672,3 +672,48 @@ async fn unsaved_writes_are_found_and_kept_in_a_snapshot_and_nothing_else_is() {
         );
     }
 }
+
+/// zfs-fuse corrupts its own mount hand-off when two mounts run at once and then serves no
+/// FUSE request again (see `zfs::MOUNT_LOCK`); many concurrent creates through the driver
+/// must leave every new filesystem usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_mounts_at_once_leave_zfs_serving() {
+    let Some(zfs) = zfs_or_skip("many_mounts_at_once_leave_zfs_serving").await else {
+        return;
+    };
+    let pool = TestPool::new(&zfs, 256 * MIB).await;
+    let mountpoint = PropertyName::parse("mountpoint").unwrap();
+    // Three waves of 32: the race needs two hand-offs to meet, so give it many chances.
+    let creates = (0..96).map(|i| {
+        let (zfs, mountpoint) = (zfs.clone(), mountpoint.clone());
+        let ds = pool.name.dataset(&format!("m{i}")).unwrap();
+        let mp = pool.path(&format!("m{i}"));
+        tokio::spawn(async move {
+            zfs.create(&ds, &[(mountpoint, mp.display().to_string())])
+                .await
+                .unwrap();
+            mp
+        })
+    });
+    let mounts: Vec<_> = futures::future::join_all(creates)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    // A wedged zfs-fuse blocks file access forever: look in a thread, with a deadline.
+    let look = std::thread::spawn(move || {
+        for mp in &mounts {
+            std::fs::write(mp.join("f"), b"x").unwrap();
+            assert_eq!(std::fs::read(mp.join("f")).unwrap(), b"x");
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !look.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "zfs-fuse stopped answering file access after concurrent mounts"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    look.join().unwrap();
+}

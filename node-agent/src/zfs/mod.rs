@@ -102,12 +102,89 @@ impl Zfs {
 
     /// Runs `zfs ARGS`, returning stdout; a non-zero exit is classified from stderr.
     async fn zfs(&self, what: &str, args: Vec<OsString>) -> Result<String, ZfsError> {
+        let _lock = self.mount_lock(what, Tool::Zfs, &args).await?;
         run(what, &self.zfs, args).await
     }
 
     /// Runs `zpool ARGS`, returning stdout.
     async fn zpool(&self, what: &str, args: Vec<OsString>) -> Result<String, ZfsError> {
+        let _lock = self.mount_lock(what, Tool::Zpool, &args).await?;
         run(what, &self.zpool, args).await
+    }
+
+    /// On zfs-fuse, the machine-wide mount lock while a command that may mount runs (None
+    /// elsewhere, or when the command mounts nothing). See [`MOUNT_LOCK`].
+    async fn mount_lock(
+        &self,
+        what: &str,
+        tool: Tool,
+        args: &[OsString],
+    ) -> Result<Option<std::fs::File>, ZfsError> {
+        if self.caps.implementation != caps::Implementation::ZfsFuse || !may_mount(tool, args) {
+            return Ok(None);
+        }
+        lock_mounts()
+            .await
+            .map(Some)
+            .map_err(|source| ZfsError::Io {
+                what: format!("{what}: lock {MOUNT_LOCK}"),
+                source,
+            })
+    }
+}
+
+/// zfs-fuse hands each new mount to its FUSE listener with two unlocked writes into one pipe:
+/// two mounts at once (from any process) can interleave them, after which the listener waits
+/// forever for a garbage length while holding its lock, and no FUSE request of any pool is
+/// served again. Every command that may mount takes this file lock (`flock`) first, on this
+/// machine, whichever process runs it. OpenZFS needs none.
+pub const MOUNT_LOCK: &str = "/run/projstore-zfs-fuse-mount.lock";
+
+/// Takes [`MOUNT_LOCK`]; held until the returned file is dropped.
+pub async fn lock_mounts() -> std::io::Result<std::fs::File> {
+    tokio::task::spawn_blocking(lock_mounts_blocking)
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// [`lock_mounts`] for callers outside an async runtime (test tools).
+pub fn lock_mounts_blocking() -> std::io::Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(MOUNT_LOCK)?;
+    f.lock()?;
+    Ok(f)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tool {
+    Zfs,
+    Zpool,
+}
+
+/// Whether `zfs`/`zpool` with these arguments may mount a filesystem.
+fn may_mount(tool: Tool, args: &[OsString]) -> bool {
+    let arg = |s: &str| args.iter().any(|a| a == s);
+    let mount_property = args.iter().any(|a| {
+        let a = a.to_string_lossy();
+        ["mountpoint", "canmount"]
+            .iter()
+            .any(|p| a == *p || a.starts_with(&format!("{p}=")))
+    });
+    let sub = args
+        .first()
+        .map(|a| a.to_string_lossy())
+        .unwrap_or_default();
+    match tool {
+        Tool::Zpool => matches!(sub.as_ref(), "create" | "import"),
+        Tool::Zfs => match sub.as_ref() {
+            "create" | "mount" | "clone" | "rename" | "promote" | "rollback" => true,
+            "recv" | "receive" => !arg("-u"),
+            "set" | "inherit" => mount_property,
+            _ => false,
+        },
     }
 }
 
@@ -164,4 +241,41 @@ where
     S: Into<OsString>,
 {
     items.into_iter().map(Into::into).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn commands_that_may_mount_are_told_apart() {
+        for a in [
+            &["create", "-p", "p/a"][..],
+            &["mount", "p/a"],
+            &["rename", "p/a", "p/b"],
+            &["recv", "p/a"],
+            &["set", "mountpoint=/x", "p/a"],
+            &["set", "canmount=on", "p/a"],
+            &["inherit", "mountpoint", "p/a"],
+        ] {
+            assert!(may_mount(Tool::Zfs, &v(a)), "{a:?}");
+        }
+        for a in [
+            &["get", "-Hp", "mountpoint", "p/a"][..],
+            &["recv", "-u", "p/a"],
+            &["set", "refquota=1G", "p/a"],
+            &["snapshot", "p/a@s"],
+            &["destroy", "-r", "p/a"],
+            &["unmount", "p/a"],
+        ] {
+            assert!(!may_mount(Tool::Zfs, &v(a)), "{a:?}");
+        }
+        assert!(may_mount(Tool::Zpool, &v(&["create", "p", "/img"])));
+        assert!(may_mount(Tool::Zpool, &v(&["import", "-d", "/d", "p"])));
+        assert!(!may_mount(Tool::Zpool, &v(&["list", "-H"])));
+    }
 }

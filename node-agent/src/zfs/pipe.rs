@@ -116,6 +116,8 @@ impl Zfs {
             a.push("-u".into());
         }
         a.push(target.as_str().into());
+        // A receive that mounts holds zfs-fuse's mount lock throughout.
+        let _lock = self.mount_lock(&what, super::Tool::Zfs, &a).await?;
         let mut child = self.spawn(&what, &self.zfs, a, Stdio::piped(), Stdio::null())?;
         let mut stdin = child
             .stdin
