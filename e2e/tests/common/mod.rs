@@ -114,9 +114,17 @@ impl Cluster {
     }
 
     /// A cluster whose hosts this test reaches (disks, `zfs`, agents to kill): the dev
-    /// cluster; None against a real cluster too.
+    /// cluster; None against a real cluster too, said on the test's output.
     pub async fn up_with_hosts(name: &'static str) -> Option<Self> {
-        Self::up(name).await.filter(Self::is_dev)
+        let c = Self::up(name).await?;
+        if !c.is_dev() {
+            println!(
+                "[{name}] NOT RUN against {}: it reaches into the hosts (disks, zfs, agent processes), which only the dev cluster allows",
+                c.kubeconfig.display()
+            );
+            return None;
+        }
+        Some(c)
     }
 
     pub fn is_dev(&self) -> bool {
