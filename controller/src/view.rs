@@ -42,6 +42,8 @@ pub struct PoolView {
     /// Since when the pool is not Ready (its Ready condition's transition time).
     pub not_ready_since: Option<DateTime<Utc>>,
     pub stream_endpoint: Option<String>,
+    /// Where the pool's agent serves sftp (mount sources on this pool are reached there).
+    pub sftp_endpoint: Option<String>,
 }
 
 impl PoolView {
@@ -71,7 +73,11 @@ impl PoolView {
             size_bytes: status.size_bytes.unwrap_or(0),
             reserved_percent: p.spec.reserved_percent,
             not_ready_since,
-            stream_endpoint: status.agent.and_then(|a| a.stream_endpoint),
+            stream_endpoint: status
+                .agent
+                .as_ref()
+                .and_then(|a| a.stream_endpoint.clone()),
+            sftp_endpoint: status.agent.and_then(|a| a.sftp_endpoint),
         }
     }
 

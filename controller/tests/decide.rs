@@ -35,6 +35,7 @@ fn pool(name: &str, node: &str, dc: &str) -> PoolView {
         reserved_percent: 10,
         not_ready_since: None,
         stream_endpoint: Some(format!("http://{node}:7420")),
+        sftp_endpoint: Some(format!("{node}:7422")),
     }
 }
 
@@ -604,7 +605,12 @@ fn mounts_point_the_consumer_at_the_sources_primary_and_follow_it() {
         .cloned()
         .flatten()
         .unwrap();
-    assert!(ann.contains(r#""node":"b""#), "{ann}");
+    // Where the source's agent serves sftp travels with it: the consumer's agent watches
+    // only its own pools.
+    assert!(
+        ann.contains(r#""node":"b""#) && ann.contains(r#""sftp":"b:7422""#),
+        "{ann}"
+    );
     assert_eq!(d.status.mounts[0].phase, "Pending");
     // The source moves to node c: the annotation follows.
     let mut annotated = reps.clone();
@@ -641,7 +647,9 @@ fn mounts_point_the_consumer_at_the_sources_primary_and_follow_it() {
         .flatten()
         .unwrap();
     assert!(
-        ann.contains(r#""node":"c""#) && ann.contains(r#""epoch":2"#),
+        ann.contains(r#""node":"c""#)
+            && ann.contains(r#""epoch":2"#)
+            && ann.contains(r#""sftp":"c:7422""#),
         "{ann}"
     );
     // A missing source is reported, not guessed.

@@ -20,6 +20,7 @@ use crate::names;
     shortname = "sp",
     category = "projstore",
     derive = "PartialEq",
+    selectable = ".spec.nodeName",
     printcolumn = r#"{"name":"NODE","type":"string","jsonPath":".spec.nodeName"}"#,
     printcolumn = r#"{"name":"POOL","type":"string","jsonPath":".spec.poolName"}"#,
     printcolumn = r#"{"name":"DC","type":"string","jsonPath":".spec.topology.datacenter"}"#,

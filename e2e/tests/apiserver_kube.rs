@@ -535,3 +535,64 @@ async fn concurrent_writers_and_watchers_lose_nothing_and_never_go_backwards() {
         assert_eq!(finals, WRITERS * EACH, "every update seen");
     }
 }
+
+/// A CRD's `selectableFields` work in field selectors (lists and watches); other spec fields
+/// are refused with 400 as by a real API server.
+#[tokio::test]
+async fn field_selectors_on_a_crd_selectable_field() {
+    let (_server, client) = server().await;
+    let pools: Api<StoragePool> = Api::all(client.clone());
+    for (name, node) in [("pa", "host-a"), ("pb", "host-b"), ("pa2", "host-a")] {
+        let pool: StoragePool = serde_json::from_value(json!({
+            "apiVersion": "projstore.io/v1alpha1", "kind": "StoragePool", "metadata": {"name": name},
+            "spec": {"nodeName": node, "poolName": name, "vdevs": [{"path": "/dev/sdb"}]}
+        }))
+        .unwrap();
+        pools.create(&PostParams::default(), &pool).await.unwrap();
+    }
+    let on_a = pools
+        .list(&ListParams::default().fields("spec.nodeName=host-a"))
+        .await
+        .unwrap();
+    let mut names: Vec<_> = on_a.items.iter().map(ResourceExt::name_any).collect();
+    names.sort();
+    assert_eq!(names, ["pa", "pa2"]);
+    // A watcher with the selector sees only its node's pools, also later ones.
+    let (store, writer) = reflector::store::<StoragePool>();
+    let watch = reflector::reflector(
+        writer,
+        watcher(
+            pools.clone(),
+            watcher::Config::default().fields("spec.nodeName=host-b"),
+        ),
+    )
+    .applied_objects()
+    .for_each(|_| async {});
+    let watch = tokio::spawn(watch);
+    store.wait_until_ready().await.unwrap();
+    for (name, node) in [("pa3", "host-a"), ("pb2", "host-b")] {
+        let pool: StoragePool = serde_json::from_value(json!({
+            "apiVersion": "projstore.io/v1alpha1", "kind": "StoragePool", "metadata": {"name": name},
+            "spec": {"nodeName": node, "poolName": name, "vdevs": [{"path": "/dev/sdc"}]}
+        }))
+        .unwrap();
+        pools.create(&PostParams::default(), &pool).await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while store.state().len() < 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(store.state().iter().all(|p| p.spec.node_name == "host-b"));
+    watch.abort();
+    let err = pools
+        .list(&ListParams::default().fields("spec.poolName=pa"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(e) if e.code == 400),
+        "{err}"
+    );
+}

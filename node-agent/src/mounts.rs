@@ -180,6 +180,25 @@ fn started_with(cmdline: &[u8], config: &Path) -> bool {
         .any(|word| word == config)
 }
 
+/// An sftp endpoint as `host:port` (host a DNS name, an IPv4 address, or `[IPv6]`): it ends
+/// up in sshfs's arguments, so nothing else is let through.
+pub fn check_endpoint(ep: &str) -> Result<(), String> {
+    let bad = || format!("sftp endpoint {ep:?} is not host:port");
+    let (host, port) = ep.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>().map_err(|_| bad())?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && !host.starts_with('-')
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+    if ok { Ok(()) } else { Err(bad()) }
+}
+
 /// One wanted mount on the consumer's primary host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wanted {
@@ -477,6 +496,25 @@ mod tests {
         let other = b"sshd: /usr/sbin/sshd -D -f /run/projstore/sshd_config.old [listener]\0";
         assert!(!started_with(other, config));
         assert!(!started_with(b"", config));
+    }
+
+    #[test]
+    fn sftp_endpoints_are_host_and_port_only() {
+        for ok in ["127.0.0.2:7422", "host-a.example:22", "[fe80::1]:7422"] {
+            assert!(check_endpoint(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "host",
+            "host:",
+            "host:99999",
+            "host:22,ssh_command=sh",
+            "-oProxyCommand=x:22",
+            "a b:22",
+            ":22",
+        ] {
+            assert!(check_endpoint(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -439,7 +439,12 @@ pub fn decide(inp: &Inputs<'_>) -> Decision {
                 Some(src) => {
                     sources.insert(
                         m.project.clone(),
-                        serde_json::json!({"pool": src.pool, "node": src.node, "epoch": src.epoch}),
+                        serde_json::json!({
+                            "pool": src.pool,
+                            "node": src.node,
+                            "epoch": src.epoch,
+                            "sftp": cx.pool(&src.pool).and_then(|p| p.sftp_endpoint.clone()),
+                        }),
                     );
                     mount_status.push(projstore_api::MountStatus {
                         mount_path: m.mount_path.clone(),

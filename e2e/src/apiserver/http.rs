@@ -591,7 +591,9 @@ fn selectors(
             .map(String::as_str)
             .unwrap_or_default(),
         |f| {
-            matches!(f, "metadata.name" | "metadata.namespace") || (builtin && t.plural == "events")
+            matches!(f, "metadata.name" | "metadata.namespace")
+                || (builtin && t.plural == "events")
+                || t.selectable.iter().any(|s| s == f)
         },
     )
     .map_err(ApiError::bad_request)?;

@@ -37,6 +37,9 @@ pub struct ResourceType {
     pub validator: Option<Arc<ObjectValidator>>,
     /// `metadata.name` of the CRD that declares it.
     pub crd: Option<String>,
+    /// Field paths a field selector may use besides `metadata.name`/`metadata.namespace`
+    /// (a CRD's `selectableFields`, without the leading dot).
+    pub selectable: Vec<String>,
 }
 
 impl std::fmt::Debug for ResourceType {
@@ -89,6 +92,7 @@ impl ResourceType {
             columns: Vec::new(),
             validator: None,
             crd: None,
+            selectable: Vec::new(),
         }
     }
 
@@ -256,6 +260,12 @@ impl Registry {
             columns,
             validator: Some(Arc::new(validator)),
             crd: Some(name),
+            selectable: version
+                .selectable_fields
+                .iter()
+                .flatten()
+                .map(|f| f.json_path.trim_start_matches('.').to_owned())
+                .collect(),
         };
         self.types.insert(t.key(), t);
         Ok(())

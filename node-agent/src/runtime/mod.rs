@@ -121,7 +121,11 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
     let (store, writer) = reflector::store::<StoragePool>();
     let watch = reflector::reflector(
         writer,
-        watcher(pools_api.clone(), watcher::Config::default()).default_backoff(),
+        watcher(
+            pools_api.clone(),
+            own_pools(&pools_api, &cfg.node_name).await,
+        )
+        .default_backoff(),
     )
     .applied_objects()
     .for_each(|_| async {});
@@ -441,4 +445,19 @@ fn same_status(current: &serde_json::Value, new: &serde_json::Value) -> bool {
             v.is_null() && a.get(k).is_none_or(serde_json::Value::is_null) || a.get(k) == Some(v)
         })
     })
+}
+
+/// Only this node's StoragePools, by the CRD's selectable field `spec.nodeName`. A cluster
+/// without custom resource field selectors (Kubernetes before 1.31) refuses the selector:
+/// then every pool is watched, and only this node's are acted on.
+async fn own_pools(api: &Api<StoragePool>, node: &str) -> watcher::Config {
+    let selector = format!("spec.nodeName={node}");
+    let probe = kube::api::ListParams::default().fields(&selector).limit(1);
+    match api.list(&probe).await {
+        Err(kube::Error::Api(e)) if e.code == 400 => {
+            tracing::warn!(error = %e.message, "this cluster cannot select StoragePools by spec.nodeName: watching all of them");
+            watcher::Config::default()
+        }
+        _ => watcher::Config::default().fields(&selector),
+    }
 }

@@ -43,8 +43,6 @@ pub struct ReplicaEnv<'a> {
     pub run_dir: &'a Path,
     /// Key files for sftp mounts (None: mounts from other hosts are not possible).
     pub keys: Option<crate::mounts::SshKeys>,
-    /// Every StoragePool (to find where a mounted source project is served).
-    pub pools: &'a [std::sync::Arc<projstore_api::StoragePool>],
     /// Per primary dataset: when a scheduled snapshot last found nothing written (no snapshot
     /// was taken; the next check is one interval later).
     pub quiet: &'a std::sync::Mutex<std::collections::HashMap<String, i64>>,
@@ -1152,14 +1150,14 @@ async fn serve_mounts(
             let remote = if node == env.node {
                 None
             } else {
+                // The controller copies the source pool's sftp endpoint into the annotation:
+                // this agent watches only its own pools.
                 let pool = src["pool"].as_str().unwrap_or_default();
-                let ep = env
-                    .pools
-                    .iter()
-                    .find(|p| p.name_any() == pool)
-                    .and_then(|p| p.status.as_ref()?.agent.as_ref()?.sftp_endpoint.clone())
+                let ep = src["sftp"]
+                    .as_str()
                     .ok_or_else(|| format!("the agent of {pool} serves no sftp"))?;
-                Some(ep)
+                crate::mounts::check_endpoint(ep)?;
+                Some(ep.to_owned())
             };
             let source_project = Api::<Project>::namespaced(env.client.clone(), &ns)
                 .get_opt(&m.project)

@@ -229,7 +229,6 @@ async fn reconcile(sr: Arc<StreamReplica>, sh: Arc<Shared>) -> Result<Action, In
                 keys: cfg.ssh_dir.as_ref().map(|_| crate::mounts::SshKeys {
                     dir: cfg.run_dir.join("ssh"),
                 }),
-                pools: &pools,
                 quiet: &sh.quiet,
             };
             replica::reconcile(&env, &sr, &pool).await
