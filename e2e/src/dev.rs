@@ -282,10 +282,14 @@ struct Supervised {
 }
 
 impl Supervised {
+    /// Written aside and renamed: `kill` never reads a half-written (empty) pid file.
     fn record_pid(&self, dir: &Path) {
         let pids = dir.join("pids");
         let _ = std::fs::create_dir_all(&pids);
-        let _ = std::fs::write(pids.join(&self.key), self.child.id().to_string());
+        let aside = pids.join(format!(".{}.new", self.key));
+        if std::fs::write(&aside, self.child.id().to_string()).is_ok() {
+            let _ = std::fs::rename(&aside, pids.join(&self.key));
+        }
     }
     fn spawn(&self) -> std::io::Result<std::process::Child> {
         let log = std::fs::OpenOptions::new()
