@@ -454,9 +454,8 @@ impl Drop for Cluster {
 /// Runs a program (never through a shell) and returns its stdout; panics on failure.
 pub fn run(program: &str, args: &[&str]) -> String {
     // A test's own `zfs`/`zpool` changes take zfs-fuse's mount lock like the agents' do.
-    let _lock = (matches!(program, "zfs" | "zpool")
-        && !matches!(args.first(), Some(&("get" | "list"))))
-    .then(|| projstore_agent::zfs::lock_mounts_blocking().unwrap());
+    let _lock = projstore_agent::zfs::command_may_mount(program, args)
+        .then(|| projstore_agent::zfs::lock_mounts_blocking().unwrap());
     let out = Command::new(program).args(args).output().unwrap();
     assert!(
         out.status.success(),

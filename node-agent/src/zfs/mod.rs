@@ -164,6 +164,17 @@ enum Tool {
     Zpool,
 }
 
+/// [`may_mount`] for a command line given as strings (`program` is `zfs` or `zpool`), for
+/// tools that run those commands themselves.
+pub fn command_may_mount(program: &str, args: &[&str]) -> bool {
+    let tool = match program {
+        "zfs" => Tool::Zfs,
+        "zpool" => Tool::Zpool,
+        _ => return false,
+    };
+    may_mount(tool, &args.iter().map(OsString::from).collect::<Vec<_>>())
+}
+
 /// Whether `zfs`/`zpool` with these arguments may mount a filesystem.
 fn may_mount(tool: Tool, args: &[OsString]) -> bool {
     let arg = |s: &str| args.iter().any(|a| a == s);
