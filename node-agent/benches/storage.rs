@@ -178,6 +178,7 @@ async fn throughput_bench() {
     let mut raw = Vec::new();
     let mut ours = Vec::new();
     let (mut sends, mut verify_only, mut applies) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut floors, mut floor_stores) = (Vec::new(), Vec::new());
     for round in 0..3 {
         // Raw: zfs send | zfs recv, two processes joined by a pipe.
         let raw_target = format!("{}/raw{round}", names[1]);
@@ -194,6 +195,41 @@ async fn throughput_bench() {
             .unwrap();
         assert!(send.wait().unwrap().success() && recv.success());
         raw.push(t.elapsed());
+
+        // The floor of any design that stores a stream before receiving it: plain `zfs send`
+        // into a file in the store's filesystem, then plain `zfs recv` from that file.
+        let floor_file = store_a.root().join(format!("floor{round}"));
+        let t = Instant::now();
+        let out = std::fs::File::create(&floor_file).unwrap();
+        assert!(
+            Command::new("zfs")
+                .args(["send", &snap.full()])
+                .stdout(out)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let floor_send = t.elapsed();
+        let floor_target = format!("{}/floor{round}", names[1]);
+        let t = Instant::now();
+        assert!(
+            Command::new("zfs")
+                .args(["recv", "-u", &floor_target])
+                .stdin(std::fs::File::open(&floor_file).unwrap())
+                .status()
+                .unwrap()
+                .success()
+        );
+        floor_stores.push(floor_send);
+        floors.push(floor_send + t.elapsed());
+        std::fs::remove_file(&floor_file).unwrap();
+        assert!(
+            Command::new("zfs")
+                .args(["destroy", "-r", &floor_target])
+                .status()
+                .unwrap()
+                .success()
+        );
 
         // Ours: send into the store (hashed, fsynced), then verify and receive through
         // staging. Copying the file to the other pool's store stands in for the HTTP
@@ -248,11 +284,20 @@ async fn throughput_bench() {
     sends.sort();
     verify_only.sort();
     applies.sort();
+    floors.sort();
+    floor_stores.sort();
     println!(
         "throughput breakdown (medians): send into store {:.2} s, verify alone {:.2} s, verify+recv {:.2} s",
         sends[1].as_secs_f64(),
         verify_only[1].as_secs_f64(),
         applies[1].as_secs_f64()
+    );
+    println!(
+        "throughput floor of storing before receiving (medians): plain zfs send into a file on the store's \
+         filesystem {:.2} s, then plain zfs recv from it: {:.2} s in all, ratio {:.2} against the raw pipe",
+        floor_stores[1].as_secs_f64(),
+        floors[1].as_secs_f64(),
+        raw[1].as_secs_f64() / floors[1].as_secs_f64()
     );
     let (r, o) = (raw[1], ours[1]);
     let bytes = std::fs::metadata(mp.join("noise")).unwrap().len() as f64;

@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
-use tokio::fs::File;
-
 use crate::streams::{
-    Manifest, ProjectKey, SnapshotJson, StoreError, StoredStream, StreamId, StreamMeta, StreamStore,
+    Manifest, ProjectKey, SnapshotJson, StoreError, StoredStream, StreamId, StreamMeta,
+    StreamStore, StreamWriter,
 };
 use crate::zfs::{
     DatasetName, NameError, PoolName, Progress, RecvOptions, SnapshotInfo, SnapshotName, Zfs,
@@ -79,7 +78,11 @@ pub async fn write_stream(
             }
         })?;
     let mut writer = store.begin(project, &id).await?;
-    zfs.send(snap, from, &mut writer, progress).await?;
+    // ZFS writes into the stream file itself; the writer hashes the bytes as they land.
+    let file = writer.direct_file().await?;
+    let (_, writer) = zfs
+        .send_to_file(snap, from, &file, progress, writer, StreamWriter::note)
+        .await?;
     let manifest = writer
         .commit(StreamMeta {
             from: from_info.as_ref().map(snapshot_json),
@@ -110,7 +113,8 @@ pub async fn apply_stream(
     let Storage {
         zfs, store, pool, ..
     } = *storage;
-    let manifest = store.verify(project, id).await?;
+    let (manifest, file) = store.open_verified(project, id).await?;
+    let file = file.into_std().await;
     let not_applicable = |reason: String| TransferError::DoesNotApply {
         id: id.to_string(),
         target: target.to_string(),
@@ -121,7 +125,6 @@ pub async fn apply_stream(
         .guid
         .parse()
         .map_err(|_| not_applicable("manifest guid is not a number".into()))?;
-    let (mut file, _) = store.open_at(project, id, 0).await?;
     match &manifest.from {
         None => {
             if zfs.exists(target).await? {
@@ -132,7 +135,7 @@ pub async fn apply_stream(
             let staging = staging_dataset(pool, project)?;
             clear_staging(zfs, &staging).await?;
             zfs.create_parents(&staging).await?;
-            receive(zfs, &staging, &mut file, progress).await?;
+            receive(zfs, &staging, &file, progress).await?;
             check_received(zfs, &staging, &manifest, want_guid)
                 .await
                 .map_err(not_applicable)?;
@@ -151,7 +154,7 @@ pub async fn apply_stream(
                         .unwrap_or_else(|| "none".into())
                 )));
             }
-            receive(zfs, target, &mut file, progress).await?;
+            receive(zfs, target, &file, progress).await?;
         }
     }
     let held = check_received(zfs, target, &manifest, want_guid)
@@ -164,10 +167,10 @@ pub async fn apply_stream(
 async fn receive(
     zfs: &Zfs,
     target: &DatasetName,
-    file: &mut File,
+    file: &std::fs::File,
     progress: &Progress,
 ) -> Result<(), TransferError> {
-    zfs.recv(target, RecvOptions { unmounted: true }, file, progress)
+    zfs.recv_from_file(target, RecvOptions { unmounted: true }, file, progress)
         .await?;
     Ok(())
 }

@@ -537,18 +537,24 @@ async fn a_receive_cut_off_half_way_leaves_nothing_visible_and_the_next_one_succ
 
     let progress = Progress::new();
     let storage = b.storage(&zfs);
-    let cut = tokio::time::timeout(
-        Duration::from_millis(400),
-        apply_stream(&storage, &key(), &stored.id, &target, &progress),
-    )
-    .await;
+    // Cut the receive off (drop it) as soon as it has taken some bytes but not all.
+    let under_way = async {
+        while progress.bytes() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let k = key();
+    tokio::select! {
+        done = apply_stream(&storage, &k, &stored.id, &target, &progress) => {
+            panic!("the receive finished ({done:?}) before it was seen under way; the test needs a larger stream")
+        }
+        () = under_way => {}
+    }
+    let at_cut = progress.bytes();
     assert!(
-        cut.is_err(),
-        "the receive finished within 400ms; the test needs a larger stream"
-    );
-    assert!(
-        progress.bytes() < stored.manifest.bytes,
-        "cut off before the end"
+        at_cut > 0 && at_cut < stored.manifest.bytes,
+        "cut off part way: {at_cut} of {} bytes",
+        stored.manifest.bytes
     );
     assert!(
         !zfs.exists(&target).await.unwrap(),

@@ -108,6 +108,7 @@ impl StreamStore {
         }
         let partial = dir.join(format!("{}.partial", id.file_name()));
         let file = OpenOptions::new()
+            .read(true) // a direct writer's bytes are read back to hash them
             .write(true)
             .create(true)
             .truncate(true)
@@ -180,6 +181,16 @@ impl StreamStore {
 
     /// Checks size and SHA-256 of stream `id` against its manifest.
     pub async fn verify(&self, p: &ProjectKey, id: &StreamId) -> Result<Manifest, StoreError> {
+        Ok(self.open_verified(p, id).await?.0)
+    }
+
+    /// [`StreamStore::verify`], returning the open stream file at offset 0 with its manifest:
+    /// the bytes that were checked are the bytes a reader of this file gets.
+    pub async fn open_verified(
+        &self,
+        p: &ProjectKey,
+        id: &StreamId,
+    ) -> Result<(Manifest, File), StoreError> {
         let manifest = self.manifest(p, id).await?;
         let path = self.dir(p).join(id.file_name());
         let corrupt = |reason: String| StoreError::Corrupt {
@@ -217,7 +228,8 @@ impl StreamStore {
                 manifest.sha256
             )));
         }
-        Ok(manifest)
+        file.seek(SeekFrom::Start(0)).await.map_err(io(&path))?;
+        Ok((manifest, file))
     }
 
     /// Opens stream `id` at byte `offset` (for serving `Range` requests); returns the file
@@ -500,10 +512,36 @@ impl StreamWriter {
         self.bytes
     }
 
+    /// The stream file itself (open for reading and writing, at the end of what is written)
+    /// for a writer that puts bytes in directly, such as `zfs send` given it as its output.
+    /// Such a writer's bytes must each be passed to [`StreamWriter::note`], in order.
+    pub async fn direct_file(&mut self) -> Result<std::fs::File, StoreError> {
+        self.file.flush().await.map_err(io(&self.partial))?;
+        let dup = self.file.try_clone().await.map_err(io(&self.partial))?;
+        Ok(dup.into_std().await)
+    }
+
+    /// Counts and hashes bytes that a direct writer put into the file.
+    pub fn note(&mut self, data: &[u8]) {
+        self.hasher.update(data);
+        self.bytes += data.len() as u64;
+    }
+
     /// fsync → rename to `<id>.zstream` → manifest (fsynced, renamed) → directory fsync.
     pub async fn commit(mut self, meta: StreamMeta) -> Result<Manifest, StoreError> {
         self.file.flush().await.map_err(io(&self.partial))?;
         self.file.sync_all().await.map_err(io(&self.partial))?;
+        let len = self.file.metadata().await.map_err(io(&self.partial))?.len();
+        if len != self.bytes {
+            return Err(StoreError::Corrupt {
+                project: self.project.to_string(),
+                id: self.id.to_string(),
+                reason: format!(
+                    "{len} bytes in the file but {} were hashed; not committed",
+                    self.bytes
+                ),
+            });
+        }
         let sha256 = hex::encode(self.hasher.finalize_reset());
         let final_path = self.dir.join(self.id.file_name());
         fs::rename(&self.partial, &final_path)

@@ -3,9 +3,11 @@
 //! ZFS aborts the receive and nothing partial is committed.
 
 use std::ffi::OsString;
+use std::io::Seek;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::{Child, Command};
@@ -47,22 +49,7 @@ impl Zfs {
         out: &mut W,
         progress: &Progress,
     ) -> Result<u64, ZfsError> {
-        let what = match from {
-            Some(f) => format!("send {f} -> {snap}"),
-            None => format!("send {snap}"),
-        };
-        let mut a = args(["send"]);
-        if let Some(f) = from {
-            if f.dataset() != snap.dataset() {
-                return Err(ZfsError::Other {
-                    what,
-                    stderr: "incremental source is on another dataset".into(),
-                });
-            }
-            a.push("-i".into());
-            a.push(f.full().into());
-        }
-        a.push(snap.full().into());
+        let (what, a) = send_args(snap, from)?;
         let mut child = self.spawn(&what, &self.zfs, a, Stdio::null(), Stdio::piped())?;
         let mut stdout = child
             .stdout
@@ -110,12 +97,7 @@ impl Zfs {
         input: &mut R,
         progress: &Progress,
     ) -> Result<u64, ZfsError> {
-        let what = format!("receive into {target}");
-        let mut a = args(["recv"]);
-        if opts.unmounted {
-            a.push("-u".into());
-        }
-        a.push(target.as_str().into());
+        let (what, a) = recv_args(target, opts);
         // A receive that mounts holds zfs-fuse's mount lock throughout.
         let _lock = self.mount_lock(&what, super::Tool::Zfs, &a).await?;
         let mut child = self.spawn(&what, &self.zfs, a, Stdio::piped(), Stdio::null())?;
@@ -151,6 +133,99 @@ impl Zfs {
         Ok(total)
     }
 
+    /// Runs `zfs send` with `file` as its output: ZFS writes the stream into the file itself,
+    /// at the file's current offset, with no copy through this process. Meanwhile every byte
+    /// that lands is read back (from the page cache, behind the writer) and handed, in order,
+    /// to `each(&mut state, bytes)`. Returns the bytes sent and the state.
+    ///
+    /// `file` must be open for reading and writing. Cancelling kills the send; the bytes
+    /// written so far stay in the file for the caller to discard.
+    pub async fn send_to_file<S: Send + 'static>(
+        &self,
+        snap: &SnapshotName,
+        from: Option<&SnapshotName>,
+        file: &std::fs::File,
+        progress: &Progress,
+        state: S,
+        each: fn(&mut S, &[u8]),
+    ) -> Result<(u64, S), ZfsError> {
+        let (what, a) = send_args(snap, from)?;
+        let file_err = |source| ZfsError::Io {
+            what: what.clone(),
+            source,
+        };
+        let start = (&*file).stream_position().map_err(file_err)?;
+        let out = file.try_clone().map_err(file_err)?;
+        let reader = file.try_clone().map_err(file_err)?;
+        let mut child = self.spawn(&what, &self.zfs, a, Stdio::null(), Stdio::from(out))?;
+        let stderr = drain_stderr(&mut child);
+        let done = DoneOnDrop::default();
+        let finished = done.0.clone();
+        let counter = progress.clone();
+        let follower = tokio::task::spawn_blocking(move || {
+            follow(&reader, start, &finished, &counter, state, each)
+        });
+        let status = finish(&what, child, stderr).await;
+        drop(done);
+        let followed = follower.await.map_err(|e| ZfsError::Io {
+            what: what.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        status?;
+        let (bytes, state) = followed.map_err(file_err)?;
+        let end = (&*file).stream_position().map_err(file_err)?;
+        if end - start != bytes {
+            return Err(ZfsError::Unverified {
+                what,
+                problem: format!("{} bytes were written but {bytes} read back", end - start),
+            });
+        }
+        Ok((bytes, state))
+    }
+
+    /// Runs `zfs recv TARGET` reading the stream straight from `file`, from its current
+    /// offset to its end (ZFS reads the descriptor itself). Progress follows the file offset,
+    /// which the receiving process shares. Returns the bytes received.
+    pub async fn recv_from_file(
+        &self,
+        target: &DatasetName,
+        opts: RecvOptions,
+        file: &std::fs::File,
+        progress: &Progress,
+    ) -> Result<u64, ZfsError> {
+        let (what, a) = recv_args(target, opts);
+        let file_err = |source| ZfsError::Io {
+            what: what.clone(),
+            source,
+        };
+        let start = (&*file).stream_position().map_err(file_err)?;
+        let len = file.metadata().map_err(file_err)?.len();
+        let input = file.try_clone().map_err(file_err)?;
+        let _lock = self.mount_lock(&what, super::Tool::Zfs, &a).await?;
+        let mut child = self.spawn(&what, &self.zfs, a, Stdio::from(input), Stdio::null())?;
+        let stderr = drain_stderr(&mut child);
+        let mut reported = start;
+        let mut report = || {
+            if let Ok(pos) = (&*file).stream_position() {
+                progress.add(pos.saturating_sub(reported) as usize);
+                reported = reported.max(pos);
+            }
+        };
+        let status = finish_ticking(&what, child, stderr, &mut report).await;
+        report();
+        status?;
+        let end = (&*file).stream_position().map_err(file_err)?;
+        if end != len {
+            return Err(ZfsError::Unverified {
+                what,
+                problem: format!(
+                    "zfs recv stopped at byte {end} of {len} and said nothing about the rest"
+                ),
+            });
+        }
+        Ok(end - start)
+    }
+
     fn spawn(
         &self,
         what: &str,
@@ -176,6 +251,81 @@ impl Zfs {
     }
 }
 
+/// The description and arguments of `zfs send` (`-i FROM` for an incremental).
+fn send_args(
+    snap: &SnapshotName,
+    from: Option<&SnapshotName>,
+) -> Result<(String, Vec<OsString>), ZfsError> {
+    let what = match from {
+        Some(f) => format!("send {f} -> {snap}"),
+        None => format!("send {snap}"),
+    };
+    let mut a = args(["send"]);
+    if let Some(f) = from {
+        if f.dataset() != snap.dataset() {
+            return Err(ZfsError::Other {
+                what,
+                stderr: "incremental source is on another dataset".into(),
+            });
+        }
+        a.push("-i".into());
+        a.push(f.full().into());
+    }
+    a.push(snap.full().into());
+    Ok((what, a))
+}
+
+/// The description and arguments of `zfs recv`.
+fn recv_args(target: &DatasetName, opts: RecvOptions) -> (String, Vec<OsString>) {
+    let mut a = args(["recv"]);
+    if opts.unmounted {
+        a.push("-u".into());
+    }
+    a.push(target.as_str().into());
+    (format!("receive into {target}"), a)
+}
+
+/// Set when dropped: tells a follower thread that the writer is gone, also when the future
+/// that owned the writer is cancelled.
+#[derive(Default)]
+struct DoneOnDrop(Arc<AtomicBool>);
+
+impl Drop for DoneOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Reads `file` from `start` as another process appends to it, handing each piece to
+/// `each`, until `done` is set and the end is reached. A read never returns bytes past the
+/// file's size, which the kernel moves only after the written bytes are in place.
+fn follow<S>(
+    file: &std::fs::File,
+    start: u64,
+    done: &AtomicBool,
+    progress: &Progress,
+    mut state: S,
+    each: fn(&mut S, &[u8]),
+) -> std::io::Result<(u64, S)> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; BUF];
+    let mut at = start;
+    loop {
+        // Read the flag before the file: once set, one more read to the end sees everything.
+        let finished = done.load(Ordering::Acquire);
+        let n = file.read_at(&mut buf, at)?;
+        if n > 0 {
+            each(&mut state, &buf[..n]);
+            progress.add(n);
+            at += n as u64;
+        } else if finished {
+            return Ok((at - start, state));
+        } else {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
 fn io_err(what: &str, msg: &str) -> ZfsError {
     ZfsError::Io {
         what: what.into(),
@@ -197,10 +347,27 @@ fn drain_stderr(child: &mut Child) -> tokio::task::JoinHandle<String> {
 
 async fn finish(
     what: &str,
-    mut child: Child,
+    child: Child,
     stderr: tokio::task::JoinHandle<String>,
 ) -> Result<(), ZfsError> {
-    let status = child.wait().await.map_err(|source| ZfsError::Io {
+    finish_ticking(what, child, stderr, &mut || {}).await
+}
+
+/// [`finish`], calling `tick` every 25 ms while the child runs.
+async fn finish_ticking(
+    what: &str,
+    mut child: Child,
+    stderr: tokio::task::JoinHandle<String>,
+    tick: &mut (dyn FnMut() + Send),
+) -> Result<(), ZfsError> {
+    let mut every = tokio::time::interval(Duration::from_millis(25));
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            _ = every.tick() => tick(),
+        }
+    }
+    .map_err(|source| ZfsError::Io {
         what: what.into(),
         source,
     })?;
@@ -309,6 +476,42 @@ mod tests {
         r[..4].copy_from_slice(&kind.to_le_bytes());
         r[8..16].copy_from_slice(&DRR_MAGIC.to_le_bytes());
         r
+    }
+
+    #[test]
+    fn a_follower_reads_every_byte_another_writer_appends_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stream");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let done = DoneOnDrop::default();
+        let flag = done.0.clone();
+        let progress = Progress::new();
+        let counted = progress.clone();
+        let reader = file.try_clone().unwrap();
+        let follower = std::thread::spawn(move || {
+            let keep: fn(&mut Vec<u8>, &[u8]) = |all, piece| all.extend_from_slice(piece);
+            follow(&reader, 0, &flag, &counted, Vec::new(), keep)
+        });
+        let mut writer = file;
+        for piece in data.chunks(77_777) {
+            std::io::Write::write_all(&mut writer, piece).unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(done);
+        let (n, seen) = follower.join().unwrap().unwrap();
+        assert_eq!(n, data.len() as u64);
+        assert!(
+            seen == data,
+            "the follower saw other bytes than were written"
+        );
+        assert_eq!(progress.bytes(), n);
     }
 
     #[test]
