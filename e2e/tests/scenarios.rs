@@ -105,8 +105,7 @@ async fn s07_s08_failover_and_divergence() {
     let Some(c) = Cluster::up("s07-failover").await else {
         return;
     };
-    if !c.is_dev() {
-        println!("[s07] needs the dev cluster to kill an agent; skipped on a real cluster");
+    if !c.hosts_reachable("killing an agent") {
         return;
     }
     c.create_project(NS, "beta", spec()).await;
@@ -552,6 +551,9 @@ async fn s03_snapshots_schedule_retention_and_space_guard() {
     println!("[s03] after 5+ snapshots, {count} kept");
     // The space guard: data only snapshots hold grows past 1x the quota. Managed snapshots of
     // one period replace each other, so the user's own snapshots (never pruned) hold it here.
+    if !c.hosts_reachable("the space guard part (user snapshots taken with zfs on the host)") {
+        return;
+    }
     let guard = c.mount_path_when_ready(NS, "guard").await;
     let primary = c.primary(NS, "guard").await;
     let ds = format!(
@@ -712,6 +714,7 @@ async fn s11_delete_trash_restore_purge() {
     )
     .await;
     c.timing("delete", t.elapsed());
+    let trash_visible = c.hosts_reachable("the check of the hosts' trash with zfs");
     let trashed: Vec<String> = c
         .hosts
         .iter()
@@ -730,9 +733,10 @@ async fn s11_delete_trash_restore_purge() {
         })
         .collect();
     assert!(
-        trashed
-            .iter()
-            .any(|t| t.contains(&format!("/trash/{NS}/tr-"))),
+        !trash_visible
+            || trashed
+                .iter()
+                .any(|t| t.contains(&format!("/trash/{NS}/tr-"))),
         "{trashed:?}"
     );
     let t = Instant::now();
@@ -756,6 +760,9 @@ async fn s11_delete_trash_restore_purge() {
         b"undelete me"
     );
     // Purge: retainDays 0 → the trash is emptied by the agents.
+    if !c.hosts_reachable("the purge, seen on the hosts' disks") {
+        return;
+    }
     c.patch_project(NS, "tr", json!({"spec": {"deletion": {"retainDays": 0}}}))
         .await;
     c.projects(NS)
@@ -926,7 +933,7 @@ async fn s13_bad_input_is_refused() {
         assert!(text.contains(field), "{field}: {text}");
         println!("[s13] refused: {text}");
     }
-    if !c.is_dev() {
+    if !c.hosts_reachable("the agent's stream server with its token") {
         return;
     }
     let token = std::fs::read_to_string(c.dir.join("stream-token")).unwrap();

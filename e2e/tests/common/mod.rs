@@ -131,6 +131,19 @@ impl Cluster {
         !self.hosts.is_empty()
     }
 
+    /// Whether the rest of the scenario, `what`, may reach into the hosts: on the dev cluster
+    /// only; against a real cluster it says so on the test's output that it did not run.
+    pub fn hosts_reachable(&self, what: &str) -> bool {
+        if !self.is_dev() {
+            println!(
+                "[{}] NOT RUN against {}: {what} reaches into the hosts, which only the dev cluster allows",
+                self.name,
+                self.kubeconfig.display()
+            );
+        }
+        self.is_dev()
+    }
+
     /// Prints a timing line for this scenario.
     pub fn timing(&self, what: &str, d: Duration) {
         println!("[{}] {what}: {:.1}s", self.name, d.as_secs_f64());
