@@ -44,15 +44,13 @@ fn cpu_ticks(pid: u32) -> (u64, u64) {
 /// Projects measured when zfs-fuse (not OpenZFS) is the ZFS here.
 const ZFS_FUSE_PROJECTS: usize = 950;
 
-/// Whether the zfs-fuse daemon runs on this machine.
-fn zfs_fuse_runs() -> bool {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|e| {
-            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "zfs-fuse")
-        })
+/// Whether zfs-fuse is the ZFS here, by the agent's own capability detection.
+fn zfs_fuse_is_the_zfs() -> bool {
+    use projstore_agent::zfs::{Implementation, Zfs};
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(Zfs::detect())
+        .is_ok_and(|z| z.capabilities().implementation == Implementation::ZfsFuse)
 }
 
 fn main() {
@@ -61,7 +59,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
     {
         Some(n) => n,
-        None if zfs_fuse_runs() => {
+        None if zfs_fuse_is_the_zfs() => {
             // zfs-fuse serves at most 1,000 mounted filesystems per daemon (MAX_FILESYSTEMS
             // in its fuse_listener.c), the two pools' own filesystems included.
             println!(

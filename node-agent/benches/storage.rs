@@ -100,6 +100,12 @@ fn planner_bench() {
     );
 }
 
+/// Runs `cmd` (never through a shell) and asserts that it succeeded.
+fn succeed(cmd: &mut Command) {
+    let status = cmd.status().unwrap();
+    assert!(status.success(), "{cmd:?}: {status}");
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -201,35 +207,19 @@ async fn throughput_bench() {
         let floor_file = store_a.root().join(format!("floor{round}"));
         let t = Instant::now();
         let out = std::fs::File::create(&floor_file).unwrap();
-        assert!(
-            Command::new("zfs")
-                .args(["send", &snap.full()])
-                .stdout(out)
-                .status()
-                .unwrap()
-                .success()
-        );
+        succeed(Command::new("zfs").args(["send", &snap.full()]).stdout(out));
         let floor_send = t.elapsed();
         let floor_target = format!("{}/floor{round}", names[1]);
         let t = Instant::now();
-        assert!(
+        succeed(
             Command::new("zfs")
                 .args(["recv", "-u", &floor_target])
-                .stdin(std::fs::File::open(&floor_file).unwrap())
-                .status()
-                .unwrap()
-                .success()
+                .stdin(std::fs::File::open(&floor_file).unwrap()),
         );
         floor_stores.push(floor_send);
         floors.push(floor_send + t.elapsed());
         std::fs::remove_file(&floor_file).unwrap();
-        assert!(
-            Command::new("zfs")
-                .args(["destroy", "-r", &floor_target])
-                .status()
-                .unwrap()
-                .success()
-        );
+        succeed(Command::new("zfs").args(["destroy", "-r", &floor_target]));
 
         // Ours: send into the store (hashed, fsynced), then verify and receive through
         // staging. Copying the file to the other pool's store stands in for the HTTP

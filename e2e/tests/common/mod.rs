@@ -116,15 +116,9 @@ impl Cluster {
     /// A cluster whose hosts this test reaches (disks, `zfs`, agents to kill): the dev
     /// cluster; None against a real cluster too, said on the test's output.
     pub async fn up_with_hosts(name: &'static str) -> Option<Self> {
-        let c = Self::up(name).await?;
-        if !c.is_dev() {
-            println!(
-                "[{name}] NOT RUN against {}: it reaches into the hosts (disks, zfs, agent processes), which only the dev cluster allows",
-                c.kubeconfig.display()
-            );
-            return None;
-        }
-        Some(c)
+        Self::up(name)
+            .await
+            .filter(|c| c.hosts_reachable("the scenario (disks, zfs, agent processes)"))
     }
 
     pub fn is_dev(&self) -> bool {
@@ -184,11 +178,16 @@ impl Cluster {
         }
     }
 
+    /// The dev cluster's process logs.
+    fn log_files(&self) -> impl Iterator<Item = std::fs::DirEntry> {
+        std::fs::read_dir(self.dir.join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+    }
+
     pub fn dump_logs(&self) {
-        let Ok(entries) = std::fs::read_dir(self.dir.join("logs")) else {
-            return;
-        };
-        for e in entries.flatten() {
+        for e in self.log_files() {
             let text = std::fs::read_to_string(e.path()).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(40).collect();
             eprintln!("--- {} (last lines)", e.path().display());
@@ -436,11 +435,7 @@ impl Drop for Cluster {
                     .join("projstore-e2e-failed")
                     .join(self.name);
                 let _ = std::fs::create_dir_all(&kept);
-                for e in std::fs::read_dir(self.dir.join("logs"))
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                {
+                for e in self.log_files() {
                     let _ = std::fs::copy(e.path(), kept.join(e.file_name()));
                 }
                 eprintln!("[{}] logs kept in {}", self.name, kept.display());

@@ -136,7 +136,8 @@ impl Zfs {
     /// Runs `zfs send` with `file` as its output: ZFS writes the stream into the file itself,
     /// at the file's current offset, with no copy through this process. Meanwhile every byte
     /// that lands is read back (from the page cache, behind the writer) and handed, in order,
-    /// to `each(&mut state, bytes)`. Returns the bytes sent and the state.
+    /// to `each(&mut state, bytes)`. Returns the bytes read back and the state; a caller that
+    /// keeps the file checks its length against them (the stream store's commit does).
     ///
     /// `file` must be open for reading and writing. Cancelling kills the send; the bytes
     /// written so far stay in the file for the caller to discard.
@@ -172,15 +173,7 @@ impl Zfs {
             source: std::io::Error::other(e.to_string()),
         })?;
         status?;
-        let (bytes, state) = followed.map_err(file_err)?;
-        let end = (&*file).stream_position().map_err(file_err)?;
-        if end - start != bytes {
-            return Err(ZfsError::Unverified {
-                what,
-                problem: format!("{} bytes were written but {bytes} read back", end - start),
-            });
-        }
-        Ok((bytes, state))
+        followed.map_err(file_err)
     }
 
     /// Runs `zfs recv TARGET` reading the stream straight from `file`, from its current
@@ -211,9 +204,16 @@ impl Zfs {
                 reported = reported.max(pos);
             }
         };
-        let status = finish_ticking(&what, child, stderr, &mut report).await;
+        // Progress is the shared offset, looked at every 25 ms while the receive runs.
+        let mut every = tokio::time::interval(Duration::from_millis(25));
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                _ = every.tick() => report(),
+            }
+        };
         report();
-        status?;
+        conclude(&what, status, stderr).await?;
         let end = (&*file).stream_position().map_err(file_err)?;
         if end != len {
             return Err(ZfsError::Unverified {
@@ -347,27 +347,20 @@ fn drain_stderr(child: &mut Child) -> tokio::task::JoinHandle<String> {
 
 async fn finish(
     what: &str,
-    child: Child,
-    stderr: tokio::task::JoinHandle<String>,
-) -> Result<(), ZfsError> {
-    finish_ticking(what, child, stderr, &mut || {}).await
-}
-
-/// [`finish`], calling `tick` every 25 ms while the child runs.
-async fn finish_ticking(
-    what: &str,
     mut child: Child,
     stderr: tokio::task::JoinHandle<String>,
-    tick: &mut (dyn FnMut() + Send),
 ) -> Result<(), ZfsError> {
-    let mut every = tokio::time::interval(Duration::from_millis(25));
-    let status = loop {
-        tokio::select! {
-            status = child.wait() => break status,
-            _ = every.tick() => tick(),
-        }
-    }
-    .map_err(|source| ZfsError::Io {
+    let status = child.wait().await;
+    conclude(what, status, stderr).await
+}
+
+/// A finished child's outcome: its exit status, and its stderr when that says it failed.
+async fn conclude(
+    what: &str,
+    status: std::io::Result<std::process::ExitStatus>,
+    stderr: tokio::task::JoinHandle<String>,
+) -> Result<(), ZfsError> {
+    let status = status.map_err(|source| ZfsError::Io {
         what: what.into(),
         source,
     })?;
