@@ -128,6 +128,8 @@ pub async fn create_project(
         (prop(PROP_PROJECT, &ds)?, new.key.to_string()),
         (prop(PROP_EPOCH, &ds)?, new.epoch.to_string()),
         (prop(PROP_ROLE, &ds)?, "primary".into()),
+        (prop("setuid", &ds)?, "off".into()),
+        (prop("devices", &ds)?, "off".into()),
     ];
     zfs.create(&ds, &props).await?;
     zfs.mount(&ds).await?;
@@ -142,6 +144,32 @@ pub async fn create_project(
         })?
         .map_err(|source| ZfsError::Io { what, source })?;
     Ok(ds)
+}
+
+/// The root of a served project as a tenant must find it: mounted `nosuid,nodev` (on
+/// zfs-fuse the `setuid`/`devices` properties do not reach the mount flags), owned by the
+/// owner, mode 0700 (no other tenant on the host lists or reads it), and exported for folder
+/// mounts (`mounts::export`; `project` is `<ns>/<name>`). Acts on the root by descriptor.
+pub fn secure_root(
+    dirs: &crate::mounts::MountDirs,
+    project: &Path,
+    mountpoint: &Path,
+    owner: (u32, u32),
+) -> Result<(), String> {
+    use std::os::fd::AsFd;
+    crate::mounts::harden(mountpoint)?;
+    let root = crate::beneath::open_root(mountpoint).map_err(|e| e.to_string())?;
+    crate::beneath::chown_fd(root.as_fd(), owner)
+        .map_err(|e| format!("chown {}: {e}", mountpoint.display()))?;
+    // An O_PATH descriptor cannot chmod: reopen the very directory through it.
+    rustix::fs::open(
+        crate::beneath::fd_path(root.as_fd()),
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .and_then(|d| rustix::fs::fchmod(&d, rustix::fs::Mode::from_raw_mode(0o700)))
+    .map_err(|e| format!("chmod {}: {e}", mountpoint.display()))?;
+    crate::mounts::export(dirs, project, mountpoint)
 }
 
 fn prop(name: &str, ds: &DatasetName) -> Result<PropertyName, ZfsError> {

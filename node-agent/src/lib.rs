@@ -5,11 +5,13 @@
 //! - [`retention`]: which snapshots to keep (§5.2) and the snapshot space guard.
 //! - [`transfer`]: moving streams between ZFS and the store, verified before any receive.
 
+pub mod beneath;
 pub mod cli;
 pub mod fetch;
 pub mod layout;
 pub mod metrics;
 pub mod mounts;
+pub mod ownership;
 pub mod retention;
 pub mod runtime;
 pub mod sanity;

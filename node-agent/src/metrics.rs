@@ -11,6 +11,7 @@ pub struct Metrics {
     pub streams_applied: AtomicU64,
     pub snapshots_taken: AtomicU64,
     pub errors: AtomicU64,
+    pub connections_refused: AtomicU64,
 }
 
 pub static METRICS: Metrics = Metrics {
@@ -20,6 +21,7 @@ pub static METRICS: Metrics = Metrics {
     streams_applied: AtomicU64::new(0),
     snapshots_taken: AtomicU64::new(0),
     errors: AtomicU64::new(0),
+    connections_refused: AtomicU64::new(0),
 };
 
 pub fn add(counter: &AtomicU64, n: u64) {
@@ -58,6 +60,11 @@ pub fn render(m: &Metrics) -> String {
             "projstore_agent_replica_errors_total",
             "Replica passes that ended in an error.",
             &m.errors,
+        ),
+        (
+            "projstore_agent_connections_refused_total",
+            "Stream-server connections refused over the total or per-peer limit.",
+            &m.connections_refused,
         ),
     ];
     let mut out = String::new();

@@ -1,14 +1,21 @@
 //! Mounts (DESIGN §5.7): a folder of project B inside project A.
 //!
-//! Source side: an sftp-only sshd run by the agent, chrooted to the projects root, key auth
-//! only. Consumer side: sshfs from B's host into a staging directory, then bindfs onto the
-//! mount path (files created through it belong to B's owner; they show as A's owner); on the
-//! same host, bindfs alone. What is mounted is read back from `/proc/self/mounts`, so a
-//! restarted agent knows its mounts without any other state.
+//! Source side: every served project is exported as a `nosymfollow,nosuid,nodev` bind mount
+//! of its root into `<run>/sftp/<ns>/<name>`, the chroot of an sftp-only sshd run by the
+//! agent (key auth only). Neither sftp-server nor bindfs, both root, ever follows a symlink
+//! a tenant made: the kernel refuses it on that mount, whatever the tenant races.
+//! Consumer side: sshfs from B's host into a staging directory (made `nosymfollow` too),
+//! then bindfs onto a staging directory (files created through it belong to B's owner; they
+//! show as A's owner), then the finished mount is moved onto the target directory, which
+//! was resolved beneath A's root and held by descriptor (`beneath`); on the same host,
+//! bindfs of the export alone. What is mounted is read back from `/proc/self/mountinfo`, so a
+//! restarted agent knows its mounts without any other state, and each is unmounted by its
+//! mount ID, never by a path a tenant could have redirected.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -91,14 +98,16 @@ pub fn check_chroot(root: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Starts the sftp-only sshd; it runs until the returned child is dropped.
+/// Starts the sftp-only sshd, chrooted to the exports (`MountDirs::exports_root`); it runs
+/// until the returned child is dropped.
 pub async fn start_sshd(
     listen: SocketAddr,
     keys: &SshKeys,
-    projects_root: &Path,
+    dirs: &MountDirs,
     run_dir: &Path,
 ) -> Result<Child, String> {
-    check_chroot(projects_root)?;
+    let chroot = dirs.exports_root();
+    check_chroot(&chroot)?;
     let host_key = keys.host_key();
     for f in [&host_key, &keys.client_pub()] {
         if !f.is_file() {
@@ -116,10 +125,11 @@ pub async fn start_sshd(
          PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
          PermitRootLogin prohibit-password\nAllowUsers root\nChrootDirectory {}\n\
          ForceCommand internal-sftp\nSubsystem sftp internal-sftp\nAllowTcpForwarding no\n\
-         AllowAgentForwarding no\nX11Forwarding no\nPermitTTY no\nUsePAM no\nStrictModes no\n",
+         AllowAgentForwarding no\nAllowStreamLocalForwarding no\nX11Forwarding no\nPermitTTY no\n\
+         PermitTunnel no\nUsePAM no\nStrictModes yes\n",
         host_key.display(),
         keys.client_pub().display(),
-        projects_root.display()
+        chroot.display()
     );
     std::fs::write(&config, text).map_err(|e| format!("{}: {e}", config.display()))?;
     let mut child = Command::new("/usr/sbin/sshd")
@@ -202,10 +212,14 @@ pub fn check_endpoint(ep: &str) -> Result<(), String> {
 /// One wanted mount on the consumer's primary host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wanted {
-    /// `<consumer mountpoint>/<mountPath>`.
-    pub target: PathBuf,
-    /// The source folder relative to the projects root: `<ns>/<project>/<path>`.
-    pub source: PathBuf,
+    /// The consumer project's mountpoint (its root): `mount_path` is resolved beneath it.
+    pub consumer_root: PathBuf,
+    /// `mountPath`, relative to the consumer's root.
+    pub mount_path: PathBuf,
+    /// The source project, `<ns>/<name>` relative to the projects root (and the sftp chroot).
+    pub source_project: PathBuf,
+    /// `path`, relative to the source project's root.
+    pub path: PathBuf,
     /// The source's sftp endpoint, or None when the source is served on this host.
     pub remote: Option<String>,
     pub read_only: bool,
@@ -215,80 +229,289 @@ pub struct Wanted {
     pub owner: (u32, u32),
 }
 
-/// A mounted filesystem from `/proc/self/mounts`.
+impl Wanted {
+    /// Where the mount shows, as a path (for status and the mount table; never used to act).
+    pub fn target(&self) -> PathBuf {
+        self.consumer_root.join(&self.mount_path)
+    }
+}
+
+/// A mounted filesystem from `/proc/self/mountinfo`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mounted {
-    pub source: String,
+    /// The mount ID: what identifies this mount, whatever its path is renamed to.
+    pub id: u64,
+    /// `major:minor` of the filesystem (one per ZFS dataset, also under zfs-fuse).
+    pub dev: String,
+    /// The directory of the filesystem shown at `target` (`/` for a whole filesystem).
+    pub root: String,
     pub target: PathBuf,
+    /// Per-mount options (`rw,nosuid,nodev,…`).
+    pub options: String,
     pub fstype: String,
+    pub source: String,
+}
+
+impl Mounted {
+    fn has_option(&self, o: &str) -> bool {
+        self.options.split(',').any(|x| x == o)
+    }
 }
 
 /// The mount table (octal escapes in paths decoded).
 pub fn mount_table() -> Vec<Mounted> {
-    let text = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    parse_mounts(&text)
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    parse_mountinfo(&text)
 }
 
-pub fn parse_mounts(text: &str) -> Vec<Mounted> {
-    let unescape = |s: &str| {
-        let mut out = Vec::new();
-        let b = s.as_bytes();
-        let mut i = 0;
-        while i < b.len() {
-            if b[i] == b'\\'
-                && i + 3 < b.len()
-                && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
-            {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-            out.push(b[i]);
-            i += 1;
+fn unescape(s: &str) -> String {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
         }
-        String::from_utf8_lossy(&out).into_owned()
-    };
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses `/proc/self/mountinfo`: `ID PARENT MAJ:MIN ROOT TARGET OPTIONS [OPTIONAL…] - TYPE
+/// SOURCE SUPER-OPTIONS`.
+pub fn parse_mountinfo(text: &str) -> Vec<Mounted> {
     text.lines()
         .filter_map(|l| {
-            let mut f = l.split(' ');
-            let (src, tgt, ty) = (f.next()?, f.next()?, f.next()?);
+            let (head, tail) = l.split_once(" - ")?;
+            let mut h = head.split(' ');
+            let id = h.next()?.parse().ok()?;
+            let _parent = h.next()?;
+            let dev = h.next()?.to_owned();
+            let root = unescape(h.next()?);
+            let target = PathBuf::from(unescape(h.next()?));
+            let options = h.next()?.to_owned();
+            let mut t = tail.split(' ');
+            let fstype = t.next()?.to_owned();
+            let source = unescape(t.next()?);
             Some(Mounted {
-                source: unescape(src),
-                target: PathBuf::from(unescape(tgt)),
-                fstype: ty.to_owned(),
+                id,
+                dev,
+                root,
+                target,
+                options,
+                fstype,
+                source,
             })
         })
         .collect()
 }
 
-/// Where the sshfs of a mount is staged: outside every project, one directory per target.
-fn staging_for(run_dir: &Path, target: &Path) -> PathBuf {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for b in target.as_os_str().as_encoded_bytes() {
-        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    run_dir.join("mounts").join(format!("{h:016x}"))
+/// The mount now shown at `target` (the topmost one), if any.
+fn top_at<'a>(table: &'a [Mounted], target: &Path) -> Option<&'a Mounted> {
+    table.iter().rev().find(|m| m.target == target)
 }
 
-/// A relative path with no `..`, `.`, or root: safe to join below a project.
+/// The agent's own directories for mounts, below its run directory (root's, never a
+/// tenant's): `mnt/` stages mounts before they are moved into place, `sftp/` is the sftp
+/// server's chroot and holds the exports of this host's projects.
+#[derive(Debug, Clone)]
+pub struct MountDirs {
+    run_dir: PathBuf,
+}
+
+impl MountDirs {
+    pub fn new(run_dir: &Path) -> Self {
+        Self {
+            run_dir: run_dir.to_path_buf(),
+        }
+    }
+    fn staging_root(&self) -> PathBuf {
+        self.run_dir.join("mnt")
+    }
+    /// The sftp chroot: `<ns>/<name>` below it is that project's export.
+    pub fn exports_root(&self) -> PathBuf {
+        self.run_dir.join("sftp")
+    }
+    fn export_of(&self, project: &Path) -> PathBuf {
+        self.exports_root().join(project)
+    }
+    /// One staging directory per mount target (outside every project).
+    fn staging_for(&self, target: &Path) -> PathBuf {
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        for b in target.as_os_str().as_encoded_bytes() {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.staging_root().join(format!("{h:016x}"))
+    }
+
+    /// Creates the directories; makes the staging directory a private mount, so mounts made
+    /// there can be moved into a project (a mount below a shared one cannot be moved).
+    pub fn prepare(&self) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        let staging = self.staging_root();
+        for (dir, mode) in [(&staging, 0o700), (&self.exports_root(), 0o755)] {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        if top_at(&mount_table(), &staging).is_none() {
+            rustix::mount::mount_bind(&staging, &staging)
+                .map_err(|e| format!("bind {}: {e}", staging.display()))?;
+        }
+        rustix::mount::mount_change(&staging, rustix::mount::MountPropagationFlags::PRIVATE)
+            .map_err(|e| format!("make {} private: {e}", staging.display()))
+    }
+}
+
+/// Makes sure the project filesystem mounted at `mountpoint` is `nosuid,nodev`: on zfs-fuse
+/// the `setuid`/`devices` properties do not reach the mount flags.
+pub fn harden(mountpoint: &Path) -> Result<(), String> {
+    let table = mount_table();
+    let m = top_at(&table, mountpoint)
+        .ok_or_else(|| format!("{} is not mounted", mountpoint.display()))?;
+    if m.has_option("nosuid") && m.has_option("nodev") {
+        return Ok(());
+    }
+    use rustix::mount::MountFlags;
+    let mut flags = MountFlags::BIND | MountFlags::NOSUID | MountFlags::NODEV;
+    if m.has_option("ro") {
+        flags |= MountFlags::RDONLY;
+    }
+    rustix::mount::mount_remount(mountpoint, flags, "")
+        .map_err(|e| format!("remount {} nosuid,nodev: {e}", mountpoint.display()))
+}
+
+/// Unmounts exactly mount `m`: its path is resolved following no symlink and unmounted only
+/// when it still leads to the mount with `m`'s ID (a tenant who renamed or swapped a
+/// directory on the way cannot redirect the unmount).
+pub fn unmount_exact(m: &Mounted) -> Result<(), String> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let fd = rustix::fs::openat2(
+        rustix::fs::CWD,
+        &m.target,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(|e| format!("{}: {e}", m.target.display()))?;
+    let id = crate::beneath::mount_id(fd.as_fd()).map_err(|e| e.to_string())?;
+    if id != m.id {
+        return Err(format!(
+            "{} no longer leads to mount {} (it was moved): left for the next pass",
+            m.target.display(),
+            m.id
+        ));
+    }
+    unmount_fd(fd.as_fd()).map_err(|e| format!("unmount {}: {e}", m.target.display()))
+}
+
+/// Unmounts (lazily, so a dead sshfs cannot block it) the mount whose root `fd` holds.
+fn unmount_fd(fd: BorrowedFd<'_>) -> rustix::io::Result<()> {
+    rustix::mount::unmount(
+        crate::beneath::fd_path(fd),
+        rustix::mount::UnmountFlags::DETACH,
+    )
+}
+
+/// Exports the project mounted at `mountpoint` (`project` = `<ns>/<name>`) to the sftp
+/// chroot and to same-host mounts: a bind mount of its root with `nosymfollow,nosuid,nodev`,
+/// so neither sftp-server nor bindfs — both root — ever follows a symlink a tenant made
+/// there, whatever it races. Idempotent; a stale export (of an earlier mount) is replaced.
+pub fn export(dirs: &MountDirs, project: &Path, mountpoint: &Path) -> Result<(), String> {
+    use rustix::mount::{MountFlags, MoveMountFlags, OpenTreeFlags};
+    let table = mount_table();
+    let live = top_at(&table, mountpoint)
+        .ok_or_else(|| format!("{} is not mounted", mountpoint.display()))?;
+    let dir = dirs.export_of(project);
+    if let Some(old) = top_at(&table, &dir) {
+        if old.dev == live.dev && old.root == "/" && old.has_option("nosymfollow") {
+            return Ok(());
+        }
+        unmount_exact(old)?;
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let root = crate::beneath::open_root(mountpoint).map_err(|e| e.to_string())?;
+    if crate::beneath::mount_id(root.as_fd()).map_err(|e| e.to_string())? != live.id {
+        return Err(format!(
+            "{} changed while exporting it",
+            mountpoint.display()
+        ));
+    }
+    let tree = rustix::mount::open_tree(
+        root.as_fd(),
+        "",
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_EMPTY_PATH,
+    )
+    .map_err(|e| format!("clone {}: {e}", mountpoint.display()))?;
+    // Flags are set where no sftp session can see the export yet, then it is moved in.
+    let staging = dirs.staging_for(&dir).with_extension("export");
+    std::fs::create_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
+    rustix::mount::move_mount(
+        tree.as_fd(),
+        "",
+        rustix::fs::CWD,
+        &staging,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(|e| format!("attach the export of {}: {e}", mountpoint.display()))?;
+    let flags = MountFlags::BIND | MountFlags::NOSYMFOLLOW | MountFlags::NOSUID | MountFlags::NODEV;
+    let moved = rustix::mount::mount_remount(&staging, flags, "")
+        .and_then(|()| rustix::mount::mount_move(&staging, &dir));
+    if let Err(e) = moved {
+        let _ = rustix::mount::unmount(&staging, rustix::mount::UnmountFlags::DETACH);
+        return Err(format!("export {}: {e}", mountpoint.display()));
+    }
+    Ok(())
+}
+
+/// Takes down the export of the project mounted at `mountpoint` and every same-host mount
+/// made from it (a project about to stop serving: they must go before its filesystem does).
+/// Returns what was unmounted.
+pub fn unexport(dirs: &MountDirs, mountpoint: &Path) -> Vec<PathBuf> {
+    let table = mount_table();
+    let Some(live) = top_at(&table, mountpoint) else {
+        return Vec::new();
+    };
+    let exports = dirs.exports_root();
+    let mut done = Vec::new();
+    let ours: Vec<&Mounted> = table
+        .iter()
+        .filter(|m| m.dev == live.dev && m.target.starts_with(&exports))
+        .collect();
+    for export in ours {
+        for m in table.iter().rev() {
+            if m.fstype.starts_with("fuse") && Path::new(&m.source).starts_with(&export.target) {
+                match unmount_exact(m) {
+                    Ok(()) => done.push(m.target.clone()),
+                    Err(e) => tracing::warn!(error = %e, "cannot release a mount of an export"),
+                }
+            }
+        }
+        match unmount_exact(export) {
+            Ok(()) => done.push(export.target.clone()),
+            Err(e) => tracing::warn!(error = %e, "cannot release an export"),
+        }
+    }
+    done
+}
+
+/// A relative path with no `..`, `.`, or root: a spec's `path` or `mountPath` as text, checked
+/// before anything is resolved (the resolution itself is `beneath`'s).
 pub fn safe_relative(p: &str) -> Result<PathBuf, String> {
-    let path = Path::new(p);
     if p.is_empty() || p.contains('\0') {
         return Err(format!("{p:?} is not a path"));
     }
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::CurDir => {}
-            _ => {
-                return Err(format!(
-                    "{p:?} must stay inside the project (no `..`, not absolute)"
-                ));
-            }
-        }
-    }
-    Ok(out)
+    crate::beneath::components(Path::new(p))
+        .map(|c| c.iter().collect())
+        .map_err(|e| format!("{p:?} {}", e.reason))
 }
 
 async fn run(program: &str, args: &[&std::ffi::OsStr]) -> Result<(), String> {
@@ -311,87 +534,122 @@ async fn run(program: &str, args: &[&std::ffi::OsStr]) -> Result<(), String> {
     }
 }
 
-/// Unmounts `target` (lazily, so a dead sshfs connection cannot block it).
-pub async fn unmount(target: &Path) -> Result<(), String> {
-    run("umount", &["-l".as_ref(), target.as_os_str()]).await
+/// Runs blocking file-system work off the async threads with a time limit: a path below a
+/// dead FUSE mount must not stall the agent.
+async fn blocking<T: Send + 'static>(
+    what: String,
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::time::timeout(Duration::from_secs(10), tokio::task::spawn_blocking(f)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what} does not answer (a hung mount?)")),
+    }
+}
+
+/// What is at the target now.
+enum AtTarget {
+    /// A directory with nothing mounted on it.
+    Free(OwnedFd),
+    /// Our mount, from the wanted source.
+    Current,
+}
+
+/// Resolves (creating it beneath the consumer's root when missing) the target directory of
+/// `w`, and takes down a mount there that is not the wanted one.
+fn prepare_target(w: &Wanted, lower: &Path, remote_ok: bool) -> Result<AtTarget, String> {
+    let root = crate::beneath::open_root(&w.consumer_root).map_err(|e| e.to_string())?;
+    let mount_path = |e: crate::beneath::BeneathError| {
+        format!(
+            "mountPath {:?}: {:?} {}",
+            w.mount_path.display().to_string(),
+            e.path,
+            e.reason
+        )
+    };
+    let (parent, fd) = match crate::beneath::open_mount_point(root.as_fd(), &w.mount_path) {
+        Err(e) if e.reason == "does not exist" => {
+            crate::beneath::ensure_dir(root.as_fd(), &w.mount_path, w.owner).map_err(mount_path)?;
+            crate::beneath::open_mount_point(root.as_fd(), &w.mount_path).map_err(mount_path)?
+        }
+        other => other.map_err(mount_path)?,
+    };
+    let id = |fd: BorrowedFd<'_>| crate::beneath::mount_id(fd).map_err(|e| e.to_string());
+    let here = id(fd.as_fd())?;
+    if here == id(parent.as_fd())? {
+        return Ok(AtTarget::Free(fd));
+    }
+    let table = mount_table();
+    let m = table.iter().find(|m| m.id == here).ok_or_else(|| {
+        format!(
+            "mount {here} at {} is not in the mount table",
+            w.target().display()
+        )
+    })?;
+    if m.source == lower.display().to_string() && remote_ok {
+        return Ok(AtTarget::Current);
+    }
+    if !m.fstype.starts_with("fuse") {
+        return Err(format!(
+            "mountPath {:?}: another filesystem ({}) is mounted there",
+            w.mount_path.display().to_string(),
+            m.fstype
+        ));
+    }
+    unmount_fd(fd.as_fd()).map_err(|e| format!("unmount {}: {e}", w.target().display()))?;
+    drop(fd);
+    let (_, fd) =
+        crate::beneath::open_mount_point(root.as_fd(), &w.mount_path).map_err(mount_path)?;
+    Ok(AtTarget::Free(fd))
 }
 
 /// Makes `w` mounted (idempotent): nothing happens when it already is, from the same source;
-/// a mount from another source (the source project moved) is replaced.
-pub async fn ensure(
-    w: &Wanted,
-    keys: &SshKeys,
-    projects_root: &Path,
-    run_dir: &Path,
-) -> Result<(), String> {
-    let table = mount_table();
-    let staging = staging_for(run_dir, &w.target);
-    let lower = match &w.remote {
-        Some(_) => staging.clone(),
-        None => projects_root.join(&w.source),
+/// a mount from another source (the source project moved) is replaced. The target is
+/// resolved beneath the consumer's root and held by descriptor; bindfs mounts on a staging
+/// directory of the agent and the finished mount is moved onto that descriptor.
+pub async fn ensure(w: &Wanted, keys: &SshKeys, dirs: &MountDirs) -> Result<(), String> {
+    let staging = dirs.staging_for(&w.target());
+    let top = staging.join("top");
+    let remote_dir = staging.join("remote");
+    let (lower, sshfs_source) = match &w.remote {
+        Some(r) => {
+            let host = r.rsplit_once(':').map_or(r.as_str(), |(h, _)| h);
+            let src = format!("root@{host}:/{}", w.source_project.join(&w.path).display());
+            (remote_dir.clone(), Some(src))
+        }
+        None => (dirs.export_of(&w.source_project).join(&w.path), None),
     };
-    let top = table.iter().rev().find(|m| m.target == w.target);
-    let sshfs_source = w.remote.as_ref().map(|r| {
-        let host = r.rsplit_once(':').map_or(r.as_str(), |(h, _)| h);
-        format!("root@{host}:/{}", w.source.display())
-    });
-    let staged = table.iter().rev().find(|m| m.target == staging);
-    let staging_ok = match &sshfs_source {
-        Some(src) => staged.is_some_and(|m| &m.source == src),
+    let table = mount_table();
+    let remote_ok = match &sshfs_source {
+        Some(src) => top_at(&table, &remote_dir).is_some_and(|m| &m.source == src),
         None => true,
     };
-    if top.is_some_and(|m| m.source == lower.display().to_string()) && staging_ok {
-        return Ok(());
-    }
-    // Wrong or half-made: take it down and mount afresh.
-    if top.is_some() {
-        unmount(&w.target).await?;
-    }
-    if staged.is_some() {
-        unmount(&staging).await?;
-    }
-    if !probe(&w.target).await? {
-        let (target, owner) = (w.target.clone(), w.owner);
-        tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&target)
-                .and_then(|()| std::os::unix::fs::chown(&target, Some(owner.0), Some(owner.1)))
-                .map_err(|e| format!("{}: {e}", target.display()))
+    let target = {
+        let (w, lower) = (w.clone(), lower.clone());
+        blocking(format!("{}", w.target().display()), move || {
+            prepare_target(&w, &lower, remote_ok)
         })
-        .await
-        .map_err(|e| e.to_string())??;
+        .await?
+    };
+    let AtTarget::Free(target) = target else {
+        return Ok(());
+    };
+    // Half-made leftovers of an earlier attempt.
+    for m in [&top, &remote_dir] {
+        if let Some(old) = top_at(&table, m) {
+            unmount_exact(old)?;
+        }
     }
+    std::fs::create_dir_all(&top).map_err(|e| format!("{}: {e}", top.display()))?;
     if let (Some(remote), Some(src)) = (&w.remote, &sshfs_source) {
-        let (_, port) = remote
-            .rsplit_once(':')
-            .ok_or_else(|| format!("sftp endpoint {remote:?} has no port"))?;
-        std::fs::create_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
-        let known = run_dir.join("known_hosts");
-        let host_pub = std::fs::read_to_string(keys.host_pub())
-            .map_err(|e| format!("{}: {e}", keys.host_pub().display()))?;
-        std::fs::write(&known, format!("* {}", host_pub.trim()))
-            .map_err(|e| format!("{}: {e}", known.display()))?;
-        let opts = format!(
-            "IdentityFile={},UserKnownHostsFile={},StrictHostKeyChecking=yes,BatchMode=yes,port={port},\
-             reconnect,ServerAliveInterval=15,ServerAliveCountMax=3,\
-             cache_timeout=10,kernel_cache,auto_cache,allow_other,default_permissions",
-            keys.client_key().display(),
-            known.display()
-        );
-        run(
-            "sshfs",
-            &[
-                "-o".as_ref(),
-                opts.as_ref(),
-                src.as_ref(),
-                staging.as_os_str(),
-            ],
-        )
+        mount_remote(w, remote, src, keys, dirs, &remote_dir).await?;
+    } else {
+        let export = dirs.export_of(&w.source_project);
+        let path = w.path.clone();
+        blocking(format!("{}", export.display()), move || {
+            check_source(&export, &path)
+        })
         .await?;
-    } else if !probe(&lower).await? {
-        return Err(format!(
-            "{} does not exist in the source project",
-            w.source.display()
-        ));
     }
     let mut args: Vec<std::ffi::OsString> = vec![
         format!("--create-for-user={}", w.source_owner.0).into(),
@@ -402,58 +660,146 @@ pub async fn ensure(
         w.owner.1.to_string().into(),
         "-o".into(),
         if w.read_only {
-            "allow_other,ro"
+            "allow_other,nosuid,nodev,ro"
         } else {
-            "allow_other"
+            "allow_other,nosuid,nodev"
         }
         .into(),
     ];
-    args.push(lower.into());
-    args.push(w.target.clone().into());
+    args.push(lower.into_os_string());
+    args.push(top.clone().into_os_string());
     let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    run("bindfs", &refs).await
+    run("bindfs", &refs).await?;
+    let moved = rustix::mount::move_mount(
+        rustix::fs::CWD,
+        &top,
+        target.as_fd(),
+        "",
+        rustix::mount::MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    );
+    if let Err(e) = moved {
+        let _ = rustix::mount::unmount(&top, rustix::mount::UnmountFlags::DETACH);
+        return Err(format!("move the mount onto {}: {e}", w.target().display()));
+    }
+    Ok(())
 }
 
-/// Unmounts the same-host bindfs mounts whose source lies in `dir` (a project about to stop
-/// serving): they must go before the project's own filesystem does, or they hang.
-pub async fn release_sourced_from(dir: &Path, run_dir: &Path) -> Vec<PathBuf> {
-    let mut done = Vec::new();
-    for m in mount_table() {
-        if m.fstype.starts_with("fuse") && Path::new(&m.source).starts_with(dir) {
-            release(&m.target, run_dir).await;
-            done.push(m.target);
+/// The source folder of a same-host mount: `path` resolved beneath the source's export
+/// (which must be there: the source's primary exports it once mounted).
+fn check_source(export: &Path, path: &Path) -> Result<(), String> {
+    let root = crate::beneath::open_root(export).map_err(|e| e.to_string())?;
+    let parent = export.parent().map(crate::beneath::open_root).transpose();
+    let exported = match parent {
+        Ok(Some(p)) => {
+            crate::beneath::mount_id(root.as_fd()).ok() != crate::beneath::mount_id(p.as_fd()).ok()
         }
+        _ => false,
+    };
+    if !exported {
+        return Err("the source project is not exported on this host yet".into());
     }
-    done
+    crate::beneath::open_dir(root.as_fd(), path)
+        .map(drop)
+        .map_err(|e| {
+            format!(
+                "path {:?}: {:?} {}",
+                path.display().to_string(),
+                e.path,
+                e.reason
+            )
+        })
 }
 
-/// Whether `p` exists, asked off the async threads with a time limit: a path below a dead
-/// FUSE mount must not stall the agent.
-async fn probe(p: &Path) -> Result<bool, String> {
-    let owned = p.to_path_buf();
-    match tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::task::spawn_blocking(move || owned.exists()),
+/// sshfs of the source folder on its host into `remote_dir`, made `nosymfollow,nosuid,nodev`
+/// before anything uses it (bindfs runs as root here: a symlink in the source must not lead
+/// it anywhere on this host).
+async fn mount_remote(
+    w: &Wanted,
+    remote: &str,
+    src: &str,
+    keys: &SshKeys,
+    dirs: &MountDirs,
+    remote_dir: &Path,
+) -> Result<(), String> {
+    let (_, port) = remote
+        .rsplit_once(':')
+        .ok_or_else(|| format!("sftp endpoint {remote:?} has no port"))?;
+    std::fs::create_dir_all(remote_dir).map_err(|e| format!("{}: {e}", remote_dir.display()))?;
+    let known = dirs.run_dir.join("known_hosts");
+    let host_pub = std::fs::read_to_string(keys.host_pub())
+        .map_err(|e| format!("{}: {e}", keys.host_pub().display()))?;
+    std::fs::write(&known, format!("* {}", host_pub.trim()))
+        .map_err(|e| format!("{}: {e}", known.display()))?;
+    let opts = format!(
+        "IdentityFile={},UserKnownHostsFile={},StrictHostKeyChecking=yes,BatchMode=yes,port={port},\
+         reconnect,ServerAliveInterval=15,ServerAliveCountMax=3,\
+         cache_timeout=10,kernel_cache,auto_cache,allow_other,default_permissions,nosuid,nodev",
+        keys.client_key().display(),
+        known.display()
+    );
+    let mounted = run(
+        "sshfs",
+        &[
+            "-o".as_ref(),
+            opts.as_ref(),
+            src.as_ref(),
+            remote_dir.as_os_str(),
+        ],
     )
-    .await
+    .await;
+    if let Err(e) = mounted {
+        return Err(format!(
+            "{e} (the source's path {:?} must be a directory inside {} reached without symlinks)",
+            w.path.display().to_string(),
+            w.source_project.display()
+        ));
+    }
+    use rustix::mount::MountFlags;
+    let flags = MountFlags::BIND | MountFlags::NOSYMFOLLOW | MountFlags::NOSUID | MountFlags::NODEV;
+    if let Err(e) = rustix::mount::mount_remount(remote_dir, flags, "") {
+        let _ = rustix::mount::unmount(remote_dir, rustix::mount::UnmountFlags::DETACH);
+        return Err(format!("remount {} nosymfollow: {e}", remote_dir.display()));
+    }
+    Ok(())
+}
+
+/// Unmounts the mount at `mount_path` inside the consumer (resolved beneath its root, by
+/// mount ID) and the sshfs staged behind it.
+pub async fn release(consumer_root: &Path, mount_path: &Path, dirs: &MountDirs) {
+    let (root, rel) = (consumer_root.to_path_buf(), mount_path.to_path_buf());
+    let target = consumer_root.join(mount_path);
+    let r = blocking(target.display().to_string(), move || {
+        let root = crate::beneath::open_root(&root).map_err(|e| e.to_string())?;
+        let (parent, fd) =
+            crate::beneath::open_mount_point(root.as_fd(), &rel).map_err(|e| e.to_string())?;
+        let id = crate::beneath::mount_id(fd.as_fd()).map_err(|e| e.to_string())?;
+        if id != crate::beneath::mount_id(parent.as_fd()).map_err(|e| e.to_string())? {
+            unmount_fd(fd.as_fd()).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })
+    .await;
+    if let Err(e) = r {
+        tracing::warn!(mount = %target.display(), error = %e, "cannot release a mount");
+    }
+    release_staging(dirs, &target);
+}
+
+fn release_staging(dirs: &MountDirs, target: &Path) {
+    let staging = dirs.staging_for(target);
+    let table = mount_table();
+    for m in table
+        .iter()
+        .rev()
+        .filter(|m| m.target.starts_with(&staging))
     {
-        Ok(Ok(b)) => Ok(b),
-        _ => Err(format!("{} does not answer (a hung mount?)", p.display())),
+        let _ = unmount_exact(m);
     }
 }
 
-/// Unmounts the mount at `target` and the sshfs staged behind it.
-pub async fn release(target: &Path, run_dir: &Path) {
-    let _ = unmount(target).await;
-    let staging = staging_for(run_dir, target);
-    if mount_table().iter().any(|s| s.target == staging) {
-        let _ = unmount(&staging).await;
-    }
-}
-
-/// Unmounts every FUSE mount below `dir` (deepest first), and the staging mounts behind them.
-/// Returns what was unmounted.
-pub async fn release_under(dir: &Path, run_dir: &Path) -> Vec<PathBuf> {
+/// Unmounts every FUSE mount below `dir` (deepest first), each by its mount ID, and the
+/// staging mounts behind them. Returns what was unmounted.
+pub async fn release_under(dir: &Path, dirs: &MountDirs) -> Vec<PathBuf> {
     let mut done = Vec::new();
     let mut inside: Vec<Mounted> = mount_table()
         .into_iter()
@@ -461,13 +807,15 @@ pub async fn release_under(dir: &Path, run_dir: &Path) -> Vec<PathBuf> {
         .collect();
     inside.sort_by_key(|m| std::cmp::Reverse(m.target.as_os_str().len()));
     for m in inside {
-        if unmount(&m.target).await.is_ok() {
-            done.push(m.target.clone());
+        let target = m.target.clone();
+        let r = blocking(target.display().to_string(), move || unmount_exact(&m)).await;
+        match r {
+            Ok(()) => done.push(target.clone()),
+            Err(e) => {
+                tracing::warn!(mount = %target.display(), error = %e, "cannot release a mount")
+            }
         }
-        let staging = staging_for(run_dir, &m.target);
-        if mount_table().iter().any(|s| s.target == staging) && unmount(&staging).await.is_ok() {
-            done.push(staging);
-        }
+        release_staging(dirs, &target);
     }
     done
 }
@@ -518,12 +866,19 @@ mod tests {
     }
 
     #[test]
-    fn the_mount_table_is_read_with_escapes() {
-        let t = "root@127.0.0.2:/ns/b/sub /run/p/mounts/ab fuse.sshfs rw 0 0\n/a\\040b /p/ns/a/in\\040here fuse rw 0 0\n";
-        let m = parse_mounts(t);
+    fn the_mount_table_is_read_with_ids_options_and_escapes() {
+        // Debian 12 (Linux 6.1): an sshfs staging mount and a bindfs mount in a project.
+        let t = "612 27 0:58 / /run/p/mnt/ab/remote rw,nosuid,nodev,relatime,nosymfollow shared:300 - fuse.sshfs root@127.0.0.2:/ns/b/sub rw,user_id=0,group_id=0,allow_other\n\
+                 613 43 0:59 / /p/ns/a/in\\040here rw,nosuid,nodev,relatime - fuse /a\\040b rw,user_id=0,group_id=0,default_permissions,allow_other\n";
+        let m = parse_mountinfo(t);
+        assert_eq!(m[0].id, 612);
+        assert_eq!(m[0].dev, "0:58");
         assert_eq!(m[0].source, "root@127.0.0.2:/ns/b/sub");
+        assert_eq!(m[0].fstype, "fuse.sshfs");
+        assert!(m[0].has_option("nosymfollow") && !m[1].has_option("nosymfollow"));
         assert_eq!(m[1].target, PathBuf::from("/p/ns/a/in here"));
         assert_eq!(m[1].source, "/a b");
+        assert_eq!(m[1].root, "/");
     }
 
     #[test]

@@ -231,18 +231,70 @@ fn tokio_stream_compat(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// Serves until the task is dropped; returns the bound address through `bound`.
+/// How long a client may take to send a request's headers, and may stay connected without
+/// sending one (hyper's header-read timeout also covers an idle kept-alive connection).
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Connections served at once, in all and from one peer address: an unauthenticated client
+/// opening thousands of idle connections gets refused, and cannot exhaust the agent's file
+/// descriptors (which `zfs` and the health checks need).
+pub const MAX_CONNECTIONS: usize = 512;
+pub const MAX_CONNECTIONS_PER_PEER: usize = 32;
+
+/// Counts connections per peer address; a slot is given back when its guard drops.
+#[derive(Default)]
+struct PeerSlots(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+struct PeerSlot(Arc<PeerSlots>, std::net::IpAddr);
+
+impl PeerSlots {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<PeerSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_default();
+        if *n >= MAX_CONNECTIONS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut m = self.0.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// Serves until the task is dropped, within the connection limits and timeouts above.
 pub async fn serve(listener: tokio::net::TcpListener, server: Arc<StreamServer>) {
+    let total = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let peers = Arc::new(PeerSlots::default());
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
+        let Ok((tcp, peer)) = listener.accept().await else {
+            // Out of descriptors, for example: wait a little instead of spinning.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let (Ok(permit), Some(slot)) = (total.clone().try_acquire_owned(), peers.take(peer.ip()))
+        else {
+            crate::metrics::add(&crate::metrics::METRICS.connections_refused, 1);
+            drop(tcp);
             continue;
         };
         let server = server.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| server.clone().handle(req));
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
+            drop((permit, slot));
         });
     }
 }

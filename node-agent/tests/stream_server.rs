@@ -208,3 +208,125 @@ async fn hostile_paths_are_refused_and_never_served() {
         );
     }
 }
+
+/// Stream files are a project's data: 0600 in 0700 directories (a tenant uid on the host
+/// reads none of them), and a symlink placed among them is refused, not served.
+#[tokio::test]
+async fn stream_files_are_private_and_a_planted_symlink_is_not_served() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (addr, _data, dir) = start().await;
+    let streams = dir.path().join("streams");
+    let project = streams.join("alice/thesis");
+    for d in [&streams, &streams.join("alice"), &project] {
+        assert_eq!(
+            std::fs::metadata(d).unwrap().mode() & 0o777,
+            0o700,
+            "{}",
+            d.display()
+        );
+    }
+    for f in std::fs::read_dir(&project).unwrap() {
+        let f = f.unwrap().path();
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().mode() & 0o777,
+            0o600,
+            "{}",
+            f.display()
+        );
+    }
+    // Even were the directories opened up, a tenant uid reads no stream file.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let file = project.join("full--ps-1.zstream");
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=2001",
+            "--regid=2001",
+            "--clear-groups",
+            "--",
+            "cat",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success() && out.stdout.is_empty(),
+        "a tenant read a stream file"
+    );
+
+    // A symlink planted in place of a stream (and of its manifest) leads nowhere.
+    let secret = dir.path().join("secret");
+    for (planted, url) in [
+        (
+            "full--ps-1.zstream",
+            "/v1/streams/alice/thesis/full--ps-1.zstream",
+        ),
+        (
+            "full--ps-1.json",
+            "/v1/streams/alice/thesis/full--ps-1.json",
+        ),
+    ] {
+        std::fs::remove_file(project.join(planted)).unwrap();
+        std::os::unix::fs::symlink(&secret, project.join(planted)).unwrap();
+        let (status, _, body) = get(addr, url, Some("s3cret-token"), None).await;
+        assert_ne!(status, 200, "{planted}");
+        assert!(!String::from_utf8_lossy(&body).contains("top secret"));
+    }
+}
+
+/// 1,000 idle connections and a client that sends half a request, all from one peer address
+/// without a token: the server keeps answering others at once, and closes the idle ones.
+#[tokio::test]
+async fn idle_and_slow_clients_cannot_starve_the_server() {
+    use projstore_agent::server::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS_PER_PEER};
+    let (addr, data, _dir) = start().await;
+    let attacker: std::net::IpAddr = "127.0.0.5".parse().unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind((attacker, 0).into()).unwrap();
+        idle.push(sock.connect(addr).await.unwrap());
+    }
+    let mut slow = idle.pop().unwrap();
+    let _ = slow
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await;
+
+    // Another peer is served at once, health and data alike.
+    let t = std::time::Instant::now();
+    let (status, _, body) = get(addr, "/healthz", None, None).await;
+    assert_eq!((status, body.as_slice()), (200, b"ok".as_slice()));
+    let (status, _, body) = get(
+        addr,
+        "/v1/streams/alice/thesis/full--ps-1.zstream",
+        Some("s3cret-token"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, data);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // Beyond the per-peer limit the attacker's connections were closed at once; the rest,
+    // idle or half-sent, are closed after the header-read timeout.
+    let closed = |s: &tokio::net::TcpStream| {
+        let mut b = [0u8; 1];
+        matches!(s.try_read(&mut b), Ok(0) | Ok(1))
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let refused = idle.iter().filter(|s| closed(s)).count();
+    assert!(
+        refused >= 999 - MAX_CONNECTIONS_PER_PEER,
+        "{refused} closed at once"
+    );
+    tokio::time::sleep(HEADER_READ_TIMEOUT + std::time::Duration::from_secs(2)).await;
+    let open = idle.iter().filter(|s| !closed(s)).count();
+    assert_eq!(open, 0, "idle connections outlived the header-read timeout");
+    assert!(
+        closed(&slow),
+        "a half-sent request outlived the header-read timeout"
+    );
+}

@@ -111,6 +111,10 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
             None
         }
     };
+    let mount_dirs = crate::mounts::MountDirs::new(&cfg.run_dir);
+    if let Err(e) = mount_dirs.prepare() {
+        tracing::error!(error = %e, "cannot prepare the mount directories: folder mounts and the sftp server fail");
+    }
     let listener = crate::server::bind(cfg.listen)
         .await
         .map_err(|source| RunError::Listen {
@@ -304,7 +308,7 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
         {
             let started = match crate::mounts::install_keys(dir, &cfg.run_dir) {
                 Ok(keys) => {
-                    crate::mounts::start_sshd(listen, &keys, &cfg.projects_root, &cfg.run_dir).await
+                    crate::mounts::start_sshd(listen, &keys, &mount_dirs, &cfg.run_dir).await
                 }
                 Err(e) => Err(e),
             };
@@ -337,8 +341,11 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
     // Work in progress on a replica (a receive, a stream) finishes; no new work starts.
     replicas.stop().await;
     // Clean shutdown: the mounts this agent made go first (sshd stops when dropped).
-    for m in crate::mounts::release_under(&cfg.projects_root, &cfg.run_dir).await {
+    for m in crate::mounts::release_under(&cfg.projects_root, &mount_dirs).await {
         tracing::info!(mount = %m.display(), "unmounted at shutdown");
+    }
+    for m in crate::mounts::release_under(&mount_dirs.exports_root(), &mount_dirs).await {
+        tracing::info!(mount = %m.display(), "export released at shutdown");
     }
     drop(sshd);
     watch.abort();

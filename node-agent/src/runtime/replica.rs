@@ -132,6 +132,14 @@ async fn primary(
         .await
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("project {key} does not exist"))?;
+    let owner = (project.spec.owner.uid, project.spec.owner.gid);
+    if owner.0 == 0 || owner.1 == 0 {
+        // The schema refuses it too; root must never own a tenant's files (defence in depth).
+        return Err(format!(
+            "owner {}:{} is refused: a project cannot be owned by uid or gid 0",
+            owner.0, owner.1
+        ));
+    }
     let zfs = env.zfs;
     let layout = PoolLayout::new(pool.clone());
     let ds = layout.project(&key).map_err(|e| e.to_string())?;
@@ -154,6 +162,8 @@ async fn primary(
                 PROP_ROLE,
                 PROP_SNAPSHOT_NOW,
                 "readonly",
+                "setuid",
+                "devices",
                 "mountpoint",
                 "mounted",
                 "refquota",
@@ -221,6 +231,8 @@ async fn primary(
         (PROP_EPOCH, epoch.as_str()),
         (PROP_ROLE, "primary"),
         ("readonly", "off"),
+        ("setuid", "off"),
+        ("devices", "off"),
         ("mountpoint", mp),
     ] {
         if have.get(prop).map(String::as_str) != Some(want) {
@@ -232,11 +244,7 @@ async fn primary(
     if have.get("mounted").map(String::as_str) != Some("yes") {
         zfs.mount(&ds).await.map_err(|e| e.to_string())?;
     }
-    let (uid, gid) = (project.spec.owner.uid, project.spec.owner.gid);
-    let root = mountpoint.clone();
-    let _ =
-        tokio::task::spawn_blocking(move || std::os::unix::fs::chown(&root, Some(uid), Some(gid)))
-            .await;
+    secure_root(env, &key, &mountpoint, owner).await?;
 
     let mut conditions = Vec::new();
     let prev = sr.status.clone().unwrap_or_default();
@@ -1094,6 +1102,23 @@ pub async fn fence_all(
     }
 }
 
+/// The project's root as a tenant must find it (`layout::secure_root`), off the async threads.
+async fn secure_root(
+    env: &ReplicaEnv<'_>,
+    key: &ProjectKey,
+    mountpoint: &Path,
+    owner: (u32, u32),
+) -> Result<(), String> {
+    let (mp, dirs) = (
+        mountpoint.to_path_buf(),
+        crate::mounts::MountDirs::new(env.run_dir),
+    );
+    let project = Path::new(&key.namespace).join(&key.name);
+    tokio::task::spawn_blocking(move || crate::layout::secure_root(&dirs, &project, &mp, owner))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
 /// Stops all writes to `ds`: the folder mounts inside it go first, then the dataset is
 /// unmounted (forced when open files, e.g. a peer's sftp session, keep it busy).
 async fn stop_writes(zfs: &Zfs, run_dir: &Path, ds: &DatasetName) -> Result<(), String> {
@@ -1105,8 +1130,10 @@ async fn stop_writes(zfs: &Zfs, run_dir: &Path, ds: &DatasetName) -> Result<(), 
         .await
         .map_err(|e| e.to_string())?;
     if mp.starts_with('/') {
-        crate::mounts::release_under(Path::new(&mp), run_dir).await;
-        crate::mounts::release_sourced_from(Path::new(&mp), run_dir).await;
+        let dirs = crate::mounts::MountDirs::new(run_dir);
+        crate::mounts::release_under(Path::new(&mp), &dirs).await;
+        let mp = std::path::PathBuf::from(mp);
+        let _ = tokio::task::spawn_blocking(move || crate::mounts::unexport(&dirs, &mp)).await;
     }
     match zfs.unmount(ds).await {
         Err(e) if e.is_busy() => zfs.unmount_force(ds).await.map_err(|e| e.to_string()),
@@ -1131,6 +1158,7 @@ async fn serve_mounts(
         .and_then(|a| serde_json::from_str(a).ok())
         .unwrap_or_default();
     let ns = sr.namespace().unwrap_or_default();
+    let dirs = crate::mounts::MountDirs::new(env.run_dir);
     let mut out = Vec::new();
     let mut targets = Vec::new();
     for m in &project.spec.mounts {
@@ -1165,8 +1193,10 @@ async fn serve_mounts(
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("project {} does not exist", m.project))?;
             Ok::<_, String>(crate::mounts::Wanted {
-                target: mountpoint.join(rel),
-                source: Path::new(&key.namespace).join(&key.name).join(path),
+                consumer_root: mountpoint.to_path_buf(),
+                mount_path: rel,
+                source_project: Path::new(&key.namespace).join(&key.name),
+                path,
                 remote,
                 read_only: m.read_only,
                 source_owner: (source_project.spec.owner.uid, source_project.spec.owner.gid),
@@ -1176,7 +1206,7 @@ async fn serve_mounts(
         match wanted.await {
             Err(e) => out.push(status("Failed", e)),
             Ok(w) => {
-                targets.push(w.target.clone());
+                targets.push(w.target());
                 if w.remote.is_some() && env.keys.is_none() {
                     out.push(status(
                         "Failed",
@@ -1187,7 +1217,7 @@ async fn serve_mounts(
                 let keys = env.keys.clone().unwrap_or(crate::mounts::SshKeys {
                     dir: Default::default(),
                 });
-                match crate::mounts::ensure(&w, &keys, env.projects_root, env.run_dir).await {
+                match crate::mounts::ensure(&w, &keys, &dirs).await {
                     Ok(()) => out.push(status(
                         "Mounted",
                         format!(
@@ -1202,14 +1232,14 @@ async fn serve_mounts(
             }
         }
     }
-    // Mounts no longer asked for.
+    // Mounts no longer asked for: each released beneath the project's root, by mount ID.
     for old in crate::mounts::mount_table() {
-        if old.fstype.starts_with("fuse")
-            && old.target.starts_with(mountpoint)
+        if let Ok(rel) = old.target.strip_prefix(mountpoint)
+            && old.fstype.starts_with("fuse")
             && old.target != mountpoint
             && !targets.contains(&old.target)
         {
-            crate::mounts::release(&old.target, env.run_dir).await;
+            crate::mounts::release(mountpoint, rel, &dirs).await;
         }
     }
     out
@@ -1239,48 +1269,15 @@ async fn repair_ownership(
     }
     let (uid, gid) = (project.spec.owner.uid, project.spec.owner.gid);
     let top = root.to_path_buf();
-    let changed = tokio::task::spawn_blocking(move || chown_tree(&top, uid, gid))
+    let done = tokio::task::spawn_blocking(move || crate::ownership::chown_tree(&top, uid, gid))
         .await
         .map_err(|e| e.to_string())??;
-    tracing::info!(dataset = %ds, files = changed, uid, gid, "ownership repaired");
-    zfs.set(ds, &prop, &asked).await.map_err(|e| e.to_string())
-}
-
-/// `lchown -R` of `root` staying on its filesystem and skipping `root/.zfs`; returns how many
-/// entries it changed.
-fn chown_tree(root: &Path, uid: u32, gid: u32) -> Result<u64, String> {
-    use std::os::unix::fs::MetadataExt;
-    let dev = std::fs::symlink_metadata(root)
-        .map_err(|e| format!("{}: {e}", root.display()))?
-        .dev();
-    let mut todo = vec![root.to_path_buf()];
-    let mut changed = 0;
-    while let Some(dir) = todo.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        for e in entries.flatten() {
-            let path = e.path();
-            if dir == root && e.file_name() == ".zfs" {
-                continue;
-            }
-            let Ok(meta) = std::fs::symlink_metadata(&path) else {
-                continue;
-            };
-            if meta.dev() != dev {
-                continue; // a mount inside the project (another project's folder)
-            }
-            if (meta.uid(), meta.gid()) != (uid, gid) {
-                std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                changed += 1;
-            }
-            if meta.is_dir() {
-                todo.push(path);
-            }
-        }
+    tracing::info!(dataset = %ds, files = done.changed, uid, gid, "ownership repaired");
+    if !done.failed.is_empty() {
+        // Entries that changed under the walk (a tenant renaming them) are left, not chased.
+        tracing::warn!(dataset = %ds, failed = done.failed.len(), first = %done.failed[0], "some entries kept their owner");
     }
-    std::os::unix::fs::chown(root, Some(uid), Some(gid))
-        .map_err(|e| format!("{}: {e}", root.display()))?;
-    Ok(changed)
+    zfs.set(ds, &prop, &asked).await.map_err(|e| e.to_string())
 }
 
 /// Compaction (DESIGN §5.3): when the stored chain grew long or ends in many tiny

@@ -98,7 +98,7 @@ impl StreamStore {
     /// [`StreamStore::recover`] removes.
     pub async fn begin(&self, p: &ProjectKey, id: &StreamId) -> Result<StreamWriter, StoreError> {
         let dir = self.dir(p);
-        fs::create_dir_all(&dir).await.map_err(io(&dir))?;
+        private_dir(&self.root, &dir).await?;
         let final_path = dir.join(id.file_name());
         if fs::try_exists(&final_path).await.map_err(io(&final_path))? {
             return Err(StoreError::AlreadyExists {
@@ -112,6 +112,8 @@ impl StreamStore {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
+            .custom_flags(nofollow())
             .open(&partial)
             .await
             .map_err(io(&partial))?;
@@ -156,7 +158,12 @@ impl StreamStore {
     /// Reads the manifest of stream `id`.
     pub async fn manifest(&self, p: &ProjectKey, id: &StreamId) -> Result<Manifest, StoreError> {
         let path = self.dir(p).join(id.manifest_name());
-        let text = match fs::read(&path).await {
+        let read = async {
+            let mut t = Vec::new();
+            open_read(&path).await?.read_to_end(&mut t).await?;
+            Ok::<_, std::io::Error>(t)
+        };
+        let text = match read.await {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(StoreError::NotFound {
@@ -198,7 +205,7 @@ impl StreamStore {
             id: id.to_string(),
             reason,
         };
-        let mut file = match File::open(&path).await {
+        let mut file = match open_read(&path).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(corrupt("the stream file is missing".into()));
@@ -242,7 +249,7 @@ impl StreamStore {
     ) -> Result<(File, u64), StoreError> {
         let manifest = self.manifest(p, id).await?;
         let path = self.dir(p).join(id.file_name());
-        let mut file = File::open(&path).await.map_err(io(&path))?;
+        let mut file = open_read(&path).await.map_err(io(&path))?;
         let len = file.metadata().await.map_err(io(&path))?.len();
         if len != manifest.bytes {
             return Err(StoreError::Corrupt {
@@ -351,11 +358,13 @@ impl StreamStore {
     /// The file a download of `id` appends to (created with its directory when missing).
     pub async fn download_file(&self, p: &ProjectKey, id: &StreamId) -> Result<File, StoreError> {
         let dir = self.dir(p);
-        fs::create_dir_all(&dir).await.map_err(io(&dir))?;
+        private_dir(&self.root, &dir).await?;
         let path = dir.join(format!("{}.download", id.file_name()));
         OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
+            .custom_flags(nofollow())
             .open(&path)
             .await
             .map_err(io(&path))
@@ -383,7 +392,7 @@ impl StreamStore {
                 manifest.project
             )));
         }
-        let mut f = File::open(&partial).await.map_err(io(&partial))?;
+        let mut f = open_read(&partial).await.map_err(io(&partial))?;
         let len = f.metadata().await.map_err(io(&partial))?.len();
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
@@ -402,7 +411,7 @@ impl StreamStore {
                 manifest.bytes, manifest.sha256
             )));
         }
-        File::open(&partial)
+        open_read(&partial)
             .await
             .map_err(io(&partial))?
             .sync_all()
@@ -417,7 +426,7 @@ impl StreamStore {
             reason: e.to_string(),
         })?;
         let manifest_partial = dir.join(format!("{}.partial", id.manifest_name()));
-        let mut mf = File::create(&manifest_partial)
+        let mut mf = create_private(&manifest_partial)
             .await
             .map_err(io(&manifest_partial))?;
         mf.write_all(&text).await.map_err(io(&manifest_partial))?;
@@ -565,7 +574,7 @@ impl StreamWriter {
         let manifest_partial = self
             .dir
             .join(format!("{}.partial", self.id.manifest_name()));
-        let mut f = File::create(&manifest_partial)
+        let mut f = create_private(&manifest_partial)
             .await
             .map_err(io(&manifest_partial))?;
         f.write_all(&text).await.map_err(io(&manifest_partial))?;
@@ -599,6 +608,54 @@ impl AsyncWrite for StreamWriter {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.file).poll_shutdown(cx)
+    }
+}
+
+/// Stream files are the project's data: 0600, and never opened through a symlink (one
+/// placed among them is refused, not served).
+fn nofollow() -> i32 {
+    // O_NOFOLLOW's value fits an i32 on every Linux architecture.
+    i32::try_from(rustix::fs::OFlags::NOFOLLOW.bits()).unwrap_or(0)
+}
+
+async fn open_read(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(nofollow())
+        .open(path)
+        .await
+}
+
+async fn create_private(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(nofollow())
+        .open(path)
+        .await
+}
+
+/// Creates `dir` (a project's directory below the store's root) and its parents, all 0700:
+/// no other user on the host lists or reads the streams.
+async fn private_dir(root: &Path, dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .await
+        .map_err(io(dir))?;
+    let mut d = dir;
+    loop {
+        fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+            .await
+            .map_err(io(d))?;
+        match d.parent() {
+            Some(parent) if d != root && parent.starts_with(root) => d = parent,
+            _ => return Ok(()),
+        }
     }
 }
 

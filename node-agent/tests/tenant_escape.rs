@@ -1,0 +1,571 @@
+//! A tenant trying to leave its project (DESIGN §5.7, invariant 6), on real zfs-fuse
+//! datasets, bindfs, sshfs and sshd. Everything the tenant does runs as the tenant's uid
+//! (`setpriv --reuid/--regid --clear-groups`); the agent's side is the agent's own code.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use projstore_agent::layout::{NewProject, PoolLayout, create_project, secure_root};
+use projstore_agent::mounts::{self, MountDirs, SshKeys, Wanted};
+use projstore_agent::streams::ProjectKey;
+use support::{TestPool, zfs_or_skip};
+
+const CONSUMER: (u32, u32) = (2001, 2001);
+const SOURCE: (u32, u32) = (2002, 2002);
+const OTHER: (u32, u32) = (2003, 2003);
+const SECRET: &str = "TOP-SECRET-ROOT-ONLY";
+/// Root-owned and not writable by others all the way up: it serves as the sftp chroot.
+const TESTS_DIR: &str = "/var/lib/projstore-agent-tests";
+
+/// One storage host: a pool with three projects (`ns/a` consumes, `ns/b` is the source,
+/// `other/victim` belongs to someone else), served as the agent serves a primary.
+struct Host {
+    _pool: TestPool,
+    base: tempfile::TempDir,
+    dirs: MountDirs,
+}
+
+impl Host {
+    async fn new(test: &str) -> Option<Self> {
+        let zfs = zfs_or_skip(test).await?;
+        require(&["bindfs", "setpriv", "/usr/bin/python3"]);
+        let pool = TestPool::new(&zfs, 256 << 20).await;
+        std::fs::create_dir_all(TESTS_DIR).unwrap();
+        let base = tempfile::Builder::new()
+            .prefix("tenant-")
+            .tempdir_in(TESTS_DIR)
+            .unwrap();
+        let dirs = MountDirs::new(&base.path().join("run"));
+        dirs.prepare().unwrap();
+        let layout = PoolLayout::new(pool.name.clone());
+        let host = Self {
+            _pool: pool,
+            base,
+            dirs,
+        };
+        for (ns, name, owner) in [
+            ("ns", "a", CONSUMER),
+            ("ns", "b", SOURCE),
+            ("other", "victim", OTHER),
+        ] {
+            let key = ProjectKey::new(ns, name).unwrap();
+            let mp = host.root(ns, name);
+            let new = NewProject {
+                key: &key,
+                mountpoint: &mp,
+                quota_bytes: 64 << 20,
+                uid: owner.0,
+                gid: owner.1,
+                epoch: 1,
+            };
+            create_project(&zfs, &layout, &new).await.unwrap();
+            secure_root(&host.dirs, &Path::new(ns).join(name), &mp, owner).unwrap();
+        }
+        std::fs::write(host.root("other", "victim").join("diary"), SECRET).unwrap();
+        // A root-only directory outside every project.
+        let vault = host.base.path().join("vault");
+        std::fs::create_dir(&vault).unwrap();
+        std::fs::set_permissions(&vault, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(vault.join("secret"), SECRET).unwrap();
+        std::fs::set_permissions(vault.join("secret"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        Some(host)
+    }
+
+    fn root(&self, ns: &str, name: &str) -> PathBuf {
+        self.base.path().join("projects").join(ns).join(name)
+    }
+    fn vault(&self) -> PathBuf {
+        self.base.path().join("vault")
+    }
+
+    fn wanted(&self, path: &str, mount_path: &str, remote: Option<String>) -> Wanted {
+        Wanted {
+            consumer_root: self.root("ns", "a"),
+            mount_path: PathBuf::from(mount_path),
+            source_project: PathBuf::from("ns/b"),
+            path: PathBuf::from(path),
+            remote,
+            read_only: false,
+            source_owner: SOURCE,
+            owner: CONSUMER,
+        }
+    }
+
+    /// FUSE mounts (other than the project datasets themselves) anywhere below `dir`.
+    fn fuse_mounts_below(&self, dir: &Path) -> Vec<PathBuf> {
+        mounts::mount_table()
+            .into_iter()
+            .filter(|m| m.fstype != "fuse.zfs" && m.fstype.starts_with("fuse"))
+            .map(|m| m.target)
+            .filter(|t| t.starts_with(dir))
+            .collect()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let mut all: Vec<_> = mounts::mount_table()
+            .into_iter()
+            .filter(|m| m.target.starts_with(self.base.path()))
+            .collect();
+        all.sort_by_key(|m| std::cmp::Reverse(m.target.as_os_str().len()));
+        for m in all {
+            let _ = Command::new("umount").arg("-l").arg(&m.target).status();
+        }
+    }
+}
+
+/// The tests run on real tools: a missing one is a failure, not a skip.
+fn require(tools: &[&str]) {
+    for tool in tools {
+        let found = Command::new("which")
+            .arg(tool)
+            .output()
+            .unwrap()
+            .status
+            .success();
+        assert!(found, "{tool} is required (make test installs it)");
+    }
+}
+
+/// Runs `program args` as the tenant `who`.
+fn as_tenant(who: (u32, u32), program: &str, args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .arg(format!("--reuid={}", who.0))
+        .arg(format!("--regid={}", who.1))
+        .arg("--clear-groups")
+        .arg("--")
+        .arg(program)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn tenant_ok(who: (u32, u32), program: &str, args: &[&str]) {
+    let out = as_tenant(who, program, args);
+    assert!(
+        out.status.success(),
+        "as {who:?}: {program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A python loop run as the tenant until killed (the tenant racing the agent).
+fn tenant_loop(who: (u32, u32), script: &str) -> std::process::Child {
+    let mut child = Command::new("setpriv")
+        .arg(format!("--reuid={}", who.0))
+        .arg(format!("--regid={}", who.1))
+        .arg("--clear-groups")
+        .args(["--", "/usr/bin/python3", "-c", script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the tenant's loop did not start"
+    );
+    child
+}
+
+fn keys_dir(base: &Path) -> SshKeys {
+    let secret = base.join("secret-keys");
+    std::fs::create_dir_all(&secret).unwrap();
+    for key in ["ssh-host-key", "ssh-client-key"] {
+        let ok = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(secret.join(key))
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    mounts::install_keys(&secret, &base.join("run")).unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// What the source's owner makes: symlinks out of its project at the last and at an
+/// intermediate component, and one legitimate folder.
+fn plant_symlinks(h: &Host) {
+    let b = h.root("ns", "b");
+    let s = |p: &Path| p.display().to_string();
+    tenant_ok(
+        SOURCE,
+        "mkdir",
+        &["-p", &s(&b.join("shared")), &s(&b.join("real"))],
+    );
+    tenant_ok(SOURCE, "ln", &["-s", "/etc", &s(&b.join("etc"))]);
+    tenant_ok(SOURCE, "ln", &["-s", &s(&h.vault()), &s(&b.join("vault"))]);
+    tenant_ok(
+        SOURCE,
+        "ln",
+        &["-s", "../../other/victim", &s(&b.join("real/esc"))],
+    );
+    tenant_ok(SOURCE, "ln", &["-s", "/", &s(&b.join("root"))]);
+    tenant_ok(
+        SOURCE,
+        "sh",
+        &[
+            "-c",
+            &format!("echo from-b > {}", s(&b.join("shared/readme"))),
+        ],
+    );
+}
+
+/// Every source path that leaves the project is refused, naming the component; nothing is
+/// mounted in the consumer.
+async fn source_escapes_are_refused(h: &Host, remote: Option<String>, keys: &SshKeys) {
+    for (path, named) in [
+        ("etc", "etc"),
+        ("vault", "vault"),
+        ("real/esc", "real/esc"),
+        ("real/esc/sub", "real/esc"),
+        ("root/etc", "root"),
+    ] {
+        let w = h.wanted(path, "m", remote.clone());
+        let e = mounts::ensure(&w, keys, &h.dirs).await.unwrap_err();
+        assert!(e.contains(named), "{path}: the message names {named}: {e}");
+        if remote.is_none() {
+            assert!(e.contains("symbolic link"), "{path}: {e}");
+        }
+        assert!(
+            h.fuse_mounts_below(&h.root("ns", "a")).is_empty(),
+            "{path}: nothing is mounted in the consumer"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_same_host_mount_resolves_the_source_path_beneath_its_project() {
+    let Some(h) = Host::new("a_same_host_mount_resolves_the_source_path_beneath_its_project").await
+    else {
+        return;
+    };
+    plant_symlinks(&h);
+    let keys = SshKeys {
+        dir: PathBuf::new(),
+    };
+    source_escapes_are_refused(&h, None, &keys).await;
+
+    // The legitimate folder mounts; files created through it belong to the source's owner.
+    let w = h.wanted("shared", "from-b", None);
+    mounts::ensure(&w, &keys, &h.dirs).await.unwrap();
+    mounts::ensure(&w, &keys, &h.dirs).await.unwrap(); // idempotent
+    let target = h.root("ns", "a").join("from-b");
+    let out = as_tenant(
+        CONSUMER,
+        "cat",
+        &[&target.join("readme").display().to_string()],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-b\n");
+    tenant_ok(
+        CONSUMER,
+        "touch",
+        &[&target.join("made").display().to_string()],
+    );
+    let made = std::fs::metadata(h.root("ns", "b").join("shared/made")).unwrap();
+    assert_eq!((made.uid(), made.gid()), SOURCE);
+
+    // A symlink inside the mounted folder is the consumer's to follow, with its own rights.
+    let link = h.root("ns", "b").join("shared/to-vault");
+    tenant_ok(
+        SOURCE,
+        "ln",
+        &[
+            "-s",
+            &h.vault().join("secret").display().to_string(),
+            &link.display().to_string(),
+        ],
+    );
+    let out = as_tenant(
+        CONSUMER,
+        "cat",
+        &[&target.join("to-vault").display().to_string()],
+    );
+    assert!(!out.status.success() && !String::from_utf8_lossy(&out.stdout).contains(SECRET));
+
+    // The source's owner swaps a folder for a symlink to the vault as fast as it can while
+    // the consumer reads through it: bindfs (root) never follows the symlink.
+    let shared = h.root("ns", "b").join("shared");
+    std::fs::create_dir(shared.join("d")).unwrap();
+    std::fs::write(shared.join("d/secret"), "harmless").unwrap();
+    std::os::unix::fs::chown(shared.join("d"), Some(SOURCE.0), Some(SOURCE.1)).unwrap();
+    let racer = tenant_loop(
+        SOURCE,
+        &format!(
+            "import os\nos.chdir({:?})\nwhile True:\n  os.rename('d','d.real'); os.symlink({:?},'d'); os.unlink('d'); os.rename('d.real','d')\n",
+            shared.display().to_string(),
+            h.vault().display().to_string()
+        ),
+    );
+    let (reads, leaks) = tenant_reads(CONSUMER, &target.join("d/secret"), 4);
+    kill(racer);
+    assert_eq!(leaks, 0, "the vault was read through the mount");
+    assert!(reads > 100, "the reader hardly ran: {reads}");
+
+    // Removing the mount from the spec: released by mount ID, nothing left anywhere.
+    mounts::release(&h.root("ns", "a"), Path::new("from-b"), &h.dirs).await;
+    assert!(
+        h.fuse_mounts_below(h.base.path()).is_empty(),
+        "{:?}",
+        h.fuse_mounts_below(h.base.path())
+    );
+}
+
+/// The tenant `who` reads `file` for `seconds` as fast as it can: (reads tried, reads that
+/// returned the secret).
+fn tenant_reads(who: (u32, u32), file: &Path, seconds: u64) -> (u64, u64) {
+    let script = format!(
+        "import time\nend=time.time()+{seconds}\nn=0\nleak=0\nwhile time.time()<end:\n  n+=1\n  try:\n    leak+= {SECRET:?} in open({:?}).read()\n  except OSError: pass\nprint(n, leak)\n",
+        file.display().to_string()
+    );
+    let out = as_tenant(who, "/usr/bin/python3", &["-c", &script]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut it = text.split_whitespace().map(|x| x.parse::<u64>().unwrap());
+    (it.next().unwrap(), it.next().unwrap())
+}
+
+fn kill(mut c: std::process::Child) {
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+#[tokio::test]
+async fn a_mount_path_that_leaves_the_consumer_is_refused_and_nothing_is_made_outside() {
+    let Some(h) =
+        Host::new("a_mount_path_that_leaves_the_consumer_is_refused_and_nothing_is_made_outside")
+            .await
+    else {
+        return;
+    };
+    plant_symlinks(&h);
+    let a = h.root("ns", "a");
+    let outside = h.base.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let s = |p: &Path| p.display().to_string();
+    tenant_ok(CONSUMER, "ln", &["-s", &s(&outside), &s(&a.join("out"))]);
+    tenant_ok(
+        CONSUMER,
+        "ln",
+        &["-s", "/nonexistent/dir", &s(&a.join("dangling"))],
+    );
+    tenant_ok(CONSUMER, "mkdir", &[&s(&a.join("dir"))]);
+    tenant_ok(
+        CONSUMER,
+        "ln",
+        &["-s", "../../../other/victim", &s(&a.join("dir/victim"))],
+    );
+    let keys = SshKeys {
+        dir: PathBuf::new(),
+    };
+    for (mount_path, named) in [
+        ("out", "out"),
+        ("out/x", "out"),
+        ("dangling", "dangling"),
+        ("dangling/x", "dangling"),
+        ("dir/victim", "dir/victim"),
+        ("dir/victim/x", "dir/victim"),
+    ] {
+        let e = mounts::ensure(&h.wanted("shared", mount_path, None), &keys, &h.dirs)
+            .await
+            .unwrap_err();
+        assert!(
+            e.contains(named) && e.contains("symbolic link"),
+            "{mount_path}: {e}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing created outside"
+    );
+    assert!(!Path::new("/nonexistent").exists());
+    assert!(h.fuse_mounts_below(h.base.path()).is_empty());
+    let victim = std::fs::read_dir(h.root("other", "victim"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        victim, 1,
+        "nothing created in the other namespace's project"
+    );
+
+    // The consumer swaps its mount path between a folder and a symlink out while the agent
+    // mounts and releases again and again: no mount and no directory ever lands outside.
+    let racer = tenant_loop(
+        CONSUMER,
+        &format!(
+            "import os\nos.chdir({:?})\nos.makedirs('m.real', exist_ok=True)\ndef t(f, *a):\n  try: f(*a)\n  except OSError: pass\nwhile True:\n  t(os.rename, 'm', 'm.old'); t(os.symlink, {:?}, 'm'); t(os.unlink, 'm'); t(os.rename, 'm.real', 'm'); t(os.rename, 'm', 'm.real')\n",
+            s(&a),
+            s(&outside)
+        ),
+    );
+    let (mut mounted, mut refused) = (0, 0);
+    for _ in 0..30 {
+        match mounts::ensure(&h.wanted("shared", "m", None), &keys, &h.dirs).await {
+            Ok(()) => mounted += 1,
+            Err(_) => refused += 1,
+        }
+        // Every FUSE mount on the machine but those of the other tests running beside this one.
+        let others = |t: &Path| t.starts_with(TESTS_DIR) && !t.starts_with(h.base.path());
+        for t in h
+            .fuse_mounts_below(Path::new("/"))
+            .into_iter()
+            .filter(|t| !others(t))
+        {
+            assert!(
+                !t.starts_with(&outside)
+                    && (t.starts_with(&a) || t.starts_with(h.base.path().join("run"))),
+                "a mount outside the consumer: {}",
+                t.display()
+            );
+        }
+        mounts::release_under(&a, &h.dirs).await;
+    }
+    kill(racer);
+    eprintln!("racing mount path: {mounted} mounted, {refused} refused");
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing created outside"
+    );
+    mounts::release_under(&a, &h.dirs).await;
+    assert!(
+        h.fuse_mounts_below(h.base.path())
+            .iter()
+            .all(|t| !t.starts_with(&a))
+    );
+}
+
+#[tokio::test]
+async fn across_hosts_the_sftp_side_exposes_the_source_project_alone() {
+    let Some(h) = Host::new("across_hosts_the_sftp_side_exposes_the_source_project_alone").await
+    else {
+        return;
+    };
+    require(&["sshfs", "ssh-keygen", "/usr/sbin/sshd"]);
+    plant_symlinks(&h);
+    let keys = keys_dir(h.base.path());
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let _sshd = mounts::start_sshd(listen, &keys, &h.dirs, &h.base.path().join("run/sshd"))
+        .await
+        .unwrap();
+    let remote = Some(format!("127.0.0.1:{port}"));
+    source_escapes_are_refused(&h, remote.clone(), &keys).await;
+
+    // Not exported: a project of this host that is not mounted for sftp is not reachable.
+    let w = Wanted {
+        source_project: PathBuf::from("other/nonexistent"),
+        ..h.wanted("", "m", remote.clone())
+    };
+    assert!(mounts::ensure(&w, &keys, &h.dirs).await.is_err());
+
+    let w = h.wanted("shared", "from-b", remote.clone());
+    mounts::ensure(&w, &keys, &h.dirs).await.unwrap();
+    let target = h.root("ns", "a").join("from-b");
+    let out = as_tenant(
+        CONSUMER,
+        "cat",
+        &[&target.join("readme").display().to_string()],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-b\n");
+
+    // Symlinks made inside the mounted folder after the mount lead nowhere on either host.
+    let shared = h.root("ns", "b").join("shared");
+    let s = |p: &Path| p.display().to_string();
+    tenant_ok(
+        SOURCE,
+        "ln",
+        &["-s", "../../../other/victim", &s(&shared.join("esc"))],
+    );
+    tenant_ok(
+        SOURCE,
+        "ln",
+        &["-s", &s(&h.vault()), &s(&shared.join("vault"))],
+    );
+    for p in ["esc/diary", "vault/secret"] {
+        let out = as_tenant(CONSUMER, "cat", &[&s(&target.join(p))]);
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains(SECRET),
+            "{p} was read"
+        );
+    }
+
+    // The source's owner swaps a folder for a symlink into another namespace's project (as
+    // the sftp chroot sees it) while the consumer reads: sftp-server (root) never follows it.
+    std::fs::create_dir(shared.join("d")).unwrap();
+    std::fs::write(shared.join("d/diary"), "harmless").unwrap();
+    std::os::unix::fs::chown(shared.join("d"), Some(SOURCE.0), Some(SOURCE.1)).unwrap();
+    let racer = tenant_loop(
+        SOURCE,
+        &format!(
+            "import os\nos.chdir({:?})\nwhile True:\n  os.rename('d','d.real'); os.symlink('../../../other/victim','d'); os.unlink('d'); os.rename('d.real','d')\n",
+            s(&shared)
+        ),
+    );
+    let (reads, leaks) = tenant_reads(CONSUMER, &target.join("d/diary"), 4);
+    kill(racer);
+    assert_eq!(
+        leaks, 0,
+        "another namespace's project was read through sftp"
+    );
+    assert!(reads > 100, "the reader hardly ran: {reads}");
+
+    mounts::release(&h.root("ns", "a"), Path::new("from-b"), &h.dirs).await;
+    assert!(h.fuse_mounts_below(&h.root("ns", "a")).is_empty());
+    assert!(
+        h.fuse_mounts_below(&h.base.path().join("run/mnt"))
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_project_is_nosuid_nodev_and_closed_to_other_tenants() {
+    let Some(h) = Host::new("a_project_is_nosuid_nodev_and_closed_to_other_tenants").await else {
+        return;
+    };
+    let a = h.root("ns", "a");
+    let mode = std::fs::metadata(&a).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o700);
+    let out = as_tenant(OTHER, "ls", &[&a.display().to_string()]);
+    assert!(!out.status.success(), "another tenant lists the project");
+
+    // A setuid-root binary in the project (as a restore or a receive could bring one).
+    let id = a.join("id");
+    std::fs::copy("/usr/bin/id", &id).unwrap();
+    std::os::unix::fs::chown(&id, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&id, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let out = as_tenant(CONSUMER, &id.display().to_string(), &["-u"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "2001",
+        "ran with euid 0"
+    );
+
+    // A device node cannot be opened, not even by root.
+    let ok = Command::new("mknod")
+        .arg(a.join("null"))
+        .args(["c", "1", "3"])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    assert!(
+        std::fs::File::open(a.join("null")).is_err(),
+        "a device node opened in a project"
+    );
+}
