@@ -10,6 +10,8 @@ need_cmd bindfs bindfs
 [ -x /usr/sbin/sshd ] || apt_missing+=(openssh-server)
 need_cmd fusermount3 fuse3
 need_cmd ssh-keygen openssh-client
+need_cmd openssl openssl
+need_cmd setpriv util-linux
 # A stock kubectl is usually installed; Debian's kubernetes-client conflicts with it, so it is
 # only installed where no kubectl exists.
 command -v kubectl >/dev/null 2>&1 || apt_missing+=(kubernetes-client)

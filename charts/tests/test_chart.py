@@ -30,6 +30,8 @@ VALUE_SETS = {
         "networkPolicy": {"enabled": True},
     },
     "single-controller": {"controller": {"replicas": 1}, "podDisruptionBudget": {"enabled": False}},
+    "agent-tls-nodes": {"agent": {"tls": {"nodes": ["storage-1", "storage-2.example"]}}},
+    "agent-tls-existing": {"agent": {"tls": {"existingSecret": "my-agent-certs"}}},
     "scheduling": {
         "imagePullSecrets": [{"name": "regcred"}],
         "image": {"controller": {"repository": "registry.example/pc", "tag": "1.2.3"}},
@@ -200,11 +202,51 @@ def test_rbac_is_least_privilege_and_explained():
             if line.startswith("- "):
                 check(i > 0 and lines[i - 1].startswith("# ") and len(lines[i - 1]) > 10,
                       f"{name}:{i + 1}: a rule without a one-line comment saying why")
-    [sec] = find(objs, "Secret")
-    check(set(sec["data"]) == {"stream-token", "ssh-host-key", "ssh-client-key"}, "secret keys")
+    [sec] = find(objs, "Secret", "-keys")
+    check(set(sec["data"]) == {"ssh-client-key"},
+          "secret keys (no shared stream token, no shared sshd host key: each host makes its own)")
     check(sec["metadata"]["annotations"].get("helm.sh/resource-policy") == "keep", "secret kept on uninstall")
     check(re.search(r"lookup", (CHART / "templates" / "secret.yaml").read_text()) is not None,
           "secret reuses what the cluster holds on upgrade")
+
+
+def test_agents_get_a_certificate_per_node_from_a_ca_no_pod_mounts():
+    import base64, subprocess, tempfile
+    objs = render(VALUE_SETS["agent-tls-nodes"])
+    [ca_sec] = find(objs, "Secret", "-agent-ca")
+    [tls_sec] = find(objs, "Secret", "-agent-tls")
+    check(set(tls_sec["data"]) == {"ca.crt", "storage-1.crt", "storage-1.key",
+                                    "storage-2.example.crt", "storage-2.example.key"},
+          f"agent TLS secret keys: {sorted(tls_sec['data'])}")
+    check("ca.key" not in tls_sec["data"], "the CA key is not in the agents' Secret")
+    check(ca_sec["metadata"]["annotations"].get("helm.sh/resource-policy") == "keep", "CA kept on uninstall")
+    [ds] = find(objs, "DaemonSet")
+    volumes = {v["name"]: v for v in ds["spec"]["template"]["spec"]["volumes"]}
+    mounted = {v.get("secret", {}).get("secretName") for v in volumes.values()}
+    check(ca_sec["metadata"]["name"] not in mounted, "no pod mounts the CA key")
+    check(tls_sec["metadata"]["name"] in mounted, "agents mount their TLS secret")
+    args = ds["spec"]["template"]["spec"]["containers"][0]["args"]
+    check("--tls-dir=/etc/projstore/tls" in args, "agent reads its TLS identity")
+    check(any(a.startswith("--advertise=https://") for a in args), "agents advertise https")
+    check(not any("token" in a for a in args), "no shared token")
+    probes = [ds["spec"]["template"]["spec"]["containers"][0][p]["httpGet"] for p in ("livenessProbe", "readinessProbe")]
+    check(all(p.get("scheme") == "HTTPS" for p in probes), "probes speak TLS")
+    # Every node certificate verifies against the CA and names its node.
+    with tempfile.TemporaryDirectory() as d:
+        ca = f"{d}/ca.crt"
+        open(ca, "wb").write(base64.b64decode(tls_sec["data"]["ca.crt"]))
+        for node in ("storage-1", "storage-2.example"):
+            crt = f"{d}/{node}.crt"
+            open(crt, "wb").write(base64.b64decode(tls_sec["data"][f"{node}.crt"]))
+            ok = subprocess.run(["openssl", "verify", "-CAfile", ca, "-verify_hostname", node, crt],
+                                capture_output=True, text=True)
+            check(ok.returncode == 0, f"{node}: {ok.stdout}{ok.stderr}")
+    objs = render(VALUE_SETS["agent-tls-existing"])
+    check(not find(objs, "Secret", "-agent-tls") and not find(objs, "Secret", "-agent-ca"),
+          "nothing generated with existingSecret")
+    [ds] = find(objs, "DaemonSet")
+    mounted = {v.get("secret", {}).get("secretName") for v in ds["spec"]["template"]["spec"]["volumes"]}
+    check("my-agent-certs" in mounted, "the existing secret is mounted")
 
 
 def test_optional_objects_follow_values():

@@ -44,6 +44,8 @@ pub struct PoolView {
     pub stream_endpoint: Option<String>,
     /// Where the pool's agent serves sftp (mount sources on this pool are reached there).
     pub sftp_endpoint: Option<String>,
+    /// That sshd's host key, as the agent published it.
+    pub sftp_host_key: Option<String>,
 }
 
 impl PoolView {
@@ -77,6 +79,7 @@ impl PoolView {
                 .agent
                 .as_ref()
                 .and_then(|a| a.stream_endpoint.clone()),
+            sftp_host_key: status.agent.as_ref().and_then(|a| a.sftp_host_key.clone()),
             sftp_endpoint: status.agent.and_then(|a| a.sftp_endpoint),
         }
     }

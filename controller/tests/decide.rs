@@ -34,8 +34,9 @@ fn pool(name: &str, node: &str, dc: &str) -> PoolView {
         size_bytes: 1 << 40,
         reserved_percent: 10,
         not_ready_since: None,
-        stream_endpoint: Some(format!("http://{node}:7420")),
+        stream_endpoint: Some(format!("https://{node}:7420")),
         sftp_endpoint: Some(format!("{node}:7422")),
+        sftp_host_key: Some(format!("ssh-ed25519 AAAAkey{node}")),
     }
 }
 
@@ -117,7 +118,7 @@ fn sourced(mut reps: Vec<StreamReplica>) -> Vec<StreamReplica> {
         r.spec.source = Some(projstore_api::ReplicaSource {
             pool: primary.spec.pool.clone(),
             node: primary.spec.node.clone(),
-            stream_endpoint: Some(format!("http://{}:7420", primary.spec.node)),
+            stream_endpoint: Some(format!("https://{}:7420", primary.spec.node)),
         });
     }
     reps
@@ -434,7 +435,7 @@ fn a_move_goes_step_by_step() {
         r.spec.source = Some(projstore_api::ReplicaSource {
             pool: "pd".into(),
             node: "d".into(),
-            stream_endpoint: Some("http://d:7420".into()),
+            stream_endpoint: Some("https://d:7420".into()),
         });
     }
     let d = run(&p, &after, &[], &pools());
@@ -608,7 +609,9 @@ fn mounts_point_the_consumer_at_the_sources_primary_and_follow_it() {
     // Where the source's agent serves sftp travels with it: the consumer's agent watches
     // only its own pools.
     assert!(
-        ann.contains(r#""node":"b""#) && ann.contains(r#""sftp":"b:7422""#),
+        ann.contains(r#""node":"b""#)
+            && ann.contains(r#""sftp":"b:7422""#)
+            && ann.contains(r#""hostKey":"ssh-ed25519 AAAAkeyb""#),
         "{ann}"
     );
     assert_eq!(d.status.mounts[0].phase, "Pending");

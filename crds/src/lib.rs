@@ -21,6 +21,8 @@ pub const GROUP: &str = "projstore.io";
 pub const VERSION: &str = "v1alpha1";
 /// Label the controller sets on StreamReplicas: the node whose agent acts on them.
 pub const NODE_LABEL: &str = "projstore.io/node";
+/// Label on every StreamReplica: the name of its Project (in the same namespace).
+pub const PROJECT_LABEL: &str = "projstore.io/project";
 /// Finalizer the controller keeps on Projects until their data is in the trash.
 pub const CLEANUP_FINALIZER: &str = "projstore.io/cleanup";
 /// Annotation: any new value asks the primary for a snapshot now.

@@ -236,10 +236,15 @@ pub struct AgentStatus {
     /// Agent version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
-    /// Base URL of the agent's stream server, e.g. `http://127.0.0.2:7420`.
+    /// Base URL of the agent's stream server (TLS only), e.g. `https://127.0.0.2:7420`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_endpoint: Option<String>,
     /// `host:port` of the agent's sftp-only sshd.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sftp_endpoint: Option<String>,
+    /// The public half of that sshd's own host key (`ssh-ed25519 AAAA…`), made by the agent
+    /// on its host: peers mounting from this host trust exactly this key for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub sftp_host_key: Option<String>,
 }

@@ -335,9 +335,8 @@ async fn start_hosts(
         .unwrap_or_default();
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
-    let token = format!("{}", uuid::Uuid::new_v4().simple());
-    let token_file = dir.join("stream-token");
-    std::fs::write(&token_file, &token).map_err(|e| e.to_string())?;
+    // The agents' cluster CA and a key and certificate per node (the chart's job in a cluster).
+    let ca = crate::pki::ClusterCa::new("projstore-dev-agents-ca")?;
     let _ = server.create_object(
         "",
         "v1",
@@ -345,10 +344,11 @@ async fn start_hosts(
         "",
         serde_json::json!({"metadata": {"name": "projstore-system"}}),
     );
-    // The sftp keys every agent shares (in a cluster: the chart's Secret).
+    // The sftp client key agents log in with (in a cluster: the chart's Secret); each
+    // agent makes its own sshd host key.
     let ssh = dir.join("ssh");
     std::fs::create_dir_all(&ssh).map_err(|e| e.to_string())?;
-    for key in ["ssh-host-key", "ssh-client-key"] {
+    for key in ["ssh-client-key"] {
         if !ssh.join(key).exists() {
             let made = Command::new("ssh-keygen")
                 .args(["-q", "-t", "ed25519", "-N", "", "-C", key, "-f"])
@@ -376,6 +376,9 @@ async fn start_hosts(
         }
         let host_dir = dir.join("hosts").join(&h.node);
         std::fs::create_dir_all(host_dir.join("projects")).map_err(|e| e.to_string())?;
+        let tls_dir = dir.join("tls").join(&h.node);
+        let addr: std::net::IpAddr = h.addr.parse().map_err(|e| format!("{}: {e}", h.addr))?;
+        ca.write_node_dir(&tls_dir, &h.node, &[addr])?;
         let mut s = Supervised {
             name: format!("agent {}", h.node),
             key: format!("agent-{}", h.node),
@@ -391,9 +394,9 @@ async fn start_hosts(
                 "--listen".into(),
                 format!("{}:7420", h.addr),
                 "--advertise".into(),
-                format!("http://{}:7420", h.addr),
-                "--token-file".into(),
-                token_file.display().to_string(),
+                format!("https://{}:7420", h.addr),
+                "--tls-dir".into(),
+                tls_dir.display().to_string(),
                 "--sftp-listen".into(),
                 format!("{}:7422", h.addr),
                 "--sftp-advertise".into(),

@@ -3,4 +3,5 @@
 
 pub mod apiserver;
 pub mod dev;
+pub mod pki;
 pub mod rbac;

@@ -955,31 +955,55 @@ async fn s13_bad_input_is_refused() {
         assert!(text.contains(field), "{field}: {text}");
         println!("[s13] refused: {text}");
     }
-    if !c.hosts_reachable("the agent's stream server with its token") {
+    if !c.hosts_reachable("the agent's stream server with the nodes' certificates") {
         return;
     }
-    let token = std::fs::read_to_string(c.dir.join("stream-token")).unwrap();
-    let addr = format!("{}:7420", c.hosts[0].addr);
-    let get = |path: &str, auth: bool| {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&addr).unwrap();
-        let auth = if auth {
-            format!("Authorization: Bearer {token}\r\n")
-        } else {
-            String::new()
-        };
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out.lines().next().unwrap_or_default().to_owned()
+    // As the second node (its own certificate) towards the first node's stream server.
+    let server = &c.hosts[0];
+    let me = &c.hosts[1];
+    let addr = format!("{}:7420", server.addr);
+    let tls =
+        projstore_agent::tls::NodeTls::load(&c.dir.join("tls").join(&me.node), &me.node).unwrap();
+    let get = |path: String, node: Option<&str>| {
+        let (addr, connector) = (addr.clone(), tls.connector());
+        let header = node
+            .map(|n| format!("X-Projstore-Node: {n}\r\n"))
+            .unwrap_or_default();
+        let name =
+            tokio_rustls::rustls::pki_types::ServerName::try_from(server.node.clone()).unwrap();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let mut s = connector.connect(name, tcp).await.unwrap();
+            let req =
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\n{header}Connection: close\r\n\r\n");
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out).await;
+            String::from_utf8_lossy(&out)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        }
     };
     assert!(
-        get("/v1/streams/default/p", false).contains(" 401 "),
-        "no token"
+        get("/v1/streams/default/p".into(), None)
+            .await
+            .contains(" 401 "),
+        "no node named"
+    );
+    assert!(
+        get("/v1/streams/default/p".into(), Some(&server.node))
+            .await
+            .contains(" 401 "),
+        "a node named that the certificate does not prove"
+    );
+    assert!(
+        get("/v1/streams/default/p".into(), Some(&me.node))
+            .await
+            .contains(" 403 "),
+        "a node without a copy of default/p"
     );
     for hostile in [
         "/v1/streams/default/p/..%2F..%2Fetc%2Fpasswd",
@@ -990,13 +1014,27 @@ async fn s13_bad_input_is_refused() {
         "/v1/streams/default/p/a;rm%20-rf.zstream",
         "/v1/streams/default/p/full--x.json.partial",
     ] {
-        let status = get(hostile, true);
+        let status = get(hostile.into(), Some(&me.node)).await;
         assert!(
-            status.contains(" 400 ") || status.contains(" 404 "),
+            status.contains(" 400 ") || status.contains(" 404 ") || status.contains(" 403 "),
             "{hostile}: {status}"
         );
         println!("[s13] {hostile}: {status}");
     }
+    // Plain HTTP gets no HTTP answer at all.
+    let plain = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = write!(s, "GET /v1/streams/default/p HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    assert!(
+        !plain.contains("HTTP/1.1 200"),
+        "plain HTTP was answered: {plain}"
+    );
 }
 
 /// Scenario 14: an agent whose pool filesystem is not mounted stays not Ready and receives

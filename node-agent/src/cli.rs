@@ -7,7 +7,7 @@ use crate::streams::{PlanOutput, parse_plan_input, plan};
 /// Usage text.
 pub const USAGE: &str = "usage: projstore-agent run --node-name N [--projects-root DIR] [--streams-root DIR]\n\
                             [--listen ADDR] [--advertise URL] [--lease-namespace NS]\n\
-                            [--token-file FILE] [--interval-seconds N] [--log-format json|pretty]\n\
+                            --tls-dir DIR [--interval-seconds N] [--log-format json|pretty]\n\
                             [--sftp-listen ADDR --sftp-advertise HOST:PORT --ssh-dir DIR] [--run-dir DIR]\n\
                             [--zfs PATH --zpool PATH]\n\
        projstore-agent check --pool POOL... [--projects-root DIR] [--streams-root DIR]\n\
@@ -85,7 +85,7 @@ fn parse_run(args: &[&str]) -> Result<(crate::runtime::Config, bool), String> {
         listen: "0.0.0.0:7420".parse().map_err(|e| format!("{e}"))?,
         advertise: String::new(),
         lease_namespace: "projstore-system".into(),
-        token: String::new(),
+        tls: None,
         interval: std::time::Duration::from_secs(10),
         sftp_listen: None,
         sftp_advertise: None,
@@ -95,6 +95,7 @@ fn parse_run(args: &[&str]) -> Result<(crate::runtime::Config, bool), String> {
         zpool_bin: None,
     };
     let mut json = true;
+    let mut tls_dir = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut v = || {
@@ -109,13 +110,7 @@ fn parse_run(args: &[&str]) -> Result<(crate::runtime::Config, bool), String> {
             "--listen" => cfg.listen = v()?.parse().map_err(|e| format!("--listen: {e}"))?,
             "--advertise" => cfg.advertise = v()?,
             "--lease-namespace" => cfg.lease_namespace = v()?,
-            "--token-file" => {
-                let f = v()?;
-                cfg.token = std::fs::read_to_string(&f)
-                    .map_err(|e| format!("--token-file {f}: {e}"))?
-                    .trim()
-                    .to_owned();
-            }
+            "--tls-dir" => tls_dir = Some(std::path::PathBuf::from(v()?)),
             "--interval-seconds" => {
                 cfg.interval = std::time::Duration::from_secs(
                     v()?.parse()
@@ -137,11 +132,19 @@ fn parse_run(args: &[&str]) -> Result<(crate::runtime::Config, bool), String> {
     if !projstore_api::names::is_dns1123_subdomain(&cfg.node_name) {
         return Err("--node-name is required and must be a Kubernetes node name".into());
     }
-    if cfg.token.is_empty() {
-        return Err("--token-file is required: peers authenticate stream requests with it".into());
-    }
+    let tls_dir = tls_dir.ok_or(
+        "--tls-dir is required: agents authenticate each other with certificates of the cluster CA (ca.crt, tls.crt, tls.key)",
+    )?;
+    let tls = crate::tls::NodeTls::load(&tls_dir, &cfg.node_name)
+        .map_err(|e| format!("--tls-dir: {e}"))?;
+    cfg.tls = Some(std::sync::Arc::new(tls));
     if cfg.advertise.is_empty() {
-        cfg.advertise = format!("http://{}", cfg.listen);
+        cfg.advertise = format!("https://{}", cfg.listen);
+    }
+    if !cfg.advertise.starts_with("https://") {
+        return Err(
+            "--advertise must be an https:// URL: the stream server speaks TLS only".into(),
+        );
     }
     Ok((cfg, json))
 }

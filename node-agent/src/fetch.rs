@@ -1,15 +1,24 @@
-//! Fetching streams from a peer's stream server: the manifest list, and stream files with
-//! `Range` resume into the local store, verified against the peer's manifest.
+//! Fetching streams from a peer's stream server over mutual TLS: the manifest list, and
+//! stream files with `Range` resume into the local store, verified against the peer's
+//! manifest. The peer's certificate must name the node the caller meant to reach; the list
+//! is read up to a bound, and a download stops at the manifest's size.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
+use tokio_rustls::rustls::pki_types::ServerName;
 
 use crate::streams::{Manifest, ProjectKey, StoreError, StreamId, StreamStore};
+use crate::tls::NodeTls;
 use crate::zfs::Progress;
+
+/// The largest stream list read from a peer.
+const MAX_LIST_BYTES: usize = 16 << 20;
+/// Connecting and the TLS handshake each get this long.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What went wrong talking to a peer.
 #[derive(Debug, thiserror::Error)]
@@ -20,27 +29,39 @@ pub enum FetchError {
     Store(#[from] StoreError),
 }
 
-/// A peer's stream server.
+/// A peer's stream server: `https://host:port` of the agent of `node`.
 #[derive(Clone)]
 pub struct Peer {
     pub endpoint: String,
-    pub token: String,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    authority: String,
+    server_name: ServerName<'static>,
+    tls: Arc<NodeTls>,
 }
 
 impl Peer {
-    pub fn new(endpoint: &str, token: &str) -> Result<Self, FetchError> {
-        let ok = endpoint.starts_with("http://") && !endpoint.contains(char::is_whitespace);
-        if !ok {
-            return Err(FetchError::Peer {
-                endpoint: endpoint.into(),
-                reason: "not an http:// endpoint".into(),
-            });
-        }
+    /// `endpoint` is the peer's advertised stream endpoint; `node` the node it must prove to
+    /// be (its certificate's name).
+    pub fn new(endpoint: &str, node: &str, tls: Arc<NodeTls>) -> Result<Self, FetchError> {
+        let bad = |reason: &str| FetchError::Peer {
+            endpoint: endpoint.into(),
+            reason: reason.into(),
+        };
+        let authority = endpoint
+            .strip_prefix("https://")
+            .map(|r| r.trim_end_matches('/'))
+            .filter(|a| {
+                !a.is_empty()
+                    && !a.contains(['/', '@', '?', '#'])
+                    && !a.contains(char::is_whitespace)
+            })
+            .ok_or_else(|| bad("not an https://host:port endpoint (agents speak TLS only)"))?;
+        let server_name = ServerName::try_from(node.to_owned())
+            .map_err(|_| bad("the node name is not a DNS name"))?;
         Ok(Self {
-            endpoint: endpoint.trim_end_matches('/').to_owned(),
-            token: token.to_owned(),
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            endpoint: format!("https://{authority}"),
+            authority: authority.to_owned(),
+            server_name,
+            tls,
         })
     }
 
@@ -56,13 +77,32 @@ impl Peer {
         path: &str,
         range_from: u64,
     ) -> Result<hyper::Response<hyper::body::Incoming>, FetchError> {
-        let mut req = hyper::Request::get(format!("{}{path}", self.endpoint))
-            .header("authorization", format!("Bearer {}", self.token));
+        let tcp = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect(&self.authority),
+        )
+        .await
+        .map_err(|_| self.err("connect timed out"))?
+        .map_err(|e| self.err(e))?;
+        let tls = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            self.tls.connector().connect(self.server_name.clone(), tcp),
+        )
+        .await
+        .map_err(|_| self.err("TLS handshake timed out"))?
+        .map_err(|e| self.err(format!("TLS: {e}")))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| self.err(e))?;
+        tokio::spawn(conn);
+        let mut req = hyper::Request::get(path)
+            .header("host", &self.authority)
+            .header(crate::server::NODE_HEADER, &self.tls.node);
         if range_from > 0 {
             req = req.header("range", format!("bytes={range_from}-"));
         }
-        let req = req.body(Empty::new()).map_err(|e| self.err(e))?;
-        self.client.request(req).await.map_err(|e| self.err(e))
+        let req = req.body(Empty::<Bytes>::new()).map_err(|e| self.err(e))?;
+        sender.send_request(req).await.map_err(|e| self.err(e))
     }
 
     /// The complete streams the peer holds for `project`.
@@ -77,13 +117,18 @@ impl Peer {
             )
             .await?;
         if !resp.status().is_success() {
-            return Err(self.err(format!("listing streams: HTTP {}", resp.status())));
+            let status = resp.status();
+            let why = Limited::new(resp.into_body(), 4096)
+                .collect()
+                .await
+                .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                .unwrap_or_default();
+            return Err(self.err(format!("listing streams: HTTP {status}: {why}")));
         }
-        let body = resp
-            .into_body()
+        let body = Limited::new(resp.into_body(), MAX_LIST_BYTES)
             .collect()
             .await
-            .map_err(|e| self.err(e))?
+            .map_err(|e| self.err(format!("stream list: {e}")))?
             .to_bytes();
         let items: Vec<serde_json::Value> =
             serde_json::from_slice(&body).map_err(|e| self.err(format!("bad stream list: {e}")))?;
@@ -133,9 +178,17 @@ impl Peer {
             }
             let mut file = store.download_file(project, id).await?;
             let mut body = resp.into_body();
+            let mut at = have;
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|e| self.err(e))?;
                 if let Some(data) = frame.data_ref() {
+                    at += data.len() as u64;
+                    if at > manifest.bytes {
+                        return Err(self.err(format!(
+                            "sent more than the {} bytes of {id}'s manifest",
+                            manifest.bytes
+                        )));
+                    }
                     file.write_all(data).await.map_err(|e| self.err(e))?;
                     progress.add(data.len());
                     crate::metrics::add(&crate::metrics::METRICS.bytes_received, data.len() as u64);

@@ -17,5 +17,6 @@ pub mod runtime;
 pub mod sanity;
 pub mod server;
 pub mod streams;
+pub mod tls;
 pub mod transfer;
 pub mod zfs;

@@ -21,8 +21,9 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-/// The key material of the sftp mounts (files of the Secret): the shared host key of every
-/// agent's sshd and the client key agents log in with.
+/// The key material of the sftp mounts: this host's own sshd host key (made here, its public
+/// half published in the StoragePool status so peers trust exactly it) and the client key
+/// agents log in with (from the Secret).
 #[derive(Debug, Clone)]
 pub struct SshKeys {
     pub dir: PathBuf,
@@ -43,40 +44,81 @@ impl SshKeys {
     }
 }
 
-/// Copies the private keys of the Secret (`ssh-host-key`, `ssh-client-key`) to
-/// `<run_dir>/ssh` with mode 0600 (ssh refuses keys others can read, and Secret volumes
-/// may be group-readable) and derives their public halves there.
+fn keygen(args: &[&std::ffi::OsStr]) -> Result<Vec<u8>, String> {
+    let out = std::process::Command::new("ssh-keygen")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ssh-keygen: {e}"))?;
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(format!(
+            "ssh-keygen: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Prepares `<run_dir>/ssh` (0700): this host's own ed25519 host key, made once, and the
+/// Secret's client key copied with mode 0600 (ssh refuses keys others can read, and Secret
+/// volumes may be group-readable), with their public halves.
 pub fn install_keys(secret_dir: &Path, run_dir: &Path) -> Result<SshKeys, String> {
     use std::os::unix::fs::PermissionsExt;
     let dir = run_dir.join("ssh");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| format!("{}: {e}", dir.display()))?;
-    for name in ["ssh-host-key", "ssh-client-key"] {
-        let from = secret_dir.join(name);
-        let key = std::fs::read(&from).map_err(|e| format!("{}: {e}", from.display()))?;
-        let to = dir.join(name);
-        let _ = std::fs::remove_file(&to);
-        std::fs::write(&to, key).map_err(|e| format!("{}: {e}", to.display()))?;
-        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("{}: {e}", to.display()))?;
-        let out = std::process::Command::new("ssh-keygen")
-            .arg("-y")
-            .arg("-f")
-            .arg(&to)
-            .output()
-            .map_err(|e| format!("cannot run ssh-keygen: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{} is not a usable private key: {}",
-                from.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        let public = dir.join(format!("{name}.pub"));
-        std::fs::write(&public, &out.stdout).map_err(|e| format!("{}: {e}", public.display()))?;
+    let keys = SshKeys { dir: dir.clone() };
+    if !keys.host_key().exists() || !keys.host_pub().exists() {
+        let _ = std::fs::remove_file(keys.host_key());
+        let _ = std::fs::remove_file(keys.host_pub());
+        keygen(&[
+            "-q".as_ref(),
+            "-t".as_ref(),
+            "ed25519".as_ref(),
+            "-N".as_ref(),
+            "".as_ref(),
+            "-C".as_ref(),
+            "projstore-sftp-host".as_ref(),
+            "-f".as_ref(),
+            keys.host_key().as_os_str(),
+        ])?;
     }
-    Ok(SshKeys { dir })
+    let from = secret_dir.join("ssh-client-key");
+    let key = std::fs::read(&from).map_err(|e| format!("{}: {e}", from.display()))?;
+    let to = keys.client_key();
+    let _ = std::fs::remove_file(&to);
+    std::fs::write(&to, key).map_err(|e| format!("{}: {e}", to.display()))?;
+    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("{}: {e}", to.display()))?;
+    let public = keygen(&["-y".as_ref(), "-f".as_ref(), to.as_os_str()])
+        .map_err(|e| format!("{} is not a usable private key: {e}", from.display()))?;
+    std::fs::write(keys.client_pub(), public)
+        .map_err(|e| format!("{}: {e}", keys.client_pub().display()))?;
+    Ok(keys)
+}
+
+/// A peer's published sshd host key as `known_hosts` takes it: one `type base64` line.
+pub fn check_host_key(key: &str) -> Result<(), String> {
+    let mut words = key.split(' ');
+    let (kind, blob) = (
+        words.next().unwrap_or_default(),
+        words.next().unwrap_or_default(),
+    );
+    let ok = (kind.starts_with("ssh-") || kind.starts_with("ecdsa-sha2-"))
+        && kind
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '@')
+        && !blob.is_empty()
+        && blob
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '='))
+        && words.all(|w| w.chars().all(|c| c.is_ascii_graphic()));
+    if ok && !key.contains(['\n', '\r']) {
+        Ok(())
+    } else {
+        Err(format!("{key:?} is not an ssh public key"))
+    }
 }
 
 /// sshd refuses a chroot whose path components are not root-owned and unwritable by others;
@@ -220,8 +262,10 @@ pub struct Wanted {
     pub source_project: PathBuf,
     /// `path`, relative to the source project's root.
     pub path: PathBuf,
-    /// The source's sftp endpoint, or None when the source is served on this host.
+    /// The source's sftp endpoint and its sshd's host key, or None when the source is served
+    /// on this host.
     pub remote: Option<String>,
+    pub remote_host_key: Option<String>,
     pub read_only: bool,
     /// The source project's owner: files created through the mount get it.
     pub source_owner: (u32, u32),
@@ -642,7 +686,7 @@ pub async fn ensure(w: &Wanted, keys: &SshKeys, dirs: &MountDirs) -> Result<(), 
     }
     std::fs::create_dir_all(&top).map_err(|e| format!("{}: {e}", top.display()))?;
     if let (Some(remote), Some(src)) = (&w.remote, &sshfs_source) {
-        mount_remote(w, remote, src, keys, dirs, &remote_dir).await?;
+        mount_remote(w, remote, src, keys, &remote_dir).await?;
     } else {
         let export = dirs.export_of(&w.source_project);
         let path = w.path.clone();
@@ -718,20 +762,26 @@ async fn mount_remote(
     remote: &str,
     src: &str,
     keys: &SshKeys,
-    dirs: &MountDirs,
     remote_dir: &Path,
 ) -> Result<(), String> {
     let (_, port) = remote
         .rsplit_once(':')
         .ok_or_else(|| format!("sftp endpoint {remote:?} has no port"))?;
     std::fs::create_dir_all(remote_dir).map_err(|e| format!("{}: {e}", remote_dir.display()))?;
-    let known = dirs.run_dir.join("known_hosts");
-    let host_pub = std::fs::read_to_string(keys.host_pub())
-        .map_err(|e| format!("{}: {e}", keys.host_pub().display()))?;
-    std::fs::write(&known, format!("* {}", host_pub.trim()))
+    // Exactly this host, with exactly the key it published: no other host key is trusted.
+    let host_key = w
+        .remote_host_key
+        .as_deref()
+        .ok_or("the source host has not published its sftp host key yet")?;
+    check_host_key(host_key)?;
+    check_endpoint(remote)?;
+    let host = remote.rsplit_once(':').map_or(remote, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let known = remote_dir.with_extension("known_hosts");
+    std::fs::write(&known, format!("[{host}]:{port} {host_key}\n"))
         .map_err(|e| format!("{}: {e}", known.display()))?;
     let opts = format!(
-        "IdentityFile={},UserKnownHostsFile={},StrictHostKeyChecking=yes,BatchMode=yes,port={port},\
+        "IdentityFile={},UserKnownHostsFile={},GlobalKnownHostsFile=/dev/null,StrictHostKeyChecking=yes,BatchMode=yes,port={port},\
          reconnect,ServerAliveInterval=15,ServerAliveCountMax=3,\
          cache_timeout=10,kernel_cache,auto_cache,allow_other,default_permissions,nosuid,nodev",
         keys.client_key().display(),

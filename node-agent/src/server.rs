@@ -1,6 +1,9 @@
-//! The stream server (DESIGN §5.4): peers fetch manifests and stream files with a bearer
-//! token; `Range` resumes a download. Every path is validated before the file system is
-//! touched: only `<namespace>/<name>[/<id>.zstream|.json]` of the store is ever served.
+//! The stream server (DESIGN §5.4): peers fetch manifests and stream files over mutual TLS;
+//! `Range` resumes a download. A request for a project's data names the asking node
+//! (`X-Projstore-Node`), its client certificate must name that node, and the node must hold a
+//! StreamReplica of the project (asked of the API through [`Authorize`]). Every path is
+//! validated before the file system is touched: only `<namespace>/<name>[/<id>.zstream|.json]`
+//! of the store is ever served. Plain HTTP gets no answer: the port speaks TLS only.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,15 +17,26 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
+use tokio_rustls::rustls::pki_types::CertificateDer;
 
 use crate::streams::{ProjectKey, StoreError, StreamId, StreamStore};
 
 type Body = BoxBody<Bytes, Infallible>;
 
+/// Whether node (second argument) holds a copy of project (first), i.e. may read its data.
+pub type Authorize = Arc<
+    dyn Fn(ProjectKey, String) -> futures::future::BoxFuture<'static, Result<bool, String>>
+        + Send
+        + Sync,
+>;
+
+/// The request header naming the asking node; its client certificate must name it too.
+pub const NODE_HEADER: &str = "x-projstore-node";
+
 /// What the server needs.
 pub struct StreamServer {
     pub store: StreamStore,
-    pub token: String,
+    pub authorize: Authorize,
     pub ready: AtomicBool,
 }
 
@@ -30,15 +44,6 @@ fn text(code: StatusCode, msg: impl Into<String>) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(msg.into())).boxed());
     *r.status_mut() = code;
     r
-}
-
-/// Compares without an early exit, so timing does not tell how much of a token was right.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }
 
 /// Parses `bytes=N-` or `bytes=N-M` (one range; M inclusive).
@@ -59,6 +64,7 @@ impl StreamServer {
     pub async fn handle(
         self: Arc<Self>,
         req: Request<hyper::body::Incoming>,
+        peer: Option<CertificateDer<'static>>,
     ) -> Result<Response<Body>, Infallible> {
         let path = req.uri().path().to_owned();
         if path == "/healthz" {
@@ -80,18 +86,22 @@ impl StreamServer {
                 )
             });
         }
-        let auth = req
+        // The asking node: named in a header, proven by its client certificate.
+        let node = req
             .headers()
-            .get("authorization")
+            .get(NODE_HEADER)
             .and_then(|h| h.to_str().ok())
-            .unwrap_or_default();
-        if !auth
-            .strip_prefix("Bearer ")
-            .is_some_and(|t| same(t, &self.token))
-        {
+            .unwrap_or_default()
+            .to_owned();
+        let proven = peer
+            .as_ref()
+            .is_some_and(|cert| !node.is_empty() && crate::tls::names_node(cert, &node));
+        if !proven {
             return Ok(text(
                 StatusCode::UNAUTHORIZED,
-                "a valid bearer token is required",
+                format!(
+                    "a client certificate of the cluster CA naming the node in {NODE_HEADER} is required"
+                ),
             ));
         }
         if req.method() != Method::GET {
@@ -115,6 +125,16 @@ impl StreamServer {
             Ok(p) => p,
             Err(e) => return Ok(text(StatusCode::BAD_REQUEST, e)),
         };
+        match (self.authorize)(project.clone(), node.clone()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Ok(text(
+                    StatusCode::FORBIDDEN,
+                    format!("node {node} holds no copy of {project}"),
+                ));
+            }
+            Err(e) => return Ok(text(StatusCode::SERVICE_UNAVAILABLE, e)),
+        }
         let Some(file) = file else {
             return Ok(match self.store.list(&project).await {
                 Ok(list) => {
@@ -270,8 +290,16 @@ impl Drop for PeerSlot {
     }
 }
 
-/// Serves until the task is dropped, within the connection limits and timeouts above.
-pub async fn serve(listener: tokio::net::TcpListener, server: Arc<StreamServer>) {
+/// How long a client may take to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves TLS until the task is dropped, within the connection limits and timeouts above.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    server: Arc<StreamServer>,
+    tls: Arc<crate::tls::NodeTls>,
+) {
+    let acceptor = tls.acceptor();
     let total = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let peers = Arc::new(PeerSlots::default());
     loop {
@@ -286,13 +314,23 @@ pub async fn serve(listener: tokio::net::TcpListener, server: Arc<StreamServer>)
             drop(tcp);
             continue;
         };
-        let server = server.clone();
+        let (server, acceptor) = (server.clone(), acceptor.clone());
         tokio::spawn(async move {
-            let svc = service_fn(move |req| server.clone().handle(req));
+            let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            else {
+                return; // not TLS (plain HTTP, say), too slow, or a certificate of another CA
+            };
+            let peer = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.clone().into_owned());
+            let svc = service_fn(move |req| server.clone().handle(req, peer.clone()));
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(tcp), svc)
+                .serve_connection(TokioIo::new(tls), svc)
                 .await;
             drop((permit, slot));
         });
@@ -316,6 +354,5 @@ mod tests {
         assert_eq!(parse_range("bytes=10-", 10), None);
         assert_eq!(parse_range("bytes=6-4", 10), None);
         assert_eq!(parse_range("items=0-1", 10), None);
-        assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));
     }
 }

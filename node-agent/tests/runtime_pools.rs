@@ -121,9 +121,9 @@ async fn the_agent_keeps_its_pool_and_reports_it() {
         projects_root: tmp.path().join("projects"),
         streams_root: tmp.path().join("streams"),
         listen: "127.0.0.1:0".parse().unwrap(),
-        advertise: "http://127.0.0.1:7420".into(),
+        advertise: "https://127.0.0.1:7420".into(),
         lease_namespace: "projstore-system".into(),
-        token: "t".into(),
+        tls: Some(std::sync::Arc::new(node_tls(tmp.path(), "host-x"))),
         interval: Duration::from_millis(500),
         sftp_listen: None,
         sftp_advertise: None,
@@ -236,4 +236,13 @@ async fn the_agent_keeps_its_pool_and_reports_it() {
     })
     .await;
     agent.abort();
+}
+
+/// A TLS identity for node `node` from a fresh cluster CA.
+fn node_tls(dir: &std::path::Path, node: &str) -> projstore_agent::tls::NodeTls {
+    let ca = projstore_e2e::pki::ClusterCa::new("test-ca").unwrap();
+    let tls = dir.join("tls");
+    ca.write_node_dir(&tls, node, &["127.0.0.1".parse().unwrap()])
+        .unwrap();
+    projstore_agent::tls::NodeTls::load(&tls, node).unwrap()
 }

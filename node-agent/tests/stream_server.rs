@@ -7,9 +7,32 @@ use std::sync::atomic::AtomicBool;
 
 use projstore_agent::server::{StreamServer, bind, serve};
 use projstore_agent::streams::{ProjectKey, SnapshotJson, StreamId, StreamMeta, StreamStore};
+use projstore_agent::tls::NodeTls;
+use projstore_e2e::pki::ClusterCa;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::rustls;
 
-async fn start() -> (std::net::SocketAddr, Vec<u8>, tempfile::TempDir) {
+/// Who asks: no client certificate, a node's certificate of the cluster CA (sent with its
+/// node name), or a certificate naming a node from another CA.
+#[derive(Clone, Copy)]
+enum Who {
+    Anonymous,
+    Node(&'static str),
+    ForeignCa,
+}
+
+/// host-b holds a copy of alice/thesis (and of bob/none); host-c holds none.
+const B: Who = Who::Node("host-b");
+
+struct Fx {
+    addr: std::net::SocketAddr,
+    data: Vec<u8>,
+    dir: tempfile::TempDir,
+    ca: ClusterCa,
+    foreign: ClusterCa,
+}
+
+async fn start() -> Fx {
     let dir = tempfile::tempdir().unwrap();
     let store = StreamStore::new(dir.path().join("streams"));
     let key = ProjectKey::new("alice", "thesis").unwrap();
@@ -33,47 +56,99 @@ async fn start() -> (std::net::SocketAddr, Vec<u8>, tempfile::TempDir) {
     .unwrap();
     // A secret outside the store, which no request may reach.
     std::fs::write(dir.path().join("secret"), b"top secret").unwrap();
+    let ca = ClusterCa::new("test-agents-ca").unwrap();
+    ca.write_node_dir(
+        &dir.path().join("tls-a"),
+        "host-a",
+        &["127.0.0.1".parse().unwrap()],
+    )
+    .unwrap();
+    let tls = Arc::new(NodeTls::load(&dir.path().join("tls-a"), "host-a").unwrap());
     let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = Arc::new(StreamServer {
         store,
-        token: "s3cret-token".into(),
+        authorize: Arc::new(|project: ProjectKey, node: String| {
+            let holds = node == "host-b"
+                && ["alice/thesis", "bob/none"].contains(&project.to_string().as_str());
+            Box::pin(async move { Ok(holds) })
+        }),
         ready: AtomicBool::new(true),
     });
-    tokio::spawn(serve(listener, server));
-    (addr, data, dir)
+    tokio::spawn(serve(listener, server, tls));
+    let foreign = ClusterCa::new("someone-elses-ca").unwrap();
+    Fx {
+        addr,
+        data,
+        dir,
+        ca,
+        foreign,
+    }
 }
 
-/// Sends a raw request; returns (status, headers, body).
-async fn get(
-    addr: std::net::SocketAddr,
-    path: &str,
-    token: Option<&str>,
-    range: Option<&str>,
-) -> (u16, String, Vec<u8>) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
-    if let Some(t) = token {
-        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+impl Fx {
+    fn client_config(&self, who: Who) -> rustls::ClientConfig {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut self.ca.pem().as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let issued = match who {
+            Who::Anonymous => return builder.with_no_client_auth(),
+            Who::Node(node) => self.ca.issue(node, &[]).unwrap(),
+            Who::ForeignCa => self.foreign.issue("host-b", &[]).unwrap(),
+        };
+        let chain = rustls_pemfile::certs(&mut issued.0.as_bytes())
+            .map(|c| c.unwrap())
+            .collect();
+        let key = rustls_pemfile::private_key(&mut issued.1.as_bytes())
+            .unwrap()
+            .unwrap();
+        builder.with_client_auth_cert(chain, key).unwrap()
     }
-    if let Some(r) = range {
-        req.push_str(&format!("Range: {r}\r\n"));
+
+    /// Sends a raw request over TLS (the server must prove to be host-a); returns (status,
+    /// headers, body), or status 0 when the server closed the connection without answering.
+    async fn get(&self, path: &str, who: Who, range: Option<&str>) -> (u16, String, Vec<u8>) {
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(self.client_config(who)));
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("host-a").unwrap();
+        let Ok(mut s) = connector.connect(name, tcp).await else {
+            return (0, String::new(), Vec::new());
+        };
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+        match who {
+            Who::Node(node) => req.push_str(&format!("X-Projstore-Node: {node}\r\n")),
+            Who::ForeignCa => req.push_str("X-Projstore-Node: host-b\r\n"),
+            Who::Anonymous => {}
+        }
+        if let Some(r) = range {
+            req.push_str(&format!("Range: {r}\r\n"));
+        }
+        req.push_str("\r\n");
+        if s.write_all(req.as_bytes()).await.is_err() {
+            return (0, String::new(), Vec::new());
+        }
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw).await;
+        let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return (0, String::new(), Vec::new());
+        };
+        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let mut body = raw[split + 4..].to_vec();
+        if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            body = dechunk(&body);
+        }
+        (status, head, body)
     }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let mut body = raw[split + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body);
-    }
-    (status, head, body)
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
@@ -90,54 +165,80 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     }
 }
 
-const TOKEN: Option<&str> = Some("s3cret-token");
-
+/// Only a node of the cluster CA that holds a copy of the project gets its data; plain HTTP
+/// gets nothing at all; health answers anyone.
 #[tokio::test]
-async fn the_token_is_required() {
-    let (addr, _, _dir) = start().await;
-    assert_eq!(
-        get(addr, "/v1/streams/alice/thesis", None, None).await.0,
-        401
+async fn only_a_node_holding_a_copy_gets_a_projects_data() {
+    let fx = start().await;
+    let list = "/v1/streams/alice/thesis";
+    let file = "/v1/streams/alice/thesis/full--ps-1.zstream";
+    assert_eq!(fx.get(list, B, None).await.0, 200);
+    for (who, want) in [(Who::Anonymous, 401), (Who::Node("host-c"), 403)] {
+        for path in [list, file] {
+            let (code, _, body) = fx.get(path, who, None).await;
+            assert_eq!(code, want, "{path}");
+            assert!(body.len() < 1000, "{path}: data was sent");
+        }
+    }
+    // A certificate from another CA does not even complete the handshake.
+    assert_eq!(fx.get(file, Who::ForeignCa, None).await.0, 0);
+    // A node's certificate, but the header names another node.
+    let mut s = tokio_rustls::TlsConnector::from(Arc::new(fx.client_config(Who::Node("host-c"))))
+        .connect(
+            rustls::pki_types::ServerName::try_from("host-a").unwrap(),
+            tokio::net::TcpStream::connect(fx.addr).await.unwrap(),
+        )
+        .await
+        .unwrap();
+    s.write_all(format!("GET {file} HTTP/1.1\r\nHost: x\r\nX-Projstore-Node: host-b\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw).await;
+    assert!(
+        String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 401"),
+        "a node claimed another's name"
     );
-    assert_eq!(
-        get(addr, "/v1/streams/alice/thesis", Some("wrong"), None)
-            .await
-            .0,
-        401
-    );
-    assert_eq!(
-        get(addr, "/v1/streams/alice/thesis", Some("s3cret-toke"), None)
-            .await
-            .0,
-        401
-    );
-    assert_eq!(get(addr, "/healthz", None, None).await.0, 200);
+    // Plain HTTP: no answer, no data.
+    let mut plain = tokio::net::TcpStream::connect(fx.addr).await.unwrap();
+    plain
+        .write_all(
+            format!("GET {file} HTTP/1.1\r\nHost: x\r\nX-Projstore-Node: host-b\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        plain.read_to_end(&mut raw),
+    )
+    .await;
+    assert!(!String::from_utf8_lossy(&raw).contains("HTTP/1.1 200") && raw.len() < 100);
+    assert_eq!(fx.get("/healthz", Who::Anonymous, None).await.0, 200);
 }
 
 #[tokio::test]
 async fn manifests_bytes_and_ranges() {
-    let (addr, data, _dir) = start().await;
-    let (code, _, body) = get(addr, "/v1/streams/alice/thesis", TOKEN, None).await;
+    let fx = start().await;
+    let data = fx.data.clone();
+    let (code, _, body) = fx.get("/v1/streams/alice/thesis", B, None).await;
     assert_eq!(code, 200);
     let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(list[0]["id"], "full--ps-1");
     assert_eq!(list[0]["manifest"]["bytes"], 200_000);
-    let (code, _, body) = get(
-        addr,
-        "/v1/streams/alice/thesis/full--ps-1.zstream",
-        TOKEN,
-        None,
-    )
-    .await;
+    let (code, _, body) = fx
+        .get("/v1/streams/alice/thesis/full--ps-1.zstream", B, None)
+        .await;
     assert_eq!(code, 200);
     assert_eq!(body, data);
-    let (code, head, body) = get(
-        addr,
-        "/v1/streams/alice/thesis/full--ps-1.zstream",
-        TOKEN,
-        Some("bytes=150000-"),
-    )
-    .await;
+    let (code, head, body) = fx
+        .get(
+            "/v1/streams/alice/thesis/full--ps-1.zstream",
+            B,
+            Some("bytes=150000-"),
+        )
+        .await;
     assert_eq!(code, 206);
     assert!(
         head.to_ascii_lowercase()
@@ -146,38 +247,28 @@ async fn manifests_bytes_and_ranges() {
     );
     assert_eq!(body, data[150_000..]);
     assert_eq!(
-        get(
-            addr,
+        fx.get(
             "/v1/streams/alice/thesis/full--ps-1.zstream",
-            TOKEN,
+            B,
             Some("bytes=300000-")
         )
         .await
         .0,
         416
     );
-    let (code, _, body) = get(
-        addr,
-        "/v1/streams/alice/thesis/full--ps-1.json",
-        TOKEN,
-        None,
-    )
-    .await;
+    let (code, _, body) = fx
+        .get("/v1/streams/alice/thesis/full--ps-1.json", B, None)
+        .await;
     assert_eq!(code, 200);
     assert!(String::from_utf8_lossy(&body).contains("\"sha256\""));
     assert_eq!(
-        get(
-            addr,
-            "/v1/streams/alice/thesis/full--ps-9.zstream",
-            TOKEN,
-            None
-        )
-        .await
-        .0,
+        fx.get("/v1/streams/alice/thesis/full--ps-9.zstream", B, None)
+            .await
+            .0,
         404
     );
     assert_eq!(
-        get(addr, "/v1/streams/bob/none", TOKEN, None).await.0,
+        fx.get("/v1/streams/bob/none", B, None).await.0,
         200,
         "an unknown project has no streams"
     );
@@ -185,7 +276,7 @@ async fn manifests_bytes_and_ranges() {
 
 #[tokio::test]
 async fn hostile_paths_are_refused_and_never_served() {
-    let (addr, _, _dir) = start().await;
+    let fx = start().await;
     for path in [
         "/v1/streams/alice/thesis/../../secret",
         "/v1/streams/../secret",
@@ -200,7 +291,7 @@ async fn hostile_paths_are_refused_and_never_served() {
         "/v1/streams/alice/thesis/full--ps-1.zstream/extra",
         "/v1/streams/alice/thesis/a;b--c.zstream",
     ] {
-        let (code, _, body) = get(addr, path, TOKEN, None).await;
+        let (code, _, body) = fx.get(path, B, None).await;
         assert!(matches!(code, 400 | 404), "{path}: {code}");
         assert!(
             !String::from_utf8_lossy(&body).contains("top secret"),
@@ -214,7 +305,8 @@ async fn hostile_paths_are_refused_and_never_served() {
 #[tokio::test]
 async fn stream_files_are_private_and_a_planted_symlink_is_not_served() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let (addr, _data, dir) = start().await;
+    let fx = start().await;
+    let dir = &fx.dir;
     let streams = dir.path().join("streams");
     let project = streams.join("alice/thesis");
     for d in [&streams, &streams.join("alice"), &project] {
@@ -267,41 +359,49 @@ async fn stream_files_are_private_and_a_planted_symlink_is_not_served() {
     ] {
         std::fs::remove_file(project.join(planted)).unwrap();
         std::os::unix::fs::symlink(&secret, project.join(planted)).unwrap();
-        let (status, _, body) = get(addr, url, Some("s3cret-token"), None).await;
+        let (status, _, body) = fx.get(url, B, None).await;
         assert_ne!(status, 200, "{planted}");
         assert!(!String::from_utf8_lossy(&body).contains("top secret"));
     }
 }
 
 /// 1,000 idle connections and a client that sends half a request, all from one peer address
-/// without a token: the server keeps answering others at once, and closes the idle ones.
+/// without a certificate: the server keeps answering others at once, and closes the idle ones.
 #[tokio::test]
 async fn idle_and_slow_clients_cannot_starve_the_server() {
     use projstore_agent::server::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS_PER_PEER};
-    let (addr, data, _dir) = start().await;
+    let fx = start().await;
+    let data = fx.data.clone();
     let attacker: std::net::IpAddr = "127.0.0.5".parse().unwrap();
     let mut idle = Vec::new();
     for _ in 0..1000 {
         let sock = tokio::net::TcpSocket::new_v4().unwrap();
         sock.bind((attacker, 0).into()).unwrap();
-        idle.push(sock.connect(addr).await.unwrap());
+        idle.push(sock.connect(fx.addr).await.unwrap());
     }
+    // Half a TLS ClientHello; and a finished handshake followed by half a request.
     let mut slow = idle.pop().unwrap();
-    let _ = slow
+    let _ = slow.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await;
+    let mut slow_tls = tokio_rustls::TlsConnector::from(Arc::new(fx.client_config(B)))
+        .connect(
+            rustls::pki_types::ServerName::try_from("host-a").unwrap(),
+            tokio::net::TcpStream::connect(fx.addr).await.unwrap(),
+        )
+        .await
+        .unwrap();
+    slow_tls
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-        .await;
+        .await
+        .unwrap();
+    slow_tls.flush().await.unwrap();
 
     // Another peer is served at once, health and data alike.
     let t = std::time::Instant::now();
-    let (status, _, body) = get(addr, "/healthz", None, None).await;
+    let (status, _, body) = fx.get("/healthz", Who::Anonymous, None).await;
     assert_eq!((status, body.as_slice()), (200, b"ok".as_slice()));
-    let (status, _, body) = get(
-        addr,
-        "/v1/streams/alice/thesis/full--ps-1.zstream",
-        Some("s3cret-token"),
-        None,
-    )
-    .await;
+    let (status, _, body) = fx
+        .get("/v1/streams/alice/thesis/full--ps-1.zstream", B, None)
+        .await;
     assert_eq!(status, 200);
     assert_eq!(body, data);
     assert!(
@@ -322,7 +422,8 @@ async fn idle_and_slow_clients_cannot_starve_the_server() {
         refused >= 999 - MAX_CONNECTIONS_PER_PEER,
         "{refused} closed at once"
     );
-    tokio::time::sleep(HEADER_READ_TIMEOUT + std::time::Duration::from_secs(2)).await;
+    let limit = HEADER_READ_TIMEOUT.max(projstore_agent::server::HANDSHAKE_TIMEOUT);
+    tokio::time::sleep(limit + std::time::Duration::from_secs(2)).await;
     let open = idle.iter().filter(|s| !closed(s)).count();
     assert_eq!(open, 0, "idle connections outlived the header-read timeout");
     assert!(

@@ -91,6 +91,12 @@ impl Host {
             mount_path: PathBuf::from(mount_path),
             source_project: PathBuf::from("ns/b"),
             path: PathBuf::from(path),
+            remote_host_key: remote.as_ref().map(|_| {
+                std::fs::read_to_string(self.base.path().join("run/ssh/ssh-host-key.pub"))
+                    .unwrap()
+                    .trim()
+                    .to_owned()
+            }),
             remote,
             read_only: false,
             source_owner: SOURCE,
@@ -179,7 +185,7 @@ fn tenant_loop(who: (u32, u32), script: &str) -> std::process::Child {
 fn keys_dir(base: &Path) -> SshKeys {
     let secret = base.join("secret-keys");
     std::fs::create_dir_all(&secret).unwrap();
-    for key in ["ssh-host-key", "ssh-client-key"] {
+    for key in ["ssh-client-key", "impostor-host-key"] {
         let ok = Command::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-f"])
             .arg(secret.join(key))
@@ -474,6 +480,17 @@ async fn across_hosts_the_sftp_side_exposes_the_source_project_alone() {
         ..h.wanted("", "m", remote.clone())
     };
     assert!(mounts::ensure(&w, &keys, &h.dirs).await.is_err());
+
+    // A host that does not hold the key the source host published is not trusted.
+    let impostor =
+        std::fs::read_to_string(h.base.path().join("secret-keys/impostor-host-key.pub")).unwrap();
+    let w = Wanted {
+        remote_host_key: Some(impostor.trim().to_owned()),
+        ..h.wanted("shared", "from-b", remote.clone())
+    };
+    let e = mounts::ensure(&w, &keys, &h.dirs).await.unwrap_err();
+    assert!(e.contains("sshfs"), "{e}");
+    assert!(h.fuse_mounts_below(&h.root("ns", "a")).is_empty());
 
     let w = h.wanted("shared", "from-b", remote.clone());
     mounts::ensure(&w, &keys, &h.dirs).await.unwrap();

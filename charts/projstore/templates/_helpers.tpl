@@ -29,3 +29,7 @@ app.kubernetes.io/component: agent
 {{- define "projstore.secretName" -}}
 {{ .Release.Name }}-projstore-keys
 {{- end -}}
+
+{{- define "projstore.agentTlsSecretName" -}}
+{{- .Values.agent.tls.existingSecret | default (printf "%s-projstore-agent-tls" .Release.Name) -}}
+{{- end -}}

@@ -32,7 +32,7 @@ pub const PRIMARY_SNAPSHOT: &str = "projstore.io/primary-snapshot";
 /// `repair-ownership` annotations are copied next to it for the same reason.
 pub const PROJECT_GENERATION: &str = "projstore.io/project-generation";
 /// Label on StreamReplicas: the Project they belong to.
-pub const PROJECT_LABEL: &str = "projstore.io/project";
+pub use projstore_api::PROJECT_LABEL;
 /// Label on StreamReplicas: their pool.
 pub const POOL_LABEL: &str = "projstore.io/pool";
 
@@ -444,6 +444,7 @@ pub fn decide(inp: &Inputs<'_>) -> Decision {
                             "node": src.node,
                             "epoch": src.epoch,
                             "sftp": cx.pool(&src.pool).and_then(|p| p.sftp_endpoint.clone()),
+                            "hostKey": cx.pool(&src.pool).and_then(|p| p.sftp_host_key.clone()),
                         }),
                     );
                     mount_status.push(projstore_api::MountStatus {

@@ -49,10 +49,12 @@ pub struct Config {
     /// Each pool's `streams` filesystem is mounted at `<streams_root>/<pool>`.
     pub streams_root: PathBuf,
     pub listen: SocketAddr,
-    /// How peers reach the stream server (`http://<addr>:<port>`).
+    /// How peers reach the stream server (`https://<addr>:<port>`).
     pub advertise: String,
     pub lease_namespace: String,
-    pub token: String,
+    /// This node's TLS identity for the stream server and its fetches (always set by
+    /// `projstore-agent run`).
+    pub tls: Option<Arc<crate::tls::NodeTls>>,
     /// Seconds between heartbeats and pool checks (10 in production).
     pub interval: Duration,
     /// Where the sftp-only sshd listens, and how peers reach it (`host:port`); no sshd
@@ -95,6 +97,32 @@ async fn heartbeat(client: &Client, cfg: &Config) -> Result<(), kube::Error> {
         )
         .await?;
     Ok(())
+}
+
+/// The stream server's authorization: a node may read a project's data only while it holds
+/// a StreamReplica of it (Live or Archived), as the API says now.
+fn holders_of_copies(client: Client) -> crate::server::Authorize {
+    Arc::new(move |project, node| {
+        let client = client.clone();
+        Box::pin(async move {
+            let api: Api<StreamReplica> = Api::namespaced(client, &project.namespace);
+            let selector = format!(
+                "{}={},{}={node}",
+                projstore_api::PROJECT_LABEL,
+                project.name,
+                projstore_api::NODE_LABEL
+            );
+            let list = api
+                .list(&kube::api::ListParams::default().labels(&selector))
+                .await
+                .map_err(|e| format!("cannot ask the API who holds {project}: {e}"))?;
+            Ok(list.items.iter().any(|sr| {
+                sr.spec.project == project.name
+                    && sr.spec.node == node
+                    && sr.spec.state != projstore_api::ReplicaState::Trashed
+            }))
+        })
+    })
 }
 
 /// Runs until SIGTERM/SIGINT.
@@ -146,6 +174,8 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
     let mut tick = tokio::time::interval(cfg.interval);
     let mut renewed = std::time::Instant::now();
     let mut sshd: Option<tokio::process::Child> = None;
+    // The public half of this host's own sshd host key, published in the pools' status.
+    let mut sftp_host_key: Option<String> = None;
     let mut recovered = std::collections::BTreeSet::new();
     let mut swept = std::time::Instant::now();
     let mut kept: std::collections::HashMap<
@@ -266,11 +296,11 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
             if server.is_none() && report.is_ok() {
                 let s = Arc::new(StreamServer {
                     store: StreamStore::new(streams_mp),
-                    token: cfg.token.clone(),
+                    authorize: holders_of_copies(client.clone()),
                     ready: Default::default(),
                 });
-                if let Some(l) = listener.take() {
-                    server_task = Some(tokio::spawn(serve(l, s.clone())));
+                if let (Some(l), Some(tls)) = (listener.take(), cfg.tls.clone()) {
+                    server_task = Some(tokio::spawn(serve(l, s.clone(), tls)));
                 }
                 server = Some(s);
             }
@@ -280,7 +310,7 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
                 &checks,
                 report.as_ref().map_err(Clone::clone),
                 &cfg.advertise,
-                cfg.sftp_advertise.as_deref(),
+                cfg.sftp_advertise.as_deref().zip(sftp_host_key.as_deref()),
                 0,
             )
             .await;
@@ -308,6 +338,9 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
         {
             let started = match crate::mounts::install_keys(dir, &cfg.run_dir) {
                 Ok(keys) => {
+                    sftp_host_key = std::fs::read_to_string(keys.host_pub())
+                        .ok()
+                        .map(|k| k.trim().to_owned());
                     crate::mounts::start_sshd(listen, &keys, &mount_dirs, &cfg.run_dir).await
                 }
                 Err(e) => Err(e),

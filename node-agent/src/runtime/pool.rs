@@ -145,7 +145,8 @@ pub async fn status_patch(
     checks: &[Check],
     report: Result<&PoolReport, String>,
     stream_endpoint: &str,
-    sftp_endpoint: Option<&str>,
+    // Where this host's sshd listens and its host key, once it runs.
+    sftp: Option<(&str, &str)>,
     projects: u32,
 ) -> serde_json::Value {
     let prev = sp.status.clone().unwrap_or_default();
@@ -186,7 +187,8 @@ pub async fn status_patch(
             heartbeat_time: Some(Time(jiff_now())),
             version: Some(env!("CARGO_PKG_VERSION").into()),
             stream_endpoint: Some(stream_endpoint.into()),
-            sftp_endpoint: sftp_endpoint.map(str::to_owned),
+            sftp_endpoint: sftp.map(|(ep, _)| ep.to_owned()),
+            sftp_host_key: sftp.map(|(_, key)| key.to_owned()),
         },
         "projects": projects,
     });

@@ -39,7 +39,8 @@ pub struct ReplicaEnv<'a> {
     pub node: &'a str,
     pub projects_root: &'a Path,
     pub streams_root: &'a Path,
-    pub token: &'a str,
+    /// This node's TLS identity, for fetching from peers.
+    pub tls: std::sync::Arc<crate::tls::NodeTls>,
     pub run_dir: &'a Path,
     /// Key files for sftp mounts (None: mounts from other hosts are not possible).
     pub keys: Option<crate::mounts::SshKeys>,
@@ -428,7 +429,7 @@ async fn secondary(
         .stream_endpoint
         .as_deref()
         .ok_or("the primary's stream endpoint is not known yet")?;
-    let peer = Peer::new(endpoint, env.token).map_err(|e| e.to_string())?;
+    let peer = Peer::new(endpoint, &source.node, env.tls.clone()).map_err(|e| e.to_string())?;
     let zfs = env.zfs;
     let ds: DatasetName = PoolLayout::new(pool.clone())
         .project(&key)
@@ -1175,6 +1176,7 @@ async fn serve_mounts(
                 .get(&m.project)
                 .ok_or_else(|| format!("project {} is not served yet", m.project))?;
             let node = src["node"].as_str().unwrap_or_default();
+            let remote_host_key = src["hostKey"].as_str().map(str::to_owned);
             let remote = if node == env.node {
                 None
             } else {
@@ -1197,6 +1199,7 @@ async fn serve_mounts(
                 mount_path: rel,
                 source_project: Path::new(&key.namespace).join(&key.name),
                 path,
+                remote_host_key: remote.as_ref().and(remote_host_key),
                 remote,
                 read_only: m.read_only,
                 source_owner: (source_project.spec.owner.uid, source_project.spec.owner.gid),

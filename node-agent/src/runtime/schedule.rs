@@ -216,15 +216,15 @@ async fn reconcile(sr: Arc<StreamReplica>, sh: Arc<Shared>) -> Result<Action, In
         .iter()
         .find(|p| p.spec.node_name == cfg.node_name && p.name_any() == sr.spec.pool)
         .and_then(|p| PoolName::parse(&p.spec.pool_name).ok());
-    let (status, due) = match pool {
-        Some(pool) => {
+    let (status, due) = match (pool, cfg.tls.clone()) {
+        (Some(pool), Some(tls)) => {
             let env = replica::ReplicaEnv {
                 zfs,
                 client: &sh.client,
                 node: &cfg.node_name,
                 projects_root: &cfg.projects_root,
                 streams_root: &cfg.streams_root,
-                token: &cfg.token,
+                tls,
                 run_dir: &cfg.run_dir,
                 keys: cfg.ssh_dir.as_ref().map(|_| crate::mounts::SshKeys {
                     dir: cfg.run_dir.join("ssh"),
@@ -233,8 +233,12 @@ async fn reconcile(sr: Arc<StreamReplica>, sh: Arc<Shared>) -> Result<Action, In
             };
             replica::reconcile(&env, &sr, &pool).await
         }
-        None => (
+        (None, _) => (
             serde_json::json!({"phase": "Error", "lastError": format!("pool {} is not one of this node's", sr.spec.pool)}),
+            None,
+        ),
+        (_, None) => (
+            serde_json::json!({"phase": "Error", "lastError": "this agent has no TLS identity (--tls-dir)"}),
             None,
         ),
     };
