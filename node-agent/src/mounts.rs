@@ -767,7 +767,6 @@ async fn mount_remote(
     let (_, port) = remote
         .rsplit_once(':')
         .ok_or_else(|| format!("sftp endpoint {remote:?} has no port"))?;
-    std::fs::create_dir_all(remote_dir).map_err(|e| format!("{}: {e}", remote_dir.display()))?;
     // Exactly this host, with exactly the key it published: no other host key is trusted.
     let host_key = w
         .remote_host_key
@@ -787,28 +786,53 @@ async fn mount_remote(
         keys.client_key().display(),
         known.display()
     );
-    let mounted = run(
-        "sshfs",
-        &[
-            "-o".as_ref(),
-            opts.as_ref(),
-            src.as_ref(),
-            remote_dir.as_os_str(),
-        ],
-    )
-    .await;
-    if let Err(e) = mounted {
-        return Err(format!(
-            "{e} (the source's path {:?} must be a directory inside {} reached without symlinks)",
-            w.path.display().to_string(),
-            w.source_project.display()
-        ));
+    if let Err(e) = sshfs(&opts, src, remote_dir).await {
+        // Say which component of `path` is the problem, as for a mount on this host: look
+        // at the source project's root through sftp and resolve the path beneath it.
+        let user_host = src.split_once(":/").map_or(src, |(uh, _)| uh);
+        let root_src = format!("{user_host}:/{}", w.source_project.display());
+        let probe = remote_dir.with_extension("probe");
+        let why = match sshfs(&opts, &root_src, &probe).await {
+            Ok(()) => {
+                let (probe2, path) = (probe.clone(), w.path.clone());
+                let found = blocking(probe.display().to_string(), move || {
+                    let root = crate::beneath::open_root(&probe2).map_err(|e| e.to_string())?;
+                    crate::beneath::open_dir(root.as_fd(), &path)
+                        .map(drop)
+                        .map_err(|e| {
+                            format!(
+                                "path {:?}: {:?} {}",
+                                path.display().to_string(),
+                                e.path,
+                                e.reason
+                            )
+                        })
+                })
+                .await;
+                let _ = rustix::mount::unmount(&probe, rustix::mount::UnmountFlags::DETACH);
+                found.err()
+            }
+            Err(_) => None,
+        };
+        return Err(why.unwrap_or(e));
     }
+    Ok(())
+}
+
+/// sshfs of `src` onto `dir` with `opts`, then made `nosymfollow,nosuid,nodev` before
+/// anything uses it.
+async fn sshfs(opts: &str, src: &str, dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    run(
+        "sshfs",
+        &["-o".as_ref(), opts.as_ref(), src.as_ref(), dir.as_os_str()],
+    )
+    .await?;
     use rustix::mount::MountFlags;
     let flags = MountFlags::BIND | MountFlags::NOSYMFOLLOW | MountFlags::NOSUID | MountFlags::NODEV;
-    if let Err(e) = rustix::mount::mount_remount(remote_dir, flags, "") {
-        let _ = rustix::mount::unmount(remote_dir, rustix::mount::UnmountFlags::DETACH);
-        return Err(format!("remount {} nosymfollow: {e}", remote_dir.display()));
+    if let Err(e) = rustix::mount::mount_remount(dir, flags, "") {
+        let _ = rustix::mount::unmount(dir, rustix::mount::UnmountFlags::DETACH);
+        return Err(format!("remount {} nosymfollow: {e}", dir.display()));
     }
     Ok(())
 }
