@@ -9,7 +9,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
-use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, StatxFlags};
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
 /// Why a path was not resolved beneath its root.
@@ -164,10 +164,33 @@ pub fn chown_fd(fd: BorrowedFd<'_>, owner: (u32, u32)) -> rustix::io::Result<()>
     )
 }
 
-/// The ID of the mount that `fd` lies on (as in `/proc/self/mountinfo`).
-pub fn mount_id(fd: BorrowedFd<'_>) -> rustix::io::Result<u64> {
-    let st = rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID)?;
-    Ok(st.stx_mnt_id)
+/// The ID of the mount that `fd` lies on (as in `/proc/self/mountinfo`), read from
+/// `/proc/self/fdinfo`: unlike `statx`, it asks nothing of the filesystem, so a hung FUSE
+/// mount (a tenant can block a single-threaded one) cannot hang the agent here.
+pub fn mount_id(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("mnt_id:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| std::io::Error::other("no mnt_id in fdinfo"))
+}
+
+/// Opens the directory at the absolute path `abs` (as `/proc/self/mountinfo` names a mount
+/// point) one component at a time from `/`, following no symlink: a path longer than
+/// `PATH_MAX` still resolves, and a symlink swapped in anywhere makes it fail.
+pub fn open_absolute(abs: &Path) -> Result<OwnedFd, BeneathError> {
+    let rel = abs
+        .strip_prefix("/")
+        .map_err(|_| BeneathError::at(abs, "is not an absolute path"))?;
+    let mut cur = open_root(Path::new("/"))?;
+    let mut done = PathBuf::from("/");
+    let resolve = ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    for name in components(rel)? {
+        done.push(name);
+        cur = step(cur.as_fd(), name, resolve).map_err(|e| BeneathError::at(&done, why(e)))?;
+    }
+    Ok(cur)
 }
 
 /// A path naming what `fd` holds, for programs and syscalls that take paths: the kernel

@@ -262,6 +262,8 @@ pub struct Wanted {
     pub source_project: PathBuf,
     /// `path`, relative to the source project's root.
     pub path: PathBuf,
+    /// Where the source project is mounted on this host (used when it is served here).
+    pub source_root: PathBuf,
     /// The source's sftp endpoint and its sshd's host key, or None when the source is served
     /// on this host.
     pub remote: Option<String>,
@@ -292,6 +294,8 @@ pub struct Mounted {
     pub target: PathBuf,
     /// Per-mount options (`rw,nosuid,nodev,…`).
     pub options: String,
+    /// The optional fields: propagation (`shared:N`, `master:N`, …).
+    pub optional: String,
     pub fstype: String,
     pub source: String,
 }
@@ -300,55 +304,71 @@ impl Mounted {
     fn has_option(&self, o: &str) -> bool {
         self.options.split(',').any(|x| x == o)
     }
+    fn is_shared(&self) -> bool {
+        self.optional.split(' ').any(|f| f.starts_with("shared:"))
+    }
 }
 
-/// The mount table (octal escapes in paths decoded).
+/// The mount table (octal escapes in paths decoded). Read as bytes: a tenant can name a
+/// directory with bytes that are not UTF-8, and such a line must neither hide the others nor
+/// be misread.
 pub fn mount_table() -> Vec<Mounted> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    parse_mountinfo(&text)
+    let bytes = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
+    parse_mountinfo(&bytes)
 }
 
-fn unescape(s: &str) -> String {
-    let mut out = Vec::new();
-    let b = s.as_bytes();
+fn unescape(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+    while i < s.len() {
+        if s[i] == b'\\'
+            && let Some(d) = s.get(i + 1..i + 4)
+            && d.iter().all(|c| (b'0'..=b'7').contains(c))
         {
-            out.push(v);
+            out.push(
+                d.iter()
+                    .fold(0u8, |acc, c| acc.wrapping_mul(8).wrapping_add(c - b'0')),
+            );
             i += 4;
             continue;
         }
-        out.push(b[i]);
+        out.push(s[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
 }
 
 /// Parses `/proc/self/mountinfo`: `ID PARENT MAJ:MIN ROOT TARGET OPTIONS [OPTIONAL…] - TYPE
-/// SOURCE SUPER-OPTIONS`.
-pub fn parse_mountinfo(text: &str) -> Vec<Mounted> {
-    text.lines()
+/// SOURCE SUPER-OPTIONS`. A line that does not parse is left out, not the table.
+pub fn parse_mountinfo(bytes: &[u8]) -> Vec<Mounted> {
+    use std::os::unix::ffi::OsStringExt;
+    bytes
+        .split(|b| *b == b'\n')
         .filter_map(|l| {
-            let (head, tail) = l.split_once(" - ")?;
-            let mut h = head.split(' ');
-            let id = h.next()?.parse().ok()?;
+            let sep = l.windows(3).position(|w| w == b" - ")?;
+            let (head, tail) = (&l[..sep], &l[sep + 3..]);
+            let mut h = head.split(|b| *b == b' ');
+            let id = std::str::from_utf8(h.next()?).ok()?.parse().ok()?;
             let _parent = h.next()?;
-            let dev = h.next()?.to_owned();
-            let root = unescape(h.next()?);
-            let target = PathBuf::from(unescape(h.next()?));
-            let options = h.next()?.to_owned();
-            let mut t = tail.split(' ');
-            let fstype = t.next()?.to_owned();
-            let source = unescape(t.next()?);
+            let dev = text(h.next()?);
+            let root = text(&unescape(h.next()?));
+            let target = PathBuf::from(std::ffi::OsString::from_vec(unescape(h.next()?)));
+            let options = text(h.next()?);
+            let optional = h.map(text).collect::<Vec<_>>().join(" ");
+            let mut t = tail.split(|b| *b == b' ');
+            let fstype = text(t.next()?);
+            let source = text(&unescape(t.next()?));
             Some(Mounted {
                 id,
                 dev,
                 root,
                 target,
                 options,
+                optional,
                 fstype,
                 source,
             })
@@ -382,16 +402,12 @@ impl MountDirs {
     pub fn exports_root(&self) -> PathBuf {
         self.run_dir.join("sftp")
     }
-    fn export_of(&self, project: &Path) -> PathBuf {
-        self.exports_root().join(project)
-    }
-    /// One staging directory per mount target (outside every project).
+    /// One staging directory per mount target (outside every project), named by a hash no
+    /// tenant can make two targets share.
     fn staging_for(&self, target: &Path) -> PathBuf {
-        let mut h = 0xcbf2_9ce4_8422_2325u64;
-        for b in target.as_os_str().as_encoded_bytes() {
-            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        self.staging_root().join(format!("{h:016x}"))
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(target.as_os_str().as_encoded_bytes());
+        self.staging_root().join(hex::encode(&h[..16]))
     }
 
     /// Creates the directories; makes the staging directory a private mount, so mounts made
@@ -431,19 +447,12 @@ pub fn harden(mountpoint: &Path) -> Result<(), String> {
         .map_err(|e| format!("remount {} nosuid,nodev: {e}", mountpoint.display()))
 }
 
-/// Unmounts exactly mount `m`: its path is resolved following no symlink and unmounted only
-/// when it still leads to the mount with `m`'s ID (a tenant who renamed or swapped a
-/// directory on the way cannot redirect the unmount).
+/// Unmounts exactly mount `m`: its path is resolved component by component following no
+/// symlink (however long a tenant made it), and unmounted only when it still leads to the
+/// mount with `m`'s ID (a tenant who renamed or swapped a directory on the way cannot
+/// redirect the unmount).
 pub fn unmount_exact(m: &Mounted) -> Result<(), String> {
-    use rustix::fs::{Mode, OFlags, ResolveFlags};
-    let fd = rustix::fs::openat2(
-        rustix::fs::CWD,
-        &m.target,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-    )
-    .map_err(|e| format!("{}: {e}", m.target.display()))?;
+    let fd = crate::beneath::open_absolute(&m.target).map_err(|e| e.to_string())?;
     let id = crate::beneath::mount_id(fd.as_fd()).map_err(|e| e.to_string())?;
     if id != m.id {
         return Err(format!(
@@ -463,52 +472,97 @@ fn unmount_fd(fd: BorrowedFd<'_>) -> rustix::io::Result<()> {
     )
 }
 
-/// Exports the project mounted at `mountpoint` (`project` = `<ns>/<name>`) to the sftp
-/// chroot and to same-host mounts: a bind mount of its root with `nosymfollow,nosuid,nodev`,
-/// so neither sftp-server nor bindfs — both root — ever follows a symlink a tenant made
-/// there, whatever it races. Idempotent; a stale export (of an earlier mount) is replaced.
-pub fn export(dirs: &MountDirs, project: &Path, mountpoint: &Path) -> Result<(), String> {
-    use rustix::mount::{MountFlags, MoveMountFlags, OpenTreeFlags};
-    let table = mount_table();
-    let live = top_at(&table, mountpoint)
-        .ok_or_else(|| format!("{} is not mounted", mountpoint.display()))?;
-    let dir = dirs.export_of(project);
-    if let Some(old) = top_at(&table, &dir) {
-        if old.dev == live.dev && old.root == "/" && old.has_option("nosymfollow") {
-            return Ok(());
-        }
-        unmount_exact(old)?;
-    }
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let root = crate::beneath::open_root(mountpoint).map_err(|e| e.to_string())?;
-    if crate::beneath::mount_id(root.as_fd()).map_err(|e| e.to_string())? != live.id {
-        return Err(format!(
-            "{} changed while exporting it",
-            mountpoint.display()
-        ));
-    }
+/// Attaches a copy of the directory `fd` holds at `staging` (an agent-private directory),
+/// `nosymfollow,nosuid,nodev` and private: no symlink inside is ever followed through it, and
+/// no mount made later in the source (another project's folder) propagates into it.
+fn clone_private(fd: BorrowedFd<'_>, staging: &Path) -> Result<(), String> {
+    use rustix::mount::{MountFlags, MountPropagationFlags, MoveMountFlags, OpenTreeFlags};
     let tree = rustix::mount::open_tree(
-        root.as_fd(),
+        fd,
         "",
         OpenTreeFlags::OPEN_TREE_CLONE
             | OpenTreeFlags::OPEN_TREE_CLOEXEC
             | OpenTreeFlags::AT_EMPTY_PATH,
     )
-    .map_err(|e| format!("clone {}: {e}", mountpoint.display()))?;
-    // Flags are set where no sftp session can see the export yet, then it is moved in.
-    let staging = dirs.staging_for(&dir).with_extension("export");
-    std::fs::create_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
+    .map_err(|e| format!("clone for {}: {e}", staging.display()))?;
+    std::fs::create_dir_all(staging).map_err(|e| format!("{}: {e}", staging.display()))?;
     rustix::mount::move_mount(
         tree.as_fd(),
         "",
         rustix::fs::CWD,
-        &staging,
+        staging,
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
     )
-    .map_err(|e| format!("attach the export of {}: {e}", mountpoint.display()))?;
+    .map_err(|e| format!("attach at {}: {e}", staging.display()))?;
     let flags = MountFlags::BIND | MountFlags::NOSYMFOLLOW | MountFlags::NOSUID | MountFlags::NODEV;
-    let moved = rustix::mount::mount_remount(&staging, flags, "")
-        .and_then(|()| rustix::mount::mount_move(&staging, &dir));
+    let set = rustix::mount::mount_change(staging, MountPropagationFlags::PRIVATE)
+        .and_then(|()| rustix::mount::mount_remount(staging, flags, ""));
+    if let Err(e) = set {
+        let _ = rustix::mount::unmount(staging, rustix::mount::UnmountFlags::DETACH);
+        return Err(format!("{}: {e}", staging.display()));
+    }
+    Ok(())
+}
+
+/// Exports the project mounted at `mountpoint` (`project` = `<ns>/<name>`) to the sftp
+/// chroot: a private bind mount of its root with `nosymfollow,nosuid,nodev`, so sftp-server —
+/// root — never follows a symlink a tenant made there, whatever it races, and sees none of
+/// the folders mounted inside the project. The chroot is writable by a root sftp session, so
+/// the export's directory is made and held by descriptor and the export moved onto it.
+/// Idempotent; a stale export (of an earlier mount) is replaced.
+pub fn export(dirs: &MountDirs, project: &Path, mountpoint: &Path) -> Result<(), String> {
+    use crate::beneath::{ensure_dir, mount_id, open_mount_point, open_root};
+    let err = |e: crate::beneath::BeneathError| format!("export of {}: {e}", project.display());
+    let table = mount_table();
+    let live = top_at(&table, mountpoint)
+        .ok_or_else(|| format!("{} is not mounted", mountpoint.display()))?;
+    let sftp = open_root(&dirs.exports_root()).map_err(err)?;
+    let ns = project.parent().unwrap_or(Path::new(""));
+    let name = project
+        .file_name()
+        .ok_or("an export needs <namespace>/<name>")?;
+    let parent = ensure_dir(sftp.as_fd(), ns, (0, 0)).map_err(err)?;
+    let at = match open_mount_point(parent.as_fd(), Path::new(name)) {
+        Err(e) if e.reason == "does not exist" => {
+            ensure_dir(parent.as_fd(), Path::new(name), (0, 0)).map_err(err)?
+        }
+        other => other.map_err(err)?.1,
+    };
+    let id = |fd: BorrowedFd<'_>| mount_id(fd).map_err(|e| e.to_string());
+    let here = id(at.as_fd())?;
+    let at = if here == id(parent.as_fd())? {
+        at
+    } else {
+        let current = table.iter().find(|m| m.id == here).is_some_and(|m| {
+            m.dev == live.dev && m.root == "/" && m.has_option("nosymfollow") && !m.is_shared()
+        });
+        if current {
+            return Ok(());
+        }
+        unmount_fd(at.as_fd()).map_err(|e| format!("replace a stale export: {e}"))?;
+        drop(at);
+        open_mount_point(parent.as_fd(), Path::new(name))
+            .map_err(err)?
+            .1
+    };
+    let root = open_root(mountpoint).map_err(|e| e.to_string())?;
+    if id(root.as_fd())? != live.id {
+        return Err(format!(
+            "{} changed while exporting it",
+            mountpoint.display()
+        ));
+    }
+    let staging = dirs
+        .staging_root()
+        .join(format!("export-{}", hex_of(project)));
+    clone_private(root.as_fd(), &staging)?;
+    let moved = rustix::mount::move_mount(
+        rustix::fs::CWD,
+        &staging,
+        at.as_fd(),
+        "",
+        rustix::mount::MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    );
     if let Err(e) = moved {
         let _ = rustix::mount::unmount(&staging, rustix::mount::UnmountFlags::DETACH);
         return Err(format!("export {}: {e}", mountpoint.display()));
@@ -516,32 +570,38 @@ pub fn export(dirs: &MountDirs, project: &Path, mountpoint: &Path) -> Result<(),
     Ok(())
 }
 
+fn hex_of(p: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(p.as_os_str().as_encoded_bytes())[..16])
+}
+
 /// Takes down the export of the project mounted at `mountpoint` and every same-host mount
-/// made from it (a project about to stop serving: they must go before its filesystem does).
-/// Returns what was unmounted.
+/// made from it (a project about to stop serving: they must go before its filesystem does),
+/// all found by the project's filesystem (`dev`) and unmounted by mount ID. Returns what was
+/// unmounted.
 pub fn unexport(dirs: &MountDirs, mountpoint: &Path) -> Vec<PathBuf> {
     let table = mount_table();
     let Some(live) = top_at(&table, mountpoint) else {
         return Vec::new();
     };
-    let exports = dirs.exports_root();
-    let mut done = Vec::new();
-    let ours: Vec<&Mounted> = table
+    let (exports, staging) = (dirs.exports_root(), dirs.staging_root());
+    let copies: Vec<&Mounted> = table
         .iter()
-        .filter(|m| m.dev == live.dev && m.target.starts_with(&exports))
+        .filter(|m| {
+            m.dev == live.dev && (m.target.starts_with(&exports) || m.target.starts_with(&staging))
+        })
         .collect();
-    for export in ours {
-        for m in table.iter().rev() {
-            if m.fstype.starts_with("fuse") && Path::new(&m.source).starts_with(&export.target) {
-                match unmount_exact(m) {
-                    Ok(()) => done.push(m.target.clone()),
-                    Err(e) => tracing::warn!(error = %e, "cannot release a mount of an export"),
-                }
+    // bindfs mounts reading a copy first (in consumers), then the copies and the export.
+    let users = table.iter().rev().filter(|m| {
+        m.fstype.starts_with("fuse") && copies.iter().any(|c| Path::new(&m.source) == c.target)
+    });
+    let mut done = Vec::new();
+    for m in users.chain(copies.iter().copied()) {
+        match unmount_exact(m) {
+            Ok(()) => done.push(m.target.clone()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot release a mount of a project that stops serving")
             }
-        }
-        match unmount_exact(export) {
-            Ok(()) => done.push(export.target.clone()),
-            Err(e) => tracing::warn!(error = %e, "cannot release an export"),
         }
     }
     done
@@ -654,19 +714,25 @@ fn prepare_target(w: &Wanted, lower: &Path, remote_ok: bool) -> Result<AtTarget,
 pub async fn ensure(w: &Wanted, keys: &SshKeys, dirs: &MountDirs) -> Result<(), String> {
     let staging = dirs.staging_for(&w.target());
     let top = staging.join("top");
-    let remote_dir = staging.join("remote");
-    let (lower, sshfs_source) = match &w.remote {
-        Some(r) => {
-            let host = r.rsplit_once(':').map_or(r.as_str(), |(h, _)| h);
-            let src = format!("root@{host}:/{}", w.source_project.join(&w.path).display());
-            (remote_dir.clone(), Some(src))
-        }
-        None => (dirs.export_of(&w.source_project).join(&w.path), None),
-    };
+    // What bindfs reads: the sshfs of the source folder, or on this host a private
+    // `nosymfollow` copy of the source folder itself, resolved beneath the source's root.
+    let lower = staging.join(if w.remote.is_some() {
+        "remote"
+    } else {
+        "source"
+    });
+    let sshfs_source = w.remote.as_ref().map(|r| {
+        let host = r.rsplit_once(':').map_or(r.as_str(), |(h, _)| h);
+        format!("root@{host}:/{}", w.source_project.join(&w.path).display())
+    });
     let table = mount_table();
+    let staged = top_at(&table, &lower);
     let remote_ok = match &sshfs_source {
-        Some(src) => top_at(&table, &remote_dir).is_some_and(|m| &m.source == src),
-        None => true,
+        Some(src) => staged.is_some_and(|m| &m.source == src),
+        // The copy is of the source's live filesystem (not of one it was moved away from).
+        None => staged
+            .zip(top_at(&table, &w.source_root))
+            .is_some_and(|(c, live)| c.dev == live.dev),
     };
     let target = {
         let (w, lower) = (w.clone(), lower.clone());
@@ -679,23 +745,34 @@ pub async fn ensure(w: &Wanted, keys: &SshKeys, dirs: &MountDirs) -> Result<(), 
         return Ok(());
     };
     // Half-made leftovers of an earlier attempt.
-    for m in [&top, &remote_dir] {
+    for m in [&top, &lower] {
         if let Some(old) = top_at(&table, m) {
             unmount_exact(old)?;
         }
     }
     std::fs::create_dir_all(&top).map_err(|e| format!("{}: {e}", top.display()))?;
     if let (Some(remote), Some(src)) = (&w.remote, &sshfs_source) {
-        mount_remote(w, remote, src, keys, &remote_dir).await?;
+        mount_remote(w, remote, src, keys, &lower).await?;
     } else {
-        let export = dirs.export_of(&w.source_project);
-        let path = w.path.clone();
-        blocking(format!("{}", export.display()), move || {
-            check_source(&export, &path)
+        let (source_root, path, lower) = (w.source_root.clone(), w.path.clone(), lower.clone());
+        blocking(format!("{}", source_root.display()), move || {
+            copy_source(&source_root, &path, &lower)
         })
         .await?;
     }
+    args_and_mount(w, &lower, &top, target).await
+}
+
+/// bindfs of `lower` onto `top`, then the finished mount moved onto the target's descriptor.
+async fn args_and_mount(
+    w: &Wanted,
+    lower: &Path,
+    top: &Path,
+    target: OwnedFd,
+) -> Result<(), String> {
     let mut args: Vec<std::ffi::OsString> = vec![
+        // A request a tenant keeps blocked (a FIFO, say) must not stall the others.
+        "--multithreaded".into(),
         format!("--create-for-user={}", w.source_owner.0).into(),
         format!("--create-for-group={}", w.source_owner.1).into(),
         "-u".into(),
@@ -710,48 +787,43 @@ pub async fn ensure(w: &Wanted, keys: &SshKeys, dirs: &MountDirs) -> Result<(), 
         }
         .into(),
     ];
-    args.push(lower.into_os_string());
-    args.push(top.clone().into_os_string());
+    args.push(lower.as_os_str().to_owned());
+    args.push(top.as_os_str().to_owned());
     let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
     run("bindfs", &refs).await?;
     let moved = rustix::mount::move_mount(
         rustix::fs::CWD,
-        &top,
+        top,
         target.as_fd(),
         "",
         rustix::mount::MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
     );
     if let Err(e) = moved {
-        let _ = rustix::mount::unmount(&top, rustix::mount::UnmountFlags::DETACH);
+        let _ = rustix::mount::unmount(top, rustix::mount::UnmountFlags::DETACH);
         return Err(format!("move the mount onto {}: {e}", w.target().display()));
     }
     Ok(())
 }
 
-/// The source folder of a same-host mount: `path` resolved beneath the source's export
-/// (which must be there: the source's primary exports it once mounted).
-fn check_source(export: &Path, path: &Path) -> Result<(), String> {
-    let root = crate::beneath::open_root(export).map_err(|e| e.to_string())?;
-    let parent = export.parent().map(crate::beneath::open_root).transpose();
-    let exported = match parent {
-        Ok(Some(p)) => {
-            crate::beneath::mount_id(root.as_fd()).ok() != crate::beneath::mount_id(p.as_fd()).ok()
-        }
-        _ => false,
-    };
-    if !exported {
-        return Err("the source project is not exported on this host yet".into());
+/// The source folder of a same-host mount: `path` resolved beneath the root of the source
+/// project's live filesystem, and that very directory copied to `lower` (`clone_private`).
+fn copy_source(source_root: &Path, path: &Path, lower: &Path) -> Result<(), String> {
+    let table = mount_table();
+    let live = top_at(&table, source_root)
+        .ok_or("the source project is not mounted on this host (yet)")?;
+    let root = crate::beneath::open_root(source_root).map_err(|e| e.to_string())?;
+    if crate::beneath::mount_id(root.as_fd()).map_err(|e| e.to_string())? != live.id {
+        return Err("the source project is not mounted on this host (yet)".into());
     }
-    crate::beneath::open_dir(root.as_fd(), path)
-        .map(drop)
-        .map_err(|e| {
-            format!(
-                "path {:?}: {:?} {}",
-                path.display().to_string(),
-                e.path,
-                e.reason
-            )
-        })
+    let dir = crate::beneath::open_dir(root.as_fd(), path).map_err(|e| {
+        format!(
+            "path {:?}: {:?} {}",
+            path.display().to_string(),
+            e.path,
+            e.reason
+        )
+    })?;
+    clone_private(dir.as_fd(), lower)
 }
 
 /// sshfs of the source folder on its host into `remote_dir`, made `nosymfollow,nosuid,nodev`
@@ -847,7 +919,10 @@ pub async fn release(consumer_root: &Path, mount_path: &Path, dirs: &MountDirs) 
         let (parent, fd) =
             crate::beneath::open_mount_point(root.as_fd(), &rel).map_err(|e| e.to_string())?;
         let id = crate::beneath::mount_id(fd.as_fd()).map_err(|e| e.to_string())?;
-        if id != crate::beneath::mount_id(parent.as_fd()).map_err(|e| e.to_string())? {
+        let ours = mount_table()
+            .iter()
+            .any(|m| m.id == id && m.fstype.starts_with("fuse") && m.fstype != "fuse.zfs");
+        if ours && id != crate::beneath::mount_id(parent.as_fd()).map_err(|e| e.to_string())? {
             unmount_fd(fd.as_fd()).map_err(|e| e.to_string())?;
         }
         Ok(())
@@ -944,7 +1019,13 @@ mod tests {
         // Debian 12 (Linux 6.1): an sshfs staging mount and a bindfs mount in a project.
         let t = "612 27 0:58 / /run/p/mnt/ab/remote rw,nosuid,nodev,relatime,nosymfollow shared:300 - fuse.sshfs root@127.0.0.2:/ns/b/sub rw,user_id=0,group_id=0,allow_other\n\
                  613 43 0:59 / /p/ns/a/in\\040here rw,nosuid,nodev,relatime - fuse /a\\040b rw,user_id=0,group_id=0,default_permissions,allow_other\n";
-        let m = parse_mountinfo(t);
+        let mut bytes = t.as_bytes().to_vec();
+        // A tenant's directory named with bytes that are not UTF-8 hides no other line.
+        bytes.extend_from_slice(b"614 43 0:60 / /p/ns/a/\xff\xfe/m rw - fuse /x rw\n");
+        let m = parse_mountinfo(&bytes);
+        assert_eq!(m.len(), 3);
+        use std::os::unix::ffi::OsStrExt;
+        assert_eq!(m[2].target.as_os_str().as_bytes(), b"/p/ns/a/\xff\xfe/m");
         assert_eq!(m[0].id, 612);
         assert_eq!(m[0].dev, "0:58");
         assert_eq!(m[0].source, "root@127.0.0.2:/ns/b/sub");

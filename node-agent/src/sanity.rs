@@ -8,50 +8,12 @@ use std::path::{Path, PathBuf};
 use crate::layout::PoolLayout;
 use crate::zfs::{DatasetName, Zfs};
 
-/// One mount of `/proc/self/mountinfo`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mount {
-    pub mount_point: PathBuf,
-    pub fstype: String,
-    pub source: String,
-}
+/// One mount of `/proc/self/mountinfo` (one parser for the agent: `mounts`).
+pub type Mount = crate::mounts::Mounted;
 
 /// Parses `/proc/self/mountinfo` (octal escapes in paths are decoded).
 pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
-    text.lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let sep = fields.iter().position(|f| *f == "-")?;
-            Some(Mount {
-                mount_point: PathBuf::from(unescape(fields.get(4)?)),
-                fstype: (*fields.get(sep + 1)?).to_owned(),
-                source: unescape(fields.get(sep + 2)?),
-            })
-        })
-        .collect()
-}
-
-fn unescape(s: &str) -> String {
-    let mut out = String::new();
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len() + 1
-            && b.get(i + 1..i + 4)
-                .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
-        {
-            let code = b[i + 1..i + 4]
-                .iter()
-                .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
-            out.push(char::from_u32(code).unwrap_or('?'));
-            i += 4;
-        } else {
-            out.push(char::from(b[i]));
-            i += 1;
-        }
-    }
-    out
+    crate::mounts::parse_mountinfo(text.as_bytes())
 }
 
 /// Whether `dataset` is mounted at `path` as a ZFS filesystem (kernel or FUSE).
@@ -59,7 +21,7 @@ pub fn is_zfs_mount(mounts: &[Mount], path: &Path, dataset: &DatasetName) -> boo
     mounts
         .iter()
         .rev()
-        .find(|m| m.mount_point == path)
+        .find(|m| m.target == path)
         .is_some_and(|m| {
             matches!(m.fstype.as_str(), "zfs" | "fuse.zfs" | "fuse.zfs-fuse")
                 && m.source == dataset.as_str()
@@ -98,9 +60,7 @@ pub async fn run_checks(
             zfs.capabilities().version.clone().unwrap_or_default()
         ),
     });
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|t| parse_mountinfo(&t))
-        .unwrap_or_default();
+    let mounts = crate::mounts::mount_table();
     let root_ok = projects_root.is_dir();
     checks.push(Check {
         name: "projects-root".into(),

@@ -145,7 +145,7 @@ async fn the_agent_keeps_its_pool_and_reports_it() {
     assert_eq!(st.health.as_deref(), Some("ONLINE"));
     assert_eq!(
         st.agent.as_ref().and_then(|a| a.stream_endpoint.as_deref()),
-        Some("http://127.0.0.1:7420")
+        Some("https://127.0.0.1:7420")
     );
     let caps = st.capabilities.clone().unwrap();
     let lz4 = caps.features.contains(&"lz4".to_owned());

@@ -43,6 +43,13 @@ impl Host {
             .unwrap();
         let dirs = MountDirs::new(&base.path().join("run"));
         dirs.prepare().unwrap();
+        // The projects root shared, as the chart's Bidirectional host path makes it: every
+        // mount below it propagates to its peers.
+        let projects = base.path().join("projects");
+        std::fs::create_dir(&projects).unwrap();
+        rustix::mount::mount_bind(&projects, &projects).unwrap();
+        rustix::mount::mount_change(&projects, rustix::mount::MountPropagationFlags::SHARED)
+            .unwrap();
         let layout = PoolLayout::new(pool.name.clone());
         let host = Self {
             _pool: pool,
@@ -90,6 +97,7 @@ impl Host {
             consumer_root: self.root("ns", "a"),
             mount_path: PathBuf::from(mount_path),
             source_project: PathBuf::from("ns/b"),
+            source_root: self.root("ns", "b"),
             path: PathBuf::from(path),
             remote_host_key: remote.as_ref().map(|_| {
                 std::fs::read_to_string(self.base.path().join("run/ssh/ssh-host-key.pub"))
@@ -270,6 +278,22 @@ async fn a_same_host_mount_resolves_the_source_path_beneath_its_project() {
     mounts::ensure(&w, &keys, &h.dirs).await.unwrap();
     mounts::ensure(&w, &keys, &h.dirs).await.unwrap(); // idempotent
     let target = h.root("ns", "a").join("from-b");
+    // Exports hold a project's own files only: the folder mounted inside `ns/a` does not
+    // show in its export (whence sftp-server, root, would reach it without `nosymfollow`).
+    let export_a = h.base.path().join("run/sftp/ns/a");
+    let inside: Vec<_> = mounts::mount_table()
+        .into_iter()
+        .filter(|m| m.target.starts_with(&export_a) && m.target != export_a)
+        .map(|m| m.target)
+        .collect();
+    assert!(
+        inside.is_empty(),
+        "mounts inside the export of ns/a: {inside:?}"
+    );
+    assert!(
+        mounts::mount_table().iter().any(|m| m.target == export_a),
+        "ns/a is exported"
+    );
     let out = as_tenant(
         CONSUMER,
         "cat",
@@ -570,6 +594,21 @@ async fn a_project_is_nosuid_nodev_and_closed_to_other_tenants() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "2001",
         "ran with euid 0"
+    );
+
+    // A peer's root sftp session can write in the chroot: a symlink it planted there does
+    // not lead an export anywhere.
+    let outside = h.base.path().join("outside-sftp");
+    std::fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, h.base.path().join("run/sftp/evil")).unwrap();
+    let e = secure_root(&h.dirs, Path::new("evil/p"), &a, CONSUMER).unwrap_err();
+    assert!(e.contains("symbolic link"), "{e}");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    assert!(h.fuse_mounts_below(&outside).is_empty());
+    assert!(
+        !mounts::mount_table()
+            .iter()
+            .any(|m| m.target.starts_with(&outside))
     );
 
     // A device node cannot be opened, not even by root.

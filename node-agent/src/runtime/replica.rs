@@ -1171,6 +1171,13 @@ async fn serve_mounts(
         let wanted = async {
             let rel = crate::mounts::safe_relative(&m.mount_path)?;
             let path = crate::mounts::safe_relative(&m.path)?;
+            if m.path.contains(',') {
+                // It would reach sshfs's mount options and its name in the mount table.
+                return Err(format!(
+                    "path {:?}: a comma is not supported in a mount's path",
+                    m.path
+                ));
+            }
             let key = ProjectKey::new(&ns, &m.project)?;
             let src = sources
                 .get(&m.project)
@@ -1198,6 +1205,7 @@ async fn serve_mounts(
                 consumer_root: mountpoint.to_path_buf(),
                 mount_path: rel,
                 source_project: Path::new(&key.namespace).join(&key.name),
+                source_root: env.projects_root.join(&key.namespace).join(&key.name),
                 path,
                 remote_host_key: remote.as_ref().and(remote_host_key),
                 remote,
