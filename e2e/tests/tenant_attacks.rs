@@ -161,6 +161,7 @@ async fn s16_a_tenant_cannot_leave_its_project_through_mounts_or_starve_the_stre
     // snapshot: the replication completes and health answers at once.
     let host = c.host_of_pool(&src_pool).clone();
     let addr: std::net::SocketAddr = format!("{}:7420", host.addr).parse().unwrap();
+    enough_descriptors(4096);
     let attacker: std::net::IpAddr = "127.0.0.99".parse().unwrap();
     let mut idle = Vec::new();
     for _ in 0..1000 {
@@ -209,4 +210,21 @@ async fn s16_a_tenant_cannot_leave_its_project_through_mounts_or_starve_the_stre
         t.elapsed(),
     );
     drop(idle);
+}
+
+/// Lets this test process hold `n` descriptors (1,000 client sockets and more), up to the hard
+/// limit: some machines start tests with a soft limit of 1,024.
+fn enough_descriptors(n: u64) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let l = getrlimit(Resource::Nofile);
+    if l.current.is_some_and(|c| c < n) {
+        let current = Some(l.maximum.map_or(n, |m| m.min(n)));
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current,
+                maximum: l.maximum,
+            },
+        );
+    }
 }

@@ -370,6 +370,7 @@ async fn stream_files_are_private_and_a_planted_symlink_is_not_served() {
 #[tokio::test]
 async fn idle_and_slow_clients_cannot_starve_the_server() {
     use projstore_agent::server::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS_PER_PEER};
+    enough_descriptors(4096);
     let fx = start().await;
     let data = fx.data.clone();
     let attacker: std::net::IpAddr = "127.0.0.5".parse().unwrap();
@@ -430,4 +431,21 @@ async fn idle_and_slow_clients_cannot_starve_the_server() {
         closed(&slow),
         "a half-sent request outlived the header-read timeout"
     );
+}
+
+/// Lets this test process hold `n` descriptors (1,000 client sockets and more), up to the hard
+/// limit: some machines start tests with a soft limit of 1,024.
+fn enough_descriptors(n: u64) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let l = getrlimit(Resource::Nofile);
+    if l.current.is_some_and(|c| c < n) {
+        let current = Some(l.maximum.map_or(n, |m| m.min(n)));
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current,
+                maximum: l.maximum,
+            },
+        );
+    }
 }
