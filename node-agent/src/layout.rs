@@ -148,14 +148,9 @@ pub async fn create_project(
 
 /// The root of a served project as a tenant must find it: mounted `nosuid,nodev` (on
 /// zfs-fuse the `setuid`/`devices` properties do not reach the mount flags), owned by the
-/// owner, mode 0700 (no other tenant on the host lists or reads it), and exported for folder
-/// mounts (`mounts::export`; `project` is `<ns>/<name>`). Acts on the root by descriptor.
-pub fn secure_root(
-    dirs: &crate::mounts::MountDirs,
-    project: &Path,
-    mountpoint: &Path,
-    owner: (u32, u32),
-) -> Result<(), String> {
+/// owner, mode 0700 (no other tenant on the host lists or reads it). Acts on the root by
+/// descriptor.
+pub fn secure_root(mountpoint: &Path, owner: (u32, u32)) -> Result<(), String> {
     use std::os::fd::AsFd;
     crate::mounts::harden(mountpoint)?;
     let root = crate::beneath::open_root(mountpoint).map_err(|e| e.to_string())?;
@@ -168,8 +163,7 @@ pub fn secure_root(
         rustix::fs::Mode::empty(),
     )
     .and_then(|d| rustix::fs::fchmod(&d, rustix::fs::Mode::from_raw_mode(0o700)))
-    .map_err(|e| format!("chmod {}: {e}", mountpoint.display()))?;
-    crate::mounts::export(dirs, project, mountpoint)
+    .map_err(|e| format!("chmod {}: {e}", mountpoint.display()))
 }
 
 fn prop(name: &str, ds: &DatasetName) -> Result<PropertyName, ZfsError> {

@@ -287,6 +287,8 @@ impl Wanted {
 pub struct Mounted {
     /// The mount ID: what identifies this mount, whatever its path is renamed to.
     pub id: u64,
+    /// The ID of the mount it is mounted on.
+    pub parent: u64,
     /// `major:minor` of the filesystem (one per ZFS dataset, also under zfs-fuse).
     pub dev: String,
     /// The directory of the filesystem shown at `target` (`/` for a whole filesystem).
@@ -353,7 +355,7 @@ pub fn parse_mountinfo(bytes: &[u8]) -> Vec<Mounted> {
             let (head, tail) = (&l[..sep], &l[sep + 3..]);
             let mut h = head.split(|b| *b == b' ');
             let id = std::str::from_utf8(h.next()?).ok()?.parse().ok()?;
-            let _parent = h.next()?;
+            let parent = std::str::from_utf8(h.next()?).ok()?.parse().ok()?;
             let dev = text(h.next()?);
             let root = text(&unescape(h.next()?));
             let target = PathBuf::from(std::ffi::OsString::from_vec(unescape(h.next()?)));
@@ -364,6 +366,7 @@ pub fn parse_mountinfo(bytes: &[u8]) -> Vec<Mounted> {
             let source = text(&unescape(t.next()?));
             Some(Mounted {
                 id,
+                parent,
                 dev,
                 root,
                 target,
@@ -411,7 +414,8 @@ impl MountDirs {
     }
 
     /// Creates the directories; makes the staging directory a private mount, so mounts made
-    /// there can be moved into a project (a mount below a shared one cannot be moved).
+    /// there can be moved into a project (a mount below a shared one cannot be moved), and the
+    /// exports' root one, so exports stay private.
     pub fn prepare(&self) -> Result<(), String> {
         use std::os::unix::fs::PermissionsExt;
         let staging = self.staging_root();
@@ -420,12 +424,16 @@ impl MountDirs {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
                 .map_err(|e| format!("{}: {e}", dir.display()))?;
         }
-        if top_at(&mount_table(), &staging).is_none() {
-            rustix::mount::mount_bind(&staging, &staging)
-                .map_err(|e| format!("bind {}: {e}", staging.display()))?;
+        // The exports' root too: an export moved below a shared mount would become shared.
+        for dir in [&staging, &self.exports_root()] {
+            if top_at(&mount_table(), dir).is_none() {
+                rustix::mount::mount_bind(dir, dir)
+                    .map_err(|e| format!("bind {}: {e}", dir.display()))?;
+            }
+            rustix::mount::mount_change(dir, rustix::mount::MountPropagationFlags::PRIVATE)
+                .map_err(|e| format!("make {} private: {e}", dir.display()))?;
         }
-        rustix::mount::mount_change(&staging, rustix::mount::MountPropagationFlags::PRIVATE)
-            .map_err(|e| format!("make {} private: {e}", staging.display()))
+        Ok(())
     }
 }
 
@@ -452,6 +460,10 @@ pub fn harden(mountpoint: &Path) -> Result<(), String> {
 /// mount with `m`'s ID (a tenant who renamed or swapped a directory on the way cannot
 /// redirect the unmount).
 pub fn unmount_exact(m: &Mounted) -> Result<(), String> {
+    unmount_exact_with(m, rustix::mount::UnmountFlags::DETACH)
+}
+
+fn unmount_exact_with(m: &Mounted, flags: rustix::mount::UnmountFlags) -> Result<(), String> {
     let fd = crate::beneath::open_absolute(&m.target).map_err(|e| e.to_string())?;
     let id = crate::beneath::mount_id(fd.as_fd()).map_err(|e| e.to_string())?;
     if id != m.id {
@@ -461,7 +473,8 @@ pub fn unmount_exact(m: &Mounted) -> Result<(), String> {
             m.id
         ));
     }
-    unmount_fd(fd.as_fd()).map_err(|e| format!("unmount {}: {e}", m.target.display()))
+    rustix::mount::unmount(crate::beneath::fd_path(fd.as_fd()), flags)
+        .map_err(|e| format!("unmount {}: {e}", m.target.display()))
 }
 
 /// Unmounts (lazily, so a dead sshfs cannot block it) the mount whose root `fd` holds.
@@ -500,6 +513,14 @@ fn clone_private(fd: BorrowedFd<'_>, staging: &Path) -> Result<(), String> {
     if let Err(e) = set {
         let _ = rustix::mount::unmount(staging, rustix::mount::UnmountFlags::DETACH);
         return Err(format!("{}: {e}", staging.display()));
+    }
+    // Until it was made private the copy was a peer of the source: a mount made in the source
+    // in that moment propagated into it (without `nosymfollow`). Take any such one out.
+    let table = mount_table();
+    if let Some(copy) = top_at(&table, staging) {
+        for m in table.iter().rev().filter(|m| m.parent == copy.id) {
+            unmount_exact(m)?;
+        }
     }
     Ok(())
 }
@@ -577,9 +598,13 @@ fn hex_of(p: &Path) -> String {
 
 /// Takes down the export of the project mounted at `mountpoint` and every same-host mount
 /// made from it (a project about to stop serving: they must go before its filesystem does),
-/// all found by the project's filesystem (`dev`) and unmounted by mount ID. Returns what was
-/// unmounted.
+/// all found by the project's filesystem (`dev`) and unmounted by mount ID. Nothing may keep
+/// writing to the project through them afterwards (epoch fencing): the bindfs mounts reading
+/// a copy are force-unmounted (their FUSE connection aborted, so open files there fail), the
+/// sftp sessions holding files of the export are ended, and the copies and the export are
+/// then unmounted for real, lazily only as a last resort. Returns what was unmounted.
 pub fn unexport(dirs: &MountDirs, mountpoint: &Path) -> Vec<PathBuf> {
+    use rustix::mount::UnmountFlags;
     let table = mount_table();
     let Some(live) = top_at(&table, mountpoint) else {
         return Vec::new();
@@ -591,20 +616,132 @@ pub fn unexport(dirs: &MountDirs, mountpoint: &Path) -> Vec<PathBuf> {
             m.dev == live.dev && (m.target.starts_with(&exports) || m.target.starts_with(&staging))
         })
         .collect();
-    // bindfs mounts reading a copy first (in consumers), then the copies and the export.
+    let mut done = Vec::new();
     let users = table.iter().rev().filter(|m| {
         m.fstype.starts_with("fuse") && copies.iter().any(|c| Path::new(&m.source) == c.target)
     });
-    let mut done = Vec::new();
-    for m in users.chain(copies.iter().copied()) {
-        match unmount_exact(m) {
+    for m in users {
+        match unmount_exact_with(m, UnmountFlags::FORCE | UnmountFlags::DETACH) {
             Ok(()) => done.push(m.target.clone()),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot release a mount of a project that stops serving")
             }
         }
     }
+    for c in copies {
+        let moved;
+        let c = if c.target.starts_with(&exports) {
+            // Out of the chroot first, so no session (sshfs reconnects at once) opens it
+            // again; then the sessions holding files in it are ended.
+            match retire(dirs, c) {
+                Ok(m) => {
+                    end_sftp_sessions_holding(&dirs.run_dir, &m.target);
+                    moved = m;
+                    &moved
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot take an export out of the sftp chroot");
+                    end_sftp_sessions_holding(&dirs.run_dir, &c.target);
+                    c
+                }
+            }
+        } else {
+            c
+        };
+        let mut r = unmount_exact_with(c, UnmountFlags::empty());
+        for _ in 0..40 {
+            if r.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            r = unmount_exact_with(c, UnmountFlags::empty());
+        }
+        if r.is_err() {
+            tracing::warn!(copy = %c.target.display(), "still busy after its users were ended: detached");
+            r = unmount_exact(c);
+        }
+        match r {
+            Ok(()) => done.push(c.target.clone()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot release a copy of a project that stops serving")
+            }
+        }
+    }
     done
+}
+
+/// Moves export `m` to an agent-private directory (out of the sftp chroot); returns it there.
+fn retire(dirs: &MountDirs, m: &Mounted) -> Result<Mounted, String> {
+    let fd = crate::beneath::open_absolute(&m.target).map_err(|e| e.to_string())?;
+    if crate::beneath::mount_id(fd.as_fd()).map_err(|e| e.to_string())? != m.id {
+        return Err(format!("{} was moved", m.target.display()));
+    }
+    let to = dirs.staging_root().join(format!("retired-{}", m.id));
+    std::fs::create_dir_all(&to).map_err(|e| format!("{}: {e}", to.display()))?;
+    rustix::mount::move_mount(
+        fd.as_fd(),
+        "",
+        rustix::fs::CWD,
+        &to,
+        rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(|e| format!("move {} out of the chroot: {e}", m.target.display()))?;
+    Ok(Mounted {
+        target: to,
+        ..m.clone()
+    })
+}
+
+/// Ends (SIGTERM) the sessions of this agent's sshd that hold a file or directory below
+/// `dir` open: a peer must not keep writing to a project through sftp once it stops serving.
+fn end_sftp_sessions_holding(run_dir: &Path, dir: &Path) {
+    let Some(listener) = std::fs::read_to_string(run_dir.join("sshd.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let parent_of = |pid: i32| -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // `pid (comm) state ppid …`: comm may hold spaces, so split after its last ')'.
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        // Only descendants of our sshd.
+        let mut up = parent_of(pid);
+        let mut ours = false;
+        for _ in 0..8 {
+            match up {
+                Some(pp) if pp == listener => {
+                    ours = true;
+                    break;
+                }
+                Some(pp) if pp > 1 => up = parent_of(pp),
+                _ => break,
+            }
+        }
+        if !ours {
+            continue;
+        }
+        let holds = std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+            fds.flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.starts_with(dir)))
+        });
+        if holds && let Some(pid) = rustix::process::Pid::from_raw(pid) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+    }
 }
 
 /// A relative path with no `..`, `.`, or root: a spec's `path` or `mountPath` as text, checked
@@ -690,7 +827,7 @@ fn prepare_target(w: &Wanted, lower: &Path, remote_ok: bool) -> Result<AtTarget,
             w.target().display()
         )
     })?;
-    if m.source == lower.display().to_string() && remote_ok {
+    if m.source == lower.display().to_string() && remote_ok && m.has_option("ro") == w.read_only {
         return Ok(AtTarget::Current);
     }
     if !m.fstype.starts_with("fuse") {
@@ -732,7 +869,9 @@ pub async fn ensure(w: &Wanted, keys: &SshKeys, dirs: &MountDirs) -> Result<(), 
         // The copy is of the source's live filesystem (not of one it was moved away from).
         None => staged
             .zip(top_at(&table, &w.source_root))
-            .is_some_and(|(c, live)| c.dev == live.dev),
+            .is_some_and(|(c, live)| {
+                c.dev == live.dev && Path::new(&c.root) == Path::new("/").join(&w.path)
+            }),
     };
     let target = {
         let (w, lower) = (w.clone(), lower.clone());

@@ -72,7 +72,8 @@ impl Host {
                 epoch: 1,
             };
             create_project(&zfs, &layout, &new).await.unwrap();
-            secure_root(&host.dirs, &Path::new(ns).join(name), &mp, owner).unwrap();
+            secure_root(&mp, owner).unwrap();
+            mounts::export(&host.dirs, &Path::new(ns).join(name), &mp).unwrap();
         }
         std::fs::write(host.root("other", "victim").join("diary"), SECRET).unwrap();
         // A root-only directory outside every project.
@@ -172,7 +173,7 @@ fn tenant_ok(who: (u32, u32), program: &str, args: &[&str]) {
 }
 
 /// A python loop run as the tenant until killed (the tenant racing the agent).
-fn tenant_loop(who: (u32, u32), script: &str) -> std::process::Child {
+fn tenant_loop(who: (u32, u32), script: &str) -> Tenant {
     let mut child = Command::new("setpriv")
         .arg(format!("--reuid={}", who.0))
         .arg(format!("--regid={}", who.1))
@@ -187,7 +188,19 @@ fn tenant_loop(who: (u32, u32), script: &str) -> std::process::Child {
         child.try_wait().unwrap().is_none(),
         "the tenant's loop did not start"
     );
-    child
+    Tenant(child)
+}
+
+/// A tenant's process, killed when the test lets go of it (also when an assertion fails: a
+/// writer left behind would keep a FUSE mount busy while the test pool is destroyed, and
+/// zfs-fuse then waits on itself for good).
+struct Tenant(std::process::Child);
+
+impl Drop for Tenant {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn keys_dir(base: &Path) -> SshKeys {
@@ -345,6 +358,15 @@ async fn a_same_host_mount_resolves_the_source_path_beneath_its_project() {
     assert_eq!(leaks, 0, "the vault was read through the mount");
     assert!(reads > 100, "the reader hardly ran: {reads}");
 
+    // The source stops serving (a move, a failover): the consumer's open file stops working.
+    let writer = tenant_writer(CONSUMER, &target.join("kept-open"));
+    writes_stop_when_the_source_stops_serving(
+        &h,
+        writer,
+        &h.root("ns", "b").join("shared/kept-open"),
+        true,
+    );
+
     // Removing the mount from the spec: released by mount ID, nothing left anywhere.
     mounts::release(&h.root("ns", "a"), Path::new("from-b"), &h.dirs).await;
     assert!(
@@ -352,6 +374,63 @@ async fn a_same_host_mount_resolves_the_source_path_beneath_its_project() {
         "{:?}",
         h.fuse_mounts_below(h.base.path())
     );
+}
+
+/// The tenant `who` appends to `file` (through a mount) every 20 ms and keeps it open; the
+/// child prints `STOPPED` and exits at the first write that fails.
+fn tenant_writer(who: (u32, u32), file: &Path) -> Tenant {
+    let script = format!(
+        "import time,sys\nf=open({:?},'a')\nend=time.time()+20\nwhile time.time()<end:\n  try:\n    f.write('x'); f.flush()\n  except OSError:\n    print('STOPPED'); sys.exit(0)\n  time.sleep(0.02)\n",
+        file.display().to_string()
+    );
+    let child = Command::new("setpriv")
+        .arg(format!("--reuid={}", who.0))
+        .arg(format!("--regid={}", who.1))
+        .args(["--clear-groups", "--", "/usr/bin/python3", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    Tenant(child)
+}
+
+/// A project that stops serving (`unexport`, before its dataset is unmounted) leaves no way
+/// to keep writing to it through a folder mounted elsewhere: `file` (the source's side of
+/// what `writer` appends to) stops growing. When `noticed`, the writer's next write fails at
+/// once (a same-host mount; sshfs reports a failed write only when the file is closed).
+fn writes_stop_when_the_source_stops_serving(
+    h: &Host,
+    mut writer: Tenant,
+    file: &Path,
+    noticed: bool,
+) {
+    let before = std::fs::metadata(file).unwrap().len();
+    assert!(
+        before > 0,
+        "the tenant's writer wrote nothing through the mount"
+    );
+    let released = mounts::unexport(&h.dirs, &h.root("ns", "b"));
+    assert!(!released.is_empty());
+    std::thread::sleep(Duration::from_millis(300));
+    let after = std::fs::metadata(file).unwrap().len();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        std::fs::metadata(file).unwrap().len(),
+        after,
+        "the file still grows"
+    );
+    if noticed {
+        let ended = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            writer.0.try_wait().unwrap().is_some()
+        });
+        assert!(ended, "writes went on: the writer never saw a write fail");
+        let mut out = String::new();
+        use std::io::Read;
+        let _ = writer.0.stdout.take().unwrap().read_to_string(&mut out);
+        assert_eq!(out.trim(), "STOPPED", "writes went on");
+    }
 }
 
 /// The tenant `who` reads `file` for `seconds` as fast as it can: (reads tried, reads that
@@ -367,9 +446,8 @@ fn tenant_reads(who: (u32, u32), file: &Path, seconds: u64) -> (u64, u64) {
     (it.next().unwrap(), it.next().unwrap())
 }
 
-fn kill(mut c: std::process::Child) {
-    let _ = c.kill();
-    let _ = c.wait();
+fn kill(c: Tenant) {
+    drop(c);
 }
 
 #[tokio::test]
@@ -490,7 +568,7 @@ async fn across_hosts_the_sftp_side_exposes_the_source_project_alone() {
     let keys = keys_dir(h.base.path());
     let port = free_port();
     let listen = format!("127.0.0.1:{port}").parse().unwrap();
-    let _sshd = mounts::start_sshd(listen, &keys, &h.dirs, &h.base.path().join("run/sshd"))
+    let _sshd = mounts::start_sshd(listen, &keys, &h.dirs, &h.base.path().join("run"))
         .await
         .unwrap();
     let remote = Some(format!("127.0.0.1:{port}"));
@@ -565,6 +643,10 @@ async fn across_hosts_the_sftp_side_exposes_the_source_project_alone() {
     );
     assert!(reads > 100, "the reader hardly ran: {reads}");
 
+    // Not asserted yet: that a consumer's file held open through sftp stops reaching the
+    // source once it stops serving (`unexport` ends the sftp sessions holding it, but writes
+    // were still seen arriving in this test; see the issue note).
+
     mounts::release(&h.root("ns", "a"), Path::new("from-b"), &h.dirs).await;
     assert!(h.fuse_mounts_below(&h.root("ns", "a")).is_empty());
     assert!(
@@ -601,7 +683,7 @@ async fn a_project_is_nosuid_nodev_and_closed_to_other_tenants() {
     let outside = h.base.path().join("outside-sftp");
     std::fs::create_dir(&outside).unwrap();
     std::os::unix::fs::symlink(&outside, h.base.path().join("run/sftp/evil")).unwrap();
-    let e = secure_root(&h.dirs, Path::new("evil/p"), &a, CONSUMER).unwrap_err();
+    let e = mounts::export(&h.dirs, Path::new("evil/p"), &a).unwrap_err();
     assert!(e.contains("symbolic link"), "{e}");
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
     assert!(h.fuse_mounts_below(&outside).is_empty());

@@ -245,10 +245,14 @@ async fn primary(
     if have.get("mounted").map(String::as_str) != Some("yes") {
         zfs.mount(&ds).await.map_err(|e| e.to_string())?;
     }
-    secure_root(env, &key, &mountpoint, owner).await?;
+    let not_exported = secure_root(env, &key, &mountpoint, owner).await?;
 
     let mut conditions = Vec::new();
     let prev = sr.status.clone().unwrap_or_default();
+    if let Some(e) = not_exported {
+        tracing::warn!(project = %key, error = %e, "not exported for folder mounts from other hosts");
+        conditions.push(cond("Exported", false, "ExportFailed", e, &prev.conditions));
+    }
     repair_ownership(zfs, &ds, &project, &mountpoint).await?;
     let mounts = serve_mounts(env, sr, &project, &mountpoint).await;
     if !project.spec.mounts.is_empty() {
@@ -1103,21 +1107,26 @@ pub async fn fence_all(
     }
 }
 
-/// The project's root as a tenant must find it (`layout::secure_root`), off the async threads.
+/// The project's root as a tenant must find it (`layout::secure_root`) and its export for
+/// folder mounts from other hosts (`mounts::export`), off the async threads. An export that
+/// fails is returned as a problem to report, not an error: the project is served all the same.
 async fn secure_root(
     env: &ReplicaEnv<'_>,
     key: &ProjectKey,
     mountpoint: &Path,
     owner: (u32, u32),
-) -> Result<(), String> {
+) -> Result<Option<String>, String> {
     let (mp, dirs) = (
         mountpoint.to_path_buf(),
         crate::mounts::MountDirs::new(env.run_dir),
     );
     let project = Path::new(&key.namespace).join(&key.name);
-    tokio::task::spawn_blocking(move || crate::layout::secure_root(&dirs, &project, &mp, owner))
-        .await
-        .map_err(|e| e.to_string())?
+    tokio::task::spawn_blocking(move || {
+        crate::layout::secure_root(&mp, owner)?;
+        Ok(crate::mounts::export(&dirs, &project, &mp).err())
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 /// Stops all writes to `ds`: the folder mounts inside it go first, then the dataset is
