@@ -692,7 +692,7 @@ fn retire(dirs: &MountDirs, m: &Mounted) -> Result<Mounted, String> {
     })
 }
 
-/// Ends (SIGTERM) the sessions of this agent's sshd that hold a file or directory below
+/// Ends (SIGKILL) the sessions of this agent's sshd that hold a file or directory below
 /// `dir` open: a peer must not keep writing to a project through sftp once it stops serving.
 fn end_sftp_sessions_holding(run_dir: &Path, dir: &Path) {
     let Some(listener) = std::fs::read_to_string(run_dir.join("sshd.pid"))
@@ -738,8 +738,9 @@ fn end_sftp_sessions_holding(run_dir: &Path, dir: &Path) {
             fds.flatten()
                 .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.starts_with(dir)))
         });
+        // SIGKILL: sshd's internal-sftp process outlives SIGTERM (seen: still running).
         if holds && let Some(pid) = rustix::process::Pid::from_raw(pid) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
     }
 }

@@ -643,9 +643,10 @@ async fn across_hosts_the_sftp_side_exposes_the_source_project_alone() {
     );
     assert!(reads > 100, "the reader hardly ran: {reads}");
 
-    // Not asserted yet: that a consumer's file held open through sftp stops reaching the
-    // source once it stops serving (`unexport` ends the sftp sessions holding it, but writes
-    // were still seen arriving in this test; see the issue note).
+    // The source stops serving: the sftp session holding the consumer's open file ends, and
+    // nothing written through it reaches the source any more.
+    let writer = tenant_writer(CONSUMER, &target.join("kept-open"));
+    writes_stop_when_the_source_stops_serving(&h, writer, &shared.join("kept-open"), false);
 
     mounts::release(&h.root("ns", "a"), Path::new("from-b"), &h.dirs).await;
     assert!(h.fuse_mounts_below(&h.root("ns", "a")).is_empty());
