@@ -405,12 +405,61 @@ impl MountDirs {
     pub fn exports_root(&self) -> PathBuf {
         self.run_dir.join("sftp")
     }
-    /// One staging directory per mount target (outside every project), named by a hash no
-    /// tenant can make two targets share.
-    fn staging_for(&self, target: &Path) -> PathBuf {
+    /// One staging directory per mount target and owners (outside every project), named by a
+    /// hash no tenant can make two targets share. The owners are part of the name: a mount
+    /// made for other owners reads another staging directory, so it is made again.
+    fn staging_for(&self, w: &Wanted) -> PathBuf {
         use sha2::Digest;
-        let h = sha2::Sha256::digest(target.as_os_str().as_encoded_bytes());
-        self.staging_root().join(hex::encode(&h[..16]))
+        let mut h = sha2::Sha256::new();
+        h.update(w.target().as_os_str().as_encoded_bytes());
+        h.update([0]);
+        let ids = [w.owner.0, w.owner.1, w.source_owner.0, w.source_owner.1];
+        for id in ids {
+            h.update(id.to_be_bytes());
+        }
+        self.staging_root().join(hex::encode(&h.finalize()[..16]))
+    }
+
+    /// The staging directory a mount reads from (bindfs's source is `<staging>/source` or
+    /// `<staging>/remote`), or the one it is part of; None for a mount that is not staged.
+    fn staging_of(&self, m: &Mounted) -> Option<PathBuf> {
+        let root = self.staging_root();
+        [Path::new(&m.source), m.target.as_path()]
+            .into_iter()
+            .find_map(|p| p.strip_prefix(&root).ok()?.components().next())
+            .map(|c| root.join(c))
+    }
+
+    /// Unmounts what is mounted in a staging directory (deepest first), each by its mount ID.
+    fn release_staging(&self, staging: &Path) {
+        for m in mount_table()
+            .iter()
+            .rev()
+            .filter(|m| m.target.starts_with(staging))
+        {
+            if let Err(e) = unmount_exact(m) {
+                tracing::warn!(mount = %m.target.display(), error = %e, "cannot release a staging mount");
+            }
+        }
+    }
+
+    /// At start, before any mount is made: the staging mounts no mount in a project reads
+    /// any more (left by a crash between staging and moving, or by an agent that was killed).
+    pub fn release_unused_staging(&self) -> Vec<PathBuf> {
+        let table = mount_table();
+        let root = self.staging_root();
+        let used: std::collections::HashSet<PathBuf> = table
+            .iter()
+            .filter(|m| !m.target.starts_with(&root))
+            .filter_map(|m| self.staging_of(m))
+            .collect();
+        let mut released = Vec::new();
+        for m in table.iter().rev().filter(|m| m.target.starts_with(&root)) {
+            if self.staging_of(m).is_some_and(|s| !used.contains(&s)) && unmount_exact(m).is_ok() {
+                released.push(m.target.clone());
+            }
+        }
+        released
     }
 
     /// Creates the directories; makes the staging directory a private mount, so mounts made
@@ -799,7 +848,12 @@ enum AtTarget {
 
 /// Resolves (creating it beneath the consumer's root when missing) the target directory of
 /// `w`, and takes down a mount there that is not the wanted one.
-fn prepare_target(w: &Wanted, lower: &Path, remote_ok: bool) -> Result<AtTarget, String> {
+fn prepare_target(
+    w: &Wanted,
+    lower: &Path,
+    remote_ok: bool,
+    dirs: &MountDirs,
+) -> Result<AtTarget, String> {
     let root = crate::beneath::open_root(&w.consumer_root).map_err(|e| e.to_string())?;
     let mount_path = |e: crate::beneath::BeneathError| {
         format!(
@@ -840,6 +894,10 @@ fn prepare_target(w: &Wanted, lower: &Path, remote_ok: bool) -> Result<AtTarget,
     }
     unmount_fd(fd.as_fd()).map_err(|e| format!("unmount {}: {e}", w.target().display()))?;
     drop(fd);
+    // What the replaced mount read (its staging directory may be another one: other owners).
+    if let Some(old) = dirs.staging_of(m) {
+        dirs.release_staging(&old);
+    }
     let (_, fd) =
         crate::beneath::open_mount_point(root.as_fd(), &w.mount_path).map_err(mount_path)?;
     Ok(AtTarget::Free(fd))
@@ -850,7 +908,7 @@ fn prepare_target(w: &Wanted, lower: &Path, remote_ok: bool) -> Result<AtTarget,
 /// resolved beneath the consumer's root and held by descriptor; bindfs mounts on a staging
 /// directory of the agent and the finished mount is moved onto that descriptor.
 pub async fn ensure(w: &Wanted, keys: &SshKeys, dirs: &MountDirs) -> Result<(), String> {
-    let staging = dirs.staging_for(&w.target());
+    let staging = dirs.staging_for(w);
     let top = staging.join("top");
     // What bindfs reads: the sshfs of the source folder, or on this host a private
     // `nosymfollow` copy of the source folder itself, resolved beneath the source's root.
@@ -859,13 +917,9 @@ pub async fn ensure(w: &Wanted, keys: &SshKeys, dirs: &MountDirs) -> Result<(), 
     } else {
         "source"
     });
-    let sshfs_source = w.remote.as_ref().map(|r| {
-        let host = r.rsplit_once(':').map_or(r.as_str(), |(h, _)| h);
-        format!("root@{host}:/{}", w.source_project.join(&w.path).display())
-    });
     let table = mount_table();
     let staged = top_at(&table, &lower);
-    let remote_ok = match &sshfs_source {
+    let remote_ok = match &sshfs_source(w) {
         Some(src) => staged.is_some_and(|m| &m.source == src),
         // The copy is of the source's live filesystem (not of one it was moved away from).
         None => staged
@@ -875,32 +929,53 @@ pub async fn ensure(w: &Wanted, keys: &SshKeys, dirs: &MountDirs) -> Result<(), 
             }),
     };
     let target = {
-        let (w, lower) = (w.clone(), lower.clone());
+        let (w, lower, dirs) = (w.clone(), lower.clone(), dirs.clone());
         blocking(format!("{}", w.target().display()), move || {
-            prepare_target(&w, &lower, remote_ok)
+            prepare_target(&w, &lower, remote_ok, &dirs)
         })
         .await?
     };
     let AtTarget::Free(target) = target else {
         return Ok(());
     };
-    // Half-made leftovers of an earlier attempt.
-    for m in [&top, &lower] {
-        if let Some(old) = top_at(&table, m) {
-            unmount_exact(old)?;
-        }
+    // Half-made leftovers of an earlier attempt (also of the other kind, local or remote).
+    dirs.release_staging(&staging);
+    let made = mount_staged(w, keys, &top, &lower, target).await;
+    if made.is_err() {
+        // Nothing half-made stays behind: the next attempt, or a removed mount, finds none.
+        dirs.release_staging(&staging);
     }
-    std::fs::create_dir_all(&top).map_err(|e| format!("{}: {e}", top.display()))?;
-    if let (Some(remote), Some(src)) = (&w.remote, &sshfs_source) {
-        mount_remote(w, remote, src, keys, &lower).await?;
+    made
+}
+
+/// The source (sshfs, or a private copy on this host) onto `lower`, bindfs of it onto `top`,
+/// and that moved onto the target.
+async fn mount_staged(
+    w: &Wanted,
+    keys: &SshKeys,
+    top: &Path,
+    lower: &Path,
+    target: OwnedFd,
+) -> Result<(), String> {
+    std::fs::create_dir_all(top).map_err(|e| format!("{}: {e}", top.display()))?;
+    if let (Some(remote), Some(src)) = (&w.remote, sshfs_source(w)) {
+        mount_remote(w, remote, &src, keys, lower).await?;
     } else {
-        let (source_root, path, lower) = (w.source_root.clone(), w.path.clone(), lower.clone());
+        let (source_root, path, lower) = (w.source_root.clone(), w.path.clone(), lower.to_owned());
         blocking(format!("{}", source_root.display()), move || {
             copy_source(&source_root, &path, &lower)
         })
         .await?;
     }
-    args_and_mount(w, &lower, &top, target).await
+    args_and_mount(w, lower, top, target).await
+}
+
+/// `root@host:/<ns>/<name>/<path>` for a source on another host.
+fn sshfs_source(w: &Wanted) -> Option<String> {
+    w.remote.as_ref().map(|r| {
+        let host = r.rsplit_once(':').map_or(r.as_str(), |(h, _)| h);
+        format!("root@{host}:/{}", w.source_project.join(&w.path).display())
+    })
 }
 
 /// bindfs of `lower` onto `top`, then the finished mount moved onto the target's descriptor.
@@ -1050,39 +1125,36 @@ async fn sshfs(opts: &str, src: &str, dir: &Path) -> Result<(), String> {
 }
 
 /// Unmounts the mount at `mount_path` inside the consumer (resolved beneath its root, by
-/// mount ID) and the sshfs staged behind it.
+/// mount ID) and the staging mounts behind it.
 pub async fn release(consumer_root: &Path, mount_path: &Path, dirs: &MountDirs) {
-    let (root, rel) = (consumer_root.to_path_buf(), mount_path.to_path_buf());
+    let (root, rel, d) = (
+        consumer_root.to_path_buf(),
+        mount_path.to_path_buf(),
+        dirs.clone(),
+    );
     let target = consumer_root.join(mount_path);
     let r = blocking(target.display().to_string(), move || {
         let root = crate::beneath::open_root(&root).map_err(|e| e.to_string())?;
         let (parent, fd) =
             crate::beneath::open_mount_point(root.as_fd(), &rel).map_err(|e| e.to_string())?;
         let id = crate::beneath::mount_id(fd.as_fd()).map_err(|e| e.to_string())?;
-        let ours = mount_table()
+        let table = mount_table();
+        let ours = table
             .iter()
-            .any(|m| m.id == id && m.fstype.starts_with("fuse") && m.fstype != "fuse.zfs");
-        if ours && id != crate::beneath::mount_id(parent.as_fd()).map_err(|e| e.to_string())? {
+            .find(|m| m.id == id && m.fstype.starts_with("fuse") && m.fstype != "fuse.zfs");
+        if let Some(m) = ours
+            && id != crate::beneath::mount_id(parent.as_fd()).map_err(|e| e.to_string())?
+        {
             unmount_fd(fd.as_fd()).map_err(|e| e.to_string())?;
+            if let Some(staging) = d.staging_of(m) {
+                d.release_staging(&staging);
+            }
         }
         Ok(())
     })
     .await;
     if let Err(e) = r {
         tracing::warn!(mount = %target.display(), error = %e, "cannot release a mount");
-    }
-    release_staging(dirs, &target);
-}
-
-fn release_staging(dirs: &MountDirs, target: &Path) {
-    let staging = dirs.staging_for(target);
-    let table = mount_table();
-    for m in table
-        .iter()
-        .rev()
-        .filter(|m| m.target.starts_with(&staging))
-    {
-        let _ = unmount_exact(m);
     }
 }
 
@@ -1097,6 +1169,7 @@ pub async fn release_under(dir: &Path, dirs: &MountDirs) -> Vec<PathBuf> {
     inside.sort_by_key(|m| std::cmp::Reverse(m.target.as_os_str().len()));
     for m in inside {
         let target = m.target.clone();
+        let staging = dirs.staging_of(&m);
         let r = blocking(target.display().to_string(), move || unmount_exact(&m)).await;
         match r {
             Ok(()) => done.push(target.clone()),
@@ -1104,7 +1177,9 @@ pub async fn release_under(dir: &Path, dirs: &MountDirs) -> Vec<PathBuf> {
                 tracing::warn!(mount = %target.display(), error = %e, "cannot release a mount")
             }
         }
-        release_staging(dirs, &target);
+        if let Some(staging) = staging {
+            dirs.release_staging(&staging);
+        }
     }
     done
 }

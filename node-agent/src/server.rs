@@ -299,7 +299,6 @@ pub async fn serve(
     server: Arc<StreamServer>,
     tls: Arc<crate::tls::NodeTls>,
 ) {
-    let acceptor = tls.acceptor();
     let total = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let peers = Arc::new(PeerSlots::default());
     loop {
@@ -314,7 +313,8 @@ pub async fn serve(
             drop(tcp);
             continue;
         };
-        let (server, acceptor) = (server.clone(), acceptor.clone());
+        // Per connection: a renewed certificate serves the next handshake.
+        let (server, acceptor) = (server.clone(), tls.acceptor());
         tokio::spawn(async move {
             let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
             else {

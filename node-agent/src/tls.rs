@@ -2,10 +2,11 @@
 //! certificate naming its node, signed by the cluster CA. The stream server asks every client
 //! for a certificate of that CA, and a client checks that the server's certificate names the
 //! node it meant to reach; a request for a project's data names the asking node, which its
-//! certificate must prove.
+//! certificate must prove. The files are read again when they change (a renewed certificate,
+//! a new CA): new connections use them, running ones finish on the old.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -26,8 +27,16 @@ pub enum TlsError {
 /// This node's TLS identity: the configurations of the stream server and of its clients.
 pub struct NodeTls {
     pub node: String,
+    dir: PathBuf,
+    current: RwLock<Loaded>,
+}
+
+/// The configurations made from one version of the files.
+struct Loaded {
     server: Arc<rustls::ServerConfig>,
     client: Arc<rustls::ClientConfig>,
+    /// What the files held (SHA-256 of CA, certificate and key): a change means a reload.
+    digest: [u8; 32],
 }
 
 fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -74,6 +83,41 @@ impl NodeTls {
     /// Loads `ca.crt`, `tls.crt` and `tls.key` from `dir` (a `kubernetes.io/tls` Secret with
     /// its CA; where the files are named `<node>.crt` and `<node>.key`, those are used).
     pub fn load(dir: &Path, node: &str) -> Result<Self, TlsError> {
+        Ok(Self {
+            node: node.into(),
+            dir: dir.to_path_buf(),
+            current: RwLock::new(Loaded::read(dir, node)?),
+        })
+    }
+
+    /// Reads the files again; when they changed and are valid, new connections use them.
+    /// Returns whether they changed. Invalid files (a half-written update, a certificate for
+    /// another node) change nothing: the error says why.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let fresh = Loaded::read(&self.dir, &self.node)?;
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if current.digest == fresh.digest {
+            return Ok(false);
+        }
+        *current = fresh;
+        Ok(true)
+    }
+
+    fn loaded<T>(&self, f: impl FnOnce(&Loaded) -> T) -> T {
+        f(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        self.loaded(|l| tokio_rustls::TlsAcceptor::from(l.server.clone()))
+    }
+
+    pub fn connector(&self) -> tokio_rustls::TlsConnector {
+        self.loaded(|l| tokio_rustls::TlsConnector::from(l.client.clone()))
+    }
+}
+
+impl Loaded {
+    fn read(dir: &Path, node: &str) -> Result<Self, TlsError> {
         let (cert_path, key_path) = if dir.join(format!("{node}.crt")).exists() {
             (
                 dir.join(format!("{node}.crt")),
@@ -83,6 +127,14 @@ impl NodeTls {
             (dir.join("tls.crt"), dir.join("tls.key"))
         };
         let ca_path = dir.join("ca.crt");
+        let digest = {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            for p in [&ca_path, &cert_path, &key_path] {
+                h.update(read_pem(p)?);
+            }
+            h.finalize().into()
+        };
         let mut roots = rustls::RootCertStore::empty();
         for c in certs(&ca_path)? {
             roots.add(c).map_err(|e| TlsError::File {
@@ -132,17 +184,9 @@ impl NodeTls {
             .map_err(config)?;
         client.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
-            node: node.into(),
             server: Arc::new(server),
             client: Arc::new(client),
+            digest,
         })
-    }
-
-    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.server.clone())
-    }
-
-    pub fn connector(&self) -> tokio_rustls::TlsConnector {
-        tokio_rustls::TlsConnector::from(self.client.clone())
     }
 }

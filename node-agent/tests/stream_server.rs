@@ -30,6 +30,7 @@ struct Fx {
     dir: tempfile::TempDir,
     ca: ClusterCa,
     foreign: ClusterCa,
+    tls: Arc<NodeTls>,
 }
 
 async fn start() -> Fx {
@@ -75,7 +76,7 @@ async fn start() -> Fx {
         }),
         ready: AtomicBool::new(true),
     });
-    tokio::spawn(serve(listener, server, tls));
+    tokio::spawn(serve(listener, server, tls.clone()));
     let foreign = ClusterCa::new("someone-elses-ca").unwrap();
     Fx {
         addr,
@@ -83,6 +84,7 @@ async fn start() -> Fx {
         dir,
         ca,
         foreign,
+        tls,
     }
 }
 
@@ -113,6 +115,15 @@ impl Fx {
 
     /// Sends a raw request over TLS (the server must prove to be host-a); returns (status,
     /// headers, body), or status 0 when the server closed the connection without answering.
+    /// The certificate the server presents to a new connection.
+    async fn served_certificate(&self) -> Vec<u8> {
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(self.client_config(B)));
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("host-a").unwrap();
+        let s = connector.connect(name, tcp).await.unwrap();
+        s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+    }
+
     async fn get(&self, path: &str, who: Who, range: Option<&str>) -> (u16, String, Vec<u8>) {
         let connector = tokio_rustls::TlsConnector::from(Arc::new(self.client_config(who)));
         let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
@@ -448,4 +459,43 @@ fn enough_descriptors(n: u64) {
             },
         );
     }
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_serves_the_next_connection_and_a_bad_one_changes_nothing() {
+    let fx = start().await;
+    let dir = fx.dir.path().join("tls-a");
+    let pem_der = |path: &std::path::Path| {
+        let pem = std::fs::read(path).unwrap();
+        rustls_pemfile::certs(&mut pem.as_slice())
+            .next()
+            .unwrap()
+            .unwrap()
+            .to_vec()
+    };
+    let first = pem_der(&dir.join("tls.crt"));
+    assert_eq!(fx.served_certificate().await, first);
+    assert!(!fx.tls.reload().unwrap(), "nothing changed");
+
+    // Renewed (as cert-manager does: new key, new certificate, same CA).
+    fx.ca
+        .write_node_dir(&dir, "host-a", &["127.0.0.1".parse().unwrap()])
+        .unwrap();
+    let renewed = pem_der(&dir.join("tls.crt"));
+    assert_ne!(renewed, first);
+    assert!(fx.tls.reload().unwrap());
+    assert_eq!(fx.served_certificate().await, renewed);
+    let (status, _, body) = fx
+        .get("/v1/streams/alice/thesis/full--ps-1.zstream", B, None)
+        .await;
+    assert_eq!((status, body.len()), (200, fx.data.len()));
+
+    // A certificate for another node (a mix-up, a half-written update) is not taken.
+    let other = fx.dir.path().join("tls-other");
+    fx.ca.write_node_dir(&other, "host-z", &[]).unwrap();
+    std::fs::copy(other.join("tls.crt"), dir.join("tls.crt")).unwrap();
+    std::fs::copy(other.join("tls.key"), dir.join("tls.key")).unwrap();
+    let e = fx.tls.reload().unwrap_err().to_string();
+    assert!(e.contains("host-a"), "{e}");
+    assert_eq!(fx.served_certificate().await, renewed);
 }

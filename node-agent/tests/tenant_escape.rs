@@ -113,6 +113,17 @@ impl Host {
         }
     }
 
+    /// The agent's staging mounts (what folder mounts read, or are made on, before they are
+    /// moved into a project).
+    fn staging_mounts(&self) -> Vec<PathBuf> {
+        let staging = self.base.path().join("run/mnt");
+        mounts::mount_table()
+            .into_iter()
+            .map(|m| m.target)
+            .filter(|t| t.starts_with(&staging) && *t != staging)
+            .collect()
+    }
+
     /// FUSE mounts (other than the project datasets themselves) anywhere below `dir`.
     fn fuse_mounts_below(&self, dir: &Path) -> Vec<PathBuf> {
         mounts::mount_table()
@@ -291,6 +302,33 @@ async fn a_same_host_mount_resolves_the_source_path_beneath_its_project() {
     mounts::ensure(&w, &keys, &h.dirs).await.unwrap();
     mounts::ensure(&w, &keys, &h.dirs).await.unwrap(); // idempotent
     let target = h.root("ns", "a").join("from-b");
+    assert_eq!(h.staging_mounts().len(), 1, "{:?}", h.staging_mounts());
+
+    // The consumer's owner changes: the mount is made again for the new owner, and what the
+    // old one read is released.
+    let owner_of = |p: &Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(owner_of(&target.join("readme")), CONSUMER);
+    let other_owner = Wanted {
+        owner: OTHER,
+        ..w.clone()
+    };
+    mounts::ensure(&other_owner, &keys, &h.dirs).await.unwrap();
+    assert_eq!(owner_of(&target.join("readme")), OTHER);
+    mounts::ensure(&w, &keys, &h.dirs).await.unwrap();
+    assert_eq!(owner_of(&target.join("readme")), CONSUMER);
+    assert_eq!(h.staging_mounts().len(), 1, "{:?}", h.staging_mounts());
+
+    // An agent that starts again releases the staging mounts no folder mount reads (one left
+    // by a crash between staging and moving) and keeps the ones in use.
+    let leaked = h.base.path().join("run/mnt/0123456789abcdef/source");
+    std::fs::create_dir_all(&leaked).unwrap();
+    rustix::mount::mount_bind(h.vault(), &leaked).unwrap();
+    assert_eq!(h.dirs.release_unused_staging(), vec![leaked.clone()]);
+    assert_eq!(h.staging_mounts().len(), 1, "{:?}", h.staging_mounts());
+    assert_eq!(owner_of(&target.join("readme")), CONSUMER);
     // Exports hold a project's own files only: the folder mounted inside `ns/a` does not
     // show in its export (whence sftp-server, root, would reach it without `nosymfollow`).
     let export_a = h.base.path().join("run/sftp/ns/a");
@@ -591,10 +629,29 @@ async fn across_hosts_the_sftp_side_exposes_the_source_project_alone() {
     let e = mounts::ensure(&w, &keys, &h.dirs).await.unwrap_err();
     assert!(e.contains("sshfs"), "{e}");
     assert!(h.fuse_mounts_below(&h.root("ns", "a")).is_empty());
+    // A mount that failed half-way leaves nothing staged.
+    assert!(h.staging_mounts().is_empty(), "{:?}", h.staging_mounts());
 
     let w = h.wanted("shared", "from-b", remote.clone());
     mounts::ensure(&w, &keys, &h.dirs).await.unwrap();
     let target = h.root("ns", "a").join("from-b");
+    // The source moves to the consumer's host and back: each switch releases what the
+    // other kind of mount read (no sshfs left behind a local mount, no copy behind sshfs).
+    let sshfs_staged = || {
+        mounts::mount_table()
+            .iter()
+            .filter(|m| m.fstype == "fuse.sshfs" && m.target.starts_with(h.base.path()))
+            .count()
+    };
+    assert_eq!(sshfs_staged(), 1);
+    mounts::ensure(&h.wanted("shared", "from-b", None), &keys, &h.dirs)
+        .await
+        .unwrap();
+    assert_eq!(sshfs_staged(), 0);
+    assert_eq!(h.staging_mounts().len(), 1, "{:?}", h.staging_mounts());
+    mounts::ensure(&w, &keys, &h.dirs).await.unwrap();
+    assert_eq!(sshfs_staged(), 1);
+    assert_eq!(h.staging_mounts().len(), 1, "{:?}", h.staging_mounts());
     let out = as_tenant(
         CONSUMER,
         "cat",

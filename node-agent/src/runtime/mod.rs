@@ -143,6 +143,9 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
     if let Err(e) = mount_dirs.prepare() {
         tracing::error!(error = %e, "cannot prepare the mount directories: folder mounts and the sftp server fail");
     }
+    for m in mount_dirs.release_unused_staging() {
+        tracing::info!(mount = %m.display(), "released a staging mount no folder mount reads");
+    }
     let listener = crate::server::bind(cfg.listen)
         .await
         .map_err(|source| RunError::Listen {
@@ -188,6 +191,17 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tick.tick() => {}
+        }
+        // A renewed certificate (cert-manager, a rotated Secret) is used from the next
+        // connection on; files that do not make a valid identity leave the old one in use.
+        if let Some(tls) = &cfg.tls {
+            match tls.reload() {
+                Ok(true) => tracing::info!("TLS certificate reloaded"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "TLS files changed but are not usable: keeping the loaded certificate")
+                }
+            }
         }
         match heartbeat(&client, &cfg).await {
             Ok(()) => renewed = std::time::Instant::now(),
