@@ -32,6 +32,11 @@ VALUE_SETS = {
     "single-controller": {"controller": {"replicas": 1}, "podDisruptionBudget": {"enabled": False}},
     "agent-tls-nodes": {"agent": {"tls": {"nodes": ["storage-1", "storage-2.example"]}}},
     "agent-tls-existing": {"agent": {"tls": {"existingSecret": "my-agent-certs"}}},
+    "agent-tls-cert-manager": {"agent": {"tls": {"nodes": ["storage-1", "storage-2"],
+                                                 "certManager": {"enabled": True}}}},
+    "agent-tls-cert-manager-issuer": {"agent": {"tls": {
+        "nodes": ["storage-1"],
+        "certManager": {"enabled": True, "issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}}}}},
     "scheduling": {
         "imagePullSecrets": [{"name": "regcred"}],
         "image": {"controller": {"repository": "registry.example/pc", "tag": "1.2.3"}},
@@ -71,6 +76,11 @@ def find(objs, kind, suffix=""):
     return [o for o in objs if o["kind"] == kind and o["metadata"]["name"].endswith(suffix)]
 
 
+def agent_daemonsets(objs):
+    return [o for o in objs if o["kind"] == "DaemonSet"
+            and o["metadata"]["labels"].get("app.kubernetes.io/component") == "agent"]
+
+
 def test_crds_are_the_generated_manifests():
     generated = sorted(p.name for p in (ROOT / "crds" / "manifests").glob("*.yaml"))
     in_chart = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
@@ -102,8 +112,8 @@ def test_every_object_validates_strictly():
     version = kubernetes_validate.latest_version()
     for label, values in VALUE_SETS.items():
         for o in render(values):
-            if o["apiVersion"].startswith("monitoring.coreos.com"):
-                continue  # a CRD kubernetes-validate does not know
+            if o["apiVersion"].startswith(("monitoring.coreos.com", "cert-manager.io")):
+                continue  # CRDs kubernetes-validate does not know
             try:
                 kubernetes_validate.validate(o, version, strict=True)
             except Exception as e:  # noqa: BLE001 - report any validation failure
@@ -137,42 +147,49 @@ def test_controller_is_hardened():
 def test_agent_host_access_is_narrow():
     for label, values in VALUE_SETS.items():
         objs = render(values)
-        [ds] = find(objs, "DaemonSet", "-agent")
-        pod = ds["spec"]["template"]["spec"]
-        check(not pod.get("hostPID") and not pod.get("hostIPC"), f"{label}: agent shares host PID/IPC")
-        agent = values.get("agent", {})
-        allowed = {"/dev/fuse", agent.get("projectsRoot", "/projects"),
-                   agent.get("streamsRoot", "/var/lib/projstore/streams"),
-                   agent.get("poolImageDir", "/var/lib/projstore/pools")}
-        if agent.get("zfsBackend", "kernel") == "kernel":
-            allowed.add("/dev/zfs")
-        else:
-            allowed.add(agent.get("zfsFuseSocketDir", "/var/run/zfs"))
-        if agent.get("hostZfsUserland"):
-            allowed.add(agent.get("hostZfsBinDir", "/usr/sbin"))
-        host_paths = {v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
-        check(host_paths == allowed, f"{label}: agent hostPaths {sorted(host_paths)} != {sorted(allowed)}")
-        for p in host_paths:
-            check(p not in ("/", "/dev", "/etc", "/var", "/usr"), f"{label}: broad hostPath {p}")
-        [c] = pod["containers"]
-        mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
-        check(mounts[agent.get("projectsRoot", "/projects")].get("mountPropagation") == "Bidirectional",
-              f"{label}: projects root propagation")
-        check(mounts["/etc/projstore/keys"].get("readOnly") is True, f"{label}: keys mounted writable")
-        check(c["securityContext"].get("readOnlyRootFilesystem") is True, f"{label}: agent root fs writable")
-        env = {e["name"]: e for e in c["env"]}
-        check(env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName",
-              f"{label}: node name from the downward API")
-        check("--node-name=$(NODE_NAME)" in c["args"], f"{label}: --node-name")
-        userland = any(a.startswith("--zfs=") for a in c["args"])
-        check(userland == bool(agent.get("hostZfsUserland")), f"{label}: zfs userland choice")
-        for key in ("tolerations", "affinity", "priorityClassName"):
-            if key in agent:
-                check(pod.get(key) == agent[key], f"{label}: agent {key}")
-        # Helm merges maps: the default storage-host label stays, the user's is added.
-        for k, v in agent.get("nodeSelector", {}).items():
-            check(pod.get("nodeSelector", {}).get(k) == v, f"{label}: agent nodeSelector {k}")
-        check(pod.get("serviceAccountName") == "projstore-agent", f"{label}: agent SA")
+        daemonsets = agent_daemonsets(objs)
+        check(len(daemonsets) == max(1, len(values.get("agent", {}).get("tls", {}).get("nodes", [])))
+              or "existingSecret" in values.get("agent", {}).get("tls", {}),
+              f"{label}: agent DaemonSets {[d['metadata']['name'] for d in daemonsets]}")
+        for ds in daemonsets:
+            check_agent_pod(label, values, ds["spec"]["template"]["spec"])
+
+
+def check_agent_pod(label, values, pod):
+    check(not pod.get("hostPID") and not pod.get("hostIPC"), f"{label}: agent shares host PID/IPC")
+    agent = values.get("agent", {})
+    allowed = {"/dev/fuse", agent.get("projectsRoot", "/projects"),
+               agent.get("streamsRoot", "/var/lib/projstore/streams"),
+               agent.get("poolImageDir", "/var/lib/projstore/pools")}
+    if agent.get("zfsBackend", "kernel") == "kernel":
+        allowed.add("/dev/zfs")
+    else:
+        allowed.add(agent.get("zfsFuseSocketDir", "/var/run/zfs"))
+    if agent.get("hostZfsUserland"):
+        allowed.add(agent.get("hostZfsBinDir", "/usr/sbin"))
+    host_paths = {v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    check(host_paths == allowed, f"{label}: agent hostPaths {sorted(host_paths)} != {sorted(allowed)}")
+    for p in host_paths:
+        check(p not in ("/", "/dev", "/etc", "/var", "/usr"), f"{label}: broad hostPath {p}")
+    [c] = pod["containers"]
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    check(mounts[agent.get("projectsRoot", "/projects")].get("mountPropagation") == "Bidirectional",
+          f"{label}: projects root propagation")
+    check(mounts["/etc/projstore/keys"].get("readOnly") is True, f"{label}: keys mounted writable")
+    check(c["securityContext"].get("readOnlyRootFilesystem") is True, f"{label}: agent root fs writable")
+    env = {e["name"]: e for e in c["env"]}
+    check(env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName",
+          f"{label}: node name from the downward API")
+    check("--node-name=$(NODE_NAME)" in c["args"], f"{label}: --node-name")
+    userland = any(a.startswith("--zfs=") for a in c["args"])
+    check(userland == bool(agent.get("hostZfsUserland")), f"{label}: zfs userland choice")
+    for key in ("tolerations", "affinity", "priorityClassName"):
+        if key in agent and not agent.get("tls", {}).get("nodes"):
+            check(pod.get(key) == agent[key], f"{label}: agent {key}")
+    # Helm merges maps: the default storage-host label stays, the user's is added.
+    for k, v in agent.get("nodeSelector", {}).items():
+        check(pod.get("nodeSelector", {}).get(k) == v, f"{label}: agent nodeSelector {k}")
+    check(pod.get("serviceAccountName") == "projstore-agent", f"{label}: agent SA")
 
 
 def rules_of(objs, suffix):
@@ -214,39 +231,83 @@ def test_agents_get_a_certificate_per_node_from_a_ca_no_pod_mounts():
     import base64, subprocess, tempfile
     objs = render(VALUE_SETS["agent-tls-nodes"])
     [ca_sec] = find(objs, "Secret", "-agent-ca")
-    [tls_sec] = find(objs, "Secret", "-agent-tls")
-    check(set(tls_sec["data"]) == {"ca.crt", "storage-1.crt", "storage-1.key",
-                                    "storage-2.example.crt", "storage-2.example.key"},
-          f"agent TLS secret keys: {sorted(tls_sec['data'])}")
-    check("ca.key" not in tls_sec["data"], "the CA key is not in the agents' Secret")
+    check("ca.key" in ca_sec["data"], "the CA keeps its key")
     check(ca_sec["metadata"]["annotations"].get("helm.sh/resource-policy") == "keep", "CA kept on uninstall")
-    [ds] = find(objs, "DaemonSet")
-    volumes = {v["name"]: v for v in ds["spec"]["template"]["spec"]["volumes"]}
-    mounted = {v.get("secret", {}).get("secretName") for v in volumes.values()}
-    check(ca_sec["metadata"]["name"] not in mounted, "no pod mounts the CA key")
-    check(tls_sec["metadata"]["name"] in mounted, "agents mount their TLS secret")
-    args = ds["spec"]["template"]["spec"]["containers"][0]["args"]
-    check("--tls-dir=/etc/projstore/tls" in args, "agent reads its TLS identity")
-    check(any(a.startswith("--advertise=https://") for a in args), "agents advertise https")
-    check(not any("token" in a for a in args), "no shared token")
-    probes = [ds["spec"]["template"]["spec"]["containers"][0][p]["httpGet"] for p in ("livenessProbe", "readinessProbe")]
-    check(all(p.get("scheme") == "HTTPS" for p in probes), "probes speak TLS")
-    # Every node certificate verifies against the CA and names its node.
+    nodes = ("storage-1", "storage-2.example")
+    secrets = {n: find(objs, "Secret", f"-agent-tls-{n}") for n in nodes}
+    daemonsets = {d["metadata"]["name"]: d for d in agent_daemonsets(objs)}
+    check(sorted(daemonsets) == [f"ps-projstore-agent-{n}" for n in nodes], f"one DaemonSet per node: {sorted(daemonsets)}")
+    selectors = [tuple(sorted(d["spec"]["selector"]["matchLabels"].items())) for d in daemonsets.values()]
+    check(len(set(selectors)) == len(selectors), "the DaemonSets' selectors do not overlap")
     with tempfile.TemporaryDirectory() as d:
-        ca = f"{d}/ca.crt"
-        open(ca, "wb").write(base64.b64decode(tls_sec["data"]["ca.crt"]))
-        for node in ("storage-1", "storage-2.example"):
+        for node in nodes:
+            [sec] = secrets[node] or [None]
+            if sec is None:
+                failures.append(f"{node}: no Secret of its own")
+                continue
+            check(sec["type"] == "kubernetes.io/tls" and set(sec["data"]) == {"ca.crt", "tls.crt", "tls.key"},
+                  f"{node}: Secret keys {sorted(sec['data'])}")
+            check(sec["metadata"]["annotations"].get("helm.sh/resource-policy") == "keep", f"{node}: kept")
+            # Its certificate verifies against the CA and names its node.
+            ca = f"{d}/ca.crt"
+            open(ca, "wb").write(base64.b64decode(ca_sec["data"]["ca.crt"]))
             crt = f"{d}/{node}.crt"
-            open(crt, "wb").write(base64.b64decode(tls_sec["data"][f"{node}.crt"]))
+            open(crt, "wb").write(base64.b64decode(sec["data"]["tls.crt"]))
             ok = subprocess.run(["openssl", "verify", "-CAfile", ca, "-verify_hostname", node, crt],
                                 capture_output=True, text=True)
             check(ok.returncode == 0, f"{node}: {ok.stdout}{ok.stderr}")
+            # Its agent runs on that node alone and mounts that Secret alone: no pod mounts
+            # another node's key or the CA's.
+            pod = daemonsets[f"ps-projstore-agent-{node}"]["spec"]["template"]["spec"]
+            mounted = {v.get("secret", {}).get("secretName") for v in pod["volumes"]} - {None}
+            check(mounted == {"ps-projstore-keys", sec["metadata"]["name"]}, f"{node}: mounts {mounted}")
+            terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+            check(terms == [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}],
+                  f"{node}: pinned to its node: {terms}")
+            args = pod["containers"][0]["args"]
+            check("--tls-dir=/etc/projstore/tls" in args, "agent reads its TLS identity")
+            check(any(a.startswith("--advertise=https://") for a in args), "agents advertise https")
+            check(not any("token" in a for a in args), "no shared token")
+            probes = [pod["containers"][0][p]["httpGet"] for p in ("livenessProbe", "readinessProbe")]
+            check(all(p.get("scheme") == "HTTPS" for p in probes), "probes speak TLS")
+
     objs = render(VALUE_SETS["agent-tls-existing"])
-    check(not find(objs, "Secret", "-agent-tls") and not find(objs, "Secret", "-agent-ca"),
+    check(not [o for o in objs if o["kind"] == "Secret" and "-agent-" in o["metadata"]["name"]],
           "nothing generated with existingSecret")
-    [ds] = find(objs, "DaemonSet")
+    [ds] = agent_daemonsets(objs)
     mounted = {v.get("secret", {}).get("secretName") for v in ds["spec"]["template"]["spec"]["volumes"]}
     check("my-agent-certs" in mounted, "the existing secret is mounted")
+
+
+def test_cert_manager_issues_and_renews_the_nodes_certificates():
+    objs = render(VALUE_SETS["agent-tls-cert-manager"])
+    check(not [o for o in objs if o["kind"] == "Secret" and "-agent-" in o["metadata"]["name"]],
+          "no Secret generated by the chart with cert-manager")
+    certs = {c["metadata"]["name"]: c["spec"] for c in find(objs, "Certificate")}
+    issuers = {i["metadata"]["name"]: i["spec"] for i in find(objs, "Issuer")}
+    check(certs.get("ps-projstore-agent-ca", {}).get("isCA") is True, "a CA of the release's own")
+    check(issuers.get("ps-projstore-agent-ca") == {"ca": {"secretName": "ps-projstore-agent-ca-cm"}},
+          f"a CA issuer: {issuers}")
+    for node in ("storage-1", "storage-2"):
+        spec = certs.get(f"ps-projstore-agent-{node}", {})
+        check(spec.get("dnsNames") == [node] and {"server auth", "client auth"} <= set(spec.get("usages", [])),
+              f"{node}: certificate {spec}")
+        check(spec.get("secretName") == f"ps-projstore-agent-tls-{node}", f"{node}: its own Secret")
+        check(spec.get("privateKey", {}).get("rotationPolicy") == "Always", f"{node}: a new key on renewal")
+        check(spec.get("issuerRef", {}).get("name") == "ps-projstore-agent-ca", f"{node}: signed by the CA")
+        [ds] = [d for d in agent_daemonsets(objs) if d["metadata"]["name"] == f"ps-projstore-agent-{node}"] or [None]
+        mounted = ds and {v.get("secret", {}).get("secretName") for v in ds["spec"]["template"]["spec"]["volumes"]}
+        check(bool(mounted) and f"ps-projstore-agent-tls-{node}" in mounted, f"{node}: its agent mounts its Secret")
+    objs = render(VALUE_SETS["agent-tls-cert-manager-issuer"])
+    check(not find(objs, "Issuer"), "the given issuer is used, none made")
+    [cert] = find(objs, "Certificate")
+    check(cert["spec"]["issuerRef"] == {"name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"},
+          f"issuerRef: {cert['spec']['issuerRef']}")
+    try:
+        render({"agent": {"tls": {"certManager": {"enabled": True}}}})
+        failures.append("cert-manager without nodes rendered")
+    except Exception as e:  # noqa: BLE001 - the chart's fail message
+        check("agent.tls.nodes" in str(e), f"cert-manager without nodes: {e}")
 
 
 def test_optional_objects_follow_values():

@@ -33,3 +33,8 @@ app.kubernetes.io/component: agent
 {{- define "projstore.agentTlsSecretName" -}}
 {{- .Values.agent.tls.existingSecret | default (printf "%s-projstore-agent-tls" .Release.Name) -}}
 {{- end -}}
+
+{{- /* A storage node's own TLS Secret: (list $ node). */ -}}
+{{- define "projstore.agentNodeTlsSecretName" -}}
+{{- printf "%s-projstore-agent-tls-%s" (index . 0).Release.Name (index . 1) -}}
+{{- end -}}
