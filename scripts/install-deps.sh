@@ -30,6 +30,7 @@ pip_missing=()
 python3 -c 'import kubernetes_validate' 2>/dev/null || pip_missing+=(kubernetes-validate)
 python3 -c 'import helm_python' 2>/dev/null || pip_missing+=(helm-python-sdk)
 python3 -c 'import yaml' 2>/dev/null || pip_missing+=(pyyaml)
+python3 -c 'import celpy' 2>/dev/null || pip_missing+=(cel-python)
 if [ ${#pip_missing[@]} -gt 0 ]; then
   echo "install-deps: pip install ${pip_missing[*]}"
   python3 -m pip install -q --disable-pip-version-check "${pip_missing[@]}" 2>&1 | grep -v "Running pip as the 'root' user" || true

@@ -175,7 +175,7 @@ def check_agent_pod(label, values, pod):
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     check(mounts[agent.get("projectsRoot", "/projects")].get("mountPropagation") == "Bidirectional",
           f"{label}: projects root propagation")
-    check(mounts["/etc/projstore/keys"].get("readOnly") is True, f"{label}: keys mounted writable")
+    check(mounts["/etc/projstore/tls"].get("readOnly") is True, f"{label}: TLS files mounted writable")
     check(c["securityContext"].get("readOnlyRootFilesystem") is True, f"{label}: agent root fs writable")
     env = {e["name"]: e for e in c["env"]}
     check(env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName",
@@ -219,12 +219,10 @@ def test_rbac_is_least_privilege_and_explained():
             if line.startswith("- "):
                 check(i > 0 and lines[i - 1].startswith("# ") and len(lines[i - 1]) > 10,
                       f"{name}:{i + 1}: a rule without a one-line comment saying why")
-    [sec] = find(objs, "Secret", "-keys")
-    check(set(sec["data"]) == {"ssh-client-key"},
-          "secret keys (no shared stream token, no shared sshd host key: each host makes its own)")
-    check(sec["metadata"]["annotations"].get("helm.sh/resource-policy") == "keep", "secret kept on uninstall")
-    check(re.search(r"lookup", (CHART / "templates" / "secret.yaml").read_text()) is not None,
-          "secret reuses what the cluster holds on upgrade")
+    check(not find(objs, "Secret", "-keys"),
+          "no shared ssh key (each host makes its own host and client keys)")
+    check(re.search(r"lookup", (CHART / "templates" / "agent-tls.yaml").read_text()) is not None,
+          "the agents' certificates reuse what the cluster holds on upgrade")
 
 
 def test_agents_get_a_certificate_per_node_from_a_ca_no_pod_mounts():
@@ -260,7 +258,7 @@ def test_agents_get_a_certificate_per_node_from_a_ca_no_pod_mounts():
             # another node's key or the CA's.
             pod = daemonsets[f"ps-projstore-agent-{node}"]["spec"]["template"]["spec"]
             mounted = {v.get("secret", {}).get("secretName") for v in pod["volumes"]} - {None}
-            check(mounted == {"ps-projstore-keys", sec["metadata"]["name"]}, f"{node}: mounts {mounted}")
+            check(mounted == {sec["metadata"]["name"]}, f"{node}: mounts {mounted}")
             terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
             check(terms == [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}],
                   f"{node}: pinned to its node: {terms}")
@@ -269,7 +267,9 @@ def test_agents_get_a_certificate_per_node_from_a_ca_no_pod_mounts():
             check(any(a.startswith("--advertise=https://") for a in args), "agents advertise https")
             check(not any("token" in a for a in args), "no shared token")
             probes = [pod["containers"][0][p]["httpGet"] for p in ("livenessProbe", "readinessProbe")]
-            check(all(p.get("scheme") == "HTTPS" for p in probes), "probes speak TLS")
+            check(all(p.get("port") == "health" and p.get("scheme", "HTTP") == "HTTP" for p in probes),
+                  "probes use the plain health port (the stream port needs a node's certificate)")
+            check("--health-listen=0.0.0.0:7421" in args, "the agent serves health")
 
     objs = render(VALUE_SETS["agent-tls-existing"])
     check(not [o for o in objs if o["kind"] == "Secret" and "-agent-" in o["metadata"]["name"]],
@@ -308,6 +308,65 @@ def test_cert_manager_issues_and_renews_the_nodes_certificates():
         failures.append("cert-manager without nodes rendered")
     except Exception as e:  # noqa: BLE001 - the chart's fail message
         check("agent.tls.nodes" in str(e), f"cert-manager without nodes: {e}")
+
+
+def admit(policy, request, obj):
+    """Evaluates a ValidatingAdmissionPolicy's CEL as the API server does (match conditions,
+    then variables in order, then validations): None when admitted, else the message."""
+    import celpy
+    env = celpy.Environment()
+
+    def run(expr, variables):
+        act = {"request": celpy.json_to_cel(request), "object": celpy.json_to_cel(obj),
+               "variables": celpy.json_to_cel(variables)}
+        return env.program(env.compile(expr)).evaluate(act)
+
+    spec = policy["spec"]
+    if not all(run(c["expression"], {}) for c in spec.get("matchConditions", [])):
+        return None
+    variables = {}
+    for v in spec.get("variables", []):
+        variables[v["name"]] = str(run(v["expression"], variables))
+    for v in spec["validations"]:
+        if not run(v["expression"], variables):
+            return str(run(v["messageExpression"], variables))
+    return None
+
+
+def test_an_agent_writes_the_status_of_its_own_nodes_objects_only():
+    objs = render({})
+    [policy] = find(objs, "ValidatingAdmissionPolicy")
+    [binding] = find(objs, "ValidatingAdmissionPolicyBinding")
+    check(binding["spec"]["policyName"] == policy["metadata"]["name"]
+          and binding["spec"]["validationActions"] == ["Deny"], "the policy is bound to deny")
+    rules = policy["spec"]["matchConstraints"]["resourceRules"]
+    check(rules[0]["resources"] == ["storagepools/status", "streamreplicas/status"], f"rules: {rules}")
+    agent = "system:serviceaccount:projstore-system:projstore-agent"
+    claim = "authentication.kubernetes.io/node-name"
+
+    def req(user, node, resource):
+        extra = {claim: [node]} if node else {}
+        return {"userInfo": {"username": user, "extra": extra},
+                "resource": {"group": "projstore.io", "version": "v1alpha1", "resource": resource}}
+
+    pool = lambda node: {"metadata": {"name": f"{node}-storage"}, "spec": {"nodeName": node}}
+    replica = lambda node: {"metadata": {"name": "thesis-1"}, "spec": {"node": node}}
+    cases = [
+        ("own pool", req(agent, "host-a", "storagepools"), pool("host-a"), True),
+        ("another node's pool", req(agent, "host-a", "storagepools"), pool("host-b"), False),
+        ("own replica", req(agent, "host-a", "streamreplicas"), replica("host-a"), True),
+        ("another node's replica", req(agent, "host-a", "streamreplicas"), replica("host-b"), False),
+        ("a token without the node claim (older cluster)", req(agent, None, "storagepools"), pool("host-b"), True),
+        ("the controller", req("system:serviceaccount:projstore-system:projstore-controller", "host-a",
+                               "storagepools"), pool("host-b"), True),
+    ]
+    for what, request, obj, allowed in cases:
+        message = admit(policy, request, obj)
+        check((message is None) == allowed, f"{what}: admitted={message is None}, message={message}")
+        if message is not None:
+            check("host-a" in message and "host-b" in message, f"{what}: message names both nodes: {message}")
+    objs = render({"agent": {"ownStatusPolicy": False}})
+    check(not find(objs, "ValidatingAdmissionPolicy"), "the policy can be turned off")
 
 
 def test_optional_objects_follow_values():

@@ -29,3 +29,23 @@ pub const CLEANUP_FINALIZER: &str = "projstore.io/cleanup";
 pub const SNAPSHOT_NOW_ANNOTATION: &str = "projstore.io/snapshot-now";
 /// Annotation: any new value asks the primary to repair ownership of the project tree.
 pub const REPAIR_OWNERSHIP_ANNOTATION: &str = "projstore.io/repair-ownership";
+/// Annotation the controller keeps on a consumer's primary StreamReplica: where each mounted
+/// source project is served now (JSON object by project name, [`MountSource`] values). The
+/// consumer's agent mounts from there; the source's agent lets that node's sftp client in.
+pub const MOUNT_SOURCES_ANNOTATION: &str = "projstore.io/mount-sources";
+
+/// Where a mounted source project is served: one value of [`MOUNT_SOURCES_ANNOTATION`].
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MountSource {
+    pub pool: String,
+    pub node: String,
+    #[serde(default)]
+    pub epoch: u64,
+    /// The source host's sftp endpoint (`host:port`), when its agent serves sftp.
+    #[serde(default)]
+    pub sftp: Option<String>,
+    /// That sshd's own host key, trusted for exactly that endpoint.
+    #[serde(default)]
+    pub host_key: Option<String>,
+}

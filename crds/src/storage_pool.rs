@@ -247,4 +247,9 @@ pub struct AgentStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub sftp_host_key: Option<String>,
+    /// The public half of the agent's own sftp client key: the peers it mounts from let in
+    /// exactly this key, from this host's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub sftp_client_key: Option<String>,
 }

@@ -344,21 +344,6 @@ async fn start_hosts(
         "",
         serde_json::json!({"metadata": {"name": "projstore-system"}}),
     );
-    // The sftp client key agents log in with (in a cluster: the chart's Secret); each
-    // agent makes its own sshd host key.
-    let ssh = dir.join("ssh");
-    std::fs::create_dir_all(&ssh).map_err(|e| e.to_string())?;
-    for key in ["ssh-client-key"] {
-        if !ssh.join(key).exists() {
-            let made = Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-C", key, "-f"])
-                .arg(ssh.join(key))
-                .status();
-            if !made.is_ok_and(|s| s.success()) {
-                return Err("ssh-keygen failed: install openssh-client".into());
-            }
-        }
-    }
     let mut children = Vec::new();
     for h in hosts(spec.nodes, dir) {
         let img = dir.join("pools").join(format!("{}.img", h.node));
@@ -401,8 +386,8 @@ async fn start_hosts(
                 format!("{}:7422", h.addr),
                 "--sftp-advertise".into(),
                 format!("{}:7422", h.addr),
-                "--ssh-dir".into(),
-                ssh.display().to_string(),
+                "--health-listen".into(),
+                format!("{}:7421", h.addr),
                 "--run-dir".into(),
                 host_dir.join("run").display().to_string(),
                 "--log-format".into(),

@@ -157,6 +157,80 @@ async fn s16_a_tenant_cannot_leave_its_project_through_mounts_or_starve_the_stre
     })
     .await;
 
+    // The source host let dst's node in to src alone while it mounted, and takes that view
+    // away now: nothing is left in its peers' chroots; nothing is staged on dst's host.
+    let src_host = c.host_of_pool(&src_pool).clone();
+    let dst_host = c.host_of_pool(&other_pool).clone();
+    let chroots = c.dir.join("hosts").join(&src_host.node).join("run/sftp");
+    let staging = c.dir.join("hosts").join(&dst_host.node).join("run/mnt");
+    c.wait(
+        "peer views and staging released",
+        Duration::from_secs(60),
+        || async {
+            let left: Vec<_> = projstore_agent::mounts::mount_table()
+                .into_iter()
+                .map(|m| m.target)
+                .filter(|t| {
+                    (t.starts_with(&chroots) && *t != chroots)
+                        || (t.starts_with(&staging) && *t != staging)
+                })
+                .collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        },
+    )
+    .await;
+
+    // Stream files, on the primary's and the secondary's host alike, are the agent's: a
+    // tenant reads none of them.
+    let mut files = Vec::new();
+    let mut dirs = vec![c.dir.join("hosts")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let meta = std::fs::symlink_metadata(e.path()).unwrap();
+            let p = e.path();
+            // Not into project data or the agents' runtime directories.
+            let skip = p.file_name().is_some_and(|n| n == "projects" || n == "run");
+            if meta.is_dir() && !skip {
+                dirs.push(p);
+            } else if meta.is_file() && p.extension().is_some_and(|x| x == "zstream") {
+                files.push((p, meta.permissions().mode() & 0o7777));
+            }
+        }
+    }
+    let hosts_with_streams: std::collections::BTreeSet<_> = files
+        .iter()
+        .filter_map(|(p, _)| {
+            p.strip_prefix(c.dir.join("hosts"))
+                .ok()?
+                .iter()
+                .next()
+                .map(|n| n.to_owned())
+        })
+        .collect();
+    assert!(
+        hosts_with_streams.len() >= 2,
+        "streams on the primary and the secondary: {files:?}"
+    );
+    for (file, mode) in &files {
+        assert_eq!(*mode, 0o600, "{}", file.display());
+        let out = Command::new("setpriv")
+            .arg(format!("--reuid={}", SOURCE.0))
+            .arg(format!("--regid={}", SOURCE.1))
+            .args(["--clear-groups", "--", "cat"])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success() && out.stdout.is_empty(),
+            "{} was read by a tenant",
+            file.display()
+        );
+    }
+
     // 1,000 idle connections to the source primary's stream port while it replicates a new
     // snapshot: the replication completes and health answers at once.
     let host = c.host_of_pool(&src_pool).clone();
@@ -185,10 +259,32 @@ async fn s16_a_tenant_cannot_leave_its_project_through_mounts_or_starve_the_stre
         projstore_agent::tls::NodeTls::load(&c.dir.join("tls").join(&me.node), &me.node).unwrap();
     let probe = Instant::now();
     let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.node.clone()).unwrap();
-    let health = async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A peer's request on the stream port (answered: its data, or 403 when it holds no copy).
+    let peer_request = async {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut s = tls.connector().connect(name, tcp).await.unwrap();
+        let req = format!(
+            "GET /v1/streams/{NS}/src HTTP/1.1\r\nHost: x\r\nX-Projstore-Node: {}\r\nConnection: close\r\n\r\n",
+            me.node
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(1), peer_request).await;
+    assert!(
+        answer
+            .as_ref()
+            .is_ok_and(|a| a.starts_with("HTTP/1.1 200") || a.starts_with("HTTP/1.1 403")),
+        "a peer was not answered within a second under 1,000 idle connections: {answer:?}"
+    );
+    // And the health port (plain HTTP, for kubelet) answers too.
+    let health = async {
+        let mut s = tokio::net::TcpStream::connect(format!("{}:7421", host.addr))
+            .await
+            .unwrap();
         s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await
             .unwrap();

@@ -8,7 +8,8 @@ use crate::streams::{PlanOutput, parse_plan_input, plan};
 pub const USAGE: &str = "usage: projstore-agent run --node-name N [--projects-root DIR] [--streams-root DIR]\n\
                             [--listen ADDR] [--advertise URL] [--lease-namespace NS]\n\
                             --tls-dir DIR [--interval-seconds N] [--log-format json|pretty]\n\
-                            [--sftp-listen ADDR --sftp-advertise HOST:PORT --ssh-dir DIR] [--run-dir DIR]\n\
+                            [--sftp-listen ADDR --sftp-advertise HOST:PORT] [--health-listen ADDR]\n\
+                            [--run-dir DIR]\n\
                             [--zfs PATH --zpool PATH]\n\
        projstore-agent check --pool POOL... [--projects-root DIR] [--streams-root DIR]\n\
        projstore-agent streams plan --json FILE\n\n\
@@ -89,7 +90,7 @@ fn parse_run(args: &[&str]) -> Result<(crate::runtime::Config, bool), String> {
         interval: std::time::Duration::from_secs(10),
         sftp_listen: None,
         sftp_advertise: None,
-        ssh_dir: None,
+        health_listen: None,
         run_dir: "/run/projstore".into(),
         zfs_bin: None,
         zpool_bin: None,
@@ -122,7 +123,9 @@ fn parse_run(args: &[&str]) -> Result<(crate::runtime::Config, bool), String> {
                 cfg.sftp_listen = Some(v()?.parse().map_err(|e| format!("--sftp-listen: {e}"))?)
             }
             "--sftp-advertise" => cfg.sftp_advertise = Some(v()?),
-            "--ssh-dir" => cfg.ssh_dir = Some(v()?.into()),
+            "--health-listen" => {
+                cfg.health_listen = Some(v()?.parse().map_err(|e| format!("--health-listen: {e}"))?)
+            }
             "--run-dir" => cfg.run_dir = v()?.into(),
             "--zfs" => cfg.zfs_bin = Some(v()?.into()),
             "--zpool" => cfg.zpool_bin = Some(v()?.into()),

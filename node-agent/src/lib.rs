@@ -16,6 +16,7 @@ pub mod retention;
 pub mod runtime;
 pub mod sanity;
 pub mod server;
+pub mod sftp;
 pub mod streams;
 pub mod tls;
 pub mod transfer;

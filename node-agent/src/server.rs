@@ -3,7 +3,10 @@
 //! (`X-Projstore-Node`), its client certificate must name that node, and the node must hold a
 //! StreamReplica of the project (asked of the API through [`Authorize`]). Every path is
 //! validated before the file system is touched: only `<namespace>/<name>[/<id>.zstream|.json]`
-//! of the store is ever served. Plain HTTP gets no answer: the port speaks TLS only.
+//! of the store is ever served. Plain HTTP gets no answer, and no TLS handshake completes
+//! without a client certificate of the cluster CA. Health, readiness and metrics are served
+//! on a port of their own, in plain HTTP (`serve_health`): kubelet probes present no
+//! certificate.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -37,7 +40,6 @@ pub const NODE_HEADER: &str = "x-projstore-node";
 pub struct StreamServer {
     pub store: StreamStore,
     pub authorize: Authorize,
-    pub ready: AtomicBool,
 }
 
 fn text(code: StatusCode, msg: impl Into<String>) -> Response<Body> {
@@ -67,25 +69,6 @@ impl StreamServer {
         peer: Option<CertificateDer<'static>>,
     ) -> Result<Response<Body>, Infallible> {
         let path = req.uri().path().to_owned();
-        if path == "/healthz" {
-            return Ok(text(StatusCode::OK, "ok"));
-        }
-        if path == "/metrics" {
-            return Ok(text(
-                StatusCode::OK,
-                crate::metrics::render(&crate::metrics::METRICS),
-            ));
-        }
-        if path == "/readyz" {
-            return Ok(if self.ready.load(Ordering::Relaxed) {
-                text(StatusCode::OK, "ok")
-            } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "sanity checks have not passed",
-                )
-            });
-        }
         // The asking node: named in a header, proven by its client certificate.
         let node = req
             .headers()
@@ -333,6 +316,53 @@ pub async fn serve(
                 .serve_connection(TokioIo::new(tls), svc)
                 .await;
             drop((permit, slot));
+        });
+    }
+}
+
+/// At most this many connections to the health port at once (kubelet and a scraper need a few).
+pub const MAX_HEALTH_CONNECTIONS: usize = 32;
+
+/// Serves `/healthz` (the agent runs), `/readyz` (its sanity checks passed: `ready`) and
+/// `/metrics` in plain HTTP until the task is dropped, with the header-read timeout and a
+/// connection limit; nothing else.
+pub async fn serve_health(listener: tokio::net::TcpListener, ready: Arc<AtomicBool>) {
+    let total = Arc::new(tokio::sync::Semaphore::new(MAX_HEALTH_CONNECTIONS));
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(permit) = total.clone().try_acquire_owned() else {
+            drop(tcp);
+            continue;
+        };
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let ready = ready.load(Ordering::Relaxed);
+                async move {
+                    Ok::<_, Infallible>(match req.uri().path() {
+                        "/healthz" => text(StatusCode::OK, "ok"),
+                        "/readyz" if ready => text(StatusCode::OK, "ok"),
+                        "/readyz" => text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "sanity checks have not passed",
+                        ),
+                        "/metrics" => text(
+                            StatusCode::OK,
+                            crate::metrics::render(&crate::metrics::METRICS),
+                        ),
+                        _ => text(StatusCode::NOT_FOUND, "health, readiness and metrics only"),
+                    })
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+            drop(permit);
         });
     }
 }

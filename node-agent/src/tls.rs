@@ -160,13 +160,12 @@ impl Loaded {
             })?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = |e: rustls::Error| TlsError::Config(e.to_string());
-        // Health and metrics answer without a client certificate (kubelet probes present
-        // none); every request for project data needs one (`StreamServer::handle`).
+        // No handshake completes without a client certificate of the cluster CA: health and
+        // metrics are on a port of their own (`server::serve_health`).
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             roots.clone(),
             provider.clone(),
         )
-        .allow_unauthenticated()
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
         let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())

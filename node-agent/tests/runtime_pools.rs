@@ -127,7 +127,7 @@ async fn the_agent_keeps_its_pool_and_reports_it() {
         interval: Duration::from_millis(500),
         sftp_listen: None,
         sftp_advertise: None,
-        ssh_dir: None,
+        health_listen: None,
         run_dir: tmp.path().join("run"),
         zfs_bin: None,
         zpool_bin: None,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use projstore_agent::server::{StreamServer, bind, serve};
+use projstore_agent::server::{StreamServer, bind, serve, serve_health};
 use projstore_agent::streams::{ProjectKey, SnapshotJson, StreamId, StreamMeta, StreamStore};
 use projstore_agent::tls::NodeTls;
 use projstore_e2e::pki::ClusterCa;
@@ -31,6 +31,7 @@ struct Fx {
     ca: ClusterCa,
     foreign: ClusterCa,
     tls: Arc<NodeTls>,
+    health_addr: std::net::SocketAddr,
 }
 
 async fn start() -> Fx {
@@ -74,9 +75,11 @@ async fn start() -> Fx {
                 && ["alice/thesis", "bob/none"].contains(&project.to_string().as_str());
             Box::pin(async move { Ok(holds) })
         }),
-        ready: AtomicBool::new(true),
     });
     tokio::spawn(serve(listener, server, tls.clone()));
+    let health = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let health_addr = health.local_addr().unwrap();
+    tokio::spawn(serve_health(health, Arc::new(AtomicBool::new(true))));
     let foreign = ClusterCa::new("someone-elses-ca").unwrap();
     Fx {
         addr,
@@ -85,6 +88,7 @@ async fn start() -> Fx {
         ca,
         foreign,
         tls,
+        health_addr,
     }
 }
 
@@ -115,6 +119,31 @@ impl Fx {
 
     /// Sends a raw request over TLS (the server must prove to be host-a); returns (status,
     /// headers, body), or status 0 when the server closed the connection without answering.
+    /// A plain HTTP GET of the health port: (status, body).
+    async fn health(&self, path: &str) -> (u16, String) {
+        let mut s = tokio::net::TcpStream::connect(self.health_addr)
+            .await
+            .unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw).await;
+        let raw = String::from_utf8_lossy(&raw).into_owned();
+        let status = raw
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = raw
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
     /// The certificate the server presents to a new connection.
     async fn served_certificate(&self) -> Vec<u8> {
         let connector = tokio_rustls::TlsConnector::from(Arc::new(self.client_config(B)));
@@ -184,7 +213,8 @@ async fn only_a_node_holding_a_copy_gets_a_projects_data() {
     let list = "/v1/streams/alice/thesis";
     let file = "/v1/streams/alice/thesis/full--ps-1.zstream";
     assert_eq!(fx.get(list, B, None).await.0, 200);
-    for (who, want) in [(Who::Anonymous, 401), (Who::Node("host-c"), 403)] {
+    // Without a client certificate no handshake completes; a node without a copy: 403.
+    for (who, want) in [(Who::Anonymous, 0), (Who::Node("host-c"), 403)] {
         for path in [list, file] {
             let (code, _, body) = fx.get(path, who, None).await;
             assert_eq!(code, want, "{path}");
@@ -226,7 +256,13 @@ async fn only_a_node_holding_a_copy_gets_a_projects_data() {
     )
     .await;
     assert!(!String::from_utf8_lossy(&raw).contains("HTTP/1.1 200") && raw.len() < 100);
-    assert_eq!(fx.get("/healthz", Who::Anonymous, None).await.0, 200);
+    // Health, readiness and metrics: on the health port, in plain HTTP, for anyone; nothing
+    // else there.
+    assert_eq!(fx.health("/healthz").await, (200, "ok".into()));
+    assert_eq!(fx.health("/readyz").await.0, 200);
+    assert!(fx.health("/metrics").await.1.contains("projstore_agent"));
+    assert_eq!(fx.health("/v1/streams/alice/thesis").await.0, 404);
+    assert_eq!(fx.get("/healthz", B, None).await.0, 404);
 }
 
 #[tokio::test]
@@ -409,8 +445,7 @@ async fn idle_and_slow_clients_cannot_starve_the_server() {
 
     // Another peer is served at once, health and data alike.
     let t = std::time::Instant::now();
-    let (status, _, body) = fx.get("/healthz", Who::Anonymous, None).await;
-    assert_eq!((status, body.as_slice()), (200, b"ok".as_slice()));
+    assert_eq!(fx.health("/healthz").await, (200, "ok".into()));
     let (status, _, body) = fx
         .get("/v1/streams/alice/thesis/full--ps-1.zstream", B, None)
         .await;

@@ -12,7 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use projstore_agent::layout::{NewProject, PoolLayout, create_project, secure_root};
-use projstore_agent::mounts::{self, MountDirs, SshKeys, Wanted};
+use projstore_agent::mounts::{self, MountDirs, Wanted};
+use projstore_agent::sftp::{self, Grant, SshKeys};
 use projstore_agent::streams::ProjectKey;
 use support::{TestPool, zfs_or_skip};
 
@@ -22,6 +23,9 @@ const OTHER: (u32, u32) = (2003, 2003);
 const SECRET: &str = "TOP-SECRET-ROOT-ONLY";
 /// Root-owned and not writable by others all the way up: it serves as the sftp chroot.
 const TESTS_DIR: &str = "/var/lib/projstore-agent-tests";
+/// The consumer host's address, as the source host lets it in (its sftp client connects
+/// from it).
+const PEER: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 5));
 
 /// One storage host: a pool with three projects (`ns/a` consumes, `ns/b` is the source,
 /// `other/victim` belongs to someone else), served as the agent serves a primary.
@@ -106,6 +110,7 @@ impl Host {
                     .trim()
                     .to_owned()
             }),
+            bind_address: remote.as_ref().map(|_| PEER),
             remote,
             read_only: false,
             source_owner: SOURCE,
@@ -214,18 +219,15 @@ impl Drop for Tenant {
     }
 }
 
+/// This host's own keys (made as the agent makes them), and an impostor's host key.
 fn keys_dir(base: &Path) -> SshKeys {
-    let secret = base.join("secret-keys");
-    std::fs::create_dir_all(&secret).unwrap();
-    for key in ["ssh-client-key", "impostor-host-key"] {
-        let ok = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(secret.join(key))
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-    mounts::install_keys(&secret, &base.join("run")).unwrap()
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(base.join("impostor-host-key"))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    sftp::install_keys(&base.join("run")).unwrap()
 }
 
 fn free_port() -> u16 {
@@ -331,7 +333,7 @@ async fn a_same_host_mount_resolves_the_source_path_beneath_its_project() {
     assert_eq!(owner_of(&target.join("readme")), CONSUMER);
     // Exports hold a project's own files only: the folder mounted inside `ns/a` does not
     // show in its export (whence sftp-server, root, would reach it without `nosymfollow`).
-    let export_a = h.base.path().join("run/sftp/ns/a");
+    let export_a = h.base.path().join("run/exports/ns/a");
     let inside: Vec<_> = mounts::mount_table()
         .into_iter()
         .filter(|m| m.target.starts_with(&export_a) && m.target != export_a)
@@ -606,22 +608,64 @@ async fn across_hosts_the_sftp_side_exposes_the_source_project_alone() {
     let keys = keys_dir(h.base.path());
     let port = free_port();
     let listen = format!("127.0.0.1:{port}").parse().unwrap();
-    let _sshd = mounts::start_sshd(listen, &keys, &h.dirs, &h.base.path().join("run"))
+    let mut sshd = sftp::Sshd::start(listen, &keys, &h.dirs, &h.base.path().join("run"))
         .await
         .unwrap();
     let remote = Some(format!("127.0.0.1:{port}"));
+    let peer = |projects: &[&str]| Grant {
+        node: "consumer-host".into(),
+        address: PEER,
+        client_key: std::fs::read_to_string(keys.client_pub())
+            .unwrap()
+            .trim()
+            .to_owned(),
+        projects: projects.iter().map(PathBuf::from).collect(),
+    };
+    let mut let_in = async |grants: &[Grant]| {
+        let problems = mounts::sync_peers(&h.dirs, &h.base.path().join("projects"), grants);
+        assert!(problems.is_empty(), "{problems:?}");
+        sshd.let_in(grants).unwrap();
+        // sshd re-executes itself on SIGHUP.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+
+    // Not let in yet (the consumer mounts nothing from this host): refused.
+    let e = mounts::ensure(
+        &h.wanted("shared", "from-b", remote.clone()),
+        &keys,
+        &h.dirs,
+    )
+    .await
+    .unwrap_err();
+    assert!(e.contains("sshfs"), "{e}");
+    let_in(&[peer(&["ns/b"])]).await;
     source_escapes_are_refused(&h, remote.clone(), &keys).await;
 
-    // Not exported: a project of this host that is not mounted for sftp is not reachable.
+    // Let in to ns/b alone: neither a project of this host it does not mount (exported, but
+    // not to it) nor one that is not served here is reachable.
+    for other in ["other/victim", "other/nonexistent", "ns/a"] {
+        let w = Wanted {
+            source_project: PathBuf::from(other),
+            ..h.wanted("", "m", remote.clone())
+        };
+        assert!(
+            mounts::ensure(&w, &keys, &h.dirs).await.is_err(),
+            "{other} was mounted"
+        );
+    }
+    // Its key from another address, and another key from its address: refused.
     let w = Wanted {
-        source_project: PathBuf::from("other/nonexistent"),
-        ..h.wanted("", "m", remote.clone())
+        bind_address: Some("127.0.0.6".parse().unwrap()),
+        ..h.wanted("shared", "from-b", remote.clone())
     };
     assert!(mounts::ensure(&w, &keys, &h.dirs).await.is_err());
+    let intruder = sftp::install_keys(&h.base.path().join("intruder")).unwrap();
+    let w = h.wanted("shared", "from-b", remote.clone());
+    assert!(mounts::ensure(&w, &intruder, &h.dirs).await.is_err());
+    assert!(h.fuse_mounts_below(&h.root("ns", "a")).is_empty());
 
     // A host that does not hold the key the source host published is not trusted.
-    let impostor =
-        std::fs::read_to_string(h.base.path().join("secret-keys/impostor-host-key.pub")).unwrap();
+    let impostor = std::fs::read_to_string(h.base.path().join("impostor-host-key.pub")).unwrap();
     let w = Wanted {
         remote_host_key: Some(impostor.trim().to_owned()),
         ..h.wanted("shared", "from-b", remote.clone())
@@ -679,6 +723,17 @@ async fn across_hosts_the_sftp_side_exposes_the_source_project_alone() {
             "{p} was read"
         );
     }
+
+    // The consumer stops mounting from this host (its grant goes): nothing new reaches it;
+    // let in again, the mount works again.
+    let_in(&[]).await;
+    std::fs::write(shared.join("after-revoke"), "new").unwrap();
+    let out = as_tenant(CONSUMER, "cat", &[&s(&target.join("after-revoke"))]);
+    assert!(!out.status.success(), "read after the grant went");
+    let_in(&[peer(&["ns/b"])]).await;
+    mounts::ensure(&w, &keys, &h.dirs).await.unwrap();
+    let out = as_tenant(CONSUMER, "cat", &[&s(&target.join("after-revoke"))]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "new");
 
     // The source's owner swaps a folder for a symlink into another namespace's project (as
     // the sftp chroot sees it) while the consumer reads: sftp-server (root) never follows it.
@@ -740,9 +795,22 @@ async fn a_project_is_nosuid_nodev_and_closed_to_other_tenants() {
     // not lead an export anywhere.
     let outside = h.base.path().join("outside-sftp");
     std::fs::create_dir(&outside).unwrap();
-    std::os::unix::fs::symlink(&outside, h.base.path().join("run/sftp/evil")).unwrap();
-    let e = mounts::export(&h.dirs, Path::new("evil/p"), &a).unwrap_err();
-    assert!(e.contains("symbolic link"), "{e}");
+    let chroot = h.dirs.peer_root("peer-host");
+    std::fs::create_dir_all(&chroot).unwrap();
+    std::os::unix::fs::symlink(&outside, chroot.join("ns")).unwrap();
+    let grant = Grant {
+        node: "peer-host".into(),
+        address: PEER,
+        client_key:
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+                .into(),
+        projects: [PathBuf::from("ns/a")].into(),
+    };
+    let problems = mounts::sync_peers(&h.dirs, &h.base.path().join("projects"), &[grant]);
+    assert!(
+        problems.len() == 1 && problems[0].contains("symbolic link"),
+        "{problems:?}"
+    );
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
     assert!(h.fuse_mounts_below(&outside).is_empty());
     assert!(

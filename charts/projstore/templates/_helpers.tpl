@@ -26,9 +26,6 @@ app.kubernetes.io/component: agent
 {{ .Values.image.agent.repository }}:{{ .Values.image.agent.tag | default .Chart.AppVersion }}
 {{- end -}}
 
-{{- define "projstore.secretName" -}}
-{{ .Release.Name }}-projstore-keys
-{{- end -}}
 
 {{- define "projstore.agentTlsSecretName" -}}
 {{- .Values.agent.tls.existingSecret | default (printf "%s-projstore-agent-tls" .Release.Name) -}}

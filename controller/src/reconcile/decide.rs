@@ -90,7 +90,7 @@ pub struct Inputs<'a> {
 
 /// Annotation on the primary's replica: where each mounted source project is served now, so
 /// the agent mounting it follows moves and failovers (JSON object by project name).
-pub const MOUNT_SOURCES: &str = "projstore.io/mount-sources";
+pub const MOUNT_SOURCES: &str = projstore_api::MOUNT_SOURCES_ANNOTATION;
 
 /// The name of the replica of `project` on `pool`.
 pub fn replica_name(project: &str, pool: &str) -> String {
@@ -437,15 +437,16 @@ pub fn decide(inp: &Inputs<'_>) -> Decision {
         for m in &p.spec.mounts {
             match inp.mount_sources.get(&m.project).cloned().flatten() {
                 Some(src) => {
+                    let value = projstore_api::MountSource {
+                        pool: src.pool.clone(),
+                        node: src.node.clone(),
+                        epoch: src.epoch,
+                        sftp: cx.pool(&src.pool).and_then(|p| p.sftp_endpoint.clone()),
+                        host_key: cx.pool(&src.pool).and_then(|p| p.sftp_host_key.clone()),
+                    };
                     sources.insert(
                         m.project.clone(),
-                        serde_json::json!({
-                            "pool": src.pool,
-                            "node": src.node,
-                            "epoch": src.epoch,
-                            "sftp": cx.pool(&src.pool).and_then(|p| p.sftp_endpoint.clone()),
-                            "hostKey": cx.pool(&src.pool).and_then(|p| p.sftp_host_key.clone()),
-                        }),
+                        serde_json::to_value(value).unwrap_or_default(),
                     );
                     mount_status.push(projstore_api::MountStatus {
                         mount_path: m.mount_path.clone(),

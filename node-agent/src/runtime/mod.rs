@@ -61,8 +61,9 @@ pub struct Config {
     /// (and no mounts from other hosts) when unset.
     pub sftp_listen: Option<SocketAddr>,
     pub sftp_advertise: Option<String>,
-    /// The Secret's key files (see [`crate::mounts::SshKeys`]).
-    pub ssh_dir: Option<PathBuf>,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served in plain HTTP (kubelet probes
+    /// and scrapers present no client certificate); not served when unset.
+    pub health_listen: Option<SocketAddr>,
     /// Runtime files: sshd config, sshfs staging mounts.
     pub run_dir: PathBuf,
     /// `zfs` and `zpool` to run (e.g. the host's userland); found on the PATH when unset.
@@ -152,6 +153,17 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
             addr: cfg.listen,
             source,
         })?;
+    // Health from the start: live at once, ready once the sanity checks pass.
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let health_task = match cfg.health_listen {
+        Some(addr) => {
+            let l = crate::server::bind(addr)
+                .await
+                .map_err(|source| RunError::Listen { addr, source })?;
+            Some(tokio::spawn(crate::server::serve_health(l, ready.clone())))
+        }
+        None => None,
+    };
     let pools_api: Api<StoragePool> = Api::all(client.clone());
     let (store, writer) = reflector::store::<StoragePool>();
     let watch = reflector::reflector(
@@ -166,6 +178,11 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
     .for_each(|_| async {});
     let watch = tokio::spawn(watch);
     let _ = store.wait_until_ready().await;
+    // Every pool and every replica, for the sftp side: which peer mounts which project from
+    // here (the controller's mount sources), and with which key from which address.
+    let (all_pools, all_pools_watch) = watch_all::<StoragePool>(client.clone());
+    let (all_replicas, all_replicas_watch) =
+        watch_all::<projstore_api::StreamReplica>(client.clone());
     let zfs_for_replicas = zfs.clone();
     let replicas =
         schedule::Replicas::start(client.clone(), cfg.clone(), store.clone(), zfs_for_replicas);
@@ -176,9 +193,10 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
     let mut listener = Some(listener);
     let mut tick = tokio::time::interval(cfg.interval);
     let mut renewed = std::time::Instant::now();
-    let mut sshd: Option<tokio::process::Child> = None;
-    // The public half of this host's own sshd host key, published in the pools' status.
-    let mut sftp_host_key: Option<String> = None;
+    let mut sshd: Option<crate::sftp::Sshd> = None;
+    // This host's sftp endpoint and the public halves of its keys, published in the pools'
+    // status once sshd runs.
+    let mut sftp_advert: Option<pool::SftpAdvert> = None;
     let mut recovered = std::collections::BTreeSet::new();
     let mut swept = std::time::Instant::now();
     let mut kept: std::collections::HashMap<
@@ -214,9 +232,7 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
             if let Some(z) = &zfs {
                 replica::fence_all(z, &sr_store.state(), &store.state(), &cfg).await;
             }
-            if let Some(s) = &server {
-                s.ready.store(false, Ordering::Relaxed);
-            }
+            ready.store(false, Ordering::Relaxed);
             continue;
         }
         let mine: Vec<Arc<StoragePool>> = store
@@ -311,7 +327,6 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
                 let s = Arc::new(StreamServer {
                     store: StreamStore::new(streams_mp),
                     authorize: holders_of_copies(client.clone()),
-                    ready: Default::default(),
                 });
                 if let (Some(l), Some(tls)) = (listener.take(), cfg.tls.clone()) {
                     server_task = Some(tokio::spawn(serve(l, s.clone(), tls)));
@@ -324,7 +339,7 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
                 &checks,
                 report.as_ref().map_err(Clone::clone),
                 &cfg.advertise,
-                cfg.sftp_advertise.as_deref().zip(sftp_host_key.as_deref()),
+                sftp_advert.as_ref(),
                 0,
             )
             .await;
@@ -340,35 +355,34 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
                 tracing::debug!(pool = %sp.name_any(), error = %e, "status not written");
             }
         }
-        if let Some(s) = &server {
-            s.ready.store(all_ok, Ordering::Relaxed);
-        }
+        ready.store(all_ok, Ordering::Relaxed);
         // The sftp server only once the checks pass: never serve an empty directory.
         if all_ok
-            && let (Some(listen), Some(dir)) = (cfg.sftp_listen, &cfg.ssh_dir)
-            && sshd
-                .as_mut()
-                .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+            && let Some(listen) = cfg.sftp_listen
+            && sshd.as_mut().is_none_or(|s| !s.running())
         {
-            let started = match crate::mounts::install_keys(dir, &cfg.run_dir) {
-                Ok(keys) => {
-                    sftp_host_key = std::fs::read_to_string(keys.host_pub())
-                        .ok()
-                        .map(|k| k.trim().to_owned());
-                    crate::mounts::start_sshd(listen, &keys, &mount_dirs, &cfg.run_dir).await
-                }
-                Err(e) => Err(e),
-            };
-            match started {
-                Ok(c) => {
+            match start_sftp(&cfg, listen, &mount_dirs).await {
+                Ok((s, advert)) => {
                     tracing::info!(%listen, "sftp server started");
-                    sshd = Some(c);
+                    sshd = Some(s);
+                    sftp_advert = advert;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start the sftp server; mounts of this host's projects fail");
                     sshd = None;
                 }
             }
+        }
+        // Peers in: each to the exports of the projects it mounts from here, nothing else.
+        if let Some(s) = sshd.as_mut() {
+            let_peers_in(
+                s,
+                &cfg,
+                &mount_dirs,
+                &all_replicas.state(),
+                &all_pools.state(),
+            )
+            .await;
         }
         // Replicas only once the sanity checks pass: never write into an unmounted pool.
         if all_ok {
@@ -396,7 +410,12 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
     }
     drop(sshd);
     watch.abort();
+    all_pools_watch.abort();
+    all_replicas_watch.abort();
     if let Some(t) = server_task {
+        t.abort();
+    }
+    if let Some(t) = health_task {
         t.abort();
     }
     Ok(())
@@ -504,6 +523,81 @@ fn same_status(current: &serde_json::Value, new: &serde_json::Value) -> bool {
 /// Only this node's StoragePools, by the CRD's selectable field `spec.nodeName`. A cluster
 /// without custom resource field selectors (Kubernetes before 1.31) refuses the selector:
 /// then every pool is watched, and only this node's are acted on.
+/// A cache of every object of kind `K`, kept by a watch.
+fn watch_all<K>(client: Client) -> (reflector::Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let watch = reflector::reflector(
+        writer,
+        watcher(Api::<K>::all(client), watcher::Config::default()).default_backoff(),
+    )
+    .applied_objects()
+    .for_each(|_| async {});
+    (store, tokio::spawn(watch))
+}
+
+/// Makes this host's sftp keys (once) and starts sshd; returns it with what the pools'
+/// status publishes about it.
+async fn start_sftp(
+    cfg: &Config,
+    listen: std::net::SocketAddr,
+    dirs: &crate::mounts::MountDirs,
+) -> Result<(crate::sftp::Sshd, Option<pool::SftpAdvert>), String> {
+    let keys = crate::sftp::install_keys(&cfg.run_dir)?;
+    let public = |p: std::path::PathBuf| {
+        std::fs::read_to_string(&p)
+            .map(|k| k.trim().to_owned())
+            .map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let advert = match &cfg.sftp_advertise {
+        Some(endpoint) => Some(pool::SftpAdvert {
+            endpoint: endpoint.clone(),
+            host_key: public(keys.host_pub())?,
+            client_key: public(keys.client_pub())?,
+        }),
+        None => None,
+    };
+    let sshd = crate::sftp::Sshd::start(listen, &keys, dirs, &cfg.run_dir).await?;
+    Ok((sshd, advert))
+}
+
+/// Lets the peers that mount projects of this host in to sftp, each to the exports of those
+/// projects alone; takes every other view down.
+async fn let_peers_in(
+    sshd: &mut crate::sftp::Sshd,
+    cfg: &Config,
+    dirs: &crate::mounts::MountDirs,
+    replicas: &[Arc<projstore_api::StreamReplica>],
+    pools: &[Arc<StoragePool>],
+) {
+    let replicas: Vec<_> = replicas.iter().map(|r| (**r).clone()).collect();
+    let pools: Vec<_> = pools.iter().map(|p| (**p).clone()).collect();
+    let (grants, problems) = crate::sftp::grants(&replicas, &pools, &cfg.node_name);
+    for p in problems {
+        tracing::debug!(problem = %p, "a peer is not let in to sftp yet");
+    }
+    let (d, root, g) = (dirs.clone(), cfg.projects_root.clone(), grants.clone());
+    match tokio::task::spawn_blocking(move || crate::mounts::sync_peers(&d, &root, &g)).await {
+        Ok(problems) => {
+            for p in problems {
+                tracing::warn!(problem = %p, "a peer's sftp view");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot update the peers' sftp views"),
+    }
+    if let Err(e) = sshd.let_in(&grants) {
+        tracing::warn!(error = %e, "cannot let the peers in to sftp");
+    }
+}
+
 async fn own_pools(api: &Api<StoragePool>, node: &str) -> watcher::Config {
     let selector = format!("spec.nodeName={node}");
     let probe = kube::api::ListParams::default().fields(&selector).limit(1);

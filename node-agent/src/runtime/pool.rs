@@ -137,6 +137,15 @@ fn jiff_now() -> k8s_openapi::jiff::Timestamp {
     k8s_openapi::jiff::Timestamp::now()
 }
 
+/// What this host publishes about its sftp server: where it listens, its host key, and the
+/// client key it logs in to peers with (public halves).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SftpAdvert {
+    pub endpoint: String,
+    pub host_key: String,
+    pub client_key: String,
+}
+
 /// The status fields the agent owns, as a merge patch (the controller owns `phase` and the
 /// `Ready` condition, which are kept).
 pub async fn status_patch(
@@ -145,8 +154,8 @@ pub async fn status_patch(
     checks: &[Check],
     report: Result<&PoolReport, String>,
     stream_endpoint: &str,
-    // Where this host's sshd listens and its host key, once it runs.
-    sftp: Option<(&str, &str)>,
+    // Where this host's sshd listens and its keys, once it runs.
+    sftp: Option<&SftpAdvert>,
     projects: u32,
 ) -> serde_json::Value {
     let prev = sp.status.clone().unwrap_or_default();
@@ -187,8 +196,9 @@ pub async fn status_patch(
             heartbeat_time: Some(Time(jiff_now())),
             version: Some(env!("CARGO_PKG_VERSION").into()),
             stream_endpoint: Some(stream_endpoint.into()),
-            sftp_endpoint: sftp.map(|(ep, _)| ep.to_owned()),
-            sftp_host_key: sftp.map(|(_, key)| key.to_owned()),
+            sftp_endpoint: sftp.map(|s| s.endpoint.clone()),
+            sftp_host_key: sftp.map(|s| s.host_key.clone()),
+            sftp_client_key: sftp.map(|s| s.client_key.clone()),
         },
         "projects": projects,
     });

@@ -43,7 +43,10 @@ pub struct ReplicaEnv<'a> {
     pub tls: std::sync::Arc<crate::tls::NodeTls>,
     pub run_dir: &'a Path,
     /// Key files for sftp mounts (None: mounts from other hosts are not possible).
-    pub keys: Option<crate::mounts::SshKeys>,
+    pub keys: Option<crate::sftp::SshKeys>,
+    /// This host's address as its sftp endpoint names it: peers let its client key in from
+    /// there only, so its sshfs connections leave from it.
+    pub sftp_address: Option<std::net::IpAddr>,
     /// Per primary dataset: when a scheduled snapshot last found nothing written (no snapshot
     /// was taken; the next check is one interval later).
     pub quiet: &'a std::sync::Mutex<std::collections::HashMap<String, i64>>,
@@ -1152,7 +1155,7 @@ async fn stop_writes(zfs: &Zfs, run_dir: &Path, ds: &DatasetName) -> Result<(), 
 }
 
 /// Annotation on the primary's replica: where each mounted source project is served.
-pub const MOUNT_SOURCES: &str = "projstore.io/mount-sources";
+pub const MOUNT_SOURCES: &str = projstore_api::MOUNT_SOURCES_ANNOTATION;
 
 /// Makes the project's folder mounts match its spec (DESIGN §5.7) and says how each went.
 /// Mounts inside the project that the spec no longer names are taken down.
@@ -1162,7 +1165,7 @@ async fn serve_mounts(
     project: &Project,
     mountpoint: &Path,
 ) -> Vec<projstore_api::MountStatus> {
-    let sources: serde_json::Map<String, Value> = sr
+    let sources: std::collections::BTreeMap<String, projstore_api::MountSource> = sr
         .annotations()
         .get(MOUNT_SOURCES)
         .and_then(|a| serde_json::from_str(a).ok())
@@ -1191,18 +1194,17 @@ async fn serve_mounts(
             let src = sources
                 .get(&m.project)
                 .ok_or_else(|| format!("project {} is not served yet", m.project))?;
-            let node = src["node"].as_str().unwrap_or_default();
-            let remote_host_key = src["hostKey"].as_str().map(str::to_owned);
-            let remote = if node == env.node {
+            let remote_host_key = src.host_key.clone();
+            let remote = if src.node == env.node {
                 None
             } else {
                 // The controller copies the source pool's sftp endpoint into the annotation:
                 // this agent watches only its own pools.
-                let pool = src["pool"].as_str().unwrap_or_default();
-                let ep = src["sftp"]
-                    .as_str()
-                    .ok_or_else(|| format!("the agent of {pool} serves no sftp"))?;
-                crate::mounts::check_endpoint(ep)?;
+                let ep = src
+                    .sftp
+                    .as_deref()
+                    .ok_or_else(|| format!("the agent of {} serves no sftp", src.pool))?;
+                crate::sftp::check_endpoint(ep)?;
                 Some(ep.to_owned())
             };
             let source_project = Api::<Project>::namespaced(env.client.clone(), &ns)
@@ -1217,6 +1219,7 @@ async fn serve_mounts(
                 source_root: env.projects_root.join(&key.namespace).join(&key.name),
                 path,
                 remote_host_key: remote.as_ref().and(remote_host_key),
+                bind_address: remote.as_ref().and(env.sftp_address),
                 remote,
                 read_only: m.read_only,
                 source_owner: (source_project.spec.owner.uid, source_project.spec.owner.gid),
@@ -1230,11 +1233,11 @@ async fn serve_mounts(
                 if w.remote.is_some() && env.keys.is_none() {
                     out.push(status(
                         "Failed",
-                        "this agent has no ssh keys (--ssh-dir)".into(),
+                        "this agent serves no sftp (--sftp-listen): it cannot mount from other hosts".into(),
                     ));
                     continue;
                 }
-                let keys = env.keys.clone().unwrap_or(crate::mounts::SshKeys {
+                let keys = env.keys.clone().unwrap_or(crate::sftp::SshKeys {
                     dir: Default::default(),
                 });
                 match crate::mounts::ensure(&w, &keys, &dirs).await {

@@ -226,9 +226,13 @@ async fn reconcile(sr: Arc<StreamReplica>, sh: Arc<Shared>) -> Result<Action, In
                 streams_root: &cfg.streams_root,
                 tls,
                 run_dir: &cfg.run_dir,
-                keys: cfg.ssh_dir.as_ref().map(|_| crate::mounts::SshKeys {
+                keys: cfg.sftp_listen.map(|_| crate::sftp::SshKeys {
                     dir: cfg.run_dir.join("ssh"),
                 }),
+                sftp_address: cfg
+                    .sftp_advertise
+                    .as_deref()
+                    .and_then(crate::sftp::address_of),
                 quiet: &sh.quiet,
             };
             replica::reconcile(&env, &sr, &pool).await
