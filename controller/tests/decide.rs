@@ -667,6 +667,34 @@ fn mounts_point_the_consumer_at_the_sources_primary_and_follow_it() {
         mount_sources: &none,
     });
     assert_eq!(missing.status.mounts[0].phase, "Failed");
+    // The mounts leave the spec: the annotation goes too (the source host lets this node in
+    // for as long as it names a source there).
+    let mut unmounted = p.clone();
+    unmounted.spec.mounts.clear();
+    let gone = decide(&Inputs {
+        project: &unmounted,
+        replicas: &annotated,
+        tombstones: &[],
+        pools: &pools(),
+        now: now(),
+        failover_grace: chrono::Duration::seconds(120),
+        mount_sources: &BTreeMap::new(),
+    });
+    assert_eq!(
+        updates(&gone)[&primary].3.get("projstore.io/mount-sources"),
+        Some(&None),
+        "the annotation is removed"
+    );
+    let settled = decide(&Inputs {
+        project: &unmounted,
+        replicas: &reps,
+        tombstones: &[],
+        pools: &pools(),
+        now: now(),
+        failover_grace: chrono::Duration::seconds(120),
+        mount_sources: &BTreeMap::new(),
+    });
+    assert!(updates(&settled).is_empty(), "nothing to remove, no write");
 }
 
 #[test]

@@ -431,6 +431,13 @@ pub fn decide(inp: &Inputs<'_>) -> Decision {
     // The consumer's agent learns where its mount sources live from the primary's replica.
     let mut mount_status = Vec::new();
     if let Some(pr) = primary
+        && p.spec.mounts.is_empty()
+        && annotation(pr, MOUNT_SOURCES).is_some()
+    {
+        // No mounts any more: no source host keeps letting this node in for them.
+        cx.annotate(pr, BTreeMap::from([(MOUNT_SOURCES.to_owned(), None)]));
+    }
+    if let Some(pr) = primary
         && !p.spec.mounts.is_empty()
     {
         let mut sources = serde_json::Map::new();
@@ -466,11 +473,7 @@ pub fn decide(inp: &Inputs<'_>) -> Decision {
         }
         let want = serde_json::Value::Object(sources).to_string();
         if annotation(pr, MOUNT_SOURCES) != Some(want.as_str()) {
-            cx.update(
-                pr,
-                pr.spec.clone(),
-                BTreeMap::from([(MOUNT_SOURCES.to_owned(), Some(want))]),
-            );
+            cx.annotate(pr, BTreeMap::from([(MOUNT_SOURCES.to_owned(), Some(want))]));
         }
     }
     let deleting: Vec<String> = cx
