@@ -48,4 +48,8 @@ pub struct MountSource {
     /// That sshd's own host key, trusted for exactly that endpoint.
     #[serde(default)]
     pub host_key: Option<String>,
+    /// Every mount of the project is read-only: the source host lets the consumer's node read
+    /// it, not write it.
+    #[serde(default)]
+    pub read_only: bool,
 }

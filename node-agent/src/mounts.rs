@@ -55,6 +55,12 @@ impl Wanted {
     }
 }
 
+/// A node's name as a file name: a hash (a node name may be any DNS subdomain).
+pub fn node_tag(node: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(node.as_bytes())[..16])
+}
+
 /// A mounted filesystem from `/proc/self/mountinfo`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mounted {
@@ -73,11 +79,19 @@ pub struct Mounted {
     pub optional: String,
     pub fstype: String,
     pub source: String,
+    /// Per-filesystem options (for FUSE, `user_id=` is who mounted it).
+    pub super_options: String,
 }
 
 impl Mounted {
     fn has_option(&self, o: &str) -> bool {
         self.options.split(',').any(|x| x == o)
+    }
+    /// A FUSE mount made by root, of the kinds the agent makes (bindfs, sshfs): a tenant's
+    /// own FUSE mount (fusermount) carries the tenant's `user_id`, zfs-fuse is `fuse.zfs`.
+    pub fn is_root_fuse(&self) -> bool {
+        matches!(self.fstype.as_str(), "fuse" | "fuse.sshfs")
+            && self.super_options.split(',').any(|o| o == "user_id=0")
     }
     fn is_shared(&self) -> bool {
         self.optional.split(' ').any(|f| f.starts_with("shared:"))
@@ -137,6 +151,7 @@ pub fn parse_mountinfo(bytes: &[u8]) -> Vec<Mounted> {
             let mut t = tail.split(|b| *b == b' ');
             let fstype = text(t.next()?);
             let source = text(&unescape(t.next()?));
+            let super_options = t.next().map(text).unwrap_or_default();
             Some(Mounted {
                 id,
                 parent,
@@ -147,6 +162,7 @@ pub fn parse_mountinfo(bytes: &[u8]) -> Vec<Mounted> {
                 optional,
                 fstype,
                 source,
+                super_options,
             })
         })
         .collect()
@@ -179,15 +195,27 @@ impl MountDirs {
     pub fn exports_root(&self) -> PathBuf {
         self.run_dir.join("exports")
     }
-    /// The sftp chroots, one per peer node let in (`peer_root`), and an empty one.
+    /// The sftp chroots, one per peer node let in (`peer_root`), and an empty one: a
+    /// read-only alias (`nosuid,nodev,noexec`) of `<run>/sftp-dirs`, so a root sftp session
+    /// can neither write nor rename anything in its chroot (only inside the exports mounted
+    /// there, as they allow).
     pub fn peers_root(&self) -> PathBuf {
         self.run_dir.join("sftp")
     }
+    /// Where the agent makes the directories shown read-only below `peers_root`.
+    fn peers_dirs(&self) -> PathBuf {
+        self.run_dir.join("sftp-dirs")
+    }
+    /// The writable alias of a directory below `peers_root` (itself elsewhere).
+    fn writable(&self, dir: &Path) -> PathBuf {
+        match dir.strip_prefix(self.peers_root()) {
+            Ok(rest) => self.peers_dirs().join(rest),
+            Err(_) => dir.to_path_buf(),
+        }
+    }
     /// The sftp chroot of a peer node: `<ns>/<name>` below it for each project it mounts.
     pub fn peer_root(&self, node: &str) -> PathBuf {
-        use sha2::Digest;
-        self.peers_root()
-            .join(hex::encode(&sha2::Sha256::digest(node.as_bytes())[..16]))
+        self.peers_root().join(node_tag(node))
     }
     /// The chroot of a session from an address no peer was let in from: empty.
     pub fn no_peer_root(&self) -> PathBuf {
@@ -212,8 +240,12 @@ impl MountDirs {
     /// `<staging>/remote`), or the one it is part of; None for a mount that is not staged.
     fn staging_of(&self, m: &Mounted) -> Option<PathBuf> {
         let root = self.staging_root();
-        [Path::new(&m.source), m.target.as_path()]
+        // A mount's source is whatever its maker named it: only a root FUSE mount's counts
+        // (a tenant may mount FUSE with any name).
+        let source = m.is_root_fuse().then_some(Path::new(&m.source));
+        [source, Some(m.target.as_path())]
             .into_iter()
+            .flatten()
             .find_map(|p| p.strip_prefix(&root).ok()?.components().next())
             .map(|c| root.join(c))
     }
@@ -254,30 +286,49 @@ impl MountDirs {
     /// there can be moved into a project (a mount below a shared one cannot be moved), and the
     /// exports' root one, so exports stay private.
     pub fn prepare(&self) -> Result<(), String> {
+        use rustix::mount::{MountFlags, MountPropagationFlags};
         use std::os::unix::fs::PermissionsExt;
-        let (staging, exports, peers) =
-            (self.staging_root(), self.exports_root(), self.peers_root());
-        // The chroots' path must be root's and unwritable by others all the way (sshd).
+        let (staging, exports, peers, dirs) = (
+            self.staging_root(),
+            self.exports_root(),
+            self.peers_root(),
+            self.peers_dirs(),
+        );
+        // The chroots' path must be root's and unwritable by others all the way (sshd); a
+        // Kubernetes emptyDir (the run directory) is made 0777.
         for (dir, mode) in [
+            (&self.run_dir, 0o755),
             (&staging, 0o700),
             (&exports, 0o700),
+            (&dirs, 0o755),
+            (&dirs.join("none"), 0o755),
             (&peers, 0o755),
-            (&self.no_peer_root(), 0o755),
         ] {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
                 .map_err(|e| format!("{}: {e}", dir.display()))?;
         }
-        // Exports and chroots too: one moved below a shared mount would become shared.
-        for dir in [&staging, &exports, &peers] {
+        // Private mounts: one moved below a shared mount would become shared.
+        let private = |dir: &Path, source: &Path| -> Result<(), String> {
             if top_at(&mount_table(), dir).is_none() {
-                rustix::mount::mount_bind(dir, dir)
+                rustix::mount::mount_bind(source, dir)
                     .map_err(|e| format!("bind {}: {e}", dir.display()))?;
             }
-            rustix::mount::mount_change(dir, rustix::mount::MountPropagationFlags::PRIVATE)
-                .map_err(|e| format!("make {} private: {e}", dir.display()))?;
-        }
-        Ok(())
+            rustix::mount::mount_change(dir, MountPropagationFlags::PRIVATE)
+                .map_err(|e| format!("make {} private: {e}", dir.display()))
+        };
+        private(&staging, &staging)?;
+        private(&exports, &exports)?;
+        private(&peers, &dirs)?;
+        let ro = MountFlags::BIND
+            | MountFlags::RDONLY
+            | MountFlags::NOSUID
+            | MountFlags::NODEV
+            | MountFlags::NOEXEC;
+        rustix::mount::mount_remount(&peers, ro, "")
+            .map_err(|e| format!("make {} read-only: {e}", peers.display()))?;
+        // The FUSE control filesystem, to abort the connections of mounts that go.
+        fuse_control().map(drop)
     }
 }
 
@@ -308,6 +359,13 @@ pub fn unmount_exact(m: &Mounted) -> Result<(), String> {
 }
 
 fn unmount_exact_with(m: &Mounted, flags: rustix::mount::UnmountFlags) -> Result<(), String> {
+    if m.is_root_fuse() {
+        // Whatever happens to its path: every file opened through it fails from now on, so
+        // no process holding one keeps reading or writing after it is detached.
+        if let Err(e) = abort_fuse(m) {
+            tracing::warn!(mount = %m.target.display(), error = %e, "cannot abort a FUSE connection");
+        }
+    }
     let fd = crate::beneath::open_absolute(&m.target).map_err(|e| e.to_string())?;
     let id = crate::beneath::mount_id(fd.as_fd()).map_err(|e| e.to_string())?;
     if id != m.id {
@@ -321,18 +379,62 @@ fn unmount_exact_with(m: &Mounted, flags: rustix::mount::UnmountFlags) -> Result
         .map_err(|e| format!("unmount {}: {e}", m.target.display()))
 }
 
-/// Unmounts (lazily, so a dead sshfs cannot block it) the mount whose root `fd` holds.
+/// Unmounts (lazily, so a dead sshfs cannot block it) the mount whose root `fd` holds; one
+/// of the agent's FUSE mounts has its connection aborted first (see `abort_fuse`).
 fn unmount_fd(fd: BorrowedFd<'_>) -> rustix::io::Result<()> {
+    if let Ok(id) = crate::beneath::mount_id(fd)
+        && let Some(m) = mount_table()
+            .iter()
+            .find(|m| m.id == id && m.is_root_fuse())
+        && let Err(e) = abort_fuse(m)
+    {
+        tracing::warn!(mount = %m.target.display(), error = %e, "cannot abort a FUSE connection");
+    }
     rustix::mount::unmount(
         crate::beneath::fd_path(fd),
         rustix::mount::UnmountFlags::DETACH,
     )
 }
 
+/// Aborts the FUSE connection of `m` through the fuse control filesystem (mounted at
+/// `/sys/fs/fuse/connections` when it is not yet), found by the mount's device, not by any
+/// path: every request through it fails at once (`ENOTCONN`), and a lazily detached mount
+/// leaves nobody reading or writing through it.
+fn abort_fuse(m: &Mounted) -> Result<(), String> {
+    let minor = m
+        .dev
+        .split_once(':')
+        .and_then(|(_, minor)| minor.parse::<u32>().ok())
+        .ok_or_else(|| format!("device {:?} of {}", m.dev, m.target.display()))?;
+    let conn = fuse_control()?.join(minor.to_string());
+    std::fs::write(conn.join("abort"), b"1").map_err(|e| format!("{}: {e}", conn.display()))
+}
+
+/// `/sys/fs/fuse/connections`, mounted (fusectl) when it is not yet.
+fn fuse_control() -> Result<&'static Path, String> {
+    let control = Path::new("/sys/fs/fuse/connections");
+    if top_at(&mount_table(), control).is_none() {
+        rustix::mount::mount(
+            "none",
+            control,
+            "fusectl",
+            rustix::mount::MountFlags::empty(),
+            None,
+        )
+        .map_err(|e| format!("mount fusectl on {}: {e}", control.display()))?;
+    }
+    Ok(control)
+}
+
 /// Attaches a copy of the directory `fd` holds at `staging` (an agent-private directory),
 /// `nosymfollow,nosuid,nodev` and private: no symlink inside is ever followed through it, and
 /// no mount made later in the source (another project's folder) propagates into it.
 fn clone_private(fd: BorrowedFd<'_>, staging: &Path) -> Result<(), String> {
+    clone_private_with(fd, staging, false)
+}
+
+/// `clone_private`, read-only when `read_only`.
+fn clone_private_with(fd: BorrowedFd<'_>, staging: &Path, read_only: bool) -> Result<(), String> {
     use rustix::mount::{MountFlags, MountPropagationFlags, MoveMountFlags, OpenTreeFlags};
     let tree = rustix::mount::open_tree(
         fd,
@@ -351,7 +453,11 @@ fn clone_private(fd: BorrowedFd<'_>, staging: &Path) -> Result<(), String> {
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
     )
     .map_err(|e| format!("attach at {}: {e}", staging.display()))?;
-    let flags = MountFlags::BIND | MountFlags::NOSYMFOLLOW | MountFlags::NOSUID | MountFlags::NODEV;
+    let mut flags =
+        MountFlags::BIND | MountFlags::NOSYMFOLLOW | MountFlags::NOSUID | MountFlags::NODEV;
+    if read_only {
+        flags |= MountFlags::RDONLY;
+    }
     let set = rustix::mount::mount_change(staging, MountPropagationFlags::PRIVATE)
         .and_then(|()| rustix::mount::mount_remount(staging, flags, ""));
     if let Err(e) = set {
@@ -376,8 +482,13 @@ fn clone_private(fd: BorrowedFd<'_>, staging: &Path) -> Result<(), String> {
 /// the export's directory is made and held by descriptor and the export moved onto it.
 /// Idempotent; a stale export (of an earlier mount) is replaced.
 pub fn export(dirs: &MountDirs, project: &Path, mountpoint: &Path) -> Result<(), String> {
-    export_into(dirs, &dirs.exports_root(), project, mountpoint)
+    let _one_at_a_time = EXPORTS.lock().unwrap_or_else(|e| e.into_inner());
+    export_into(dirs, &dirs.exports_root(), project, mountpoint, false)
 }
+
+/// Exports and peers' views are made and taken down one at a time: a view is never made
+/// again from a project that is being taken down (`unexport`), nor left behind by it.
+static EXPORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// `export`, into the directory `into` (the exports, or a peer's chroot, where a root sftp
 /// session of that peer may have made anything: it is walked by descriptor).
@@ -386,34 +497,50 @@ fn export_into(
     into: &Path,
     project: &Path,
     mountpoint: &Path,
+    read_only: bool,
 ) -> Result<(), String> {
     use crate::beneath::{ensure_dir, mount_id, open_mount_point, open_root};
     let err = |e: crate::beneath::BeneathError| format!("export of {}: {e}", project.display());
     let table = mount_table();
     let live = top_at(&table, mountpoint)
         .ok_or_else(|| format!("{} is not mounted", mountpoint.display()))?;
-    let sftp = open_root(into).map_err(err)?;
     let ns = project.parent().unwrap_or(Path::new(""));
     let name = project
         .file_name()
         .ok_or("an export needs <namespace>/<name>")?;
-    let parent = ensure_dir(sftp.as_fd(), ns, (0, 0)).map_err(err)?;
-    let at = match open_mount_point(parent.as_fd(), Path::new(name)) {
-        Err(e) if e.reason == "does not exist" => {
-            ensure_dir(parent.as_fd(), Path::new(name), (0, 0)).map_err(err)?
+    // The directories are made where they can be written (a peer's chroot is a read-only
+    // alias of its directory: `MountDirs::writable`), and mounted on where they show.
+    let made = open_root(&dirs.writable(into)).map_err(err)?;
+    let made = ensure_dir(made.as_fd(), ns, (0, 0)).map_err(err)?;
+    if let Err(e) = open_mount_point(made.as_fd(), Path::new(name)) {
+        if e.reason != "does not exist" {
+            return Err(err(e));
         }
-        other => other.map_err(err)?.1,
-    };
+        ensure_dir(made.as_fd(), Path::new(name), (0, 0)).map_err(err)?;
+    }
+    let shown = open_root(into).map_err(err)?;
+    let parent = crate::beneath::open_dir(shown.as_fd(), ns).map_err(err)?;
+    let (_, at) = open_mount_point(parent.as_fd(), Path::new(name)).map_err(err)?;
     let id = |fd: BorrowedFd<'_>| mount_id(fd).map_err(|e| e.to_string());
     let here = id(at.as_fd())?;
     let at = if here == id(parent.as_fd())? {
         at
     } else {
-        let current = table.iter().find(|m| m.id == here).is_some_and(|m| {
-            m.dev == live.dev && m.root == "/" && m.has_option("nosymfollow") && !m.is_shared()
+        let found = table.iter().find(|m| m.id == here);
+        let current = found.is_some_and(|m| {
+            m.dev == live.dev
+                && m.root == "/"
+                && m.has_option("nosymfollow")
+                && !m.is_shared()
+                && m.has_option("ro") == read_only
         });
         if current {
             return Ok(());
+        }
+        // Stale (of an earlier mount of the project, or writable where it must not be): the
+        // sessions holding it go with it.
+        if let Some(m) = found {
+            end_sftp_sessions_holding(dirs, m.id);
         }
         unmount_fd(at.as_fd()).map_err(|e| format!("replace a stale export: {e}"))?;
         drop(at);
@@ -431,7 +558,7 @@ fn export_into(
     let staging = dirs
         .staging_root()
         .join(format!("export-{}", hex_of(&into.join(project))));
-    clone_private(root.as_fd(), &staging)?;
+    clone_private_with(root.as_fd(), &staging, read_only)?;
     let moved = rustix::mount::move_mount(
         rustix::fs::CWD,
         &staging,
@@ -460,6 +587,7 @@ fn hex_of(p: &Path) -> String {
 /// then unmounted for real, lazily only as a last resort. Returns what was unmounted.
 pub fn unexport(dirs: &MountDirs, mountpoint: &Path) -> Vec<PathBuf> {
     use rustix::mount::UnmountFlags;
+    let _one_at_a_time = EXPORTS.lock().unwrap_or_else(|e| e.into_inner());
     let table = mount_table();
     let Some(live) = top_at(&table, mountpoint) else {
         return Vec::new();
@@ -471,9 +599,10 @@ pub fn unexport(dirs: &MountDirs, mountpoint: &Path) -> Vec<PathBuf> {
         .filter(|m| m.dev == live.dev && (exported(m) || m.target.starts_with(&staging)))
         .collect();
     let mut done = Vec::new();
-    let users = table.iter().rev().filter(|m| {
-        m.fstype.starts_with("fuse") && copies.iter().any(|c| Path::new(&m.source) == c.target)
-    });
+    let users = table
+        .iter()
+        .rev()
+        .filter(|m| m.is_root_fuse() && copies.iter().any(|c| Path::new(&m.source) == c.target));
     for m in users {
         match unmount_exact_with(m, UnmountFlags::FORCE | UnmountFlags::DETACH) {
             Ok(()) => done.push(m.target.clone()),
@@ -502,13 +631,13 @@ fn take_down(dirs: &MountDirs, c: &Mounted, exported: bool) -> Result<(), String
     let c = if exported {
         match retire(dirs, c) {
             Ok(m) => {
-                end_sftp_sessions_holding(&dirs.run_dir, &m.target);
+                end_sftp_sessions_holding(dirs, m.id);
                 moved = m;
                 &moved
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot take an export out of the sftp chroot");
-                end_sftp_sessions_holding(&dirs.run_dir, &c.target);
+                end_sftp_sessions_holding(dirs, c.id);
                 c
             }
         }
@@ -539,22 +668,25 @@ pub fn sync_peers(
     grants: &[crate::sftp::Grant],
 ) -> Vec<String> {
     use std::os::unix::fs::PermissionsExt;
+    let _one_at_a_time = EXPORTS.lock().unwrap_or_else(|e| e.into_inner());
     let table = mount_table();
     let mut problems = Vec::new();
     let mut wanted = std::collections::HashSet::new();
     for g in grants {
         let root = dirs.peer_root(&g.node);
-        let made = std::fs::create_dir_all(&root)
-            .and_then(|()| std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)));
+        let dir = dirs.writable(&root);
+        let made = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)));
         if let Err(e) = made {
             problems.push(format!("{}: {e}", root.display()));
             continue;
         }
-        for project in &g.projects {
+        for (project, read_only) in &g.projects {
             if top_at(&table, &dirs.exports_root().join(project)).is_none() {
                 continue; // not served here (any more, or yet)
             }
-            match export_into(dirs, &root, project, &projects_root.join(project)) {
+            let mountpoint = projects_root.join(project);
+            match export_into(dirs, &root, project, &mountpoint, *read_only) {
                 Ok(()) => {
                     wanted.insert(root.join(project));
                 }
@@ -597,25 +729,13 @@ fn retire(dirs: &MountDirs, m: &Mounted) -> Result<Mounted, String> {
     })
 }
 
-/// Ends (SIGKILL) the sessions of this agent's sshd that hold a file or directory below
-/// `dir` open: a peer must not keep writing to a project through sftp once it stops serving.
-fn end_sftp_sessions_holding(run_dir: &Path, dir: &Path) {
-    let Some(listener) = std::fs::read_to_string(run_dir.join("sshd.pid"))
-        .ok()
-        .and_then(|p| p.trim().parse::<i32>().ok())
-    else {
-        return;
-    };
-    let parent_of = |pid: i32| -> Option<i32> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // `pid (comm) state ppid …`: comm may hold spaces, so split after its last ')'.
-        stat.rsplit_once(')')?
-            .1
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
+/// Ends (SIGKILL) the sftp sessions that hold a file of mount `mount_id` open: a peer must not
+/// keep reading or writing a project once its view is gone. Sessions are the processes
+/// chrooted below the peers' root (also those of an earlier sshd, whose parent is gone), and
+/// what they hold is read from `/proc/PID/fdinfo` (`mnt_id`), not from a path, which a tenant
+/// can make too long to read back.
+fn end_sftp_sessions_holding(dirs: &MountDirs, mount_id: u64) {
+    let peers = dirs.peers_root();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return;
     };
@@ -623,25 +743,19 @@ fn end_sftp_sessions_holding(run_dir: &Path, dir: &Path) {
         let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
             continue;
         };
-        // Only descendants of our sshd.
-        let mut up = parent_of(pid);
-        let mut ours = false;
-        for _ in 0..8 {
-            match up {
-                Some(pp) if pp == listener => {
-                    ours = true;
-                    break;
-                }
-                Some(pp) if pp > 1 => up = parent_of(pp),
-                _ => break,
-            }
-        }
-        if !ours {
+        let chrooted = std::fs::read_link(format!("/proc/{pid}/root"))
+            .is_ok_and(|root| root.starts_with(&peers));
+        if !chrooted {
             continue;
         }
-        let holds = std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
-            fds.flatten()
-                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.starts_with(dir)))
+        let holds = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).is_ok_and(|fds| {
+            fds.flatten().any(|fd| {
+                std::fs::read_to_string(fd.path()).is_ok_and(|info| {
+                    info.lines()
+                        .filter_map(|l| l.strip_prefix("mnt_id:"))
+                        .any(|v| v.trim().parse::<u64>() == Ok(mount_id))
+                })
+            })
         });
         // SIGKILL: sshd's internal-sftp process outlives SIGTERM (seen: still running).
         if holds && let Some(pid) = rustix::process::Pid::from_raw(pid) {
@@ -741,7 +855,7 @@ fn prepare_target(
     if m.source == lower.display().to_string() && remote_ok && m.has_option("ro") == w.read_only {
         return Ok(AtTarget::Current);
     }
-    if !m.fstype.starts_with("fuse") {
+    if !m.is_root_fuse() {
         return Err(format!(
             "mountPath {:?}: another filesystem ({}) is mounted there",
             w.mount_path.display().to_string(),
@@ -998,9 +1112,7 @@ pub async fn release(consumer_root: &Path, mount_path: &Path, dirs: &MountDirs) 
             crate::beneath::open_mount_point(root.as_fd(), &rel).map_err(|e| e.to_string())?;
         let id = crate::beneath::mount_id(fd.as_fd()).map_err(|e| e.to_string())?;
         let table = mount_table();
-        let ours = table
-            .iter()
-            .find(|m| m.id == id && m.fstype.starts_with("fuse") && m.fstype != "fuse.zfs");
+        let ours = table.iter().find(|m| m.id == id && m.is_root_fuse());
         if let Some(m) = ours
             && id != crate::beneath::mount_id(parent.as_fd()).map_err(|e| e.to_string())?
         {
@@ -1017,13 +1129,14 @@ pub async fn release(consumer_root: &Path, mount_path: &Path, dirs: &MountDirs) 
     }
 }
 
-/// Unmounts every FUSE mount below `dir` (deepest first), each by its mount ID, and the
+/// Unmounts every FUSE mount of the agent's kinds below `dir` (deepest first; never a project
+/// dataset under zfs-fuse, nor a tenant's own FUSE mount), each by its mount ID, and the
 /// staging mounts behind them. Returns what was unmounted.
 pub async fn release_under(dir: &Path, dirs: &MountDirs) -> Vec<PathBuf> {
     let mut done = Vec::new();
     let mut inside: Vec<Mounted> = mount_table()
         .into_iter()
-        .filter(|m| m.fstype.starts_with("fuse") && m.target.starts_with(dir) && m.target != dir)
+        .filter(|m| m.is_root_fuse() && m.target.starts_with(dir) && m.target != dir)
         .collect();
     inside.sort_by_key(|m| std::cmp::Reverse(m.target.as_os_str().len()));
     for m in inside {

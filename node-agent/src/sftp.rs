@@ -35,9 +35,12 @@ impl SshKeys {
     pub fn client_pub(&self) -> PathBuf {
         self.dir.join("ssh-client-key.pub")
     }
-    /// The peers let in: written by `Sshd::let_in`.
-    pub fn authorized_keys(&self) -> PathBuf {
-        self.dir.join("authorized_keys")
+    /// The key a peer node is let in with: one file per node, named like its chroot,
+    /// written by `Sshd::let_in` and read by sshd in that node's `Match` block only.
+    pub fn peer_keys(&self, node: &str) -> PathBuf {
+        self.dir
+            .join("peers")
+            .join(format!("{}.keys", crate::mounts::node_tag(node)))
     }
 }
 
@@ -164,14 +167,20 @@ impl Sshd {
             }
         }
         std::fs::create_dir_all(run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))?;
-        // sshd wants its privilege-separation directory even with UsePAM no.
+        // sshd wants its privilege-separation directory even with UsePAM no, root's and not
+        // writable by others (a Kubernetes emptyDir is made 0777).
+        use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::create_dir_all("/run/sshd");
+        let _ = std::fs::set_permissions("/run/sshd", std::fs::Permissions::from_mode(0o755));
+        let peers = keys.dir.join("peers");
+        std::fs::create_dir_all(&peers).map_err(|e| format!("{}: {e}", peers.display()))?;
+        std::fs::set_permissions(&peers, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("{}: {e}", peers.display()))?;
         let config = run_dir.join("sshd_config");
         let pid_file = run_dir.join("sshd.pid");
         stop_stale_sshd(&pid_file, &config);
         let text = sshd_config(listen, keys, dirs, &[]);
         std::fs::write(&config, &text).map_err(|e| format!("{}: {e}", config.display()))?;
-        write_private(&keys.authorized_keys(), "")?;
         let mut child = Command::new("/usr/sbin/sshd")
             .arg("-D")
             .arg("-e")
@@ -212,7 +221,20 @@ impl Sshd {
     /// own chroot). The keys file is read at each login; a new peer address changes the
     /// config, which sshd reads again on SIGHUP (it re-executes itself, same pid).
     pub fn let_in(&mut self, grants: &[Grant]) -> Result<(), String> {
-        write_private(&self.keys.authorized_keys(), &authorized_keys(grants))?;
+        let mut files = std::collections::BTreeSet::new();
+        for g in grants {
+            let file = self.keys.peer_keys(&g.node);
+            write_private(&file, &authorized_key(g))?;
+            files.insert(file);
+        }
+        // Nodes no longer let in: their keys go.
+        if let Ok(entries) = std::fs::read_dir(self.keys.dir.join("peers")) {
+            for e in entries.flatten() {
+                if !files.contains(&e.path()) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         let text = sshd_config(self.listen, &self.keys, &self.chroots, grants);
         if text != self.config {
             let config = self.run_dir.join("sshd_config");
@@ -249,9 +271,11 @@ fn write_private(path: &Path, text: &str) -> Result<(), String> {
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// sshd's configuration: key logins of root only, sftp only, no forwarding of any kind; a
-/// session from a granted peer's address is chrooted to that peer's directory, any other
-/// to an empty one.
+/// sshd's configuration: key logins of root only, sftp only, no forwarding of any kind; no key
+/// is accepted but in a peer's `Match Address` block, which accepts that peer's key alone
+/// (from that address alone) and chroots its session to that peer's directory. A session
+/// from any other address has no key to log in with and an empty chroot. Unauthenticated
+/// connections get 10 s and at most 3 at a time per address.
 pub fn sshd_config(
     listen: SocketAddr,
     keys: &SshKeys,
@@ -259,36 +283,32 @@ pub fn sshd_config(
     grants: &[Grant],
 ) -> String {
     let mut text = format!(
-        "ListenAddress {listen}\nHostKey {}\nPidFile none\nAuthorizedKeysFile {}\n\
+        "ListenAddress {listen}\nHostKey {}\nPidFile none\nAuthorizedKeysFile none\n\
+         LoginGraceTime 10\nPerSourceMaxStartups 3\n\
          PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
          PermitRootLogin prohibit-password\nAllowUsers root\nChrootDirectory {}\n\
          ForceCommand internal-sftp\nSubsystem sftp internal-sftp\nAllowTcpForwarding no\n\
          AllowAgentForwarding no\nAllowStreamLocalForwarding no\nX11Forwarding no\nPermitTTY no\n\
          PermitTunnel no\nUsePAM no\nStrictModes yes\n",
         keys.host_key().display(),
-        keys.authorized_keys().display(),
         dirs.no_peer_root().display()
     );
-    let mut seen = std::collections::BTreeSet::new();
+    // `grants` holds one node per address (see `grants`).
     for g in grants {
-        if seen.insert(g.address) {
-            text.push_str(&format!(
-                "Match Address {}\n    ChrootDirectory {}\n",
-                g.address,
-                dirs.peer_root(&g.node).display()
-            ));
-        }
+        text.push_str(&format!(
+            "Match Address {}\n    AuthorizedKeysFile {}\n    ChrootDirectory {}\n",
+            g.address,
+            keys.peer_keys(&g.node).display(),
+            dirs.peer_root(&g.node).display()
+        ));
     }
     text
 }
 
-/// `authorized_keys`: each granted peer's client key, usable from its address only, with
-/// every forwarding, pty and rc refused (`restrict`).
-pub fn authorized_keys(grants: &[Grant]) -> String {
-    grants
-        .iter()
-        .map(|g| format!("from=\"{}\",restrict {}\n", g.address, g.client_key))
-        .collect()
+/// A granted peer's `authorized_keys` line: its client key, usable from its address only,
+/// with every forwarding, pty and rc refused (`restrict`).
+pub fn authorized_key(g: &Grant) -> String {
+    format!("from=\"{}\",restrict {}\n", g.address, g.client_key)
 }
 
 /// The IP address of a `host:port` endpoint (None for a DNS name).
@@ -301,13 +321,14 @@ pub fn address_of(endpoint: &str) -> Option<std::net::IpAddr> {
 }
 
 /// A peer node let in to this host's sftp: from its address, with its client key, to the
-/// exports of the projects (`<ns>/<name>`) it mounts from here.
+/// exports of the projects (`<ns>/<name>`) it mounts from here, each read-only unless one of
+/// its mounts of it writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     pub node: String,
     pub address: std::net::IpAddr,
     pub client_key: String,
-    pub projects: std::collections::BTreeSet<PathBuf>,
+    pub projects: std::collections::BTreeMap<PathBuf, bool>,
 }
 
 /// Who may mount what from `me`, from what the controller published: every primary replica
@@ -320,10 +341,14 @@ pub fn grants(
     me: &str,
 ) -> (Vec<Grant>, Vec<String>) {
     use kube::ResourceExt;
-    let mut wanted: std::collections::BTreeMap<&str, std::collections::BTreeSet<PathBuf>> =
+    let mut wanted: std::collections::BTreeMap<&str, std::collections::BTreeMap<PathBuf, bool>> =
         Default::default();
     for sr in replicas {
-        if sr.spec.role != projstore_api::ReplicaRole::Primary || sr.spec.node == me {
+        // A live primary's mounts only: a trashed or archived project mounts nothing.
+        if sr.spec.role != projstore_api::ReplicaRole::Primary
+            || sr.spec.state != projstore_api::ReplicaState::Live
+            || sr.spec.node == me
+        {
             continue;
         }
         let Some(sources) = sr
@@ -341,10 +366,12 @@ pub fn grants(
         let ns = sr.namespace().unwrap_or_default();
         for (project, src) in sources {
             if src.node == me {
-                wanted
+                let read_only = wanted
                     .entry(sr.spec.node.as_str())
                     .or_default()
-                    .insert(Path::new(&ns).join(project));
+                    .entry(Path::new(&ns).join(project))
+                    .or_insert(true);
+                *read_only &= src.read_only;
             }
         }
     }
@@ -373,6 +400,19 @@ pub fn grants(
             )),
             (_, Err(e)) => problems.push(format!("node {node}: client key: {e}")),
         }
+    }
+    // An address claimed by two nodes (a mistake, or a host publishing another's) lets
+    // neither in: the address decides the chroot.
+    let mut claims: std::collections::BTreeMap<std::net::IpAddr, Vec<String>> = Default::default();
+    for g in &out {
+        claims.entry(g.address).or_default().push(g.node.clone());
+    }
+    out.retain(|g| claims[&g.address].len() == 1);
+    for (address, nodes) in claims.into_iter().filter(|(_, n)| n.len() > 1) {
+        problems.push(format!(
+            "nodes {} all publish the sftp address {address}: none of them is let in",
+            nodes.join(", ")
+        ));
     }
     (out, problems)
 }
@@ -516,6 +556,8 @@ mod tests {
                 r#"{{"pool":"pool-{node}","node":"{node}","epoch":1,"sftp":null,"hostKey":null}}"#
             )
         };
+        let ro =
+            |node: &str| format!(r#"{{"pool":"pool-{node}","node":"{node}","readOnly":true}}"#);
         let replicas = [
             // host-b's project mounts two projects of host-a and one of host-c.
             primary(
@@ -525,9 +567,17 @@ mod tests {
                 &format!(
                     r#"{{"data":{},"tools":{},"far":{}}}"#,
                     src("host-a"),
-                    src("host-a"),
+                    ro("host-a"),
                     src("host-c")
                 ),
+            ),
+            // Another project on host-b mounts ns/data read-only: still writable for host-b
+            // (the first one writes).
+            primary(
+                "ns",
+                "reader",
+                "host-b",
+                &format!(r#"{{"data":{}}}"#, ro("host-a")),
             ),
             // A project on host-a itself mounting from host-a: same host, no sftp.
             primary(
@@ -551,11 +601,23 @@ mod tests {
             ),
             // Unreadable annotation: nothing.
             primary("ns", "broken", "host-f", "not json"),
+            // A trashed project's primary mounts nothing.
+            {
+                let mut t = primary(
+                    "ns",
+                    "gone",
+                    "host-g",
+                    &format!(r#"{{"data":{}}}"#, src("host-a")),
+                );
+                t.spec.state = projstore_api::ReplicaState::Trashed;
+                t
+            },
         ];
         let pools = [
             pool("host-b", Some("10.0.0.2:7422"), Some(KEY_B)),
             pool("host-d", Some("10.0.0.4:7422"), None),
             pool("host-e", Some("storage-e.example:7422"), Some(KEY_B)),
+            pool("host-g", Some("10.0.0.7:7422"), Some(KEY_B)),
         ];
         let (grants, problems) = grants(&replicas, &pools, "host-a");
         assert_eq!(
@@ -564,7 +626,11 @@ mod tests {
                 node: "host-b".into(),
                 address: "10.0.0.2".parse().unwrap(),
                 client_key: KEY_B.into(),
-                projects: [PathBuf::from("ns/data"), PathBuf::from("ns/tools")].into(),
+                projects: [
+                    (PathBuf::from("ns/data"), false),
+                    (PathBuf::from("ns/tools"), true)
+                ]
+                .into(),
             }]
         );
         assert_eq!(problems.len(), 2, "{problems:?}");
@@ -582,16 +648,39 @@ mod tests {
             config.contains("ChrootDirectory /run/p/sftp/none\n"),
             "{config}"
         );
+        // No key is accepted outside a peer's block; the block takes that peer's key alone.
+        assert!(config.contains("AuthorizedKeysFile none\n"), "{config}");
         assert!(
             config.ends_with(&format!(
-                "Match Address 10.0.0.2\n    ChrootDirectory {}\n",
+                "Match Address 10.0.0.2\n    AuthorizedKeysFile {}\n    ChrootDirectory {}\n",
+                keys.peer_keys("host-b").display(),
                 dirs.peer_root("host-b").display()
             )),
             "{config}"
         );
         assert_eq!(
-            authorized_keys(&grants),
+            authorized_key(&grants[0]),
             format!("from=\"10.0.0.2\",restrict {KEY_B}\n")
+        );
+
+        // host-h publishes host-b's address (its own pool status, which it may write): the
+        // address no longer says which node it is, so neither is let in.
+        let mut pools = pools.to_vec();
+        pools.push(pool("host-h", Some("10.0.0.2:7422"), Some(KEY_B)));
+        let mut replicas = replicas.to_vec();
+        replicas.push(primary(
+            "ns",
+            "impostor",
+            "host-h",
+            &format!(r#"{{"tools":{}}}"#, src("host-a")),
+        ));
+        let (grants, problems) = super::grants(&replicas, &pools, "host-a");
+        assert!(grants.is_empty(), "{grants:?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("host-b, host-h") && p.contains("10.0.0.2")),
+            "{problems:?}"
         );
     }
 }

@@ -133,7 +133,7 @@ impl Host {
     fn fuse_mounts_below(&self, dir: &Path) -> Vec<PathBuf> {
         mounts::mount_table()
             .into_iter()
-            .filter(|m| m.fstype != "fuse.zfs" && m.fstype.starts_with("fuse"))
+            .filter(|m| m.fstype == "fuse" || m.fstype == "fuse.sshfs")
             .map(|m| m.target)
             .filter(|t| t.starts_with(dir))
             .collect()
@@ -217,6 +217,11 @@ impl Drop for Tenant {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// EROFS: a write to a read-only mount.
+fn libc_erofs() -> i32 {
+    rustix::io::Errno::ROFS.raw_os_error()
 }
 
 /// This host's own keys (made as the agent makes them), and an impostor's host key.
@@ -612,14 +617,17 @@ async fn across_hosts_the_sftp_side_exposes_the_source_project_alone() {
         .await
         .unwrap();
     let remote = Some(format!("127.0.0.1:{port}"));
-    let peer = |projects: &[&str]| Grant {
+    let peer = |projects: &[(&str, bool)]| Grant {
         node: "consumer-host".into(),
         address: PEER,
         client_key: std::fs::read_to_string(keys.client_pub())
             .unwrap()
             .trim()
             .to_owned(),
-        projects: projects.iter().map(PathBuf::from).collect(),
+        projects: projects
+            .iter()
+            .map(|(p, read_only)| (PathBuf::from(p), *read_only))
+            .collect(),
     };
     let mut let_in = async |grants: &[Grant]| {
         let problems = mounts::sync_peers(&h.dirs, &h.base.path().join("projects"), grants);
@@ -638,7 +646,7 @@ async fn across_hosts_the_sftp_side_exposes_the_source_project_alone() {
     .await
     .unwrap_err();
     assert!(e.contains("sshfs"), "{e}");
-    let_in(&[peer(&["ns/b"])]).await;
+    let_in(&[peer(&[("ns/b", false)])]).await;
     source_escapes_are_refused(&h, remote.clone(), &keys).await;
 
     // Let in to ns/b alone: neither a project of this host it does not mount (exported, but
@@ -724,13 +732,25 @@ async fn across_hosts_the_sftp_side_exposes_the_source_project_alone() {
         );
     }
 
+    // Mounted read-only (every mount of ns/b by that node is): the peer's view is read-only,
+    // whatever its sshfs asks for.
+    let_in(&[peer(&[("ns/b", true)])]).await;
+    mounts::ensure(&w, &keys, &h.dirs).await.unwrap();
+    let out = as_tenant(CONSUMER, "cat", &[&s(&target.join("readme"))]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-b\n");
+    let out = as_tenant(CONSUMER, "touch", &[&s(&target.join("written-read-only"))]);
+    assert!(!out.status.success(), "a read-only view was written");
+    assert!(!shared.join("written-read-only").exists());
+    let_in(&[peer(&[("ns/b", false)])]).await;
+    mounts::ensure(&w, &keys, &h.dirs).await.unwrap();
+
     // The consumer stops mounting from this host (its grant goes): nothing new reaches it;
     // let in again, the mount works again.
     let_in(&[]).await;
     std::fs::write(shared.join("after-revoke"), "new").unwrap();
     let out = as_tenant(CONSUMER, "cat", &[&s(&target.join("after-revoke"))]);
     assert!(!out.status.success(), "read after the grant went");
-    let_in(&[peer(&["ns/b"])]).await;
+    let_in(&[peer(&[("ns/b", false)])]).await;
     mounts::ensure(&w, &keys, &h.dirs).await.unwrap();
     let out = as_tenant(CONSUMER, "cat", &[&s(&target.join("after-revoke"))]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "new");
@@ -791,20 +811,27 @@ async fn a_project_is_nosuid_nodev_and_closed_to_other_tenants() {
         "ran with euid 0"
     );
 
-    // A peer's root sftp session can write in the chroot: a symlink it planted there does
-    // not lead an export anywhere.
+    // A peer's root sftp session cannot write in its chroot (a read-only alias), not even
+    // root; and were a symlink planted there, it would lead no export anywhere.
     let outside = h.base.path().join("outside-sftp");
     std::fs::create_dir(&outside).unwrap();
     let chroot = h.dirs.peer_root("peer-host");
-    std::fs::create_dir_all(&chroot).unwrap();
-    std::os::unix::fs::symlink(&outside, chroot.join("ns")).unwrap();
+    let behind = h
+        .base
+        .path()
+        .join("run/sftp-dirs")
+        .join(chroot.file_name().unwrap());
+    std::fs::create_dir_all(&behind).unwrap();
+    let e = std::fs::create_dir(chroot.join("x")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc_erofs()), "{e}");
+    std::os::unix::fs::symlink(&outside, behind.join("ns")).unwrap();
     let grant = Grant {
         node: "peer-host".into(),
         address: PEER,
         client_key:
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
                 .into(),
-        projects: [PathBuf::from("ns/a")].into(),
+        projects: [(PathBuf::from("ns/a"), false)].into(),
     };
     let problems = mounts::sync_peers(&h.dirs, &h.base.path().join("projects"), &[grant]);
     assert!(

@@ -450,6 +450,12 @@ pub fn decide(inp: &Inputs<'_>) -> Decision {
                         epoch: src.epoch,
                         sftp: cx.pool(&src.pool).and_then(|p| p.sftp_endpoint.clone()),
                         host_key: cx.pool(&src.pool).and_then(|p| p.sftp_host_key.clone()),
+                        read_only: p
+                            .spec
+                            .mounts
+                            .iter()
+                            .filter(|o| o.project == m.project)
+                            .all(|o| o.read_only),
                     };
                     sources.insert(
                         m.project.clone(),

@@ -1258,7 +1258,7 @@ async fn serve_mounts(
     // Mounts no longer asked for: each released beneath the project's root, by mount ID.
     for old in crate::mounts::mount_table() {
         if let Ok(rel) = old.target.strip_prefix(mountpoint)
-            && old.fstype.starts_with("fuse")
+            && old.is_root_fuse()
             && old.target != mountpoint
             && !targets.contains(&old.target)
         {
