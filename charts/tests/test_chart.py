@@ -317,8 +317,9 @@ def admit(policy, request, obj):
     env = celpy.Environment()
 
     def run(expr, variables):
+        cel_vars = celpy.celtypes.MapType({celpy.celtypes.StringType(k): v for k, v in variables.items()})
         act = {"request": celpy.json_to_cel(request), "object": celpy.json_to_cel(obj),
-               "variables": celpy.json_to_cel(variables)}
+               "variables": cel_vars}
         return env.program(env.compile(expr)).evaluate(act)
 
     spec = policy["spec"]
@@ -326,7 +327,7 @@ def admit(policy, request, obj):
         return None
     variables = {}
     for v in spec.get("variables", []):
-        variables[v["name"]] = str(run(v["expression"], variables))
+        variables[v["name"]] = run(v["expression"], variables)
     for v in spec["validations"]:
         if not run(v["expression"], variables):
             return str(run(v["messageExpression"], variables))
@@ -340,7 +341,8 @@ def test_an_agent_writes_the_status_of_its_own_nodes_objects_only():
     check(binding["spec"]["policyName"] == policy["metadata"]["name"]
           and binding["spec"]["validationActions"] == ["Deny"], "the policy is bound to deny")
     rules = policy["spec"]["matchConstraints"]["resourceRules"]
-    check(rules[0]["resources"] == ["storagepools/status", "streamreplicas/status"], f"rules: {rules}")
+    check(rules[0]["resources"] == ["storagepools/status", "streamreplicas/status"]
+          and rules[1]["resources"] == ["leases"], f"rules: {rules}")
     agent = "system:serviceaccount:projstore-system:projstore-agent"
     claim = "authentication.kubernetes.io/node-name"
 
@@ -351,7 +353,11 @@ def test_an_agent_writes_the_status_of_its_own_nodes_objects_only():
 
     pool = lambda node: {"metadata": {"name": f"{node}-storage"}, "spec": {"nodeName": node}}
     replica = lambda node: {"metadata": {"name": "thesis-1"}, "spec": {"node": node}}
+    lease = lambda name: {"metadata": {"name": name}, "spec": {"holderIdentity": "x"}}
     cases = [
+        ("own heartbeat", req(agent, "host-a", "leases"), lease("projstore-agent-host-a"), True),
+        ("another node's heartbeat", req(agent, "host-a", "leases"), lease("projstore-agent-host-b"), False),
+        ("the controller's leader lease", req(agent, "host-a", "leases"), lease("projstore-controller"), False),
         ("own pool", req(agent, "host-a", "storagepools"), pool("host-a"), True),
         ("another node's pool", req(agent, "host-a", "storagepools"), pool("host-b"), False),
         ("own replica", req(agent, "host-a", "streamreplicas"), replica("host-a"), True),
@@ -364,7 +370,8 @@ def test_an_agent_writes_the_status_of_its_own_nodes_objects_only():
         message = admit(policy, request, obj)
         check((message is None) == allowed, f"{what}: admitted={message is None}, message={message}")
         if message is not None:
-            check("host-a" in message and "host-b" in message, f"{what}: message names both nodes: {message}")
+            check("host-a" in message and obj["metadata"]["name"] in message,
+                  f"{what}: the message names the node and the object: {message}")
     objs = render({"agent": {"ownStatusPolicy": False}})
     check(not find(objs, "ValidatingAdmissionPolicy"), "the policy can be turned off")
 

@@ -221,9 +221,9 @@ impl MountDirs {
     pub fn no_peer_root(&self) -> PathBuf {
         self.peers_root().join("none")
     }
-    /// One staging directory per mount target and owners (outside every project), named by a
-    /// hash no tenant can make two targets share. The owners are part of the name: a mount
-    /// made for other owners reads another staging directory, so it is made again.
+    /// One staging directory per mount target, owners and source host (outside every
+    /// project), named by a hash no tenant can make two targets share. A mount made for other
+    /// owners or from another source host reads another staging directory, so it is made again.
     fn staging_for(&self, w: &Wanted) -> PathBuf {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
@@ -232,6 +232,13 @@ impl MountDirs {
         let ids = [w.owner.0, w.owner.1, w.source_owner.0, w.source_owner.1];
         for id in ids {
             h.update(id.to_be_bytes());
+        }
+        // And the source host's endpoint and host key: a source host that comes back with a
+        // new key (its pod restarted) or another address is mounted again, trusting exactly
+        // the key it publishes now.
+        for part in [&w.remote, &w.remote_host_key] {
+            h.update([0]);
+            h.update(part.as_deref().unwrap_or_default().as_bytes());
         }
         self.staging_root().join(hex::encode(&h.finalize()[..16]))
     }
@@ -770,9 +777,21 @@ pub fn safe_relative(p: &str) -> Result<PathBuf, String> {
     if p.is_empty() || p.contains('\0') {
         return Err(format!("{p:?} is not a path"));
     }
-    crate::beneath::components(Path::new(p))
+    let path: PathBuf = crate::beneath::components(Path::new(p))
         .map(|c| c.iter().collect())
-        .map_err(|e| format!("{p:?} {}", e.reason))
+        .map_err(|e| format!("{p:?} {}", e.reason))?;
+    // The snapshot directory: read-only snapshots, and on OpenZFS a directory made in
+    // `.zfs/snapshot` (by root, as the agent) is a snapshot, outside the project's quota.
+    if path
+        .components()
+        .next()
+        .is_some_and(|c| c.as_os_str() == ".zfs")
+    {
+        return Err(format!(
+            "{p:?}: \".zfs\" is the snapshot directory, not a folder a mount may use"
+        ));
+    }
+    Ok(path)
 }
 
 async fn run(program: &str, args: &[&std::ffi::OsStr]) -> Result<(), String> {
@@ -1164,9 +1183,21 @@ mod tests {
     fn mount_paths_must_stay_inside_the_project() {
         assert_eq!(safe_relative("a/b").unwrap(), PathBuf::from("a/b"));
         assert_eq!(safe_relative("./a").unwrap(), PathBuf::from("a"));
-        for bad in ["", "../x", "a/../../x", "/etc", "a\0b"] {
+        for bad in [
+            "",
+            "../x",
+            "a/../../x",
+            "/etc",
+            "a\0b",
+            ".zfs",
+            ".zfs/snapshot/x",
+        ] {
             assert!(safe_relative(bad).is_err(), "{bad:?}");
         }
+        assert!(
+            safe_relative("a/.zfs").is_ok(),
+            "only the dataset's own .zfs is special"
+        );
     }
 
     #[test]

@@ -251,9 +251,12 @@ struct PeerSlot(Arc<PeerSlots>, std::net::IpAddr);
 
 impl PeerSlots {
     fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<PeerSlot> {
+        self.take_up_to(ip, MAX_CONNECTIONS_PER_PEER)
+    }
+    fn take_up_to(self: &Arc<Self>, ip: std::net::IpAddr, limit: usize) -> Option<PeerSlot> {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let n = m.entry(ip).or_default();
-        if *n >= MAX_CONNECTIONS_PER_PEER {
+        if *n >= limit {
             return None;
         }
         *n += 1;
@@ -320,20 +323,36 @@ pub async fn serve(
     }
 }
 
-/// At most this many connections to the health port at once (kubelet and a scraper need a few).
+/// At most this many connections to the health port at once from other hosts (a scraper
+/// needs one or two), and this many from one address.
 pub const MAX_HEALTH_CONNECTIONS: usize = 32;
+pub const MAX_HEALTH_CONNECTIONS_PER_PEER: usize = 4;
 
 /// Serves `/healthz` (the agent runs), `/readyz` (its sanity checks passed: `ready`) and
-/// `/metrics` in plain HTTP until the task is dropped, with the header-read timeout and a
-/// connection limit; nothing else.
+/// `/metrics` in plain HTTP until the task is dropped, with the header-read timeout and
+/// connection limits; nothing else. Connections from this host itself (the kubelet's
+/// probes, with host networking) have slots of their own, which no other host can take.
 pub async fn serve_health(listener: tokio::net::TcpListener, ready: Arc<AtomicBool>) {
-    let total = Arc::new(tokio::sync::Semaphore::new(MAX_HEALTH_CONNECTIONS));
+    let others = Arc::new(tokio::sync::Semaphore::new(MAX_HEALTH_CONNECTIONS));
+    let local = Arc::new(tokio::sync::Semaphore::new(MAX_HEALTH_CONNECTIONS));
+    let peers = Arc::new(PeerSlots::default());
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
+        let Ok((tcp, peer)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
-        let Ok(permit) = total.clone().try_acquire_owned() else {
+        // A connection from the address it reached: this host (kubelet probes the node's own
+        // address with host networking).
+        let from_here = tcp.local_addr().is_ok_and(|me| me.ip() == peer.ip());
+        let admitted = if from_here {
+            local.clone().try_acquire_owned().ok().map(|p| (p, None))
+        } else {
+            others.clone().try_acquire_owned().ok().and_then(|p| {
+                let slot = peers.take_up_to(peer.ip(), MAX_HEALTH_CONNECTIONS_PER_PEER)?;
+                Some((p, Some(slot)))
+            })
+        };
+        let Some(permit) = admitted else {
             drop(tcp);
             continue;
         };

@@ -534,3 +534,37 @@ async fn a_renewed_certificate_serves_the_next_connection_and_a_bad_one_changes_
     assert!(e.contains("host-a"), "{e}");
     assert_eq!(fx.served_certificate().await, renewed);
 }
+
+/// Other hosts holding every health connection they may (from one address, and from many)
+/// do not keep this host's own probes out.
+#[tokio::test]
+async fn the_health_port_keeps_slots_for_this_hosts_probes() {
+    use projstore_agent::server::{MAX_HEALTH_CONNECTIONS, MAX_HEALTH_CONNECTIONS_PER_PEER};
+    enough_descriptors(1024);
+    let fx = start().await;
+    let mut held = Vec::new();
+    // One address: only its share is kept open; many addresses: all the others' slots.
+    for i in 0..(MAX_HEALTH_CONNECTIONS + 40) {
+        let from: std::net::IpAddr = format!("127.0.1.{}", 1 + i / MAX_HEALTH_CONNECTIONS_PER_PEER)
+            .parse()
+            .unwrap();
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind((from, 0).into()).unwrap();
+        held.push(sock.connect(fx.health_addr).await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let open = held
+        .iter()
+        .filter(|s| {
+            let mut b = [0u8; 1];
+            !matches!(s.try_read(&mut b), Ok(0))
+        })
+        .count();
+    assert_eq!(
+        open, MAX_HEALTH_CONNECTIONS,
+        "the others' slots are bounded"
+    );
+    // The probe from this host itself (127.0.0.1 reaching 127.0.0.1) is answered.
+    assert_eq!(fx.health("/healthz").await, (200, "ok".into()));
+    drop(held);
+}
