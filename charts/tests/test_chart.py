@@ -266,9 +266,14 @@ def test_agents_get_a_certificate_per_node_from_a_ca_no_pod_mounts():
             check("--tls-dir=/etc/projstore/tls" in args, "agent reads its TLS identity")
             check(any(a.startswith("--advertise=https://") for a in args), "agents advertise https")
             check(not any("token" in a for a in args), "no shared token")
-            probes = [pod["containers"][0][p]["httpGet"] for p in ("livenessProbe", "readinessProbe")]
-            check(all(p.get("port") == "health" and p.get("scheme", "HTTP") == "HTTP" for p in probes),
-                  "probes use the plain health port (the stream port needs a node's certificate)")
+            c0 = pod["containers"][0]
+            ready = c0["readinessProbe"]["httpGet"]
+            check(ready.get("port") == "health" and ready.get("scheme", "HTTP") == "HTTP",
+                  "readiness on the plain health port (the stream port needs a node's certificate)")
+            for probe in ("startupProbe", "livenessProbe"):
+                command = c0[probe].get("exec", {}).get("command", [])
+                check(command[:2] == ["/usr/local/bin/projstore-agent", "alive"],
+                      f"{probe}: the main loop's own mark, not a port others can crowd: {command}")
             check("--health-listen=0.0.0.0:7421" in args, "the agent serves health")
 
     objs = render(VALUE_SETS["agent-tls-existing"])

@@ -49,7 +49,12 @@ pub struct MountSource {
     #[serde(default)]
     pub host_key: Option<String>,
     /// Every mount of the project is read-only: the source host lets the consumer's node read
-    /// it, not write it.
-    #[serde(default)]
+    /// it, not write it. Missing (an annotation of an older controller): read-only, until the
+    /// controller writes it again.
+    #[serde(default = "read_only_unless_said")]
     pub read_only: bool,
+}
+
+fn read_only_unless_said() -> bool {
+    true
 }

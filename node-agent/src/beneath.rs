@@ -180,6 +180,16 @@ pub fn mount_id(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
 /// point) one component at a time from `/`, following no symlink: a path longer than
 /// `PATH_MAX` still resolves, and a symlink swapped in anywhere makes it fail.
 pub fn open_absolute(abs: &Path) -> Result<OwnedFd, BeneathError> {
+    open_absolute_checked(abs, |_| Ok(()))
+}
+
+/// `open_absolute`, asking `may_look_in` before each lookup whether the directory reached so
+/// far may be looked in (a lookup on a FUSE filesystem is a request its daemon may never
+/// answer); a refusal ends the walk with its reason.
+pub fn open_absolute_checked(
+    abs: &Path,
+    may_look_in: impl Fn(BorrowedFd<'_>) -> Result<(), &'static str>,
+) -> Result<OwnedFd, BeneathError> {
     let rel = abs
         .strip_prefix("/")
         .map_err(|_| BeneathError::at(abs, "is not an absolute path"))?;
@@ -187,6 +197,7 @@ pub fn open_absolute(abs: &Path) -> Result<OwnedFd, BeneathError> {
     let mut done = PathBuf::from("/");
     let resolve = ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
     for name in components(rel)? {
+        may_look_in(cur.as_fd()).map_err(|reason| BeneathError::at(&done, reason))?;
         done.push(name);
         cur = step(cur.as_fd(), name, resolve).map_err(|e| BeneathError::at(&done, why(e)))?;
     }

@@ -12,7 +12,8 @@ pub const USAGE: &str = "usage: projstore-agent run --node-name N [--projects-ro
                             [--run-dir DIR]\n\
                             [--zfs PATH --zpool PATH]\n\
        projstore-agent check --pool POOL... [--projects-root DIR] [--streams-root DIR]\n\
-       projstore-agent streams plan --json FILE\n\n\
+       projstore-agent streams plan --json FILE\n\
+       projstore-agent alive [--run-dir DIR] [--max-age-seconds N]\n\n\
   run                        keep this host's StoragePools, renew the heartbeat Lease, serve streams\n\
   check                      run the start-up sanity checks and print them (exit 1 if one fails)\n\
   streams plan --json FILE   print the chain and the deletable streams of the stream graph in FILE\n\
@@ -31,6 +32,7 @@ pub fn main(args: &[String], out: &mut impl Write, err: &mut impl Write) -> i32 
             }
         },
         ["check", rest @ ..] => check(rest, out, err),
+        ["alive", rest @ ..] => alive(rest, out, err),
         ["help" | "--help" | "-h"] => {
             let _ = write!(out, "{USAGE}");
             0
@@ -38,6 +40,52 @@ pub fn main(args: &[String], out: &mut impl Write, err: &mut impl Write) -> i32 
         _ => {
             let _ = write!(err, "{USAGE}");
             2
+        }
+    }
+}
+
+/// The liveness probe: exit 0 when the agent's main loop marked itself alive (the file
+/// `<run-dir>/alive`, touched at every tick) within `--max-age-seconds` (default 120), 1
+/// otherwise. A file, not a port: no other process on the host can crowd it out, and a loop
+/// that is stuck (a hung mount, a lock) is restarted.
+fn alive(args: &[&str], out: &mut impl Write, err: &mut impl Write) -> i32 {
+    let (mut run_dir, mut max_age) = (std::path::PathBuf::from("/run/projstore"), 120u64);
+    for a in args {
+        if let Some(v) = a.strip_prefix("--run-dir=") {
+            run_dir = v.into();
+        } else if let Some(v) = a
+            .strip_prefix("--max-age-seconds=")
+            .and_then(|v| v.parse().ok())
+        {
+            max_age = v;
+        } else {
+            let _ = writeln!(
+                err,
+                "projstore-agent alive: unknown argument {a:?}\n{USAGE}"
+            );
+            return 2;
+        }
+    }
+    let file = crate::runtime::alive_file(&run_dir);
+    let age = std::fs::metadata(&file)
+        .and_then(|m| m.modified())
+        .map(|t| t.elapsed().unwrap_or_default());
+    match age {
+        Ok(age) if age.as_secs() <= max_age => {
+            let _ = writeln!(out, "alive: the main loop ran {} s ago", age.as_secs());
+            0
+        }
+        Ok(age) => {
+            let _ = writeln!(
+                err,
+                "not alive: the main loop last ran {} s ago",
+                age.as_secs()
+            );
+            1
+        }
+        Err(e) => {
+            let _ = writeln!(err, "not alive: {}: {e}", file.display());
+            1
         }
     }
 }

@@ -270,6 +270,25 @@ impl MountDirs {
         }
     }
 
+    /// The agent's mounts shown at `target` in the table (covered or not): their FUSE
+    /// connection aborted (found by device, no path walked), tried to unmount, and what they
+    /// staged released.
+    fn abort_covered(&self, target: &Path) {
+        for m in mount_table()
+            .iter()
+            .filter(|m| m.target == target && m.is_root_fuse())
+        {
+            let Some(staging) = self.staging_of(m) else {
+                continue;
+            };
+            if let Err(e) = abort_fuse(m) {
+                tracing::warn!(mount = %m.target.display(), error = %e, "cannot abort a FUSE connection");
+            }
+            let _ = unmount_exact(m);
+            self.release_staging(&staging);
+        }
+    }
+
     /// At start, before any mount is made: the staging mounts no mount in a project reads
     /// any more (left by a crash between staging and moving, or by an agent that was killed).
     pub fn release_unused_staging(&self) -> Vec<PathBuf> {
@@ -368,12 +387,19 @@ pub fn unmount_exact(m: &Mounted) -> Result<(), String> {
 fn unmount_exact_with(m: &Mounted, flags: rustix::mount::UnmountFlags) -> Result<(), String> {
     if m.is_root_fuse() {
         // Whatever happens to its path: every file opened through it fails from now on, so
-        // no process holding one keeps reading or writing after it is detached.
-        if let Err(e) = abort_fuse(m) {
+        // no process holding one keeps reading or writing after it is detached. Only while
+        // the table still shows this very mount (a device number is reused once it is gone).
+        let table = mount_table();
+        let still = table
+            .iter()
+            .find(|x| x.id == m.id && x.dev == m.dev && x.is_root_fuse());
+        if let Some(m) = still
+            && let Err(e) = abort_fuse(m)
+        {
             tracing::warn!(mount = %m.target.display(), error = %e, "cannot abort a FUSE connection");
         }
     }
-    let fd = crate::beneath::open_absolute(&m.target).map_err(|e| e.to_string())?;
+    let fd = open_mount_path(&m.target)?;
     let id = crate::beneath::mount_id(fd.as_fd()).map_err(|e| e.to_string())?;
     if id != m.id {
         return Err(format!(
@@ -384,6 +410,27 @@ fn unmount_exact_with(m: &Mounted, flags: rustix::mount::UnmountFlags) -> Result
     }
     rustix::mount::unmount(crate::beneath::fd_path(fd.as_fd()), flags)
         .map_err(|e| format!("unmount {}: {e}", m.target.display()))
+}
+
+/// Opens the directory a mount-table path names, walking no symlink and looking up nothing
+/// on a FUSE filesystem other than zfs-fuse (a tenant's FUSE mount, or a stalled sshfs, can
+/// leave a lookup unanswered for ever): such a path is refused, not waited on.
+fn open_mount_path(target: &Path) -> Result<OwnedFd, String> {
+    let table = mount_table();
+    crate::beneath::open_absolute_checked(target, |fd| {
+        let id = crate::beneath::mount_id(fd).map_err(|_| "has no readable mount ID")?;
+        match table.iter().find(|m| m.id == id) {
+            Some(m) if m.fstype == "fuse" || m.fstype.starts_with("fuse.") => {
+                if matches!(m.fstype.as_str(), "fuse.zfs" | "fuse.zfs-fuse") {
+                    Ok(())
+                } else {
+                    Err("is on a FUSE mount: not looked in (its daemon may never answer)")
+                }
+            }
+            _ => Ok(()),
+        }
+    })
+    .map_err(|e| e.to_string())
 }
 
 /// Unmounts (lazily, so a dead sshfs cannot block it) the mount whose root `fd` holds; one
@@ -544,13 +591,18 @@ fn export_into(
         if current {
             return Ok(());
         }
-        // Stale (of an earlier mount of the project, or writable where it must not be): the
-        // sessions holding it go with it.
-        if let Some(m) = found {
-            end_sftp_sessions_holding(dirs, m.id);
+        // Stale (of an earlier mount of the project, or writable where it must not be): out
+        // of reach of new sessions first, then the sessions holding it end, then it goes.
+        match found {
+            Some(m) => {
+                drop(at);
+                take_down(dirs, m, true).map_err(|e| format!("replace a stale export: {e}"))?;
+            }
+            None => {
+                unmount_fd(at.as_fd()).map_err(|e| format!("replace a stale export: {e}"))?;
+                drop(at);
+            }
         }
-        unmount_fd(at.as_fd()).map_err(|e| format!("replace a stale export: {e}"))?;
-        drop(at);
         open_mount_point(parent.as_fd(), Path::new(name))
             .map_err(err)?
             .1
@@ -675,7 +727,16 @@ pub fn sync_peers(
     grants: &[crate::sftp::Grant],
 ) -> Vec<String> {
     use std::os::unix::fs::PermissionsExt;
-    let _one_at_a_time = EXPORTS.lock().unwrap_or_else(|e| e.into_inner());
+    // Not waiting behind a take-down: the next pass does it.
+    let _one_at_a_time = match EXPORTS.try_lock() {
+        Ok(g) => g,
+        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => {
+            return vec![
+                "exports are being taken down: the peers' views wait for the next pass".into(),
+            ];
+        }
+    };
     let table = mount_table();
     let mut problems = Vec::new();
     let mut wanted = std::collections::HashSet::new();
@@ -716,7 +777,7 @@ pub fn sync_peers(
 
 /// Moves export `m` to an agent-private directory (out of the sftp chroot); returns it there.
 fn retire(dirs: &MountDirs, m: &Mounted) -> Result<Mounted, String> {
-    let fd = crate::beneath::open_absolute(&m.target).map_err(|e| e.to_string())?;
+    let fd = open_mount_path(&m.target)?;
     if crate::beneath::mount_id(fd.as_fd()).map_err(|e| e.to_string())? != m.id {
         return Err(format!("{} was moved", m.target.display()));
     }
@@ -875,6 +936,9 @@ fn prepare_target(
         return Ok(AtTarget::Current);
     }
     if !m.is_root_fuse() {
+        // Something of the tenant's covers the target: the agent's mount under it (if any)
+        // must not live on as it was (a removed mount, a mount that became read-only).
+        dirs.abort_covered(&w.target());
         return Err(format!(
             "mountPath {:?}: another filesystem ({}) is mounted there",
             w.mount_path.display().to_string(),
@@ -1088,6 +1152,11 @@ async fn mount_remote(
                         })
                 })
                 .await;
+                // Aborted, not only detached: a lookup the source host never answers must
+                // not keep a thread (and an sshfs) waiting for ever.
+                if let Some(m) = top_at(&mount_table(), &probe).filter(|m| m.is_root_fuse()) {
+                    let _ = abort_fuse(m);
+                }
                 let _ = rustix::mount::unmount(&probe, rustix::mount::UnmountFlags::DETACH);
                 found.err()
             }
@@ -1146,6 +1215,39 @@ pub async fn release(consumer_root: &Path, mount_path: &Path, dirs: &MountDirs) 
     if let Err(e) = r {
         tracing::warn!(mount = %target.display(), error = %e, "cannot release a mount");
     }
+    // Ours at that path but out of reach (a tenant mounted something over it, or renamed a
+    // parent): its connection is aborted all the same, and what it staged released.
+    let d = dirs.clone();
+    let _ = blocking(target.display().to_string(), move || {
+        d.abort_covered(&target);
+        Ok(())
+    })
+    .await;
+}
+
+/// Detaches (lazily, no connection aborted: they are not the agent's) the mounts below `dir`
+/// that the agent did not make — a tenant's own FUSE mount inside its project, say — so the
+/// project's filesystem can be unmounted when it stops serving. Shallowest first: a detached
+/// mount takes what is mounted below it along. Returns what was detached.
+pub fn detach_foreign_under(dir: &Path) -> Vec<PathBuf> {
+    let mut foreign: Vec<Mounted> = mount_table()
+        .into_iter()
+        .filter(|m| m.target.starts_with(dir) && m.target != dir && !m.is_root_fuse())
+        .collect();
+    foreign.sort_by_key(|m| m.target.as_os_str().len());
+    let mut done = Vec::new();
+    for m in foreign {
+        if done.iter().any(|d: &PathBuf| m.target.starts_with(d)) {
+            continue;
+        }
+        match unmount_exact(&m) {
+            Ok(()) => done.push(m.target.clone()),
+            Err(e) => {
+                tracing::warn!(mount = %m.target.display(), error = %e, "cannot detach a mount inside a project")
+            }
+        }
+    }
+    done
 }
 
 /// Unmounts every FUSE mount of the agent's kinds below `dir` (deepest first; never a project

@@ -275,7 +275,7 @@ fn write_private(path: &Path, text: &str) -> Result<(), String> {
 /// is accepted but in a peer's `Match Address` block, which accepts that peer's key alone
 /// (from that address alone) and chroots its session to that peer's directory. A session
 /// from any other address has no key to log in with and an empty chroot. Unauthenticated
-/// connections get 10 s and at most 3 at a time per address.
+/// connections get 10 s and at most 3 at a time per address (per /64 in IPv6).
 pub fn sshd_config(
     listen: SocketAddr,
     keys: &SshKeys,
@@ -284,7 +284,7 @@ pub fn sshd_config(
 ) -> String {
     let mut text = format!(
         "ListenAddress {listen}\nHostKey {}\nPidFile none\nAuthorizedKeysFile none\n\
-         LoginGraceTime 10\nPerSourceMaxStartups 3\n\
+         LoginGraceTime 10\nPerSourceMaxStartups 3\nPerSourceNetBlockSize 32:64\n\
          PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
          PermitRootLogin prohibit-password\nAllowUsers root\nChrootDirectory {}\n\
          ForceCommand internal-sftp\nSubsystem sftp internal-sftp\nAllowTcpForwarding no\n\
@@ -314,10 +314,12 @@ pub fn authorized_key(g: &Grant) -> String {
 /// The IP address of a `host:port` endpoint (None for a DNS name).
 pub fn address_of(endpoint: &str) -> Option<std::net::IpAddr> {
     let host = endpoint.rsplit_once(':').map_or(endpoint, |(h, _)| h);
+    // IPv4-mapped IPv6 as IPv4 (sshd sees such clients so): one address, one form.
     host.trim_start_matches('[')
         .trim_end_matches(']')
-        .parse()
+        .parse::<std::net::IpAddr>()
         .ok()
+        .map(|a| a.to_canonical())
 }
 
 /// A peer node let in to this host's sftp: from its address, with its client key, to the
@@ -553,7 +555,7 @@ mod tests {
     fn a_peer_is_let_in_to_exactly_the_projects_it_mounts_from_here() {
         let src = |node: &str| {
             format!(
-                r#"{{"pool":"pool-{node}","node":"{node}","epoch":1,"sftp":null,"hostKey":null}}"#
+                r#"{{"pool":"pool-{node}","node":"{node}","epoch":1,"sftp":null,"hostKey":null,"readOnly":false}}"#
             )
         };
         let ro =
@@ -648,6 +650,16 @@ mod tests {
             config.contains("ChrootDirectory /run/p/sftp/none\n"),
             "{config}"
         );
+        // An annotation without readOnly (an older controller's) lets nothing write.
+        let old: projstore_api::MountSource =
+            serde_json::from_str(r#"{"pool":"p","node":"n"}"#).unwrap();
+        assert!(old.read_only);
+        // An IPv4-mapped address is the IPv4 address (as sshd sees the client).
+        assert_eq!(
+            address_of("[::ffff:10.0.0.2]:7422"),
+            Some("10.0.0.2".parse().unwrap())
+        );
+
         // No key is accepted outside a peer's block; the block takes that peer's key alone.
         assert!(config.contains("AuthorizedKeysFile none\n"), "{config}");
         assert!(

@@ -246,3 +246,27 @@ fn node_tls(dir: &std::path::Path, node: &str) -> projstore_agent::tls::NodeTls 
         .unwrap();
     projstore_agent::tls::NodeTls::load(&tls, node).unwrap()
 }
+
+/// `projstore-agent alive` (the liveness probe) reads the age of the main loop's mark.
+#[test]
+fn alive_says_whether_the_main_loop_ran_lately() {
+    let dir = tempfile::tempdir().unwrap();
+    let alive = |max_age: &str| {
+        let args: Vec<String> = [
+            "alive".to_owned(),
+            format!("--run-dir={}", dir.path().display()),
+            format!("--max-age-seconds={max_age}"),
+        ]
+        .into();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        projstore_agent::cli::main(&args, &mut out, &mut err)
+    };
+    assert_eq!(alive("120"), 1, "no mark yet");
+    std::fs::write(projstore_agent::runtime::alive_file(dir.path()), b"").unwrap();
+    assert_eq!(alive("120"), 0);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(alive("0"), 1, "a mark older than allowed");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let bad = ["alive".to_owned(), "--bogus".to_owned()];
+    assert_eq!(projstore_agent::cli::main(&bad, &mut out, &mut err), 2);
+}

@@ -403,6 +403,32 @@ async fn a_same_host_mount_resolves_the_source_path_beneath_its_project() {
     assert_eq!(leaks, 0, "the vault was read through the mount");
     assert!(reads > 100, "the reader hardly ran: {reads}");
 
+    // Something not the agent's covers the mount (a tenant's own FUSE mount where /dev/fuse
+    // is open to users; here, where it is not, a bind mount made for it), and the mount
+    // leaves the spec: the agent's mount underneath does not live on (its connection is
+    // aborted).
+    let cover = h.root("ns", "a").join("cover");
+    tenant_ok(CONSUMER, "mkdir", &[&cover.display().to_string()]);
+    rustix::mount::mount_bind(&cover, &target).unwrap();
+    mounts::release(&h.root("ns", "a"), Path::new("from-b"), &h.dirs).await;
+    rustix::mount::unmount(&target, rustix::mount::UnmountFlags::empty()).unwrap();
+    let out = as_tenant(
+        CONSUMER,
+        "cat",
+        &[&target.join("readme").display().to_string()],
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("from-b"),
+        "the removed mount lived on under the tenant's"
+    );
+    mounts::ensure(&w, &keys, &h.dirs).await.unwrap();
+    let out = as_tenant(
+        CONSUMER,
+        "cat",
+        &[&target.join("readme").display().to_string()],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-b\n");
+
     // The source stops serving (a move, a failover): the consumer's open file stops working.
     let writer = tenant_writer(CONSUMER, &target.join("kept-open"));
     writes_stop_when_the_source_stops_serving(

@@ -8,7 +8,7 @@ pub mod replica;
 pub mod schedule;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -209,6 +209,10 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tick.tick() => {}
+        }
+        // Alive (the liveness probe reads it): this loop ran.
+        if let Err(e) = touch(&alive_file(&cfg.run_dir)) {
+            tracing::warn!(error = %e, "cannot mark the agent alive");
         }
         // A renewed certificate (cert-manager, a rotated Secret) is used from the next
         // connection on; files that do not make a valid identity leave the old one in use.
@@ -523,6 +527,15 @@ fn same_status(current: &serde_json::Value, new: &serde_json::Value) -> bool {
 /// Only this node's StoragePools, by the CRD's selectable field `spec.nodeName`. A cluster
 /// without custom resource field selectors (Kubernetes before 1.31) refuses the selector:
 /// then every pool is watched, and only this node's are acted on.
+/// The file the main loop touches at every tick (`projstore-agent alive` reads its age).
+pub fn alive_file(run_dir: &Path) -> PathBuf {
+    run_dir.join("alive")
+}
+
+fn touch(file: &Path) -> std::io::Result<()> {
+    std::fs::write(file, b"")
+}
+
 /// A cache of every object of kind `K`, kept by a watch.
 fn watch_all<K>(client: Client) -> (reflector::Store<K>, tokio::task::JoinHandle<()>)
 where
@@ -585,13 +598,16 @@ async fn let_peers_in(
         tracing::debug!(problem = %p, "a peer is not let in to sftp yet");
     }
     let (d, root, g) = (dirs.clone(), cfg.projects_root.clone(), grants.clone());
-    match tokio::task::spawn_blocking(move || crate::mounts::sync_peers(&d, &root, &g)).await {
-        Ok(problems) => {
+    let sync = tokio::task::spawn_blocking(move || crate::mounts::sync_peers(&d, &root, &g));
+    // The heartbeat is renewed by this loop: it never waits long on mounts.
+    match tokio::time::timeout(Duration::from_secs(20), sync).await {
+        Ok(Ok(problems)) => {
             for p in problems {
                 tracing::warn!(problem = %p, "a peer's sftp view");
             }
         }
-        Err(e) => tracing::warn!(error = %e, "cannot update the peers' sftp views"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot update the peers' sftp views"),
+        Err(_) => tracing::warn!("the peers' sftp views took over 20 s: left for the next pass"),
     }
     if let Err(e) = sshd.let_in(&grants) {
         tracing::warn!(error = %e, "cannot let the peers in to sftp");

@@ -1146,7 +1146,12 @@ async fn stop_writes(zfs: &Zfs, run_dir: &Path, ds: &DatasetName) -> Result<(), 
         let dirs = crate::mounts::MountDirs::new(run_dir);
         crate::mounts::release_under(Path::new(&mp), &dirs).await;
         let mp = std::path::PathBuf::from(mp);
-        let _ = tokio::task::spawn_blocking(move || crate::mounts::unexport(&dirs, &mp)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            crate::mounts::unexport(&dirs, &mp);
+            // A tenant's own mounts inside would keep the filesystem busy.
+            crate::mounts::detach_foreign_under(&mp)
+        })
+        .await;
     }
     match zfs.unmount(ds).await {
         Err(e) if e.is_busy() => zfs.unmount_force(ds).await.map_err(|e| e.to_string()),
