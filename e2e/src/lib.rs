@@ -3,5 +3,6 @@
 
 pub mod apiserver;
 pub mod dev;
+pub mod limits;
 pub mod pki;
 pub mod rbac;

@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Cluster;
+use projstore_e2e::limits::enough_descriptors;
 use serde_json::json;
 
 const NS: &str = "default";
@@ -306,21 +307,4 @@ async fn s16_a_tenant_cannot_leave_its_project_through_mounts_or_starve_the_stre
         t.elapsed(),
     );
     drop(idle);
-}
-
-/// Lets this test process hold `n` descriptors (1,000 client sockets and more), up to the hard
-/// limit: some machines start tests with a soft limit of 1,024.
-fn enough_descriptors(n: u64) {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let l = getrlimit(Resource::Nofile);
-    if l.current.is_some_and(|c| c < n) {
-        let current = Some(l.maximum.map_or(n, |m| m.min(n)));
-        let _ = setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current,
-                maximum: l.maximum,
-            },
-        );
-    }
 }

@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicBool;
 use projstore_agent::server::{StreamServer, bind, serve, serve_health};
 use projstore_agent::streams::{ProjectKey, SnapshotJson, StreamId, StreamMeta, StreamStore};
 use projstore_agent::tls::NodeTls;
+use projstore_e2e::limits::enough_descriptors;
 use projstore_e2e::pki::ClusterCa;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls;
@@ -477,23 +478,6 @@ async fn idle_and_slow_clients_cannot_starve_the_server() {
         closed(&slow),
         "a half-sent request outlived the header-read timeout"
     );
-}
-
-/// Lets this test process hold `n` descriptors (1,000 client sockets and more), up to the hard
-/// limit: some machines start tests with a soft limit of 1,024.
-fn enough_descriptors(n: u64) {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let l = getrlimit(Resource::Nofile);
-    if l.current.is_some_and(|c| c < n) {
-        let current = Some(l.maximum.map_or(n, |m| m.min(n)));
-        let _ = setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current,
-                maximum: l.maximum,
-            },
-        );
-    }
 }
 
 #[tokio::test]
