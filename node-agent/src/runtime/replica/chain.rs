@@ -1,0 +1,173 @@
+//! The stored stream chain of a project: each snapshot's stream written, a final snapshot
+//! when writes stop, compaction.
+
+use super::*;
+
+/// The planner's view of the streams stored for `key`.
+pub(super) async fn stored_plan(
+    store: &StreamStore,
+    key: &ProjectKey,
+) -> Result<crate::streams::Plan, String> {
+    let stored = store.list(key).await.map_err(|e| e.to_string())?;
+    let edges: Vec<_> = stored
+        .iter()
+        .filter_map(|s| s.manifest.edge(&s.id).ok())
+        .collect();
+    plan(&edges).map_err(|e| e.to_string())
+}
+
+/// Writes stopped (`ds` unmounted): makes sure the stored chain ends at everything `ds`
+/// holds. Writes since the newest snapshot get a final snapshot; nothing written is left out.
+pub(super) async fn final_snapshot(
+    storage: &Storage<'_>,
+    key: &ProjectKey,
+    ds: &DatasetName,
+    epoch: u64,
+) -> Result<(), String> {
+    let zfs = storage.zfs;
+    let snaps = zfs.snapshots(ds, &[]).await.map_err(|e| e.to_string())?;
+    let snap = unused_managed_snapshot(ds, &snaps)?;
+    let taken = zfs
+        .snapshot_unsaved(ds, &snap)
+        .await
+        .map_err(|e| e.to_string())?;
+    if taken.is_none() && snaps.is_empty() {
+        zfs.snapshot(&snap, &[]).await.map_err(|e| e.to_string())?;
+    }
+    stream_newest(storage, key, ds, epoch).await
+}
+
+/// Makes the stored chain reach the newest snapshot of `ds`: writes its stream, incremental
+/// from the chain's end when `ds` still has that snapshot, else full. Also what finishes the
+/// job after a crash between a snapshot and its stream.
+pub(super) async fn stream_newest(
+    storage: &Storage<'_>,
+    key: &ProjectKey,
+    ds: &DatasetName,
+    epoch: u64,
+) -> Result<(), String> {
+    let snaps = storage
+        .zfs
+        .snapshots(ds, &[])
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(newest) = snaps.last() else {
+        return Ok(());
+    };
+    let target = stored_plan(storage.store, key).await?.target;
+    if target.as_ref().is_some_and(|t| t.guid == newest.guid) {
+        return Ok(());
+    }
+    let from = target
+        .as_ref()
+        .and_then(|t| snaps.iter().find(|s| s.guid == t.guid))
+        .map(|s| ds.snapshot(&s.name))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let to = ds.snapshot(&newest.name).map_err(|e| e.to_string())?;
+    let written = write_stream(storage, key, &to, from.as_ref(), epoch, &Progress::new())
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(project = %key, stream = %written.id, bytes = written.manifest.bytes, "stream written");
+    Ok(())
+}
+
+/// Takes a managed snapshot of `ds` now and writes its stream; unless `always`, only when
+/// something was written since the newest snapshot. Says whether one was taken.
+pub(super) async fn snapshot_and_stream(
+    storage: &Storage<'_>,
+    key: &ProjectKey,
+    ds: &DatasetName,
+    epoch: u64,
+    always: bool,
+) -> Result<bool, String> {
+    let snap = ds
+        .snapshot(&managed_name(Utc::now().timestamp()))
+        .map_err(|e| e.to_string())?;
+    let zfs = storage.zfs;
+    let taken = if always {
+        zfs.snapshot(&snap, &[]).await.map(Some)
+    } else {
+        zfs.snapshot_unsaved(ds, &snap).await
+    }
+    .map_err(|e| e.to_string())?
+    .is_some();
+    if taken {
+        crate::metrics::add(&crate::metrics::METRICS.snapshots_taken, 1);
+        tracing::info!(project = %key, %snap, "snapshot taken");
+        stream_newest(storage, key, ds, epoch).await?;
+    }
+    Ok(taken)
+}
+
+/// Compaction (DESIGN §5.3): when the stored chain grew long or ends in many tiny
+/// increments, writes one full or one larger incremental stream to the newest snapshot, so
+/// the planner's chain gets shorter and the superseded streams are collected.
+pub(super) async fn compact(
+    storage: &Storage<'_>,
+    key: &ProjectKey,
+    ds: &DatasetName,
+    epoch: u64,
+) -> Result<(), String> {
+    use crate::streams::compaction::{Compaction, CompactionPolicy, decide};
+    let stored = storage.store.list(key).await.map_err(|e| e.to_string())?;
+    let edges: Vec<crate::streams::Edge> = stored
+        .iter()
+        .filter_map(|s| s.manifest.edge(&s.id).ok())
+        .collect();
+    let planned = plan(&edges).map_err(|e| e.to_string())?;
+    let chain: Vec<crate::streams::Edge> = planned
+        .chain
+        .iter()
+        .filter_map(|id| edges.iter().find(|e| &e.id == id).cloned())
+        .collect();
+    let snaps = storage
+        .zfs
+        .snapshots(ds, &[])
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(newest) = snaps.last() else {
+        return Ok(());
+    };
+    if planned.target.as_ref().map(|t| t.guid) != Some(newest.guid) {
+        return Ok(());
+    }
+    let from = match decide(
+        &chain,
+        |g| snaps.iter().any(|s| s.guid == g),
+        &CompactionPolicy::default(),
+    ) {
+        Compaction::Nothing => return Ok(()),
+        Compaction::Full { reason } => {
+            tracing::info!(project = %key, %reason, "compacting: a fresh full stream");
+            None
+        }
+        Compaction::Incremental { from_guid, reason } => {
+            tracing::info!(project = %key, %reason, "compacting: one larger incremental");
+            snaps.iter().find(|s| s.guid == from_guid)
+        }
+    };
+    let from = from
+        .map(|s| ds.snapshot(&s.name))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let to = ds.snapshot(&newest.name).map_err(|e| e.to_string())?;
+    match write_stream(storage, key, &to, from.as_ref(), epoch, &Progress::new()).await {
+        Ok(_) => Ok(()),
+        // Already written by an earlier pass: the planner uses it.
+        Err(TransferError::Store(StoreError::AlreadyExists { .. })) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A managed snapshot of `ds` named for now, or the next free second when that name is taken.
+pub(super) fn unused_managed_snapshot(
+    ds: &DatasetName,
+    snaps: &[SnapshotInfo],
+) -> Result<crate::zfs::SnapshotName, String> {
+    let mut t = Utc::now().timestamp();
+    while snaps.iter().any(|s| s.name == managed_name(t)) {
+        t += 1;
+    }
+    ds.snapshot(&managed_name(t)).map_err(|e| e.to_string())
+}

@@ -1,0 +1,285 @@
+//! A live secondary: fetches what the chain lacks from the primary's stream server, applies
+//! it never mounted, keeps diverged history under `forks/`, reports what it holds.
+
+use super::*;
+
+pub(super) async fn secondary(
+    env: &ReplicaEnv<'_>,
+    sr: &StreamReplica,
+    pool: &PoolName,
+) -> Result<Value, String> {
+    let ns = sr.namespace().unwrap_or_default();
+    let key = ProjectKey::new(&ns, &sr.spec.project)?;
+    let source = sr.spec.source.as_ref().ok_or("no source primary yet")?;
+    let endpoint = source
+        .stream_endpoint
+        .as_deref()
+        .ok_or("the primary's stream endpoint is not known yet")?;
+    let peer = Peer::new(endpoint, &source.node, env.tls.clone()).map_err(|e| e.to_string())?;
+    let zfs = env.zfs;
+    let ds: DatasetName = PoolLayout::new(pool.clone())
+        .project(&key)
+        .map_err(|e| e.to_string())?;
+    let store = StreamStore::new(env.streams_root.join(pool.as_str()));
+    let storage = Storage {
+        zfs,
+        store: &store,
+        pool,
+        node: env.node,
+    };
+    let remote = peer.list(&key).await.map_err(|e| e.to_string())?;
+    let edges: Vec<_> = remote
+        .iter()
+        .filter_map(|(id, m)| m.edge(id).ok())
+        .collect();
+    let layout = PoolLayout::new(pool.clone());
+    let mut exists = zfs.exists(&ds).await.map_err(|e| e.to_string())?;
+    if !exists {
+        exists = restore_from_trash(zfs, &layout, &store, &key, &ds).await?;
+    }
+    if exists {
+        stop_serving(zfs, env.run_dir, &ds).await?;
+    }
+    let held = if exists {
+        zfs.snapshots(&ds, &[])
+            .await
+            .map_err(|e| e.to_string())?
+            .last()
+            .map(|s| s.guid)
+    } else {
+        None
+    };
+    let mut conditions = Vec::new();
+    let prev = sr.status.clone().unwrap_or_default();
+    let mut todo = plan_for_replica(&edges, held).map_err(|e| e.to_string())?;
+    if matches!(todo, ReplicaPlan::Diverged) {
+        // This copy holds history the primary lacks (a returning old primary): keep it under
+        // forks/ and sync afresh. Nothing is destroyed.
+        let fork = fork(zfs, env.run_dir, &layout, &store, &key, &ds, &remote).await?;
+        tracing::warn!(project = %key, fork = %fork, "diverged history preserved; re-syncing from the primary");
+        exists = false;
+        todo = plan_for_replica(&edges, None).map_err(|e| e.to_string())?;
+    }
+    let received = !matches!(todo, ReplicaPlan::UpToDate);
+    match todo {
+        ReplicaPlan::UpToDate => {}
+        ReplicaPlan::Apply(ids) => {
+            // Progress (bytes fetched and applied) shows in status.transfer while it runs.
+            let progress = Progress::new();
+            let total: u64 = ids
+                .iter()
+                .filter_map(|id| remote.iter().find(|(i, _)| i.as_str() == id))
+                .map(|(_, m)| 2 * m.bytes)
+                .sum();
+            let _reporter = report_transfer(env.client, sr, progress.clone(), total);
+            for id in ids {
+                let (sid, manifest) = remote
+                    .iter()
+                    .find(|(i, _)| i.as_str() == id)
+                    .ok_or("the peer's list changed")?;
+                let local = store.manifest(&key, sid).await.ok();
+                if local.as_ref().map(|m| &m.sha256) != Some(&manifest.sha256) {
+                    peer.download(&store, &key, sid, manifest, &progress)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                } else {
+                    progress.add(usize::try_from(manifest.bytes).unwrap_or(usize::MAX));
+                }
+                let mut applied = apply_stream(&storage, &key, sid, &ds, &progress).await;
+                if let Err(TransferError::Store(StoreError::Corrupt { reason, .. })) = &applied {
+                    // Damaged on this disk since it was fetched: never applied; fetch it again.
+                    tracing::warn!(project = %key, stream = %sid, %reason, "stored stream is corrupt: fetching it again");
+                    crate::metrics::add(&crate::metrics::METRICS.errors, 1);
+                    store.delete(&key, sid).await.map_err(|e| e.to_string())?;
+                    peer.download(&store, &key, sid, manifest, &Progress::new())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    applied = apply_stream(&storage, &key, sid, &ds, &Progress::new()).await;
+                }
+                let applied = applied.map_err(|e| e.to_string())?;
+                tracing::info!(project = %key, stream = %sid, snapshot = %applied.name, "stream applied");
+            }
+        }
+        ReplicaPlan::Diverged => {
+            return Err(format!(
+                "the primary's chain does not lead to a fresh copy of {key}"
+            ));
+        }
+    }
+    let forked = forks_condition(zfs, &layout, &key, &prev.conditions).await;
+    let exists = if received {
+        zfs.exists(&ds).await.map_err(|e| e.to_string())?
+    } else {
+        exists
+    };
+    if exists {
+        let have = zfs
+            .get_props(&ds, &[PROP_EPOCH, PROP_ROLE])
+            .await
+            .map_err(|e| e.to_string())?;
+        let epoch = sr.spec.epoch.to_string();
+        for (prop, want) in [(PROP_EPOCH, epoch.as_str()), (PROP_ROLE, "secondary")] {
+            if have.get(prop).map(String::as_str) != Some(want) {
+                zfs.set(&ds, &p(prop)?, want)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        if received {
+            // A copy just received (or re-synced after a fork) is read-only from the start.
+            stop_serving(zfs, env.run_dir, &ds).await?;
+        }
+    }
+    let snaps = if exists {
+        zfs.snapshots(&ds, &[]).await.map_err(|e| e.to_string())?
+    } else {
+        Vec::new()
+    };
+    let newest_remote = plan(&edges)
+        .map_err(|e| e.to_string())?
+        .target
+        .map(|t| t.time);
+    let lag = match (newest_remote, snaps.last()) {
+        (Some(r), Some(l)) => (r - l.creation).max(0),
+        (Some(_), None) => i64::MAX / 2,
+        _ => 0,
+    };
+    let stored = store.list(&key).await.map_err(|e| e.to_string())?;
+    conditions.extend(forked);
+    Ok(json!({
+        "transfer": null,
+        "phase": if lag == 0 { "Ready" } else { "Syncing" },
+        "appliedSnapshot": snaps.last().map(snapshot_ref),
+        "streams": {"count": stored.len(), "bytes": stored.iter().map(|s| s.manifest.bytes).sum::<u64>()},
+        "lagSeconds": lag.min(i64::from(u32::MAX)),
+        "snapshotCount": snaps.len(),
+        "conditions": conditions,
+    }))
+}
+
+/// Renames `ds` to `forks/<ns>/<name>-e<epoch>` (`-2`, `-3`… when taken), unmounted and
+/// read-only, and sets aside the local streams the primary does not serve. Returns the fork.
+pub(super) async fn fork(
+    zfs: &Zfs,
+    run_dir: &Path,
+    layout: &PoolLayout,
+    store: &StreamStore,
+    key: &ProjectKey,
+    ds: &DatasetName,
+    remote: &[(crate::streams::StreamId, crate::streams::Manifest)],
+) -> Result<DatasetName, String> {
+    let epoch: u64 = zfs
+        .property(ds, &p(PROP_EPOCH)?)
+        .await
+        .map_err(|e| e.to_string())?
+        .parse()
+        .unwrap_or(0);
+    let base = layout.fork(key, epoch).map_err(|e| e.to_string())?;
+    let mut target = base.clone();
+    let mut n = 1;
+    while zfs.exists(&target).await.map_err(|e| e.to_string())? {
+        n += 1;
+        target = DatasetName::parse(&format!("{base}-{n}")).map_err(|e| e.to_string())?;
+    }
+    stop_writes(zfs, run_dir, ds).await?;
+    zfs.create_parents(&target)
+        .await
+        .map_err(|e| e.to_string())?;
+    zfs.rename(ds, &target).await.map_err(|e| e.to_string())?;
+    for (prop, value) in [
+        ("mountpoint", "none"),
+        ("readonly", "on"),
+        (PROP_ROLE, "fork"),
+    ] {
+        zfs.set(&target, &p(prop)?, value)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let label = target.as_str().rsplit('/').next().unwrap_or_default();
+    for s in store.list(key).await.map_err(|e| e.to_string())? {
+        let served = remote
+            .iter()
+            .any(|(id, m)| *id == s.id && m.sha256 == s.manifest.sha256);
+        if !served {
+            store
+                .set_aside(key, &s.id, label)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(target)
+}
+
+/// `Diverged` naming the forks kept for `key` on this pool, if any.
+pub(super) async fn forks_condition(
+    zfs: &Zfs,
+    layout: &PoolLayout,
+    key: &ProjectKey,
+    prev: &[Condition],
+) -> Option<Condition> {
+    let ns = layout.forks().and_then(|f| f.child(&key.namespace)).ok()?;
+    let prefix = format!("{ns}/{}-e", key.name);
+    let forks: Vec<String> = zfs
+        .children(&ns)
+        .await
+        .ok()?
+        .into_iter()
+        .map(|d| d.to_string())
+        .filter(|d| {
+            d.strip_prefix(&prefix).is_some_and(|rest| {
+                rest.split('-')
+                    .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
+        .collect();
+    if forks.is_empty() {
+        return None;
+    }
+    Some(cond(
+        "Diverged",
+        true,
+        "ForkPreserved",
+        format!(
+            "writes the primary lacked are preserved at {}",
+            forks.join(", ")
+        ),
+        prev,
+    ))
+}
+
+/// Patches `status.transfer` of `sr` every second from `progress` until dropped.
+pub(super) fn report_transfer(
+    client: &Client,
+    sr: &StreamReplica,
+    progress: Progress,
+    total: u64,
+) -> AbortOnDrop {
+    let api: Api<StreamReplica> =
+        Api::namespaced(client.clone(), &sr.namespace().unwrap_or_default());
+    let name = sr.name_any();
+    AbortOnDrop(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let done = progress.bytes().min(total);
+            let patch = json!({"status": {"transfer": {"bytesDone": done, "bytesTotal": total}}});
+            let _ = api
+                .patch_status(
+                    &name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await;
+        }
+    }))
+}
+
+/// A task that stops when this handle is dropped.
+pub(super) struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,117 @@
+//! Serving a primary's folder mounts of other projects (DESIGN §5.7).
+
+use super::*;
+
+/// Annotation on the primary's replica: where each mounted source project is served.
+pub const MOUNT_SOURCES: &str = projstore_api::MOUNT_SOURCES_ANNOTATION;
+
+/// Makes the project's folder mounts match its spec (DESIGN §5.7) and says how each went.
+/// Mounts inside the project that the spec no longer names are taken down.
+pub(super) async fn serve_mounts(
+    env: &ReplicaEnv<'_>,
+    sr: &StreamReplica,
+    project: &Project,
+    mountpoint: &Path,
+) -> Vec<projstore_api::MountStatus> {
+    let sources: std::collections::BTreeMap<String, projstore_api::MountSource> = sr
+        .annotations()
+        .get(MOUNT_SOURCES)
+        .and_then(|a| serde_json::from_str(a).ok())
+        .unwrap_or_default();
+    let ns = sr.namespace().unwrap_or_default();
+    let dirs = crate::mounts::MountDirs::new(env.run_dir);
+    let mut out = Vec::new();
+    let mut targets = Vec::new();
+    for m in &project.spec.mounts {
+        let status = |phase: &str, message: String| projstore_api::MountStatus {
+            mount_path: m.mount_path.clone(),
+            phase: phase.into(),
+            message: Some(message),
+        };
+        let wanted = async {
+            let rel = crate::mounts::safe_relative(&m.mount_path)?;
+            let path = crate::mounts::safe_relative(&m.path)?;
+            if m.path.contains(',') {
+                // It would reach sshfs's mount options and its name in the mount table.
+                return Err(format!(
+                    "path {:?}: a comma is not supported in a mount's path",
+                    m.path
+                ));
+            }
+            let key = ProjectKey::new(&ns, &m.project)?;
+            let src = sources
+                .get(&m.project)
+                .ok_or_else(|| format!("project {} is not served yet", m.project))?;
+            let remote_host_key = src.host_key.clone();
+            let remote = if src.node == env.node {
+                None
+            } else {
+                // The controller copies the source pool's sftp endpoint into the annotation:
+                // this agent watches only its own pools.
+                let ep = src
+                    .sftp
+                    .as_deref()
+                    .ok_or_else(|| format!("the agent of {} serves no sftp", src.pool))?;
+                crate::sftp::check_endpoint(ep)?;
+                Some(ep.to_owned())
+            };
+            let source_project = Api::<Project>::namespaced(env.client.clone(), &ns)
+                .get_opt(&m.project)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("project {} does not exist", m.project))?;
+            Ok::<_, String>(crate::mounts::Wanted {
+                consumer_root: mountpoint.to_path_buf(),
+                mount_path: rel,
+                source_project: Path::new(&key.namespace).join(&key.name),
+                source_root: env.projects_root.join(&key.namespace).join(&key.name),
+                path,
+                remote_host_key: remote.as_ref().and(remote_host_key),
+                bind_address: remote.as_ref().and(env.sftp_address),
+                remote,
+                read_only: m.read_only,
+                source_owner: (source_project.spec.owner.uid, source_project.spec.owner.gid),
+                owner: (project.spec.owner.uid, project.spec.owner.gid),
+            })
+        };
+        match wanted.await {
+            Err(e) => out.push(status("Failed", e)),
+            Ok(w) => {
+                targets.push(w.target());
+                if w.remote.is_some() && env.keys.is_none() {
+                    out.push(status(
+                        "Failed",
+                        "this agent serves no sftp (--sftp-listen): it cannot mount from other hosts".into(),
+                    ));
+                    continue;
+                }
+                let keys = env.keys.clone().unwrap_or(crate::sftp::SshKeys {
+                    dir: Default::default(),
+                });
+                match crate::mounts::ensure(&w, &keys, &dirs).await {
+                    Ok(()) => out.push(status(
+                        "Mounted",
+                        format!(
+                            "{}:{} from {}",
+                            m.project,
+                            m.path,
+                            w.remote.as_deref().unwrap_or("this host")
+                        ),
+                    )),
+                    Err(e) => out.push(status("Failed", e)),
+                }
+            }
+        }
+    }
+    // Mounts no longer asked for: each released beneath the project's root, by mount ID.
+    for old in crate::mounts::mount_table() {
+        if let Ok(rel) = old.target.strip_prefix(mountpoint)
+            && old.is_root_fuse()
+            && old.target != mountpoint
+            && !targets.contains(&old.target)
+        {
+            crate::mounts::release(mountpoint, rel, &dirs).await;
+        }
+    }
+    out
+}

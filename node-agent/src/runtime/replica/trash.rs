@@ -1,0 +1,158 @@
+//! The trash (DESIGN §5.6): a deleted project's dataset and streams set aside with a purge
+//! time, put back when the project returns, purged when its retention ends.
+
+use super::*;
+
+/// The trash stamp of a replica: its `trashed-at` time as `yyyymmddThhmmssZ`.
+pub(super) fn trash_stamp(sr: &StreamReplica) -> Result<(String, chrono::DateTime<Utc>), String> {
+    let at = sr
+        .annotations()
+        .get("projstore.io/trashed-at")
+        .ok_or("no projstore.io/trashed-at annotation")?;
+    let t = chrono::DateTime::parse_from_rfc3339(at)
+        .map_err(|e| format!("bad trashed-at {at:?}: {e}"))?
+        .with_timezone(&Utc);
+    Ok((t.format("%Y%m%dT%H%M%SZ").to_string(), t))
+}
+
+/// Moves a deleted project's dataset to `trash/<ns>/<name>-<stamp>` (with the time it may be
+/// purged as a property) and its streams to the store's trash. Nothing is destroyed here.
+pub(super) async fn trash(
+    env: &ReplicaEnv<'_>,
+    sr: &StreamReplica,
+    pool: &PoolName,
+) -> Result<Value, String> {
+    let ns = sr.namespace().unwrap_or_default();
+    let key = ProjectKey::new(&ns, &sr.spec.project)?;
+    let zfs = env.zfs;
+    let layout = PoolLayout::new(pool.clone());
+    let ds = layout.project(&key).map_err(|e| e.to_string())?;
+    let (stamp, at) = trash_stamp(sr)?;
+    let days: i64 = sr
+        .annotations()
+        .get("projstore.io/retain-days")
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(7);
+    let target = layout.trashed(&key, &stamp).map_err(|e| e.to_string())?;
+    if zfs.exists(&ds).await.map_err(|e| e.to_string())? {
+        stop_writes(zfs, env.run_dir, &ds).await?;
+        zfs.create_parents(&target)
+            .await
+            .map_err(|e| e.to_string())?;
+        zfs.rename(&ds, &target).await.map_err(|e| e.to_string())?;
+        let purge =
+            (at + chrono::Duration::days(days)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        zfs.set(&target, &p(PROP_PURGE_AFTER)?, &purge)
+            .await
+            .map_err(|e| e.to_string())?;
+        zfs.set(&target, &p("mountpoint")?, "none")
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let store = StreamStore::new(env.streams_root.join(pool.as_str()));
+    store
+        .move_to_trash(&key, &stamp)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(json!({"phase": "Trashed", "conditions": []}))
+}
+
+/// User property on a trashed dataset: when it may be purged (RFC 3339).
+pub const PROP_PURGE_AFTER: &str = "projstore.io:purge-after";
+
+/// Puts the newest trashed copy of `key` back at `ds` (and its streams back in the store);
+/// false when the trash holds none.
+pub(super) async fn restore_from_trash(
+    zfs: &Zfs,
+    layout: &PoolLayout,
+    store: &StreamStore,
+    key: &ProjectKey,
+    ds: &DatasetName,
+) -> Result<bool, String> {
+    let Ok(ns_trash) = layout.trash().and_then(|t| t.child(&key.namespace)) else {
+        return Ok(false);
+    };
+    if !zfs.exists(&ns_trash).await.map_err(|e| e.to_string())? {
+        return Ok(false);
+    }
+    let prefix = format!("{}/{}-", ns_trash, key.name);
+    let mut candidates: Vec<DatasetName> = zfs
+        .children(&ns_trash)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|c| {
+            c.as_str()
+                .strip_prefix(&prefix)
+                .is_some_and(|stamp| stamp.len() == 16 && stamp.ends_with('Z'))
+        })
+        .collect();
+    candidates.sort();
+    let Some(newest) = candidates.pop() else {
+        return Ok(false);
+    };
+    zfs.create_parents(ds).await.map_err(|e| e.to_string())?;
+    zfs.rename(&newest, ds).await.map_err(|e| e.to_string())?;
+    let stamp = newest.as_str().trim_start_matches(&prefix).to_owned();
+    let trashed_streams = store
+        .root()
+        .join(crate::streams::store::TRASH_DIR)
+        .join(&key.namespace)
+        .join(format!("{}-{stamp}", key.name));
+    if trashed_streams.is_dir() {
+        store
+            .restore_from_trash(key, &trashed_streams)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(true)
+}
+
+/// Destroys trashed datasets of `pool` whose retention has ended (DESIGN §5.6: agents purge
+/// after `retainDays`). Returns what was purged.
+pub async fn purge_trash(
+    zfs: &Zfs,
+    pool: &PoolName,
+    store: &StreamStore,
+    now: chrono::DateTime<Utc>,
+) -> Result<Vec<DatasetName>, String> {
+    let layout = PoolLayout::new(pool.clone());
+    let trash = layout.trash().map_err(|e| e.to_string())?;
+    let listed = match zfs
+        .descendants_with(&trash, &[&p(PROP_PURGE_AFTER)?], Some(2))
+        .await
+    {
+        Err(e) if e.is_not_found() => return Ok(Vec::new()),
+        other => other.map_err(|e| e.to_string())?,
+    };
+    let mut purged = Vec::new();
+    // `trash/<ns>/<name>-<stamp>`: two levels below the trash (the namespaces carry no time).
+    let depth = |ds: &DatasetName| ds.as_str().matches('/').count();
+    let top = depth(&trash);
+    for (ds, after) in listed {
+        let after = after.concat();
+        let due = depth(&ds) == top + 2
+            && chrono::DateTime::parse_from_rfc3339(&after)
+                .is_ok_and(|t| t.with_timezone(&Utc) <= now);
+        if due {
+            zfs.destroy(&ds, true).await.map_err(|e| e.to_string())?;
+            // The streams trashed with it (`<store>/.trash/<ns>/<name>-<stamp>`) go too.
+            let rel = ds
+                .as_str()
+                .strip_prefix(trash.as_str())
+                .unwrap_or_default()
+                .trim_start_matches('/');
+            let dir = store
+                .root()
+                .join(crate::streams::store::TRASH_DIR)
+                .join(rel);
+            if !rel.is_empty() && !rel.contains("..") && dir.is_dir() {
+                tokio::fs::remove_dir_all(&dir)
+                    .await
+                    .map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
+            purged.push(ds);
+        }
+    }
+    Ok(purged)
+}
