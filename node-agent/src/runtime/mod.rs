@@ -3,6 +3,7 @@
 //! sanity checks, serves streams and the sftp server; the replicas are worked on by
 //! [`schedule`], event-driven, while the checks pass.
 
+mod context;
 pub mod pool;
 pub mod replica;
 pub mod schedule;
@@ -26,6 +27,7 @@ use crate::server::{StreamServer, serve};
 use crate::streams::ProjectKey;
 use crate::streams::StreamStore;
 use crate::zfs::{PoolName, PropertyName, Zfs};
+pub use context::AgentContext;
 
 /// After this long without renewing its Lease, an agent stops serving read-write: the
 /// controller considers a pool NotReady after 40 s, and fails over only after the grace.
@@ -183,9 +185,8 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
     let (all_pools, all_pools_watch) = watch_all::<StoragePool>(client.clone());
     let (all_replicas, all_replicas_watch) =
         watch_all::<projstore_api::StreamReplica>(client.clone());
-    let zfs_for_replicas = zfs.clone();
-    let replicas =
-        schedule::Replicas::start(client.clone(), cfg.clone(), store.clone(), zfs_for_replicas);
+    let cx = AgentContext::new(client.clone(), cfg.clone(), store.clone(), zfs.clone());
+    let replicas = schedule::Replicas::start(cx.clone());
     let sr_store = replicas.store.clone();
 
     let mut server: Option<Arc<StreamServer>> = None;
@@ -233,9 +234,7 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
         // copy; stop serving read-write before that can happen (DESIGN §6 invariant 2).
         if renewed.elapsed() > LEASE_EXPIRY {
             replicas.close();
-            if let Some(z) = &zfs {
-                replica::fence_all(z, &sr_store.state(), &store.state(), &cfg).await;
-            }
+            replica::fence_all(&cx, &sr_store.state()).await;
             ready.store(false, Ordering::Relaxed);
             continue;
         }

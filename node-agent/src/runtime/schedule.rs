@@ -12,22 +12,21 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::channel::{mpsc, oneshot};
 use futures::{StreamExt, TryStreamExt, stream};
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ApplierConfig, applier};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
-use projstore_api::{StoragePool, StreamReplica};
+use projstore_api::StreamReplica;
 use serde_json::Value;
 
-use super::{Config, replica};
-use crate::zfs::{PoolName, Zfs};
+use super::{AgentContext, replica};
 
 /// Replicas worked on at once: a long receive never holds up a primary's snapshot.
 pub const CONCURRENCY: u16 = 4;
@@ -39,23 +38,11 @@ pub const POKE_EVERY: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-struct Shared {
-    client: Client,
-    cfg: Config,
-    pools: Store<StoragePool>,
-    zfs: Option<Zfs>,
-    /// Work is allowed: sanity checks pass and the heartbeat is fresh.
-    open: AtomicBool,
-    /// Consecutive failed passes per replica (`ns/name`).
-    failures: Mutex<HashMap<String, u32>>,
-    quiet: Mutex<HashMap<String, i64>>,
-}
-
 /// The replica scheduler of one agent.
 pub struct Replicas {
     /// This node's replicas (server-side label selector `projstore.io/node=<node>`).
     pub store: Store<StreamReplica>,
-    shared: Arc<Shared>,
+    shared: Arc<AgentContext>,
     everything: mpsc::UnboundedSender<()>,
     pokes: mpsc::UnboundedSender<ObjectRef<StreamReplica>>,
     poked: Mutex<HashMap<ObjectRef<StreamReplica>, std::time::Instant>>,
@@ -65,7 +52,8 @@ pub struct Replicas {
 
 impl Replicas {
     /// Starts watching this node's replicas; no work is done until [`Replicas::open`].
-    pub fn start(client: Client, cfg: Config, pools: Store<StoragePool>, zfs: Option<Zfs>) -> Self {
+    pub fn start(shared: Arc<AgentContext>) -> Self {
+        let (client, cfg) = (&shared.client, &shared.cfg);
         let (store, writer) = reflector::store::<StreamReplica>();
         let selector = format!("{}={}", projstore_api::NODE_LABEL, cfg.node_name);
         let mut seen: HashMap<ObjectRef<StreamReplica>, u64> = HashMap::new();
@@ -100,15 +88,6 @@ impl Replicas {
         let (pokes, poked) = mpsc::unbounded::<ObjectRef<StreamReplica>>();
         let (stop, stopped) = oneshot::channel::<()>();
         let queue = stream::select(stream::select(changes, all), poked.map(Ok)).take_until(stopped);
-        let shared = Arc::new(Shared {
-            client,
-            cfg,
-            pools,
-            zfs,
-            open: AtomicBool::new(false),
-            failures: Mutex::default(),
-            quiet: Mutex::default(),
-        });
         let work = applier(
             |sr, sh| Box::pin(reconcile(sr, sh)),
             |_, never: &Infallible, _| match *never {},
@@ -204,45 +183,21 @@ fn unsettled(status: &Value) -> bool {
     phase == "Error" || phase == "Syncing" || mount_failed
 }
 
-async fn reconcile(sr: Arc<StreamReplica>, sh: Arc<Shared>) -> Result<Action, Infallible> {
-    let (Some(zfs), true) = (&sh.zfs, sh.open.load(Ordering::SeqCst)) else {
+#[tracing::instrument(skip_all, fields(project = %format!("{}/{}", sr.namespace().unwrap_or_default(), sr.spec.project), pool = %sr.spec.pool))]
+async fn reconcile(sr: Arc<StreamReplica>, sh: Arc<AgentContext>) -> Result<Action, Infallible> {
+    if sh.zfs.is_none() || !sh.open.load(Ordering::SeqCst) {
         // Opening again looks at every replica.
         return Ok(Action::await_change());
-    };
-    let cfg = &sh.cfg;
+    }
     let key = format!("{}/{}", sr.namespace().unwrap_or_default(), sr.name_any());
-    let pools = sh.pools.state();
-    let pool = pools
-        .iter()
-        .find(|p| p.spec.node_name == cfg.node_name && p.name_any() == sr.spec.pool)
-        .and_then(|p| PoolName::parse(&p.spec.pool_name).ok());
-    let (status, due) = match (pool, cfg.tls.clone()) {
-        (Some(pool), Some(tls)) => {
-            let env = replica::ReplicaEnv {
-                zfs,
-                client: &sh.client,
-                node: &cfg.node_name,
-                projects_root: &cfg.projects_root,
-                streams_root: &cfg.streams_root,
-                tls,
-                run_dir: &cfg.run_dir,
-                keys: cfg.sftp_listen.map(|_| crate::sftp::SshKeys {
-                    dir: cfg.run_dir.join("ssh"),
-                }),
-                sftp_address: cfg
-                    .sftp_advertise
-                    .as_deref()
-                    .and_then(crate::sftp::address_of),
-                quiet: &sh.quiet,
-            };
-            replica::reconcile(&env, &sr, &pool).await
-        }
-        (None, _) => (
-            serde_json::json!({"phase": "Error", "lastError": format!("pool {} is not one of this node's", sr.spec.pool)}),
+    let (status, due) = match sh.own_pool(&sr.spec.pool) {
+        Some(_) if sh.cfg.tls.is_none() => (
+            serde_json::json!({"phase": "Error", "lastError": "this agent has no TLS identity (--tls-dir)"}),
             None,
         ),
-        (_, None) => (
-            serde_json::json!({"phase": "Error", "lastError": "this agent has no TLS identity (--tls-dir)"}),
+        Some(pool) => replica::reconcile(&sh, &sr, &pool).await,
+        None => (
+            serde_json::json!({"phase": "Error", "lastError": format!("pool {} is not one of this node's", sr.spec.pool)}),
             None,
         ),
     };

@@ -7,43 +7,42 @@ use super::*;
 /// checks that its stored chain rebuilds the newest snapshot (received into a scratch dataset
 /// and compared by GUID), and only then destroys its live dataset. The streams stay.
 pub(super) async fn archive(
-    env: &ReplicaEnv<'_>,
+    cx: &AgentContext,
     sr: &StreamReplica,
     pool: &PoolName,
     role: ReplicaRole,
-) -> Result<Value, String> {
+) -> Result<Value, ReplicaError> {
     let ns = sr.namespace().unwrap_or_default();
     let key = ProjectKey::new(&ns, &sr.spec.project)?;
-    let zfs = env.zfs;
+    let zfs = cx.zfs()?;
     let layout = PoolLayout::new(pool.clone());
-    let ds = layout.project(&key).map_err(|e| e.to_string())?;
-    let store = StreamStore::new(env.streams_root.join(pool.as_str()));
+    let ds = layout.project(&key)?;
+    let store = StreamStore::new(cx.cfg.streams_root.join(pool.as_str()));
     let storage = Storage {
         zfs,
         store: &store,
         pool,
-        node: env.node,
+        node: cx.node(),
     };
-    if role == ReplicaRole::Secondary && zfs.exists(&ds).await.map_err(|e| e.to_string())? {
+    if role == ReplicaRole::Secondary && zfs.exists(&ds).await? {
         // Catch up first (the primary's final stream), so what is verified is everything.
-        secondary(env, sr, pool).await?;
+        secondary(cx, sr, pool).await?;
     }
-    if zfs.exists(&ds).await.map_err(|e| e.to_string())? {
+    if zfs.exists(&ds).await? {
         if role == ReplicaRole::Primary {
-            stop_writes(zfs, env.run_dir, &ds).await?;
+            stop_writes(zfs, &cx.cfg.run_dir, &ds).await?;
             final_snapshot(&storage, &key, &ds, sr.spec.epoch).await?;
         }
         let newest = zfs
             .snapshots(&ds, &[])
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
             .last()
             .cloned()
             .ok_or("the dataset has no snapshot to archive")?;
-        verify_chain_restores(env, &storage, &key, newest.guid).await?;
-        zfs.destroy(&ds, true).await.map_err(|e| e.to_string())?;
+        verify_chain_restores(cx, &storage, &key, newest.guid).await?;
+        zfs.destroy(&ds, true).await?;
     }
-    let stored = store.list(&key).await.map_err(|e| e.to_string())?;
+    let stored = store.list(&key).await?;
     Ok(json!({
         "phase": "Archived",
         "streams": {"count": stored.len(), "bytes": stored.iter().map(|s| s.manifest.bytes).sum::<u64>()},
@@ -54,46 +53,41 @@ pub(super) async fn archive(
 /// Receives the stored chain into `<pool>/recv/<ns>/<name>-verify` and checks it ends at
 /// snapshot `guid`; the scratch dataset is removed either way.
 pub(super) async fn verify_chain_restores(
-    env: &ReplicaEnv<'_>,
+    cx: &AgentContext,
     storage: &Storage<'_>,
     key: &ProjectKey,
     guid: u64,
-) -> Result<(), String> {
+) -> Result<(), ReplicaError> {
     let planned = stored_plan(storage.store, key).await?;
     if planned.target.as_ref().map(|t| t.guid) != Some(guid) {
         return Err(format!(
             "the stored chain does not reach the newest snapshot ({guid}): not archiving yet"
-        ));
+        )
+        .into());
     }
     let scratch = storage
         .pool
-        .dataset(&format!("recv/{}/{}-verify", key.namespace, key.name))
-        .map_err(|e| e.to_string())?;
-    crate::transfer::clear_staging(env.zfs, &scratch)
-        .await
-        .map_err(|e| e.to_string())?;
+        .dataset(&format!("recv/{}/{}-verify", key.namespace, key.name))?;
+    crate::transfer::clear_staging(cx.zfs()?, &scratch).await?;
     let mut result = Ok(());
     for id in planned.chain {
         let id = crate::streams::StreamId::parse(&id)?;
         if let Err(e) = apply_stream(storage, key, &id, &scratch, &Progress::new()).await {
-            result = Err(format!("the stored chain does not restore: {e}"));
+            result = Err(format!("the stored chain does not restore: {e}").into());
             break;
         }
     }
     if result.is_ok() {
-        let last = env
-            .zfs
+        let last = cx
+            .zfs()?
             .snapshots(&scratch, &[])
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
             .last()
             .map(|s| s.guid);
         if last != Some(guid) {
             result = Err("the restored chain ends at another snapshot".into());
         }
     }
-    crate::transfer::clear_staging(env.zfs, &scratch)
-        .await
-        .map_err(|e| e.to_string())?;
+    crate::transfer::clear_staging(cx.zfs()?, &scratch).await?;
     result
 }

@@ -7,13 +7,13 @@ use super::*;
 pub(super) async fn stored_plan(
     store: &StreamStore,
     key: &ProjectKey,
-) -> Result<crate::streams::Plan, String> {
-    let stored = store.list(key).await.map_err(|e| e.to_string())?;
+) -> Result<crate::streams::Plan, ReplicaError> {
+    let stored = store.list(key).await?;
     let edges: Vec<_> = stored
         .iter()
         .filter_map(|s| s.manifest.edge(&s.id).ok())
         .collect();
-    plan(&edges).map_err(|e| e.to_string())
+    plan(&edges).map_err(ReplicaError::from)
 }
 
 /// Writes stopped (`ds` unmounted): makes sure the stored chain ends at everything `ds`
@@ -23,16 +23,13 @@ pub(super) async fn final_snapshot(
     key: &ProjectKey,
     ds: &DatasetName,
     epoch: u64,
-) -> Result<(), String> {
+) -> Result<(), ReplicaError> {
     let zfs = storage.zfs;
-    let snaps = zfs.snapshots(ds, &[]).await.map_err(|e| e.to_string())?;
+    let snaps = zfs.snapshots(ds, &[]).await?;
     let snap = unused_managed_snapshot(ds, &snaps)?;
-    let taken = zfs
-        .snapshot_unsaved(ds, &snap)
-        .await
-        .map_err(|e| e.to_string())?;
+    let taken = zfs.snapshot_unsaved(ds, &snap).await?;
     if taken.is_none() && snaps.is_empty() {
-        zfs.snapshot(&snap, &[]).await.map_err(|e| e.to_string())?;
+        zfs.snapshot(&snap, &[]).await?;
     }
     stream_newest(storage, key, ds, epoch).await
 }
@@ -45,12 +42,8 @@ pub(super) async fn stream_newest(
     key: &ProjectKey,
     ds: &DatasetName,
     epoch: u64,
-) -> Result<(), String> {
-    let snaps = storage
-        .zfs
-        .snapshots(ds, &[])
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<(), ReplicaError> {
+    let snaps = storage.zfs.snapshots(ds, &[]).await?;
     let Some(newest) = snaps.last() else {
         return Ok(());
     };
@@ -62,12 +55,9 @@ pub(super) async fn stream_newest(
         .as_ref()
         .and_then(|t| snaps.iter().find(|s| s.guid == t.guid))
         .map(|s| ds.snapshot(&s.name))
-        .transpose()
-        .map_err(|e| e.to_string())?;
-    let to = ds.snapshot(&newest.name).map_err(|e| e.to_string())?;
-    let written = write_stream(storage, key, &to, from.as_ref(), epoch, &Progress::new())
-        .await
-        .map_err(|e| e.to_string())?;
+        .transpose()?;
+    let to = ds.snapshot(&newest.name)?;
+    let written = write_stream(storage, key, &to, from.as_ref(), epoch, &Progress::new()).await?;
     tracing::info!(project = %key, stream = %written.id, bytes = written.manifest.bytes, "stream written");
     Ok(())
 }
@@ -80,17 +70,14 @@ pub(super) async fn snapshot_and_stream(
     ds: &DatasetName,
     epoch: u64,
     always: bool,
-) -> Result<bool, String> {
-    let snap = ds
-        .snapshot(&managed_name(Utc::now().timestamp()))
-        .map_err(|e| e.to_string())?;
+) -> Result<bool, ReplicaError> {
+    let snap = ds.snapshot(&managed_name(Utc::now().timestamp()))?;
     let zfs = storage.zfs;
     let taken = if always {
         zfs.snapshot(&snap, &[]).await.map(Some)
     } else {
         zfs.snapshot_unsaved(ds, &snap).await
-    }
-    .map_err(|e| e.to_string())?
+    }?
     .is_some();
     if taken {
         crate::metrics::add(&crate::metrics::METRICS.snapshots_taken, 1);
@@ -108,24 +95,20 @@ pub(super) async fn compact(
     key: &ProjectKey,
     ds: &DatasetName,
     epoch: u64,
-) -> Result<(), String> {
+) -> Result<(), ReplicaError> {
     use crate::streams::compaction::{Compaction, CompactionPolicy, decide};
-    let stored = storage.store.list(key).await.map_err(|e| e.to_string())?;
+    let stored = storage.store.list(key).await?;
     let edges: Vec<crate::streams::Edge> = stored
         .iter()
         .filter_map(|s| s.manifest.edge(&s.id).ok())
         .collect();
-    let planned = plan(&edges).map_err(|e| e.to_string())?;
+    let planned = plan(&edges)?;
     let chain: Vec<crate::streams::Edge> = planned
         .chain
         .iter()
         .filter_map(|id| edges.iter().find(|e| &e.id == id).cloned())
         .collect();
-    let snaps = storage
-        .zfs
-        .snapshots(ds, &[])
-        .await
-        .map_err(|e| e.to_string())?;
+    let snaps = storage.zfs.snapshots(ds, &[]).await?;
     let Some(newest) = snaps.last() else {
         return Ok(());
     };
@@ -147,16 +130,13 @@ pub(super) async fn compact(
             snaps.iter().find(|s| s.guid == from_guid)
         }
     };
-    let from = from
-        .map(|s| ds.snapshot(&s.name))
-        .transpose()
-        .map_err(|e| e.to_string())?;
-    let to = ds.snapshot(&newest.name).map_err(|e| e.to_string())?;
+    let from = from.map(|s| ds.snapshot(&s.name)).transpose()?;
+    let to = ds.snapshot(&newest.name)?;
     match write_stream(storage, key, &to, from.as_ref(), epoch, &Progress::new()).await {
         Ok(_) => Ok(()),
         // Already written by an earlier pass: the planner uses it.
         Err(TransferError::Store(StoreError::AlreadyExists { .. })) => Ok(()),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -164,10 +144,10 @@ pub(super) async fn compact(
 pub(super) fn unused_managed_snapshot(
     ds: &DatasetName,
     snaps: &[SnapshotInfo],
-) -> Result<crate::zfs::SnapshotName, String> {
+) -> Result<crate::zfs::SnapshotName, ReplicaError> {
     let mut t = Utc::now().timestamp();
     while snaps.iter().any(|s| s.name == managed_name(t)) {
         t += 1;
     }
-    ds.snapshot(&managed_name(t)).map_err(|e| e.to_string())
+    ds.snapshot(&managed_name(t)).map_err(ReplicaError::from)
 }

@@ -10,57 +10,33 @@ pub(super) async fn stop_serving(
     zfs: &Zfs,
     run_dir: &Path,
     ds: &DatasetName,
-) -> Result<(), String> {
+) -> Result<(), ReplicaError> {
     stop_writes(zfs, run_dir, ds).await?;
-    if zfs
-        .property(ds, &p(PROP_ROLE)?)
-        .await
-        .map_err(|e| e.to_string())?
-        == "primary"
-    {
-        let snaps = zfs.snapshots(ds, &[]).await.map_err(|e| e.to_string())?;
+    if zfs.property(ds, &p(PROP_ROLE)?).await? == "primary" {
+        let snaps = zfs.snapshots(ds, &[]).await?;
         let snap = unused_managed_snapshot(ds, &snaps)?;
-        if let Some(kept) = zfs
-            .snapshot_unsaved(ds, &snap)
-            .await
-            .map_err(|e| e.to_string())?
-        {
+        if let Some(kept) = zfs.snapshot_unsaved(ds, &snap).await? {
             tracing::warn!(dataset = %ds, snapshot = %kept.name, "writes made after the last replicated snapshot kept in a snapshot");
         }
-        zfs.set(ds, &p(PROP_ROLE)?, "secondary")
-            .await
-            .map_err(|e| e.to_string())?;
+        zfs.set(ds, &p(PROP_ROLE)?, "secondary").await?;
     }
-    if zfs
-        .property(ds, &p("readonly")?)
-        .await
-        .map_err(|e| e.to_string())?
-        != "on"
-    {
-        zfs.set(ds, &p("readonly")?, "on")
-            .await
-            .map_err(|e| e.to_string())?;
+    if zfs.property(ds, &p("readonly")?).await? != "on" {
+        zfs.set(ds, &p("readonly")?, "on").await?;
     }
     Ok(())
 }
 
 /// Unmounts every primary dataset of this node (the agent lost its Lease). The datasets keep
 /// their role; the next pass with a renewed Lease mounts them again if they are still primary.
-pub async fn fence_all(
-    zfs: &Zfs,
-    replicas: &[std::sync::Arc<StreamReplica>],
-    pools: &[std::sync::Arc<projstore_api::StoragePool>],
-    cfg: &crate::runtime::Config,
-) {
+pub async fn fence_all(cx: &AgentContext, replicas: &[std::sync::Arc<StreamReplica>]) {
+    let Some(zfs) = &cx.zfs else {
+        return;
+    };
     for sr in replicas
         .iter()
         .filter(|r| r.spec.role == ReplicaRole::Primary)
     {
-        let Some(pool) = pools
-            .iter()
-            .find(|p| p.spec.node_name == cfg.node_name && p.name_any() == sr.spec.pool)
-            .and_then(|p| PoolName::parse(&p.spec.pool_name).ok())
-        else {
+        let Some(pool) = cx.own_pool(&sr.spec.pool) else {
             continue;
         };
         let Ok(key) = ProjectKey::new(&sr.namespace().unwrap_or_default(), &sr.spec.project) else {
@@ -69,7 +45,7 @@ pub async fn fence_all(
         if let Ok(ds) = PoolLayout::new(pool).project(&key)
             && zfs.is_mounted(&ds).await.unwrap_or(false)
         {
-            match stop_writes(zfs, &cfg.run_dir, &ds).await {
+            match stop_writes(zfs, &cx.cfg.run_dir, &ds).await {
                 Ok(()) => tracing::warn!(dataset = %ds, "Lease not renewed: stopped serving"),
                 Err(e) => {
                     tracing::error!(dataset = %ds, error = %e, "Lease not renewed and cannot unmount")
@@ -83,34 +59,34 @@ pub async fn fence_all(
 /// folder mounts from other hosts (`mounts::export`), off the async threads. An export that
 /// fails is returned as a problem to report, not an error: the project is served all the same.
 pub(super) async fn secure_root(
-    env: &ReplicaEnv<'_>,
+    cx: &AgentContext,
     key: &ProjectKey,
     mountpoint: &Path,
     owner: (u32, u32),
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, ReplicaError> {
     let (mp, dirs) = (
         mountpoint.to_path_buf(),
-        crate::mounts::MountDirs::new(env.run_dir),
+        crate::mounts::MountDirs::new(&cx.cfg.run_dir),
     );
     let project = Path::new(&key.namespace).join(&key.name);
     tokio::task::spawn_blocking(move || {
         crate::layout::secure_root(&mp, owner)?;
         Ok(crate::mounts::export(&dirs, &project, &mp).err())
     })
-    .await
-    .map_err(|e| e.to_string())?
+    .await?
 }
 
 /// Stops all writes to `ds`: the folder mounts inside it go first, then the dataset is
 /// unmounted (forced when open files, e.g. a peer's sftp session, keep it busy).
-pub(super) async fn stop_writes(zfs: &Zfs, run_dir: &Path, ds: &DatasetName) -> Result<(), String> {
-    if !zfs.is_mounted(ds).await.map_err(|e| e.to_string())? {
+pub(super) async fn stop_writes(
+    zfs: &Zfs,
+    run_dir: &Path,
+    ds: &DatasetName,
+) -> Result<(), ReplicaError> {
+    if !zfs.is_mounted(ds).await? {
         return Ok(());
     }
-    let mp = zfs
-        .property(ds, &p("mountpoint")?)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mp = zfs.property(ds, &p("mountpoint")?).await?;
     if mp.starts_with('/') {
         let dirs = crate::mounts::MountDirs::new(run_dir);
         crate::mounts::release_under(Path::new(&mp), &dirs).await;
@@ -123,7 +99,7 @@ pub(super) async fn stop_writes(zfs: &Zfs, run_dir: &Path, ds: &DatasetName) -> 
         .await;
     }
     match zfs.unmount(ds).await {
-        Err(e) if e.is_busy() => zfs.unmount_force(ds).await.map_err(|e| e.to_string()),
-        other => other.map_err(|e| e.to_string()),
+        Err(e) if e.is_busy() => zfs.unmount_force(ds).await.map_err(ReplicaError::from),
+        other => other.map_err(ReplicaError::from),
     }
 }

@@ -15,6 +15,7 @@ use kube::{Client, ResourceExt};
 use projstore_api::{Project, ReplicaRole, ReplicaState, StreamReplica};
 use serde_json::{Value, json};
 
+use super::AgentContext;
 use crate::fetch::Peer;
 use crate::layout::{NewProject, PROP_EPOCH, PROP_ROLE, PoolLayout, create_project};
 use crate::retention::{
@@ -28,6 +29,7 @@ use crate::zfs::{DatasetName, PoolName, Progress, PropertyName, SnapshotInfo, Zf
 
 mod archive;
 mod chain;
+mod error;
 mod fencing;
 mod ownership;
 mod primary;
@@ -37,6 +39,7 @@ mod trash;
 
 use archive::*;
 use chain::*;
+pub use error::ReplicaError;
 pub use fencing::fence_all;
 use fencing::*;
 use ownership::*;
@@ -49,32 +52,12 @@ pub use trash::{PROP_PURGE_AFTER, purge_trash};
 /// Annotation on the primary's replica during a move: the pool taking over.
 pub const HANDOFF_TO: &str = "projstore.io/handoff-to";
 
-/// Everything a replica pass needs.
-pub struct ReplicaEnv<'a> {
-    pub zfs: &'a Zfs,
-    pub client: &'a Client,
-    pub node: &'a str,
-    pub projects_root: &'a Path,
-    pub streams_root: &'a Path,
-    /// This node's TLS identity, for fetching from peers.
-    pub tls: std::sync::Arc<crate::tls::NodeTls>,
-    pub run_dir: &'a Path,
-    /// Key files for sftp mounts (None: mounts from other hosts are not possible).
-    pub keys: Option<crate::sftp::SshKeys>,
-    /// This host's address as its sftp endpoint names it: peers let its client key in from
-    /// there only, so its sshfs connections leave from it.
-    pub sftp_address: Option<std::net::IpAddr>,
-    /// Per primary dataset: when a scheduled snapshot last found nothing written (no snapshot
-    /// was taken; the next check is one interval later).
-    pub quiet: &'a std::sync::Mutex<std::collections::HashMap<String, i64>>,
-}
-
 /// What a pass over a replica asks of the scheduler: the time until it has work of its own
 /// (a primary's next snapshot), or None when only a change to the replica makes work.
 pub type Due = Option<std::time::Duration>;
 
-pub(super) fn p(name: &str) -> Result<PropertyName, String> {
-    PropertyName::parse(name).map_err(|e| e.to_string())
+pub(super) fn p(name: &str) -> Result<PropertyName, ReplicaError> {
+    PropertyName::parse(name).map_err(ReplicaError::from)
 }
 
 pub(super) fn cond(
@@ -103,15 +86,15 @@ pub(super) fn snapshot_ref(s: &SnapshotInfo) -> Value {
 
 /// One pass over replica `sr` on pool `pool`; returns the status to write, and when the
 /// replica has work of its own next.
-pub async fn reconcile(env: &ReplicaEnv<'_>, sr: &StreamReplica, pool: &PoolName) -> (Value, Due) {
+pub async fn reconcile(cx: &AgentContext, sr: &StreamReplica, pool: &PoolName) -> (Value, Due) {
     let prev = sr.status.clone().unwrap_or_default();
     let result = match (sr.spec.state, sr.spec.role) {
-        (ReplicaState::Live, ReplicaRole::Primary) => primary(env, sr, pool).await,
+        (ReplicaState::Live, ReplicaRole::Primary) => primary(cx, sr, pool).await,
         (ReplicaState::Live, ReplicaRole::Secondary) => {
-            secondary(env, sr, pool).await.map(|s| (s, None))
+            secondary(cx, sr, pool).await.map(|s| (s, None))
         }
-        (ReplicaState::Trashed, _) => trash(env, sr, pool).await.map(|s| (s, None)),
-        (ReplicaState::Archived, role) => archive(env, sr, pool, role).await.map(|s| (s, None)),
+        (ReplicaState::Trashed, _) => trash(cx, sr, pool).await.map(|s| (s, None)),
+        (ReplicaState::Archived, role) => archive(cx, sr, pool, role).await.map(|s| (s, None)),
     };
     let due = result.as_ref().ok().and_then(|(_, d)| *d);
     let status = match result.map(|(s, _)| s) {
@@ -129,6 +112,7 @@ pub async fn reconcile(env: &ReplicaEnv<'_>, sr: &StreamReplica, pool: &PoolName
             status
         }
         Err(e) => {
+            let e = e.to_string();
             crate::metrics::add(&crate::metrics::METRICS.errors, 1);
             json!({
             "phase": "Error",

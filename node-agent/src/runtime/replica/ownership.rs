@@ -12,7 +12,7 @@ pub(super) async fn repair_ownership(
     ds: &DatasetName,
     project: &Project,
     root: &Path,
-) -> Result<(), String> {
+) -> Result<(), ReplicaError> {
     let Some(asked) = project
         .annotations()
         .get(projstore_api::REPAIR_OWNERSHIP_ANNOTATION)
@@ -21,18 +21,17 @@ pub(super) async fn repair_ownership(
         return Ok(());
     };
     let prop = p(PROP_REPAIR_OWNERSHIP)?;
-    if zfs.property(ds, &prop).await.map_err(|e| e.to_string())? == asked {
+    if zfs.property(ds, &prop).await? == asked {
         return Ok(());
     }
     let (uid, gid) = (project.spec.owner.uid, project.spec.owner.gid);
     let top = root.to_path_buf();
-    let done = tokio::task::spawn_blocking(move || crate::ownership::chown_tree(&top, uid, gid))
-        .await
-        .map_err(|e| e.to_string())??;
+    let done =
+        tokio::task::spawn_blocking(move || crate::ownership::chown_tree(&top, uid, gid)).await??;
     tracing::info!(dataset = %ds, files = done.changed, uid, gid, "ownership repaired");
     if !done.failed.is_empty() {
         // Entries that changed under the walk (a tenant renaming them) are left, not chased.
         tracing::warn!(dataset = %ds, failed = done.failed.len(), first = %done.failed[0], "some entries kept their owner");
     }
-    zfs.set(ds, &prop, &asked).await.map_err(|e| e.to_string())
+    zfs.set(ds, &prop, &asked).await.map_err(ReplicaError::from)
 }

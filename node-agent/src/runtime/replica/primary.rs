@@ -8,16 +8,15 @@ use super::*;
 pub(super) const PROP_SNAPSHOT_NOW: &str = "projstore.io:snapshot-now";
 
 pub(super) async fn primary(
-    env: &ReplicaEnv<'_>,
+    cx: &AgentContext,
     sr: &StreamReplica,
     pool: &PoolName,
-) -> Result<(Value, Due), String> {
+) -> Result<(Value, Due), ReplicaError> {
     let ns = sr.namespace().unwrap_or_default();
     let key = ProjectKey::new(&ns, &sr.spec.project)?;
-    let project = Api::<Project>::namespaced(env.client.clone(), &ns)
+    let project = Api::<Project>::namespaced(cx.client.clone(), &ns)
         .get_opt(&sr.spec.project)
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .ok_or_else(|| format!("project {key} does not exist"))?;
     let owner = (project.spec.owner.uid, project.spec.owner.gid);
     if owner.0 == 0 || owner.1 == 0 {
@@ -25,19 +24,20 @@ pub(super) async fn primary(
         return Err(format!(
             "owner {}:{} is refused: a project cannot be owned by uid or gid 0",
             owner.0, owner.1
-        ));
+        )
+        .into());
     }
-    let zfs = env.zfs;
+    let zfs = cx.zfs()?;
     let layout = PoolLayout::new(pool.clone());
-    let ds = layout.project(&key).map_err(|e| e.to_string())?;
-    let store = StreamStore::new(env.streams_root.join(pool.as_str()));
+    let ds = layout.project(&key)?;
+    let store = StreamStore::new(cx.cfg.streams_root.join(pool.as_str()));
     let storage = Storage {
         zfs,
         store: &store,
         pool,
-        node: env.node,
+        node: cx.node(),
     };
-    let mountpoint = env.projects_root.join(&ns).join(&sr.spec.project);
+    let mountpoint = cx.cfg.projects_root.join(&ns).join(&sr.spec.project);
     let quota = projstore_api::units::quantity_bytes(&project.spec.quota.0)
         .ok_or("quota is not a quantity")?;
     // What the pass reads of the dataset, in one call; written only where it differs.
@@ -65,14 +65,14 @@ pub(super) async fn primary(
             .get(PROP_EPOCH)
             .and_then(|e| e.parse().ok())
             .unwrap_or(0);
-        (seen > sr.spec.epoch).then(|| format!(
-            "the dataset was written under epoch {seen}, newer than this replica's {}: not serving it",
-            sr.spec.epoch
-        ))
+        (seen > sr.spec.epoch).then_some(ReplicaError::Fenced {
+            seen,
+            ours: sr.spec.epoch,
+        })
     };
-    if zfs.exists(&ds).await.map_err(|e| e.to_string())? {
-        if let Some(e) = fenced(&read().await.map_err(|e| e.to_string())?) {
-            let _ = stop_writes(zfs, env.run_dir, &ds).await;
+    if zfs.exists(&ds).await? {
+        if let Some(e) = fenced(&read().await?) {
+            let _ = stop_writes(zfs, &cx.cfg.run_dir, &ds).await;
             return Err(e);
         }
     } else if restore_from_trash(zfs, &layout, &store, &key, &ds).await? {
@@ -88,28 +88,24 @@ pub(super) async fn primary(
                 gid: project.spec.owner.gid,
                 epoch: sr.spec.epoch,
             };
-            create_project(zfs, &layout, &new)
-                .await
-                .map_err(|e| e.to_string())?;
+            create_project(zfs, &layout, &new).await?;
         } else {
             // Rebuild from the chain (a restore, or a primary placed where only streams are).
             for id in chain {
                 let id = crate::streams::StreamId::parse(&id)?;
-                apply_stream(&storage, &key, &id, &ds, &Progress::new())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                apply_stream(&storage, &key, &id, &ds, &Progress::new()).await?;
             }
         }
     }
     if let Some(to) = sr.annotations().get(HANDOFF_TO) {
         return Ok((
-            hand_off(&storage, env.run_dir, sr, &key, &ds, to).await?,
+            hand_off(&storage, &cx.cfg.run_dir, sr, &key, &ds, to).await?,
             None,
         ));
     }
-    let have = read().await.map_err(|e| e.to_string())?;
+    let have = read().await?;
     if let Some(e) = fenced(&have) {
-        let _ = stop_writes(zfs, env.run_dir, &ds).await;
+        let _ = stop_writes(zfs, &cx.cfg.run_dir, &ds).await;
         return Err(e);
     }
     let mp = mountpoint.to_str().ok_or("projects root is not UTF-8")?;
@@ -123,15 +119,13 @@ pub(super) async fn primary(
         ("mountpoint", mp),
     ] {
         if have.get(prop).map(String::as_str) != Some(want) {
-            zfs.set(&ds, &p(prop)?, want)
-                .await
-                .map_err(|e| e.to_string())?;
+            zfs.set(&ds, &p(prop)?, want).await?;
         }
     }
     if have.get("mounted").map(String::as_str) != Some("yes") {
-        zfs.mount(&ds).await.map_err(|e| e.to_string())?;
+        zfs.mount(&ds).await?;
     }
-    let not_exported = secure_root(env, &key, &mountpoint, owner).await?;
+    let not_exported = secure_root(cx, &key, &mountpoint, owner).await?;
 
     let mut conditions = Vec::new();
     let prev = sr.status.clone().unwrap_or_default();
@@ -140,7 +134,7 @@ pub(super) async fn primary(
         conditions.push(cond("Exported", false, "ExportFailed", e, &prev.conditions));
     }
     repair_ownership(zfs, &ds, &project, &mountpoint).await?;
-    let mounts = serve_mounts(env, sr, &project, &mountpoint).await;
+    let mounts = serve_mounts(cx, sr, &project, &mountpoint).await;
     if !project.spec.mounts.is_empty() {
         let failed: Vec<String> = mounts
             .iter()
@@ -179,15 +173,13 @@ pub(super) async fn primary(
                 &prev.conditions,
             ));
         } else {
-            zfs.set(&ds, &p("refquota")?, &quota.to_string())
-                .await
-                .map_err(|e| e.to_string())?;
+            zfs.set(&ds, &p("refquota")?, &quota.to_string()).await?;
         }
     }
 
     // Snapshots: schedule, on demand, the space guard.
     let now = Utc::now().timestamp();
-    let mut snaps = zfs.snapshots(&ds, &[]).await.map_err(|e| e.to_string())?;
+    let mut snaps = zfs.snapshots(&ds, &[]).await?;
     let policy = &project.spec.snapshots;
     let blocked = snapshots_blocked(num("usedbysnapshots"), quota, policy.max_space_ratio);
     let asked = project
@@ -196,24 +188,24 @@ pub(super) async fn primary(
         .cloned();
     let handled = have.get(PROP_SNAPSHOT_NOW).cloned().unwrap_or_default();
     let interval = i64::from(policy.interval_minutes) * 60;
-    let quiet = |env: &ReplicaEnv<'_>| {
-        env.quiet
+    let quiet = |cx: &AgentContext| {
+        cx.quiet
             .lock()
             .map(|q| q.get(ds.as_str()).copied())
             .unwrap_or_default()
     };
     // The last scheduled check: the newest managed snapshot, or a check that found nothing
     // written since the newest snapshot.
-    let checked = |snaps: &[SnapshotInfo], env: &ReplicaEnv<'_>| {
+    let checked = |snaps: &[SnapshotInfo], cx: &AgentContext| {
         snaps
             .iter()
             .filter(|s| is_managed(&s.name))
             .map(|s| s.creation)
-            .chain(quiet(env))
+            .chain(quiet(cx))
             .max()
     };
     let on_demand = asked.as_ref().is_some_and(|a| *a != handled);
-    let scheduled = snapshot_due(checked(&snaps, env), now, interval, None);
+    let scheduled = snapshot_due(checked(&snaps, cx), now, interval, None);
     let due = on_demand || scheduled;
     conditions.push(cond(
         "SnapshotsBlocked",
@@ -230,27 +222,25 @@ pub(super) async fn primary(
         // On schedule only when something was written since the newest snapshot; on demand
         // always.
         let taken = snapshot_and_stream(&storage, &key, &ds, sr.spec.epoch, on_demand).await?;
-        if !taken && let Ok(mut q) = env.quiet.lock() {
+        if !taken && let Ok(mut q) = cx.quiet.lock() {
             q.insert(ds.as_str().to_owned(), now);
         }
         if let Some(a) = &asked {
-            zfs.set(&ds, &p(PROP_SNAPSHOT_NOW)?, a)
-                .await
-                .map_err(|e| e.to_string())?;
+            zfs.set(&ds, &p(PROP_SNAPSHOT_NOW)?, a).await?;
         }
-        snaps = zfs.snapshots(&ds, &[]).await.map_err(|e| e.to_string())?;
+        snaps = zfs.snapshots(&ds, &[]).await?;
     }
     // A snapshot whose stream a crash interrupted gets it now.
     stream_newest(&storage, &key, &ds, sr.spec.epoch).await?;
     compact(&storage, &key, &ds, sr.spec.epoch).await?;
     // Retention never destroys the base of the next incremental (the newest, and the chain
     // target), nor user snapshots.
-    let stored = store.list(&key).await.map_err(|e| e.to_string())?;
+    let stored = store.list(&key).await?;
     let edges: Vec<_> = stored
         .iter()
         .filter_map(|s| s.manifest.edge(&s.id).ok())
         .collect();
-    let planned = plan(&edges).map_err(|e| e.to_string())?;
+    let planned = plan(&edges)?;
     let keep_guid = planned.target.as_ref().map(|t| t.guid);
     let facts: Vec<SnapshotFacts> = snaps
         .iter()
@@ -284,10 +274,10 @@ pub(super) async fn primary(
     if let Some(c) = forks_condition(zfs, &layout, &key, &prev.conditions).await {
         conditions.push(c);
     }
-    let snaps = zfs.snapshots(&ds, &[]).await.map_err(|e| e.to_string())?;
+    let snaps = zfs.snapshots(&ds, &[]).await?;
     let bytes: u64 = stored.iter().map(|s| s.manifest.bytes).sum();
     // The next scheduled check; retention ages with it.
-    let next = checked(&snaps, env).map_or(0, |t| t + interval - Utc::now().timestamp());
+    let next = checked(&snaps, cx).map_or(0, |t| t + interval - Utc::now().timestamp());
     let due = Some(std::time::Duration::from_secs(
         next.clamp(1, interval).unsigned_abs(),
     ));
@@ -317,12 +307,12 @@ pub(super) async fn hand_off(
     key: &ProjectKey,
     ds: &DatasetName,
     to: &str,
-) -> Result<Value, String> {
+) -> Result<Value, ReplicaError> {
     let zfs = storage.zfs;
     stop_writes(zfs, run_dir, ds).await?;
     final_snapshot(storage, key, ds, sr.spec.epoch).await?;
-    let snaps = zfs.snapshots(ds, &[]).await.map_err(|e| e.to_string())?;
-    let stored = storage.store.list(key).await.map_err(|e| e.to_string())?;
+    let snaps = zfs.snapshots(ds, &[]).await?;
+    let stored = storage.store.list(key).await?;
     let prev = sr.status.clone().unwrap_or_default();
     let newest = snaps.last().map(|s| s.name.clone()).unwrap_or_default();
     Ok(json!({

@@ -4,10 +4,10 @@
 use super::*;
 
 pub(super) async fn secondary(
-    env: &ReplicaEnv<'_>,
+    cx: &AgentContext,
     sr: &StreamReplica,
     pool: &PoolName,
-) -> Result<Value, String> {
+) -> Result<Value, ReplicaError> {
     let ns = sr.namespace().unwrap_or_default();
     let key = ProjectKey::new(&ns, &sr.spec.project)?;
     let source = sr.spec.source.as_ref().ok_or("no source primary yet")?;
@@ -15,50 +15,44 @@ pub(super) async fn secondary(
         .stream_endpoint
         .as_deref()
         .ok_or("the primary's stream endpoint is not known yet")?;
-    let peer = Peer::new(endpoint, &source.node, env.tls.clone()).map_err(|e| e.to_string())?;
-    let zfs = env.zfs;
-    let ds: DatasetName = PoolLayout::new(pool.clone())
-        .project(&key)
-        .map_err(|e| e.to_string())?;
-    let store = StreamStore::new(env.streams_root.join(pool.as_str()));
+    let peer = Peer::new(endpoint, &source.node, cx.tls()?)?;
+    let zfs = cx.zfs()?;
+    let ds: DatasetName = PoolLayout::new(pool.clone()).project(&key)?;
+    let store = StreamStore::new(cx.cfg.streams_root.join(pool.as_str()));
     let storage = Storage {
         zfs,
         store: &store,
         pool,
-        node: env.node,
+        node: cx.node(),
     };
-    let remote = peer.list(&key).await.map_err(|e| e.to_string())?;
+    let remote = peer.list(&key).await?;
     let edges: Vec<_> = remote
         .iter()
         .filter_map(|(id, m)| m.edge(id).ok())
         .collect();
     let layout = PoolLayout::new(pool.clone());
-    let mut exists = zfs.exists(&ds).await.map_err(|e| e.to_string())?;
+    let mut exists = zfs.exists(&ds).await?;
     if !exists {
         exists = restore_from_trash(zfs, &layout, &store, &key, &ds).await?;
     }
     if exists {
-        stop_serving(zfs, env.run_dir, &ds).await?;
+        stop_serving(zfs, &cx.cfg.run_dir, &ds).await?;
     }
     let held = if exists {
-        zfs.snapshots(&ds, &[])
-            .await
-            .map_err(|e| e.to_string())?
-            .last()
-            .map(|s| s.guid)
+        zfs.snapshots(&ds, &[]).await?.last().map(|s| s.guid)
     } else {
         None
     };
     let mut conditions = Vec::new();
     let prev = sr.status.clone().unwrap_or_default();
-    let mut todo = plan_for_replica(&edges, held).map_err(|e| e.to_string())?;
+    let mut todo = plan_for_replica(&edges, held)?;
     if matches!(todo, ReplicaPlan::Diverged) {
         // This copy holds history the primary lacks (a returning old primary): keep it under
         // forks/ and sync afresh. Nothing is destroyed.
-        let fork = fork(zfs, env.run_dir, &layout, &store, &key, &ds, &remote).await?;
+        let fork = fork(zfs, &cx.cfg.run_dir, &layout, &store, &key, &ds, &remote).await?;
         tracing::warn!(project = %key, fork = %fork, "diverged history preserved; re-syncing from the primary");
         exists = false;
-        todo = plan_for_replica(&edges, None).map_err(|e| e.to_string())?;
+        todo = plan_for_replica(&edges, None)?;
     }
     let received = !matches!(todo, ReplicaPlan::UpToDate);
     match todo {
@@ -71,7 +65,7 @@ pub(super) async fn secondary(
                 .filter_map(|id| remote.iter().find(|(i, _)| i.as_str() == id))
                 .map(|(_, m)| 2 * m.bytes)
                 .sum();
-            let _reporter = report_transfer(env.client, sr, progress.clone(), total);
+            let _reporter = report_transfer(&cx.client, sr, progress.clone(), total);
             for id in ids {
                 let (sid, manifest) = remote
                     .iter()
@@ -80,8 +74,7 @@ pub(super) async fn secondary(
                 let local = store.manifest(&key, sid).await.ok();
                 if local.as_ref().map(|m| &m.sha256) != Some(&manifest.sha256) {
                     peer.download(&store, &key, sid, manifest, &progress)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                        .await?;
                 } else {
                     progress.add(usize::try_from(manifest.bytes).unwrap_or(usize::MAX));
                 }
@@ -90,61 +83,52 @@ pub(super) async fn secondary(
                     // Damaged on this disk since it was fetched: never applied; fetch it again.
                     tracing::warn!(project = %key, stream = %sid, %reason, "stored stream is corrupt: fetching it again");
                     crate::metrics::add(&crate::metrics::METRICS.errors, 1);
-                    store.delete(&key, sid).await.map_err(|e| e.to_string())?;
+                    store.delete(&key, sid).await?;
                     peer.download(&store, &key, sid, manifest, &Progress::new())
-                        .await
-                        .map_err(|e| e.to_string())?;
+                        .await?;
                     applied = apply_stream(&storage, &key, sid, &ds, &Progress::new()).await;
                 }
-                let applied = applied.map_err(|e| e.to_string())?;
+                let applied = applied?;
                 tracing::info!(project = %key, stream = %sid, snapshot = %applied.name, "stream applied");
             }
         }
         ReplicaPlan::Diverged => {
-            return Err(format!(
-                "the primary's chain does not lead to a fresh copy of {key}"
-            ));
+            return Err(
+                format!("the primary's chain does not lead to a fresh copy of {key}").into(),
+            );
         }
     }
     let forked = forks_condition(zfs, &layout, &key, &prev.conditions).await;
     let exists = if received {
-        zfs.exists(&ds).await.map_err(|e| e.to_string())?
+        zfs.exists(&ds).await?
     } else {
         exists
     };
     if exists {
-        let have = zfs
-            .get_props(&ds, &[PROP_EPOCH, PROP_ROLE])
-            .await
-            .map_err(|e| e.to_string())?;
+        let have = zfs.get_props(&ds, &[PROP_EPOCH, PROP_ROLE]).await?;
         let epoch = sr.spec.epoch.to_string();
         for (prop, want) in [(PROP_EPOCH, epoch.as_str()), (PROP_ROLE, "secondary")] {
             if have.get(prop).map(String::as_str) != Some(want) {
-                zfs.set(&ds, &p(prop)?, want)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                zfs.set(&ds, &p(prop)?, want).await?;
             }
         }
         if received {
             // A copy just received (or re-synced after a fork) is read-only from the start.
-            stop_serving(zfs, env.run_dir, &ds).await?;
+            stop_serving(zfs, &cx.cfg.run_dir, &ds).await?;
         }
     }
     let snaps = if exists {
-        zfs.snapshots(&ds, &[]).await.map_err(|e| e.to_string())?
+        zfs.snapshots(&ds, &[]).await?
     } else {
         Vec::new()
     };
-    let newest_remote = plan(&edges)
-        .map_err(|e| e.to_string())?
-        .target
-        .map(|t| t.time);
+    let newest_remote = plan(&edges)?.target.map(|t| t.time);
     let lag = match (newest_remote, snaps.last()) {
         (Some(r), Some(l)) => (r - l.creation).max(0),
         (Some(_), None) => i64::MAX / 2,
         _ => 0,
     };
-    let stored = store.list(&key).await.map_err(|e| e.to_string())?;
+    let stored = store.list(&key).await?;
     conditions.extend(forked);
     Ok(json!({
         "transfer": null,
@@ -167,44 +151,36 @@ pub(super) async fn fork(
     key: &ProjectKey,
     ds: &DatasetName,
     remote: &[(crate::streams::StreamId, crate::streams::Manifest)],
-) -> Result<DatasetName, String> {
+) -> Result<DatasetName, ReplicaError> {
     let epoch: u64 = zfs
         .property(ds, &p(PROP_EPOCH)?)
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .parse()
         .unwrap_or(0);
-    let base = layout.fork(key, epoch).map_err(|e| e.to_string())?;
+    let base = layout.fork(key, epoch)?;
     let mut target = base.clone();
     let mut n = 1;
-    while zfs.exists(&target).await.map_err(|e| e.to_string())? {
+    while zfs.exists(&target).await? {
         n += 1;
-        target = DatasetName::parse(&format!("{base}-{n}")).map_err(|e| e.to_string())?;
+        target = DatasetName::parse(&format!("{base}-{n}"))?;
     }
     stop_writes(zfs, run_dir, ds).await?;
-    zfs.create_parents(&target)
-        .await
-        .map_err(|e| e.to_string())?;
-    zfs.rename(ds, &target).await.map_err(|e| e.to_string())?;
+    zfs.create_parents(&target).await?;
+    zfs.rename(ds, &target).await?;
     for (prop, value) in [
         ("mountpoint", "none"),
         ("readonly", "on"),
         (PROP_ROLE, "fork"),
     ] {
-        zfs.set(&target, &p(prop)?, value)
-            .await
-            .map_err(|e| e.to_string())?;
+        zfs.set(&target, &p(prop)?, value).await?;
     }
     let label = target.as_str().rsplit('/').next().unwrap_or_default();
-    for s in store.list(key).await.map_err(|e| e.to_string())? {
+    for s in store.list(key).await? {
         let served = remote
             .iter()
             .any(|(id, m)| *id == s.id && m.sha256 == s.manifest.sha256);
         if !served {
-            store
-                .set_aside(key, &s.id, label)
-                .await
-                .map_err(|e| e.to_string())?;
+            store.set_aside(key, &s.id, label).await?;
         }
     }
     Ok(target)

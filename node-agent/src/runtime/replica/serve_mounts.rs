@@ -8,7 +8,7 @@ pub const MOUNT_SOURCES: &str = projstore_api::MOUNT_SOURCES_ANNOTATION;
 /// Makes the project's folder mounts match its spec (DESIGN §5.7) and says how each went.
 /// Mounts inside the project that the spec no longer names are taken down.
 pub(super) async fn serve_mounts(
-    env: &ReplicaEnv<'_>,
+    cx: &AgentContext,
     sr: &StreamReplica,
     project: &Project,
     mountpoint: &Path,
@@ -19,7 +19,7 @@ pub(super) async fn serve_mounts(
         .and_then(|a| serde_json::from_str(a).ok())
         .unwrap_or_default();
     let ns = sr.namespace().unwrap_or_default();
-    let dirs = crate::mounts::MountDirs::new(env.run_dir);
+    let dirs = crate::mounts::MountDirs::new(&cx.cfg.run_dir);
     let mut out = Vec::new();
     let mut targets = Vec::new();
     for m in &project.spec.mounts {
@@ -43,7 +43,7 @@ pub(super) async fn serve_mounts(
                 .get(&m.project)
                 .ok_or_else(|| format!("project {} is not served yet", m.project))?;
             let remote_host_key = src.host_key.clone();
-            let remote = if src.node == env.node {
+            let remote = if src.node == cx.node() {
                 None
             } else {
                 // The controller copies the source pool's sftp endpoint into the annotation:
@@ -55,7 +55,7 @@ pub(super) async fn serve_mounts(
                 crate::sftp::check_endpoint(ep)?;
                 Some(ep.to_owned())
             };
-            let source_project = Api::<Project>::namespaced(env.client.clone(), &ns)
+            let source_project = Api::<Project>::namespaced(cx.client.clone(), &ns)
                 .get_opt(&m.project)
                 .await
                 .map_err(|e| e.to_string())?
@@ -64,10 +64,10 @@ pub(super) async fn serve_mounts(
                 consumer_root: mountpoint.to_path_buf(),
                 mount_path: rel,
                 source_project: Path::new(&key.namespace).join(&key.name),
-                source_root: env.projects_root.join(&key.namespace).join(&key.name),
+                source_root: cx.cfg.projects_root.join(&key.namespace).join(&key.name),
                 path,
                 remote_host_key: remote.as_ref().and(remote_host_key),
-                bind_address: remote.as_ref().and(env.sftp_address),
+                bind_address: remote.as_ref().and(cx.sftp_address()),
                 remote,
                 read_only: m.read_only,
                 source_owner: (source_project.spec.owner.uid, source_project.spec.owner.gid),
@@ -78,14 +78,14 @@ pub(super) async fn serve_mounts(
             Err(e) => out.push(status("Failed", e)),
             Ok(w) => {
                 targets.push(w.target());
-                if w.remote.is_some() && env.keys.is_none() {
+                if w.remote.is_some() && cx.sftp_keys().is_none() {
                     out.push(status(
                         "Failed",
                         "this agent serves no sftp (--sftp-listen): it cannot mount from other hosts".into(),
                     ));
                     continue;
                 }
-                let keys = env.keys.clone().unwrap_or(crate::sftp::SshKeys {
+                let keys = cx.sftp_keys().clone().unwrap_or(crate::sftp::SshKeys {
                     dir: Default::default(),
                 });
                 match crate::mounts::ensure(&w, &keys, &dirs).await {

@@ -4,7 +4,9 @@
 use super::*;
 
 /// The trash stamp of a replica: its `trashed-at` time as `yyyymmddThhmmssZ`.
-pub(super) fn trash_stamp(sr: &StreamReplica) -> Result<(String, chrono::DateTime<Utc>), String> {
+pub(super) fn trash_stamp(
+    sr: &StreamReplica,
+) -> Result<(String, chrono::DateTime<Utc>), ReplicaError> {
     let at = sr
         .annotations()
         .get("projstore.io/trashed-at")
@@ -18,42 +20,33 @@ pub(super) fn trash_stamp(sr: &StreamReplica) -> Result<(String, chrono::DateTim
 /// Moves a deleted project's dataset to `trash/<ns>/<name>-<stamp>` (with the time it may be
 /// purged as a property) and its streams to the store's trash. Nothing is destroyed here.
 pub(super) async fn trash(
-    env: &ReplicaEnv<'_>,
+    cx: &AgentContext,
     sr: &StreamReplica,
     pool: &PoolName,
-) -> Result<Value, String> {
+) -> Result<Value, ReplicaError> {
     let ns = sr.namespace().unwrap_or_default();
     let key = ProjectKey::new(&ns, &sr.spec.project)?;
-    let zfs = env.zfs;
+    let zfs = cx.zfs()?;
     let layout = PoolLayout::new(pool.clone());
-    let ds = layout.project(&key).map_err(|e| e.to_string())?;
+    let ds = layout.project(&key)?;
     let (stamp, at) = trash_stamp(sr)?;
     let days: i64 = sr
         .annotations()
         .get("projstore.io/retain-days")
         .and_then(|d| d.parse().ok())
         .unwrap_or(7);
-    let target = layout.trashed(&key, &stamp).map_err(|e| e.to_string())?;
-    if zfs.exists(&ds).await.map_err(|e| e.to_string())? {
-        stop_writes(zfs, env.run_dir, &ds).await?;
-        zfs.create_parents(&target)
-            .await
-            .map_err(|e| e.to_string())?;
-        zfs.rename(&ds, &target).await.map_err(|e| e.to_string())?;
+    let target = layout.trashed(&key, &stamp)?;
+    if zfs.exists(&ds).await? {
+        stop_writes(zfs, &cx.cfg.run_dir, &ds).await?;
+        zfs.create_parents(&target).await?;
+        zfs.rename(&ds, &target).await?;
         let purge =
             (at + chrono::Duration::days(days)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        zfs.set(&target, &p(PROP_PURGE_AFTER)?, &purge)
-            .await
-            .map_err(|e| e.to_string())?;
-        zfs.set(&target, &p("mountpoint")?, "none")
-            .await
-            .map_err(|e| e.to_string())?;
+        zfs.set(&target, &p(PROP_PURGE_AFTER)?, &purge).await?;
+        zfs.set(&target, &p("mountpoint")?, "none").await?;
     }
-    let store = StreamStore::new(env.streams_root.join(pool.as_str()));
-    store
-        .move_to_trash(&key, &stamp)
-        .await
-        .map_err(|e| e.to_string())?;
+    let store = StreamStore::new(cx.cfg.streams_root.join(pool.as_str()));
+    store.move_to_trash(&key, &stamp).await?;
     Ok(json!({"phase": "Trashed", "conditions": []}))
 }
 
@@ -68,18 +61,17 @@ pub(super) async fn restore_from_trash(
     store: &StreamStore,
     key: &ProjectKey,
     ds: &DatasetName,
-) -> Result<bool, String> {
+) -> Result<bool, ReplicaError> {
     let Ok(ns_trash) = layout.trash().and_then(|t| t.child(&key.namespace)) else {
         return Ok(false);
     };
-    if !zfs.exists(&ns_trash).await.map_err(|e| e.to_string())? {
+    if !zfs.exists(&ns_trash).await? {
         return Ok(false);
     }
     let prefix = format!("{}/{}-", ns_trash, key.name);
     let mut candidates: Vec<DatasetName> = zfs
         .children(&ns_trash)
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .into_iter()
         .filter(|c| {
             c.as_str()
@@ -91,8 +83,8 @@ pub(super) async fn restore_from_trash(
     let Some(newest) = candidates.pop() else {
         return Ok(false);
     };
-    zfs.create_parents(ds).await.map_err(|e| e.to_string())?;
-    zfs.rename(&newest, ds).await.map_err(|e| e.to_string())?;
+    zfs.create_parents(ds).await?;
+    zfs.rename(&newest, ds).await?;
     let stamp = newest.as_str().trim_start_matches(&prefix).to_owned();
     let trashed_streams = store
         .root()
@@ -100,10 +92,7 @@ pub(super) async fn restore_from_trash(
         .join(&key.namespace)
         .join(format!("{}-{stamp}", key.name));
     if trashed_streams.is_dir() {
-        store
-            .restore_from_trash(key, &trashed_streams)
-            .await
-            .map_err(|e| e.to_string())?;
+        store.restore_from_trash(key, &trashed_streams).await?;
     }
     Ok(true)
 }
@@ -115,15 +104,15 @@ pub async fn purge_trash(
     pool: &PoolName,
     store: &StreamStore,
     now: chrono::DateTime<Utc>,
-) -> Result<Vec<DatasetName>, String> {
+) -> Result<Vec<DatasetName>, ReplicaError> {
     let layout = PoolLayout::new(pool.clone());
-    let trash = layout.trash().map_err(|e| e.to_string())?;
+    let trash = layout.trash()?;
     let listed = match zfs
         .descendants_with(&trash, &[&p(PROP_PURGE_AFTER)?], Some(2))
         .await
     {
         Err(e) if e.is_not_found() => return Ok(Vec::new()),
-        other => other.map_err(|e| e.to_string())?,
+        other => other?,
     };
     let mut purged = Vec::new();
     // `trash/<ns>/<name>-<stamp>`: two levels below the trash (the namespaces carry no time).
@@ -135,7 +124,7 @@ pub async fn purge_trash(
             && chrono::DateTime::parse_from_rfc3339(&after)
                 .is_ok_and(|t| t.with_timezone(&Utc) <= now);
         if due {
-            zfs.destroy(&ds, true).await.map_err(|e| e.to_string())?;
+            zfs.destroy(&ds, true).await?;
             // The streams trashed with it (`<store>/.trash/<ns>/<name>-<stamp>`) go too.
             let rel = ds
                 .as_str()

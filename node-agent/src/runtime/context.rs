@@ -1,0 +1,105 @@
+//! What every part of the agent's runtime shares, built once by `run` and handed around as
+//! one `Arc<AgentContext>`: the API client, the options it was started with, this node's
+//! pools, ZFS, and the replica scheduler's own small state.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use kube::runtime::reflector::Store;
+use kube::{Client, ResourceExt};
+use projstore_api::StoragePool;
+
+use super::Config;
+use super::replica::ReplicaError;
+use crate::sftp::SshKeys;
+use crate::streams::StreamStore;
+use crate::tls::NodeTls;
+use crate::zfs::{PoolName, Zfs};
+
+pub struct AgentContext {
+    pub client: Client,
+    pub cfg: Config,
+    /// This node's StoragePools (server-side filtered), as the API server has them now.
+    pub pools: Store<StoragePool>,
+    /// None when ZFS is not usable on this host: the agent reports that and does no work.
+    pub zfs: Option<Zfs>,
+    /// Replica work is allowed: sanity checks pass and the heartbeat is fresh.
+    pub open: AtomicBool,
+    /// Consecutive failed passes per replica (`ns/name`), for the backoff.
+    pub failures: Mutex<HashMap<String, u32>>,
+    /// Per primary dataset: when a scheduled snapshot last found nothing written (no snapshot
+    /// was taken; the next check is one interval later).
+    pub quiet: Mutex<HashMap<String, i64>>,
+}
+
+impl AgentContext {
+    pub fn new(
+        client: Client,
+        cfg: Config,
+        pools: Store<StoragePool>,
+        zfs: Option<Zfs>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            cfg,
+            pools,
+            zfs,
+            open: AtomicBool::new(false),
+            failures: Mutex::default(),
+            quiet: Mutex::default(),
+        })
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.cfg.node_name
+    }
+
+    /// ZFS, or why there is none.
+    pub fn zfs(&self) -> Result<&Zfs, ReplicaError> {
+        self.zfs
+            .as_ref()
+            .ok_or_else(|| "ZFS is not usable on this host".into())
+    }
+
+    /// This node's TLS identity, for the stream server and fetches from peers.
+    pub fn tls(&self) -> Result<Arc<NodeTls>, ReplicaError> {
+        self.cfg
+            .tls
+            .clone()
+            .ok_or_else(|| "this agent has no TLS identity (--tls-dir)".into())
+    }
+
+    /// Key files for sftp mounts; None when this agent serves no sftp (then mounts from other
+    /// hosts are not possible).
+    pub fn sftp_keys(&self) -> Option<SshKeys> {
+        self.cfg.sftp_listen.map(|_| SshKeys {
+            dir: self.cfg.run_dir.join("ssh"),
+        })
+    }
+
+    /// This host's address as its sftp endpoint names it: peers let its client key in from
+    /// there only, so its sshfs connections leave from it.
+    pub fn sftp_address(&self) -> Option<IpAddr> {
+        self.cfg
+            .sftp_advertise
+            .as_deref()
+            .and_then(crate::sftp::address_of)
+    }
+
+    /// The ZFS pool of this node's StoragePool `name`.
+    pub fn own_pool(&self, name: &str) -> Option<PoolName> {
+        self.pools
+            .state()
+            .iter()
+            .find(|p| p.spec.node_name == self.cfg.node_name && p.name_any() == name)
+            .and_then(|p| PoolName::parse(&p.spec.pool_name).ok())
+    }
+
+    /// The stream store of `pool`.
+    pub fn store_of(&self, pool: &PoolName) -> StreamStore {
+        StreamStore::new(self.cfg.streams_root.join(pool.as_str()))
+    }
+}
