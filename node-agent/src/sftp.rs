@@ -353,16 +353,7 @@ pub fn grants(
         {
             continue;
         }
-        let Some(sources) = sr
-            .annotations()
-            .get(projstore_api::MOUNT_SOURCES_ANNOTATION)
-            .and_then(|a| {
-                serde_json::from_str::<
-                        std::collections::BTreeMap<String, projstore_api::MountSource>,
-                    >(a)
-                    .ok()
-            })
-        else {
+        let Ok(sources) = projstore_api::contract::mount_sources(sr.annotations()) else {
             continue;
         };
         let ns = sr.namespace().unwrap_or_default();

@@ -253,8 +253,13 @@ mod tests {
         status_only.status = serde_json::from_value(serde_json::json!({"phase": "Ready"})).unwrap();
         assert_eq!(fingerprint(&sr), fingerprint(&status_only));
         let mut annotated = sr.clone();
-        annotated.metadata.annotations =
-            Some([("projstore.io/primary-snapshot".to_owned(), "42".to_owned())].into());
+        annotated.metadata.annotations = Some(
+            [(
+                projstore_api::contract::PRIMARY_SNAPSHOT.to_owned(),
+                "42".to_owned(),
+            )]
+            .into(),
+        );
         assert_ne!(fingerprint(&sr), fingerprint(&annotated));
         let mut promoted = sr.clone();
         promoted.spec.role = projstore_api::ReplicaRole::Primary;

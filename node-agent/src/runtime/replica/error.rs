@@ -39,6 +39,9 @@ pub enum ReplicaError {
     /// A blocking task of the pass did not finish (it panicked or was cancelled).
     #[error("{0}")]
     Task(#[from] tokio::task::JoinError),
+    /// An annotation of the controller's that cannot be read.
+    #[error(transparent)]
+    Contract(#[from] projstore_api::contract::BadAnnotation),
     /// Anything else, said in words (a spec the agent cannot serve, a missing peer, …).
     #[error("{0}")]
     Other(String),

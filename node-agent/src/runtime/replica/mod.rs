@@ -49,9 +49,6 @@ use serve_mounts::*;
 use trash::*;
 pub use trash::{PROP_PURGE_AFTER, purge_trash};
 
-/// Annotation on the primary's replica during a move: the pool taking over.
-pub const HANDOFF_TO: &str = "projstore.io/handoff-to";
-
 /// What a pass over a replica asks of the scheduler: the time until it has work of its own
 /// (a primary's next snapshot), or None when only a change to the replica makes work.
 pub type Due = Option<std::time::Duration>;

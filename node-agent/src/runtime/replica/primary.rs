@@ -3,6 +3,7 @@
 //! off to another pool during a move.
 
 use super::*;
+use projstore_api::contract;
 
 /// User property on a primary's dataset: the last `projstore.io/snapshot-now` value acted on.
 pub(super) const PROP_SNAPSHOT_NOW: &str = "projstore.io:snapshot-now";
@@ -97,7 +98,7 @@ pub(super) async fn primary(
             }
         }
     }
-    if let Some(to) = sr.annotations().get(HANDOFF_TO) {
+    if let Some(to) = contract::handoff_to(sr.annotations()) {
         return Ok((
             hand_off(&storage, &cx.cfg.run_dir, sr, &key, &ds, to).await?,
             None,

@@ -2,9 +2,6 @@
 
 use super::*;
 
-/// Annotation on the primary's replica: where each mounted source project is served.
-pub const MOUNT_SOURCES: &str = projstore_api::MOUNT_SOURCES_ANNOTATION;
-
 /// Makes the project's folder mounts match its spec (DESIGN §5.7) and says how each went.
 /// Mounts inside the project that the spec no longer names are taken down.
 pub(super) async fn serve_mounts(
@@ -13,11 +10,8 @@ pub(super) async fn serve_mounts(
     project: &Project,
     mountpoint: &Path,
 ) -> Vec<projstore_api::MountStatus> {
-    let sources: std::collections::BTreeMap<String, projstore_api::MountSource> = sr
-        .annotations()
-        .get(MOUNT_SOURCES)
-        .and_then(|a| serde_json::from_str(a).ok())
-        .unwrap_or_default();
+    // One that cannot be read is none: every mount says it is not served yet.
+    let sources = projstore_api::contract::mount_sources(sr.annotations()).unwrap_or_default();
     let ns = sr.namespace().unwrap_or_default();
     let dirs = crate::mounts::MountDirs::new(&cx.cfg.run_dir);
     let mut out = Vec::new();

@@ -2,18 +2,14 @@
 //! time, put back when the project returns, purged when its retention ends.
 
 use super::*;
+use projstore_api::contract;
 
 /// The trash stamp of a replica: its `trashed-at` time as `yyyymmddThhmmssZ`.
 pub(super) fn trash_stamp(
     sr: &StreamReplica,
 ) -> Result<(String, chrono::DateTime<Utc>), ReplicaError> {
-    let at = sr
-        .annotations()
-        .get("projstore.io/trashed-at")
-        .ok_or("no projstore.io/trashed-at annotation")?;
-    let t = chrono::DateTime::parse_from_rfc3339(at)
-        .map_err(|e| format!("bad trashed-at {at:?}: {e}"))?
-        .with_timezone(&Utc);
+    let t = contract::trashed_at(sr.annotations())?
+        .ok_or_else(|| format!("no {} annotation", contract::TRASHED_AT))?;
     Ok((t.format("%Y%m%dT%H%M%SZ").to_string(), t))
 }
 
@@ -30,11 +26,7 @@ pub(super) async fn trash(
     let layout = PoolLayout::new(pool.clone());
     let ds = layout.project(&key)?;
     let (stamp, at) = trash_stamp(sr)?;
-    let days: i64 = sr
-        .annotations()
-        .get("projstore.io/retain-days")
-        .and_then(|d| d.parse().ok())
-        .unwrap_or(7);
+    let days = contract::retain_days(sr.annotations());
     let target = layout.trashed(&key, &stamp)?;
     if zfs.exists(&ds).await? {
         stop_writes(zfs, &cx.cfg.run_dir, &ds).await?;
