@@ -349,7 +349,7 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
             if let Err(e) = pools_api
                 .patch_status(
                     &sp.name_any(),
-                    &PatchParams::default(),
+                    &PatchParams::apply(MANAGER),
                     &Patch::Merge(&patch),
                 )
                 .await

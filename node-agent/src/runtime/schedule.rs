@@ -23,7 +23,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ApplierConfig, applier};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use projstore_api::StreamReplica;
+use projstore_api::{ReplicaPhase, StreamReplica, StreamReplicaStatus};
 use serde_json::Value;
 
 use super::{AgentContext, replica};
@@ -173,14 +173,25 @@ fn backoff(failures: u32) -> Duration {
         .min(MAX_BACKOFF)
 }
 
-/// Whether a status asks for another try soon (an error, a copy behind, a mount not made).
-fn unsettled(status: &Value) -> bool {
-    let phase = status["phase"].as_str().unwrap_or_default();
-    let mount_failed = status["conditions"].as_array().is_some_and(|c| {
-        c.iter()
-            .any(|c| c["type"] == "Mounted" && c["status"] == "False")
-    });
-    phase == "Error" || phase == "Syncing" || mount_failed
+/// A replica this agent cannot work on: it keeps what it held and says why.
+fn refused(sr: &StreamReplica, why: String) -> StreamReplicaStatus {
+    StreamReplicaStatus {
+        phase: Some(ReplicaPhase::Error),
+        last_error: Some(why),
+        ..sr.status.clone().unwrap_or_default()
+    }
+}
+
+/// The merge patch that makes a status `new` in full: fields of `current` that `new` lacks
+/// are removed.
+fn replace_with(current: &Value, new: &Value) -> Value {
+    let mut patch = new.clone();
+    if let (Some(old), Some(p)) = (current.as_object(), patch.as_object_mut()) {
+        for k in old.keys() {
+            p.entry(k.clone()).or_insert(Value::Null);
+        }
+    }
+    patch
 }
 
 #[tracing::instrument(skip_all, fields(project = %format!("{}/{}", sr.namespace().unwrap_or_default(), sr.spec.project), pool = %sr.spec.pool))]
@@ -192,24 +203,28 @@ async fn reconcile(sr: Arc<StreamReplica>, sh: Arc<AgentContext>) -> Result<Acti
     let key = format!("{}/{}", sr.namespace().unwrap_or_default(), sr.name_any());
     let (status, due) = match sh.own_pool(&sr.spec.pool) {
         Some(_) if sh.cfg.tls.is_none() => (
-            serde_json::json!({"phase": "Error", "lastError": "this agent has no TLS identity (--tls-dir)"}),
+            refused(&sr, "this agent has no TLS identity (--tls-dir)".into()),
             None,
         ),
         Some(pool) => replica::reconcile(&sh, &sr, &pool).await,
         None => (
-            serde_json::json!({"phase": "Error", "lastError": format!("pool {} is not one of this node's", sr.spec.pool)}),
+            refused(
+                &sr,
+                format!("pool {} is not one of this node's", sr.spec.pool),
+            ),
             None,
         ),
     };
     let current = serde_json::to_value(&sr.status).unwrap_or_default();
-    if !super::same_status(&current, &status) {
+    let patch = replace_with(&current, &serde_json::to_value(&status).unwrap_or_default());
+    if !super::same_status(&current, &patch) {
         let api: Api<StreamReplica> =
             Api::namespaced(sh.client.clone(), &sr.namespace().unwrap_or_default());
         if let Err(e) = api
             .patch_status(
                 &sr.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&serde_json::json!({ "status": status })),
+                &PatchParams::apply(super::MANAGER),
+                &Patch::Merge(&serde_json::json!({ "status": patch })),
             )
             .await
         {
@@ -217,7 +232,7 @@ async fn reconcile(sr: Arc<StreamReplica>, sh: Arc<AgentContext>) -> Result<Acti
         }
     }
     let mut failures = sh.failures.lock().unwrap_or_else(|p| p.into_inner());
-    let next = if unsettled(&status) {
+    let next = if replica::plans::unsettled(&status) {
         let n = failures.entry(key).or_default();
         *n = n.saturating_add(1);
         backoff(*n)
@@ -268,14 +283,20 @@ mod tests {
 
     #[test]
     fn errors_behind_copies_and_failed_mounts_are_retried() {
-        assert!(unsettled(&serde_json::json!({"phase": "Error"})));
-        assert!(unsettled(&serde_json::json!({"phase": "Syncing"})));
+        let unsettled =
+            |v: serde_json::Value| replica::plans::unsettled(&serde_json::from_value(v).unwrap());
+        let cond = |status: &str| {
+            serde_json::json!({"type": "Mounted", "status": status, "reason": "R", "message": "",
+                "lastTransitionTime": "2026-01-01T00:00:00Z"})
+        };
+        assert!(unsettled(serde_json::json!({"phase": "Error"})));
+        assert!(unsettled(serde_json::json!({"phase": "Syncing"})));
         assert!(unsettled(
-            &serde_json::json!({"phase": "Ready", "conditions": [{"type": "Mounted", "status": "False"}]})
+            serde_json::json!({"phase": "Ready", "conditions": [cond("False")]})
         ));
         assert!(!unsettled(
-            &serde_json::json!({"phase": "Ready", "conditions": [{"type": "Mounted", "status": "True"}]})
+            serde_json::json!({"phase": "Ready", "conditions": [cond("True")]})
         ));
-        assert!(!unsettled(&serde_json::json!({"phase": "Trashed"})));
+        assert!(!unsettled(serde_json::json!({"phase": "Trashed"})));
     }
 }

@@ -11,7 +11,7 @@ pub(super) async fn archive(
     sr: &StreamReplica,
     pool: &PoolName,
     role: ReplicaRole,
-) -> Result<Value, ReplicaError> {
+) -> Result<StreamReplicaStatus, ReplicaError> {
     let ns = sr.namespace().unwrap_or_default();
     let key = ProjectKey::new(&ns, &sr.spec.project)?;
     let zfs = cx.zfs()?;
@@ -43,11 +43,10 @@ pub(super) async fn archive(
         zfs.destroy(&ds, true).await?;
     }
     let stored = store.list(&key).await?;
-    Ok(json!({
-        "phase": "Archived",
-        "streams": {"count": stored.len(), "bytes": stored.iter().map(|s| s.manifest.bytes).sum::<u64>()},
-        "conditions": [],
-    }))
+    Ok(plans::archived_status(
+        &sr.status.clone().unwrap_or_default(),
+        plans::streams_summary(stored.iter().map(|s| s.manifest.bytes)),
+    ))
 }
 
 /// Receives the stored chain into `<pool>/recv/<ns>/<name>-verify` and checks it ends at

@@ -7,7 +7,7 @@ pub(super) async fn secondary(
     cx: &AgentContext,
     sr: &StreamReplica,
     pool: &PoolName,
-) -> Result<Value, ReplicaError> {
+) -> Result<StreamReplicaStatus, ReplicaError> {
     let ns = sr.namespace().unwrap_or_default();
     let key = ProjectKey::new(&ns, &sr.spec.project)?;
     let source = sr.spec.source.as_ref().ok_or("no source primary yet")?;
@@ -43,7 +43,6 @@ pub(super) async fn secondary(
     } else {
         None
     };
-    let mut conditions = Vec::new();
     let prev = sr.status.clone().unwrap_or_default();
     let mut todo = plan_for_replica(&edges, held)?;
     if matches!(todo, ReplicaPlan::Diverged) {
@@ -98,7 +97,7 @@ pub(super) async fn secondary(
             );
         }
     }
-    let forked = forks_condition(zfs, &layout, &key, &prev.conditions).await;
+    let forked = forks_verdict(zfs, &layout, &key).await;
     let exists = if received {
         zfs.exists(&ds).await?
     } else {
@@ -123,22 +122,16 @@ pub(super) async fn secondary(
         Vec::new()
     };
     let newest_remote = plan(&edges)?.target.map(|t| t.time);
-    let lag = match (newest_remote, snaps.last()) {
-        (Some(r), Some(l)) => (r - l.creation).max(0),
-        (Some(_), None) => i64::MAX / 2,
-        _ => 0,
-    };
     let stored = store.list(&key).await?;
-    conditions.extend(forked);
-    Ok(json!({
-        "transfer": null,
-        "phase": if lag == 0 { "Ready" } else { "Syncing" },
-        "appliedSnapshot": snaps.last().map(snapshot_ref),
-        "streams": {"count": stored.len(), "bytes": stored.iter().map(|s| s.manifest.bytes).sum::<u64>()},
-        "lagSeconds": lag.min(i64::from(u32::MAX)),
-        "snapshotCount": snaps.len(),
-        "conditions": conditions,
-    }))
+    let mut verdicts = Vec::new();
+    verdicts.extend(forked);
+    Ok(plans::secondary_status(
+        &prev,
+        newest_remote,
+        &snaps,
+        plans::streams_summary(stored.iter().map(|s| s.manifest.bytes)),
+        plans::conditions(&verdicts, &prev.conditions, Timestamp::now()),
+    ))
 }
 
 /// Renames `ds` to `forks/<ns>/<name>-e<epoch>` (`-2`, `-3`… when taken), unmounted and
@@ -187,40 +180,20 @@ pub(super) async fn fork(
 }
 
 /// `Diverged` naming the forks kept for `key` on this pool, if any.
-pub(super) async fn forks_condition(
+pub(super) async fn forks_verdict(
     zfs: &Zfs,
     layout: &PoolLayout,
     key: &ProjectKey,
-    prev: &[Condition],
-) -> Option<Condition> {
+) -> Option<Verdict> {
     let ns = layout.forks().and_then(|f| f.child(&key.namespace)).ok()?;
-    let prefix = format!("{ns}/{}-e", key.name);
-    let forks: Vec<String> = zfs
+    let children: Vec<String> = zfs
         .children(&ns)
         .await
         .ok()?
         .into_iter()
         .map(|d| d.to_string())
-        .filter(|d| {
-            d.strip_prefix(&prefix).is_some_and(|rest| {
-                rest.split('-')
-                    .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-            })
-        })
         .collect();
-    if forks.is_empty() {
-        return None;
-    }
-    Some(cond(
-        "Diverged",
-        true,
-        "ForkPreserved",
-        format!(
-            "writes the primary lacked are preserved at {}",
-            forks.join(", ")
-        ),
-        prev,
-    ))
+    plans::forks_verdict(&children, &format!("{ns}/{}-e", key.name))
 }
 
 /// Patches `status.transfer` of `sr` every second from `progress` until dropped.
@@ -239,11 +212,15 @@ pub(super) fn report_transfer(
         loop {
             tick.tick().await;
             let done = progress.bytes().min(total);
-            let patch = json!({"status": {"transfer": {"bytesDone": done, "bytesTotal": total}}});
+            let transfer = projstore_api::TransferProgress {
+                bytes_done: done,
+                bytes_total: total,
+            };
+            let patch = serde_json::json!({ "status": { "transfer": transfer } });
             let _ = api
                 .patch_status(
                     &name,
-                    &kube::api::PatchParams::default(),
+                    &kube::api::PatchParams::apply(crate::runtime::MANAGER),
                     &kube::api::Patch::Merge(&patch),
                 )
                 .await;

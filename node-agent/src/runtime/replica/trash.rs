@@ -2,16 +2,6 @@
 //! time, put back when the project returns, purged when its retention ends.
 
 use super::*;
-use projstore_api::contract;
-
-/// The trash stamp of a replica: its `trashed-at` time as `yyyymmddThhmmssZ`.
-pub(super) fn trash_stamp(
-    sr: &StreamReplica,
-) -> Result<(String, chrono::DateTime<Utc>), ReplicaError> {
-    let t = contract::trashed_at(sr.annotations())?
-        .ok_or_else(|| format!("no {} annotation", contract::TRASHED_AT))?;
-    Ok((t.format("%Y%m%dT%H%M%SZ").to_string(), t))
-}
 
 /// Moves a deleted project's dataset to `trash/<ns>/<name>-<stamp>` (with the time it may be
 /// purged as a property) and its streams to the store's trash. Nothing is destroyed here.
@@ -19,27 +9,27 @@ pub(super) async fn trash(
     cx: &AgentContext,
     sr: &StreamReplica,
     pool: &PoolName,
-) -> Result<Value, ReplicaError> {
+) -> Result<StreamReplicaStatus, ReplicaError> {
     let ns = sr.namespace().unwrap_or_default();
     let key = ProjectKey::new(&ns, &sr.spec.project)?;
     let zfs = cx.zfs()?;
     let layout = PoolLayout::new(pool.clone());
     let ds = layout.project(&key)?;
-    let (stamp, at) = trash_stamp(sr)?;
-    let days = contract::retain_days(sr.annotations());
+    let TrashPlan { stamp, purge_after } = plans::plan_trash(sr.annotations())?;
     let target = layout.trashed(&key, &stamp)?;
     if zfs.exists(&ds).await? {
         stop_writes(zfs, &cx.cfg.run_dir, &ds).await?;
         zfs.create_parents(&target).await?;
         zfs.rename(&ds, &target).await?;
-        let purge =
-            (at + chrono::Duration::days(days)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        zfs.set(&target, &p(PROP_PURGE_AFTER)?, &purge).await?;
+        zfs.set(&target, &p(PROP_PURGE_AFTER)?, &purge_after)
+            .await?;
         zfs.set(&target, &p("mountpoint")?, "none").await?;
     }
     let store = StreamStore::new(cx.cfg.streams_root.join(pool.as_str()));
     store.move_to_trash(&key, &stamp).await?;
-    Ok(json!({"phase": "Trashed", "conditions": []}))
+    Ok(plans::trashed_status(
+        &sr.status.clone().unwrap_or_default(),
+    ))
 }
 
 /// User property on a trashed dataset: when it may be purged (RFC 3339).

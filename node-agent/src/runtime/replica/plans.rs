@@ -1,0 +1,523 @@
+//! What a replica pass decides, as pure functions over what it read: the rest of the pass
+//! only reads ZFS, the store and the API, and carries these decisions out. Each function is
+//! table-tested (`node-agent/tests/replica_plans.rs`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use projstore_api::{
+    MountStatus, ReplicaPhase, SnapshotPolicy, SnapshotRef, StreamReplicaStatus, StreamsSummary,
+};
+
+use super::ReplicaError;
+use crate::layout::{PROP_EPOCH, PROP_ROLE};
+use crate::retention::{
+    RetentionPolicy, SnapshotFacts, is_managed, managed_name, retain, snapshot_due,
+    snapshots_blocked,
+};
+use crate::zfs::SnapshotInfo;
+
+/// User property on a primary's dataset: the last `projstore.io/snapshot-now` value acted on.
+pub const PROP_SNAPSHOT_NOW: &str = "projstore.io:snapshot-now";
+
+/// The properties a primary pass reads of its dataset, in one `zfs get`.
+pub const PRIMARY_PROPS: &[&str] = &[
+    PROP_EPOCH,
+    PROP_ROLE,
+    PROP_SNAPSHOT_NOW,
+    "readonly",
+    "setuid",
+    "devices",
+    "mountpoint",
+    "mounted",
+    "refquota",
+    "referenced",
+    "usedbysnapshots",
+];
+
+/// A condition to report, before it meets the previous ones (for its transition time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub type_: &'static str,
+    pub ok: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Verdict {
+    pub fn new(
+        type_: &'static str,
+        ok: bool,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            type_,
+            ok,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// The condition, keeping the transition time of `prev`'s when its status is unchanged.
+    pub fn condition(&self, prev: &[Condition], now: Timestamp) -> Condition {
+        projstore_api::units::condition(
+            prev,
+            self.type_,
+            self.ok,
+            self.reason,
+            self.message.clone(),
+            now,
+            None,
+        )
+    }
+}
+
+/// Conditions from verdicts, in order.
+pub fn conditions(verdicts: &[Verdict], prev: &[Condition], now: Timestamp) -> Vec<Condition> {
+    verdicts.iter().map(|v| v.condition(prev, now)).collect()
+}
+
+/// Fencing: a dataset written under a newer epoch than the replica's is never served.
+pub fn fenced(props: &BTreeMap<String, String>, ours: u64) -> Option<ReplicaError> {
+    let seen: u64 = props
+        .get(PROP_EPOCH)
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(0);
+    (seen > ours).then_some(ReplicaError::Fenced { seen, ours })
+}
+
+/// What a live primary's pass read, before it changes anything.
+#[derive(Debug, Clone)]
+pub struct PrimaryFacts<'a> {
+    /// The replica's epoch.
+    pub epoch: u64,
+    /// [`PRIMARY_PROPS`] as read.
+    pub props: &'a BTreeMap<String, String>,
+    /// Where the project is mounted on this node.
+    pub mountpoint: &'a str,
+    /// The Project's quota in bytes.
+    pub quota: u64,
+    pub policy: &'a SnapshotPolicy,
+    /// The dataset's snapshots, oldest first.
+    pub snapshots: &'a [SnapshotInfo],
+    /// When a scheduled check last found nothing written (no snapshot was taken then).
+    pub quiet_since: Option<i64>,
+    /// The Project's `projstore.io/snapshot-now` annotation.
+    pub snapshot_now: Option<&'a str>,
+    /// Unix seconds.
+    pub now: i64,
+}
+
+/// What a live primary's pass does.
+#[derive(Debug, PartialEq)]
+pub struct PrimaryPlan {
+    /// Not served: written under a newer epoch (writes are stopped, the pass fails with it).
+    pub fenced: Option<ReplicaError>,
+    /// Properties to set, in order (only those that differ).
+    pub set: Vec<(&'static str, String)>,
+    /// The dataset is to be mounted.
+    pub mount: bool,
+    /// `refquota` to set.
+    pub quota: Option<u64>,
+    /// QuotaApplied (only when the quota is refused) and SnapshotsBlocked.
+    pub verdicts: Vec<Verdict>,
+    /// A snapshot to take now.
+    pub snapshot: Option<SnapshotStep>,
+}
+
+/// A snapshot to take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotStep {
+    /// Taken even when nothing was written since the newest (asked for on demand).
+    pub always: bool,
+    /// The `snapshot-now` value to record as handled.
+    pub mark: Option<String>,
+}
+
+impl PartialEq for ReplicaError {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+/// The numeric property `k` as read (0 when missing).
+pub fn num(props: &BTreeMap<String, String>, k: &str) -> u64 {
+    props.get(k).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// The last scheduled check of a primary: its newest managed snapshot, or a check that found
+/// nothing written since.
+pub fn last_check(snapshots: &[SnapshotInfo], quiet_since: Option<i64>) -> Option<i64> {
+    snapshots
+        .iter()
+        .filter(|s| is_managed(&s.name))
+        .map(|s| s.creation)
+        .chain(quiet_since)
+        .max()
+}
+
+/// Seconds between scheduled snapshots.
+pub fn interval_secs(policy: &SnapshotPolicy) -> i64 {
+    i64::from(policy.interval_minutes) * 60
+}
+
+pub fn plan_primary(f: &PrimaryFacts<'_>) -> PrimaryPlan {
+    let have = f.props;
+    let fenced = fenced(have, f.epoch);
+    let epoch = f.epoch.to_string();
+    let set = [
+        (PROP_EPOCH, epoch.as_str()),
+        (PROP_ROLE, "primary"),
+        ("readonly", "off"),
+        ("setuid", "off"),
+        ("devices", "off"),
+        ("mountpoint", f.mountpoint),
+    ]
+    .into_iter()
+    .filter(|(prop, want)| have.get(*prop).map(String::as_str) != Some(want))
+    .map(|(prop, want)| (prop, want.to_owned()))
+    .collect();
+    let mount = have.get("mounted").map(String::as_str) != Some("yes");
+    let mut verdicts = Vec::new();
+    let mut quota = None;
+    if num(have, "refquota") != f.quota {
+        let used = num(have, "referenced");
+        if f.quota < used {
+            verdicts.push(Verdict::new(
+                "QuotaApplied",
+                false,
+                "QuotaBelowUsage",
+                format!(
+                    "quota {} is below the {used} bytes in use: not applied",
+                    f.quota
+                ),
+            ));
+        } else {
+            quota = Some(f.quota);
+        }
+    }
+    let snap_used = num(have, "usedbysnapshots");
+    let blocked = snapshots_blocked(snap_used, f.quota, f.policy.max_space_ratio);
+    verdicts.push(Verdict::new(
+        "SnapshotsBlocked",
+        blocked,
+        if blocked { "SnapshotSpaceExceeded" } else { "WithinLimit" },
+        if blocked {
+            format!(
+                "snapshots use {snap_used} bytes, more than {}x the quota: no new snapshots until old ones expire or the quota grows",
+                f.policy.max_space_ratio
+            )
+        } else {
+            String::new()
+        },
+    ));
+    let handled = have
+        .get(PROP_SNAPSHOT_NOW)
+        .map(String::as_str)
+        .unwrap_or_default();
+    let on_demand = f.snapshot_now.is_some_and(|a| a != handled);
+    let scheduled = snapshot_due(
+        last_check(f.snapshots, f.quiet_since),
+        f.now,
+        interval_secs(f.policy),
+        None,
+    );
+    let name_free = !f.snapshots.iter().any(|s| s.name == managed_name(f.now));
+    let snapshot = ((on_demand || scheduled) && !blocked && name_free).then(|| SnapshotStep {
+        always: on_demand,
+        mark: f.snapshot_now.map(str::to_owned),
+    });
+    PrimaryPlan {
+        fenced,
+        set,
+        mount,
+        quota,
+        verdicts,
+        snapshot,
+    }
+}
+
+/// The `Mounted` verdict of a primary with folder mounts: every mount made, or which not.
+pub fn mounts_verdict(mounts: &[MountStatus]) -> Verdict {
+    let failed: Vec<String> = mounts
+        .iter()
+        .filter(|m| m.phase != "Mounted")
+        .map(|m| {
+            format!(
+                "{}: {}",
+                m.mount_path,
+                m.message.clone().unwrap_or_default()
+            )
+        })
+        .collect();
+    let ok = failed.is_empty();
+    Verdict::new(
+        "Mounted",
+        ok,
+        if ok { "AllMounted" } else { "MountFailed" },
+        failed.join("; "),
+    )
+}
+
+/// Managed snapshots retention destroys now. It never destroys the base of the next
+/// incremental (`keep_guid`: the stored chain's target), nor user snapshots.
+pub fn to_prune(
+    snapshots: &[SnapshotInfo],
+    keep_guid: Option<u64>,
+    policy: &SnapshotPolicy,
+    now: i64,
+) -> Vec<String> {
+    let facts: Vec<SnapshotFacts> = snapshots
+        .iter()
+        .map(|s| SnapshotFacts {
+            name: s.name.clone(),
+            guid: s.guid,
+            createtxg: s.createtxg,
+            time: s.creation,
+            held: Some(s.guid) == keep_guid,
+        })
+        .collect();
+    let k = &policy.keep;
+    let rp = RetentionPolicy {
+        frequent: k.frequent,
+        hourly: k.hourly,
+        daily: k.daily,
+        weekly: k.weekly,
+        monthly: k.monthly,
+        frequent_secs: interval_secs(policy),
+    };
+    retain(&facts, now, &rp).destroy
+}
+
+/// When the primary has work of its own next: its next scheduled check (at least a second,
+/// at most an interval away).
+pub fn next_due(last_check: Option<i64>, interval: i64, now: i64) -> std::time::Duration {
+    let next = last_check.map_or(0, |t| t + interval - now);
+    std::time::Duration::from_secs(next.clamp(1, interval.max(1)).unsigned_abs())
+}
+
+/// A snapshot as status shows it.
+pub fn snapshot_ref(s: &SnapshotInfo) -> SnapshotRef {
+    let t = Timestamp::from_second(s.creation).unwrap_or(Timestamp::UNIX_EPOCH);
+    SnapshotRef {
+        name: s.name.clone(),
+        guid: s.guid.to_string(),
+        createtxg: s.createtxg,
+        time: Some(Time(t)),
+    }
+}
+
+/// The stream files held for a project: how many, how many bytes.
+pub fn streams_summary(bytes: impl IntoIterator<Item = u64>) -> StreamsSummary {
+    let (count, bytes) = bytes.into_iter().fold((0u32, 0u64), |(n, b), x| {
+        (n.saturating_add(1), b.saturating_add(x))
+    });
+    StreamsSummary { count, bytes }
+}
+
+fn count(snapshots: &[SnapshotInfo]) -> Option<u32> {
+    Some(u32::try_from(snapshots.len()).unwrap_or(u32::MAX))
+}
+
+/// What a live primary reports.
+pub struct PrimaryReport<'a> {
+    pub snapshots: &'a [SnapshotInfo],
+    pub streams: StreamsSummary,
+    pub props: &'a BTreeMap<String, String>,
+    pub quota: u64,
+    pub mountpoint: &'a str,
+    pub mounts: Vec<MountStatus>,
+    pub conditions: Vec<Condition>,
+}
+
+/// A live primary's status. Fields it does not speak of (`transfer`) stay as they were.
+pub fn primary_status(prev: &StreamReplicaStatus, r: PrimaryReport<'_>) -> StreamReplicaStatus {
+    StreamReplicaStatus {
+        phase: Some(ReplicaPhase::Ready),
+        applied_snapshot: r.snapshots.last().map(snapshot_ref),
+        streams: Some(r.streams),
+        lag_seconds: Some(0),
+        used_bytes: Some(num(r.props, "referenced")),
+        snapshot_used_bytes: Some(num(r.props, "usedbysnapshots")),
+        quota_bytes: Some(r.quota),
+        snapshot_count: count(r.snapshots),
+        mount_path: Some(r.mountpoint.to_owned()),
+        mounts: r.mounts,
+        conditions: r.conditions,
+        ..prev.clone()
+    }
+}
+
+/// A primary handing off to `to` (a move): writes stopped, final snapshot taken.
+pub fn handed_off_status(
+    prev: &StreamReplicaStatus,
+    snapshots: &[SnapshotInfo],
+    streams: StreamsSummary,
+    to: &str,
+    now: Timestamp,
+) -> StreamReplicaStatus {
+    let newest = snapshots
+        .last()
+        .map(|s| s.name.as_str())
+        .unwrap_or_default();
+    let handed = Verdict::new(
+        "HandedOff",
+        true,
+        "WritesStopped",
+        format!("unmounted; final snapshot {newest} is ready for {to}"),
+    );
+    StreamReplicaStatus {
+        phase: Some(ReplicaPhase::Ready),
+        applied_snapshot: snapshots.last().map(snapshot_ref),
+        streams: Some(streams),
+        lag_seconds: Some(0),
+        snapshot_count: count(snapshots),
+        conditions: vec![handed.condition(&prev.conditions, now)],
+        ..prev.clone()
+    }
+}
+
+/// How far a secondary is behind: seconds between the primary's newest snapshot and its
+/// own newest (a copy holding nothing of a primary that has snapshots is far behind).
+pub fn lag(newest_remote: Option<i64>, newest_local: Option<i64>) -> i64 {
+    match (newest_remote, newest_local) {
+        (Some(r), Some(l)) => (r - l).max(0),
+        (Some(_), None) => i64::MAX / 2,
+        _ => 0,
+    }
+}
+
+/// A live secondary's status: Ready when it holds the primary's newest snapshot, else
+/// Syncing. No transfer runs any more.
+pub fn secondary_status(
+    prev: &StreamReplicaStatus,
+    newest_remote: Option<i64>,
+    snapshots: &[SnapshotInfo],
+    streams: StreamsSummary,
+    conditions: Vec<Condition>,
+) -> StreamReplicaStatus {
+    let lag = lag(newest_remote, snapshots.last().map(|s| s.creation));
+    StreamReplicaStatus {
+        transfer: None,
+        phase: Some(if lag == 0 {
+            ReplicaPhase::Ready
+        } else {
+            ReplicaPhase::Syncing
+        }),
+        applied_snapshot: snapshots.last().map(snapshot_ref),
+        streams: Some(streams),
+        lag_seconds: Some(lag.min(i64::from(u32::MAX))),
+        snapshot_count: count(snapshots),
+        conditions,
+        ..prev.clone()
+    }
+}
+
+/// `Diverged`, naming the forks kept of a project (children of its namespace under
+/// `forks/`, named `<name>-e<epoch>` or `<name>-e<epoch>-<n>`); none when there are none.
+pub fn forks_verdict(children: &[String], prefix: &str) -> Option<Verdict> {
+    let forks: Vec<&str> = children
+        .iter()
+        .map(String::as_str)
+        .filter(|d| {
+            d.strip_prefix(prefix).is_some_and(|rest| {
+                rest.split('-')
+                    .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
+        .collect();
+    (!forks.is_empty()).then(|| {
+        Verdict::new(
+            "Diverged",
+            true,
+            "ForkPreserved",
+            format!(
+                "writes the primary lacked are preserved at {}",
+                forks.join(", ")
+            ),
+        )
+    })
+}
+
+/// Where a trashed replica's data goes, and until when it is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrashPlan {
+    /// `yyyymmddThhmmssZ` of its `trashed-at`: the suffix of its trash names.
+    pub stamp: String,
+    /// When it may be purged (RFC 3339): `trashed-at` plus `retain-days`.
+    pub purge_after: String,
+}
+
+pub fn plan_trash(annotations: &BTreeMap<String, String>) -> Result<TrashPlan, ReplicaError> {
+    use projstore_api::contract;
+    let at = contract::trashed_at(annotations)?
+        .ok_or_else(|| format!("no {} annotation", contract::TRASHED_AT))?;
+    let days = contract::retain_days(annotations);
+    Ok(TrashPlan {
+        stamp: at.format("%Y%m%dT%H%M%SZ").to_string(),
+        purge_after: contract::trashed_at_value(at + chrono::Duration::days(days)),
+    })
+}
+
+/// A trashed replica's status: what it held stays as it was.
+pub fn trashed_status(prev: &StreamReplicaStatus) -> StreamReplicaStatus {
+    StreamReplicaStatus {
+        phase: Some(ReplicaPhase::Trashed),
+        conditions: Vec::new(),
+        ..prev.clone()
+    }
+}
+
+/// An archived (Closed) replica's status: its stored streams.
+pub fn archived_status(prev: &StreamReplicaStatus, streams: StreamsSummary) -> StreamReplicaStatus {
+    StreamReplicaStatus {
+        phase: Some(ReplicaPhase::Archived),
+        streams: Some(streams),
+        conditions: Vec::new(),
+        ..prev.clone()
+    }
+}
+
+/// The status a pass ends with: its outcome, the spec generation it saw, and `Ready` (true
+/// only in phase Ready). A failed pass keeps what the replica held and says why.
+pub fn finish(
+    prev: &StreamReplicaStatus,
+    outcome: Result<StreamReplicaStatus, String>,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> StreamReplicaStatus {
+    match outcome {
+        Ok(mut status) => {
+            let ready = status.phase == Some(ReplicaPhase::Ready);
+            let reason = if ready { "Serving" } else { "NotInSync" };
+            status.observed_generation = generation;
+            status
+                .conditions
+                .push(Verdict::new("Ready", ready, reason, "").condition(&prev.conditions, now));
+            status.last_error = None;
+            status
+        }
+        Err(e) => StreamReplicaStatus {
+            phase: Some(ReplicaPhase::Error),
+            observed_generation: generation,
+            conditions: vec![
+                Verdict::new("Ready", false, "Error", e.clone()).condition(&prev.conditions, now),
+            ],
+            last_error: Some(e),
+            ..prev.clone()
+        },
+    }
+}
+
+/// Whether a status asks for another pass soon: an error, a copy behind, a mount not made.
+pub fn unsettled(status: &StreamReplicaStatus) -> bool {
+    matches!(
+        status.phase,
+        Some(ReplicaPhase::Error | ReplicaPhase::Syncing)
+    ) || status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Mounted" && c.status == "False")
+}
