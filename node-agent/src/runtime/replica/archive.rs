@@ -12,37 +12,28 @@ pub(super) async fn archive(
     pool: &PoolName,
     role: ReplicaRole,
 ) -> Result<StreamReplicaStatus, ReplicaError> {
-    let ns = sr.namespace().unwrap_or_default();
-    let key = ProjectKey::new(&ns, &sr.spec.project)?;
-    let zfs = cx.zfs()?;
-    let layout = PoolLayout::new(pool.clone());
-    let ds = layout.project(&key)?;
-    let store = StreamStore::new(cx.cfg.streams_root.join(pool.as_str()));
-    let storage = Storage {
-        zfs,
-        store: &store,
-        pool,
-        node: cx.node(),
-    };
-    if role == ReplicaRole::Secondary && zfs.exists(&ds).await? {
+    let c = Copy::new(cx, sr, pool)?;
+    let storage = c.storage();
+    let (zfs, key, ds, store) = (c.zfs, &c.key, &c.ds, &c.store);
+    if role == ReplicaRole::Secondary && zfs.exists(ds).await? {
         // Catch up first (the primary's final stream), so what is verified is everything.
         secondary(cx, sr, pool).await?;
     }
-    if zfs.exists(&ds).await? {
+    if zfs.exists(ds).await? {
         if role == ReplicaRole::Primary {
-            stop_writes(zfs, &cx.cfg.run_dir, &ds).await?;
-            final_snapshot(&storage, &key, &ds, sr.spec.epoch).await?;
+            stop_writes(zfs, &cx.cfg.run_dir, ds).await?;
+            final_snapshot(&storage, key, ds, sr.spec.epoch).await?;
         }
         let newest = zfs
-            .snapshots(&ds, &[])
+            .snapshots(ds, &[])
             .await?
             .last()
             .cloned()
             .ok_or("the dataset has no snapshot to archive")?;
-        verify_chain_restores(cx, &storage, &key, newest.guid).await?;
-        zfs.destroy(&ds, true).await?;
+        verify_chain_restores(cx, &storage, key, newest.guid).await?;
+        zfs.destroy(ds, true).await?;
     }
-    let stored = store.list(&key).await?;
+    let stored = store.list(key).await?;
     Ok(plans::archived_status(
         &sr.status.clone().unwrap_or_default(),
         plans::streams_summary(stored.iter().map(|s| s.manifest.bytes)),

@@ -47,6 +47,51 @@ use serve_mounts::*;
 use trash::*;
 pub use trash::{PROP_PURGE_AFTER, purge_trash};
 
+/// The copy a pass works on, as this host names it: its project, its dataset on the pool,
+/// the pool's stream store.
+pub(super) struct Copy<'a> {
+    pub zfs: &'a Zfs,
+    pub ns: String,
+    pub key: ProjectKey,
+    pub pool: &'a PoolName,
+    pub layout: PoolLayout,
+    pub ds: DatasetName,
+    pub store: StreamStore,
+    node: &'a str,
+}
+
+impl<'a> Copy<'a> {
+    pub fn new(
+        cx: &'a AgentContext,
+        sr: &StreamReplica,
+        pool: &'a PoolName,
+    ) -> Result<Self, ReplicaError> {
+        let ns = sr.namespace().unwrap_or_default();
+        let key = ProjectKey::new(&ns, &sr.spec.project)?;
+        let layout = PoolLayout::new(pool.clone());
+        Ok(Self {
+            zfs: cx.zfs()?,
+            ds: layout.project(&key)?,
+            store: cx.store_of(pool),
+            ns,
+            key,
+            pool,
+            layout,
+            node: cx.node(),
+        })
+    }
+
+    /// What writing and applying streams of this copy needs.
+    pub fn storage(&self) -> Storage<'_> {
+        Storage {
+            zfs: self.zfs,
+            store: &self.store,
+            pool: self.pool,
+            node: self.node,
+        }
+    }
+}
+
 /// What a pass over a replica asks of the scheduler: the time until it has work of its own
 /// (a primary's next snapshot), or None when only a change to the replica makes work.
 pub type Due = Option<std::time::Duration>;

@@ -10,9 +10,10 @@ pub(super) async fn primary(
     sr: &StreamReplica,
     pool: &PoolName,
 ) -> Result<(StreamReplicaStatus, Due), ReplicaError> {
-    let ns = sr.namespace().unwrap_or_default();
-    let key = ProjectKey::new(&ns, &sr.spec.project)?;
-    let project = Api::<Project>::namespaced(cx.client.clone(), &ns)
+    let c = Copy::new(cx, sr, pool)?;
+    let storage = c.storage();
+    let (zfs, ns, key, layout, ds, store) = (c.zfs, &c.ns, &c.key, &c.layout, &c.ds, &c.store);
+    let project = Api::<Project>::namespaced(cx.client.clone(), ns)
         .get_opt(&sr.spec.project)
         .await?
         .ok_or_else(|| format!("project {key} does not exist"))?;
@@ -25,57 +26,47 @@ pub(super) async fn primary(
         )
         .into());
     }
-    let zfs = cx.zfs()?;
-    let layout = PoolLayout::new(pool.clone());
-    let ds = layout.project(&key)?;
-    let store = StreamStore::new(cx.cfg.streams_root.join(pool.as_str()));
-    let storage = Storage {
-        zfs,
-        store: &store,
-        pool,
-        node: cx.node(),
-    };
-    let mountpoint = cx.cfg.projects_root.join(&ns).join(&sr.spec.project);
+    let mountpoint = cx.cfg.projects_root.join(ns).join(&sr.spec.project);
     let quota = projstore_api::units::quantity_bytes(&project.spec.quota.0)
         .ok_or("quota is not a quantity")?;
     // What the pass reads of the dataset, in one call; written only where it differs.
-    let read = || zfs.get_props(&ds, plans::PRIMARY_PROPS);
-    if zfs.exists(&ds).await? {
+    let read = || zfs.get_props(ds, plans::PRIMARY_PROPS);
+    if zfs.exists(ds).await? {
         if let Some(e) = plans::fenced(&read().await?, sr.spec.epoch) {
-            let _ = stop_writes(zfs, &cx.cfg.run_dir, &ds).await;
+            let _ = stop_writes(zfs, &cx.cfg.run_dir, ds).await;
             return Err(e);
         }
-    } else if restore_from_trash(zfs, &layout, &store, &key, &ds).await? {
+    } else if restore_from_trash(zfs, layout, store, key, ds).await? {
         tracing::info!(project = %key, "restored from the trash");
     } else {
-        let chain = stored_plan(&store, &key).await?.chain;
+        let chain = stored_plan(store, key).await?.chain;
         if chain.is_empty() {
             let new = NewProject {
-                key: &key,
+                key,
                 mountpoint: &mountpoint,
                 quota_bytes: quota,
                 uid: project.spec.owner.uid,
                 gid: project.spec.owner.gid,
                 epoch: sr.spec.epoch,
             };
-            create_project(zfs, &layout, &new).await?;
+            create_project(zfs, layout, &new).await?;
         } else {
             // Rebuild from the chain (a restore, or a primary placed where only streams are).
             for id in chain {
                 let id = crate::streams::StreamId::parse(&id)?;
-                apply_stream(&storage, &key, &id, &ds, &Progress::new()).await?;
+                apply_stream(&storage, key, &id, ds, &Progress::new()).await?;
             }
         }
     }
     if let Some(to) = contract::handoff_to(sr.annotations()) {
         return Ok((
-            hand_off(&storage, &cx.cfg.run_dir, sr, &key, &ds, to).await?,
+            hand_off(&storage, &cx.cfg.run_dir, sr, key, ds, to).await?,
             None,
         ));
     }
     let have = read().await?;
     let mp = mountpoint.to_str().ok_or("projects root is not UTF-8")?;
-    let snaps = zfs.snapshots(&ds, &[]).await?;
+    let snaps = zfs.snapshots(ds, &[]).await?;
     let policy = &project.spec.snapshots;
     let quiet = || {
         cx.quiet
@@ -98,56 +89,56 @@ pub(super) async fn primary(
         now: Utc::now().timestamp(),
     });
     if let Some(e) = todo.fenced {
-        let _ = stop_writes(zfs, &cx.cfg.run_dir, &ds).await;
+        let _ = stop_writes(zfs, &cx.cfg.run_dir, ds).await;
         return Err(e);
     }
     for (prop, want) in &todo.set {
-        zfs.set(&ds, &p(prop)?, want).await?;
+        zfs.set(ds, &p(prop)?, want).await?;
     }
     if todo.mount {
-        zfs.mount(&ds).await?;
+        zfs.mount(ds).await?;
     }
-    let not_exported = secure_root(cx, &key, &mountpoint, owner).await?;
+    let not_exported = secure_root(cx, key, &mountpoint, owner).await?;
 
     let mut verdicts = Vec::new();
     if let Some(e) = not_exported {
         tracing::warn!(project = %key, error = %e, "not exported for folder mounts from other hosts");
         verdicts.push(Verdict::new("Exported", false, "ExportFailed", e));
     }
-    repair_ownership(zfs, &ds, &project, &mountpoint).await?;
+    repair_ownership(zfs, ds, &project, &mountpoint).await?;
     let mounts = serve_mounts(cx, sr, &project, &mountpoint).await;
     if !project.spec.mounts.is_empty() {
         verdicts.push(plans::mounts_verdict(&mounts));
     }
     if let Some(q) = todo.quota {
-        zfs.set(&ds, &p("refquota")?, &q.to_string()).await?;
+        zfs.set(ds, &p("refquota")?, &q.to_string()).await?;
     }
     verdicts.extend(todo.verdicts);
 
     if let Some(step) = todo.snapshot {
         // On schedule only when something was written since the newest snapshot; on demand
         // always.
-        let taken = snapshot_and_stream(&storage, &key, &ds, sr.spec.epoch, step.always).await?;
+        let taken = snapshot_and_stream(&storage, key, ds, sr.spec.epoch, step.always).await?;
         if !taken && let Ok(mut q) = cx.quiet.lock() {
             q.insert(ds.as_str().to_owned(), Utc::now().timestamp());
         }
         if let Some(mark) = &step.mark {
-            zfs.set(&ds, &p(plans::PROP_SNAPSHOT_NOW)?, mark).await?;
+            zfs.set(ds, &p(plans::PROP_SNAPSHOT_NOW)?, mark).await?;
         }
     }
     // A snapshot whose stream a crash interrupted gets it now.
-    stream_newest(&storage, &key, &ds, sr.spec.epoch).await?;
-    compact(&storage, &key, &ds, sr.spec.epoch).await?;
+    stream_newest(&storage, key, ds, sr.spec.epoch).await?;
+    compact(&storage, key, ds, sr.spec.epoch).await?;
     // What is stored now (the status counts it), the chain's target (retention keeps it: the
     // base of the next incremental) and what the chain no longer needs.
-    let stored = store.list(&key).await?;
+    let stored = store.list(key).await?;
     let edges: Vec<_> = stored
         .iter()
         .filter_map(|s| s.manifest.edge(&s.id).ok())
         .collect();
     let planned = plan(&edges)?;
     let keep_guid = planned.target.as_ref().map(|t| t.guid);
-    let snaps = zfs.snapshots(&ds, &[]).await?;
+    let snaps = zfs.snapshots(ds, &[]).await?;
     for name in plans::to_prune(&snaps, keep_guid, policy, Utc::now().timestamp()) {
         if let Ok(s) = ds.snapshot(&name) {
             let _ = zfs.destroy_snapshot(&s).await;
@@ -155,14 +146,14 @@ pub(super) async fn primary(
     }
     for id in planned.deletable {
         if let Ok(id) = crate::streams::StreamId::parse(&id) {
-            let _ = store.delete(&key, &id).await;
+            let _ = store.delete(key, &id).await;
         }
     }
     let prev = sr.status.clone().unwrap_or_default();
-    if let Some(v) = forks_verdict(zfs, &layout, &key).await {
+    if let Some(v) = forks_verdict(zfs, layout, key).await {
         verdicts.push(v);
     }
-    let snaps = zfs.snapshots(&ds, &[]).await?;
+    let snaps = zfs.snapshots(ds, &[]).await?;
     let interval = plans::interval_secs(policy);
     let due = plans::next_due(
         plans::last_check(&snaps, quiet()),

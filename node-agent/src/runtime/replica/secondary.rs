@@ -8,38 +8,29 @@ pub(super) async fn secondary(
     sr: &StreamReplica,
     pool: &PoolName,
 ) -> Result<StreamReplicaStatus, ReplicaError> {
-    let ns = sr.namespace().unwrap_or_default();
-    let key = ProjectKey::new(&ns, &sr.spec.project)?;
+    let c = Copy::new(cx, sr, pool)?;
+    let storage = c.storage();
+    let (zfs, key, layout, ds, store) = (c.zfs, &c.key, &c.layout, &c.ds, &c.store);
     let source = sr.spec.source.as_ref().ok_or("no source primary yet")?;
     let endpoint = source
         .stream_endpoint
         .as_deref()
         .ok_or("the primary's stream endpoint is not known yet")?;
     let peer = Peer::new(endpoint, &source.node, cx.tls()?)?;
-    let zfs = cx.zfs()?;
-    let ds: DatasetName = PoolLayout::new(pool.clone()).project(&key)?;
-    let store = StreamStore::new(cx.cfg.streams_root.join(pool.as_str()));
-    let storage = Storage {
-        zfs,
-        store: &store,
-        pool,
-        node: cx.node(),
-    };
-    let remote = peer.list(&key).await?;
+    let remote = peer.list(key).await?;
     let edges: Vec<_> = remote
         .iter()
         .filter_map(|(id, m)| m.edge(id).ok())
         .collect();
-    let layout = PoolLayout::new(pool.clone());
-    let mut exists = zfs.exists(&ds).await?;
+    let mut exists = zfs.exists(ds).await?;
     if !exists {
-        exists = restore_from_trash(zfs, &layout, &store, &key, &ds).await?;
+        exists = restore_from_trash(zfs, layout, store, key, ds).await?;
     }
     if exists {
-        stop_serving(zfs, &cx.cfg.run_dir, &ds).await?;
+        stop_serving(zfs, &cx.cfg.run_dir, ds).await?;
     }
     let held = if exists {
-        zfs.snapshots(&ds, &[]).await?.last().map(|s| s.guid)
+        zfs.snapshots(ds, &[]).await?.last().map(|s| s.guid)
     } else {
         None
     };
@@ -48,7 +39,7 @@ pub(super) async fn secondary(
     if matches!(todo, ReplicaPlan::Diverged) {
         // This copy holds history the primary lacks (a returning old primary): keep it under
         // forks/ and sync afresh. Nothing is destroyed.
-        let fork = fork(zfs, &cx.cfg.run_dir, &layout, &store, &key, &ds, &remote).await?;
+        let fork = fork(zfs, &cx.cfg.run_dir, layout, store, key, ds, &remote).await?;
         tracing::warn!(project = %key, fork = %fork, "diverged history preserved; re-syncing from the primary");
         exists = false;
         todo = plan_for_replica(&edges, None)?;
@@ -70,22 +61,21 @@ pub(super) async fn secondary(
                     .iter()
                     .find(|(i, _)| i.as_str() == id)
                     .ok_or("the peer's list changed")?;
-                let local = store.manifest(&key, sid).await.ok();
+                let local = store.manifest(key, sid).await.ok();
                 if local.as_ref().map(|m| &m.sha256) != Some(&manifest.sha256) {
-                    peer.download(&store, &key, sid, manifest, &progress)
-                        .await?;
+                    peer.download(store, key, sid, manifest, &progress).await?;
                 } else {
                     progress.add(usize::try_from(manifest.bytes).unwrap_or(usize::MAX));
                 }
-                let mut applied = apply_stream(&storage, &key, sid, &ds, &progress).await;
+                let mut applied = apply_stream(&storage, key, sid, ds, &progress).await;
                 if let Err(TransferError::Store(StoreError::Corrupt { reason, .. })) = &applied {
                     // Damaged on this disk since it was fetched: never applied; fetch it again.
                     tracing::warn!(project = %key, stream = %sid, %reason, "stored stream is corrupt: fetching it again");
                     crate::metrics::add(&crate::metrics::METRICS.errors, 1);
-                    store.delete(&key, sid).await?;
-                    peer.download(&store, &key, sid, manifest, &Progress::new())
+                    store.delete(key, sid).await?;
+                    peer.download(store, key, sid, manifest, &Progress::new())
                         .await?;
-                    applied = apply_stream(&storage, &key, sid, &ds, &Progress::new()).await;
+                    applied = apply_stream(&storage, key, sid, ds, &Progress::new()).await;
                 }
                 let applied = applied?;
                 tracing::info!(project = %key, stream = %sid, snapshot = %applied.name, "stream applied");
@@ -97,32 +87,32 @@ pub(super) async fn secondary(
             );
         }
     }
-    let forked = forks_verdict(zfs, &layout, &key).await;
+    let forked = forks_verdict(zfs, layout, key).await;
     let exists = if received {
-        zfs.exists(&ds).await?
+        zfs.exists(ds).await?
     } else {
         exists
     };
     if exists {
-        let have = zfs.get_props(&ds, &[PROP_EPOCH, PROP_ROLE]).await?;
+        let have = zfs.get_props(ds, &[PROP_EPOCH, PROP_ROLE]).await?;
         let epoch = sr.spec.epoch.to_string();
         for (prop, want) in [(PROP_EPOCH, epoch.as_str()), (PROP_ROLE, "secondary")] {
             if have.get(prop).map(String::as_str) != Some(want) {
-                zfs.set(&ds, &p(prop)?, want).await?;
+                zfs.set(ds, &p(prop)?, want).await?;
             }
         }
         if received {
             // A copy just received (or re-synced after a fork) is read-only from the start.
-            stop_serving(zfs, &cx.cfg.run_dir, &ds).await?;
+            stop_serving(zfs, &cx.cfg.run_dir, ds).await?;
         }
     }
     let snaps = if exists {
-        zfs.snapshots(&ds, &[]).await?
+        zfs.snapshots(ds, &[]).await?
     } else {
         Vec::new()
     };
     let newest_remote = plan(&edges)?.target.map(|t| t.time);
-    let stored = store.list(&key).await?;
+    let stored = store.list(key).await?;
     let mut verdicts = Vec::new();
     verdicts.extend(forked);
     Ok(plans::secondary_status(

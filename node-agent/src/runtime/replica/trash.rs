@@ -10,23 +10,20 @@ pub(super) async fn trash(
     sr: &StreamReplica,
     pool: &PoolName,
 ) -> Result<StreamReplicaStatus, ReplicaError> {
-    let ns = sr.namespace().unwrap_or_default();
-    let key = ProjectKey::new(&ns, &sr.spec.project)?;
-    let zfs = cx.zfs()?;
-    let layout = PoolLayout::new(pool.clone());
-    let ds = layout.project(&key)?;
+    let c = Copy::new(cx, sr, pool)?;
+    let (zfs, key, layout, ds) = (c.zfs, &c.key, &c.layout, &c.ds);
     let TrashPlan { stamp, purge_after } = plans::plan_trash(sr.annotations())?;
-    let target = layout.trashed(&key, &stamp)?;
-    if zfs.exists(&ds).await? {
-        stop_writes(zfs, &cx.cfg.run_dir, &ds).await?;
+    let target = layout.trashed(key, &stamp)?;
+    if zfs.exists(ds).await? {
+        stop_writes(zfs, &cx.cfg.run_dir, ds).await?;
         zfs.create_parents(&target).await?;
-        zfs.rename(&ds, &target).await?;
+        zfs.rename(ds, &target).await?;
         zfs.set(&target, &p(PROP_PURGE_AFTER)?, &purge_after)
             .await?;
         zfs.set(&target, &p("mountpoint")?, "none").await?;
     }
-    let store = StreamStore::new(cx.cfg.streams_root.join(pool.as_str()));
-    store.move_to_trash(&key, &stamp).await?;
+    let store = &c.store;
+    store.move_to_trash(key, &stamp).await?;
     Ok(plans::trashed_status(
         &sr.status.clone().unwrap_or_default(),
     ))
