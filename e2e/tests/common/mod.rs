@@ -3,6 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)] // test support
 
+pub mod fixtures;
+pub mod streams;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -361,6 +364,33 @@ impl Cluster {
         .await
     }
 
+    /// A dev host's stream store: one directory per namespace and project below it.
+    pub fn streams_dir(&self, h: &Host) -> PathBuf {
+        self.dir
+            .join("hosts")
+            .join(&h.node)
+            .join("streams")
+            .join(&h.pool)
+    }
+
+    /// Waits until nothing is mounted strictly below any of `dirs` (they themselves may be
+    /// mount points).
+    pub async fn wait_no_mounts_below(&self, what: &str, dirs: &[&Path], limit: Duration) {
+        self.wait(what, limit, || async {
+            let left: Vec<_> = projstore_agent::mounts::mount_table()
+                .into_iter()
+                .map(|m| m.target)
+                .filter(|t| dirs.iter().any(|d| t.starts_with(d) && t.as_path() != *d))
+                .collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        })
+        .await
+    }
+
     pub fn dev(&self, args: &[&str]) -> String {
         let out = Command::new(DEV)
             .args(args)
@@ -471,4 +501,20 @@ pub fn run(program: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The names of `fs` (`trash`, `recv`, …) and every dataset below it in a host's pool, one a
+/// line.
+pub fn datasets_below(h: &Host, fs: &str) -> String {
+    run(
+        "zfs",
+        &[
+            "list",
+            "-H",
+            "-o",
+            "name",
+            "-r",
+            &format!("{}/{fs}", h.pool),
+        ],
+    )
 }
