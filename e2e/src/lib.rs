@@ -1,5 +1,6 @@
 //! projstore end-to-end support: the Kubernetes test API server ([`apiserver`]) and the dev
-//! cluster (`projstore-dev`), and the demo tour ([`demo`]).
+//! cluster (`projstore-dev`), the demo tour ([`demo`]), and the cluster set-up every crate's
+//! tests share ([`testkit`]).
 
 pub mod apiserver;
 pub mod demo;
@@ -7,3 +8,4 @@ pub mod dev;
 pub mod limits;
 pub mod pki;
 pub mod rbac;
+pub mod testkit;

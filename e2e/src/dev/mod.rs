@@ -177,7 +177,7 @@ fn chart_dir() -> Result<PathBuf, String> {
 }
 
 /// The CRD manifests: next to the repository this binary was built from.
-fn crds_dir() -> Result<PathBuf, String> {
+pub fn crds_dir() -> Result<PathBuf, String> {
     let candidates = [
         std::env::var_os("PROJSTORE_CRDS").map(PathBuf::from),
         Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/manifests")),

@@ -38,13 +38,9 @@ fn zfs_usable() -> bool {
 }
 
 pub async fn client_for(kubeconfig: &Path) -> Client {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-    Client::try_from(
-        kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .unwrap(),
-    )
-    .unwrap()
+    projstore_e2e::testkit::client_for(kubeconfig)
+        .await
+        .unwrap()
 }
 
 impl Cluster {
