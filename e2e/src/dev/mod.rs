@@ -165,28 +165,28 @@ const SYSTEM_NS: &str = "projstore-system";
 
 /// The Helm chart (its RBAC rules): next to the repository this binary was built from.
 fn chart_dir() -> Result<PathBuf, String> {
-    let candidates = [
-        std::env::var_os("PROJSTORE_CHART").map(PathBuf::from),
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/projstore")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.join("files").is_dir())
-        .ok_or_else(|| "cannot find charts/projstore (set PROJSTORE_CHART)".to_owned())
+    in_repo("PROJSTORE_CHART", "charts/projstore", |p| {
+        p.join("files").is_dir()
+    })
 }
 
 /// The CRD manifests: next to the repository this binary was built from.
 pub fn crds_dir() -> Result<PathBuf, String> {
+    in_repo("PROJSTORE_CRDS", "crds/manifests", Path::is_dir)
+}
+
+/// `rel` in the repository this binary was built from, unless the variable `var` names
+/// another place; the first that is `found`.
+fn in_repo(var: &str, rel: &str, found: fn(&Path) -> bool) -> Result<PathBuf, String> {
     let candidates = [
-        std::env::var_os("PROJSTORE_CRDS").map(PathBuf::from),
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/manifests")),
+        std::env::var_os(var).map(PathBuf::from),
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)),
     ];
     candidates
         .into_iter()
         .flatten()
-        .find(|p| p.is_dir())
-        .ok_or_else(|| "cannot find crds/manifests (set PROJSTORE_CRDS)".to_owned())
+        .find(|p| found(p))
+        .ok_or_else(|| format!("cannot find {rel} (set {var})"))
 }
 
 /// `down`: stops the supervisor (and what it started), removes pools, mounts and state.

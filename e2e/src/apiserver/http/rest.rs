@@ -106,20 +106,7 @@ pub(super) async fn serve(
         .await
         .map_err(|e| ApiError::bad_request(e.to_string()))?
         .to_bytes();
-    let manager = q
-        .get("fieldManager")
-        .cloned()
-        .unwrap_or_else(|| user_agent.split('/').next().unwrap_or("unknown").to_owned());
-    let opts = WriteOptions {
-        field_manager: if manager.is_empty() {
-            "unknown".into()
-        } else {
-            manager
-        },
-        strict: q.get("fieldValidation").is_some_and(|v| v == "Strict"),
-        dry_run: q.get("dryRun").is_some_and(|v| v == "All"),
-        apply: false,
-    };
+    let opts = write_options(&q, &user_agent);
     let status = sub.as_deref() == Some("status");
     match (method, name) {
         (Method::GET, None) if verb == "watch" => watch::watch(shared, &t, &ns, &q),
@@ -215,6 +202,25 @@ pub(super) async fn serve(
         (m, _) => Err(ApiError::method_not_allowed(format!(
             "{m} is not supported here"
         ))),
+    }
+}
+
+/// How a write was asked for: its field manager (by default the client's name from its
+/// user agent), strict field validation, dry run.
+fn write_options(q: &HashMap<String, String>, user_agent: &str) -> WriteOptions {
+    let manager = q
+        .get("fieldManager")
+        .cloned()
+        .unwrap_or_else(|| user_agent.split('/').next().unwrap_or("unknown").to_owned());
+    WriteOptions {
+        field_manager: if manager.is_empty() {
+            "unknown".into()
+        } else {
+            manager
+        },
+        strict: q.get("fieldValidation").is_some_and(|v| v == "Strict"),
+        dry_run: q.get("dryRun").is_some_and(|v| v == "All"),
+        apply: false,
     }
 }
 
