@@ -7,8 +7,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::Cluster;
 use common::fixtures::{NS, random_bytes, sized, spec};
-use common::{Cluster, datasets_below};
+use common::hosts::datasets_below;
 use projstore_api::ProjectPhase;
 use serde_json::json;
 

@@ -9,8 +9,9 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::Cluster;
 use common::fixtures::{NS, sized, spec};
-use common::{Cluster, run};
+use common::hosts::run;
 use kube::ResourceExt;
 use projstore_api::ProjectPhase;
 use serde_json::json;
@@ -115,24 +116,11 @@ async fn s07_s08_a_lost_primary_fails_over_and_its_diverged_writes_are_kept() {
     let back = Instant::now();
     c.release(&format!("agent-{}", old_host.node));
     let msg = c
-        .wait(
+        .wait_condition(
             "old primary demoted, fork named by Diverged",
+            (NS, "beta"),
+            "Diverged",
             Duration::from_secs(90),
-            || async {
-                let p = c
-                    .projects(NS)
-                    .get("beta")
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let cond = p
-                    .status
-                    .unwrap_or_default()
-                    .conditions
-                    .into_iter()
-                    .find(|c| c.type_ == "Diverged" && c.status == "True");
-                cond.map(|c| c.message)
-                    .ok_or_else(|| "no Diverged condition yet".into())
-            },
         )
         .await;
     c.timing("return → Diverged", back.elapsed());

@@ -7,8 +7,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::Cluster;
 use common::fixtures::{NS, spec};
-use common::{Cluster, run};
+use common::hosts::run;
 use serde_json::json;
 
 /// Scenario 13: bad manifests are refused naming the field; the agent refuses hostile stream

@@ -7,9 +7,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::Cluster;
 use common::fixtures::{NS, random_bytes, sized, spec};
+use common::hosts::{datasets_below, run};
 use common::streams::{catch_in_flight, catch_receive, files_ending, store_dir};
-use common::{Cluster, datasets_below, run};
 use kube::ResourceExt;
 use serde_json::json;
 
@@ -68,22 +69,12 @@ async fn s03_snapshots_follow_schedule_and_retention_and_stop_when_they_hold_too
     }
     c.snapshot_now(NS, "guard").await;
     let msg = c
-        .wait("SnapshotsBlocked", Duration::from_secs(60), || async {
-            let st = c.project_status(NS, "guard").await?;
-            st.conditions
-                .iter()
-                .find(|c| c.type_ == "SnapshotsBlocked" && c.status == "True")
-                .map(|c| c.message.clone())
-                .ok_or_else(|| {
-                    format!(
-                        "{:?}",
-                        st.conditions
-                            .iter()
-                            .map(|c| (&c.type_, &c.status))
-                            .collect::<Vec<_>>()
-                    )
-                })
-        })
+        .wait_condition(
+            "SnapshotsBlocked",
+            (NS, "guard"),
+            "SnapshotsBlocked",
+            Duration::from_secs(60),
+        )
         .await;
     println!("[s03] {msg}");
     let events: kube::Api<k8s_openapi::api::events::v1::Event> =
@@ -110,25 +101,13 @@ async fn s03_snapshots_follow_schedule_and_retention_and_stop_when_they_hold_too
     // On schedule: a snapshot appears without being asked for (interval 1 minute) once
     // something was written since the last one.
     std::fs::write(sched.join("later"), b"written after the last snapshot").unwrap();
-    let before = c
-        .primary(NS, "sched")
-        .await
-        .status
-        .and_then(|s| s.applied_snapshot)
-        .map(|a| a.guid);
-    c.wait("a scheduled snapshot", Duration::from_secs(100), || async {
-        let now = c
-            .primary(NS, "sched")
-            .await
-            .status
-            .and_then(|s| s.applied_snapshot)
-            .map(|a| a.guid);
-        if now != before {
-            Ok(())
-        } else {
-            Err("none yet".into())
-        }
-    })
+    let before = c.primary_snapshot(NS, "sched").await;
+    c.wait_primary_snapshot_other_than(
+        "a scheduled snapshot",
+        (NS, "sched"),
+        before.as_deref(),
+        Duration::from_secs(100),
+    )
     .await;
 }
 
@@ -379,21 +358,14 @@ async fn s06_a_corrupted_stream_is_fetched_again_never_applied() {
     std::fs::write(mount.join("payload"), random_bytes(2 << 20, 5)).unwrap();
     c.snapshot_now(NS, "cor").await;
     let new = c
-        .wait(
+        .wait_primary_snapshot_other_than(
             "the primary's new stream",
+            (NS, "cor"),
+            Some(&first),
             Duration::from_secs(60),
-            || async {
-                let g = c
-                    .primary(NS, "cor")
-                    .await
-                    .status
-                    .and_then(|s| s.applied_snapshot)
-                    .map(|a| a.guid)
-                    .unwrap_or_default();
-                if g != first { Ok(g) } else { Err(g) }
-            },
         )
-        .await;
+        .await
+        .unwrap_or_default();
     // Plant the new stream in the secondary's store as if fetched, with one byte flipped.
     let p_store = store_dir(&c, &primary.spec.pool, "cor");
     let s_store = store_dir(&c, &secondary.spec.pool, "cor");

@@ -221,12 +221,7 @@ async fn s16_a_tenant_cannot_leave_its_project_through_mounts_or_starve_the_stre
             idle.push(conn);
         }
     }
-    let before = c
-        .primary(NS, "src")
-        .await
-        .status
-        .unwrap_or_default()
-        .applied_snapshot;
+    let before = c.primary_snapshot(NS, "src").await;
     std::fs::write(src.join("shared/payload"), vec![7u8; 8 << 20]).unwrap();
     let t = Instant::now();
     c.snapshot_now(NS, "src").await;
@@ -274,8 +269,7 @@ async fn s16_a_tenant_cannot_leave_its_project_through_mounts_or_starve_the_stre
         "health did not answer within a second under 1,000 idle connections: {answer:?}"
     );
     c.timing("health under 1,000 idle connections", probe.elapsed());
-    let not = before.map(|b| b.guid);
-    c.in_sync(NS, "src", 2, not.as_deref(), Duration::from_secs(120))
+    c.in_sync(NS, "src", 2, before.as_deref(), Duration::from_secs(120))
         .await;
     c.timing(
         "snapshot → replicated under 1,000 idle connections",
