@@ -106,3 +106,48 @@ where
     }
     panic!("timed out after {secs}s waiting for: {what}");
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests
+
+    use super::*;
+    use projstore_api::Project;
+
+    #[tokio::test]
+    async fn a_test_api_serves_the_crds_to_its_admin_and_creates_namespaces() {
+        let api = TestApi::start().await.unwrap();
+        api.create_namespaces(&["a", "b"]).await.unwrap();
+        let nss: Api<Namespace> = Api::all(api.client.clone());
+        let names: Vec<String> = nss
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|n| n.metadata.name)
+            .collect();
+        assert!(names.iter().any(|n| n == "a") && names.iter().any(|n| n == "b"));
+        let projects: Api<Project> = Api::namespaced(api.client.clone(), "a");
+        assert!(projects.list(&Default::default()).await.is_ok());
+        let again = client_from_yaml(&api.server.kubeconfig(&api.server.admin_token, "admin"))
+            .await
+            .unwrap();
+        assert!(
+            Api::<Project>::all(again)
+                .list(&Default::default())
+                .await
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn eventually_returns_once_the_condition_holds() {
+        let polls = std::sync::atomic::AtomicU32::new(0);
+        eventually("the third poll", 5, || async {
+            polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 2
+        })
+        .await;
+        assert_eq!(polls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+}
