@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // integration tests
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +13,8 @@ use kube::{Client, ResourceExt};
 use projstore_api::{Project, ReplicaRole, StoragePool, StreamReplica};
 use projstore_controller::reconcile::apply::Settings;
 use projstore_controller::run::{Config, run};
-use projstore_e2e::apiserver::{ApiServer, Config as ServerConfig};
+use projstore_e2e::apiserver::ApiServer;
+use projstore_e2e::testkit::{TestApi, eventually};
 use serde_json::json;
 
 const NS: &str = "projstore-system";
@@ -26,27 +26,9 @@ struct Cluster {
 }
 
 async fn cluster() -> Cluster {
-    let server = ApiServer::start(ServerConfig::default()).await.unwrap();
-    server
-        .register_crds(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/manifests"))
-        .unwrap();
-    let kc = kube::config::Kubeconfig::from_yaml(&server.kubeconfig(&server.admin_token, "admin"))
-        .unwrap();
-    let client = Client::try_from(
-        kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .unwrap(),
-    )
-    .unwrap();
-    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    for ns in [NS, "demo"] {
-        nss.create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    }
+    let api = TestApi::start().await.unwrap();
+    api.create_namespaces(&[NS, "demo"]).await.unwrap();
+    let TestApi { server, client } = api;
     let pools: Api<StoragePool> = Api::all(client.clone());
     let alive = Arc::new(Mutex::new(HashSet::new()));
     for (node, dc) in [
@@ -126,21 +108,6 @@ fn project(name: &str) -> Project {
         "spec": {"quota": "1Gi", "owner": {"uid": 1000, "gid": 1000}}
     }))
     .unwrap()
-}
-
-async fn eventually<F, Fut>(what: &str, secs: u64, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < deadline {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("timed out after {secs}s waiting for: {what}");
 }
 
 async fn versions(client: &Client) -> BTreeMap<String, String> {

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
-use kube::{Client, ResourceExt};
 use projstore_api::Project;
 use serde_json::json;
 
@@ -44,14 +44,7 @@ async fn main() {
     while !kc_path.exists() && start.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let kc =
-        kube::config::Kubeconfig::from_yaml(&std::fs::read_to_string(&kc_path).unwrap()).unwrap();
-    let client = Client::try_from(
-        kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let client = projstore_e2e::testkit::client_for(&kc_path).await.unwrap();
     let idle_rss = rss_kib(pid, "VmRSS:");
     let api: Api<Project> = Api::namespaced(client.clone(), "default");
     let rv = api

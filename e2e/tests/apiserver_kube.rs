@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // integration tests
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,20 +17,11 @@ use kube::runtime::{WatchStreamExt, controller::Action, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use projstore_api::{Project, StoragePool};
 use projstore_e2e::apiserver::{ApiServer, Config};
+use projstore_e2e::testkit::TestApi;
 use serde_json::json;
 
 async fn server_with(config: Config) -> (ApiServer, Client) {
-    let server = ApiServer::start(config).await.unwrap();
-    server
-        .register_crds(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/manifests"))
-        .unwrap();
-    let kubeconfig =
-        kube::config::Kubeconfig::from_yaml(&server.kubeconfig(&server.admin_token, "admin"))
-            .unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap();
-    let client = Client::try_from(config).unwrap();
+    let TestApi { server, client } = TestApi::start_with(config).await.unwrap();
     (server, client)
 }
 

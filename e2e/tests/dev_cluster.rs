@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // integration tests
 
-use std::path::Path;
 use std::process::Command;
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -12,18 +11,13 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use projstore_api::Project;
 use projstore_e2e::apiserver::{ApiServer, Config};
+use projstore_e2e::testkit::{self, TestApi};
 use serde_json::json;
 
 const DEV: &str = env!("CARGO_BIN_EXE_projstore-dev");
 
 async fn client_for(kubeconfig_yaml: &str) -> Client {
-    let kc = kube::config::Kubeconfig::from_yaml(kubeconfig_yaml).unwrap();
-    Client::try_from(
-        kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .unwrap(),
-    )
-    .unwrap()
+    testkit::client_from_yaml(kubeconfig_yaml).await.unwrap()
 }
 
 #[tokio::test]
@@ -107,12 +101,8 @@ async fn a_persistent_server_survives_a_restart() {
         state_dir: Some(tmp.path().to_owned()),
         ..Config::default()
     };
-    let server = ApiServer::start(config()).await.unwrap();
-    server
-        .register_crds(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/manifests"))
-        .unwrap();
+    let TestApi { server, client } = TestApi::start_with(config()).await.unwrap();
     let kubeconfig = server.kubeconfig(&server.admin_token, "admin");
-    let client = client_for(&kubeconfig).await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let cm: ConfigMap =
         serde_json::from_value(json!({"metadata": {"name": "keep"}, "data": {"a": "b"}})).unwrap();
@@ -161,11 +151,7 @@ async fn a_persistent_server_survives_a_restart() {
 
 #[tokio::test]
 async fn deleting_a_crd_unserves_its_kind_and_removes_its_objects() {
-    let server = ApiServer::start(Config::default()).await.unwrap();
-    server
-        .register_crds(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/manifests"))
-        .unwrap();
-    let client = client_for(&server.kubeconfig(&server.admin_token, "admin")).await;
+    let TestApi { server, client } = TestApi::start().await.unwrap();
     let projects: Api<Project> = Api::namespaced(client.clone(), "default");
     let p: Project = serde_json::from_value(json!({
         "apiVersion": "projstore.io/v1alpha1", "kind": "Project", "metadata": {"name": "p"},

@@ -247,7 +247,7 @@ async fn the_commands_a_user_runs() {
 async fn invalid_manifests_are_refused_with_422_naming_the_field() {
     let server = ApiServer::start(Config::default()).await.unwrap();
     server
-        .register_crds(&repo().join("crds/manifests"))
+        .register_crds(&projstore_e2e::dev::crds_dir().unwrap())
         .unwrap();
     let k = Kubectl::new(&server);
     k.ok(&["apply", "-f", "examples/00-namespace.yaml"]).await;

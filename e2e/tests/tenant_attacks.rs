@@ -144,19 +144,8 @@ async fn s16_a_tenant_cannot_leave_its_project_through_mounts_or_starve_the_stre
     // The spec no longer names the mounts: none is left anywhere below the consumer.
     c.patch_project(NS, "dst", json!({"spec": {"mounts": []}}))
         .await;
-    c.wait("mounts released", Duration::from_secs(60), || async {
-        let left: Vec<_> = projstore_agent::mounts::mount_table()
-            .into_iter()
-            .filter(|m| m.target.starts_with(&dst) && m.target != dst)
-            .map(|m| m.target)
-            .collect();
-        if left.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{left:?}"))
-        }
-    })
-    .await;
+    c.wait_no_mounts_below("mounts released", &[dst.as_path()], Duration::from_secs(60))
+        .await;
 
     // The source host let dst's node in to src alone while it mounted, and takes that view
     // away now: nothing is left in its peers' chroots; nothing is staged on dst's host.
@@ -164,24 +153,10 @@ async fn s16_a_tenant_cannot_leave_its_project_through_mounts_or_starve_the_stre
     let dst_host = c.host_of_pool(&other_pool).clone();
     let chroots = c.dir.join("hosts").join(&src_host.node).join("run/sftp");
     let staging = c.dir.join("hosts").join(&dst_host.node).join("run/mnt");
-    c.wait(
+    c.wait_no_mounts_below(
         "peer views and staging released",
+        &[chroots.as_path(), staging.as_path()],
         Duration::from_secs(60),
-        || async {
-            let left: Vec<_> = projstore_agent::mounts::mount_table()
-                .into_iter()
-                .map(|m| m.target)
-                .filter(|t| {
-                    (t.starts_with(&chroots) && *t != chroots)
-                        || (t.starts_with(&staging) && *t != staging)
-                })
-                .collect();
-            if left.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("{left:?}"))
-            }
-        },
     )
     .await;
 
@@ -246,12 +221,7 @@ async fn s16_a_tenant_cannot_leave_its_project_through_mounts_or_starve_the_stre
             idle.push(conn);
         }
     }
-    let before = c
-        .primary(NS, "src")
-        .await
-        .status
-        .unwrap_or_default()
-        .applied_snapshot;
+    let before = c.primary_snapshot(NS, "src").await;
     std::fs::write(src.join("shared/payload"), vec![7u8; 8 << 20]).unwrap();
     let t = Instant::now();
     c.snapshot_now(NS, "src").await;
@@ -299,8 +269,7 @@ async fn s16_a_tenant_cannot_leave_its_project_through_mounts_or_starve_the_stre
         "health did not answer within a second under 1,000 idle connections: {answer:?}"
     );
     c.timing("health under 1,000 idle connections", probe.elapsed());
-    let not = before.map(|b| b.guid);
-    c.in_sync(NS, "src", 2, not.as_deref(), Duration::from_secs(120))
+    c.in_sync(NS, "src", 2, before.as_deref(), Duration::from_secs(120))
         .await;
     c.timing(
         "snapshot → replicated under 1,000 idle connections",

@@ -6,15 +6,13 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use projstore_agent::runtime::{Config, run};
 use projstore_api::StoragePool;
-use projstore_e2e::apiserver::{ApiServer, Config as ServerConfig};
+use projstore_e2e::testkit::{TestApi, eventually};
 use serde_json::json;
 use support::*;
 
@@ -41,21 +39,6 @@ impl Drop for Cleanup {
     }
 }
 
-async fn eventually<F, Fut>(what: &str, secs: u64, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < deadline {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!("timed out after {secs}s waiting for: {what}");
-}
-
 fn cond(sp: &StoragePool, t: &str) -> Option<(String, String)> {
     sp.status
         .as_ref()?
@@ -71,25 +54,9 @@ async fn the_agent_keeps_its_pool_and_reports_it() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let server = ApiServer::start(ServerConfig::default()).await.unwrap();
-    server
-        .register_crds(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/manifests"))
-        .unwrap();
-    let kc = kube::config::Kubeconfig::from_yaml(&server.kubeconfig(&server.admin_token, "admin"))
-        .unwrap();
-    let client = Client::try_from(
-        kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .unwrap(),
-    )
-    .unwrap();
-    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    nss.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": "projstore-system"}})).unwrap(),
-    )
-    .await
-    .unwrap();
+    let api = TestApi::start().await.unwrap();
+    api.create_namespaces(&["projstore-system"]).await.unwrap();
+    let client = api.client.clone();
 
     let pool_name = format!("pagent{}", std::process::id());
     let _cleanup = Cleanup(pool_name.clone());

@@ -22,38 +22,40 @@ impl ApiError {
             details: None,
         }
     }
+    /// Names the object the error is about in `details`, as the real server does.
+    fn about(mut self, t: &ResourceType, name: &str) -> Self {
+        self.details = Some(json!({"name": name, "group": t.group, "kind": t.plural}));
+        self
+    }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
     }
     pub fn not_found(t: &ResourceType, name: &str) -> Self {
-        let mut e = Self::new(
+        Self::new(
             404,
             "NotFound",
             format!("{} \"{name}\" not found", resource_name(t)),
-        );
-        e.details = Some(json!({"name": name, "group": t.group, "kind": t.plural}));
-        e
+        )
+        .about(t, name)
     }
     pub fn already_exists(t: &ResourceType, name: &str) -> Self {
-        let mut e = Self::new(
+        Self::new(
             409,
             "AlreadyExists",
             format!("{} \"{name}\" already exists", resource_name(t)),
-        );
-        e.details = Some(json!({"name": name, "group": t.group, "kind": t.plural}));
-        e
+        )
+        .about(t, name)
     }
     pub fn conflict(t: &ResourceType, name: &str, why: &str) -> Self {
-        let mut e = Self::new(
+        Self::new(
             409,
             "Conflict",
             format!(
                 "Operation cannot be fulfilled on {} \"{name}\": {why}",
                 resource_name(t)
             ),
-        );
-        e.details = Some(json!({"name": name, "group": t.group, "kind": t.plural}));
-        e
+        )
+        .about(t, name)
     }
     /// 422 with one cause per field, as kubectl prints them.
     pub fn invalid(t: &ResourceType, name: &str, causes: Vec<(String, String)>) -> Self {

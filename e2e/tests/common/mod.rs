@@ -1,18 +1,22 @@
 //! The scenario harness: a dev cluster per scenario (or a real cluster when
 //! `PROJSTORE_E2E_KUBECONFIG` is set), waits that print their timings, and fault injection.
+//! The API objects a scenario looks at are in `objects.rs`, the hosts it reaches into in
+//! `hosts.rs`; `fixtures.rs` and `streams.rs` hold what scenarios create and catch.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)] // test support
+
+pub mod fixtures;
+pub mod hosts;
+mod objects;
+pub mod streams;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
-use projstore_api::{Project, ProjectStatus, ReplicaRole, StoragePool, StreamReplica};
+use kube::Client;
 use projstore_e2e::dev::Host;
-use serde_json::{Value, json};
 
 pub const DEV: &str = env!("CARGO_BIN_EXE_projstore-dev");
 
@@ -35,13 +39,9 @@ fn zfs_usable() -> bool {
 }
 
 pub async fn client_for(kubeconfig: &Path) -> Client {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-    Client::try_from(
-        kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .unwrap(),
-    )
-    .unwrap()
+    projstore_e2e::testkit::client_for(kubeconfig)
+        .await
+        .unwrap()
 }
 
 impl Cluster {
@@ -197,170 +197,6 @@ impl Cluster {
         }
     }
 
-    /// A Project's status (empty when it has none yet), for [`Cluster::wait`] closures.
-    pub async fn project_status(&self, ns: &str, name: &str) -> Result<ProjectStatus, String> {
-        let p = self
-            .projects(ns)
-            .get(name)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(p.status.unwrap_or_default())
-    }
-
-    pub fn projects(&self, ns: &str) -> Api<Project> {
-        Api::namespaced(self.client.clone(), ns)
-    }
-    pub fn replicas_api(&self, ns: &str) -> Api<StreamReplica> {
-        Api::namespaced(self.client.clone(), ns)
-    }
-    pub fn pools(&self) -> Api<StoragePool> {
-        Api::all(self.client.clone())
-    }
-
-    pub async fn create_project(&self, ns: &str, name: &str, spec: Value) -> Project {
-        let p: Project = serde_json::from_value(json!({
-            "apiVersion": "projstore.io/v1alpha1", "kind": "Project",
-            "metadata": {"name": name, "namespace": ns}, "spec": spec
-        }))
-        .unwrap();
-        self.projects(ns)
-            .create(&PostParams::default(), &p)
-            .await
-            .unwrap()
-    }
-
-    pub async fn patch_project(&self, ns: &str, name: &str, patch: Value) {
-        self.projects(ns)
-            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-            .unwrap();
-    }
-
-    /// Asks the primary for a snapshot now (a fresh annotation value each time).
-    pub async fn snapshot_now(&self, ns: &str, name: &str) {
-        let v = format!("{}", chrono::Utc::now().timestamp_micros());
-        self.patch_project(
-            ns,
-            name,
-            json!({"metadata": {"annotations": {"projstore.io/snapshot-now": v}}}),
-        )
-        .await;
-    }
-
-    pub async fn replicas(&self, ns: &str, project: &str) -> Vec<StreamReplica> {
-        self.replicas_api(ns)
-            .list(&ListParams::default().labels(&format!("projstore.io/project={project}")))
-            .await
-            .unwrap()
-            .items
-    }
-
-    /// Waits until the project is Ready with `copies` copies that all hold the same newest
-    /// snapshot (other than `not`); returns that snapshot's GUID.
-    pub async fn in_sync(
-        &self,
-        ns: &str,
-        name: &str,
-        copies: usize,
-        not: Option<&str>,
-        limit: Duration,
-    ) -> String {
-        self.wait(
-            &format!("{name}: {copies} copies in sync"),
-            limit,
-            || async {
-                let p = self
-                    .projects(ns)
-                    .get(name)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let st = p.status.clone().unwrap_or_default();
-                if st.phase != Some(projstore_api::ProjectPhase::Ready) {
-                    return Err(format!("phase {:?}", st.phase));
-                }
-                let srs = self.replicas(ns, name).await;
-                let live: Vec<&StreamReplica> = srs
-                    .iter()
-                    .filter(|r| r.owner_references().iter().any(|o| o.name == name))
-                    .collect();
-                let guids: Vec<Option<String>> = live
-                    .iter()
-                    .map(|r| {
-                        r.status
-                            .as_ref()
-                            .and_then(|s| s.applied_snapshot.as_ref())
-                            .map(|a| a.guid.clone())
-                    })
-                    .collect();
-                let first = guids.first().cloned().flatten();
-                if guids.len() == copies
-                    && first.is_some()
-                    && guids.iter().all(|g| *g == first)
-                    && first.as_deref() != not
-                {
-                    Ok(first.unwrap_or_default())
-                } else {
-                    Err(format!("applied snapshots {guids:?}"))
-                }
-            },
-        )
-        .await
-    }
-
-    /// The primary's replica of a project.
-    pub async fn primary(&self, ns: &str, name: &str) -> StreamReplica {
-        self.replicas(ns, name)
-            .await
-            .into_iter()
-            .find(|r| r.spec.role == ReplicaRole::Primary)
-            .expect("a primary")
-    }
-
-    /// A secondary replica of a project.
-    pub async fn secondary(&self, ns: &str, name: &str) -> StreamReplica {
-        self.replicas(ns, name)
-            .await
-            .into_iter()
-            .find(|r| r.spec.role == ReplicaRole::Secondary)
-            .expect("a secondary")
-    }
-
-    /// The host serving pool `pool` (a StoragePool name).
-    pub fn host_of_pool(&self, pool: &str) -> &Host {
-        self.hosts
-            .iter()
-            .find(|h| format!("{}-storage", h.node) == pool)
-            .expect("a dev host")
-    }
-
-    /// Where the project is mounted on its primary (from the Project's status).
-    pub async fn mount_path(&self, ns: &str, name: &str) -> PathBuf {
-        let st = self.projects(ns).get(name).await.unwrap().status.unwrap();
-        PathBuf::from(st.primary.unwrap().mount_path.unwrap())
-    }
-
-    /// Waits for the project to be Ready and returns its mount path.
-    pub async fn mount_path_when_ready(&self, ns: &str, name: &str) -> PathBuf {
-        self.wait(
-            &format!("{name} Ready"),
-            Duration::from_secs(60),
-            || async {
-                let st = self
-                    .projects(ns)
-                    .get(name)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .status
-                    .unwrap_or_default();
-                match (st.phase, st.primary.and_then(|p| p.mount_path)) {
-                    (Some(projstore_api::ProjectPhase::Ready), Some(m)) => Ok(PathBuf::from(m)),
-                    (phase, _) => Err(format!("phase {phase:?}")),
-                }
-            },
-        )
-        .await
-    }
-
     pub fn dev(&self, args: &[&str]) -> String {
         let out = Command::new(DEV)
             .args(args)
@@ -391,10 +227,8 @@ impl Cluster {
     /// Runs kubectl with `input` on stdin (None when there is no kubectl).
     pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> Option<std::process::Output> {
         use std::io::Write;
-        let mut child = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
+        let mut child = self
+            .kubectl_command(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -406,12 +240,13 @@ impl Cluster {
 
     /// Runs the stock kubectl against this cluster (None when there is none).
     pub fn kubectl(&self, args: &[&str]) -> Option<std::process::Output> {
-        Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .output()
-            .ok()
+        self.kubectl_command(args).output().ok()
+    }
+
+    fn kubectl_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
+        cmd
     }
 }
 
@@ -457,18 +292,4 @@ impl Drop for Cluster {
             }
         }
     }
-}
-
-/// Runs a program (never through a shell) and returns its stdout; panics on failure.
-pub fn run(program: &str, args: &[&str]) -> String {
-    // A test's own `zfs`/`zpool` changes take zfs-fuse's mount lock like the agents' do.
-    let _lock = projstore_agent::zfs::command_may_mount(program, args)
-        .then(|| projstore_agent::zfs::lock_mounts_blocking().unwrap());
-    let out = Command::new(program).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }

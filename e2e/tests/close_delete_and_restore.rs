@@ -1,0 +1,165 @@
+//! Taking a project out of service and back: close and open; delete into the trash,
+//! restore by re-creating it, purge after retention.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // integration tests
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Cluster;
+use common::fixtures::{NS, random_bytes, sized, spec};
+use common::hosts::datasets_below;
+use projstore_api::ProjectPhase;
+use serde_json::json;
+
+/// Scenario 10: close → verified → open, with identical contents.
+#[tokio::test]
+async fn s10_a_closed_project_opens_with_identical_contents() {
+    let Some(c) = Cluster::up("s10-close-open").await else {
+        return;
+    };
+    c.create_project(NS, "arch", spec()).await;
+    c.in_sync(NS, "arch", 3, None, Duration::from_secs(60))
+        .await;
+    let mount = c.mount_path(NS, "arch").await;
+    let data = random_bytes(300_000, 3);
+    std::fs::write(mount.join("data"), &data).unwrap();
+    // Written after the last snapshot: the close's final snapshot must carry it.
+    let t = Instant::now();
+    c.patch_project(NS, "arch", json!({"spec": {"state": "Closed"}}))
+        .await;
+    c.wait("Closed", Duration::from_secs(120), || async {
+        let st = c.project_status(NS, "arch").await?;
+        if st.phase == Some(ProjectPhase::Closed) {
+            Ok(())
+        } else {
+            Err(format!("{:?}", st.phase))
+        }
+    })
+    .await;
+    c.timing("close", t.elapsed());
+    for h in &c.hosts {
+        let live = std::process::Command::new("zfs")
+            .args(["list", "-H", &format!("{}/projects/{NS}/arch", h.pool)])
+            .output()
+            .unwrap();
+        assert!(
+            !live.status.success(),
+            "a live dataset is left on {}",
+            h.pool
+        );
+    }
+    let t = Instant::now();
+    c.patch_project(NS, "arch", json!({"spec": {"state": "Open"}}))
+        .await;
+    let mount = c.mount_path_when_ready(NS, "arch").await;
+    c.timing("open", t.elapsed());
+    assert_eq!(
+        std::fs::read(mount.join("data")).unwrap(),
+        data,
+        "identical contents"
+    );
+}
+
+/// Scenario 11: delete → trash → re-create → restored; purge after retention.
+#[tokio::test]
+async fn s11_a_deleted_project_is_trashed_restored_and_purged() {
+    let Some(c) = Cluster::up("s11-trash").await else {
+        return;
+    };
+    c.create_project(NS, "tr", sized("100Mi", 2)).await;
+    c.in_sync(NS, "tr", 2, None, Duration::from_secs(60)).await;
+    let mount = c.mount_path(NS, "tr").await;
+    std::fs::write(mount.join("keep.txt"), b"undelete me").unwrap();
+    c.snapshot_now(NS, "tr").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let t = Instant::now();
+    c.projects(NS)
+        .delete("tr", &Default::default())
+        .await
+        .unwrap();
+    c.wait(
+        "deleted into the trash",
+        Duration::from_secs(60),
+        || async {
+            match c
+                .projects(NS)
+                .get_opt("tr")
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                None => Ok(()),
+                Some(_) => Err("still there".into()),
+            }
+        },
+    )
+    .await;
+    c.timing("delete", t.elapsed());
+    let trash_visible = c.hosts_reachable("the check of the hosts' trash with zfs");
+    let trashed: Vec<String> = c.hosts.iter().map(|h| datasets_below(h, "trash")).collect();
+    assert!(
+        !trash_visible
+            || trashed
+                .iter()
+                .any(|t| t.contains(&format!("/trash/{NS}/tr-"))),
+        "{trashed:?}"
+    );
+    let t = Instant::now();
+    c.create_project(NS, "tr", sized("100Mi", 2)).await;
+    let mount = c
+        .wait("restored", Duration::from_secs(60), || async {
+            let st = c.project_status(NS, "tr").await?;
+            match (
+                st.restored_from,
+                st.phase,
+                st.primary.and_then(|p| p.mount_path),
+            ) {
+                (Some(_), Some(ProjectPhase::Ready), Some(m)) => Ok(std::path::PathBuf::from(m)),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    c.timing("re-create → restored", t.elapsed());
+    assert_eq!(
+        std::fs::read(mount.join("keep.txt")).unwrap(),
+        b"undelete me"
+    );
+    // Purge: retainDays 0 → the trash is emptied by the agents.
+    if !c.hosts_reachable("the purge, seen on the hosts' disks") {
+        return;
+    }
+    c.patch_project(NS, "tr", json!({"spec": {"deletion": {"retainDays": 0}}}))
+        .await;
+    c.projects(NS)
+        .delete("tr", &Default::default())
+        .await
+        .unwrap();
+    let t = Instant::now();
+    c.wait("purged", Duration::from_secs(90), || async {
+        let left: Vec<String> = c
+            .hosts
+            .iter()
+            .map(|h| datasets_below(h, "trash"))
+            .filter(|t| t.contains(&format!("/trash/{NS}/tr-")))
+            .collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    })
+    .await;
+    c.timing("delete with retainDays 0 → purged", t.elapsed());
+    for h in &c.hosts {
+        let trash = c.streams_dir(h).join(".trash").join(NS);
+        let left: Vec<_> = std::fs::read_dir(&trash)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            left.is_empty(),
+            "trashed streams left on {}: {left:?}",
+            h.node
+        );
+    }
+}
