@@ -11,12 +11,13 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
+use projstore_api::contract::{PROJECT_LABEL, RETAIN_DAYS, TRASHED_AT};
 use projstore_api::{
     CLEANUP_FINALIZER, Project, ProjectPhase, ReplicaState, StoragePool, StreamReplica,
 };
 use serde_json::json;
 
-use super::decide::{Change, Inputs, PROJECT_LABEL, decide};
+use super::decide::{Change, Inputs, decide};
 use super::pool::{lease_name, pool_phase};
 use crate::metrics::Metrics;
 use crate::view::PoolView;
@@ -213,8 +214,8 @@ pub async fn reconcile_project(p: Arc<Project>, ctx: Arc<Context>) -> Result<Act
             }
             Change::Adopt { name } => {
                 let patch = json!({
-                    "metadata": {"ownerReferences": owner.clone().map(|o| vec![o]), "annotations": {super::decide::TRASHED_AT: null, super::decide::RETAIN_DAYS: null}},
-                    "spec": {"state": "Live"},
+                    "metadata": {"ownerReferences": owner.clone().map(|o| vec![o]), "annotations": {TRASHED_AT: null, RETAIN_DAYS: null}},
+                    "spec": {"state": ReplicaState::Live},
                 });
                 srs.patch(name, &pp(), &Patch::Merge(&patch)).await?;
             }
