@@ -14,9 +14,10 @@ use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use projstore_api::{Project, StoragePool, StreamReplica};
 
+use crate::context::{Context, Settings};
 use crate::leader::Election;
 use crate::metrics::{self, Metrics};
-use crate::reconcile::apply::{self, Context, Settings};
+use crate::reconcile::apply;
 
 /// Command-line settings.
 #[derive(Debug, Clone)]

@@ -5,12 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Client, Resource, ResourceExt};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
 use projstore_api::contract::{PROJECT_LABEL, RETAIN_DAYS, TRASHED_AT};
 use projstore_api::{
     CLEANUP_FINALIZER, Project, ProjectPhase, ReplicaState, StoragePool, StreamReplica,
@@ -19,34 +18,9 @@ use serde_json::json;
 
 use super::decide::{Change, Inputs, decide};
 use super::pool::{lease_name, pool_phase};
-use crate::metrics::Metrics;
+pub use crate::context::{Context, MANAGER, Settings};
+use crate::context::{patch_params, post_params};
 use crate::view::PoolView;
-
-/// Field manager of every write the controller makes.
-pub const MANAGER: &str = "projstore-controller";
-
-/// Settings of the reconcilers.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub lease_namespace: String,
-    pub failover_grace: Duration,
-    pub heartbeat_timeout: Duration,
-}
-
-/// What the reconcilers share.
-pub struct Context {
-    pub client: Client,
-    pub recorder: Recorder,
-    pub metrics: Arc<Metrics>,
-    pub settings: Settings,
-    pub replicas: Store<StreamReplica>,
-    pub pools: Store<StoragePool>,
-    pub leases: Store<Lease>,
-    /// All Projects (for mount sources).
-    pub projects: Store<Project>,
-    /// Consecutive failures per object, for exponential backoff.
-    pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
-}
 
 /// Errors of a reconcile; each says what failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,43 +29,6 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("object has no namespace")]
     NoNamespace,
-}
-
-impl Context {
-    pub fn new(
-        client: Client,
-        metrics: Arc<Metrics>,
-        settings: Settings,
-        stores: (
-            Store<StreamReplica>,
-            Store<StoragePool>,
-            Store<Lease>,
-            Store<Project>,
-        ),
-    ) -> Self {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: MANAGER.into(),
-                instance: std::env::var("HOSTNAME").ok(),
-            },
-        );
-        Self {
-            client,
-            recorder,
-            metrics,
-            settings,
-            replicas: stores.0,
-            pools: stores.1,
-            leases: stores.2,
-            projects: stores.3,
-            failures: Default::default(),
-        }
-    }
-}
-
-fn pp() -> PatchParams {
-    PatchParams::default()
 }
 
 /// Reconciles one Project.
@@ -163,12 +100,16 @@ pub async fn reconcile_project(p: Arc<Project>, ctx: Arc<Context>) -> Result<Act
     let mut finalizer_removed = false;
     for change in &decision.changes {
         match change {
+            // The finalizer is decided with the trash dance in `decide` (see its `deletion`
+            // module for why not kube-runtime's finalizer helper); here it is only written.
             Change::AddFinalizer => {
                 let mut f = p.finalizers().to_vec();
                 f.push(CLEANUP_FINALIZER.to_owned());
                 let patch =
                     json!({"metadata": {"finalizers": f, "resourceVersion": p.resource_version()}});
-                projects.patch(&name, &pp(), &Patch::Merge(&patch)).await?;
+                projects
+                    .patch(&name, &patch_params(), &Patch::Merge(&patch))
+                    .await?;
             }
             Change::RemoveFinalizer => {
                 let f: Vec<&String> = p
@@ -178,22 +119,15 @@ pub async fn reconcile_project(p: Arc<Project>, ctx: Arc<Context>) -> Result<Act
                     .collect();
                 let patch =
                     json!({"metadata": {"finalizers": f, "resourceVersion": p.resource_version()}});
-                projects.patch(&name, &pp(), &Patch::Merge(&patch)).await?;
+                projects
+                    .patch(&name, &patch_params(), &Patch::Merge(&patch))
+                    .await?;
                 finalizer_removed = true;
             }
             Change::Create(sr) => {
                 let mut sr = (**sr).clone();
                 sr.metadata.owner_references = owner.clone().map(|o| vec![o]);
-                match srs
-                    .create(
-                        &PostParams {
-                            field_manager: Some(MANAGER.into()),
-                            ..Default::default()
-                        },
-                        &sr,
-                    )
-                    .await
-                {
+                match srs.create(&post_params(), &sr).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(s)) if s.code == 409 => {}
                     Err(e) => return Err(e.into()),
@@ -210,19 +144,21 @@ pub async fn reconcile_project(p: Arc<Project>, ctx: Arc<Context>) -> Result<Act
                 } else {
                     json!({"spec": spec, "metadata": {"annotations": ann}})
                 };
-                srs.patch(name, &pp(), &Patch::Merge(&patch)).await?;
+                srs.patch(name, &patch_params(), &Patch::Merge(&patch))
+                    .await?;
             }
             Change::Adopt { name } => {
                 let patch = json!({
                     "metadata": {"ownerReferences": owner.clone().map(|o| vec![o]), "annotations": {TRASHED_AT: null, RETAIN_DAYS: null}},
                     "spec": {"state": ReplicaState::Live},
                 });
-                srs.patch(name, &pp(), &Patch::Merge(&patch)).await?;
+                srs.patch(name, &patch_params(), &Patch::Merge(&patch))
+                    .await?;
             }
             Change::Orphan { name } => {
                 srs.patch(
                     name,
-                    &pp(),
+                    &patch_params(),
                     &Patch::Merge(&json!({"metadata": {"ownerReferences": null}})),
                 )
                 .await?;
@@ -264,7 +200,7 @@ pub async fn reconcile_project(p: Arc<Project>, ctx: Arc<Context>) -> Result<Act
         projects
             .patch_status(
                 &name,
-                &pp(),
+                &patch_params(),
                 &Patch::Merge(&json!({"status": decision.status})),
             )
             .await?;
@@ -281,7 +217,7 @@ pub async fn reconcile_project(p: Arc<Project>, ctx: Arc<Context>) -> Result<Act
         .duration
         .with_label_values(&["Project"])
         .observe(start.elapsed().as_secs_f64());
-    forget_failures(&ctx, &format!("Project/{ns}/{name}"));
+    ctx.forget_failures(&format!("Project/{ns}/{name}"));
     // Time-driven steps (grace periods, catching up) need a look again soon.
     let settled = matches!(
         decision.status.phase,
@@ -328,7 +264,7 @@ pub async fn reconcile_pool(pool: Arc<StoragePool>, ctx: Arc<Context>) -> Result
             "status": {"phase": phase, "conditions": conds, "observedGeneration": pool.metadata.generation},
         });
         let api: Api<StoragePool> = Api::all(ctx.client.clone());
-        api.patch_status(&pool.name_any(), &pp(), &Patch::Merge(&patch))
+        api.patch_status(&pool.name_any(), &patch_params(), &Patch::Merge(&patch))
             .await?;
         if status.phase != Some(phase) {
             let ev = Event {
@@ -356,15 +292,9 @@ pub async fn reconcile_pool(pool: Arc<StoragePool>, ctx: Arc<Context>) -> Result
         .duration
         .with_label_values(&["StoragePool"])
         .observe(start.elapsed().as_secs_f64());
-    forget_failures(&ctx, &format!("StoragePool//{}", pool.name_any()));
+    ctx.forget_failures(&format!("StoragePool//{}", pool.name_any()));
     // Look again when the heartbeat would go stale.
     Ok(Action::requeue(Duration::from_secs(5)))
-}
-
-fn forget_failures(ctx: &Context, key: &str) {
-    if let Ok(mut f) = ctx.failures.lock() {
-        f.remove(key);
-    }
 }
 
 /// Counts, logs, and backs off per object: 1 s, 2 s, 4 s, … up to 5 minutes.
@@ -375,11 +305,9 @@ pub fn on_error<K: Resource<DynamicType = ()>>(
 ) -> Action {
     let kind = K::kind(&());
     ctx.metrics.errors.with_label_values(&[kind.as_ref()]).inc();
-    let key = format!(
-        "{kind}/{}/{}",
-        obj.meta().namespace.clone().unwrap_or_default(),
-        obj.meta().name.clone().unwrap_or_default()
-    );
+    let ns = obj.meta().namespace.clone().unwrap_or_default();
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let key = format!("{kind}/{ns}/{name}");
     let n = ctx.failures.lock().map(|mut f| {
         let n = f.entry(key.clone()).or_insert(0);
         *n = n.saturating_add(1);
