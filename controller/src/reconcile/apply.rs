@@ -32,6 +32,7 @@ pub enum Error {
 }
 
 /// Reconciles one Project.
+#[tracing::instrument(skip_all, fields(project = %project_key(&p)))]
 pub async fn reconcile_project(p: Arc<Project>, ctx: Arc<Context>) -> Result<Action, Error> {
     let start = Instant::now();
     ctx.metrics.reconciles.with_label_values(&["Project"]).inc();
@@ -99,6 +100,7 @@ pub async fn reconcile_project(p: Arc<Project>, ctx: Arc<Context>) -> Result<Act
     });
     let mut finalizer_removed = false;
     for change in &decision.changes {
+        tracing::info!(change = %describe(change), "applying");
         match change {
             // The finalizer is decided with the trash dance in `decide` (see its `deletion`
             // module for why not kube-runtime's finalizer helper); here it is only written.
@@ -191,7 +193,7 @@ pub async fn reconcile_project(p: Arc<Project>, ctx: Arc<Context>) -> Result<Act
                     secondary: None,
                 };
                 if let Err(e) = ctx.recorder.publish(&ev, &p.object_ref(&())).await {
-                    tracing::warn!(project = %format!("{ns}/{name}"), error = %e, "cannot record event");
+                    tracing::warn!(error = %e, "cannot record event");
                 }
             }
         }
@@ -231,6 +233,7 @@ pub async fn reconcile_project(p: Arc<Project>, ctx: Arc<Context>) -> Result<Act
 }
 
 /// Reconciles one StoragePool: phase and `Ready` from the agent's Lease.
+#[tracing::instrument(skip_all, fields(pool = %pool.name_any()))]
 pub async fn reconcile_pool(pool: Arc<StoragePool>, ctx: Arc<Context>) -> Result<Action, Error> {
     let start = Instant::now();
     ctx.metrics
@@ -315,6 +318,39 @@ pub fn on_error<K: Resource<DynamicType = ()>>(
     });
     let delay = Duration::from_secs(1u64 << n.unwrap_or(1).min(9).saturating_sub(1))
         .min(Duration::from_secs(300));
-    tracing::warn!(object = %key, error = %err, retry_in = ?delay, "reconcile failed");
+    // Outside the reconcile's span: name the object the way that span does.
+    if kind == "Project" {
+        let project = format!("{ns}/{name}");
+        tracing::warn!(%project, error = %err, retry_in = ?delay, "reconcile failed");
+    } else {
+        tracing::warn!(pool = %name, object = %key, error = %err, retry_in = ?delay, "reconcile failed");
+    }
     Action::requeue(delay)
+}
+
+/// `namespace/name` of a Project, as its reconcile's span and log lines carry it.
+fn project_key(p: &Project) -> String {
+    format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())
+}
+
+/// One line about a change, for the log.
+fn describe(change: &Change) -> String {
+    match change {
+        Change::AddFinalizer => "add the cleanup finalizer".into(),
+        Change::RemoveFinalizer => "remove the cleanup finalizer".into(),
+        Change::Create(sr) => format!(
+            "create replica {} ({:?} at epoch {})",
+            sr.name_any(),
+            sr.spec.role,
+            sr.spec.epoch
+        ),
+        Change::Update { name, spec, .. } => format!(
+            "update replica {name} ({:?} at epoch {}, {:?})",
+            spec.role, spec.epoch, spec.state
+        ),
+        Change::Adopt { name } => format!("adopt trashed replica {name}"),
+        Change::Orphan { name } => format!("leave replica {name} in the trash"),
+        Change::Delete { name } => format!("delete replica {name}"),
+        Change::Event { reason, .. } => format!("record Event {reason}"),
+    }
 }
