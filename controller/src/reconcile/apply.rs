@@ -129,11 +129,7 @@ pub async fn reconcile_project(p: Arc<Project>, ctx: Arc<Context>) -> Result<Act
             Change::Create(sr) => {
                 let mut sr = (**sr).clone();
                 sr.metadata.owner_references = owner.clone().map(|o| vec![o]);
-                match srs.create(&post_params(), &sr).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 409 => {}
-                    Err(e) => return Err(e.into()),
-                }
+                done_if(409, srs.create(&post_params(), &sr).await)?;
             }
             Change::Update {
                 name,
@@ -165,11 +161,9 @@ pub async fn reconcile_project(p: Arc<Project>, ctx: Arc<Context>) -> Result<Act
                 )
                 .await?;
             }
-            Change::Delete { name } => match srs.delete(name, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            },
+            Change::Delete { name } => {
+                done_if(404, srs.delete(name, &DeleteParams::default()).await)?;
+            }
             Change::Event {
                 warning,
                 reason,
@@ -326,6 +320,16 @@ pub fn on_error<K: Resource<DynamicType = ()>>(
         tracing::warn!(pool = %name, object = %key, error = %err, retry_in = ?delay, "reconcile failed");
     }
     Action::requeue(delay)
+}
+
+/// A write whose API answer `code` means it is done already (409: the object exists, 404: it
+/// is gone) succeeds.
+fn done_if<T>(code: u16, written: Result<T, kube::Error>) -> Result<(), Error> {
+    match written {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == code => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `namespace/name` of a Project, as its reconcile's span and log lines carry it.

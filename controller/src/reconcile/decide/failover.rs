@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use kube::ResourceExt;
-use projstore_api::{FailoverMode, ReplicaRole, StreamReplica};
+use projstore_api::{FailoverMode, ReplicaRole, ReplicaSource, StreamReplica, StreamReplicaSpec};
 
 use super::{Ctx, applied_key};
 use crate::view::PoolView;
@@ -62,22 +62,13 @@ pub(super) fn failover(
         return;
     };
     let epoch = max_epoch + 1;
-    let mut promoted = new.spec.clone();
-    promoted.role = ReplicaRole::Primary;
-    promoted.epoch = epoch;
-    promoted.source = None;
-    let src = cx.source(new);
-    cx.update(new, promoted, BTreeMap::new());
+    let src = promote(cx, new, epoch);
     for r in inp
         .replicas
         .iter()
         .filter(|r| r.name_any() != new.name_any())
     {
-        let mut spec = r.spec.clone();
-        spec.role = ReplicaRole::Secondary;
-        spec.epoch = epoch;
-        spec.source = Some(src.clone());
-        cx.update(r, spec, BTreeMap::new());
+        cx.update(r, following(r, epoch, &src), BTreeMap::new());
     }
     let msg = format!(
         "primary pool {} lost for over {}s: promoted {} (snapshot {}) at epoch {epoch}",
@@ -91,4 +82,24 @@ pub(super) fn failover(
     );
     notes.push(msg.clone());
     cx.event(true, "FailedOver", msg);
+}
+
+/// Makes `r` the Primary at `epoch` (fencing every copy of an older epoch); returns where the
+/// other copies stream from now.
+pub(super) fn promote(cx: &mut Ctx<'_>, r: &StreamReplica, epoch: u64) -> ReplicaSource {
+    let mut spec = r.spec.clone();
+    spec.role = ReplicaRole::Primary;
+    spec.epoch = epoch;
+    spec.source = None;
+    cx.update(r, spec, BTreeMap::new());
+    cx.source(r)
+}
+
+/// The spec of `r` as a Secondary at `epoch`, streaming from `src`.
+pub(super) fn following(r: &StreamReplica, epoch: u64, src: &ReplicaSource) -> StreamReplicaSpec {
+    let mut spec = r.spec.clone();
+    spec.role = ReplicaRole::Secondary;
+    spec.epoch = epoch;
+    spec.source = Some(src.clone());
+    spec
 }

@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 
 use kube::ResourceExt;
 use projstore_api::contract::{self, HANDOFF_TO, MOVED_FROM};
-use projstore_api::{
-    Project, ReplicaPhase, ReplicaRole, ReplicaSource, ReplicaState, StreamReplica,
-};
+use projstore_api::{Project, ReplicaPhase, ReplicaRole, ReplicaState, StreamReplica};
 
+use super::failover::{following, promote};
 use super::replicas::new_replica;
 use super::{Change, Ctx, applied_guid, phase};
 use crate::view::is_true;
@@ -80,34 +79,18 @@ pub(super) fn move_step(
         return;
     }
     let epoch = max_epoch + 1;
-    let mut promoted = target.spec.clone();
-    promoted.role = ReplicaRole::Primary;
-    promoted.epoch = epoch;
-    promoted.source = None;
-    let src = ReplicaSource {
-        pool: target.spec.pool.clone(),
-        node: target.spec.node.clone(),
-        stream_endpoint: cx.pool(pin).and_then(|p| p.stream_endpoint.clone()),
-    };
-    cx.update(target, promoted, BTreeMap::new());
-    let mut demoted = pr.spec.clone();
-    demoted.role = ReplicaRole::Secondary;
-    demoted.epoch = epoch;
-    demoted.source = Some(src.clone());
+    let src = promote(cx, target, epoch);
     let ann = BTreeMap::from([
         (HANDOFF_TO.to_owned(), None),
         (MOVED_FROM.to_owned(), Some("true".to_owned())),
     ]);
-    cx.update(pr, demoted, ann);
+    cx.update(pr, following(pr, epoch, &src), ann);
     for r in inp
         .replicas
         .iter()
         .filter(|r| r.spec.role == ReplicaRole::Secondary && r.spec.pool != pin)
     {
-        let mut spec = r.spec.clone();
-        spec.epoch = epoch;
-        spec.source = Some(src.clone());
-        cx.update(r, spec, BTreeMap::new());
+        cx.update(r, following(r, epoch, &src), BTreeMap::new());
     }
     notes.push(format!("moved to {pin} at epoch {epoch}"));
     cx.event(
