@@ -1,9 +1,9 @@
 //! What to do about one Project: pure, from the Project, its StreamReplicas and the pools.
 //!
 //! [`decide`] reads in the order of concerns: deletion and the finalizer, restore from the
-//! trash ([`deletion`]) → failover by epoch fencing ([`failover`]) → placement and
-//! re-replication ([`replicas`]) → a move on a pin change ([`moves`]) → replica specs, mount
-//! sources and echoes ([`replicas`]) → status and Events ([`status`]). Every step is derived
+//! trash (`deletion`) → failover by epoch fencing (`failover`) → placement and
+//! re-replication (`replicas`) → a move on a pin change (`moves`) → replica specs, mount
+//! sources and echoes (`replicas`) → status and Events (`status`). Every step is derived
 //! from object state, so a restarted controller resumes where it was.
 
 mod deletion;
