@@ -6,7 +6,9 @@ use std::time::Duration;
 use chrono::Utc;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch};
+
+use crate::context::{patch_params, post_params};
 
 /// Who we are and which Lease we compete for.
 #[derive(Debug, Clone)]
@@ -38,7 +40,7 @@ impl Election {
                         ..Default::default()
                     }),
                 };
-                match self.api.create(&PostParams::default(), &lease).await {
+                match self.api.create(&post_params(), &lease).await {
                     Ok(_) => Ok(true),
                     Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
                     Err(e) => Err(e),
@@ -70,7 +72,7 @@ impl Election {
                 // The resourceVersion makes this a compare-and-swap: two standbys cannot both win.
                 match self
                     .api
-                    .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .patch(&self.name, &patch_params(), &Patch::Merge(&patch))
                     .await
                 {
                     Ok(_) => Ok(true),

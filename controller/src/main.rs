@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use projstore_controller::reconcile::apply::Settings;
+use projstore_controller::context::Settings;
 use projstore_controller::run::{Config, run};
 
 fn parse() -> Result<(Config, bool), String> {

@@ -14,9 +14,10 @@ use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use projstore_api::{Project, StoragePool, StreamReplica};
 
+use crate::context::{Context, Settings};
 use crate::leader::Election;
 use crate::metrics::{self, Metrics};
-use crate::reconcile::apply::{self, Context, Settings};
+use crate::reconcile::apply;
 
 /// Command-line settings.
 #[derive(Debug, Clone)]
@@ -205,8 +206,15 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
                 {
                     let api: Api<StreamReplica> =
                         Api::namespaced(client.clone(), &r.namespace().unwrap_or_default());
-                    if let Err(e) = api.delete(&r.name_any(), &Default::default()).await {
-                        tracing::warn!(replica = %r.name_any(), error = %e, "cannot remove an expired trash tombstone");
+                    let project =
+                        format!("{}/{}", r.namespace().unwrap_or_default(), r.spec.project);
+                    match api.delete(&r.name_any(), &Default::default()).await {
+                        Ok(_) => {
+                            tracing::info!(%project, replica = %r.name_any(), "removed an expired trash tombstone")
+                        }
+                        Err(e) => {
+                            tracing::warn!(%project, replica = %r.name_any(), error = %e, "cannot remove an expired trash tombstone")
+                        }
                     }
                 }
             }

@@ -96,10 +96,13 @@ pub fn mount_sources(annotations: &Annotations) -> Result<MountSources, BadAnnot
     }
 }
 
-/// The value of [`MOUNT_SOURCES_ANNOTATION`] for `sources` (keys in order, so an unchanged set
-/// gives an unchanged string).
+/// The value of [`MOUNT_SOURCES_ANNOTATION`] for `sources`: every object's keys sorted, at every
+/// level, so an unchanged set gives an unchanged string (and the string controllers before this
+/// module wrote).
 pub fn mount_sources_value(sources: &MountSources) -> String {
-    serde_json::to_string(sources).unwrap_or_default()
+    serde_json::to_value(sources)
+        .map(|v| v.to_string())
+        .unwrap_or_default()
 }
 
 /// When a trashed replica went to the trash; `None` when it carries no such annotation.
@@ -164,6 +167,11 @@ mod tests {
             },
         );
         let v = mount_sources_value(&s);
+        assert_eq!(
+            v,
+            r#"{"b":{"epoch":0,"hostKey":null,"node":"n","pool":"p","readOnly":false,"sftp":null}}"#,
+            "keys sorted, as the annotation has always been written"
+        );
         assert_eq!(mount_sources(&ann(MOUNT_SOURCES_ANNOTATION, &v)), Ok(s));
         let old = mount_sources(&ann(MOUNT_SOURCES_ANNOTATION, r#"{"a":{"pool":"p","node":"n"}}"#));
         assert!(old.expect("parses")["a"].read_only);

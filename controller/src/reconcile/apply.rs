@@ -5,47 +5,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Client, Resource, ResourceExt};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use projstore_api::contract::{PROJECT_LABEL, RETAIN_DAYS, TRASHED_AT};
 use projstore_api::{
     CLEANUP_FINALIZER, Project, ProjectPhase, ReplicaState, StoragePool, StreamReplica,
 };
 use serde_json::json;
 
-use super::decide::{Change, Inputs, PROJECT_LABEL, decide};
+use super::decide::{Change, Inputs, decide};
 use super::pool::{lease_name, pool_phase};
-use crate::metrics::Metrics;
+pub use crate::context::{Context, MANAGER, Settings};
+use crate::context::{patch_params, post_params};
 use crate::view::PoolView;
-
-/// Field manager of every write the controller makes.
-pub const MANAGER: &str = "projstore-controller";
-
-/// Settings of the reconcilers.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub lease_namespace: String,
-    pub failover_grace: Duration,
-    pub heartbeat_timeout: Duration,
-}
-
-/// What the reconcilers share.
-pub struct Context {
-    pub client: Client,
-    pub recorder: Recorder,
-    pub metrics: Arc<Metrics>,
-    pub settings: Settings,
-    pub replicas: Store<StreamReplica>,
-    pub pools: Store<StoragePool>,
-    pub leases: Store<Lease>,
-    /// All Projects (for mount sources).
-    pub projects: Store<Project>,
-    /// Consecutive failures per object, for exponential backoff.
-    pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
-}
 
 /// Errors of a reconcile; each says what failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,44 +31,8 @@ pub enum Error {
     NoNamespace,
 }
 
-impl Context {
-    pub fn new(
-        client: Client,
-        metrics: Arc<Metrics>,
-        settings: Settings,
-        stores: (
-            Store<StreamReplica>,
-            Store<StoragePool>,
-            Store<Lease>,
-            Store<Project>,
-        ),
-    ) -> Self {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: MANAGER.into(),
-                instance: std::env::var("HOSTNAME").ok(),
-            },
-        );
-        Self {
-            client,
-            recorder,
-            metrics,
-            settings,
-            replicas: stores.0,
-            pools: stores.1,
-            leases: stores.2,
-            projects: stores.3,
-            failures: Default::default(),
-        }
-    }
-}
-
-fn pp() -> PatchParams {
-    PatchParams::default()
-}
-
 /// Reconciles one Project.
+#[tracing::instrument(skip_all, fields(project = %project_key(&p)))]
 pub async fn reconcile_project(p: Arc<Project>, ctx: Arc<Context>) -> Result<Action, Error> {
     let start = Instant::now();
     ctx.metrics.reconciles.with_label_values(&["Project"]).inc();
@@ -161,13 +100,18 @@ pub async fn reconcile_project(p: Arc<Project>, ctx: Arc<Context>) -> Result<Act
     });
     let mut finalizer_removed = false;
     for change in &decision.changes {
+        tracing::info!(change = %describe(change), "applying");
         match change {
+            // The finalizer is decided with the trash dance in `decide` (see its `deletion`
+            // module for why not kube-runtime's finalizer helper); here it is only written.
             Change::AddFinalizer => {
                 let mut f = p.finalizers().to_vec();
                 f.push(CLEANUP_FINALIZER.to_owned());
                 let patch =
                     json!({"metadata": {"finalizers": f, "resourceVersion": p.resource_version()}});
-                projects.patch(&name, &pp(), &Patch::Merge(&patch)).await?;
+                projects
+                    .patch(&name, &patch_params(), &Patch::Merge(&patch))
+                    .await?;
             }
             Change::RemoveFinalizer => {
                 let f: Vec<&String> = p
@@ -177,26 +121,15 @@ pub async fn reconcile_project(p: Arc<Project>, ctx: Arc<Context>) -> Result<Act
                     .collect();
                 let patch =
                     json!({"metadata": {"finalizers": f, "resourceVersion": p.resource_version()}});
-                projects.patch(&name, &pp(), &Patch::Merge(&patch)).await?;
+                projects
+                    .patch(&name, &patch_params(), &Patch::Merge(&patch))
+                    .await?;
                 finalizer_removed = true;
             }
             Change::Create(sr) => {
                 let mut sr = (**sr).clone();
                 sr.metadata.owner_references = owner.clone().map(|o| vec![o]);
-                match srs
-                    .create(
-                        &PostParams {
-                            field_manager: Some(MANAGER.into()),
-                            ..Default::default()
-                        },
-                        &sr,
-                    )
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 409 => {}
-                    Err(e) => return Err(e.into()),
-                }
+                done_if(409, srs.create(&post_params(), &sr).await)?;
             }
             Change::Update {
                 name,
@@ -209,28 +142,28 @@ pub async fn reconcile_project(p: Arc<Project>, ctx: Arc<Context>) -> Result<Act
                 } else {
                     json!({"spec": spec, "metadata": {"annotations": ann}})
                 };
-                srs.patch(name, &pp(), &Patch::Merge(&patch)).await?;
+                srs.patch(name, &patch_params(), &Patch::Merge(&patch))
+                    .await?;
             }
             Change::Adopt { name } => {
                 let patch = json!({
-                    "metadata": {"ownerReferences": owner.clone().map(|o| vec![o]), "annotations": {super::decide::TRASHED_AT: null, super::decide::RETAIN_DAYS: null}},
-                    "spec": {"state": "Live"},
+                    "metadata": {"ownerReferences": owner.clone().map(|o| vec![o]), "annotations": {TRASHED_AT: null, RETAIN_DAYS: null}},
+                    "spec": {"state": ReplicaState::Live},
                 });
-                srs.patch(name, &pp(), &Patch::Merge(&patch)).await?;
+                srs.patch(name, &patch_params(), &Patch::Merge(&patch))
+                    .await?;
             }
             Change::Orphan { name } => {
                 srs.patch(
                     name,
-                    &pp(),
+                    &patch_params(),
                     &Patch::Merge(&json!({"metadata": {"ownerReferences": null}})),
                 )
                 .await?;
             }
-            Change::Delete { name } => match srs.delete(name, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            },
+            Change::Delete { name } => {
+                done_if(404, srs.delete(name, &DeleteParams::default()).await)?;
+            }
             Change::Event {
                 warning,
                 reason,
@@ -254,7 +187,7 @@ pub async fn reconcile_project(p: Arc<Project>, ctx: Arc<Context>) -> Result<Act
                     secondary: None,
                 };
                 if let Err(e) = ctx.recorder.publish(&ev, &p.object_ref(&())).await {
-                    tracing::warn!(project = %format!("{ns}/{name}"), error = %e, "cannot record event");
+                    tracing::warn!(error = %e, "cannot record event");
                 }
             }
         }
@@ -263,7 +196,7 @@ pub async fn reconcile_project(p: Arc<Project>, ctx: Arc<Context>) -> Result<Act
         projects
             .patch_status(
                 &name,
-                &pp(),
+                &patch_params(),
                 &Patch::Merge(&json!({"status": decision.status})),
             )
             .await?;
@@ -280,7 +213,7 @@ pub async fn reconcile_project(p: Arc<Project>, ctx: Arc<Context>) -> Result<Act
         .duration
         .with_label_values(&["Project"])
         .observe(start.elapsed().as_secs_f64());
-    forget_failures(&ctx, &format!("Project/{ns}/{name}"));
+    ctx.forget_failures(&format!("Project/{ns}/{name}"));
     // Time-driven steps (grace periods, catching up) need a look again soon.
     let settled = matches!(
         decision.status.phase,
@@ -294,6 +227,7 @@ pub async fn reconcile_project(p: Arc<Project>, ctx: Arc<Context>) -> Result<Act
 }
 
 /// Reconciles one StoragePool: phase and `Ready` from the agent's Lease.
+#[tracing::instrument(skip_all, fields(pool = %pool.name_any()))]
 pub async fn reconcile_pool(pool: Arc<StoragePool>, ctx: Arc<Context>) -> Result<Action, Error> {
     let start = Instant::now();
     ctx.metrics
@@ -327,7 +261,7 @@ pub async fn reconcile_pool(pool: Arc<StoragePool>, ctx: Arc<Context>) -> Result
             "status": {"phase": phase, "conditions": conds, "observedGeneration": pool.metadata.generation},
         });
         let api: Api<StoragePool> = Api::all(ctx.client.clone());
-        api.patch_status(&pool.name_any(), &pp(), &Patch::Merge(&patch))
+        api.patch_status(&pool.name_any(), &patch_params(), &Patch::Merge(&patch))
             .await?;
         if status.phase != Some(phase) {
             let ev = Event {
@@ -355,15 +289,9 @@ pub async fn reconcile_pool(pool: Arc<StoragePool>, ctx: Arc<Context>) -> Result
         .duration
         .with_label_values(&["StoragePool"])
         .observe(start.elapsed().as_secs_f64());
-    forget_failures(&ctx, &format!("StoragePool//{}", pool.name_any()));
+    ctx.forget_failures(&format!("StoragePool//{}", pool.name_any()));
     // Look again when the heartbeat would go stale.
     Ok(Action::requeue(Duration::from_secs(5)))
-}
-
-fn forget_failures(ctx: &Context, key: &str) {
-    if let Ok(mut f) = ctx.failures.lock() {
-        f.remove(key);
-    }
 }
 
 /// Counts, logs, and backs off per object: 1 s, 2 s, 4 s, … up to 5 minutes.
@@ -374,11 +302,9 @@ pub fn on_error<K: Resource<DynamicType = ()>>(
 ) -> Action {
     let kind = K::kind(&());
     ctx.metrics.errors.with_label_values(&[kind.as_ref()]).inc();
-    let key = format!(
-        "{kind}/{}/{}",
-        obj.meta().namespace.clone().unwrap_or_default(),
-        obj.meta().name.clone().unwrap_or_default()
-    );
+    let ns = obj.meta().namespace.clone().unwrap_or_default();
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let key = format!("{kind}/{ns}/{name}");
     let n = ctx.failures.lock().map(|mut f| {
         let n = f.entry(key.clone()).or_insert(0);
         *n = n.saturating_add(1);
@@ -386,6 +312,49 @@ pub fn on_error<K: Resource<DynamicType = ()>>(
     });
     let delay = Duration::from_secs(1u64 << n.unwrap_or(1).min(9).saturating_sub(1))
         .min(Duration::from_secs(300));
-    tracing::warn!(object = %key, error = %err, retry_in = ?delay, "reconcile failed");
+    // Outside the reconcile's span: name the object the way that span does.
+    if kind == "Project" {
+        let project = format!("{ns}/{name}");
+        tracing::warn!(%project, error = %err, retry_in = ?delay, "reconcile failed");
+    } else {
+        tracing::warn!(pool = %name, object = %key, error = %err, retry_in = ?delay, "reconcile failed");
+    }
     Action::requeue(delay)
+}
+
+/// A write whose API answer `code` means it is done already (409: the object exists, 404: it
+/// is gone) succeeds.
+fn done_if<T>(code: u16, written: Result<T, kube::Error>) -> Result<(), Error> {
+    match written {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == code => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `namespace/name` of a Project, as its reconcile's span and log lines carry it.
+fn project_key(p: &Project) -> String {
+    format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())
+}
+
+/// One line about a change, for the log.
+fn describe(change: &Change) -> String {
+    match change {
+        Change::AddFinalizer => "add the cleanup finalizer".into(),
+        Change::RemoveFinalizer => "remove the cleanup finalizer".into(),
+        Change::Create(sr) => format!(
+            "create replica {} ({:?} at epoch {})",
+            sr.name_any(),
+            sr.spec.role,
+            sr.spec.epoch
+        ),
+        Change::Update { name, spec, .. } => format!(
+            "update replica {name} ({:?} at epoch {}, {:?})",
+            spec.role, spec.epoch, spec.state
+        ),
+        Change::Adopt { name } => format!("adopt trashed replica {name}"),
+        Change::Orphan { name } => format!("leave replica {name} in the trash"),
+        Change::Delete { name } => format!("delete replica {name}"),
+        Change::Event { reason, .. } => format!("record Event {reason}"),
+    }
 }
