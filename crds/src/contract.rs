@@ -173,7 +173,10 @@ mod tests {
             "keys sorted, as the annotation has always been written"
         );
         assert_eq!(mount_sources(&ann(MOUNT_SOURCES_ANNOTATION, &v)), Ok(s));
-        let old = mount_sources(&ann(MOUNT_SOURCES_ANNOTATION, r#"{"a":{"pool":"p","node":"n"}}"#));
+        let old = mount_sources(&ann(
+            MOUNT_SOURCES_ANNOTATION,
+            r#"{"a":{"pool":"p","node":"n"}}"#,
+        ));
         assert!(old.expect("parses")["a"].read_only);
         assert!(mount_sources(&ann(MOUNT_SOURCES_ANNOTATION, "{")).is_err());
         assert_eq!(mount_sources(&Annotations::new()), Ok(MountSources::new()));
@@ -185,7 +188,10 @@ mod tests {
             .expect("time")
             .with_timezone(&Utc);
         assert_eq!(trashed_at_value(at), "2026-01-02T03:04:05Z");
-        assert_eq!(trashed_at(&ann(TRASHED_AT, "2026-01-02T03:04:05Z")), Ok(Some(at)));
+        assert_eq!(
+            trashed_at(&ann(TRASHED_AT, "2026-01-02T03:04:05Z")),
+            Ok(Some(at))
+        );
         assert!(trashed_at(&ann(TRASHED_AT, "yesterday")).is_err());
         assert_eq!(trashed_at(&Annotations::new()), Ok(None));
         assert_eq!(retain_days(&ann(RETAIN_DAYS, "30")), 30);

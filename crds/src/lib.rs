@@ -13,8 +13,8 @@ pub mod units;
 pub mod validate;
 
 pub use contract::{
-    CLEANUP_FINALIZER, MOUNT_SOURCES_ANNOTATION, MountSource, MountSources, NODE_LABEL, PROJECT_LABEL,
-    REPAIR_OWNERSHIP_ANNOTATION, SNAPSHOT_NOW_ANNOTATION,
+    CLEANUP_FINALIZER, MOUNT_SOURCES_ANNOTATION, MountSource, MountSources, NODE_LABEL,
+    PROJECT_LABEL, REPAIR_OWNERSHIP_ANNOTATION, SNAPSHOT_NOW_ANNOTATION,
 };
 pub use project::*;
 pub use storage_pool::*;
