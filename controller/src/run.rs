@@ -1,5 +1,6 @@
 //! The controller process: wait for the CRDs, win the leader Lease, watch, reconcile.
 
+use projstore_api::process::shutdown_signal;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -249,19 +250,4 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     };
     reflectors.abort();
     result
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => futures::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = term => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

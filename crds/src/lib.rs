@@ -4,6 +4,8 @@
 pub mod contract;
 pub mod crd;
 pub mod names;
+#[cfg(feature = "process")]
+pub mod process;
 pub mod project;
 mod schema;
 pub mod storage_pool;

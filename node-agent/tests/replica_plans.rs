@@ -83,6 +83,12 @@ impl Case {
             props: &self.props,
             mountpoint: "/p/ns/a",
             quota: self.quota,
+        })
+    }
+    fn snapshot(&self) -> SnapshotPlan {
+        plan_snapshot(&SnapshotFacts {
+            props: &self.props,
+            quota: self.quota,
             policy: &SnapshotPolicy::default(),
             snapshots: &self.snapshots,
             quiet_since: self.quiet_since,
@@ -94,15 +100,18 @@ impl Case {
 
 #[test]
 fn a_settled_primary_changes_nothing() {
-    let p = Case::new("settled").plan();
+    let c = Case::new("settled");
+    let p = c.plan();
     assert_eq!(p.fenced, None);
     assert!(p.set.is_empty(), "{:?}", p.set);
     assert!(!p.mount);
     assert_eq!(p.quota, None);
-    assert_eq!(p.snapshot, None);
+    assert_eq!(p.quota_refused, None);
+    let s = c.snapshot();
+    assert_eq!(s.take, None);
     assert_eq!(
-        p.verdicts,
-        vec![Verdict::new("SnapshotsBlocked", false, "WithinLimit", "")]
+        s.blocked,
+        Verdict::new("SnapshotsBlocked", false, "WithinLimit", "")
     );
 }
 
@@ -112,6 +121,7 @@ fn a_new_dataset_gets_every_property_its_mount_its_quota_and_a_first_snapshot() 
     c.props = props(&[("mounted", "no")]);
     c.snapshots.clear();
     let p = c.plan();
+    let first = c.snapshot().take;
     let set: Vec<(&str, &str)> = p.set.iter().map(|(k, v)| (*k, v.as_str())).collect();
     assert_eq!(
         set,
@@ -127,7 +137,7 @@ fn a_new_dataset_gets_every_property_its_mount_its_quota_and_a_first_snapshot() 
     assert!(p.mount);
     assert_eq!(p.quota, Some(GIB));
     assert_eq!(
-        p.snapshot,
+        first,
         Some(SnapshotStep {
             always: false,
             mark: None
@@ -190,7 +200,7 @@ fn quota() {
         c.quota = want;
         let p = c.plan();
         assert_eq!(p.quota, set, "{what}");
-        let v = p.verdicts.iter().find(|v| v.type_ == "QuotaApplied");
+        let v = p.quota_refused.as_ref();
         assert_eq!(v.is_some(), refused, "{what}");
         if let Some(v) = v {
             assert!(!v.ok && v.reason == "QuotaBelowUsage", "{what}");
@@ -319,14 +329,12 @@ fn snapshots_on_schedule_on_demand_and_under_the_space_guard() {
         c.snapshots = s.snapshots;
         c.quiet_since = s.quiet_since;
         c.snapshot_now = s.asked;
-        let p = c.plan();
-        assert_eq!(p.snapshot, s.want, "{}", c.what);
-        let blocked = p
-            .verdicts
-            .iter()
-            .find(|v| v.type_ == "SnapshotsBlocked")
-            .expect("always reported");
-        assert_eq!(blocked.ok, s.used_by_snapshots > 3 * GIB, "{}", c.what);
+        let p = c.snapshot();
+        assert_eq!(p.take, s.want, "{}", c.what);
+        assert_eq!(p.blocked.ok, s.used_by_snapshots > 3 * GIB, "{}", c.what);
+        if p.blocked.ok {
+            assert_eq!(p.blocked.reason, "SnapshotSpaceExceeded", "{}", c.what);
+        }
     }
 }
 

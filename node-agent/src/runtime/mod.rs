@@ -206,7 +206,7 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
         String,
         (Option<i64>, std::time::Instant, pool::PoolReport),
     > = Default::default();
-    let shutdown = shutdown_signal();
+    let shutdown = projstore_api::process::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -485,21 +485,6 @@ async fn poke_changed_usage(
         if reported != seen {
             scheduler.poke(sr);
         }
-    }
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => futures::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = term => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }
 

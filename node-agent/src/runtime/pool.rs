@@ -29,6 +29,7 @@ fn prop(name: &str) -> Result<PropertyName, ZfsError> {
 
 /// Brings the pool of `sp` to its spec: import (searching the vdevs' directories) or create,
 /// add new vdevs, set properties, create the layout with `<streams_root>/<pool>` mounted.
+#[tracing::instrument(skip_all, fields(pool = %sp.name_any()))]
 pub async fn keep(
     zfs: &Zfs,
     sp: &StoragePool,

@@ -182,16 +182,30 @@ fn refused(sr: &StreamReplica, why: String) -> StreamReplicaStatus {
     }
 }
 
-/// The merge patch that makes a status `new` in full: fields of `current` that `new` lacks
-/// are removed.
-fn replace_with(current: &Value, new: &Value) -> Value {
-    let mut patch = new.clone();
-    if let (Some(old), Some(p)) = (current.as_object(), patch.as_object_mut()) {
-        for k in old.keys() {
-            p.entry(k.clone()).or_insert(Value::Null);
+/// The merge patch from the status as the agent last saw it (`current`) to `new`: the fields
+/// that changed, and nulls for those `new` no longer has. A field `new` only carries over is
+/// not sent, so a newer value on the server stays. `transfer` is the one field written
+/// during a pass (the progress reporter): a status without it always clears it.
+fn status_patch(current: &Value, new: &Value) -> Value {
+    let mut patch = serde_json::Map::new();
+    if let Some(new) = new.as_object() {
+        for (k, v) in new {
+            if current.get(k) != Some(v) {
+                patch.insert(k.clone(), v.clone());
+            }
         }
     }
-    patch
+    if let Some(old) = current.as_object() {
+        for k in old.keys() {
+            if new.get(k).is_none() {
+                patch.insert(k.clone(), Value::Null);
+            }
+        }
+    }
+    if new.get("transfer").is_none() {
+        patch.insert("transfer".into(), Value::Null);
+    }
+    Value::Object(patch)
 }
 
 #[tracing::instrument(skip_all, fields(project = %format!("{}/{}", sr.namespace().unwrap_or_default(), sr.spec.project), pool = %sr.spec.pool))]
@@ -216,7 +230,7 @@ async fn reconcile(sr: Arc<StreamReplica>, sh: Arc<AgentContext>) -> Result<Acti
         ),
     };
     let current = serde_json::to_value(&sr.status).unwrap_or_default();
-    let patch = replace_with(&current, &serde_json::to_value(&status).unwrap_or_default());
+    let patch = status_patch(&current, &serde_json::to_value(&status).unwrap_or_default());
     if !super::same_status(&current, &patch) {
         let api: Api<StreamReplica> =
             Api::namespaced(sh.client.clone(), &sr.namespace().unwrap_or_default());
@@ -279,6 +293,20 @@ mod tests {
         let mut promoted = sr.clone();
         promoted.spec.role = projstore_api::ReplicaRole::Primary;
         assert_ne!(fingerprint(&sr), fingerprint(&promoted));
+    }
+
+    #[test]
+    fn a_status_patch_sends_what_changed_and_always_clears_the_transfer() {
+        let current = serde_json::json!({"phase": "Syncing", "usedBytes": 5, "lagSeconds": 9});
+        let new = serde_json::json!({"phase": "Ready", "usedBytes": 5});
+        assert_eq!(
+            status_patch(&current, &new),
+            serde_json::json!({"phase": "Ready", "lagSeconds": null, "transfer": null})
+        );
+        // Nothing changed: only the transfer's null, which writes nothing new.
+        let same = status_patch(&new, &new);
+        assert_eq!(same, serde_json::json!({"transfer": null}));
+        assert!(super::super::same_status(&new, &same));
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub use error::ReplicaError;
 pub use fencing::fence_all;
 use fencing::*;
 use ownership::*;
-use plans::{PrimaryFacts, PrimaryReport, TrashPlan, Verdict};
+use plans::{PrimaryFacts, PrimaryReport, SnapshotFacts, TrashPlan, Verdict};
 use primary::*;
 use secondary::*;
 use serve_mounts::*;

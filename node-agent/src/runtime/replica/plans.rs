@@ -13,8 +13,7 @@ use projstore_api::{
 use super::ReplicaError;
 use crate::layout::{PROP_EPOCH, PROP_ROLE};
 use crate::retention::{
-    RetentionPolicy, SnapshotFacts, is_managed, managed_name, retain, snapshot_due,
-    snapshots_blocked,
+    RetentionPolicy, is_managed, managed_name, retain, snapshot_due, snapshots_blocked,
 };
 use crate::zfs::SnapshotInfo;
 
@@ -99,6 +98,30 @@ pub struct PrimaryFacts<'a> {
     pub mountpoint: &'a str,
     /// The Project's quota in bytes.
     pub quota: u64,
+}
+
+/// What a live primary's pass does to its dataset.
+#[derive(Debug, PartialEq)]
+pub struct PrimaryPlan {
+    /// Not served: written under a newer epoch (writes are stopped, the pass fails with it).
+    pub fenced: Option<ReplicaError>,
+    /// Properties to set, in order (only those that differ).
+    pub set: Vec<(&'static str, String)>,
+    /// The dataset is to be mounted.
+    pub mount: bool,
+    /// `refquota` to set.
+    pub quota: Option<u64>,
+    /// `QuotaApplied`, when the quota is refused (below what is in use).
+    pub quota_refused: Option<Verdict>,
+}
+
+/// What the snapshot step of a primary's pass reads (after the dataset is served).
+#[derive(Debug, Clone)]
+pub struct SnapshotFacts<'a> {
+    /// [`PRIMARY_PROPS`] as read.
+    pub props: &'a BTreeMap<String, String>,
+    /// The Project's quota in bytes.
+    pub quota: u64,
     pub policy: &'a SnapshotPolicy,
     /// The dataset's snapshots, oldest first.
     pub snapshots: &'a [SnapshotInfo],
@@ -110,21 +133,12 @@ pub struct PrimaryFacts<'a> {
     pub now: i64,
 }
 
-/// What a live primary's pass does.
+/// The snapshot step: whether snapshots are blocked by their space, and one to take now.
 #[derive(Debug, PartialEq)]
-pub struct PrimaryPlan {
-    /// Not served: written under a newer epoch (writes are stopped, the pass fails with it).
-    pub fenced: Option<ReplicaError>,
-    /// Properties to set, in order (only those that differ).
-    pub set: Vec<(&'static str, String)>,
-    /// The dataset is to be mounted.
-    pub mount: bool,
-    /// `refquota` to set.
-    pub quota: Option<u64>,
-    /// QuotaApplied (only when the quota is refused) and SnapshotsBlocked.
-    pub verdicts: Vec<Verdict>,
-    /// A snapshot to take now.
-    pub snapshot: Option<SnapshotStep>,
+pub struct SnapshotPlan {
+    /// `SnapshotsBlocked`, true or false.
+    pub blocked: Verdict,
+    pub take: Option<SnapshotStep>,
 }
 
 /// A snapshot to take.
@@ -165,7 +179,6 @@ pub fn interval_secs(policy: &SnapshotPolicy) -> i64 {
 
 pub fn plan_primary(f: &PrimaryFacts<'_>) -> PrimaryPlan {
     let have = f.props;
-    let fenced = fenced(have, f.epoch);
     let epoch = f.epoch.to_string();
     let set = [
         (PROP_EPOCH, epoch.as_str()),
@@ -179,13 +192,11 @@ pub fn plan_primary(f: &PrimaryFacts<'_>) -> PrimaryPlan {
     .filter(|(prop, want)| have.get(*prop).map(String::as_str) != Some(want))
     .map(|(prop, want)| (prop, want.to_owned()))
     .collect();
-    let mount = have.get("mounted").map(String::as_str) != Some("yes");
-    let mut verdicts = Vec::new();
-    let mut quota = None;
+    let (mut quota, mut quota_refused) = (None, None);
     if num(have, "refquota") != f.quota {
         let used = num(have, "referenced");
         if f.quota < used {
-            verdicts.push(Verdict::new(
+            quota_refused = Some(Verdict::new(
                 "QuotaApplied",
                 false,
                 "QuotaBelowUsage",
@@ -198,12 +209,30 @@ pub fn plan_primary(f: &PrimaryFacts<'_>) -> PrimaryPlan {
             quota = Some(f.quota);
         }
     }
+    PrimaryPlan {
+        fenced: fenced(have, f.epoch),
+        set,
+        mount: have.get("mounted").map(String::as_str) != Some("yes"),
+        quota,
+        quota_refused,
+    }
+}
+
+/// Snapshots on schedule (only when something was written, decided when taking it), on
+/// demand (a new `snapshot-now` value), never while their space exceeds the guard, and at
+/// most one per second.
+pub fn plan_snapshot(f: &SnapshotFacts<'_>) -> SnapshotPlan {
+    let have = f.props;
     let snap_used = num(have, "usedbysnapshots");
     let blocked = snapshots_blocked(snap_used, f.quota, f.policy.max_space_ratio);
-    verdicts.push(Verdict::new(
+    let verdict = Verdict::new(
         "SnapshotsBlocked",
         blocked,
-        if blocked { "SnapshotSpaceExceeded" } else { "WithinLimit" },
+        if blocked {
+            "SnapshotSpaceExceeded"
+        } else {
+            "WithinLimit"
+        },
         if blocked {
             format!(
                 "snapshots use {snap_used} bytes, more than {}x the quota: no new snapshots until old ones expire or the quota grows",
@@ -212,7 +241,7 @@ pub fn plan_primary(f: &PrimaryFacts<'_>) -> PrimaryPlan {
         } else {
             String::new()
         },
-    ));
+    );
     let handled = have
         .get(PROP_SNAPSHOT_NOW)
         .map(String::as_str)
@@ -225,17 +254,12 @@ pub fn plan_primary(f: &PrimaryFacts<'_>) -> PrimaryPlan {
         None,
     );
     let name_free = !f.snapshots.iter().any(|s| s.name == managed_name(f.now));
-    let snapshot = ((on_demand || scheduled) && !blocked && name_free).then(|| SnapshotStep {
-        always: on_demand,
-        mark: f.snapshot_now.map(str::to_owned),
-    });
-    PrimaryPlan {
-        fenced,
-        set,
-        mount,
-        quota,
-        verdicts,
-        snapshot,
+    SnapshotPlan {
+        blocked: verdict,
+        take: ((on_demand || scheduled) && !blocked && name_free).then(|| SnapshotStep {
+            always: on_demand,
+            mark: f.snapshot_now.map(str::to_owned),
+        }),
     }
 }
 
@@ -269,9 +293,9 @@ pub fn to_prune(
     policy: &SnapshotPolicy,
     now: i64,
 ) -> Vec<String> {
-    let facts: Vec<SnapshotFacts> = snapshots
+    let facts: Vec<crate::retention::SnapshotFacts> = snapshots
         .iter()
-        .map(|s| SnapshotFacts {
+        .map(|s| crate::retention::SnapshotFacts {
             name: s.name.clone(),
             guid: s.guid,
             createtxg: s.createtxg,

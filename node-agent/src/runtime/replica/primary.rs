@@ -66,27 +66,11 @@ pub(super) async fn primary(
     }
     let have = read().await?;
     let mp = mountpoint.to_str().ok_or("projects root is not UTF-8")?;
-    let snaps = zfs.snapshots(ds, &[]).await?;
-    let policy = &project.spec.snapshots;
-    let quiet = || {
-        cx.quiet
-            .lock()
-            .map(|q| q.get(ds.as_str()).copied())
-            .unwrap_or_default()
-    };
     let todo = plans::plan_primary(&PrimaryFacts {
         epoch: sr.spec.epoch,
         props: &have,
         mountpoint: mp,
         quota,
-        policy,
-        snapshots: &snaps,
-        quiet_since: quiet(),
-        snapshot_now: project
-            .annotations()
-            .get(projstore_api::SNAPSHOT_NOW_ANNOTATION)
-            .map(String::as_str),
-        now: Utc::now().timestamp(),
     });
     if let Some(e) = todo.fenced {
         let _ = stop_writes(zfs, &cx.cfg.run_dir, ds).await;
@@ -113,14 +97,37 @@ pub(super) async fn primary(
     if let Some(q) = todo.quota {
         zfs.set(ds, &p("refquota")?, &q.to_string()).await?;
     }
-    verdicts.extend(todo.verdicts);
+    verdicts.extend(todo.quota_refused);
 
-    if let Some(step) = todo.snapshot {
+    // Snapshots: schedule, on demand, the space guard.
+    let policy = &project.spec.snapshots;
+    let quiet = || {
+        cx.quiet
+            .lock()
+            .map(|q| q.get(ds.as_str()).copied())
+            .unwrap_or_default()
+    };
+    let now = Utc::now().timestamp();
+    let snaps = zfs.snapshots(ds, &[]).await?;
+    let snapshot = plans::plan_snapshot(&SnapshotFacts {
+        props: &have,
+        quota,
+        policy,
+        snapshots: &snaps,
+        quiet_since: quiet(),
+        snapshot_now: project
+            .annotations()
+            .get(projstore_api::SNAPSHOT_NOW_ANNOTATION)
+            .map(String::as_str),
+        now,
+    });
+    verdicts.push(snapshot.blocked);
+    if let Some(step) = snapshot.take {
         // On schedule only when something was written since the newest snapshot; on demand
         // always.
         let taken = snapshot_and_stream(&storage, key, ds, sr.spec.epoch, step.always).await?;
         if !taken && let Ok(mut q) = cx.quiet.lock() {
-            q.insert(ds.as_str().to_owned(), Utc::now().timestamp());
+            q.insert(ds.as_str().to_owned(), now);
         }
         if let Some(mark) = &step.mark {
             zfs.set(ds, &p(plans::PROP_SNAPSHOT_NOW)?, mark).await?;
@@ -139,7 +146,7 @@ pub(super) async fn primary(
     let planned = plan(&edges)?;
     let keep_guid = planned.target.as_ref().map(|t| t.guid);
     let snaps = zfs.snapshots(ds, &[]).await?;
-    for name in plans::to_prune(&snaps, keep_guid, policy, Utc::now().timestamp()) {
+    for name in plans::to_prune(&snaps, keep_guid, policy, now) {
         if let Ok(s) = ds.snapshot(&name) {
             let _ = zfs.destroy_snapshot(&s).await;
         }

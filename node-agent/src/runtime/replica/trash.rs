@@ -78,6 +78,7 @@ pub(super) async fn restore_from_trash(
 
 /// Destroys trashed datasets of `pool` whose retention has ended (DESIGN §5.6: agents purge
 /// after `retainDays`). Returns what was purged.
+#[tracing::instrument(skip_all, fields(pool = %pool))]
 pub async fn purge_trash(
     zfs: &Zfs,
     pool: &PoolName,
