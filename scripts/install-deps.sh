@@ -26,6 +26,24 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
 fi
 
+# Debian's kubectl 1.20 client, for the kubectl sessions of e2e/tests/kubectl.rs: unpacked, not
+# installed (it conflicts with an installed kubectl).
+kubectl120_dir=${PROJSTORE_KUBECTL_120_DIR:-/var/cache/projstore/kubernetes-client}
+if [ ! -x "$kubectl120_dir/usr/bin/kubectl" ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: Debian's kubernetes-client (kubectl 1.20) is missing from $kubectl120_dir and not root: run as root" >&2
+    exit 1
+  fi
+  echo "install-deps: apt-get download kubernetes-client into $kubectl120_dir"
+  mkdir -p "$kubectl120_dir"
+  debs=$(mktemp -d)
+  chmod 755 "$debs"   # apt's download user must be able to write there
+  chown _apt "$debs" 2>/dev/null || true
+  (cd "$debs" && { apt-get download -qq kubernetes-client 2>/dev/null || { apt-get update -qq && apt-get download -qq kubernetes-client; }; })
+  dpkg -x "$debs"/kubernetes-client_*.deb "$kubectl120_dir"
+  rm -rf "$debs"
+fi
+
 pip_missing=()
 python3 -c 'import kubernetes_validate' 2>/dev/null || pip_missing+=(kubernetes-validate)
 python3 -c 'import helm_python' 2>/dev/null || pip_missing+=(helm-python-sdk)

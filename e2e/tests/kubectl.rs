@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use projstore_e2e::apiserver::{ApiServer, Config};
 
 struct Kubectl {
+    bin: PathBuf,
     kubeconfig: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -20,10 +21,15 @@ struct Out {
 
 impl Kubectl {
     fn new(server: &ApiServer) -> Self {
+        Self::with_binary(server, PathBuf::from("kubectl"))
+    }
+
+    fn with_binary(server: &ApiServer, bin: PathBuf) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         server.write_kubeconfig(&kubeconfig).unwrap();
         Self {
+            bin,
             kubeconfig,
             _dir: dir,
         }
@@ -31,7 +37,7 @@ impl Kubectl {
 
     async fn run(&self, args: &[&str], stdin: Option<&str>) -> Out {
         use tokio::io::AsyncWriteExt;
-        let mut cmd = tokio::process::Command::new("kubectl");
+        let mut cmd = tokio::process::Command::new(&self.bin);
         cmd.arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(args)
@@ -39,9 +45,12 @@ impl Kubectl {
         cmd.stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .expect("kubectl must be installed (make test installs it)");
+        let mut child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "{} must be installed (make test installs it): {e}",
+                self.bin.display()
+            )
+        });
         let mut pipe = child.stdin.take().unwrap();
         if let Some(s) = stdin {
             pipe.write_all(s.as_bytes()).await.unwrap();
@@ -313,4 +322,256 @@ async fn invalid_manifests_are_refused_with_422_naming_the_field() {
     }
     let none = k.ok(&["get", "proj", "-n", "demo"]).await + &k.ok(&["get", "sp"]).await;
     assert!(!none.contains("bad"), "nothing invalid was stored: {none}");
+}
+
+/// Debian's kubectl 1.20 (`kubernetes-client`, unpacked by `scripts/install-deps.sh`), or None
+/// when it is missing and not required.
+fn kubectl_120() -> Option<PathBuf> {
+    let bin = std::env::var_os("PROJSTORE_KUBECTL_120").map_or_else(
+        || PathBuf::from("/var/cache/projstore/kubernetes-client/usr/bin/kubectl"),
+        PathBuf::from,
+    );
+    if bin.is_file() {
+        return Some(bin);
+    }
+    assert!(
+        std::env::var("PROJSTORE_REQUIRE_ZFS").as_deref() != Ok("1"),
+        "kubectl 1.20 is missing at {}: run scripts/install-deps.sh as root (it unpacks Debian's kubernetes-client there)",
+        bin.display()
+    );
+    eprintln!(
+        "NOT RUN: kubectl 1.20 is missing at {} (scripts/install-deps.sh unpacks it)",
+        bin.display()
+    );
+    None
+}
+
+#[tokio::test]
+async fn a_user_session_with_the_machines_kubectl() {
+    let server = ApiServer::start(Config::default()).await.unwrap();
+    user_session(&Kubectl::new(&server), &server).await;
+}
+
+#[tokio::test]
+async fn a_user_session_with_debians_kubectl_1_20() {
+    let Some(bin) = kubectl_120() else { return };
+    let server = ApiServer::start(Config::default()).await.unwrap();
+    user_session(&Kubectl::with_binary(&server, bin), &server).await;
+}
+
+/// What a user who knows Kubernetes types: typed `create` commands (protobuf bodies), `apply
+/// -f examples/`, `get` with columns, `describe`, `explain`, `get events`, `delete`.
+async fn user_session(k: &Kubectl, server: &ApiServer) {
+    server
+        .register_crds(&projstore_e2e::dev::crds_dir().unwrap())
+        .unwrap();
+    let typed: [(&[&str], &str); 8] = [
+        (&["create", "namespace", "demo"], "namespace/demo created"),
+        (
+            &[
+                "create",
+                "secret",
+                "generic",
+                "db",
+                "-n",
+                "demo",
+                "--from-literal=password=s3cret",
+            ],
+            "secret/db created",
+        ),
+        (
+            &[
+                "create",
+                "configmap",
+                "settings",
+                "-n",
+                "demo",
+                "--from-literal=a=1",
+            ],
+            "configmap/settings created",
+        ),
+        (
+            &["create", "serviceaccount", "builder", "-n", "demo"],
+            "serviceaccount/builder created",
+        ),
+        (
+            &[
+                "create",
+                "role",
+                "reader",
+                "-n",
+                "demo",
+                "--verb=get,list",
+                "--resource=projects",
+            ],
+            "role.rbac.authorization.k8s.io/reader created",
+        ),
+        (
+            &[
+                "create",
+                "rolebinding",
+                "builder-reads",
+                "-n",
+                "demo",
+                "--role=reader",
+                "--serviceaccount=demo:builder",
+            ],
+            "rolebinding.rbac.authorization.k8s.io/builder-reads created",
+        ),
+        (
+            &[
+                "create",
+                "clusterrole",
+                "pool-reader",
+                "--verb=get",
+                "--resource=storagepools",
+            ],
+            "clusterrole.rbac.authorization.k8s.io/pool-reader created",
+        ),
+        (
+            &["create", "namespace", "scratch"],
+            "namespace/scratch created",
+        ),
+    ];
+    for (args, says) in typed {
+        let out = k.ok(args).await;
+        assert!(out.contains(says), "kubectl {args:?}: {out}");
+    }
+    let secret = k
+        .ok(&[
+            "get",
+            "secret",
+            "db",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.data.password}",
+        ])
+        .await;
+    assert_eq!(secret, "czNjcmV0");
+    let again = k.run(&["create", "namespace", "demo"], None).await;
+    assert!(
+        !again.ok && again.stderr.contains("already exists"),
+        "{}",
+        again.stderr
+    );
+
+    let out = k.ok(&["apply", "-f", "examples/"]).await;
+    assert!(
+        out.contains("project.projstore.io/thesis created")
+            && out.contains("storagepool.projstore.io/host-a-storage created"),
+        "{out}"
+    );
+
+    // get: the columns kubectl prints.
+    let cases: [(&[&str], &[&str], &str); 7] = [
+        (
+            &["get", "proj", "-n", "demo"],
+            &[
+                "NAME", "PRIMARY", "REPLICAS", "USED", "QUOTA", "PHASE", "AGE",
+            ],
+            "thesis ",
+        ),
+        (
+            &["get", "secrets", "-n", "demo"],
+            &["NAME", "TYPE", "DATA", "AGE"],
+            "db ",
+        ),
+        (
+            &["get", "configmaps", "-n", "demo"],
+            &["NAME", "DATA", "AGE"],
+            "settings ",
+        ),
+        (
+            &["get", "serviceaccounts", "-n", "demo"],
+            &["NAME", "SECRETS", "AGE"],
+            "builder ",
+        ),
+        (&["get", "ns"], &["NAME", "STATUS", "AGE"], "demo "),
+        (
+            &["get", "leases", "-n", "demo"],
+            &["NAME", "HOLDER", "AGE"],
+            "lock ",
+        ),
+        (
+            &["get", "sp"],
+            &["NAME", "NODE", "POOL", "DC", "FREE", "SIZE", "PHASE", "AGE"],
+            "host-a-storage ",
+        ),
+    ];
+    let lease = "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {name: lock, namespace: demo}\nspec: {holderIdentity: host-a, leaseDurationSeconds: 40}\n";
+    let applied = k.run(&["apply", "-f", "-"], Some(lease)).await;
+    assert!(applied.ok, "{}", applied.stderr);
+    for (args, columns, row) in cases {
+        let out = k.ok(args).await;
+        assert_eq!(header(&out), columns, "kubectl {args:?}: {out}");
+        assert!(
+            out.lines().any(|l| l.starts_with(row)),
+            "kubectl {args:?}: {out}"
+        );
+    }
+    let secrets = k.ok(&["get", "secrets", "-n", "demo"]).await;
+    assert!(
+        secrets
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()[..3] == ["db", "Opaque", "1"]),
+        "{secrets}"
+    );
+
+    // describe, explain.
+    let d = k.ok(&["describe", "proj", "thesis", "-n", "demo"]).await;
+    assert!(d.contains("Quota:") && d.contains("1Gi"), "{d}");
+    let d = k.ok(&["describe", "secret", "db", "-n", "demo"]).await;
+    assert!(d.contains("password:  6 bytes"), "{d}");
+    let e = k.ok(&["explain", "proj.spec.quota"]).await;
+    assert!(e.contains("refquota"), "{e}");
+
+    // get events: what happened, to which object.
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let event = format!(
+        "apiVersion: v1\nkind: Event\nmetadata: {{name: thesis.placed, namespace: demo}}\n\
+         involvedObject: {{apiVersion: projstore.io/v1alpha1, kind: Project, name: thesis, namespace: demo}}\n\
+         reason: Placed\nmessage: placed on host-a with 3 copies\ntype: Normal\ncount: 1\n\
+         firstTimestamp: {now}\nlastTimestamp: {now}\nsource: {{component: projstore-controller}}\n"
+    );
+    let created = k.run(&["create", "-f", "-"], Some(&event)).await;
+    assert!(created.ok, "{}", created.stderr);
+    let events = k.ok(&["get", "events", "-n", "demo"]).await;
+    assert_eq!(
+        header(&events),
+        ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        "{events}"
+    );
+    assert!(
+        events.lines().any(|l| l.contains("Normal")
+            && l.contains("Placed")
+            && l.contains("project/thesis")
+            && l.contains("placed on host-a with 3 copies")),
+        "{events}"
+    );
+
+    // delete.
+    for (args, says) in [
+        (
+            &["delete", "secret", "db", "-n", "demo"][..],
+            "secret \"db\" deleted",
+        ),
+        (
+            &["delete", "proj", "thesis", "-n", "demo"][..],
+            "project.projstore.io \"thesis\" deleted",
+        ),
+        (
+            &["delete", "namespace", "scratch"][..],
+            "namespace \"scratch\" deleted",
+        ),
+    ] {
+        let out = k.ok(args).await;
+        assert!(out.contains(says), "kubectl {args:?}: {out}");
+    }
+    let gone = k.run(&["get", "secret", "db", "-n", "demo"], None).await;
+    assert!(
+        !gone.ok && gone.stderr.contains("NotFound"),
+        "{}",
+        gone.stderr
+    );
 }

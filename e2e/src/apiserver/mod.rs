@@ -8,7 +8,9 @@
 
 pub mod http;
 pub mod openapi;
+pub mod openapi_v2;
 pub mod patch;
+pub mod protobuf;
 pub mod registry;
 pub mod select;
 pub mod status;

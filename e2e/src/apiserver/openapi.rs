@@ -6,7 +6,7 @@ use serde_json::{Map, Value, json};
 
 use super::registry::{Registry, ResourceType};
 
-fn gv_path(group: &str, version: &str) -> String {
+pub(super) fn gv_path(group: &str, version: &str) -> String {
     if group.is_empty() {
         format!("api/{version}")
     } else {
@@ -33,7 +33,7 @@ pub fn index(registry: &Registry) -> Value {
     json!({"paths": paths})
 }
 
-fn schema_name(t: &ResourceType) -> String {
+pub(super) fn schema_name(t: &ResourceType) -> String {
     let group = if t.group.is_empty() {
         "io.k8s.api.core".to_owned()
     } else {
@@ -75,42 +75,8 @@ pub fn group_version(registry: &Registry, group: &str, version: &str) -> Option<
     let mut paths = Map::new();
     let mut schemas = Map::new();
     for t in types {
-        let base = format!("/{}", gv_path(group, version));
-        let coll = if t.namespaced {
-            format!("{base}/namespaces/{{namespace}}/{}", t.plural)
-        } else {
-            format!("{base}/{}", t.plural)
-        };
-        paths.insert(
-            coll.clone(),
-            json!({"get": operation(t, "list", false), "post": operation(t, "post", true)}),
-        );
-        paths.insert(
-            format!("{coll}/{{name}}"),
-            json!({
-                "get": operation(t, "get", false),
-                "put": operation(t, "put", true),
-                "patch": operation(t, "patch", true),
-                "delete": operation(t, "delete", false),
-            }),
-        );
-        let mut schema = t
-            .validator
-            .as_ref()
-            .map(|v| v.openapi().clone())
-            .unwrap_or_else(
-                || json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
-            );
-        if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
-            props.entry("apiVersion").or_insert(json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."}));
-            props.entry("kind").or_insert(json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."}));
-            props
-                .entry("metadata")
-                .or_insert(json!({"type": "object", "description": "Standard object's metadata."}));
-        }
-        schema["x-kubernetes-group-version-kind"] =
-            json!([{"group": t.group, "version": t.version, "kind": t.kind}]);
-        schemas.insert(schema_name(t), schema);
+        insert_paths(&mut paths, t, operation);
+        schemas.insert(schema_name(t), type_schema(t));
     }
     Some(json!({
         "openapi": "3.0.0",
@@ -118,4 +84,52 @@ pub fn group_version(registry: &Registry, group: &str, version: &str) -> Option<
         "paths": paths,
         "components": {"schemas": schemas},
     }))
+}
+
+/// The schema of a served kind: a CRD's `openAPIV3Schema` (anything for built-in kinds), with
+/// `apiVersion`, `kind` and `metadata`, marked with its group, version and kind.
+pub(super) fn type_schema(t: &ResourceType) -> Value {
+    let mut schema = t
+        .validator
+        .as_ref()
+        .map(|v| v.openapi().clone())
+        .unwrap_or_else(|| json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
+    if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+        props.entry("apiVersion").or_insert(json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."}));
+        props.entry("kind").or_insert(json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."}));
+        props
+            .entry("metadata")
+            .or_insert(json!({"type": "object", "description": "Standard object's metadata."}));
+    }
+    schema["x-kubernetes-group-version-kind"] =
+        json!([{"group": t.group, "version": t.version, "kind": t.kind}]);
+    schema
+}
+
+/// Adds the collection and object paths of `t`, each verb described by `operation(t, action,
+/// writes)`.
+pub(super) fn insert_paths(
+    paths: &mut Map<String, Value>,
+    t: &ResourceType,
+    operation: fn(&ResourceType, &str, bool) -> Value,
+) {
+    let base = format!("/{}", gv_path(&t.group, &t.version));
+    let coll = if t.namespaced {
+        format!("{base}/namespaces/{{namespace}}/{}", t.plural)
+    } else {
+        format!("{base}/{}", t.plural)
+    };
+    paths.insert(
+        coll.clone(),
+        json!({"get": operation(t, "list", false), "post": operation(t, "post", true)}),
+    );
+    paths.insert(
+        format!("{coll}/{{name}}"),
+        json!({
+            "get": operation(t, "get", false),
+            "put": operation(t, "put", true),
+            "patch": operation(t, "patch", true),
+            "delete": operation(t, "delete", false),
+        }),
+    );
 }

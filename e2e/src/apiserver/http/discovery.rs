@@ -7,13 +7,14 @@ use hyper::Response;
 use serde_json::{Value, json};
 
 use super::{Body, Shared, json_response, lock, not_served};
-use crate::apiserver::openapi;
 use crate::apiserver::registry::ResourceType;
 use crate::apiserver::status::ApiError;
+use crate::apiserver::{openapi, openapi_v2};
 
 /// A discovery document.
 pub(super) enum Doc {
     Version,
+    OpenApiV2,
     OpenApiIndex,
     OpenApi(String, String),
     Health,
@@ -24,7 +25,7 @@ pub(super) enum Doc {
 }
 
 /// Serves discovery document `doc`.
-pub(super) fn serve(shared: &Shared, doc: Doc) -> Result<Response<Body>, ApiError> {
+pub(super) fn serve(shared: &Shared, doc: Doc, accept: &str) -> Result<Response<Body>, ApiError> {
     match doc {
         Doc::Version => Ok(json_response(
             200,
@@ -34,6 +35,18 @@ pub(super) fn serve(shared: &Shared, doc: Doc) -> Result<Response<Body>, ApiErro
             }),
         )),
         Doc::Health => Ok(Response::new(Full::new(Bytes::from_static(b"ok")).boxed())),
+        Doc::OpenApiV2 => {
+            let doc = openapi_v2::document(&lock(shared)?.registry);
+            // kubectl and client-go ask for the protobuf form; others for JSON.
+            if accept.contains("protobuf") {
+                Ok(Response::builder()
+                    .header("content-type", openapi_v2::PROTOBUF)
+                    .body(Full::new(Bytes::from(openapi_v2::to_protobuf(&doc))).boxed())
+                    .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed())))
+            } else {
+                Ok(json_response(200, &doc))
+            }
+        }
         Doc::OpenApiIndex => {
             let state = lock(shared)?;
             Ok(json_response(200, &openapi::index(&state.registry)))

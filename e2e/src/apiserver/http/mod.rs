@@ -54,7 +54,7 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         route(&state, req.uri().path()).ok_or_else(not_served)?
     };
     match r {
-        Route::Discovery(doc) => discovery::serve(shared, doc),
+        Route::Discovery(doc) => discovery::serve(shared, doc, &header(&req, "accept")),
         Route::Resource(target) => rest::serve(shared, &who, target, req).await,
     }
 }
@@ -75,6 +75,7 @@ fn route(state: &State, path: &str) -> Option<Route> {
     let doc = |d: Doc| Some(Route::Discovery(d));
     let (group, version, rest): (&str, &str, &[&str]) = match segs.as_slice() {
         ["version"] => return doc(Doc::Version),
+        ["openapi", "v2"] => return doc(Doc::OpenApiV2),
         ["openapi", "v3"] => return doc(Doc::OpenApiIndex),
         ["openapi", "v3", "api", v] => return doc(Doc::OpenApi(String::new(), (*v).to_owned())),
         ["openapi", "v3", "apis", g, v] => {

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::authz::{self, Access, Identity};
 use super::{Body, Shared, header, json_response, lock, not_served, query_map, watch};
 use crate::apiserver::patch;
+use crate::apiserver::protobuf;
 use crate::apiserver::registry::ResourceType;
 use crate::apiserver::select::{FieldSelector, LabelSelector};
 use crate::apiserver::status::ApiError;
@@ -50,10 +51,14 @@ pub(super) async fn serve(
     let accept = header(&req, "accept");
     let content_type = header(&req, "content-type");
     // kubectl's typed clients may send two Content-Type headers; protobuf wins if present.
-    let binary_body = req.headers().get_all("content-type").iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.contains("protobuf") || s.contains("cbor"))
-    });
+    let content_types: Vec<String> = req
+        .headers()
+        .get_all("content-type")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_owned))
+        .collect();
+    let protobuf_body = content_types.iter().any(|c| protobuf::is_protobuf(c));
+    let cbor_body = content_types.iter().any(|c| c.contains("cbor"));
     let user_agent = header(&req, "user-agent");
     let t = {
         let state = lock(shared)?;
@@ -90,8 +95,8 @@ pub(super) async fn serve(
             format!("the server could not find the requested resource ({s})"),
         ));
     }
-    if binary_body {
-        // Only JSON (and YAML for apply) is served: a documented deviation.
+    if cbor_body {
+        // Only JSON, YAML for apply, and protobuf for built-in kinds: a documented deviation.
         return Err(ApiError::new(
             415,
             "UnsupportedMediaType",
@@ -100,12 +105,25 @@ pub(super) async fn serve(
             ),
         ));
     }
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| ApiError::bad_request(e.to_string()))?
-        .to_bytes();
+    if !accepts_json(&accept) {
+        return Err(ApiError::new(
+            406,
+            "NotAcceptable",
+            format!(
+                "the projstore test API server answers only in JSON, and the request accepts only {accept}; accept application/json"
+            ),
+        ));
+    }
+    let body = read_body(req.into_body()).await?;
+    // Protobuf bodies (kubectl's typed `create` commands) are turned into JSON here, so every
+    // verb below sees one format.
+    let body = if protobuf_body && matches!(method, Method::POST | Method::PUT) {
+        bytes::Bytes::from(protobuf::decode(&t, &body)?.to_string())
+    } else if protobuf_body {
+        return Err(ApiError::unsupported_media_type(&content_type));
+    } else {
+        body
+    };
     let opts = write_options(&q, &user_agent);
     let status = sub.as_deref() == Some("status");
     match (method, name) {
@@ -203,6 +221,36 @@ pub(super) async fn serve(
             "{m} is not supported here"
         ))),
     }
+}
+
+/// The most a request body may hold: the real API server's limit (3 MiB).
+pub(super) const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// Reads a request body of at most [`MAX_BODY`] bytes.
+async fn read_body(body: Incoming) -> Result<bytes::Bytes, ApiError> {
+    http_body_util::Limited::new(body, MAX_BODY)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::bad_request(format!(
+                    "the request body is larger than {MAX_BODY} bytes, the limit of a Kubernetes API server"
+                ))
+            } else {
+                ApiError::bad_request(e.to_string())
+            }
+        })
+}
+
+/// Whether a response in JSON is acceptable to a request with this `Accept` header (an
+/// absent header accepts anything).
+fn accepts_json(accept: &str) -> bool {
+    accept.trim().is_empty()
+        || accept.split(',').any(|a| {
+            let media = a.split(';').next().unwrap_or_default().trim();
+            matches!(media, "application/json" | "application/*" | "*/*")
+        })
 }
 
 /// How a write was asked for: its field manager (by default the client's name from its

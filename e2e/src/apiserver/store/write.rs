@@ -152,6 +152,10 @@ impl State {
         if t.kind == "Namespace" {
             obj["status"] = json!({"phase": "Active"});
         }
+        if t.crd.is_none() && t.kind == "Secret" && obj["type"].as_str().is_none_or(str::is_empty) {
+            // The real server's default for a Secret created without a type.
+            obj["type"] = json!("Opaque");
+        }
         if t.status_subresource && t.crd.is_some() {
             // Status is not settable on create for kinds with a status subresource.
             if let Some(m) = obj.as_object_mut() {

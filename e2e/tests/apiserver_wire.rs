@@ -1,0 +1,319 @@
+//! The test API server on the wire, as clients other than kube-rs speak to it: protobuf
+//! request bodies of built-in kinds (hostile ones too), OpenAPI v2, Tables of built-in kinds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // integration tests
+
+use http_body_util::BodyExt;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_pb::api::core::v1 as pb;
+use k8s_pb::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_pb::apimachinery::pkg::runtime::{TypeMeta, Unknown};
+use kube::{Api, Client};
+use projstore_e2e::apiserver::Config;
+use projstore_e2e::testkit::TestApi;
+use prost::Message;
+use serde_json::Value;
+
+const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
+
+fn envelope(api_version: &str, kind: &str, raw: Vec<u8>) -> Vec<u8> {
+    let mut out = b"k8s\0".to_vec();
+    out.extend(
+        Unknown {
+            type_meta: Some(TypeMeta {
+                api_version: Some(api_version.into()),
+                kind: Some(kind.into()),
+            }),
+            raw: Some(raw),
+            content_encoding: Some(String::new()),
+            content_type: Some(String::new()),
+        }
+        .encode_to_vec(),
+    );
+    out
+}
+
+fn meta(name: &str) -> Option<ObjectMeta> {
+    Some(ObjectMeta {
+        name: Some(name.into()),
+        ..Default::default()
+    })
+}
+
+/// Sends one request; the status code and the body (JSON when it is JSON).
+async fn send(
+    client: &Client,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    accept: &str,
+    body: Vec<u8>,
+) -> (u16, Value, String) {
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", content_type)
+        .header("accept", accept)
+        .body(kube::client::Body::from(body))
+        .unwrap();
+    let res = client.send(req).await.unwrap();
+    let code = res.status().as_u16();
+    let ct = res
+        .headers()
+        .get("content-type")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    (
+        code,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ct,
+    )
+}
+
+#[tokio::test]
+async fn protobuf_bodies_of_built_in_kinds_are_stored_and_answered_in_json() {
+    let TestApi { server: _s, client } = TestApi::start_with(Config::default()).await.unwrap();
+    let ns = pb::Namespace {
+        metadata: meta("typed"),
+        spec: None,
+        status: None,
+    };
+    let (code, body, ct) = send(
+        &client,
+        "POST",
+        "/api/v1/namespaces",
+        PROTOBUF,
+        &format!("{PROTOBUF}, */*"),
+        envelope("v1", "Namespace", ns.encode_to_vec()),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    assert!(ct.starts_with("application/json"), "{ct}");
+    assert_eq!(body["metadata"]["name"], "typed");
+    assert!(body["metadata"]["uid"].is_string(), "{body}");
+
+    let secret = pb::Secret {
+        metadata: meta("db"),
+        data: [("password".to_owned(), b"s3cret".to_vec())].into(),
+        r#type: Some("Opaque".into()),
+        ..Default::default()
+    };
+    let (code, body, _) = send(
+        &client,
+        "POST",
+        "/api/v1/namespaces/typed/secrets",
+        PROTOBUF,
+        &format!("{PROTOBUF}, application/json"),
+        envelope("v1", "Secret", secret.encode_to_vec()),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let stored = Api::<Secret>::namespaced(client.clone(), "typed")
+        .get("db")
+        .await
+        .unwrap();
+    assert_eq!(stored.type_.as_deref(), Some("Opaque"));
+    assert_eq!(stored.data.unwrap()["password"].0, b"s3cret");
+
+    // A client that accepts only protobuf is told why it gets nothing.
+    let (code, body, _) = send(
+        &client,
+        "POST",
+        "/api/v1/namespaces",
+        PROTOBUF,
+        PROTOBUF,
+        envelope("v1", "Namespace", pb::Namespace::default().encode_to_vec()),
+    )
+    .await;
+    assert_eq!(code, 406, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("accept application/json"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn hostile_protobuf_bodies_get_400_with_a_message_and_the_server_keeps_serving() {
+    let TestApi { server: _s, client } = TestApi::start_with(Config::default()).await.unwrap();
+    let good = envelope(
+        "v1",
+        "ConfigMap",
+        pb::ConfigMap {
+            metadata: meta("settings"),
+            data: [("k".to_owned(), "v".to_owned())].into(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    );
+    let mut oversized = good.clone();
+    oversized.extend(std::iter::repeat_n(0u8, 4 * 1024 * 1024));
+    let wrong_kind = envelope(
+        "v1",
+        "Namespace",
+        pb::Namespace {
+            metadata: meta("sneaky"),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    );
+    let mut garbage_inside = b"k8s\0".to_vec();
+    garbage_inside.extend(
+        Unknown {
+            type_meta: Some(TypeMeta {
+                api_version: Some("v1".into()),
+                kind: Some("ConfigMap".into()),
+            }),
+            raw: Some(vec![0xff; 64]),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    );
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "truncated",
+            good[..good.len() - 3].to_vec(),
+            "could not be read",
+        ),
+        ("without the prefix", good[4..].to_vec(), "k8s\\0"),
+        ("of another kind", wrong_kind, "holds a Namespace"),
+        ("garbage inside", garbage_inside, "could not be read"),
+        ("oversized", oversized, "larger than"),
+        ("empty", Vec::new(), "k8s\\0"),
+    ];
+    for (what, body, says) in cases {
+        let (code, answer, _) = send(
+            &client,
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            PROTOBUF,
+            "application/json",
+            body,
+        )
+        .await;
+        assert_eq!(code, 400, "{what}: {answer}");
+        let message = answer["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{what}: {message}");
+    }
+    // Nothing was stored, and the server still answers.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    assert!(namespaces.get_opt("sneaky").await.unwrap().is_none());
+    let (code, body, _) = send(
+        &client,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        PROTOBUF,
+        "application/json",
+        good,
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+}
+
+#[tokio::test]
+async fn openapi_v2_describes_the_kinds_openapi_v3_does() {
+    let TestApi { server, client } = TestApi::start_with(Config::default()).await.unwrap();
+    server
+        .register_crds(&projstore_e2e::dev::crds_dir().unwrap())
+        .unwrap();
+    let get = |path: &'static str| {
+        let client = client.clone();
+        async move { send(&client, "GET", path, "", "application/json", Vec::new()).await }
+    };
+    let (code, v2, _) = get("/openapi/v2").await;
+    assert_eq!(code, 200);
+    assert_eq!(v2["swagger"], "2.0");
+    let (_, index, _) = get("/openapi/v3").await;
+    let mut v3_names = Vec::new();
+    for (_, gv) in index["paths"].as_object().unwrap() {
+        let url = gv["serverRelativeURL"].as_str().unwrap().to_owned();
+        let (code, doc, _) = send(&client, "GET", &url, "", "application/json", Vec::new()).await;
+        assert_eq!(code, 200, "{url}");
+        for (name, schema) in doc["components"]["schemas"].as_object().unwrap() {
+            v3_names.push(name.clone());
+            let v2_schema = &v2["definitions"][name];
+            assert_eq!(
+                v2_schema["x-kubernetes-group-version-kind"],
+                schema["x-kubernetes-group-version-kind"],
+                "{name}"
+            );
+        }
+    }
+    let mut v2_names: Vec<String> = v2["definitions"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    v3_names.sort();
+    v2_names.sort();
+    assert_eq!(v2_names, v3_names);
+    let quota = &v2["definitions"]["io.projstore.v1alpha1.Project"]["properties"]["spec"]["properties"]
+        ["quota"];
+    assert!(
+        quota["description"].as_str().unwrap().contains("refquota"),
+        "{quota}"
+    );
+    // What v2 cannot say is left out, as the real server does.
+    assert!(!v2.to_string().contains("\"nullable\""));
+    assert!(!v2.to_string().contains("x-kubernetes-validations"));
+
+    // The protobuf form kubectl asks for.
+    let (code, _, ct) = send(
+        &client,
+        "GET",
+        "/openapi/v2",
+        "",
+        "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(ct, projstore_e2e::apiserver::openapi_v2::PROTOBUF);
+}
+
+#[tokio::test]
+async fn tables_of_built_in_kinds_have_the_real_servers_columns() {
+    let TestApi { server: _s, client } = TestApi::start_with(Config::default()).await.unwrap();
+    let table = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
+    let cases = [
+        ("/api/v1/namespaces", vec!["Name", "Status", "Age"]),
+        ("/api/v1/secrets", vec!["Name", "Type", "Data", "Age"]),
+        ("/api/v1/configmaps", vec!["Name", "Data", "Age"]),
+        ("/api/v1/serviceaccounts", vec!["Name", "Secrets", "Age"]),
+        (
+            "/apis/coordination.k8s.io/v1/leases",
+            vec!["Name", "Holder", "Age"],
+        ),
+        (
+            "/api/v1/events",
+            vec![
+                "Last Seen",
+                "Type",
+                "Reason",
+                "Object",
+                "Subobject",
+                "Source",
+                "Message",
+                "First Seen",
+                "Count",
+                "Name",
+            ],
+        ),
+    ];
+    for (path, want) in cases {
+        let (code, t, _) = send(&client, "GET", path, "", table, Vec::new()).await;
+        assert_eq!(code, 200, "{path}: {t}");
+        let names: Vec<&str> = t["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, want, "{path}");
+    }
+}
