@@ -169,3 +169,31 @@ async fn deleting_a_crd_unserves_its_kind_and_removes_its_objects() {
     assert_eq!(server.count("projstore.io", "projects"), 0);
     server.shutdown().await;
 }
+
+#[test]
+fn up_refuses_at_once_a_state_dir_that_cannot_hold_an_sftp_chroot() {
+    // /tmp is writable by everyone: OpenSSH would refuse every chroot below it.
+    let tmp = tempfile::tempdir_in("/tmp").unwrap();
+    let dir = tmp.path().join("state");
+    let started = std::time::Instant::now();
+    let up = Command::new(DEV)
+        .args(["up", "--state-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&up.stderr);
+    assert!(!up.status.success(), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "refused at once"
+    );
+    assert!(
+        stderr.contains("/tmp") && stderr.contains("not writable by group or others"),
+        "the reason: {stderr}"
+    );
+    assert!(
+        stderr.contains("--state-dir /var/lib/") && stderr.contains("--api-only"),
+        "a suggestion: {stderr}"
+    );
+    assert!(!dir.exists(), "nothing was created");
+}

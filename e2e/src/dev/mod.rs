@@ -112,6 +112,7 @@ pub fn up(dir: &Path, spec: &ClusterSpec, exe: &Path) -> Result<(), String> {
         ));
     }
     if !spec.api_only {
+        check_sftp_chroot_parent(dir)?;
         let bin_dir = exe.parent().unwrap_or(Path::new("."));
         let missing = missing_components(bin_dir);
         if !missing.is_empty() {
@@ -121,7 +122,15 @@ pub fn up(dir: &Path, spec: &ClusterSpec, exe: &Path) -> Result<(), String> {
             ));
         }
     }
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        // 0755 (less the umask): never writable by group or others, as the sftp chroot needs.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
     let ready = dir.join("ready");
     let _ = std::fs::remove_file(&ready);
     std::fs::write(
@@ -158,6 +167,24 @@ pub fn up(dir: &Path, spec: &ClusterSpec, exe: &Path) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(100));
     }
     Err("the dev cluster did not become ready within 150 s; see supervisor.log".into())
+}
+
+/// The agents' sftp chroots live below the state dir, and OpenSSH refuses a `ChrootDirectory`
+/// with any component not owned by root or writable by group or others (like `/tmp`): every
+/// folder mount between hosts would then fail with only an agent log saying why. So a full
+/// cluster is refused at once, before anything is created, in such a place.
+fn check_sftp_chroot_parent(dir: &Path) -> Result<(), String> {
+    let abs = std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let existing = abs
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    projstore_agent::sftp::check_chroot(existing).map_err(|why| {
+        format!(
+            "cannot start a full dev cluster in {}: {why}. OpenSSH refuses to chroot the agents' sftp sessions there, so folder mounts between hosts would fail. Choose a state dir below directories that only root owns and writes, e.g. --state-dir /var/lib/projstore-dev, or start the API server alone with --api-only.",
+            dir.display()
+        )
+    })
 }
 
 /// The namespace of the agents' Leases and the ServiceAccounts' identities.
@@ -378,4 +405,20 @@ fn kill_group(pgid: u32) {
         .args(["-KILL", "--", &format!("-{pgid}")])
         .stderr(Stdio::null())
         .status();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_dir_below_root_only_directories_may_hold_the_sftp_chroot() {
+        // The parts that do not exist yet are created 0755 by `up`.
+        assert_eq!(
+            check_sftp_chroot_parent(Path::new("/var/lib/projstore-never-made/x")),
+            Ok(())
+        );
+        let e = check_sftp_chroot_parent(Path::new("/tmp/ps")).unwrap_err();
+        assert!(e.contains("/tmp must be owned by root"), "{e}");
+    }
 }
