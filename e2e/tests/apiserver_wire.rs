@@ -72,6 +72,20 @@ async fn send(
     )
 }
 
+/// POSTs a JSON body; the status code and the answer.
+async fn post_json(client: &Client, path: &str, body: Vec<u8>) -> (u16, Value) {
+    let (code, answer, _) = send(
+        client,
+        "POST",
+        path,
+        "application/json",
+        "application/json",
+        body,
+    )
+    .await;
+    (code, answer)
+}
+
 #[tokio::test]
 async fn protobuf_bodies_of_built_in_kinds_are_stored_and_answered_in_json() {
     let TestApi { server: _s, client } = TestApi::start_with(Config::default()).await.unwrap();
@@ -316,4 +330,129 @@ async fn tables_of_built_in_kinds_have_the_real_servers_columns() {
             .collect();
         assert_eq!(names, want, "{path}");
     }
+}
+
+#[tokio::test]
+async fn built_in_workloads_are_checked_against_their_real_schemas() {
+    let TestApi { server: _s, client } = TestApi::start_with(Config::default()).await.unwrap();
+    let deployment = |spec: Value| {
+        serde_json::to_vec(&serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web"},
+            "spec": spec,
+        }))
+        .unwrap()
+    };
+    let path = "/apis/apps/v1/namespaces/default/deployments";
+    let good = serde_json::json!({
+        "selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}},
+                     "spec": {"containers": [{"name": "web", "image": "nginx"}]}},
+    });
+    let mut wrong_type = good.clone();
+    wrong_type["replicas"] = serde_json::json!("two");
+    let (code, body) = post_json(&client, path, deployment(wrong_type)).await;
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("spec.replicas"),
+        "{body}"
+    );
+
+    let mut unknown = good.clone();
+    unknown["template"]["spec"]["hostNetwrok"] = serde_json::json!(true);
+    let strict = format!("{path}?fieldValidation=Strict");
+    let (code, body) = post_json(&client, &strict, deployment(unknown.clone())).await;
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.template.spec.hostNetwrok"),
+        "{body}"
+    );
+    // Without Strict the unknown field is dropped, as on a real server.
+    let (code, body) = post_json(&client, path, deployment(unknown)).await;
+    assert_eq!(code, 201, "{body}");
+    assert!(
+        body["spec"]["template"]["spec"]
+            .get("hostNetwrok")
+            .is_none(),
+        "{body}"
+    );
+    assert_eq!(
+        body["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx"
+    );
+}
+
+#[tokio::test]
+async fn protobuf_delete_options_are_read_and_hostile_ones_refused() {
+    let TestApi { server: _s, client } = TestApi::start_with(Config::default()).await.unwrap();
+    let cm = |name: &str| {
+        envelope(
+            "v1",
+            "ConfigMap",
+            pb::ConfigMap {
+                metadata: meta(name),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        )
+    };
+    let coll = "/api/v1/namespaces/default/configmaps";
+    for name in ["a", "b"] {
+        let (code, body, _) = send(
+            &client,
+            "POST",
+            coll,
+            PROTOBUF,
+            "application/json",
+            cm(name),
+        )
+        .await;
+        assert_eq!(code, 201, "{body}");
+    }
+    let options = envelope(
+        "v1",
+        "DeleteOptions",
+        k8s_pb::apimachinery::pkg::apis::meta::v1::DeleteOptions {
+            propagation_policy: Some("Background".into()),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    );
+    let (code, body, _) = send(
+        &client,
+        "DELETE",
+        &format!("{coll}/a"),
+        PROTOBUF,
+        "application/json",
+        options.clone(),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body, _) = send(
+        &client,
+        "DELETE",
+        &format!("{coll}/b"),
+        PROTOBUF,
+        "application/json",
+        options[..options.len() / 2].to_vec(),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("DeleteOptions"),
+        "{body}"
+    );
+    let (code, _, _) = send(
+        &client,
+        "GET",
+        &format!("{coll}/b"),
+        "",
+        "application/json",
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(code, 200, "a refused delete changes nothing");
 }

@@ -16,6 +16,7 @@ pub mod select;
 pub mod status;
 pub mod store;
 pub mod table;
+pub mod typed;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

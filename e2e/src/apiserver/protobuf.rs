@@ -29,6 +29,55 @@ pub fn is_protobuf(content_type: &str) -> bool {
         .is_some_and(|m| m.trim() == "application/vnd.kubernetes.protobuf")
 }
 
+/// The `typeMeta` (apiVersion, kind) and `raw` bytes of a protobuf envelope; `what` names
+/// what was expected, for the error.
+fn open_envelope(body: &[u8], what: &str) -> Result<(String, String, Vec<u8>), ApiError> {
+    let bad = |why: String| {
+        ApiError::bad_request(format!(
+            "the protobuf body of the request could not be read as a {what}: {why}"
+        ))
+    };
+    let envelope = body.strip_prefix(MAGIC).ok_or_else(|| {
+        bad("it does not start with the Kubernetes protobuf prefix \"k8s\\0\"".into())
+    })?;
+    let unknown = Unknown::decode(envelope).map_err(|e| bad(e.to_string()))?;
+    if let Some(enc) = unknown.content_encoding.filter(|e| !e.is_empty()) {
+        return Err(bad(format!("content encoding {enc:?} is not supported")));
+    }
+    let type_meta = unknown.type_meta.unwrap_or_default();
+    Ok((
+        type_meta.api_version.unwrap_or_default(),
+        type_meta.kind.unwrap_or_default(),
+        unknown.raw.unwrap_or_default(),
+    ))
+}
+
+/// The `DeleteOptions` of a protobuf DELETE body (client-go sends them so), as JSON.
+pub fn decode_delete_options(body: &[u8]) -> Result<Value, ApiError> {
+    let (_, kind, raw) = open_envelope(body, "DeleteOptions")?;
+    let bad = |why: String| {
+        ApiError::bad_request(format!(
+            "the protobuf body of the request could not be read as DeleteOptions: {why}"
+        ))
+    };
+    if kind != "DeleteOptions" {
+        return Err(bad(format!("it holds a {kind}")));
+    }
+    let o = meta::DeleteOptions::decode(&*raw).map_err(|e| bad(e.to_string()))?;
+    let preconditions = o.preconditions.map(|p| {
+        Obj::default()
+            .opt("uid", p.uid)
+            .opt("resourceVersion", p.resource_version)
+    });
+    Ok(Obj::default()
+        .opt("gracePeriodSeconds", o.grace_period_seconds)
+        .object("preconditions", preconditions)
+        .opt("orphanDependents", o.orphan_dependents)
+        .opt("propagationPolicy", o.propagation_policy)
+        .strings("dryRun", &o.dry_run)
+        .done())
+}
+
 /// The object of a protobuf `body` sent to the collection (or an object) of `t`, as JSON.
 pub fn decode(t: &ResourceType, body: &[u8]) -> Result<Value, ApiError> {
     let bad = |why: String| {
@@ -37,15 +86,7 @@ pub fn decode(t: &ResourceType, body: &[u8]) -> Result<Value, ApiError> {
             t.qualified_kind()
         ))
     };
-    let envelope = body.strip_prefix(MAGIC).ok_or_else(|| {
-        bad("it does not start with the Kubernetes protobuf prefix \"k8s\\0\"".into())
-    })?;
-    let unknown = Unknown::decode(envelope).map_err(|e| bad(e.to_string()))?;
-    let type_meta = unknown.type_meta.unwrap_or_default();
-    let (api_version, kind) = (
-        type_meta.api_version.unwrap_or_default(),
-        type_meta.kind.unwrap_or_default(),
-    );
+    let (api_version, kind, raw) = open_envelope(body, &t.qualified_kind())?;
     if api_version != t.api_version() || kind != t.kind {
         return Err(bad(format!(
             "it holds a {kind} of {api_version:?}, not a {} of {:?}",
@@ -53,10 +94,6 @@ pub fn decode(t: &ResourceType, body: &[u8]) -> Result<Value, ApiError> {
             t.api_version()
         )));
     }
-    if let Some(enc) = unknown.content_encoding.filter(|e| !e.is_empty()) {
-        return Err(bad(format!("content encoding {enc:?} is not supported")));
-    }
-    let raw = unknown.raw.unwrap_or_default();
     let decoded = match (t.group.as_str(), t.kind.as_str()) {
         ("", "Namespace") => core::Namespace::decode(&*raw).map(namespace),
         ("", "Secret") => core::Secret::decode(&*raw).map(secret),

@@ -4,9 +4,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use k8s_openapi::api::admissionregistration::v1 as admission;
+use k8s_openapi::api::apps::v1 as apps;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::networking::v1 as networking;
+use k8s_openapi::api::policy::v1 as policy;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use projstore_api::validate::ObjectValidator;
 use serde_json::{Value, json};
+
+use super::typed;
 
 /// A printer column (`additionalPrinterColumns`).
 #[derive(Debug, Clone)]
@@ -35,6 +42,8 @@ pub struct ResourceType {
     pub columns: Vec<Column>,
     /// Schema validation and defaults (custom resources).
     pub validator: Option<Arc<ObjectValidator>>,
+    /// The check against the kind's k8s-openapi type (built-in kinds that have one).
+    pub typed: Option<typed::Check>,
     /// `metadata.name` of the CRD that declares it.
     pub crd: Option<String>,
     /// Field paths a field selector may use besides `metadata.name`/`metadata.namespace`
@@ -91,9 +100,22 @@ impl ResourceType {
             generation: false,
             columns: Vec::new(),
             validator: None,
+            typed: None,
             crd: None,
             selectable: Vec::new(),
         }
+    }
+
+    /// The built-in kind `K`, checked against its k8s-openapi type, with a status
+    /// subresource and generations.
+    fn workload<K>(plural: &str, namespaced: bool, short: &[&str]) -> Self
+    where
+        K: k8s_openapi::Resource + serde::de::DeserializeOwned + serde::Serialize,
+    {
+        let mut t = Self::builtin(K::GROUP, K::VERSION, K::KIND, plural, namespaced, short);
+        t.typed = Some(typed::check::<K>);
+        t.generation = true;
+        t
     }
 
     /// The `APIResource` entries of discovery for this type (with its subresources).
@@ -181,6 +203,30 @@ impl Registry {
                 true,
                 &[],
             ),
+            // What a Helm install of the chart creates besides the kinds above.
+            ResourceType::workload::<apps::Deployment>("deployments", true, &["deploy"]),
+            ResourceType::workload::<apps::DaemonSet>("daemonsets", true, &["ds"]),
+            ResourceType::workload::<core::Service>("services", true, &["svc"]),
+            ResourceType::workload::<policy::PodDisruptionBudget>(
+                "poddisruptionbudgets",
+                true,
+                &["pdb"],
+            ),
+            ResourceType::workload::<networking::NetworkPolicy>(
+                "networkpolicies",
+                true,
+                &["netpol"],
+            ),
+            ResourceType::workload::<admission::ValidatingAdmissionPolicy>(
+                "validatingadmissionpolicies",
+                false,
+                &[],
+            ),
+            ResourceType::workload::<admission::ValidatingAdmissionPolicyBinding>(
+                "validatingadmissionpolicybindings",
+                false,
+                &[],
+            ),
             {
                 let mut crd = ResourceType::builtin(
                     "apiextensions.k8s.io",
@@ -259,6 +305,7 @@ impl Registry {
             generation: true,
             columns,
             validator: Some(Arc::new(validator)),
+            typed: None,
             crd: Some(name),
             selectable: version
                 .selectable_fields

@@ -119,6 +119,8 @@ pub(super) async fn serve(
     // verb below sees one format.
     let body = if protobuf_body && matches!(method, Method::POST | Method::PUT) {
         bytes::Bytes::from(protobuf::decode(&t, &body)?.to_string())
+    } else if protobuf_body && method == Method::DELETE && !body.is_empty() {
+        bytes::Bytes::from(protobuf::decode_delete_options(&body)?.to_string())
     } else if protobuf_body {
         return Err(ApiError::unsupported_media_type(&content_type));
     } else {

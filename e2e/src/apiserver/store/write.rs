@@ -7,6 +7,7 @@ use super::{State, WriteOptions, finalizers, meta_str, now};
 use crate::apiserver::patch;
 use crate::apiserver::registry::ResourceType;
 use crate::apiserver::status::ApiError;
+use crate::apiserver::typed;
 
 impl State {
     /// Schema work for custom resources: drop (or, strictly, refuse) unknown fields, apply
@@ -19,6 +20,9 @@ impl State {
         opts: &WriteOptions,
     ) -> Result<Value, ApiError> {
         let name = meta_str(&obj, "name").to_owned();
+        if let Some(check) = t.typed {
+            return Self::admit_typed(t, check, obj, &name, opts);
+        }
         let Some(v) = &t.validator else {
             return Ok(obj);
         };
@@ -40,6 +44,36 @@ impl State {
             ));
         }
         Ok(defaulted)
+    }
+
+    /// A built-in kind against its k8s-openapi type: a wrong type is a 422 naming the field,
+    /// unknown fields are dropped or, strictly, refused.
+    fn admit_typed(
+        t: &ResourceType,
+        check: typed::Check,
+        mut obj: Value,
+        name: &str,
+        opts: &WriteOptions,
+    ) -> Result<Value, ApiError> {
+        // The types insist on their apiVersion and kind; the URL already chose them.
+        obj["apiVersion"] = json!(t.api_version());
+        obj["kind"] = json!(t.kind);
+        let unknown = check(&obj).map_err(|e| {
+            ApiError::invalid(
+                t,
+                name,
+                vec![(e.field, format!("Invalid value: {}", e.message))],
+            )
+        })?;
+        if opts.strict && !unknown.is_empty() {
+            let causes = unknown
+                .into_iter()
+                .map(|f| (f.clone(), format!("unknown field \"{f}\"")))
+                .collect();
+            return Err(ApiError::invalid(t, name, causes));
+        }
+        typed::drop_fields(&mut obj, &unknown);
+        Ok(obj)
     }
 
     fn check_name(t: &ResourceType, name: &str) -> Result<(), ApiError> {
@@ -214,8 +248,12 @@ impl State {
                 "the name of the object does not match the name on the URL",
             ));
         }
-        let want_rv = meta_str(&obj, "resourceVersion");
-        if want_rv.is_empty() {
+        let want_rv = meta_str(&obj, "resourceVersion").to_owned();
+        if want_rv.is_empty() && t.crd.is_none() {
+            // Built-in kinds take an unconditional update, as on the real server (Helm's
+            // release Secrets are written so); custom resources need the version.
+            obj["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+        } else if want_rv.is_empty() {
             return Err(ApiError::invalid(
                 t,
                 name,
@@ -224,8 +262,7 @@ impl State {
                     "Invalid value: 0x0: must be specified for an update".into(),
                 )],
             ));
-        }
-        if want_rv != meta_str(&old, "resourceVersion") {
+        } else if want_rv != meta_str(&old, "resourceVersion") {
             return Err(ApiError::conflict(
                 t,
                 name,
