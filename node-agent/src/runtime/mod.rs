@@ -200,6 +200,8 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
     // This host's sftp endpoint and the public halves of its keys, published in the pools'
     // status once sshd runs.
     let mut sftp_advert: Option<pool::SftpAdvert> = None;
+    // Why the sftp server did not start (published as the pools' MountsServed condition).
+    let mut sftp_failure: Option<String> = None;
     let mut recovered = std::collections::BTreeSet::new();
     let mut swept = std::time::Instant::now();
     let mut kept: std::collections::HashMap<
@@ -344,7 +346,10 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
                 &checks,
                 report.as_ref().map_err(Clone::clone),
                 &cfg.advertise,
-                sftp_advert.as_ref(),
+                pool::SftpReport {
+                    advert: sftp_advert.as_ref(),
+                    failure: sftp_failure.as_deref(),
+                },
                 0,
             )
             .await;
@@ -371,10 +376,12 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
                     tracing::info!(%listen, "sftp server started");
                     sshd = Some(s);
                     sftp_advert = advert;
+                    sftp_failure = None;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start the sftp server; mounts of this host's projects fail");
                     sshd = None;
+                    sftp_failure = Some(e);
                 }
             }
         }

@@ -138,6 +138,45 @@ fn jiff_now() -> k8s_openapi::jiff::Timestamp {
     k8s_openapi::jiff::Timestamp::now()
 }
 
+/// `MountsServed`: whether other hosts can mount folders of this host's projects, and if not
+/// why (a consumer's sshfs only sees its connection reset). None while no sftp server is
+/// configured or started yet.
+fn mounts_condition(
+    sftp: Option<&SftpAdvert>,
+    failure: Option<&str>,
+    prev: &[Condition],
+) -> Option<Condition> {
+    match (failure, sftp) {
+        (Some(why), _) => Some(condition(
+            "MountsServed",
+            false,
+            "SftpFailed",
+            format!("other hosts cannot mount folders of this host's projects: {why}"),
+            prev,
+        )),
+        (None, Some(a)) => Some(condition(
+            "MountsServed",
+            true,
+            "SftpServing",
+            format!(
+                "the sftp server for folder mounts listens on {}",
+                a.endpoint
+            ),
+            prev,
+        )),
+        (None, None) => None,
+    }
+}
+
+/// This host's sftp server as the pools' status tells it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SftpReport<'a> {
+    /// Where this host's sshd listens and its keys, once it ran.
+    pub advert: Option<&'a SftpAdvert>,
+    /// Why the sshd could not start, when it could not.
+    pub failure: Option<&'a str>,
+}
+
 /// What this host publishes about its sftp server: where it listens, its host key, and the
 /// client key it logs in to peers with (public halves).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,8 +194,7 @@ pub async fn status_patch(
     checks: &[Check],
     report: Result<&PoolReport, String>,
     stream_endpoint: &str,
-    // Where this host's sshd listens and its keys, once it runs.
-    sftp: Option<&SftpAdvert>,
+    sftp: SftpReport<'_>,
     projects: u32,
 ) -> serde_json::Value {
     let prev = sp.status.clone().unwrap_or_default();
@@ -191,6 +229,12 @@ pub async fn status_patch(
         },
         &prev.conditions,
     ));
+    conditions.extend(mounts_condition(
+        sftp.advert,
+        sftp.failure,
+        &prev.conditions,
+    ));
+    let sftp = sftp.advert;
     let mut status = serde_json::json!({
         "conditions": conditions,
         "agent": AgentStatus {
@@ -229,4 +273,35 @@ pub async fn status_patch(
             serde_json::to_value(&r.properties_in_effect).unwrap_or_default();
     }
     serde_json::json!({"metadata": {"resourceVersion": sp.resource_version()}, "status": status})
+}
+
+#[cfg(test)]
+mod mounts_condition_tests {
+    use super::*;
+
+    #[test]
+    fn a_host_whose_sftp_server_cannot_start_says_why_in_mounts_served() {
+        let why = "/tmp must be owned by root and not writable by group or others to serve as the sftp chroot (owner 0, mode 1777)";
+        let c = mounts_condition(None, Some(why), &[]).unwrap();
+        assert_eq!(
+            (c.type_.as_str(), c.status.as_str(), c.reason.as_str()),
+            ("MountsServed", "False", "SftpFailed")
+        );
+        assert!(c.message.contains(why), "{}", c.message);
+        let advert = SftpAdvert {
+            endpoint: "127.0.0.2:7422".into(),
+            host_key: String::new(),
+            client_key: String::new(),
+        };
+        let ok = mounts_condition(Some(&advert), None, std::slice::from_ref(&c)).unwrap();
+        assert_eq!(
+            (ok.status.as_str(), ok.reason.as_str()),
+            ("True", "SftpServing")
+        );
+        assert!(ok.message.contains("127.0.0.2:7422"));
+        assert!(
+            mounts_condition(None, None, &[]).is_none(),
+            "no sftp server configured"
+        );
+    }
 }
