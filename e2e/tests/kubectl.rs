@@ -456,11 +456,20 @@ async fn user_session(k: &Kubectl, server: &ApiServer) {
         again.stderr
     );
 
-    let out = k.ok(&["apply", "-f", "examples/"]).await;
+    let applied = k.run(&["apply", "-f", "examples/"], None).await;
+    let out = applied.stdout;
     assert!(
-        out.contains("project.projstore.io/thesis created")
+        applied.ok
+            && out.contains("project.projstore.io/thesis created")
             && out.contains("storagepool.projstore.io/host-a-storage created"),
-        "{out}"
+        "{out}{}",
+        applied.stderr
+    );
+    // The namespace made by `create namespace` is patched with the real schema's help.
+    assert!(
+        !applied.stderr.contains("error calculating patch"),
+        "{}",
+        applied.stderr
     );
 
     // get: the columns kubectl prints.
@@ -525,6 +534,8 @@ async fn user_session(k: &Kubectl, server: &ApiServer) {
     assert!(d.contains("password:  6 bytes"), "{d}");
     let e = k.ok(&["explain", "proj.spec.quota"]).await;
     assert!(e.contains("refquota"), "{e}");
+    let e = k.ok(&["explain", "secret.type"]).await;
+    assert!(e.contains("KIND:") && e.contains("Secret"), "{e}");
 
     // get events: what happened, to which object.
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);

@@ -86,14 +86,15 @@ pub fn group_version(registry: &Registry, group: &str, version: &str) -> Option<
     }))
 }
 
-/// The schema of a served kind: a CRD's `openAPIV3Schema` (anything for built-in kinds), with
+/// The schema of a served kind: a CRD's `openAPIV3Schema`, a built-in kind's real one (anything
+/// for the CRD kind itself), with
 /// `apiVersion`, `kind` and `metadata`, marked with its group, version and kind.
 pub(super) fn type_schema(t: &ResourceType) -> Value {
-    let mut schema = t
-        .validator
-        .as_ref()
-        .map(|v| v.openapi().clone())
-        .unwrap_or_else(|| json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
+    let mut schema = match (&t.validator, t.schema) {
+        (Some(v), _) => v.openapi().clone(),
+        (None, Some(real)) => real(),
+        (None, None) => json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+    };
     if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
         props.entry("apiVersion").or_insert(json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."}));
         props.entry("kind").or_insert(json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."}));

@@ -44,6 +44,8 @@ pub struct ResourceType {
     pub validator: Option<Arc<ObjectValidator>>,
     /// The check against the kind's k8s-openapi type (built-in kinds that have one).
     pub typed: Option<typed::Check>,
+    /// The real schema of a built-in kind, for the OpenAPI documents.
+    pub schema: Option<fn() -> Value>,
     /// `metadata.name` of the CRD that declares it.
     pub crd: Option<String>,
     /// Field paths a field selector may use besides `metadata.name`/`metadata.namespace`
@@ -101,6 +103,7 @@ impl ResourceType {
             columns: Vec::new(),
             validator: None,
             typed: None,
+            schema: None,
             crd: None,
             selectable: Vec::new(),
         }
@@ -110,12 +113,22 @@ impl ResourceType {
     /// subresource and generations.
     fn workload<K>(plural: &str, namespaced: bool, short: &[&str]) -> Self
     where
-        K: k8s_openapi::Resource + serde::de::DeserializeOwned + serde::Serialize,
+        K: k8s_openapi::Resource
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + schemars::JsonSchema,
     {
         let mut t = Self::builtin(K::GROUP, K::VERSION, K::KIND, plural, namespaced, short);
         t.typed = Some(typed::check::<K>);
+        t.schema = Some(typed::schema::<K>);
         t.generation = true;
         t
+    }
+
+    /// Publishes the real schema of kind `K` (its writes are not checked against it).
+    fn described<K: schemars::JsonSchema>(mut self) -> Self {
+        self.schema = Some(typed::schema::<K>);
+        self
     }
 
     /// The `APIResource` entries of discovery for this type (with its subresources).
@@ -164,13 +177,19 @@ impl Registry {
         let mut ns = ResourceType::builtin("", "v1", "Namespace", "namespaces", false, &["ns"]);
         ns.status_subresource = true;
         for t in [
-            ns,
-            ResourceType::builtin("", "v1", "Event", "events", true, &["ev"]),
-            ResourceType::builtin("", "v1", "Secret", "secrets", true, &[]),
-            ResourceType::builtin("", "v1", "ConfigMap", "configmaps", true, &["cm"]),
-            ResourceType::builtin("", "v1", "ServiceAccount", "serviceaccounts", true, &["sa"]),
-            ResourceType::builtin("events.k8s.io", "v1", "Event", "events", true, &["ev"]),
-            ResourceType::builtin("coordination.k8s.io", "v1", "Lease", "leases", true, &[]),
+            ns.described::<core::Namespace>(),
+            ResourceType::builtin("", "v1", "Event", "events", true, &["ev"])
+                .described::<core::Event>(),
+            ResourceType::builtin("", "v1", "Secret", "secrets", true, &[])
+                .described::<core::Secret>(),
+            ResourceType::builtin("", "v1", "ConfigMap", "configmaps", true, &["cm"])
+                .described::<core::ConfigMap>(),
+            ResourceType::builtin("", "v1", "ServiceAccount", "serviceaccounts", true, &["sa"])
+                .described::<core::ServiceAccount>(),
+            ResourceType::builtin("events.k8s.io", "v1", "Event", "events", true, &["ev"])
+                .described::<k8s_openapi::api::events::v1::Event>(),
+            ResourceType::builtin("coordination.k8s.io", "v1", "Lease", "leases", true, &[])
+                .described::<k8s_openapi::api::coordination::v1::Lease>(),
             ResourceType::builtin(
                 "rbac.authorization.k8s.io",
                 "v1",
@@ -178,7 +197,8 @@ impl Registry {
                 "clusterroles",
                 false,
                 &[],
-            ),
+            )
+            .described::<k8s_openapi::api::rbac::v1::ClusterRole>(),
             ResourceType::builtin(
                 "rbac.authorization.k8s.io",
                 "v1",
@@ -186,7 +206,8 @@ impl Registry {
                 "clusterrolebindings",
                 false,
                 &[],
-            ),
+            )
+            .described::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>(),
             ResourceType::builtin(
                 "rbac.authorization.k8s.io",
                 "v1",
@@ -194,7 +215,8 @@ impl Registry {
                 "roles",
                 true,
                 &[],
-            ),
+            )
+            .described::<k8s_openapi::api::rbac::v1::Role>(),
             ResourceType::builtin(
                 "rbac.authorization.k8s.io",
                 "v1",
@@ -202,7 +224,8 @@ impl Registry {
                 "rolebindings",
                 true,
                 &[],
-            ),
+            )
+            .described::<k8s_openapi::api::rbac::v1::RoleBinding>(),
             // What a Helm install of the chart creates besides the kinds above.
             ResourceType::workload::<apps::Deployment>("deployments", true, &["deploy"]),
             ResourceType::workload::<apps::DaemonSet>("daemonsets", true, &["ds"]),
@@ -306,6 +329,7 @@ impl Registry {
             columns,
             validator: Some(Arc::new(validator)),
             typed: None,
+            schema: None,
             crd: Some(name),
             selectable: version
                 .selectable_fields

@@ -3,6 +3,9 @@
 //! lost are fields the kind does not have, dropped or, with `fieldValidation=Strict`, refused
 //! — as the real API server does.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -16,6 +19,31 @@ pub struct FieldError {
 
 /// An object checked against its kind's type: the fields it has that the kind does not.
 pub type Check = fn(&Value) -> Result<Vec<String>, FieldError>;
+
+/// The real schema of kind `K` (from its k8s-openapi type), every subschema inlined, as the
+/// OpenAPI documents publish it. Made once per kind: a Deployment's is large.
+pub fn schema<K: schemars::JsonSchema>() -> Value {
+    static MADE: OnceLock<Mutex<HashMap<String, Value>>> = OnceLock::new();
+    let name = K::schema_name().into_owned();
+    let made = MADE.get_or_init(Mutex::default);
+    if let Some(v) = made.lock().ok().and_then(|m| m.get(&name).cloned()) {
+        return v;
+    }
+    let generator = schemars::generate::SchemaSettings::openapi3()
+        .with(|s| {
+            s.inline_subschemas = true;
+            s.meta_schema = None;
+        })
+        .into_generator();
+    let mut v = generator.into_root_schema_for::<K>().to_value();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("title");
+    }
+    if let Ok(mut m) = made.lock() {
+        m.insert(name, v.clone());
+    }
+    v
+}
 
 /// The check of kind `T`.
 pub fn check<T: DeserializeOwned + Serialize>(obj: &Value) -> Result<Vec<String>, FieldError> {
