@@ -23,6 +23,8 @@ pub struct AgentContext {
     pub cfg: Config,
     /// This node's StoragePools (server-side filtered), as the API server has them now.
     pub pools: Store<StoragePool>,
+    /// Every StoragePool (the sftp side's watch): what a source host says of its mounts.
+    pub all_pools: Store<StoragePool>,
     /// None when ZFS is not usable on this host: the agent reports that and does no work.
     pub zfs: Option<Zfs>,
     /// Replica work is allowed: sanity checks pass and the heartbeat is fresh.
@@ -38,18 +40,25 @@ impl AgentContext {
     pub fn new(
         client: Client,
         cfg: Config,
-        pools: Store<StoragePool>,
+        (pools, all_pools): (Store<StoragePool>, Store<StoragePool>),
         zfs: Option<Zfs>,
     ) -> Arc<Self> {
         Arc::new(Self {
             client,
             cfg,
             pools,
+            all_pools,
             zfs,
             open: AtomicBool::new(false),
             failures: Mutex::default(),
             quiet: Mutex::default(),
         })
+    }
+
+    /// Why source pool `pool`'s host serves no folder mounts, as its `MountsServed`
+    /// condition says; None when it says nothing against them.
+    pub fn mounts_refused_by(&self, pool: &str) -> Option<String> {
+        super::pool::mounts_refusal(&self.all_pools.state(), pool)
     }
 
     /// This node's name.

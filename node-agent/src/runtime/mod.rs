@@ -187,7 +187,12 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
     let (all_pools, all_pools_watch) = watch_all::<StoragePool>(client.clone());
     let (all_replicas, all_replicas_watch) =
         watch_all::<projstore_api::StreamReplica>(client.clone());
-    let cx = AgentContext::new(client.clone(), cfg.clone(), store.clone(), zfs.clone());
+    let cx = AgentContext::new(
+        client.clone(),
+        cfg.clone(),
+        (store.clone(), all_pools.clone()),
+        zfs.clone(),
+    );
     let replicas = schedule::Replicas::start(cx.clone());
     let sr_store = replicas.store.clone();
 

@@ -168,6 +168,19 @@ fn mounts_condition(
     }
 }
 
+/// Why the host of pool `name` serves no folder mounts, as its `MountsServed` condition says.
+pub fn mounts_refusal(pools: &[std::sync::Arc<StoragePool>], name: &str) -> Option<String> {
+    pools
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some(name))?
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "MountsServed" && c.status == "False")
+        .map(|c| c.message.clone())
+}
+
 /// This host's sftp server as the pools' status tells it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SftpReport<'a> {

@@ -54,7 +54,7 @@ pub(super) async fn serve_mounts(
                 .await
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("project {} does not exist", m.project))?;
-            Ok::<_, String>(crate::mounts::Wanted {
+            let wanted = crate::mounts::Wanted {
                 consumer_root: mountpoint.to_path_buf(),
                 mount_path: rel,
                 source_project: Path::new(&key.namespace).join(&key.name),
@@ -66,11 +66,12 @@ pub(super) async fn serve_mounts(
                 read_only: m.read_only,
                 source_owner: (source_project.spec.owner.uid, source_project.spec.owner.gid),
                 owner: (project.spec.owner.uid, project.spec.owner.gid),
-            })
+            };
+            Ok::<_, String>((wanted, src.pool.clone()))
         };
         match wanted.await {
             Err(e) => out.push(status("Failed", e)),
-            Ok(w) => {
+            Ok((w, source_pool)) => {
                 targets.push(w.target());
                 if w.remote.is_some() && cx.sftp_keys().is_none() {
                     out.push(status(
@@ -92,7 +93,15 @@ pub(super) async fn serve_mounts(
                             w.remote.as_deref().unwrap_or("this host")
                         ),
                     )),
-                    Err(e) => out.push(status("Failed", e)),
+                    // sshfs sees only a reset connection when the source's sshd is down; its
+                    // pool says why.
+                    Err(e) => out.push(status(
+                        "Failed",
+                        match w.remote.as_ref().and(cx.mounts_refused_by(&source_pool)) {
+                            Some(why) => format!("{e}; the source host says: {why}"),
+                            None => e,
+                        },
+                    )),
                 }
             }
         }
