@@ -102,6 +102,7 @@ impl RbacAuthorizer {
 impl Authorizer for RbacAuthorizer {
     fn allowed(
         &self,
+        _state: &crate::apiserver::store::State,
         who: &Identity,
         verb: &str,
         group: &str,
@@ -169,10 +170,19 @@ mod tests {
             user: "admin".into(),
             groups: vec![],
         };
-        assert!(a.allowed(&sa, "get", "projstore.io", "projects", "ns", "p"));
-        assert!(!a.allowed(&sa, "patch", "projstore.io", "projects", "ns", "p"));
-        assert!(!a.allowed(&sa, "get", "projstore.io", "projects/status", "ns", "p"));
-        assert!(a.allowed(&admin, "delete", "", "namespaces", "", "x"));
+        let st = crate::apiserver::store::State::new(10);
+        assert!(a.allowed(&st, &sa, "get", "projstore.io", "projects", "ns", "p"));
+        assert!(!a.allowed(&st, &sa, "patch", "projstore.io", "projects", "ns", "p"));
+        assert!(!a.allowed(
+            &st,
+            &sa,
+            "get",
+            "projstore.io",
+            "projects/status",
+            "ns",
+            "p"
+        ));
+        assert!(a.allowed(&st, &admin, "delete", "", "namespaces", "", "x"));
         assert_eq!(read_log(&dir.join("rbac-used.jsonl")).len(), 1);
         assert_eq!(read_log(&dir.join("rbac-denied.jsonl")).len(), 2);
         let _ = std::fs::remove_dir_all(&dir);

@@ -1,7 +1,8 @@
 //! The chart installed, upgraded and uninstalled by Helm's own library (helm-python-sdk,
 //! `charts/tests/helm_release.py`) against the test API server: the CRDs come from the chart,
 //! every object is stored and checked against its kind's real schema, the generated CA
-//! survives upgrade and uninstall.
+//! survives upgrade and uninstall, and the ClusterRoles and bindings Helm created are what the
+//! server enforces for the controller's ServiceAccount.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // integration tests
 
@@ -15,7 +16,8 @@ use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use projstore_e2e::apiserver::{ApiServer, Config};
+use projstore_e2e::apiserver::stored_rbac::StoredRbac;
+use projstore_e2e::apiserver::{ApiServer, Config, Identity};
 use projstore_e2e::testkit;
 use serde_json::{Value, json};
 
@@ -47,11 +49,37 @@ fn kubeconfig(server: &ApiServer, dir: &Path) -> std::path::PathBuf {
 
 #[tokio::test]
 async fn helm_installs_upgrades_and_uninstalls_the_chart() {
-    // A bare server: no CRD until Helm installs the chart's.
-    let server = ApiServer::start(Config::default()).await.unwrap();
+    // A bare server: no CRD until Helm installs the chart's; RBAC from the stored objects, so
+    // what Helm creates is what is enforced. The controller's token stands for its
+    // ServiceAccount, as a pod's would.
+    let controller_user = "system:serviceaccount:projstore-system:projstore-controller";
+    let server = ApiServer::start(Config {
+        tokens: vec![(
+            "controller-token".into(),
+            Identity {
+                user: controller_user.into(),
+                groups: vec!["system:serviceaccounts".into()],
+            },
+        )],
+        authorizer: Some(Box::new(StoredRbac)),
+        ..Config::default()
+    })
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let kc = kubeconfig(&server, dir.path());
     let client = testkit::client_for(&kc).await.unwrap();
+    let as_controller =
+        testkit::client_from_yaml(&server.kubeconfig("controller-token", controller_user))
+            .await
+            .unwrap();
+    let controller_projects: Api<DynamicObject> = Api::all_with(
+        as_controller.clone(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("projstore.io", "v1alpha1", "Project"),
+            "projects",
+        ),
+    );
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     assert!(
         crds.get_opt("projects.projstore.io")
@@ -129,6 +157,13 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart() {
         .get("ps-projstore-agent-own-status")
         .await
         .unwrap();
+    // The controller may do what the ClusterRole Helm created says, and nothing else.
+    controller_projects.list(&Default::default()).await.unwrap();
+    let denied = Api::<Secret>::namespaced(as_controller.clone(), NS)
+        .list(&Default::default())
+        .await
+        .unwrap_err();
+    assert!(denied.to_string().contains("forbidden"), "{denied}");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
     let ca = secrets.get("ps-projstore-agent-ca").await.unwrap().data;
     assert!(
@@ -221,4 +256,10 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart() {
         ca,
         "the CA survives an uninstall"
     );
+    // With the release's binding gone, so are the controller's rights.
+    let denied = controller_projects
+        .list(&Default::default())
+        .await
+        .unwrap_err();
+    assert!(denied.to_string().contains("forbidden"), "{denied}");
 }

@@ -15,6 +15,7 @@ pub mod registry;
 pub mod select;
 pub mod status;
 pub mod store;
+pub mod stored_rbac;
 pub mod table;
 pub mod typed;
 

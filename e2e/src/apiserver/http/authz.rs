@@ -7,6 +7,7 @@ use hyper::{Method, Request};
 use super::Shared;
 use crate::apiserver::registry::ResourceType;
 use crate::apiserver::status::ApiError;
+use crate::apiserver::store::State;
 
 /// Who a bearer token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,8 +18,12 @@ pub struct Identity {
 
 /// Decides whether an identity may do a verb on a resource (RBAC hook; allow-all by default).
 pub trait Authorizer: Send + Sync {
+    /// `state` holds the server's objects (the stored RBAC objects, for an authorizer that
+    /// evaluates them).
+    #[allow(clippy::too_many_arguments)] // one request as RBAC sees it
     fn allowed(
         &self,
+        state: &State,
         who: &Identity,
         verb: &str,
         group: &str,
@@ -81,11 +86,20 @@ pub(super) fn authorize(
         return Ok(());
     };
     let (verb, group, plural, ns) = (a.verb, a.group, a.plural, a.ns);
+    let state = super::lock(shared)?;
     let res = match a.sub {
         Some(s) => format!("{plural}/{s}"),
         None => plural.to_owned(),
     };
-    if !auth.allowed(who, verb, group, &res, ns, a.name.unwrap_or_default()) {
+    if !auth.allowed(
+        &state,
+        who,
+        verb,
+        group,
+        &res,
+        ns,
+        a.name.unwrap_or_default(),
+    ) {
         let target = if ns.is_empty() {
             "at the cluster scope".to_owned()
         } else {
@@ -101,12 +115,8 @@ pub(super) fn authorize(
     // Like Kubernetes: a patch (server-side apply) that creates the object also needs
     // `create`.
     if let ("patch", Some(n), None) = (verb, a.name, a.sub) {
-        let exists = shared
-            .state
-            .lock()
-            .map(|st| st.get(t, ns, n).is_some())
-            .unwrap_or(true);
-        if !exists && !auth.allowed(who, "create", group, plural, ns, n) {
+        let exists = state.get(t, ns, n).is_some();
+        if !exists && !auth.allowed(&state, who, "create", group, plural, ns, n) {
             return Err(ApiError::forbidden(format!(
                 "{} \"{n}\" is forbidden: User \"{}\" cannot create resource \"{plural}\" in API group \"{group}\" (an apply that creates it)",
                 t.plural, who.user
