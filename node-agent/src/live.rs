@@ -133,7 +133,8 @@ impl Sources {
     }
 
     /// `GET /v1/send/<ns>/<name>?to=<guid>[&from=<guid>]`: `zfs send` of snapshot `to`
-    /// (incremental from `from`), streamed as it is made, digest and length in trailers.
+    /// (incremental from `from`, with every snapshot between), streamed as it is made, digest
+    /// and length in trailers.
     pub async fn send(&self, project: ProjectKey, query: &str) -> Response<Body> {
         let (from, to) = match parse_send_query(query) {
             Ok(q) => q,
@@ -182,7 +183,9 @@ impl Sources {
         tokio::spawn(async move {
             let (mut w, mut r) = tokio::io::duplex(1 << 20);
             let send = async move {
-                let sent = zfs.send(&to, from.as_ref(), &mut w, &Progress::new()).await;
+                let sent = zfs
+                    .send_with_intermediates(&to, from.as_ref(), &mut w, &Progress::new())
+                    .await;
                 drop(w);
                 sent
             };

@@ -186,12 +186,17 @@ async fn a_new_copy_receives_a_full_then_an_incremental_send_byte_identical() {
     let fx = start(zfs, 1).await;
     let s1 = fx.snapshot("s1", 1).await;
     let s2 = fx.snapshot("s2", 2).await;
+    let s3 = fx.snapshot("s3", 3).await;
     let peer = fx.peer("host-b");
     let listed = peer.snapshots(&key()).await.unwrap();
     let listed: Vec<(String, String)> = listed.into_iter().map(|s| (s.name, s.guid)).collect();
     assert_eq!(
         listed,
-        vec![("s1".into(), s1.to_string()), ("s2".into(), s2.to_string())]
+        vec![
+            ("s1".into(), s1.to_string()),
+            ("s2".into(), s2.to_string()),
+            ("s3".into(), s3.to_string())
+        ]
     );
     let copy = fx.copy(0);
     let progress = Progress::new();
@@ -202,10 +207,11 @@ async fn a_new_copy_receives_a_full_then_an_incremental_send_byte_identical() {
     assert!(full.bytes > 3 * MIB, "{full:?}");
     assert_eq!(fx.guids(&copy).await, vec![s1]);
     let inc = peer
-        .receive(&fx.zfs, &want(Some(s1), s2), &copy, RECV, &progress)
+        .receive(&fx.zfs, &want(Some(s1), s3), &copy, RECV, &progress)
         .await
         .unwrap();
-    assert_eq!(fx.guids(&copy).await, vec![s1, s2]);
+    // The snapshots between come along: the copy has the source's history.
+    assert_eq!(fx.guids(&copy).await, vec![s1, s2, s3]);
     assert_eq!(progress.bytes(), full.bytes + inc.bytes);
     // The copy holds what the source holds, file for file.
     let at = fx.copies[0].path("copy");

@@ -49,7 +49,30 @@ impl Zfs {
         out: &mut W,
         progress: &Progress,
     ) -> Result<u64, ZfsError> {
-        let (what, a) = send_args(snap, from)?;
+        let (what, a) = send_args(snap, from, "-i")?;
+        self.send_with(what, a, out, progress).await
+    }
+
+    /// Streams `snap` incremental from `from` with every snapshot between them (`-I`), so the
+    /// receiver ends up with the same history; a full stream of `snap` when `from` is None.
+    pub async fn send_with_intermediates<W: AsyncWrite + Unpin>(
+        &self,
+        snap: &SnapshotName,
+        from: Option<&SnapshotName>,
+        out: &mut W,
+        progress: &Progress,
+    ) -> Result<u64, ZfsError> {
+        let (what, a) = send_args(snap, from, "-I")?;
+        self.send_with(what, a, out, progress).await
+    }
+
+    async fn send_with<W: AsyncWrite + Unpin>(
+        &self,
+        what: String,
+        a: Vec<OsString>,
+        out: &mut W,
+        progress: &Progress,
+    ) -> Result<u64, ZfsError> {
         let mut child = self.spawn(&what, &self.zfs, a, Stdio::null(), Stdio::piped())?;
         let mut stdout = child
             .stdout
@@ -150,7 +173,7 @@ impl Zfs {
         state: S,
         each: fn(&mut S, &[u8]),
     ) -> Result<(u64, S), ZfsError> {
-        let (what, a) = send_args(snap, from)?;
+        let (what, a) = send_args(snap, from, "-i")?;
         let file_err = |source| ZfsError::Io {
             what: what.clone(),
             source,
@@ -255,6 +278,7 @@ impl Zfs {
 fn send_args(
     snap: &SnapshotName,
     from: Option<&SnapshotName>,
+    incremental: &str,
 ) -> Result<(String, Vec<OsString>), ZfsError> {
     let what = match from {
         Some(f) => format!("send {f} -> {snap}"),
@@ -268,7 +292,7 @@ fn send_args(
                 stderr: "incremental source is on another dataset".into(),
             });
         }
-        a.push("-i".into());
+        a.push(incremental.into());
         a.push(f.full().into());
     }
     a.push(snap.full().into());
