@@ -20,7 +20,7 @@ use projstore_agent::server::{StreamServer, bind, serve};
 use projstore_agent::streams::{Edge, ProjectKey, Snap, StreamStore, plan};
 use projstore_agent::tls::NodeTls;
 use projstore_agent::transfer::{Storage, apply_stream, write_stream};
-use projstore_agent::zfs::{PoolName, Progress, RecvOptions, Vdev, Zfs};
+use projstore_agent::zfs::{PoolName, Progress, Vdev, Zfs};
 
 fn main() {
     planner_bench();
@@ -231,15 +231,9 @@ async fn throughput_bench() {
             from: None,
             to: guid,
         };
-        peer.receive(
-            &zfs,
-            &want,
-            &live_target,
-            RecvOptions { unmounted: true },
-            &Progress::new(),
-        )
-        .await
-        .unwrap();
+        peer.receive(&zfs, &want, &live_target, &Progress::new())
+            .await
+            .unwrap();
         live.push(t.elapsed());
 
         // The floor of any design that stores a stream before receiving it: plain `zfs send`
@@ -379,13 +373,13 @@ async fn live_source(
     let server = Arc::new(StreamServer {
         store: StreamStore::new(dir.join("live-store")),
         authorize: Arc::new(|_, node: String| Box::pin(async move { Ok(node == "b") })),
-        sources: Some(Sources {
-            zfs: zfs.clone(),
-            locate: Arc::new(move |project| {
+        sources: Some(Sources::new(
+            zfs.clone(),
+            Arc::new(move |project| {
                 let ds = (project == wanted).then(|| served.clone());
                 Box::pin(async move { ds })
             }),
-        }),
+        )),
     });
     tokio::spawn(serve(listener, server, tls_a));
     Peer::new(&format!("https://{addr}"), "a", tls_b).unwrap()

@@ -146,7 +146,10 @@ impl Peer {
             req = req.header("te", "trailers");
         }
         let req = req.body(Empty::<Bytes>::new()).map_err(|e| self.err(e))?;
-        sender.send_request(req).await.map_err(|e| self.err(e))
+        tokio::time::timeout(crate::live::STALL, sender.send_request(req))
+            .await
+            .map_err(|_| self.err("no answer"))?
+            .map_err(|e| self.err(e))
     }
 
     /// The complete streams the peer holds for `project`.

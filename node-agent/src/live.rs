@@ -3,15 +3,24 @@
 //! the way.
 //!
 //! The source answers `GET /v1/send/<ns>/<name>?to=<guid>[&from=<guid>]` with the stream as
-//! it comes out of `zfs send`, and its SHA-256 and length in HTTP trailers after the data
+//! it comes out of `zfs send` (one snapshot: `-i`, never a compound `-I`/`-R` stream, whose
+//! snapshots would commit one by one before the whole is verified), and its SHA-256 and
+//! length in HTTP trailers after the data
 //! ([`DIGEST_TRAILER`], [`BYTES_TRAILER`]; a send that fails says why in
 //! [`ERROR_TRAILER`] instead). The receiver hashes what arrives while it feeds `zfs recv`,
 //! but withholds the stream's last [`WITHHELD`] bytes — which hold its END record, without
 //! which ZFS commits nothing — until the trailers arrive and agree. Anything else (a digest
 //! that differs, a length that differs, no trailers, a cut connection) kills the receive:
 //! a truncated, corrupted or substituted stream never commits.
+//! The receiver also reads the stream's BEGIN record before anything reaches `zfs recv`: it
+//! must be a plain stream of exactly the snapshot asked for, from exactly the base asked for,
+//! not a clone and carrying no properties, so even a source that was taken over cannot make
+//! the receiver clone another project's snapshot or set properties. A receive is always
+//! unmounted (`-u`), and the snapshot asked for must be there afterwards.
 //! `GET /v1/snapshots/<ns>/<name>` lists the source's snapshots, so the receiver can find
-//! the newest one they have in common (by GUID).
+//! the newest one they have in common (by GUID), then step from it one snapshot at a time.
+//! A source serves at most [`MAX_SENDS`] sends at once, and drops a receiver that takes no
+//! data for [`STALL`]; a receiver drops a source that sends nothing for as long.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -43,6 +52,18 @@ pub const WITHHELD: usize = 64 << 10;
 /// The largest snapshot list read from a peer.
 const MAX_LIST_BYTES: usize = 16 << 20;
 
+/// Sends a host serves at once (each a `zfs send` and some megabytes of buffers).
+pub const MAX_SENDS: usize = 8;
+/// How long either end waits for the other to take or give data before giving up.
+pub const STALL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The size of a stream record (`dmu_replay_record_t`), BEGIN and END among them.
+pub const RECORD: usize = 312;
+/// `DMU_BACKUP_MAGIC`, the BEGIN record's magic number.
+const BACKUP_MAGIC: u64 = 0x2F5B_ACBAC;
+/// `DRR_FLAG_CLONE`: the stream would create a clone of a snapshot named by GUID.
+const FLAG_CLONE: u32 = 1;
+
 /// Why a live transfer did not commit.
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
@@ -61,6 +82,7 @@ pub enum LiveError {
 pub struct Sources {
     pub zfs: Zfs,
     pub locate: Locate,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// The live dataset of a project on this host, if it has one.
@@ -110,6 +132,14 @@ pub fn parse_send_query(query: &str) -> Result<(Option<u64>, u64), String> {
 }
 
 impl Sources {
+    pub fn new(zfs: Zfs, locate: Locate) -> Self {
+        Self {
+            zfs,
+            locate,
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_SENDS)),
+        }
+    }
+
     /// `GET /v1/snapshots/<ns>/<name>`: the project's snapshots here, oldest first.
     pub async fn snapshots(&self, project: ProjectKey) -> Response<Body> {
         let Some(ds) = (self.locate)(project.clone()).await else {
@@ -139,6 +169,12 @@ impl Sources {
         let (from, to) = match parse_send_query(query) {
             Ok(q) => q,
             Err(e) => return text(StatusCode::BAD_REQUEST, e),
+        };
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{MAX_SENDS} sends already run here: try again later"),
+            );
         };
         let Some(ds) = (self.locate)(project.clone()).await else {
             return text(
@@ -181,11 +217,10 @@ impl Sources {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(8);
         let zfs = self.zfs.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let (mut w, mut r) = tokio::io::duplex(1 << 20);
             let send = async move {
-                let sent = zfs
-                    .send_with_intermediates(&to, from.as_ref(), &mut w, &Progress::new())
-                    .await;
+                let sent = zfs.send(&to, from.as_ref(), &mut w, &Progress::new()).await;
                 drop(w);
                 sent
             };
@@ -203,8 +238,11 @@ impl Sources {
                     total += n as u64;
                     crate::metrics::add(&crate::metrics::METRICS.bytes_sent, n as u64);
                     let chunk = Frame::data(Bytes::copy_from_slice(&buf[..n]));
-                    if frames.send(Ok(chunk)).await.is_err() {
-                        // The receiver went away: dropping the reader ends the send.
+                    if !matches!(
+                        tokio::time::timeout(STALL, frames.send(Ok(chunk))).await,
+                        Ok(Ok(()))
+                    ) {
+                        // The receiver went away or stalled: dropping the reader ends the send.
                         return Err(std::io::Error::other("receiver gone"));
                     }
                 }
@@ -269,14 +307,14 @@ impl Peer {
         serde_json::from_slice(&body).map_err(|e| self.err(format!("bad snapshot list: {e}")))
     }
 
-    /// Receives `want` (its `from`, when given, must be `target`'s newest snapshot) from the peer straight into `zfs recv` of `target`, and lets
+    /// Receives `want` (its `from`, when given, must be `target`'s newest snapshot) from the
+    /// peer, unmounted, straight into `zfs recv` of `target`, and lets
     /// the receive commit only once the stream is verified (see the module's documentation).
     pub async fn receive(
         &self,
         zfs: &Zfs,
         want: &SendRequest,
         target: &DatasetName,
-        opts: RecvOptions,
         progress: &Progress,
     ) -> Result<Received, LiveError> {
         let (project, to) = (&want.project, want.to);
@@ -299,9 +337,10 @@ impl Peer {
         apply_verified(
             zfs,
             target,
-            opts,
+            RecvOptions { unmounted: true },
             progress,
             &self.endpoint,
+            want,
             resp.into_body(),
         )
         .await
@@ -316,6 +355,7 @@ pub async fn apply_verified<B>(
     opts: RecvOptions,
     progress: &Progress,
     source: &str,
+    want: &SendRequest,
     body: B,
 ) -> Result<Received, LiveError>
 where
@@ -324,7 +364,7 @@ where
 {
     let unverified = |reason: String| LiveError::Unverified {
         endpoint: source.to_owned(),
-        reason,
+        reason: printable(&reason),
     };
     let (mut w, mut r) = tokio::io::duplex(1 << 20);
     let mut body = body;
@@ -335,15 +375,31 @@ where
         let mut held: Vec<u8> = Vec::with_capacity(2 * WITHHELD);
         let mut trailers = None;
         let io = |e: std::io::Error| unverified(format!("zfs recv stopped reading: {e}"));
-        while let Some(frame) = body.frame().await {
+        let mut begun = false;
+        loop {
+            let Ok(next) = tokio::time::timeout(STALL, body.frame()).await else {
+                return Err(unverified(format!("the source sent nothing for {STALL:?}")));
+            };
+            let Some(frame) = next else {
+                break;
+            };
             let frame = frame.map_err(|e| unverified(format!("cut off: {e}")))?;
             let frame = match frame.into_data() {
                 Ok(data) => {
+                    if trailers.is_some() {
+                        return Err(unverified("data after the trailers".into()));
+                    }
                     hasher.update(&data);
                     total += data.len() as u64;
                     crate::metrics::add(&crate::metrics::METRICS.bytes_received, data.len() as u64);
                     held.extend_from_slice(&data);
-                    if held.len() > WITHHELD {
+                    // Nothing reaches zfs recv before the BEGIN record says it is the stream
+                    // asked for.
+                    if !begun && held.len() >= RECORD {
+                        check_begin(&held[..RECORD], want).map_err(unverified)?;
+                        begun = true;
+                    }
+                    if begun && held.len() > WITHHELD {
                         let pass = held.len() - WITHHELD;
                         w.write_all(&held[..pass]).await.map_err(io)?;
                         held.drain(..pass);
@@ -358,6 +414,11 @@ where
         }
         let trailers = trailers
             .ok_or_else(|| unverified("the stream ended without its digest (cut off)".into()))?;
+        if !begun {
+            return Err(unverified(format!(
+                "a stream of {total} bytes has no BEGIN record"
+            )));
+        }
         check_trailers(&trailers, &hex::encode(hasher.finalize()), total).map_err(unverified)?;
         // Verified: the END record may go to zfs recv now.
         w.write_all(&held).await.map_err(io)?;
@@ -372,7 +433,100 @@ where
     // A feed that fails drops the receive with it: zfs recv is killed before the END
     // record, and nothing is committed.
     let (bytes, _) = tokio::try_join!(feed, recv)?;
+    // What committed is the snapshot asked for.
+    let have = zfs.snapshots(target, &[]).await?;
+    if !have.iter().any(|s| s.guid == want.to) {
+        return Err(unverified(format!(
+            "{target} does not hold snapshot {} after the receive",
+            want.to
+        )));
+    }
     Ok(Received { bytes })
+}
+
+/// Peer-chosen text as it may reach logs and status: one line, at most 300 characters.
+fn printable(s: &str) -> String {
+    let one_line: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    match one_line.char_indices().nth(300) {
+        Some((i, _)) => format!("{}…", &one_line[..i]),
+        None => one_line,
+    }
+}
+
+/// Whether `record` (a stream's first) is the BEGIN record of a plain stream of snapshot
+/// `want.to`, incremental from `want.from` (full when none): not compound, not a clone, no
+/// payload (properties), in either byte order.
+pub fn check_begin(record: &[u8], want: &SendRequest) -> Result<(), String> {
+    let field = |at: usize, len: usize| record.get(at..at + len);
+    let raw32 = |at| field(at, 4).and_then(|b| <[u8; 4]>::try_from(b).ok());
+    let raw64 = |at| field(at, 8).and_then(|b| <[u8; 8]>::try_from(b).ok());
+    let magic = raw64(8).ok_or("the stream is shorter than a record")?;
+    let swapped = if u64::from_le_bytes(magic) == BACKUP_MAGIC {
+        false
+    } else if u64::from_be_bytes(magic) == BACKUP_MAGIC {
+        true
+    } else {
+        return Err("not a ZFS send stream (no BEGIN record)".into());
+    };
+    let u32_at = |at| {
+        raw32(at).map(|b| {
+            if swapped {
+                u32::from_be_bytes(b)
+            } else {
+                u32::from_le_bytes(b)
+            }
+        })
+    };
+    let u64_at = |at| {
+        raw64(at).map(|b| {
+            if swapped {
+                u64::from_be_bytes(b)
+            } else {
+                u64::from_le_bytes(b)
+            }
+        })
+    };
+    // dmu_replay_record: drr_type u32, drr_payloadlen u32, then drr_begin: magic u64,
+    // versioninfo u64, creation_time u64, type u32, flags u32, toguid u64, fromguid u64.
+    let (kind, payload) = (u32_at(0), u32_at(4));
+    let versioninfo = u64_at(16);
+    let (flags, toguid, fromguid) = (u32_at(36), u64_at(40), u64_at(48));
+    let (Some(kind), Some(payload), Some(versioninfo), Some(flags), Some(toguid), Some(fromguid)) =
+        (kind, payload, versioninfo, flags, toguid, fromguid)
+    else {
+        return Err("the BEGIN record is cut short".into());
+    };
+    if kind != 0 {
+        return Err(format!("the first record is of type {kind}, not BEGIN"));
+    }
+    // The low two bits of versioninfo: 1 a plain stream, 2 a compound (-R/-I) one.
+    if versioninfo & 3 != 1 {
+        return Err("a compound stream (several snapshots or datasets) is refused".into());
+    }
+    if flags & FLAG_CLONE != 0 {
+        return Err("a stream that would create a clone is refused".into());
+    }
+    if payload != 0 {
+        return Err(format!(
+            "a stream carrying {payload} bytes of properties is refused"
+        ));
+    }
+    if toguid != want.to {
+        return Err(format!(
+            "the stream is of snapshot {toguid}, not {} as asked",
+            want.to
+        ));
+    }
+    if fromguid != want.from.unwrap_or(0) {
+        return Err(format!(
+            "the stream is incremental from {fromguid}, not {:?} as asked",
+            want.from
+        ));
+    }
+    Ok(())
 }
 
 /// Whether the trailers vouch for a stream of `total` bytes with SHA-256 `digest`.

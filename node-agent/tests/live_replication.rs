@@ -15,7 +15,7 @@ use hyper::header::HeaderMap;
 use projstore_agent::fetch::Peer;
 use projstore_agent::live::{
     BYTES_TRAILER, DIGEST_TRAILER, LiveError, SendRequest, Sources, WITHHELD, apply_verified,
-    check_trailers,
+    check_begin, check_trailers,
 };
 use projstore_agent::server::{StreamServer, bind, serve};
 use projstore_agent::streams::{ProjectKey, StreamStore};
@@ -89,13 +89,13 @@ async fn start(zfs: Zfs, copies: usize) -> Fx {
             let holds = node == "host-b" && project == key();
             Box::pin(async move { Ok(holds) })
         }),
-        sources: Some(Sources {
-            zfs: zfs.clone(),
-            locate: Arc::new(move |project| {
+        sources: Some(Sources::new(
+            zfs.clone(),
+            Arc::new(move |project| {
                 let ds = (project == key()).then(|| served.clone());
                 Box::pin(async move { ds })
             }),
-        }),
+        )),
     });
     tokio::spawn(serve(listener, server, tls));
     Fx {
@@ -179,6 +179,53 @@ fn trailers(digest: &str, bytes: usize) -> HeaderMap {
 const RECV: RecvOptions = RecvOptions { unmounted: true };
 
 #[tokio::test]
+async fn only_a_plain_stream_of_the_snapshot_asked_for_gets_past_its_begin_record() {
+    let Some(zfs) = zfs_or_skip("live begin record").await else {
+        return;
+    };
+    let fx = start(zfs, 0).await;
+    let s1 = fx.snapshot("s1", 7).await;
+    let s2 = fx.snapshot("s2", 8).await;
+    let (full, _) = fx.stream(None, "s1").await;
+    let (inc, _) = fx.stream(Some("s1"), "s2").await;
+    let begin = |b: &[u8]| b[..projstore_agent::live::RECORD].to_vec();
+    let (full, inc) = (begin(&full), begin(&inc));
+    assert_eq!(check_begin(&full, &want(None, s1)), Ok(()));
+    assert_eq!(check_begin(&inc, &want(Some(s1), s2)), Ok(()));
+    let set32 = |r: &[u8], at: usize, v: u32| {
+        let mut r = r.to_vec();
+        r[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        r
+    };
+    let flags = u32::from_le_bytes(full[36..40].try_into().unwrap());
+    let info = u64::from_le_bytes(full[16..24].try_into().unwrap());
+    let mut compound = full.clone();
+    compound[16..24].copy_from_slice(&((info & !3) | 2).to_le_bytes());
+    for (what, record, asked) in [
+        ("another snapshot", full.clone(), want(None, s2)),
+        (
+            "full where an increment was asked",
+            full.clone(),
+            want(Some(s1), s1),
+        ),
+        (
+            "an increment where a full was asked",
+            inc.clone(),
+            want(None, s2),
+        ),
+        ("from another base", inc.clone(), want(Some(s2), s2)),
+        ("a clone", set32(&full, 36, flags | 1), want(None, s1)),
+        ("properties", set32(&full, 4, 100), want(None, s1)),
+        ("not BEGIN", set32(&full, 0, 7), want(None, s1)),
+        ("compound", compound, want(None, s1)),
+        ("garbage", vec![0x5a; 312], want(None, s1)),
+        ("short", full[..40].to_vec(), want(None, s1)),
+    ] {
+        assert!(check_begin(&record, &asked).is_err(), "{what}");
+    }
+}
+
+#[tokio::test]
 async fn a_new_copy_receives_a_full_then_an_incremental_send_byte_identical() {
     let Some(zfs) = zfs_or_skip("live full then incremental").await else {
         return;
@@ -201,18 +248,22 @@ async fn a_new_copy_receives_a_full_then_an_incremental_send_byte_identical() {
     let copy = fx.copy(0);
     let progress = Progress::new();
     let full = peer
-        .receive(&fx.zfs, &want(None, s1), &copy, RECV, &progress)
+        .receive(&fx.zfs, &want(None, s1), &copy, &progress)
         .await
         .unwrap();
     assert!(full.bytes > 3 * MIB, "{full:?}");
     assert_eq!(fx.guids(&copy).await, vec![s1]);
     let inc = peer
-        .receive(&fx.zfs, &want(Some(s1), s3), &copy, RECV, &progress)
+        .receive(&fx.zfs, &want(Some(s1), s2), &copy, &progress)
         .await
         .unwrap();
-    // The snapshots between come along: the copy has the source's history.
+    let inc2 = peer
+        .receive(&fx.zfs, &want(Some(s2), s3), &copy, &progress)
+        .await
+        .unwrap();
+    // One verified step per snapshot: the copy has the source's history.
     assert_eq!(fx.guids(&copy).await, vec![s1, s2, s3]);
-    assert_eq!(progress.bytes(), full.bytes + inc.bytes);
+    assert_eq!(progress.bytes(), full.bytes + inc.bytes + inc2.bytes);
     // The copy holds what the source holds, file for file.
     let at = fx.copies[0].path("copy");
     fx.zfs
@@ -242,7 +293,7 @@ async fn three_copies_receive_at_once() {
         let peer = peer.clone();
         let zfs = fx.zfs.clone();
         async move {
-            peer.receive(&zfs, &want(None, s1), c, RECV, &Progress::new())
+            peer.receive(&zfs, &want(None, s1), c, &Progress::new())
                 .await
         }
     }))
@@ -263,7 +314,7 @@ async fn a_node_without_a_copy_and_bad_requests_get_nothing() {
     let copy = fx.copy(0);
     let stranger = fx.peer("host-c");
     let e = stranger
-        .receive(&fx.zfs, &want(None, s1), &copy, RECV, &Progress::new())
+        .receive(&fx.zfs, &want(None, s1), &copy, &Progress::new())
         .await
         .unwrap_err();
     assert!(e.to_string().contains("403"), "{e}");
@@ -275,7 +326,7 @@ async fn a_node_without_a_copy_and_bad_requests_get_nothing() {
         (Some(999), s1, "404"), // no such base
     ] {
         let e = peer
-            .receive(&fx.zfs, &want(from, to), &copy, RECV, &Progress::new())
+            .receive(&fx.zfs, &want(from, to), &copy, &Progress::new())
             .await
             .unwrap_err();
         assert!(e.to_string().contains(status), "{from:?}->{to}: {e}");
@@ -315,7 +366,8 @@ async fn a_stream_flipped_in_flight_or_cut_off_never_commits_and_the_whole_one_t
     let apply = |b| {
         let zfs = fx.zfs.clone();
         let copy = copy.clone();
-        async move { apply_verified(&zfs, &copy, RECV, &Progress::new(), "test", b).await }
+        let asked = want(None, s2);
+        async move { apply_verified(&zfs, &copy, RECV, &Progress::new(), "test", &asked, b).await }
     };
     // One byte flipped in the middle, the sender's digest following.
     let mut flipped = full.clone();
@@ -340,10 +392,16 @@ async fn a_stream_flipped_in_flight_or_cut_off_never_commits_and_the_whole_one_t
     );
     assert_eq!(fx.guids(&copy).await, Vec::<u64>::new());
     // A substituted stream: whole and valid to ZFS (snapshot s1's), but not what the source
-    // vouched for. Only the digest stops it.
-    let (other, _) = fx.stream(None, "s1").await;
+    // vouched for; then also with its own digest (a source that was taken over), but not the
+    // snapshot asked for.
+    let (other, other_digest) = fx.stream(None, "s1").await;
     let e = apply(body(&other, Some(trailers(&digest, full.len())))).await;
     assert!(matches!(e, Err(LiveError::Unverified { .. })), "{e:?}");
+    let e = apply(body(&other, Some(trailers(&other_digest, other.len())))).await;
+    assert!(
+        matches!(&e, Err(LiveError::Unverified { reason, .. }) if reason.contains("not") && reason.contains("as asked")),
+        "{e:?}"
+    );
     assert_eq!(fx.guids(&copy).await, Vec::<u64>::new());
     // Cut at 10 %, 50 % and 99 %: no trailers arrive.
     for pct in [10, 50, 99] {

@@ -49,20 +49,7 @@ impl Zfs {
         out: &mut W,
         progress: &Progress,
     ) -> Result<u64, ZfsError> {
-        let (what, a) = send_args(snap, from, "-i")?;
-        self.send_with(what, a, out, progress).await
-    }
-
-    /// Streams `snap` incremental from `from` with every snapshot between them (`-I`), so the
-    /// receiver ends up with the same history; a full stream of `snap` when `from` is None.
-    pub async fn send_with_intermediates<W: AsyncWrite + Unpin>(
-        &self,
-        snap: &SnapshotName,
-        from: Option<&SnapshotName>,
-        out: &mut W,
-        progress: &Progress,
-    ) -> Result<u64, ZfsError> {
-        let (what, a) = send_args(snap, from, "-I")?;
+        let (what, a) = send_args(snap, from)?;
         self.send_with(what, a, out, progress).await
     }
 
@@ -173,7 +160,7 @@ impl Zfs {
         state: S,
         each: fn(&mut S, &[u8]),
     ) -> Result<(u64, S), ZfsError> {
-        let (what, a) = send_args(snap, from, "-i")?;
+        let (what, a) = send_args(snap, from)?;
         let file_err = |source| ZfsError::Io {
             what: what.clone(),
             source,
@@ -278,7 +265,6 @@ impl Zfs {
 fn send_args(
     snap: &SnapshotName,
     from: Option<&SnapshotName>,
-    incremental: &str,
 ) -> Result<(String, Vec<OsString>), ZfsError> {
     let what = match from {
         Some(f) => format!("send {f} -> {snap}"),
@@ -292,7 +278,7 @@ fn send_args(
                 stderr: "incremental source is on another dataset".into(),
             });
         }
-        a.push(incremental.into());
+        a.push("-i".into());
         a.push(f.full().into());
     }
     a.push(snap.full().into());

@@ -552,9 +552,10 @@ pub enum LiveSync {
     /// It holds the source's newest snapshot (or the source has none).
     UpToDate,
     /// It holds nothing: a full send of the source's oldest snapshot, then, when the source
-    /// has newer ones, an incremental from it to the newest with everything between.
+    /// has newer ones, from it to the newest, one verified send per snapshot between.
     Full { first: u64, then: Option<u64> },
-    /// From the newest snapshot both hold to the source's newest, with everything between.
+    /// From the newest snapshot both hold to the source's newest, one verified send per
+    /// snapshot between (a compound stream would commit them before it is verified).
     Incremental { from: u64, to: u64 },
     /// It holds snapshots the source lacks after the newest in common, or none in common: its
     /// history went another way (kept under `forks/`, then synced afresh).
