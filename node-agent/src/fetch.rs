@@ -65,7 +65,7 @@ impl Peer {
         })
     }
 
-    fn err(&self, reason: impl std::fmt::Display) -> FetchError {
+    pub(crate) fn err(&self, reason: impl std::fmt::Display) -> FetchError {
         FetchError::Peer {
             endpoint: self.endpoint.clone(),
             reason: reason.to_string(),
@@ -76,6 +76,47 @@ impl Peer {
         &self,
         path: &str,
         range_from: u64,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, FetchError> {
+        self.request(path, range_from, false).await
+    }
+
+    /// A GET whose answer may end in trailers (a live send's digest).
+    pub(crate) async fn get_streaming(
+        &self,
+        path: &str,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, FetchError> {
+        self.request(path, 0, true).await
+    }
+
+    /// A GET of a JSON document of at most `limit` bytes.
+    pub(crate) async fn get_json(
+        &self,
+        path: &str,
+        limit: usize,
+        what: &str,
+    ) -> Result<Bytes, FetchError> {
+        let resp = self.get(path, 0).await?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let why = Limited::new(resp.into_body(), 4096)
+                .collect()
+                .await
+                .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                .unwrap_or_default();
+            return Err(self.err(format!("{what}: HTTP {status}: {why}")));
+        }
+        Ok(Limited::new(resp.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|e| self.err(format!("{what}: {e}")))?
+            .to_bytes())
+    }
+
+    async fn request(
+        &self,
+        path: &str,
+        range_from: u64,
+        trailers: bool,
     ) -> Result<hyper::Response<hyper::body::Incoming>, FetchError> {
         let tcp = tokio::time::timeout(
             CONNECT_TIMEOUT,
@@ -101,8 +142,14 @@ impl Peer {
         if range_from > 0 {
             req = req.header("range", format!("bytes={range_from}-"));
         }
+        if trailers {
+            req = req.header("te", "trailers");
+        }
         let req = req.body(Empty::<Bytes>::new()).map_err(|e| self.err(e))?;
-        sender.send_request(req).await.map_err(|e| self.err(e))
+        tokio::time::timeout(crate::live::STALL, sender.send_request(req))
+            .await
+            .map_err(|_| self.err("no answer"))?
+            .map_err(|e| self.err(e))
     }
 
     /// The complete streams the peer holds for `project`.
@@ -110,26 +157,13 @@ impl Peer {
         &self,
         project: &ProjectKey,
     ) -> Result<Vec<(StreamId, Manifest)>, FetchError> {
-        let resp = self
-            .get(
+        let body = self
+            .get_json(
                 &format!("/v1/streams/{}/{}", project.namespace, project.name),
-                0,
+                MAX_LIST_BYTES,
+                "listing streams",
             )
             .await?;
-        if !resp.status().is_success() {
-            let status = resp.status();
-            let why = Limited::new(resp.into_body(), 4096)
-                .collect()
-                .await
-                .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-                .unwrap_or_default();
-            return Err(self.err(format!("listing streams: HTTP {status}: {why}")));
-        }
-        let body = Limited::new(resp.into_body(), MAX_LIST_BYTES)
-            .collect()
-            .await
-            .map_err(|e| self.err(format!("stream list: {e}")))?
-            .to_bytes();
         let items: Vec<serde_json::Value> =
             serde_json::from_slice(&body).map_err(|e| self.err(format!("bad stream list: {e}")))?;
         items

@@ -9,6 +9,7 @@ pub mod beneath;
 pub mod cli;
 pub mod fetch;
 pub mod layout;
+pub mod live;
 pub mod metrics;
 pub mod mounts;
 pub mod ownership;

@@ -40,6 +40,18 @@ pub const NODE_HEADER: &str = "x-projstore-node";
 pub struct StreamServer {
     pub store: StreamStore,
     pub authorize: Authorize,
+    /// Live sends from this host's datasets (DESIGN §5.4); none: only stored streams.
+    pub sources: Option<crate::live::Sources>,
+}
+
+/// What a request asks for.
+enum Endpoint {
+    /// `/v1/streams/<ns>/<name>[/<file>]`: stored streams.
+    Streams,
+    /// `/v1/snapshots/<ns>/<name>`: the live copy's snapshots.
+    Snapshots,
+    /// `/v1/send/<ns>/<name>?to=…`: a live send.
+    Send,
 }
 
 fn text(code: StatusCode, msg: impl Into<String>) -> Response<Body> {
@@ -90,17 +102,31 @@ impl StreamServer {
         if req.method() != Method::GET {
             return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "only GET"));
         }
-        let Some(rest) = path.strip_prefix("/v1/streams/") else {
+        let routes = [
+            ("/v1/streams/", Endpoint::Streams),
+            ("/v1/snapshots/", Endpoint::Snapshots),
+            ("/v1/send/", Endpoint::Send),
+        ];
+        let Some((endpoint, rest)) = routes
+            .into_iter()
+            .find_map(|(prefix, e)| path.strip_prefix(prefix).map(|r| (e, r)))
+        else {
             return Ok(text(StatusCode::NOT_FOUND, "no such endpoint"));
         };
         let parts: Vec<&str> = rest.split('/').collect();
-        let (project, file) = match parts.as_slice() {
-            [ns, name] => (ProjectKey::new(ns, name), None),
-            [ns, name, file] => (ProjectKey::new(ns, name), Some(*file)),
-            _ => {
+        let (project, file) = match (&endpoint, parts.as_slice()) {
+            (_, [ns, name]) => (ProjectKey::new(ns, name), None),
+            (Endpoint::Streams, [ns, name, file]) => (ProjectKey::new(ns, name), Some(*file)),
+            (Endpoint::Streams, _) => {
                 return Ok(text(
                     StatusCode::BAD_REQUEST,
                     "expected /v1/streams/<namespace>/<name>[/<file>]",
+                ));
+            }
+            _ => {
+                return Ok(text(
+                    StatusCode::BAD_REQUEST,
+                    "expected /v1/snapshots/<namespace>/<name> or /v1/send/<namespace>/<name>?to=<guid>",
                 ));
             }
         };
@@ -117,6 +143,21 @@ impl StreamServer {
                 ));
             }
             Err(e) => return Ok(text(StatusCode::SERVICE_UNAVAILABLE, e)),
+        }
+        match (&endpoint, &self.sources) {
+            (Endpoint::Streams, _) => {}
+            (_, None) => {
+                return Ok(text(
+                    StatusCode::NOT_FOUND,
+                    "this agent serves no live sends",
+                ));
+            }
+            (Endpoint::Snapshots, Some(src)) => return Ok(src.snapshots(project).await),
+            (Endpoint::Send, Some(src)) => {
+                return Ok(src
+                    .send(project, req.uri().query().unwrap_or_default())
+                    .await);
+            }
         }
         let Some(file) = file else {
             return Ok(match self.store.list(&project).await {

@@ -652,3 +652,73 @@ fn a_pass_ends_ready_or_in_error_keeping_what_the_copy_held() {
     assert_eq!(ready.conditions[0].status, "True");
     assert!(!unsettled(&ready));
 }
+
+#[test]
+fn a_copy_catches_up_from_the_newest_snapshot_both_hold() {
+    let local = |guids: &[u64]| -> Vec<SnapshotInfo> {
+        guids
+            .iter()
+            .map(|g| snap(&format!("s{g}"), *g, NOW + *g as i64))
+            .collect()
+    };
+    for (what, have, source, want) in [
+        ("source has nothing", vec![], vec![], LiveSync::UpToDate),
+        (
+            "new copy, one snapshot",
+            vec![],
+            vec![1],
+            LiveSync::Full {
+                first: 1,
+                then: None,
+            },
+        ),
+        (
+            "new copy, history",
+            vec![],
+            vec![1, 2, 3],
+            LiveSync::Full {
+                first: 1,
+                then: Some(3),
+            },
+        ),
+        ("caught up", vec![1, 2], vec![1, 2], LiveSync::UpToDate),
+        (
+            "behind",
+            vec![1],
+            vec![1, 2, 3],
+            LiveSync::Incremental { from: 1, to: 3 },
+        ),
+        (
+            "behind, the source pruned the oldest",
+            vec![1, 2],
+            vec![2, 3],
+            LiveSync::Incremental { from: 2, to: 3 },
+        ),
+        (
+            "a returning old primary's own writes",
+            vec![1, 2, 9],
+            vec![1, 2, 3],
+            LiveSync::Diverged,
+        ),
+        (
+            "nothing in common",
+            vec![7, 8],
+            vec![1, 2],
+            LiveSync::Diverged,
+        ),
+        (
+            "the source lost its newest",
+            vec![1, 2, 3],
+            vec![1, 2],
+            LiveSync::Diverged,
+        ),
+        (
+            "the source pruned this copy's newest (holds prevent it)",
+            vec![1, 2],
+            vec![1, 3],
+            LiveSync::Diverged,
+        ),
+    ] {
+        assert_eq!(plan_live_sync(&local(&have), &source), want, "{what}");
+    }
+}

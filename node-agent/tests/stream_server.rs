@@ -71,6 +71,7 @@ async fn start() -> Fx {
     let addr = listener.local_addr().unwrap();
     let server = Arc::new(StreamServer {
         store,
+        sources: None,
         authorize: Arc::new(|project: ProjectKey, node: String| {
             let holds = node == "host-b"
                 && ["alice/thesis", "bob/none"].contains(&project.to_string().as_str());

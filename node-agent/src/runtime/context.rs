@@ -107,6 +107,37 @@ impl AgentContext {
             .and_then(|p| PoolName::parse(&p.spec.pool_name).ok())
     }
 
+    /// The live dataset of `project` on this node's pools, if it has one.
+    pub async fn live_dataset(
+        &self,
+        project: &crate::streams::ProjectKey,
+    ) -> Option<crate::zfs::DatasetName> {
+        let zfs = self.zfs.as_ref()?;
+        let pools: Vec<PoolName> = self
+            .pools
+            .state()
+            .iter()
+            .filter(|p| p.spec.node_name == self.cfg.node_name)
+            .filter_map(|p| PoolName::parse(&p.spec.pool_name).ok())
+            .collect();
+        for pool in pools {
+            if let Ok(ds) = crate::layout::PoolLayout::new(pool).project(project)
+                && zfs.exists(&ds).await.unwrap_or(false)
+            {
+                return Some(ds);
+            }
+        }
+        None
+    }
+
+    /// [`Self::live_dataset`] as the stream server asks it.
+    pub fn locator(self: Arc<Self>) -> crate::live::Locate {
+        Arc::new(move |project| {
+            let cx = self.clone();
+            Box::pin(async move { cx.live_dataset(&project).await })
+        })
+    }
+
     /// The stream store of `pool`.
     pub fn store_of(&self, pool: &PoolName) -> StreamStore {
         StreamStore::new(self.cfg.streams_root.join(pool.as_str()))

@@ -339,6 +339,9 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
                 let s = Arc::new(StreamServer {
                     store: StreamStore::new(streams_mp),
                     authorize: holders_of_copies(client.clone()),
+                    sources: zfs
+                        .clone()
+                        .map(|zfs| crate::live::Sources::new(zfs, cx.clone().locator())),
                 });
                 if let (Some(l), Some(tls)) = (listener.take(), cfg.tls.clone()) {
                     server_task = Some(tokio::spawn(serve(l, s.clone(), tls)));

@@ -50,6 +50,16 @@ impl Zfs {
         progress: &Progress,
     ) -> Result<u64, ZfsError> {
         let (what, a) = send_args(snap, from)?;
+        self.send_with(what, a, out, progress).await
+    }
+
+    async fn send_with<W: AsyncWrite + Unpin>(
+        &self,
+        what: String,
+        a: Vec<OsString>,
+        out: &mut W,
+        progress: &Progress,
+    ) -> Result<u64, ZfsError> {
         let mut child = self.spawn(&what, &self.zfs, a, Stdio::null(), Stdio::piped())?;
         let mut stdout = child
             .stdout

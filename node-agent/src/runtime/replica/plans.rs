@@ -545,3 +545,50 @@ pub fn unsettled(status: &StreamReplicaStatus) -> bool {
         .iter()
         .any(|c| c.type_ == "Mounted" && c.status == "False")
 }
+
+/// How a copy catches up with its source over a live send (DESIGN §5.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveSync {
+    /// It holds the source's newest snapshot (or the source has none).
+    UpToDate,
+    /// It holds nothing: a full send of the source's oldest snapshot, then, when the source
+    /// has newer ones, from it to the newest, one verified send per snapshot between.
+    Full { first: u64, then: Option<u64> },
+    /// From the newest snapshot both hold to the source's newest, one verified send per
+    /// snapshot between (a compound stream would commit them before it is verified).
+    Incremental { from: u64, to: u64 },
+    /// It holds snapshots the source lacks after the newest in common, or none in common: its
+    /// history went another way (kept under `forks/`, then synced afresh).
+    Diverged,
+}
+
+/// What a copy holding `local` (oldest first) does to hold what a source holding `remote`
+/// (oldest first, by GUID) holds.
+pub fn plan_live_sync(local: &[SnapshotInfo], remote: &[u64]) -> LiveSync {
+    let (Some(&oldest), Some(&newest)) = (remote.first(), remote.last()) else {
+        return LiveSync::UpToDate;
+    };
+    if local.is_empty() {
+        return LiveSync::Full {
+            first: oldest,
+            then: (newest != oldest).then_some(newest),
+        };
+    }
+    let Some(at) = local.iter().rposition(|s| remote.contains(&s.guid)) else {
+        return LiveSync::Diverged;
+    };
+    if at + 1 != local.len() {
+        // Snapshots after the newest in common: its own writes, or a base the source pruned
+        // (holds prevent that). A receive can only continue from its newest snapshot.
+        return LiveSync::Diverged;
+    }
+    let common = local[at].guid;
+    if common == newest {
+        LiveSync::UpToDate
+    } else {
+        LiveSync::Incremental {
+            from: common,
+            to: newest,
+        }
+    }
+}

@@ -1,0 +1,551 @@
+//! Live replication (DESIGN §5.4): a snapshot goes straight from the source's `zfs send` to
+//! the receiver's `zfs recv` over the agents' mutual-TLS channel, and is stored nowhere on
+//! the way.
+//!
+//! The source answers `GET /v1/send/<ns>/<name>?to=<guid>[&from=<guid>]` with the stream as
+//! it comes out of `zfs send` (one snapshot: `-i`, never a compound `-I`/`-R` stream, whose
+//! snapshots would commit one by one before the whole is verified), and its SHA-256 and
+//! length in HTTP trailers after the data
+//! ([`DIGEST_TRAILER`], [`BYTES_TRAILER`]; a send that fails says why in
+//! [`ERROR_TRAILER`] instead). The receiver hashes what arrives while it feeds `zfs recv`,
+//! but withholds the stream's last [`WITHHELD`] bytes — which hold its END record, without
+//! which ZFS commits nothing — until the trailers arrive and agree. Anything else (a digest
+//! that differs, a length that differs, no trailers, a cut connection) kills the receive:
+//! a truncated, corrupted or substituted stream never commits.
+//! The receiver also reads the stream's BEGIN record before anything reaches `zfs recv`: it
+//! must be a plain stream of exactly the snapshot asked for, from exactly the base asked for,
+//! not a clone and carrying no properties, so even a source that was taken over cannot make
+//! the receiver clone another project's snapshot or set properties. A receive is always
+//! unmounted (`-u`), and the snapshot asked for must be there afterwards.
+//! `GET /v1/snapshots/<ns>/<name>` lists the source's snapshots, so the receiver can find
+//! the newest one they have in common (by GUID), then step from it one snapshot at a time.
+//! A source serves at most [`MAX_SENDS`] sends at once, and drops a receiver that takes no
+//! data for [`STALL`]; a receiver drops a source that sends nothing for as long.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::header::{HeaderMap, HeaderValue};
+use hyper::{Response, StatusCode};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::fetch::{FetchError, Peer};
+use crate::streams::{ProjectKey, SnapshotJson};
+use crate::zfs::{DatasetName, Progress, RecvOptions, SnapshotInfo, Zfs, ZfsError};
+
+/// Trailer: the SHA-256 of the stream, hex.
+pub const DIGEST_TRAILER: &str = "x-projstore-sha256";
+/// Trailer: the stream's length in bytes.
+pub const BYTES_TRAILER: &str = "x-projstore-bytes";
+/// Trailer instead of the digest: why the send failed.
+pub const ERROR_TRAILER: &str = "x-projstore-error";
+
+/// Bytes at the end of a stream held back from `zfs recv` until the stream is verified. A
+/// stream ends with its END record (one 312-byte `dmu_replay_record`); without it a receive
+/// commits nothing. Many times that, so no framing detail can let the END record through.
+pub const WITHHELD: usize = 64 << 10;
+
+/// The largest snapshot list read from a peer.
+const MAX_LIST_BYTES: usize = 16 << 20;
+
+/// Sends a host serves at once (each a `zfs send` and some megabytes of buffers).
+pub const MAX_SENDS: usize = 8;
+/// How long either end waits for the other to take or give data before giving up.
+pub const STALL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The size of a stream record (`dmu_replay_record_t`), BEGIN and END among them.
+pub const RECORD: usize = 312;
+/// `DMU_BACKUP_MAGIC`, the BEGIN record's magic number.
+const BACKUP_MAGIC: u64 = 0x2F5B_ACBAC;
+/// `DRR_FLAG_CLONE`: the stream would create a clone of a snapshot named by GUID.
+const FLAG_CLONE: u32 = 1;
+
+/// Why a live transfer did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error(transparent)]
+    Peer(#[from] FetchError),
+    #[error(transparent)]
+    Zfs(#[from] ZfsError),
+    /// The stream did not arrive as the source sent it: never applied.
+    #[error("stream from {endpoint} not applied: {reason}")]
+    Unverified { endpoint: String, reason: String },
+}
+
+/// What the stream server needs to serve live sends: ZFS, and where this host keeps a
+/// project's live dataset (None: not here).
+#[derive(Clone)]
+pub struct Sources {
+    pub zfs: Zfs,
+    pub locate: Locate,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// The live dataset of a project on this host, if it has one.
+pub type Locate = Arc<
+    dyn Fn(ProjectKey) -> futures::future::BoxFuture<'static, Option<DatasetName>> + Send + Sync,
+>;
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn text(code: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(msg.into())).boxed());
+    *r.status_mut() = code;
+    r
+}
+
+/// A snapshot as the source lists it.
+pub fn snapshot_json(s: &SnapshotInfo) -> SnapshotJson {
+    SnapshotJson {
+        name: s.name.clone(),
+        guid: s.guid.to_string(),
+        createtxg: s.createtxg,
+        time: s.creation,
+    }
+}
+
+/// `from` and `to` of a send request's query: `to=<guid>[&from=<guid>]`, nothing else.
+pub fn parse_send_query(query: &str) -> Result<(Option<u64>, u64), String> {
+    let (mut from, mut to) = (None, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?}: expected key=value"))?;
+        let guid = (!v.is_empty() && v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| v.parse::<u64>().ok())
+            .flatten()
+            .ok_or_else(|| format!("{k}={v:?}: a snapshot GUID is a decimal number"))?;
+        let slot = match k {
+            "from" => &mut from,
+            "to" => &mut to,
+            _ => return Err(format!("unknown parameter {k:?} (expected to, from)")),
+        };
+        if slot.replace(guid).is_some() {
+            return Err(format!("{k} given twice"));
+        }
+    }
+    Ok((from, to.ok_or("to=<guid> is required")?))
+}
+
+impl Sources {
+    pub fn new(zfs: Zfs, locate: Locate) -> Self {
+        Self {
+            zfs,
+            locate,
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_SENDS)),
+        }
+    }
+
+    /// `GET /v1/snapshots/<ns>/<name>`: the project's snapshots here, oldest first.
+    pub async fn snapshots(&self, project: ProjectKey) -> Response<Body> {
+        let Some(ds) = (self.locate)(project.clone()).await else {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("no live copy of {project} here"),
+            );
+        };
+        match self.zfs.snapshots(&ds, &[]).await {
+            Ok(snaps) => {
+                let list: Vec<SnapshotJson> = snaps.iter().map(snapshot_json).collect();
+                let mut r = Response::new(
+                    Full::new(Bytes::from(serde_json::to_vec(&list).unwrap_or_default())).boxed(),
+                );
+                r.headers_mut()
+                    .insert("content-type", HeaderValue::from_static("application/json"));
+                r
+            }
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+
+    /// `GET /v1/send/<ns>/<name>?to=<guid>[&from=<guid>]`: `zfs send` of snapshot `to`
+    /// (incremental from `from`, with every snapshot between), streamed as it is made, digest
+    /// and length in trailers.
+    pub async fn send(&self, project: ProjectKey, query: &str) -> Response<Body> {
+        let (from, to) = match parse_send_query(query) {
+            Ok(q) => q,
+            Err(e) => return text(StatusCode::BAD_REQUEST, e),
+        };
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{MAX_SENDS} sends already run here: try again later"),
+            );
+        };
+        let Some(ds) = (self.locate)(project.clone()).await else {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("no live copy of {project} here"),
+            );
+        };
+        let snaps = match self.zfs.snapshots(&ds, &[]).await {
+            Ok(s) => s,
+            Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        let by_guid = |g: u64| snaps.iter().find(|s| s.guid == g);
+        let Some(to) = by_guid(to) else {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("{project} has no snapshot {to} here"),
+            );
+        };
+        let from = match from.map(|g| by_guid(g).ok_or(g)).transpose() {
+            Ok(f) => f,
+            Err(g) => {
+                return text(
+                    StatusCode::NOT_FOUND,
+                    format!("{project} has no snapshot {g} here"),
+                );
+            }
+        };
+        if from.is_some_and(|f| f.createtxg >= to.createtxg) {
+            return text(StatusCode::BAD_REQUEST, "from must be older than to");
+        }
+        let (to, from) = match (
+            ds.snapshot(&to.name),
+            from.map(|f| ds.snapshot(&f.name)).transpose(),
+        ) {
+            (Ok(t), Ok(f)) => (t, f),
+            (Err(e), _) | (_, Err(e)) => {
+                return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(8);
+        let zfs = self.zfs.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let (mut w, mut r) = tokio::io::duplex(1 << 20);
+            let send = async move {
+                let sent = zfs.send(&to, from.as_ref(), &mut w, &Progress::new()).await;
+                drop(w);
+                sent
+            };
+            let frames = tx.clone();
+            let forward = async move {
+                let mut hasher = Sha256::new();
+                let mut total = 0u64;
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = r.read(&mut buf).await?;
+                    if n == 0 {
+                        return Ok::<_, std::io::Error>((hex::encode(hasher.finalize()), total));
+                    }
+                    hasher.update(&buf[..n]);
+                    total += n as u64;
+                    crate::metrics::add(&crate::metrics::METRICS.bytes_sent, n as u64);
+                    let chunk = Frame::data(Bytes::copy_from_slice(&buf[..n]));
+                    if !matches!(
+                        tokio::time::timeout(STALL, frames.send(Ok(chunk))).await,
+                        Ok(Ok(()))
+                    ) {
+                        // The receiver went away or stalled: dropping the reader ends the send.
+                        return Err(std::io::Error::other("receiver gone"));
+                    }
+                }
+            };
+            let (sent, forwarded) = tokio::join!(send, forward);
+            let mut trailers = HeaderMap::new();
+            match (sent, forwarded) {
+                (Ok(_), Ok((digest, total))) => {
+                    if let (Ok(d), Ok(b)) = (digest.parse(), total.to_string().parse()) {
+                        trailers.insert(DIGEST_TRAILER, d);
+                        trailers.insert(BYTES_TRAILER, b);
+                    }
+                }
+                (Err(e), _) => {
+                    let why = e.to_string().replace(|c: char| c.is_control(), " ");
+                    if let Ok(v) = why.parse() {
+                        trailers.insert(ERROR_TRAILER, v);
+                    }
+                }
+                (_, Err(_)) => return,
+            }
+            let _ = tx.send(Ok(Frame::trailers(trailers))).await;
+        });
+        let mut rx = rx;
+        let body =
+            StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))).boxed();
+        let mut r = Response::new(body);
+        r.headers_mut().insert(
+            "content-type",
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        r.headers_mut().insert(
+            "trailer",
+            HeaderValue::from_static("x-projstore-sha256, x-projstore-bytes, x-projstore-error"),
+        );
+        r
+    }
+}
+
+/// A live send to ask for: snapshot `to` of `project`, incremental from `from`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendRequest {
+    pub project: ProjectKey,
+    pub from: Option<u64>,
+    pub to: u64,
+}
+
+/// What a live receive applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The stream's length, as verified.
+    pub bytes: u64,
+}
+
+impl Peer {
+    /// The snapshots the peer holds of `project` (its live copy), oldest first.
+    pub async fn snapshots(&self, project: &ProjectKey) -> Result<Vec<SnapshotJson>, FetchError> {
+        let path = format!("/v1/snapshots/{}/{}", project.namespace, project.name);
+        let body = self
+            .get_json(&path, MAX_LIST_BYTES, "listing snapshots")
+            .await?;
+        serde_json::from_slice(&body).map_err(|e| self.err(format!("bad snapshot list: {e}")))
+    }
+
+    /// Receives `want` (its `from`, when given, must be `target`'s newest snapshot) from the
+    /// peer, unmounted, straight into `zfs recv` of `target`, and lets
+    /// the receive commit only once the stream is verified (see the module's documentation).
+    pub async fn receive(
+        &self,
+        zfs: &Zfs,
+        want: &SendRequest,
+        target: &DatasetName,
+        progress: &Progress,
+    ) -> Result<Received, LiveError> {
+        let (project, to) = (&want.project, want.to);
+        let mut path = format!("/v1/send/{}/{}?to={to}", project.namespace, project.name);
+        if let Some(f) = want.from {
+            path.push_str(&format!("&from={f}"));
+        }
+        let resp = self.get_streaming(&path).await?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let why = http_body_util::Limited::new(resp.into_body(), 4096)
+                .collect()
+                .await
+                .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                .unwrap_or_default();
+            return Err(self
+                .err(format!("sending {to}: HTTP {status}: {why}"))
+                .into());
+        }
+        apply_verified(
+            zfs,
+            target,
+            RecvOptions { unmounted: true },
+            progress,
+            &self.endpoint,
+            want,
+            resp.into_body(),
+        )
+        .await
+    }
+}
+
+/// Feeds a live send's `body` into `zfs recv` of `target` and lets it commit only when the
+/// trailers' digest and length match what arrived (the module's documentation says how).
+pub async fn apply_verified<B>(
+    zfs: &Zfs,
+    target: &DatasetName,
+    opts: RecvOptions,
+    progress: &Progress,
+    source: &str,
+    want: &SendRequest,
+    body: B,
+) -> Result<Received, LiveError>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let unverified = |reason: String| LiveError::Unverified {
+        endpoint: source.to_owned(),
+        reason: printable(&reason),
+    };
+    let (mut w, mut r) = tokio::io::duplex(1 << 20);
+    let mut body = body;
+    let feed = async move {
+        let mut hasher = Sha256::new();
+        let mut total = 0u64;
+        // The newest bytes, not yet given to zfs recv.
+        let mut held: Vec<u8> = Vec::with_capacity(2 * WITHHELD);
+        let mut trailers = None;
+        let io = |e: std::io::Error| unverified(format!("zfs recv stopped reading: {e}"));
+        let mut begun = false;
+        loop {
+            let Ok(next) = tokio::time::timeout(STALL, body.frame()).await else {
+                return Err(unverified(format!("the source sent nothing for {STALL:?}")));
+            };
+            let Some(frame) = next else {
+                break;
+            };
+            let frame = frame.map_err(|e| unverified(format!("cut off: {e}")))?;
+            let frame = match frame.into_data() {
+                Ok(data) => {
+                    if trailers.is_some() {
+                        return Err(unverified("data after the trailers".into()));
+                    }
+                    hasher.update(&data);
+                    total += data.len() as u64;
+                    crate::metrics::add(&crate::metrics::METRICS.bytes_received, data.len() as u64);
+                    held.extend_from_slice(&data);
+                    // Nothing reaches zfs recv before the BEGIN record says it is the stream
+                    // asked for.
+                    if !begun && held.len() >= RECORD {
+                        check_begin(&held[..RECORD], want).map_err(unverified)?;
+                        begun = true;
+                    }
+                    if begun && held.len() > WITHHELD {
+                        let pass = held.len() - WITHHELD;
+                        w.write_all(&held[..pass]).await.map_err(io)?;
+                        held.drain(..pass);
+                    }
+                    continue;
+                }
+                Err(f) => f,
+            };
+            if let Ok(t) = frame.into_trailers() {
+                trailers = Some(t);
+            }
+        }
+        let trailers = trailers
+            .ok_or_else(|| unverified("the stream ended without its digest (cut off)".into()))?;
+        if !begun {
+            return Err(unverified(format!(
+                "a stream of {total} bytes has no BEGIN record"
+            )));
+        }
+        check_trailers(&trailers, &hex::encode(hasher.finalize()), total).map_err(unverified)?;
+        // Verified: the END record may go to zfs recv now.
+        w.write_all(&held).await.map_err(io)?;
+        w.shutdown().await.map_err(io)?;
+        Ok(total)
+    };
+    let recv = async {
+        zfs.recv(target, opts, &mut r, progress)
+            .await
+            .map_err(LiveError::from)
+    };
+    // A feed that fails drops the receive with it: zfs recv is killed before the END
+    // record, and nothing is committed.
+    let (bytes, _) = tokio::try_join!(feed, recv)?;
+    // What committed is the snapshot asked for.
+    let have = zfs.snapshots(target, &[]).await?;
+    if !have.iter().any(|s| s.guid == want.to) {
+        return Err(unverified(format!(
+            "{target} does not hold snapshot {} after the receive",
+            want.to
+        )));
+    }
+    Ok(Received { bytes })
+}
+
+/// Peer-chosen text as it may reach logs and status: one line, at most 300 characters.
+fn printable(s: &str) -> String {
+    let one_line: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    match one_line.char_indices().nth(300) {
+        Some((i, _)) => format!("{}…", &one_line[..i]),
+        None => one_line,
+    }
+}
+
+/// Whether `record` (a stream's first) is the BEGIN record of a plain stream of snapshot
+/// `want.to`, incremental from `want.from` (full when none): not compound, not a clone, no
+/// payload (properties), in either byte order.
+pub fn check_begin(record: &[u8], want: &SendRequest) -> Result<(), String> {
+    let field = |at: usize, len: usize| record.get(at..at + len);
+    let raw32 = |at| field(at, 4).and_then(|b| <[u8; 4]>::try_from(b).ok());
+    let raw64 = |at| field(at, 8).and_then(|b| <[u8; 8]>::try_from(b).ok());
+    let magic = raw64(8).ok_or("the stream is shorter than a record")?;
+    let swapped = if u64::from_le_bytes(magic) == BACKUP_MAGIC {
+        false
+    } else if u64::from_be_bytes(magic) == BACKUP_MAGIC {
+        true
+    } else {
+        return Err("not a ZFS send stream (no BEGIN record)".into());
+    };
+    let u32_at = |at| {
+        raw32(at).map(|b| {
+            if swapped {
+                u32::from_be_bytes(b)
+            } else {
+                u32::from_le_bytes(b)
+            }
+        })
+    };
+    let u64_at = |at| {
+        raw64(at).map(|b| {
+            if swapped {
+                u64::from_be_bytes(b)
+            } else {
+                u64::from_le_bytes(b)
+            }
+        })
+    };
+    // dmu_replay_record: drr_type u32, drr_payloadlen u32, then drr_begin: magic u64,
+    // versioninfo u64, creation_time u64, type u32, flags u32, toguid u64, fromguid u64.
+    let (kind, payload) = (u32_at(0), u32_at(4));
+    let versioninfo = u64_at(16);
+    let (flags, toguid, fromguid) = (u32_at(36), u64_at(40), u64_at(48));
+    let (Some(kind), Some(payload), Some(versioninfo), Some(flags), Some(toguid), Some(fromguid)) =
+        (kind, payload, versioninfo, flags, toguid, fromguid)
+    else {
+        return Err("the BEGIN record is cut short".into());
+    };
+    if kind != 0 {
+        return Err(format!("the first record is of type {kind}, not BEGIN"));
+    }
+    // The low two bits of versioninfo: 1 a plain stream, 2 a compound (-R/-I) one.
+    if versioninfo & 3 != 1 {
+        return Err("a compound stream (several snapshots or datasets) is refused".into());
+    }
+    if flags & FLAG_CLONE != 0 {
+        return Err("a stream that would create a clone is refused".into());
+    }
+    if payload != 0 {
+        return Err(format!(
+            "a stream carrying {payload} bytes of properties is refused"
+        ));
+    }
+    if toguid != want.to {
+        return Err(format!(
+            "the stream is of snapshot {toguid}, not {} as asked",
+            want.to
+        ));
+    }
+    if fromguid != want.from.unwrap_or(0) {
+        return Err(format!(
+            "the stream is incremental from {fromguid}, not {:?} as asked",
+            want.from
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the trailers vouch for a stream of `total` bytes with SHA-256 `digest`.
+pub fn check_trailers(trailers: &HeaderMap, digest: &str, total: u64) -> Result<(), String> {
+    let header = |k: &str| trailers.get(k).and_then(|v| v.to_str().ok());
+    if let Some(e) = header(ERROR_TRAILER) {
+        return Err(format!("the source's zfs send failed: {e}"));
+    }
+    if header(DIGEST_TRAILER) != Some(digest) {
+        return Err(format!(
+            "SHA-256 {digest} of what arrived differs from the source's {:?}",
+            header(DIGEST_TRAILER).unwrap_or_default()
+        ));
+    }
+    if header(BYTES_TRAILER) != Some(total.to_string().as_str()) {
+        return Err(format!(
+            "{total} bytes arrived, the source sent {:?}",
+            header(BYTES_TRAILER).unwrap_or_default()
+        ));
+    }
+    Ok(())
+}
