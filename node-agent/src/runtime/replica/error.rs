@@ -47,6 +47,14 @@ pub enum ReplicaError {
     Other(String),
 }
 
+/// Two errors are the same when they say the same: what a user reads in status (and what
+/// the plans' tables compare).
+impl PartialEq for ReplicaError {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
 impl From<String> for ReplicaError {
     fn from(s: String) -> Self {
         Self::Other(s)

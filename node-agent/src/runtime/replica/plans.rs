@@ -150,12 +150,6 @@ pub struct SnapshotStep {
     pub mark: Option<String>,
 }
 
-impl PartialEq for ReplicaError {
-    fn eq(&self, other: &Self) -> bool {
-        self.to_string() == other.to_string()
-    }
-}
-
 /// The numeric property `k` as read (0 when missing).
 pub fn num(props: &BTreeMap<String, String>, k: &str) -> u64 {
     props.get(k).and_then(|v| v.parse().ok()).unwrap_or(0)
