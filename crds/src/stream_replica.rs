@@ -139,8 +139,11 @@ pub struct StreamsSummary {
 pub struct TransferProgress {
     /// Bytes transferred so far.
     pub bytes_done: u64,
-    /// Bytes to transfer in all.
+    /// Bytes to transfer in all (an estimate: a live send's size is known when it ends).
     pub bytes_total: u64,
+    /// The rate over the last seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_second: Option<u64>,
 }
 
 /// What the agent observes about this copy.

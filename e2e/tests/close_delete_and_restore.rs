@@ -49,6 +49,18 @@ async fn s10_a_closed_project_opens_with_identical_contents() {
             "a live dataset is left on {}",
             h.pool
         );
+        // The verified stream stays on every copy (DESIGN §5.6).
+        let stored = c.streams_dir(h).join(NS).join("arch");
+        let zstreams: Vec<_> = std::fs::read_dir(&stored)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(
+            zstreams
+                .iter()
+                .any(|p: &std::path::PathBuf| p.extension().is_some_and(|x| x == "zstream")),
+            "no stream of the closed project on {}",
+            h.pool
+        );
     }
     let t = Instant::now();
     c.patch_project(NS, "arch", json!({"spec": {"state": "Open"}}))
@@ -60,6 +72,33 @@ async fn s10_a_closed_project_opens_with_identical_contents() {
         data,
         "identical contents"
     );
+    // Open again, it keeps no stream files once every copy holds their snapshot (the next
+    // snapshot's passes remove them).
+    c.in_sync(NS, "arch", 3, None, Duration::from_secs(90))
+        .await;
+    std::fs::write(mount.join("after"), b"opened").unwrap();
+    c.snapshot_now(NS, "arch").await;
+    c.wait(
+        "no stream files of the open project",
+        Duration::from_secs(90),
+        || async {
+            let left: Vec<_> = c
+                .hosts
+                .iter()
+                .flat_map(|h| {
+                    std::fs::read_dir(c.streams_dir(h).join(NS).join("arch"))
+                        .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+                        .unwrap_or_default()
+                })
+                .collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        },
+    )
+    .await;
 }
 
 /// Scenario 11: delete → trash → re-create → restored; purge after retention.

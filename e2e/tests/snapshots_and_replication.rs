@@ -1,5 +1,6 @@
-//! Snapshots and their replication: schedule, retention and the space guard; compaction of
-//! tiny increments; a secondary catching up; agents killed mid-transfer; corrupted streams.
+//! Snapshots and their replication: schedule, retention and the space guard; live replication
+//! without stream files; a secondary catching up on a held base; agents killed mid-transfer; a
+//! stream corrupted in flight.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // integration tests
 
@@ -8,9 +9,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Cluster;
-use common::fixtures::{NS, random_bytes, sized, spec};
+use common::fixtures::{NS, random_bytes, sized};
 use common::hosts::{datasets_below, run};
-use common::streams::{catch_in_flight, catch_receive, files_ending, store_dir};
+use common::streams::{catch_receive, catch_send, files_ending, store_dir};
 use kube::ResourceExt;
 use serde_json::json;
 
@@ -111,89 +112,117 @@ async fn s03_snapshots_follow_schedule_and_retention_and_stop_when_they_hold_too
     .await;
 }
 
-/// Compaction (DESIGN §5.3): a chain ending in many tiny increments gets one larger
-/// incremental, and the tiny ones are collected.
+/// Live replication keeps one copy of the data per host (DESIGN §4, §5.4): every snapshot —
+/// the user's own too — reaches the secondary straight from `zfs send` into `zfs recv`, and no
+/// host keeps a stream file of the open project.
 #[tokio::test]
-async fn s03b_tiny_increments_are_compacted_into_one() {
-    let Some(c) = Cluster::up_with_hosts("s03b-compaction").await else {
+async fn s03b_an_open_project_keeps_no_stream_files_and_every_snapshot_reaches_its_copies() {
+    let Some(c) = Cluster::up_with_hosts("s03b-no-streams").await else {
         return;
     };
-    c.create_project(NS, "cmp", sized("10Mi", 1)).await;
-    let mount = c.mount_path_when_ready(NS, "cmp").await;
-    let primary = c.primary(NS, "cmp").await;
-    let ds = format!(
-        "{}/projects/{NS}/cmp",
-        c.host_of_pool(&primary.spec.pool).pool
+    c.create_project(NS, "live", sized("50Mi", 2)).await;
+    let first = c
+        .in_sync(NS, "live", 2, None, Duration::from_secs(60))
+        .await;
+    let mount = c.mount_path(NS, "live").await;
+    let primary = c.primary(NS, "live").await;
+    let secondary = c.secondary(NS, "live").await;
+    let ds = |pool: &str| format!("{}/projects/{NS}/live", c.host_of_pool(pool).pool);
+    std::fs::write(mount.join("data"), random_bytes(4 << 20, 3)).unwrap();
+    // The user's own snapshot, then a managed one on demand: both reach the copy.
+    run(
+        "zfs",
+        &["snapshot", &format!("{}@mine", ds(&primary.spec.pool))],
     );
-    let store = store_dir(&c, &primary.spec.pool, "cmp");
-    let srs = c.replicas_api(NS);
-    for i in 0..9 {
-        std::fs::write(mount.join(format!("f{i}")), [i as u8; 100]).unwrap();
-        // The user's own snapshots: never pruned, so every one stays a possible base.
-        run("zfs", &["snapshot", &format!("{ds}@u{i}")]);
-        // Wake the agent (it reacts to changes of its replicas).
-        srs.patch(
-            &primary.name_any(),
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(
-                json!({"metadata": {"annotations": {"test.projstore.io/poke": i.to_string()}}}),
-            ),
-        )
-        .await
-        .unwrap();
-        c.wait(
-            &format!("stream to u{i}"),
-            Duration::from_secs(30),
-            || async {
-                if files_ending(&store, &format!("--u{i}.json")).is_empty() {
-                    Err("not yet".into())
-                } else {
-                    Ok(())
-                }
-            },
-        )
+    std::fs::write(mount.join("more"), random_bytes(1 << 20, 4)).unwrap();
+    c.snapshot_now(NS, "live").await;
+    c.in_sync(NS, "live", 2, Some(&first), Duration::from_secs(90))
         .await;
+    let names = |pool: &str| -> Vec<String> {
+        snapshots_of(&ds(pool))
+            .iter()
+            .filter_map(|l| l.split_once('@').map(|(_, n)| n.to_owned()))
+            .collect()
+    };
+    let on_secondary = names(&secondary.spec.pool);
+    assert!(
+        on_secondary.iter().any(|n| n == "mine"),
+        "the user's snapshot did not reach the copy: {on_secondary:?}"
+    );
+    let guid = |pool: &str, snap: &str| {
+        run(
+            "zfs",
+            &[
+                "get",
+                "-Hp",
+                "-o",
+                "value",
+                "guid",
+                &format!("{}@{snap}", ds(pool)),
+            ],
+        )
+        .trim()
+        .to_owned()
+    };
+    assert_eq!(
+        guid(&primary.spec.pool, "mine"),
+        guid(&secondary.spec.pool, "mine"),
+        "the same snapshot on both"
+    );
+    for pool in [&primary.spec.pool, &secondary.spec.pool] {
+        let dir = store_dir(&c, pool, "live");
+        let files = files_ending(&dir, "");
+        assert!(files.is_empty(), "stream files on {pool}: {files:?}");
+        let st = c
+            .replicas_api(NS)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|r| r.spec.project == "live" && &r.spec.pool == pool)
+            .and_then(|r| r.status)
+            .and_then(|s| s.streams)
+            .unwrap_or_default();
+        assert_eq!((st.count, st.bytes), (0, 0), "status.streams on {pool}");
     }
-    let merged = c
-        .wait(
-            "one larger incremental replaces the tiny ones",
-            Duration::from_secs(60),
-            || async {
-                let incs: Vec<String> = files_ending(&store, ".json")
-                    .iter()
-                    .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-                    .collect();
-                // An incremental spanning several user snapshots (`X--uK`, X not uK-1).
-                let big = incs.iter().find(|n| {
-                    n.strip_suffix(".json")
-                        .and_then(|id| id.split_once("--u"))
-                        .and_then(|(from, k)| k.parse::<u32>().ok().map(|k| (from.to_owned(), k)))
-                        .is_some_and(|(from, k)| {
-                            k >= 2 && from != "full" && from != format!("u{}", k - 1)
-                        })
-                });
-                match big {
-                    Some(b) if incs.len() <= 4 => Ok(b.clone()),
-                    _ => Err(format!("{incs:?}")),
-                }
-            },
-        )
-        .await;
-    println!("[s03b] compacted into {merged}");
 }
 
-/// Scenario 4: a secondary's agent is down while snapshots are taken; after its restart it
-/// catches up.
+/// Scenario 4: a secondary's agent is down while snapshots are taken; retention would prune
+/// the snapshot the copy stands on, but the primary holds it (DESIGN §5.2): after its restart
+/// the copy catches up incrementally (no full resend), and the hold is released once it moved
+/// on.
 #[tokio::test]
-async fn s04_a_secondary_whose_agent_was_down_catches_up() {
+async fn s04_a_secondary_whose_agent_was_down_catches_up_on_its_held_base() {
     let Some(c) = Cluster::up_with_hosts("s04-catch-up").await else {
         return;
     };
-    c.create_project(NS, "delta", spec()).await;
+    c.create_project(NS, "delta", json!({"quota": "100Mi", "owner": {"uid": 1000, "gid": 1000},
+        "copies": 3, "snapshots": {"keep": {"frequent": 1, "hourly": 0, "daily": 0, "weekly": 0, "monthly": 0}}}))
+    .await;
     let first = c
         .in_sync(NS, "delta", 3, None, Duration::from_secs(60))
         .await;
+    let primary = c.primary(NS, "delta").await;
     let sec = c.secondary(NS, "delta").await;
+    let ds = |pool: &str| format!("{}/projects/{NS}/delta", c.host_of_pool(pool).pool);
+    let (p_ds, s_ds) = (ds(&primary.spec.pool), ds(&sec.spec.pool));
+    let get = |what: &str, target: &str| {
+        run("zfs", &["get", "-Hp", "-o", "value", what, target])
+            .trim()
+            .to_owned()
+    };
+    let base_name = c
+        .replicas_api(NS)
+        .get(&sec.name_any())
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.applied_snapshot)
+        .map(|a| a.name)
+        .unwrap();
+    let base = format!("{p_ds}@{base_name}");
+    let copy_guid = get("guid", &s_ds);
     let host = c.host_of_pool(&sec.spec.pool).node.clone();
     c.kill(&format!("agent-{host}"), true);
     let mount = c.mount_path(NS, "delta").await;
@@ -202,16 +231,65 @@ async fn s04_a_secondary_whose_agent_was_down_catches_up() {
         c.snapshot_now(NS, "delta").await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
+    let tag = format!("projstore-copy-{}", sec.spec.pool);
+    let held = c
+        .wait(
+            "the down copy's base held on the primary",
+            Duration::from_secs(60),
+            || async {
+                let holds = get("projstore.io:holds", &base);
+                if holds.split(',').any(|t| t == tag) {
+                    Ok(holds)
+                } else {
+                    Err(holds)
+                }
+            },
+        )
+        .await;
+    println!("[s04] {base} held: {held}");
+    // Held on the ZFS, not just recorded: it cannot be destroyed.
+    let destroy = std::process::Command::new("zfs")
+        .args(["destroy", &base])
+        .output()
+        .unwrap();
+    assert!(!destroy.status.success(), "a held base was destroyed");
     let t = Instant::now();
     c.release(&format!("agent-{host}"));
-    c.in_sync(NS, "delta", 3, Some(&first), Duration::from_secs(90))
+    let caught_up = c
+        .in_sync(NS, "delta", 3, Some(&first), Duration::from_secs(90))
         .await;
     c.timing("restart → caught up", t.elapsed());
+    assert_eq!(
+        get("guid", &s_ds),
+        copy_guid,
+        "the copy was received afresh instead of incrementally"
+    );
+    // Moved on: the next pass of the primary releases the hold, and retention prunes it.
+    std::fs::write(mount.join("last"), b"after the catch-up").unwrap();
+    c.snapshot_now(NS, "delta").await;
+    c.wait(
+        "the old base released and pruned",
+        Duration::from_secs(60),
+        || async {
+            let listed = snapshots_of(&p_ds);
+            if listed.contains(&base) {
+                Err(format!(
+                    "{base} still there: {}",
+                    get("projstore.io:holds", &base)
+                ))
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+    c.in_sync(NS, "delta", 3, Some(&caught_up), Duration::from_secs(60))
+        .await;
 }
 
-/// Scenario 5: agents SIGKILLed mid-transfer (the primary while it writes a stream, the
-/// secondary while it downloads and while `zfs recv` applies) resume after their restart;
-/// nothing partial is ever applied.
+/// Scenario 5: agents SIGKILLed mid-transfer (the primary while its `zfs send` feeds a live
+/// send, the secondary while its `zfs recv` takes one) resume after their restart, from the
+/// newest snapshot applied; nothing partial is ever applied or visible.
 #[tokio::test]
 async fn s05_agents_killed_mid_transfer_resume_and_never_apply_a_partial_stream() {
     let Some(c) = Cluster::up_with_hosts("s05-sigkill").await else {
@@ -226,17 +304,24 @@ async fn s05_agents_killed_mid_transfer_resume_and_never_apply_a_partial_stream(
         format!("agent-{}", secondary.spec.node),
     );
     let mount = c.mount_path(NS, "big").await;
+    let source = format!(
+        "{}/projects/{NS}/big",
+        c.host_of_pool(&primary.spec.pool).pool
+    );
+    let target = format!(
+        "{}/projects/{NS}/big",
+        c.host_of_pool(&secondary.spec.pool).pool
+    );
 
-    // The primary killed while it writes a stream.
+    // The primary killed while it sends.
     std::fs::write(mount.join("one"), random_bytes(160 << 20, 11)).unwrap();
     c.snapshot_now(NS, "big").await;
-    let p_store = store_dir(&c, &primary.spec.pool, "big");
     c.check(
-        catch_in_flight(&p_store, ".partial", Duration::from_secs(60)).await,
-        "never saw the primary writing a stream",
+        catch_send(&source, Duration::from_secs(60)).await,
+        "never saw the primary sending",
     );
     c.kill(&p_agent, false);
-    println!("[s05] primary agent killed during a stream write");
+    println!("[s05] primary agent killed during a live send");
     let seen = c
         .wait(
             "the secondary reports transfer progress",
@@ -264,45 +349,9 @@ async fn s05_agents_killed_mid_transfer_resume_and_never_apply_a_partial_stream(
         .in_sync(NS, "big", 2, Some(&first), Duration::from_secs(180))
         .await;
 
-    // The secondary killed while it downloads.
-    c.kill(&s_agent, true);
-    std::fs::write(mount.join("two"), random_bytes(160 << 20, 12)).unwrap();
+    // The secondary killed while `zfs recv` takes a live send: the receive is cut off.
+    std::fs::write(mount.join("two"), random_bytes(160 << 20, 13)).unwrap();
     c.snapshot_now(NS, "big").await;
-    c.wait(
-        "the primary's new stream",
-        Duration::from_secs(120),
-        || async {
-            let st = c.primary(NS, "big").await.status.unwrap_or_default();
-            let g = st.applied_snapshot.map(|a| a.guid).unwrap_or_default();
-            if g != second && files_ending(&p_store, ".partial").is_empty() {
-                Ok(())
-            } else {
-                Err(format!("{g} {:?} {:?}", st.last_error, st.phase))
-            }
-        },
-    )
-    .await;
-    c.release(&s_agent);
-    let s_store = store_dir(&c, &secondary.spec.pool, "big");
-    c.check(
-        catch_in_flight(&s_store, ".download", Duration::from_secs(60)).await,
-        "never saw the secondary downloading",
-    );
-    c.kill(&s_agent, false);
-    println!("[s05] secondary agent killed during a download");
-    let t = Instant::now();
-    let third = c
-        .in_sync(NS, "big", 2, Some(&second), Duration::from_secs(180))
-        .await;
-    c.timing("restart → transfer completed", t.elapsed());
-
-    // The secondary killed while `zfs recv` applies a stream: the receive is cut off.
-    std::fs::write(mount.join("three"), random_bytes(160 << 20, 13)).unwrap();
-    c.snapshot_now(NS, "big").await;
-    let target = format!(
-        "{}/projects/{NS}/big",
-        c.host_of_pool(&secondary.spec.pool).pool
-    );
     c.check(
         catch_receive(&target, Duration::from_secs(120)).await,
         &format!("never saw the secondary receiving into {target}"),
@@ -310,18 +359,9 @@ async fn s05_agents_killed_mid_transfer_resume_and_never_apply_a_partial_stream(
     c.kill(&s_agent, false);
     println!("[s05] secondary agent killed during zfs recv");
     let t = Instant::now();
-    c.in_sync(NS, "big", 2, Some(&third), Duration::from_secs(180))
+    c.in_sync(NS, "big", 2, Some(&second), Duration::from_secs(180))
         .await;
     c.timing("restart → receive completed", t.elapsed());
-    for dir in [&p_store, &s_store] {
-        for suffix in [".partial", ".download"] {
-            assert!(
-                files_ending(dir, suffix).is_empty(),
-                "{suffix} left in {}",
-                dir.display()
-            );
-        }
-    }
     for h in &c.hosts {
         let staged = datasets_below(h, "recv");
         // `recv` and its namespace folders may exist; a dataset below them is a receive.
@@ -329,6 +369,10 @@ async fn s05_agents_killed_mid_transfer_resume_and_never_apply_a_partial_stream(
             staged.lines().all(|l| l.matches('/').count() <= 2),
             "a partial receive is visible: {staged}"
         );
+    }
+    for pool in [&primary.spec.pool, &secondary.spec.pool] {
+        let files = files_ending(&store_dir(&c, pool, "big"), "");
+        assert!(files.is_empty(), "stream files on {pool}: {files:?}");
     }
     // The killed agents' sshd outlived them; the restarted agents stopped it and serve sftp.
     for agent in [&p_agent, &s_agent] {
@@ -341,10 +385,11 @@ async fn s05_agents_killed_mid_transfer_resume_and_never_apply_a_partial_stream(
     }
 }
 
-/// Scenario 6: a stream corrupted on a secondary's disk is detected, fetched again, and
-/// never applied.
+/// Scenario 6: a live send corrupted in flight (one byte flipped after the source hashed it,
+/// by the agent's fault hook) is never applied; the copy asks again and applies the stream as
+/// it was sent.
 #[tokio::test]
-async fn s06_a_corrupted_stream_is_fetched_again_never_applied() {
+async fn s06_a_stream_corrupted_in_flight_is_never_applied_and_sent_again() {
     let Some(c) = Cluster::up_with_hosts("s06-corrupt").await else {
         return;
     };
@@ -353,49 +398,40 @@ async fn s06_a_corrupted_stream_is_fetched_again_never_applied() {
     let primary = c.primary(NS, "cor").await;
     let secondary = c.secondary(NS, "cor").await;
     let s_agent = format!("agent-{}", secondary.spec.node);
-    c.kill(&s_agent, true);
+    let hook = c
+        .dir
+        .join("hosts")
+        .join(&primary.spec.node)
+        .join("run")
+        .join(projstore_agent::live::FLIP_NEXT_SEND);
+    std::fs::create_dir_all(hook.parent().unwrap()).unwrap();
+    std::fs::write(&hook, b"").unwrap();
     let mount = c.mount_path(NS, "cor").await;
     std::fs::write(mount.join("payload"), random_bytes(2 << 20, 5)).unwrap();
     c.snapshot_now(NS, "cor").await;
     let new = c
-        .wait_primary_snapshot_other_than(
-            "the primary's new stream",
-            (NS, "cor"),
-            Some(&first),
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap_or_default();
-    // Plant the new stream in the secondary's store as if fetched, with one byte flipped.
-    let p_store = store_dir(&c, &primary.spec.pool, "cor");
-    let s_store = store_dir(&c, &secondary.spec.pool, "cor");
-    let manifest = files_ending(&p_store, ".json")
-        .into_iter()
-        .find(|m| {
-            std::fs::read_to_string(m)
-                .unwrap()
-                .contains(&format!("\"{new}\""))
-        })
-        .expect("the new stream's manifest");
-    let stream = manifest.with_extension("zstream");
-    let mut bytes = std::fs::read(&stream).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x40;
-    std::fs::create_dir_all(&s_store).unwrap();
-    std::fs::write(s_store.join(stream.file_name().unwrap()), &bytes).unwrap();
-    std::fs::copy(&manifest, s_store.join(manifest.file_name().unwrap())).unwrap();
-    c.release(&s_agent);
-    c.in_sync(NS, "cor", 2, Some(&first), Duration::from_secs(90))
+        .in_sync(NS, "cor", 2, Some(&first), Duration::from_secs(90))
         .await;
+    assert!(!hook.exists(), "the fault hook was never used");
     let log = std::fs::read_to_string(c.dir.join("logs").join(format!("{s_agent}.log"))).unwrap();
     assert!(
-        log.contains("stored stream is corrupt: fetching it again"),
-        "the corruption was not noticed"
+        log.contains("replica pass failed")
+            && log.contains("not applied")
+            && log.contains("SHA-256"),
+        "the corrupted send was not refused by its digest"
     );
-    let good = std::fs::read(s_store.join(stream.file_name().unwrap())).unwrap();
-    assert_eq!(
-        good,
-        std::fs::read(&stream).unwrap(),
-        "the stream was fetched again"
-    );
+    let ds = |pool: &str| format!("{}/projects/{NS}/cor", c.host_of_pool(pool).pool);
+    let snaps = snapshots_of(&ds(&secondary.spec.pool)).join("\n");
+    println!("[s06] applied {new} after a refused send; the copy holds:\n{snaps}");
+}
+
+/// The snapshots of `ds` on its host, by full name.
+fn snapshots_of(ds: &str) -> Vec<String> {
+    run(
+        "zfs",
+        &["list", "-H", "-o", "name", "-t", "snapshot", "-r", ds],
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect()
 }

@@ -33,6 +33,8 @@ pub enum FetchError {
 #[derive(Clone)]
 pub struct Peer {
     pub endpoint: String,
+    /// The node it proves to be.
+    pub node: String,
     authority: String,
     server_name: ServerName<'static>,
     tls: Arc<NodeTls>,
@@ -59,6 +61,7 @@ impl Peer {
             .map_err(|_| bad("the node name is not a DNS name"))?;
         Ok(Self {
             endpoint: format!("https://{authority}"),
+            node: node.to_owned(),
             authority: authority.to_owned(),
             server_name,
             tls,

@@ -2,7 +2,9 @@
 //! the receiver's `zfs recv` over the agents' mutual-TLS channel, and is stored nowhere on
 //! the way.
 //!
-//! The source answers `GET /v1/send/<ns>/<name>?to=<guid>[&from=<guid>]` with the stream as
+//! The source answers `GET /v1/send/<ns>/<name>?to=<guid>[&from=<guid>][&flags=<cLe>]` (the
+//! `zfs send -c/-L/-e` flags the receiver's ZFS takes; the source adds those its own has) with
+//! the stream as
 //! it comes out of `zfs send` (one snapshot: `-i`, never a compound `-I`/`-R` stream, whose
 //! snapshots would commit one by one before the whole is verified), and its SHA-256 and
 //! length in HTTP trailers after the data
@@ -10,8 +12,9 @@
 //! [`ERROR_TRAILER`] instead). The receiver hashes what arrives while it feeds `zfs recv`,
 //! but withholds the stream's last [`WITHHELD`] bytes — which hold its END record, without
 //! which ZFS commits nothing — until the trailers arrive and agree. Anything else (a digest
-//! that differs, a length that differs, no trailers, a cut connection) kills the receive:
-//! a truncated, corrupted or substituted stream never commits.
+//! that differs, a length that differs, no trailers, a cut connection) ends the receive's input
+//! before its END record, and `zfs recv` fails and cleans up: a truncated, corrupted or
+//! substituted stream never commits.
 //! The receiver also reads the stream's BEGIN record before anything reaches `zfs recv`: it
 //! must be a plain stream of exactly the snapshot asked for, from exactly the base asked for,
 //! not a clone and carrying no properties, so even a source that was taken over cannot make
@@ -34,8 +37,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::fetch::{FetchError, Peer};
-use crate::streams::{ProjectKey, SnapshotJson};
-use crate::zfs::{DatasetName, Progress, RecvOptions, SnapshotInfo, Zfs, ZfsError};
+use crate::streams::ProjectKey;
+use crate::zfs::{DatasetName, Progress, RecvOptions, SendFlags, SnapshotInfo, Zfs, ZfsError};
 
 /// Trailer: the SHA-256 of the stream, hex.
 pub const DIGEST_TRAILER: &str = "x-projstore-sha256";
@@ -83,7 +86,14 @@ pub struct Sources {
     pub zfs: Zfs,
     pub locate: Locate,
     slots: Arc<tokio::sync::Semaphore>,
+    /// A fault hook for the end-to-end tests: while this file exists, the next send flips one
+    /// byte after hashing it (and removes the file), as a corrupting network would. Only root
+    /// on this host can make it, and the receiver's check refuses such a stream.
+    fault: Option<std::path::PathBuf>,
 }
+
+/// The fault hook's file under an agent's run directory (see [`Sources`]).
+pub const FLIP_NEXT_SEND: &str = "faults/flip-next-send";
 
 /// The live dataset of a project on this host, if it has one.
 pub type Locate = Arc<
@@ -98,23 +108,73 @@ fn text(code: StatusCode, msg: impl Into<String>) -> Response<Body> {
     r
 }
 
-/// A snapshot as the source lists it.
-pub fn snapshot_json(s: &SnapshotInfo) -> SnapshotJson {
-    SnapshotJson {
-        name: s.name.clone(),
-        guid: s.guid.to_string(),
-        createtxg: s.createtxg,
-        time: s.creation,
+/// A snapshot as the source lists it (`GET /v1/snapshots/…`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LiveSnapshot {
+    pub name: String,
+    /// Decimal string: 64-bit GUIDs do not survive JSON numbers in every reader.
+    pub guid: String,
+    pub createtxg: u64,
+    /// Creation time, Unix seconds.
+    pub time: i64,
+    /// Bytes the snapshot refers to: what a full send of it carries, roughly.
+    #[serde(default)]
+    pub referenced: u64,
+}
+
+impl LiveSnapshot {
+    pub fn of(s: &SnapshotInfo) -> Self {
+        Self {
+            name: s.name.clone(),
+            guid: s.guid.to_string(),
+            createtxg: s.createtxg,
+            time: s.creation,
+            referenced: s
+                .properties
+                .get("referenced")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        }
+    }
+
+    /// Its GUID, when it is a number.
+    pub fn guid(&self) -> Option<u64> {
+        self.guid.parse().ok()
     }
 }
 
-/// `from` and `to` of a send request's query: `to=<guid>[&from=<guid>]`, nothing else.
-pub fn parse_send_query(query: &str) -> Result<(Option<u64>, u64), String> {
-    let (mut from, mut to) = (None, None);
+/// What a send from `from` (None: full) to `to` carries, roughly, for progress: `zfs send -n`
+/// is not everywhere, and the `written@` property neither.
+pub fn estimate(from: Option<&LiveSnapshot>, to: &LiveSnapshot) -> u64 {
+    match from {
+        None => to.referenced,
+        Some(f) => to.referenced.abs_diff(f.referenced),
+    }
+    .max(RECORD as u64 * 2)
+}
+
+/// A send request's query: `to=<guid>[&from=<guid>][&flags=<cLe>]` — the snapshot, its base,
+/// and the optional `zfs send` flags the receiver can take (the source uses those it has too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendQuery {
+    pub from: Option<u64>,
+    pub to: u64,
+    pub flags: SendFlags,
+}
+
+/// Reads a send request's query ([`SendQuery`]); nothing else is accepted.
+pub fn parse_send_query(query: &str) -> Result<SendQuery, String> {
+    let (mut from, mut to, mut flags) = (None, None, None);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair
             .split_once('=')
             .ok_or_else(|| format!("{pair:?}: expected key=value"))?;
+        if k == "flags" {
+            if flags.replace(SendFlags::parse_letters(v)?).is_some() {
+                return Err("flags given twice".into());
+            }
+            continue;
+        }
         let guid = (!v.is_empty() && v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit()))
             .then(|| v.parse::<u64>().ok())
             .flatten()
@@ -122,13 +182,21 @@ pub fn parse_send_query(query: &str) -> Result<(Option<u64>, u64), String> {
         let slot = match k {
             "from" => &mut from,
             "to" => &mut to,
-            _ => return Err(format!("unknown parameter {k:?} (expected to, from)")),
+            _ => {
+                return Err(format!(
+                    "unknown parameter {k:?} (expected to, from, flags)"
+                ));
+            }
         };
         if slot.replace(guid).is_some() {
             return Err(format!("{k} given twice"));
         }
     }
-    Ok((from, to.ok_or("to=<guid> is required")?))
+    Ok(SendQuery {
+        from,
+        to: to.ok_or("to=<guid> is required")?,
+        flags: flags.unwrap_or_default(),
+    })
 }
 
 impl Sources {
@@ -137,7 +205,14 @@ impl Sources {
             zfs,
             locate,
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_SENDS)),
+            fault: None,
         }
+    }
+
+    /// Arms the fault hook: [`FLIP_NEXT_SEND`] under `run_dir`.
+    pub fn with_fault_hook(mut self, run_dir: &std::path::Path) -> Self {
+        self.fault = Some(run_dir.join(FLIP_NEXT_SEND));
+        self
     }
 
     /// `GET /v1/snapshots/<ns>/<name>`: the project's snapshots here, oldest first.
@@ -148,9 +223,11 @@ impl Sources {
                 format!("no live copy of {project} here"),
             );
         };
-        match self.zfs.snapshots(&ds, &[]).await {
+        let referenced = crate::zfs::PropertyName::parse("referenced").ok();
+        let extra: Vec<&crate::zfs::PropertyName> = referenced.iter().collect();
+        match self.zfs.snapshots(&ds, &extra).await {
             Ok(snaps) => {
-                let list: Vec<SnapshotJson> = snaps.iter().map(snapshot_json).collect();
+                let list: Vec<LiveSnapshot> = snaps.iter().map(LiveSnapshot::of).collect();
                 let mut r = Response::new(
                     Full::new(Bytes::from(serde_json::to_vec(&list).unwrap_or_default())).boxed(),
                 );
@@ -165,8 +242,8 @@ impl Sources {
     /// `GET /v1/send/<ns>/<name>?to=<guid>[&from=<guid>]`: `zfs send` of snapshot `to`
     /// (incremental from `from`, with every snapshot between), streamed as it is made, digest
     /// and length in trailers.
-    pub async fn send(&self, project: ProjectKey, query: &str) -> Response<Body> {
-        let (from, to) = match parse_send_query(query) {
+    pub async fn send(&self, project: ProjectKey, peer: &str, query: &str) -> Response<Body> {
+        let SendQuery { from, to, flags } = match parse_send_query(query) {
             Ok(q) => q,
             Err(e) => return text(StatusCode::BAD_REQUEST, e),
         };
@@ -216,11 +293,16 @@ impl Sources {
         };
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(8);
         let zfs = self.zfs.clone();
+        let fault = self.fault.clone();
+        let peer = peer.to_owned();
         tokio::spawn(async move {
+            let started = std::time::Instant::now();
             let _slot = slot;
             let (mut w, mut r) = tokio::io::duplex(1 << 20);
             let send = async move {
-                let sent = zfs.send(&to, from.as_ref(), &mut w, &Progress::new()).await;
+                let sent = zfs
+                    .send_flagged(&to, from.as_ref(), flags, &mut w, &Progress::new())
+                    .await;
                 drop(w);
                 sent
             };
@@ -237,6 +319,14 @@ impl Sources {
                     hasher.update(&buf[..n]);
                     total += n as u64;
                     crate::metrics::add(&crate::metrics::METRICS.bytes_sent, n as u64);
+                    if n > 2 * RECORD
+                        && fault
+                            .as_ref()
+                            .is_some_and(|f| std::fs::remove_file(f).is_ok())
+                    {
+                        tracing::warn!("fault hook: one byte of this send flipped after hashing");
+                        buf[n / 2] ^= 0x40;
+                    }
                     let chunk = Frame::data(Bytes::copy_from_slice(&buf[..n]));
                     if !matches!(
                         tokio::time::timeout(STALL, frames.send(Ok(chunk))).await,
@@ -248,6 +338,17 @@ impl Sources {
                 }
             };
             let (sent, forwarded) = tokio::join!(send, forward);
+            let done = match &forwarded {
+                Ok((_, total)) => *total,
+                Err(_) => 0,
+            };
+            crate::metrics::record_transfer(
+                &peer,
+                crate::metrics::Direction::Sent,
+                done,
+                started.elapsed().as_secs_f64(),
+                sent.is_ok() && forwarded.is_ok(),
+            );
             let mut trailers = HeaderMap::new();
             match (sent, forwarded) {
                 (Ok(_), Ok((digest, total))) => {
@@ -299,7 +400,7 @@ pub struct Received {
 
 impl Peer {
     /// The snapshots the peer holds of `project` (its live copy), oldest first.
-    pub async fn snapshots(&self, project: &ProjectKey) -> Result<Vec<SnapshotJson>, FetchError> {
+    pub async fn snapshots(&self, project: &ProjectKey) -> Result<Vec<LiveSnapshot>, FetchError> {
         let path = format!("/v1/snapshots/{}/{}", project.namespace, project.name);
         let body = self
             .get_json(&path, MAX_LIST_BYTES, "listing snapshots")
@@ -322,7 +423,33 @@ impl Peer {
         if let Some(f) = want.from {
             path.push_str(&format!("&from={f}"));
         }
-        let resp = self.get_streaming(&path).await?;
+        let flags = zfs.capabilities().send_flags().letters();
+        if !flags.is_empty() {
+            path.push_str(&format!("&flags={flags}"));
+        }
+        let started = std::time::Instant::now();
+        let before = progress.bytes();
+        let result = self.receive_from(zfs, want, &path, target, progress).await;
+        crate::metrics::record_transfer(
+            &self.node,
+            crate::metrics::Direction::Received,
+            progress.bytes().saturating_sub(before),
+            started.elapsed().as_secs_f64(),
+            result.is_ok(),
+        );
+        result
+    }
+
+    async fn receive_from(
+        &self,
+        zfs: &Zfs,
+        want: &SendRequest,
+        path: &str,
+        target: &DatasetName,
+        progress: &Progress,
+    ) -> Result<Received, LiveError> {
+        let to = want.to;
+        let resp = self.get_streaming(path).await?;
         if !resp.status().is_success() {
             let status = resp.status();
             let why = http_body_util::Limited::new(resp.into_body(), 4096)
@@ -430,9 +557,12 @@ where
             .await
             .map_err(LiveError::from)
     };
-    // A feed that fails drops the receive with it: zfs recv is killed before the END
-    // record, and nothing is committed.
-    let (bytes, _) = tokio::try_join!(feed, recv)?;
+    // A feed that fails closes zfs recv's input before the END record: the receive fails
+    // and nothing is committed. It is not killed: zfs recv then cleans up after itself (a
+    // full receive's new dataset), where a killed one would leave it behind.
+    let (fed, received) = tokio::join!(feed, recv);
+    let bytes = fed?;
+    received?;
     // What committed is the snapshot asked for.
     let have = zfs.snapshots(target, &[]).await?;
     if !have.iter().any(|s| s.guid == want.to) {

@@ -1,5 +1,7 @@
 //! The agent's Prometheus counters, served at `/metrics` on the stream port.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Process-wide counters (one agent per process).
@@ -26,6 +28,100 @@ pub static METRICS: Metrics = Metrics {
 
 pub fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Which way a live send went, seen from this agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Direction {
+    Sent,
+    Received,
+}
+
+impl Direction {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::Received => "received",
+        }
+    }
+}
+
+/// Live sends with one peer in one direction.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct PeerTransfers {
+    pub transfers: u64,
+    pub failures: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// Live sends per peer node and direction.
+pub static PEERS: Mutex<BTreeMap<(String, Direction), PeerTransfers>> = Mutex::new(BTreeMap::new());
+
+/// Counts one live send with `peer` that moved `bytes` in `seconds`, failed or not.
+pub fn record_transfer(peer: &str, direction: Direction, bytes: u64, seconds: f64, ok: bool) {
+    if let Ok(mut peers) = PEERS.lock() {
+        let t = peers.entry((peer.to_owned(), direction)).or_default();
+        t.transfers += 1;
+        t.failures += u64::from(!ok);
+        t.bytes += bytes;
+        t.seconds += seconds;
+    }
+}
+
+/// A metric family: name, help, type, and its value for one peer.
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&PeerTransfers) -> String,
+);
+
+/// The per-peer rows of `/metrics`.
+pub fn render_peers(peers: &BTreeMap<(String, Direction), PeerTransfers>) -> String {
+    let mut out = String::new();
+    let families: [Family; 4] = [
+        (
+            "projstore_agent_live_transfers_total",
+            "Live sends, per peer node and direction.",
+            "counter",
+            |t| t.transfers.to_string(),
+        ),
+        (
+            "projstore_agent_live_failures_total",
+            "Live sends that did not commit, per peer node and direction.",
+            "counter",
+            |t| t.failures.to_string(),
+        ),
+        (
+            "projstore_agent_live_bytes_total",
+            "Stream bytes of live sends, per peer node and direction.",
+            "counter",
+            |t| t.bytes.to_string(),
+        ),
+        (
+            "projstore_agent_live_seconds_total",
+            "Time spent in live sends, per peer node and direction.",
+            "counter",
+            |t| format!("{:.3}", t.seconds),
+        ),
+    ];
+    for (name, help, kind, value) in families {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for ((peer, dir), t) in peers {
+            // Node names are DNS names; anything else is escaped as the format asks.
+            let peer = peer
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            out.push_str(&format!(
+                "{name}{{peer=\"{peer}\",direction=\"{}\"}} {}\n",
+                dir.as_str(),
+                value(t)
+            ));
+        }
+    }
+    out
 }
 
 /// The Prometheus text format.
@@ -91,5 +187,34 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# TYPE projstore_agent_streams_applied_total counter"));
+    }
+
+    #[test]
+    fn live_sends_render_per_peer_and_direction() {
+        let mut peers = BTreeMap::new();
+        peers.insert(
+            ("host-b".to_owned(), Direction::Received),
+            PeerTransfers {
+                transfers: 3,
+                failures: 1,
+                bytes: 4096,
+                seconds: 1.5,
+            },
+        );
+        peers.insert(
+            ("we\"ird".to_owned(), Direction::Sent),
+            PeerTransfers::default(),
+        );
+        let text = render_peers(&peers);
+        for want in [
+            "projstore_agent_live_transfers_total{peer=\"host-b\",direction=\"received\"} 3\n",
+            "projstore_agent_live_failures_total{peer=\"host-b\",direction=\"received\"} 1\n",
+            "projstore_agent_live_bytes_total{peer=\"host-b\",direction=\"received\"} 4096\n",
+            "projstore_agent_live_seconds_total{peer=\"host-b\",direction=\"received\"} 1.500\n",
+            "projstore_agent_live_bytes_total{peer=\"we\\\"ird\",direction=\"sent\"} 0\n",
+            "# TYPE projstore_agent_live_seconds_total counter\n",
+        ] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
     }
 }

@@ -155,7 +155,7 @@ impl StreamServer {
             (Endpoint::Snapshots, Some(src)) => return Ok(src.snapshots(project).await),
             (Endpoint::Send, Some(src)) => {
                 return Ok(src
-                    .send(project, req.uri().query().unwrap_or_default())
+                    .send(project, &node, req.uri().query().unwrap_or_default())
                     .await);
             }
         }
@@ -409,10 +409,13 @@ pub async fn serve_health(listener: tokio::net::TcpListener, ready: Arc<AtomicBo
                             StatusCode::SERVICE_UNAVAILABLE,
                             "sanity checks have not passed",
                         ),
-                        "/metrics" => text(
-                            StatusCode::OK,
-                            crate::metrics::render(&crate::metrics::METRICS),
-                        ),
+                        "/metrics" => {
+                            let mut all = crate::metrics::render(&crate::metrics::METRICS);
+                            if let Ok(peers) = crate::metrics::PEERS.lock() {
+                                all.push_str(&crate::metrics::render_peers(&peers));
+                            }
+                            text(StatusCode::OK, all)
+                        }
                         _ => text(StatusCode::NOT_FOUND, "health, readiness and metrics only"),
                     })
                 }

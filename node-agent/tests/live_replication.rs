@@ -20,7 +20,7 @@ use projstore_agent::live::{
 use projstore_agent::server::{StreamServer, bind, serve};
 use projstore_agent::streams::{ProjectKey, StreamStore};
 use projstore_agent::tls::NodeTls;
-use projstore_agent::zfs::{DatasetName, Progress, PropertyName, RecvOptions, Zfs};
+use projstore_agent::zfs::{DatasetName, Progress, PropertyName, RecvOptions, SendFlags, Zfs};
 use projstore_e2e::pki::ClusterCa;
 use sha2::{Digest, Sha256};
 use support::*;
@@ -348,8 +348,19 @@ async fn a_node_without_a_copy_and_bad_requests_get_nothing() {
     }
     assert_eq!(
         projstore_agent::live::parse_send_query("to=7&from=3"),
-        Ok((Some(3), 7))
+        Ok(projstore_agent::live::SendQuery {
+            from: Some(3),
+            to: 7,
+            flags: SendFlags::default()
+        })
     );
+    let all = projstore_agent::live::parse_send_query("to=7&flags=cLe").unwrap();
+    assert_eq!(all.flags.letters(), "cLe");
+    for q in ["to=7&flags=x", "to=7&flags=cc", "to=7&flags=c&flags=L"] {
+        assert!(projstore_agent::live::parse_send_query(q).is_err(), "{q}");
+    }
+    // The flags both ends have: none with zfs-fuse.
+    assert_eq!(all.flags.both(SendFlags::default()), SendFlags::default());
 }
 
 #[tokio::test]
@@ -412,6 +423,8 @@ async fn a_stream_flipped_in_flight_or_cut_off_never_commits_and_the_whole_one_t
             "{pct}%: {e:?}"
         );
         assert_eq!(fx.guids(&copy).await, Vec::<u64>::new(), "{pct}%");
+        // Nothing partial is visible: zfs recv cleaned up the dataset it had begun.
+        assert!(!fx.zfs.exists(&copy).await.unwrap(), "{pct}%: {copy} left");
     }
     // All of it, but the source says another length, or failed.
     let e = apply(body(&full, Some(trailers(&digest, full.len() + 1)))).await;

@@ -39,6 +39,7 @@ fn zfs_fuse_capabilities() {
             && !caps.parsable_list
             && !caps.written_property
     );
+    assert_eq!(caps.send_flags().letters(), "");
     assert_eq!(caps.compression_for("lz4"), ("on".to_owned(), true));
     assert_eq!(caps.compression_for("gzip"), ("gzip".to_owned(), false));
     assert_eq!(caps.feature_names(), ["holds"]);
@@ -64,6 +65,8 @@ fn openzfs_capabilities() {
             && caps.compressed_send
             && caps.parsable_list
     );
+    // Live sends ask for -c -L -e here.
+    assert_eq!(caps.send_flags().letters(), "cLe");
     assert_eq!(caps.compression_for("lz4"), ("lz4".to_owned(), false));
     assert_eq!(caps.compression_for("zstd-7"), ("zstd-7".to_owned(), false));
     assert!(caps.feature_names().contains(&"resumable-send".to_owned()));

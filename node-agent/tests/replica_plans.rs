@@ -373,9 +373,9 @@ fn retention_never_prunes_the_chains_base_nor_user_snapshots() {
         managed(3600, 3),
         managed(60, 4),
     ];
-    let pruned = to_prune(&snaps, None, &policy, NOW);
+    let pruned = to_prune(&snaps, &[], &policy, NOW);
     assert_eq!(pruned, vec![snaps[0].name.clone(), snaps[2].name.clone()]);
-    let pruned = to_prune(&snaps, Some(3), &policy, NOW);
+    let pruned = to_prune(&snaps, &[3], &policy, NOW);
     assert_eq!(
         pruned,
         vec![snaps[0].name.clone()],
@@ -447,6 +447,7 @@ fn a_secondary_is_ready_only_holding_the_primarys_newest_snapshot() {
             transfer: Some(projstore_api::TransferProgress {
                 bytes_done: 1,
                 bytes_total: 2,
+                bytes_per_second: Some(1),
             }),
             used_bytes: Some(5),
             ..Default::default()
@@ -667,19 +668,13 @@ fn a_copy_catches_up_from_the_newest_snapshot_both_hold() {
             "new copy, one snapshot",
             vec![],
             vec![1],
-            LiveSync::Full {
-                first: 1,
-                then: None,
-            },
+            LiveSync::Full { to: 1 },
         ),
         (
             "new copy, history",
             vec![],
             vec![1, 2, 3],
-            LiveSync::Full {
-                first: 1,
-                then: Some(3),
-            },
+            LiveSync::Full { to: 3 },
         ),
         ("caught up", vec![1, 2], vec![1, 2], LiveSync::UpToDate),
         (
@@ -721,4 +716,94 @@ fn a_copy_catches_up_from_the_newest_snapshot_both_hold() {
     ] {
         assert_eq!(plan_live_sync(&local(&have), &source), want, "{what}");
     }
+}
+
+#[test]
+fn a_live_sync_is_one_verified_send_per_snapshot() {
+    let steps = |sync: LiveSync, remote: &[u64]| sync.steps(remote);
+    assert_eq!(steps(LiveSync::UpToDate, &[1, 2]), vec![]);
+    assert_eq!(steps(LiveSync::Diverged, &[1, 2]), vec![]);
+    assert_eq!(steps(LiveSync::Full { to: 3 }, &[1, 2, 3]), vec![(None, 3)]);
+    assert_eq!(
+        steps(LiveSync::Incremental { from: 1, to: 4 }, &[1, 2, 3, 4]),
+        vec![(Some(1), 2), (Some(2), 3), (Some(3), 4)]
+    );
+    assert_eq!(
+        steps(LiveSync::Incremental { from: 2, to: 3 }, &[1, 2, 3]),
+        vec![(Some(2), 3)]
+    );
+}
+
+#[test]
+fn a_primary_keeps_every_snapshot_from_the_oldest_copy_base_on() {
+    let snaps: Vec<SnapshotInfo> = (1..=5u64)
+        .map(|g| snap(&format!("s{g}"), g, NOW + g as i64))
+        .collect();
+    assert_eq!(kept_for_copies(&snaps, &[]), Vec::<u64>::new());
+    assert_eq!(kept_for_copies(&snaps, &[5]), vec![5]);
+    assert_eq!(kept_for_copies(&snaps, &[4, 2]), vec![2, 3, 4, 5]);
+    // A base the primary no longer has (a diverged copy) keeps nothing.
+    assert_eq!(kept_for_copies(&snaps, &[99]), Vec::<u64>::new());
+    assert_eq!(kept_for_copies(&snaps, &[99, 4]), vec![4, 5]);
+}
+
+#[test]
+fn holds_follow_each_copys_base() {
+    let with_holds = |name: &str, guid: u64, holds: Option<&str>| {
+        let mut s = snap(name, guid, NOW + guid as i64);
+        if let Some(h) = holds {
+            s.properties.insert(PROP_HOLDS.into(), h.into());
+        }
+        s
+    };
+    let a = hold_tag("pool-a");
+    let b = hold_tag("pool-b");
+    assert_eq!(a, "projstore-copy-pool-a");
+    // Nothing recorded: each base is held.
+    let snaps = vec![with_holds("s1", 1, None), with_holds("s2", 2, Some("none"))];
+    let plan = plan_holds(&snaps, &[(a.clone(), 1), (b.clone(), 2)]);
+    assert_eq!(
+        plan.hold,
+        vec![("s1".into(), a.clone()), ("s2".into(), b.clone())]
+    );
+    assert!(plan.release.is_empty());
+    // Copy a moved on to s2; copy b is gone: a's old hold and b's are released.
+    let tags = holds_value(std::slice::from_ref(&a));
+    let snaps = vec![
+        with_holds("s1", 1, Some(&tags)),
+        with_holds("s2", 2, Some(&holds_value(std::slice::from_ref(&b)))),
+    ];
+    let plan = plan_holds(&snaps, &[(a.clone(), 2)]);
+    assert_eq!(plan.hold, vec![("s2".into(), a.clone())]);
+    assert_eq!(
+        plan.release,
+        vec![("s1".into(), a.clone()), ("s2".into(), b.clone())]
+    );
+    // In step: nothing to do.
+    let snaps = vec![with_holds(
+        "s2",
+        2,
+        Some(&holds_value(&[a.clone(), b.clone()])),
+    )];
+    assert_eq!(
+        plan_holds(&snaps, &[(a.clone(), 2), (b.clone(), 2)]),
+        HoldPlan::default()
+    );
+    assert_eq!(holds_value(&[]), "none");
+}
+
+#[test]
+fn a_copy_prunes_what_its_source_let_go_but_never_its_base_or_a_users_snapshot() {
+    let mk = |name: &str, g: u64| snap(name, g, NOW + g as i64);
+    let local = vec![
+        mk(&managed_name(NOW - 300), 1),
+        mk("before-upgrade", 2),
+        mk(&managed_name(NOW - 200), 3),
+        mk(&managed_name(NOW - 100), 4),
+    ];
+    assert_eq!(mirror_prune(&local, &[3, 4]), vec![managed_name(NOW - 300)]);
+    assert_eq!(mirror_prune(&local, &[1, 2, 3, 4]), Vec::<String>::new());
+    // Its newest not on the source (diverged): prune nothing.
+    assert_eq!(mirror_prune(&local, &[3]), Vec::<String>::new());
+    assert_eq!(mirror_prune(&[], &[3]), Vec::<String>::new());
 }

@@ -24,23 +24,30 @@ pub fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// Polls every 10 ms until a file ending in `suffix` with data appears in `dir`.
-pub async fn catch_in_flight(dir: &Path, suffix: &str, limit: Duration) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if files_ending(dir, suffix)
-            .iter()
-            .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
-}
-
 /// Polls every 10 ms until a `zfs recv` into `dataset` runs.
 pub async fn catch_receive(dataset: &str, limit: Duration) -> bool {
+    catch_zfs(limit, |args| {
+        args.contains(&b"recv".as_slice()) && args.contains(&dataset.as_bytes())
+    })
+    .await
+}
+
+/// Polls every 10 ms until a `zfs send` of a snapshot of `dataset` runs. (zfs-fuse's `zfs`
+/// splits its own `dataset@snapshot` argument in place, so its command line shows the
+/// dataset as an argument of its own; OpenZFS shows `dataset@snapshot`.)
+pub async fn catch_send(dataset: &str, limit: Duration) -> bool {
+    let prefix = format!("{dataset}@");
+    catch_zfs(limit, |args| {
+        args.contains(&b"send".as_slice())
+            && args
+                .iter()
+                .any(|a| *a == dataset.as_bytes() || a.starts_with(prefix.as_bytes()))
+    })
+    .await
+}
+
+/// Polls every 10 ms until a process whose arguments satisfy `matches` runs.
+async fn catch_zfs(limit: Duration, matches: impl Fn(&[&[u8]]) -> bool) -> bool {
     let t = Instant::now();
     while t.elapsed() < limit {
         let running = std::fs::read_dir("/proc")
@@ -50,7 +57,7 @@ pub async fn catch_receive(dataset: &str, limit: Duration) -> bool {
             .any(|e| {
                 std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
                     let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
-                    args.contains(&b"recv".as_slice()) && args.contains(&dataset.as_bytes())
+                    matches(&args)
                 })
             });
         if running {

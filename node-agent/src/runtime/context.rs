@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
-use projstore_api::StoragePool;
+use projstore_api::{StoragePool, StreamReplica};
 
 use super::Config;
 use super::replica::ReplicaError;
@@ -25,6 +25,9 @@ pub struct AgentContext {
     pub pools: Store<StoragePool>,
     /// Every StoragePool (the sftp side's watch): what a source host says of its mounts.
     pub all_pools: Store<StoragePool>,
+    /// Every StreamReplica: what the other copies of a project hold (retention keeps their
+    /// bases; a close waits for them).
+    pub replicas: Store<StreamReplica>,
     /// None when ZFS is not usable on this host: the agent reports that and does no work.
     pub zfs: Option<Zfs>,
     /// Replica work is allowed: sanity checks pass and the heartbeat is fresh.
@@ -40,7 +43,11 @@ impl AgentContext {
     pub fn new(
         client: Client,
         cfg: Config,
-        (pools, all_pools): (Store<StoragePool>, Store<StoragePool>),
+        (pools, all_pools, replicas): (
+            Store<StoragePool>,
+            Store<StoragePool>,
+            Store<StreamReplica>,
+        ),
         zfs: Option<Zfs>,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -48,6 +55,7 @@ impl AgentContext {
             cfg,
             pools,
             all_pools,
+            replicas,
             zfs,
             open: AtomicBool::new(false),
             failures: Mutex::default(),
@@ -136,6 +144,15 @@ impl AgentContext {
             let cx = self.clone();
             Box::pin(async move { cx.live_dataset(&project).await })
         })
+    }
+
+    /// Every StreamReplica of project `name` in `namespace`, as last seen.
+    pub fn copies_of(&self, namespace: &str, name: &str) -> Vec<Arc<StreamReplica>> {
+        self.replicas
+            .state()
+            .into_iter()
+            .filter(|sr| sr.spec.project == name && sr.namespace().as_deref() == Some(namespace))
+            .collect()
     }
 
     /// The stream store of `pool`.

@@ -190,7 +190,7 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
     let cx = AgentContext::new(
         client.clone(),
         cfg.clone(),
-        (store.clone(), all_pools.clone()),
+        (store.clone(), all_pools.clone(), all_replicas.clone()),
         zfs.clone(),
     );
     let replicas = schedule::Replicas::start(cx.clone());
@@ -339,9 +339,10 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
                 let s = Arc::new(StreamServer {
                     store: StreamStore::new(streams_mp),
                     authorize: holders_of_copies(client.clone()),
-                    sources: zfs
-                        .clone()
-                        .map(|zfs| crate::live::Sources::new(zfs, cx.clone().locator())),
+                    sources: zfs.clone().map(|zfs| {
+                        crate::live::Sources::new(zfs, cx.clone().locator())
+                            .with_fault_hook(&cfg.run_dir)
+                    }),
                 });
                 if let (Some(l), Some(tls)) = (listener.take(), cfg.tls.clone()) {
                     server_task = Some(tokio::spawn(serve(l, s.clone(), tls)));

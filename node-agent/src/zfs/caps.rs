@@ -40,6 +40,10 @@ pub struct Capabilities {
     pub raw_send: bool,
     /// `zfs send -c` (compressed blocks as they are on disk).
     pub compressed_send: bool,
+    /// `zfs send -L` (records larger than 128 KiB kept whole).
+    pub large_block_send: bool,
+    /// `zfs send -e` (blocks embedded in their block pointers kept so).
+    pub embedded_send: bool,
     /// `-p` on `zfs list` and `zpool list` (exact numbers).
     pub parsable_list: bool,
     /// The `written` property (bytes written since the previous snapshot).
@@ -72,6 +76,8 @@ impl Capabilities {
                 list_holds: false,
                 raw_send: false,
                 compressed_send: false,
+                large_block_send: false,
+                embedded_send: false,
                 parsable_list: false,
                 written_property: false,
             }),
@@ -99,10 +105,21 @@ impl Capabilities {
                     list_holds: true,
                     raw_send: has("encryption"),
                     compressed_send: has("lz4_compress"),
+                    large_block_send: has("large_blocks"),
+                    embedded_send: has("embedded_data"),
                     parsable_list: true,
                     written_property: true,
                 })
             }
+        }
+    }
+
+    /// The `zfs send` flags this host can make and receive.
+    pub fn send_flags(&self) -> super::SendFlags {
+        super::SendFlags {
+            compressed: self.compressed_send,
+            large_blocks: self.large_block_send,
+            embedded: self.embedded_send,
         }
     }
 

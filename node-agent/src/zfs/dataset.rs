@@ -110,7 +110,22 @@ impl Zfs {
         prop: &PropertyName,
         value: &str,
     ) -> Result<(), ZfsError> {
-        let what = format!("set {}={value} on {ds}", prop.as_str());
+        self.set_on(ds.as_str(), prop, value).await
+    }
+
+    /// Sets `prop=value` on snapshot `snap` (a user property: what a snapshot can carry) and
+    /// checks that it took.
+    pub async fn set_on_snapshot(
+        &self,
+        snap: &SnapshotName,
+        prop: &PropertyName,
+        value: &str,
+    ) -> Result<(), ZfsError> {
+        self.set_on(&snap.full(), prop, value).await
+    }
+
+    async fn set_on(&self, target: &str, prop: &PropertyName, value: &str) -> Result<(), ZfsError> {
+        let what = format!("set {}={value} on {target}", prop.as_str());
         check_property_value(value).map_err(|source| ZfsError::InvalidName {
             what: what.clone(),
             source,
@@ -120,11 +135,15 @@ impl Zfs {
             args([
                 "set".to_owned(),
                 format!("{}={value}", prop.as_str()),
-                ds.to_string(),
+                target.to_owned(),
             ]),
         )
         .await?;
-        let now = self.property(ds, prop).await?;
+        let mut map = self.get(target, &[prop.as_str()]).await?;
+        let now = map.remove(prop.as_str()).ok_or_else(|| ZfsError::Parse {
+            what: format!("get {} of {target}", prop.as_str()),
+            detail: "property missing from output".into(),
+        })?;
         let same = now == value || now.eq_ignore_ascii_case(value) || {
             // Sizes come back exact under -p: `1G` reads as 1073741824.
             match (parse::parse_size(value), now.parse::<u64>()) {

@@ -24,7 +24,7 @@ pub use dataset::{Created, Destroyed};
 pub use error::ZfsError;
 pub use names::{DatasetName, HoldTag, NameError, PoolName, PropertyName, SnapshotName};
 pub use parse::{PoolRow, SnapshotInfo};
-pub use pipe::{Progress, RecvOptions};
+pub use pipe::{Progress, RecvOptions, SendFlags};
 pub use pool::{Capacity, Imported, Vdev, parse_status_vdevs};
 
 /// A handle on the host's ZFS: the binaries to run and what they can do.

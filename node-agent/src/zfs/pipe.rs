@@ -33,6 +33,58 @@ impl Progress {
     }
 }
 
+/// Optional `zfs send` flags, which both ends must support (OpenZFS; zfs-fuse has none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendFlags {
+    /// `-c`: blocks as compressed on disk.
+    pub compressed: bool,
+    /// `-L`: large records whole.
+    pub large_blocks: bool,
+    /// `-e`: embedded blocks as they are.
+    pub embedded: bool,
+}
+
+impl SendFlags {
+    /// The flags both `self` and `other` have.
+    pub fn both(self, other: Self) -> Self {
+        Self {
+            compressed: self.compressed && other.compressed,
+            large_blocks: self.large_blocks && other.large_blocks,
+            embedded: self.embedded && other.embedded,
+        }
+    }
+
+    /// As a send request says them: the flag letters, `cLe` or part of it.
+    pub fn letters(self) -> String {
+        [
+            (self.compressed, 'c'),
+            (self.large_blocks, 'L'),
+            (self.embedded, 'e'),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, c)| *c)
+        .collect()
+    }
+
+    /// Reads [`Self::letters`]; anything else is refused.
+    pub fn parse_letters(s: &str) -> Result<Self, String> {
+        let mut f = Self::default();
+        for c in s.chars() {
+            let slot = match c {
+                'c' => &mut f.compressed,
+                'L' => &mut f.large_blocks,
+                'e' => &mut f.embedded,
+                _ => return Err(format!("unknown send flag {c:?} (expected c, L, e)")),
+            };
+            if std::mem::replace(slot, true) {
+                return Err(format!("send flag {c:?} given twice"));
+            }
+        }
+        Ok(f)
+    }
+}
+
 /// How a receive may treat the target.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RecvOptions {
@@ -49,7 +101,31 @@ impl Zfs {
         out: &mut W,
         progress: &Progress,
     ) -> Result<u64, ZfsError> {
-        let (what, a) = send_args(snap, from)?;
+        self.send_flagged(snap, from, SendFlags::default(), out, progress)
+            .await
+    }
+
+    /// [`Zfs::send`] with `flags` (`-c`, `-L`, `-e`), as far as this host has them.
+    pub async fn send_flagged<W: AsyncWrite + Unpin>(
+        &self,
+        snap: &SnapshotName,
+        from: Option<&SnapshotName>,
+        flags: SendFlags,
+        out: &mut W,
+        progress: &Progress,
+    ) -> Result<u64, ZfsError> {
+        let flags = flags.both(self.capabilities().send_flags());
+        let (what, mut a) = send_args(snap, from)?;
+        let at = 1;
+        for (on, flag) in [
+            (flags.compressed, "-c"),
+            (flags.large_blocks, "-L"),
+            (flags.embedded, "-e"),
+        ] {
+            if on {
+                a.insert(at, flag.into());
+            }
+        }
         self.send_with(what, a, out, progress).await
     }
 

@@ -3,26 +3,48 @@
 
 use super::*;
 
-/// Closes a copy (DESIGN §5.6): a primary takes a final snapshot and stream; every copy then
-/// checks that its stored chain rebuilds the newest snapshot (received into a scratch dataset
+/// Closes a copy (DESIGN §5.6). A primary stops writes, takes a final snapshot and writes the
+/// project's stream (full, or from what is still stored), and keeps its dataset until every
+/// other copy has closed: they catch up live from it and fetch its stream. Every copy then
+/// checks that its stored chain rebuilds its newest snapshot (received into a scratch dataset
 /// and compared by GUID), and only then destroys its live dataset. The streams stay.
 pub(super) async fn archive(
     cx: &AgentContext,
     sr: &StreamReplica,
     pool: &PoolName,
     role: ReplicaRole,
-) -> Result<StreamReplicaStatus, ReplicaError> {
+) -> Result<(StreamReplicaStatus, Due), ReplicaError> {
     let c = Copy::new(cx, sr, pool)?;
     let storage = c.storage();
     let (zfs, key, ds, store) = (c.zfs, &c.key, &c.ds, &c.store);
-    if role == ReplicaRole::Secondary && zfs.exists(ds).await? {
-        // Catch up first (the primary's final stream), so what is verified is everything.
-        secondary(cx, sr, pool).await?;
+    let prev = sr.status.clone().unwrap_or_default();
+    let exists = zfs.exists(ds).await?;
+    if role == ReplicaRole::Secondary && (exists || store.list(key).await?.is_empty()) {
+        if exists {
+            // Catch up first (the primary's final snapshot), so what is verified is everything.
+            secondary(cx, sr, pool).await?;
+        }
+        fetch_chain(cx, sr, &c).await?;
     }
-    if zfs.exists(ds).await? {
+    if exists {
         if role == ReplicaRole::Primary {
             stop_writes(zfs, &cx.cfg.run_dir, ds).await?;
-            final_snapshot(&storage, key, ds, sr.spec.epoch).await?;
+            final_snapshot(zfs, ds).await?;
+            stream_newest(&storage, key, ds, sr.spec.epoch).await?;
+            let waiting = copies_closing(cx, sr);
+            if !waiting.is_empty() {
+                let why = format!(
+                    "keeping the dataset until the other copies have closed: {}",
+                    waiting.join(", ")
+                );
+                let verdict = Verdict::new("Closed", false, "WaitingForCopies", why);
+                let status = StreamReplicaStatus {
+                    phase: Some(projstore_api::ReplicaPhase::Syncing),
+                    conditions: plans::conditions(&[verdict], &prev.conditions, Timestamp::now()),
+                    ..prev
+                };
+                return Ok((status, Some(std::time::Duration::from_secs(2))));
+            }
         }
         let newest = zfs
             .snapshots(ds, &[])
@@ -34,10 +56,58 @@ pub(super) async fn archive(
         zfs.destroy(ds, true).await?;
     }
     let stored = store.list(key).await?;
-    Ok(plans::archived_status(
-        &sr.status.clone().unwrap_or_default(),
-        plans::streams_summary(stored.iter().map(|s| s.manifest.bytes)),
+    Ok((
+        plans::archived_status(
+            &prev,
+            plans::streams_summary(stored.iter().map(|s| s.manifest.bytes)),
+        ),
+        None,
     ))
+}
+
+/// The other copies of the project still closing (a Closed replica not yet Archived), by name.
+fn copies_closing(cx: &AgentContext, sr: &StreamReplica) -> Vec<String> {
+    cx.copies_of(&sr.namespace().unwrap_or_default(), &sr.spec.project)
+        .iter()
+        .filter(|c| c.spec.pool != sr.spec.pool && c.spec.state == ReplicaState::Archived)
+        .filter(|c| {
+            c.status.as_ref().and_then(|s| s.phase) != Some(projstore_api::ReplicaPhase::Archived)
+        })
+        .map(|c| c.name_any())
+        .collect()
+}
+
+/// Fetches the primary's stored chain into this pool's store (each stream checked against its
+/// manifest's digest as it is stored).
+async fn fetch_chain(
+    cx: &AgentContext,
+    sr: &StreamReplica,
+    c: &Copy<'_>,
+) -> Result<(), ReplicaError> {
+    let (key, store) = (&c.key, &c.store);
+    let peer = source_peer(cx, sr)?;
+    let remote = peer.list(key).await?;
+    let edges: Vec<_> = remote
+        .iter()
+        .filter_map(|(id, m)| m.edge(id).ok())
+        .collect();
+    let planned = plan(&edges)?;
+    if planned.chain.is_empty() {
+        return Err(format!("the primary has not written the stream of {key} yet").into());
+    }
+    for id in planned.chain {
+        let (sid, manifest) = remote
+            .iter()
+            .find(|(i, _)| i.as_str() == id)
+            .ok_or("the peer's list changed")?;
+        let local = store.manifest(key, sid).await.ok();
+        if local.as_ref().map(|m| &m.sha256) != Some(&manifest.sha256) {
+            peer.download(store, key, sid, manifest, &Progress::new())
+                .await?;
+            tracing::info!(project = %key, stream = %sid, "stream fetched from the primary");
+        }
+    }
+    Ok(())
 }
 
 /// Receives the stored chain into `<pool>/recv/<ns>/<name>-verify` and checks it ends at

@@ -1,5 +1,5 @@
-//! The stored stream chain of a project: each snapshot's stream written, a final snapshot
-//! when writes stop, compaction.
+//! Snapshots a primary takes, and the stored stream chain of a project: written when it
+//! closes (DESIGN §4: an open project keeps no stream files).
 
 use super::*;
 
@@ -16,22 +16,16 @@ pub(super) async fn stored_plan(
     plan(&edges).map_err(ReplicaError::from)
 }
 
-/// Writes stopped (`ds` unmounted): makes sure the stored chain ends at everything `ds`
-/// holds. Writes since the newest snapshot get a final snapshot; nothing written is left out.
-pub(super) async fn final_snapshot(
-    storage: &Storage<'_>,
-    key: &ProjectKey,
-    ds: &DatasetName,
-    epoch: u64,
-) -> Result<(), ReplicaError> {
-    let zfs = storage.zfs;
+/// Writes stopped (`ds` unmounted): makes sure the newest snapshot holds everything written.
+/// Writes since the newest snapshot get a final snapshot; nothing written is left out.
+pub(super) async fn final_snapshot(zfs: &Zfs, ds: &DatasetName) -> Result<(), ReplicaError> {
     let snaps = zfs.snapshots(ds, &[]).await?;
     let snap = unused_managed_snapshot(ds, &snaps)?;
     let taken = zfs.snapshot_unsaved(ds, &snap).await?;
     if taken.is_none() && snaps.is_empty() {
         zfs.snapshot(&snap, &[]).await?;
     }
-    stream_newest(storage, key, ds, epoch).await
+    Ok(())
 }
 
 /// Makes the stored chain reach the newest snapshot of `ds`: writes its stream, incremental
@@ -62,17 +56,15 @@ pub(super) async fn stream_newest(
     Ok(())
 }
 
-/// Takes a managed snapshot of `ds` now and writes its stream; unless `always`, only when
-/// something was written since the newest snapshot. Says whether one was taken.
-pub(super) async fn snapshot_and_stream(
-    storage: &Storage<'_>,
+/// Takes a managed snapshot of `ds` now; unless `always`, only when something was written
+/// since the newest snapshot. Says whether one was taken.
+pub(super) async fn take_snapshot(
+    zfs: &Zfs,
     key: &ProjectKey,
     ds: &DatasetName,
-    epoch: u64,
     always: bool,
 ) -> Result<bool, ReplicaError> {
     let snap = ds.snapshot(&managed_name(Utc::now().timestamp()))?;
-    let zfs = storage.zfs;
     let taken = if always {
         zfs.snapshot(&snap, &[]).await.map(Some)
     } else {
@@ -82,62 +74,8 @@ pub(super) async fn snapshot_and_stream(
     if taken {
         crate::metrics::add(&crate::metrics::METRICS.snapshots_taken, 1);
         tracing::info!(project = %key, %snap, "snapshot taken");
-        stream_newest(storage, key, ds, epoch).await?;
     }
     Ok(taken)
-}
-
-/// Compaction (DESIGN §5.3): when the stored chain grew long or ends in many tiny
-/// increments, writes one full or one larger incremental stream to the newest snapshot, so
-/// the planner's chain gets shorter and the superseded streams are collected.
-pub(super) async fn compact(
-    storage: &Storage<'_>,
-    key: &ProjectKey,
-    ds: &DatasetName,
-    epoch: u64,
-) -> Result<(), ReplicaError> {
-    use crate::streams::compaction::{Compaction, CompactionPolicy, decide};
-    let stored = storage.store.list(key).await?;
-    let edges: Vec<crate::streams::Edge> = stored
-        .iter()
-        .filter_map(|s| s.manifest.edge(&s.id).ok())
-        .collect();
-    let planned = plan(&edges)?;
-    let chain: Vec<crate::streams::Edge> = planned
-        .chain
-        .iter()
-        .filter_map(|id| edges.iter().find(|e| &e.id == id).cloned())
-        .collect();
-    let snaps = storage.zfs.snapshots(ds, &[]).await?;
-    let Some(newest) = snaps.last() else {
-        return Ok(());
-    };
-    if planned.target.as_ref().map(|t| t.guid) != Some(newest.guid) {
-        return Ok(());
-    }
-    let from = match decide(
-        &chain,
-        |g| snaps.iter().any(|s| s.guid == g),
-        &CompactionPolicy::default(),
-    ) {
-        Compaction::Nothing => return Ok(()),
-        Compaction::Full { reason } => {
-            tracing::info!(project = %key, %reason, "compacting: a fresh full stream");
-            None
-        }
-        Compaction::Incremental { from_guid, reason } => {
-            tracing::info!(project = %key, %reason, "compacting: one larger incremental");
-            snaps.iter().find(|s| s.guid == from_guid)
-        }
-    };
-    let from = from.map(|s| ds.snapshot(&s.name)).transpose()?;
-    let to = ds.snapshot(&newest.name)?;
-    match write_stream(storage, key, &to, from.as_ref(), epoch, &Progress::new()).await {
-        Ok(_) => Ok(()),
-        // Already written by an earlier pass: the planner uses it.
-        Err(TransferError::Store(StoreError::AlreadyExists { .. })) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// A managed snapshot of `ds` named for now, or the next free second when that name is taken.

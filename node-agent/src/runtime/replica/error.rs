@@ -27,6 +27,9 @@ pub enum ReplicaError {
     /// Fetching from a peer's stream server.
     #[error(transparent)]
     Fetch(#[from] FetchError),
+    /// A live send from a peer that did not commit.
+    #[error(transparent)]
+    Live(#[from] crate::live::LiveError),
     /// The Kubernetes API.
     #[error(transparent)]
     Kube(#[from] kube::Error),

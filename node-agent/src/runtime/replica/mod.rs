@@ -18,9 +18,8 @@ use super::AgentContext;
 use crate::fetch::Peer;
 use crate::layout::{NewProject, PROP_EPOCH, PROP_ROLE, PoolLayout, create_project};
 use crate::retention::managed_name;
-use crate::streams::StoreError;
-use crate::streams::{ProjectKey, ReplicaPlan, StreamStore, plan, plan_for_replica};
-use crate::transfer::{Storage, TransferError, apply_stream, write_stream};
+use crate::streams::{ProjectKey, StreamStore, plan};
+use crate::transfer::{Storage, apply_stream, write_stream};
 use crate::zfs::{DatasetName, PoolName, Progress, PropertyName, SnapshotInfo, Zfs};
 
 mod archive;
@@ -96,6 +95,16 @@ impl<'a> Copy<'a> {
 /// (a primary's next snapshot), or None when only a change to the replica makes work.
 pub type Due = Option<std::time::Duration>;
 
+/// The stream server of a secondary's source (its primary), as the spec names it.
+pub(super) fn source_peer(cx: &AgentContext, sr: &StreamReplica) -> Result<Peer, ReplicaError> {
+    let source = sr.spec.source.as_ref().ok_or("no source primary yet")?;
+    let endpoint = source
+        .stream_endpoint
+        .as_deref()
+        .ok_or("the primary's stream endpoint is not known yet")?;
+    Ok(Peer::new(endpoint, &source.node, cx.tls()?)?)
+}
+
 pub(super) fn p(name: &str) -> Result<PropertyName, ReplicaError> {
     PropertyName::parse(name).map_err(ReplicaError::from)
 }
@@ -114,11 +123,12 @@ pub async fn reconcile(
             secondary(cx, sr, pool).await.map(|s| (s, None))
         }
         (ReplicaState::Trashed, _) => trash(cx, sr, pool).await.map(|s| (s, None)),
-        (ReplicaState::Archived, role) => archive(cx, sr, pool, role).await.map(|s| (s, None)),
+        (ReplicaState::Archived, role) => archive(cx, sr, pool, role).await,
     };
     let due = result.as_ref().ok().and_then(|(_, d)| *d);
-    if result.is_err() {
+    if let Err(e) = &result {
         crate::metrics::add(&crate::metrics::METRICS.errors, 1);
+        tracing::warn!(error = %e, "replica pass failed");
     }
     let outcome = result.map(|(s, _)| s).map_err(|e| e.to_string());
     let status = plans::finish(&prev, outcome, sr.metadata.generation, Timestamp::now());

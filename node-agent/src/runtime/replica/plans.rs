@@ -279,11 +279,11 @@ pub fn mounts_verdict(mounts: &[MountStatus]) -> Verdict {
     )
 }
 
-/// Managed snapshots retention destroys now. It never destroys the base of the next
-/// incremental (`keep_guid`: the stored chain's target), nor user snapshots.
+/// Managed snapshots retention destroys now. It never destroys a base some copy's next
+/// incremental starts from (`keep`: each copy's newest applied snapshot), nor user snapshots.
 pub fn to_prune(
     snapshots: &[SnapshotInfo],
-    keep_guid: Option<u64>,
+    keep: &[u64],
     policy: &SnapshotPolicy,
     now: i64,
 ) -> Vec<String> {
@@ -294,7 +294,7 @@ pub fn to_prune(
             guid: s.guid,
             createtxg: s.createtxg,
             time: s.creation,
-            held: Some(s.guid) == keep_guid,
+            held: keep.contains(&s.guid),
         })
         .collect();
     let k = &policy.keep;
@@ -545,9 +545,9 @@ pub fn unsettled(status: &StreamReplicaStatus) -> bool {
 pub enum LiveSync {
     /// It holds the source's newest snapshot (or the source has none).
     UpToDate,
-    /// It holds nothing: a full send of the source's oldest snapshot, then, when the source
-    /// has newer ones, from it to the newest, one verified send per snapshot between.
-    Full { first: u64, then: Option<u64> },
+    /// It holds nothing: a full send of the source's newest snapshot (always kept there, so
+    /// retention cannot pull it away mid-transfer; older history stays on the source).
+    Full { to: u64 },
     /// From the newest snapshot both hold to the source's newest, one verified send per
     /// snapshot between (a compound stream would commit them before it is verified).
     Incremental { from: u64, to: u64 },
@@ -559,21 +559,19 @@ pub enum LiveSync {
 /// What a copy holding `local` (oldest first) does to hold what a source holding `remote`
 /// (oldest first, by GUID) holds.
 pub fn plan_live_sync(local: &[SnapshotInfo], remote: &[u64]) -> LiveSync {
-    let (Some(&oldest), Some(&newest)) = (remote.first(), remote.last()) else {
+    let Some(&newest) = remote.last() else {
         return LiveSync::UpToDate;
     };
     if local.is_empty() {
-        return LiveSync::Full {
-            first: oldest,
-            then: (newest != oldest).then_some(newest),
-        };
+        return LiveSync::Full { to: newest };
     }
     let Some(at) = local.iter().rposition(|s| remote.contains(&s.guid)) else {
         return LiveSync::Diverged;
     };
     if at + 1 != local.len() {
-        // Snapshots after the newest in common: its own writes, or a base the source pruned
-        // (holds prevent that). A receive can only continue from its newest snapshot.
+        // Snapshots after the newest in common: its own writes, or one the source pruned
+        // (the source keeps every snapshot from each copy's base on, so not that). A receive
+        // can only continue from its newest snapshot.
         return LiveSync::Diverged;
     }
     let common = local[at].guid;
@@ -585,4 +583,122 @@ pub fn plan_live_sync(local: &[SnapshotInfo], remote: &[u64]) -> LiveSync {
             to: newest,
         }
     }
+}
+
+impl LiveSync {
+    /// The verified sends that carry it out against a source holding `remote` (oldest first,
+    /// by GUID), in order: `(from, to)`, `from` None for the full send. One per snapshot: a
+    /// cut-off transfer loses at most the snapshot in flight.
+    pub fn steps(&self, remote: &[u64]) -> Vec<(Option<u64>, u64)> {
+        match *self {
+            LiveSync::UpToDate | LiveSync::Diverged => Vec::new(),
+            LiveSync::Full { to } => vec![(None, to)],
+            LiveSync::Incremental { from, to } => {
+                let mut steps = Vec::new();
+                let mut prev = from;
+                let after = remote.iter().position(|&g| g == from).map_or(0, |i| i + 1);
+                for &g in &remote[after.min(remote.len())..] {
+                    steps.push((Some(prev), g));
+                    prev = g;
+                    if g == to {
+                        break;
+                    }
+                }
+                steps
+            }
+        }
+    }
+}
+
+/// The snapshots a primary keeps for its copies whatever its retention says: every snapshot
+/// from the oldest copy's base on (`bases`: each copy's newest applied snapshot, by GUID), so
+/// a copy part-way through catching up never finds the snapshot it stands on pruned. A base
+/// the primary no longer holds counts for nothing.
+pub fn kept_for_copies(snapshots: &[SnapshotInfo], bases: &[u64]) -> Vec<u64> {
+    let oldest = snapshots.iter().position(|s| bases.contains(&s.guid));
+    oldest
+        .map(|at| snapshots[at..].iter().map(|s| s.guid).collect())
+        .unwrap_or_default()
+}
+
+/// What a copy holding `local` (oldest first) prunes once in step with a source holding
+/// `remote` (by GUID): the managed snapshots the source's retention let go, never its newest
+/// (the base of its next receive) and never a user's snapshot.
+pub fn mirror_prune(local: &[SnapshotInfo], remote: &[u64]) -> Vec<String> {
+    let Some((newest, older)) = local.split_last() else {
+        return Vec::new();
+    };
+    if !remote.contains(&newest.guid) {
+        return Vec::new();
+    }
+    older
+        .iter()
+        .filter(|s| !remote.contains(&s.guid) && crate::retention::is_managed(&s.name))
+        .map(|s| s.name.clone())
+        .collect()
+}
+
+/// User property of a snapshot on a primary: the hold tags placed on it (comma-separated;
+/// `none`), written before a hold is placed and after it is released, so a hold is never
+/// forgotten even where ZFS cannot list them (zfs-fuse has no `zfs holds`).
+pub const PROP_HOLDS: &str = "projstore.io:holds";
+
+/// The hold tag of the copy on StoragePool `pool`.
+pub fn hold_tag(pool: &str) -> String {
+    format!("projstore-copy-{pool}")
+}
+
+/// Hold tags recorded on a snapshot.
+pub fn recorded_holds(s: &SnapshotInfo) -> Vec<String> {
+    s.properties
+        .get(PROP_HOLDS)
+        .map(|v| {
+            v.split(',')
+                .filter(|t| !t.is_empty() && *t != "none" && *t != "-")
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The value of [`PROP_HOLDS`] for `tags`.
+pub fn holds_value(tags: &[String]) -> String {
+    if tags.is_empty() {
+        "none".into()
+    } else {
+        tags.join(",")
+    }
+}
+
+/// Holds to place and release on a primary: each copy's base (`bases`: its tag and the GUID
+/// of its newest applied snapshot) held with the copy's tag; every other recorded hold
+/// released — the copy moved past that snapshot, or is gone.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct HoldPlan {
+    /// `(snapshot name, tag)`.
+    pub hold: Vec<(String, String)>,
+    pub release: Vec<(String, String)>,
+}
+
+pub fn plan_holds(snapshots: &[SnapshotInfo], bases: &[(String, u64)]) -> HoldPlan {
+    let mut plan = HoldPlan::default();
+    for s in snapshots {
+        let recorded = recorded_holds(s);
+        let wanted: Vec<&String> = bases
+            .iter()
+            .filter(|(_, g)| *g == s.guid)
+            .map(|(t, _)| t)
+            .collect();
+        for t in &wanted {
+            if !recorded.contains(t) {
+                plan.hold.push((s.name.clone(), (*t).clone()));
+            }
+        }
+        for t in recorded {
+            if !wanted.contains(&&t) {
+                plan.release.push((s.name.clone(), t));
+            }
+        }
+    }
+    plan
 }

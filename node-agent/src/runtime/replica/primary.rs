@@ -124,8 +124,8 @@ pub(super) async fn primary(
     verdicts.push(snapshot.blocked);
     if let Some(step) = snapshot.take {
         // On schedule only when something was written since the newest snapshot; on demand
-        // always.
-        let taken = snapshot_and_stream(&storage, key, ds, sr.spec.epoch, step.always).await?;
+        // always. No stream is written: copies receive it live (DESIGN §5.4).
+        let taken = take_snapshot(zfs, key, ds, step.always).await?;
         if !taken && let Ok(mut q) = cx.quiet.lock() {
             q.insert(ds.as_str().to_owned(), now);
         }
@@ -133,34 +133,29 @@ pub(super) async fn primary(
             zfs.set(ds, &p(plans::PROP_SNAPSHOT_NOW)?, mark).await?;
         }
     }
-    // A snapshot whose stream a crash interrupted gets it now.
-    stream_newest(&storage, key, ds, sr.spec.epoch).await?;
-    compact(&storage, key, ds, sr.spec.epoch).await?;
-    // What is stored now (the status counts it), the chain's target (retention keeps it: the
-    // base of the next incremental) and what the chain no longer needs.
-    let stored = store.list(key).await?;
-    let edges: Vec<_> = stored
-        .iter()
-        .filter_map(|s| s.manifest.edge(&s.id).ok())
-        .collect();
-    let planned = plan(&edges)?;
-    let keep_guid = planned.target.as_ref().map(|t| t.guid);
-    let snaps = zfs.snapshots(ds, &[]).await?;
-    for name in plans::to_prune(&snaps, keep_guid, policy, now) {
+    // Retention never takes a snapshot a copy stands on or still has to receive: each copy's
+    // base is held, every snapshot from the oldest base on is kept; nor a user's snapshot.
+    let bases = copy_bases(cx, sr);
+    let snaps = keep_bases(zfs, ds, &bases).await?;
+    let base_guids: Vec<u64> = bases.iter().map(|(_, g)| *g).collect();
+    let keep = plans::kept_for_copies(&snaps, &base_guids);
+    for name in plans::to_prune(&snaps, &keep, policy, now) {
         if let Ok(s) = ds.snapshot(&name) {
-            let _ = zfs.destroy_snapshot(&s).await;
+            match zfs.destroy_snapshot(&s).await {
+                Ok(_) => tracing::info!(project = %key, snapshot = %name, "pruned by retention"),
+                Err(e) => {
+                    tracing::warn!(project = %key, snapshot = %name, error = %e, "not pruned")
+                }
+            }
         }
     }
-    for id in planned.deletable {
-        if let Ok(id) = crate::streams::StreamId::parse(&id) {
-            let _ = store.delete(key, &id).await;
-        }
-    }
+    let snaps = zfs.snapshots(ds, &[]).await?;
+    drop_superseded_streams(cx, sr, store, key, &snaps).await;
+    let stored = store.list(key).await?;
     let prev = sr.status.clone().unwrap_or_default();
     if let Some(v) = forks_verdict(zfs, layout, key).await {
         verdicts.push(v);
     }
-    let snaps = zfs.snapshots(ds, &[]).await?;
     let interval = plans::interval_secs(policy);
     let due = plans::next_due(
         plans::last_check(&snaps, quiet()),
@@ -182,9 +177,70 @@ pub(super) async fn primary(
     Ok((status, Some(due)))
 }
 
+/// The other live copies of the project and the snapshot each stands on: its hold tag and the
+/// GUID of its newest applied snapshot, as its status says.
+fn copy_bases(cx: &AgentContext, sr: &StreamReplica) -> Vec<(String, u64)> {
+    cx.copies_of(&sr.namespace().unwrap_or_default(), &sr.spec.project)
+        .iter()
+        .filter(|c| c.spec.state == ReplicaState::Live && c.spec.pool != sr.spec.pool)
+        .filter_map(|c| {
+            let applied = c.status.as_ref()?.applied_snapshot.as_ref()?;
+            Some((plans::hold_tag(&c.spec.pool), applied.guid.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Holds each copy's base on `ds` with the copy's tag, and releases the holds of copies that
+/// moved on or are gone (DESIGN §5.2); the tags are recorded on the snapshot first, so none is
+/// forgotten. Returns the snapshots as they are now.
+async fn keep_bases(
+    zfs: &Zfs,
+    ds: &DatasetName,
+    bases: &[(String, u64)],
+) -> Result<Vec<SnapshotInfo>, ReplicaError> {
+    let holds = p(plans::PROP_HOLDS)?;
+    let extra = [&holds];
+    let read = || zfs.snapshots(ds, &extra);
+    let snaps = read().await?;
+    let todo = plans::plan_holds(&snaps, bases);
+    if todo == plans::HoldPlan::default() {
+        return Ok(snaps);
+    }
+    let recorded = |name: &str, snaps: &[SnapshotInfo]| {
+        snaps
+            .iter()
+            .find(|s| s.name == name)
+            .map(plans::recorded_holds)
+            .unwrap_or_default()
+    };
+    for (name, tag) in &todo.hold {
+        let snap = ds.snapshot(name)?;
+        let mut tags = recorded(name, &read().await?);
+        if !tags.contains(tag) {
+            tags.push(tag.clone());
+        }
+        zfs.set_on_snapshot(&snap, &holds, &plans::holds_value(&tags))
+            .await?;
+        zfs.hold(&snap, &crate::zfs::HoldTag::parse(tag)?).await?;
+    }
+    for (name, tag) in &todo.release {
+        let snap = ds.snapshot(name)?;
+        if let Ok(t) = crate::zfs::HoldTag::parse(tag) {
+            zfs.release(&snap, &t).await?;
+        }
+        let tags: Vec<String> = recorded(name, &read().await?)
+            .into_iter()
+            .filter(|t| t != tag)
+            .collect();
+        zfs.set_on_snapshot(&snap, &holds, &plans::holds_value(&tags))
+            .await?;
+    }
+    Ok(read().await?)
+}
+
 /// A primary being moved away (`projstore.io/handoff-to`): stop writes (unmount), take the
-/// final snapshot and its stream, and say so with `HandedOff`; the controller flips the roles
-/// once the new pool has applied that snapshot.
+/// final snapshot, and say so with `HandedOff`; the controller flips the roles once the new
+/// pool has received that snapshot live.
 pub(super) async fn hand_off(
     storage: &Storage<'_>,
     run_dir: &Path,
@@ -195,7 +251,7 @@ pub(super) async fn hand_off(
 ) -> Result<StreamReplicaStatus, ReplicaError> {
     let zfs = storage.zfs;
     stop_writes(zfs, run_dir, ds).await?;
-    final_snapshot(storage, key, ds, sr.spec.epoch).await?;
+    final_snapshot(zfs, ds).await?;
     let snaps = zfs.snapshots(ds, &[]).await?;
     let stored = storage.store.list(key).await?;
     Ok(plans::handed_off_status(

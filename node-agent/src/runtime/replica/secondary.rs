@@ -1,7 +1,10 @@
-//! A live secondary: fetches what the chain lacks from the primary's stream server, applies
-//! it never mounted, keeps diverged history under `forks/`, reports what it holds.
+//! A live secondary: catches up with its source (the primary) over live sends straight into
+//! `zfs recv`, one verified snapshot at a time, never mounted; keeps diverged history under
+//! `forks/`; prunes what the source's retention let go; reports what it holds.
 
 use super::*;
+use crate::live::{LiveSnapshot, SendRequest, estimate};
+use plans::{LiveSync, plan_live_sync};
 
 pub(super) async fn secondary(
     cx: &AgentContext,
@@ -9,19 +12,17 @@ pub(super) async fn secondary(
     pool: &PoolName,
 ) -> Result<StreamReplicaStatus, ReplicaError> {
     let c = Copy::new(cx, sr, pool)?;
-    let storage = c.storage();
     let (zfs, key, layout, ds, store) = (c.zfs, &c.key, &c.layout, &c.ds, &c.store);
-    let source = sr.spec.source.as_ref().ok_or("no source primary yet")?;
-    let endpoint = source
-        .stream_endpoint
-        .as_deref()
-        .ok_or("the primary's stream endpoint is not known yet")?;
-    let peer = Peer::new(endpoint, &source.node, cx.tls()?)?;
-    let remote = peer.list(key).await?;
-    let edges: Vec<_> = remote
-        .iter()
-        .filter_map(|(id, m)| m.edge(id).ok())
-        .collect();
+    let peer = source_peer(cx, sr)?;
+    let remote = peer.snapshots(key).await?;
+    let guids: Vec<u64> = remote.iter().filter_map(LiveSnapshot::guid).collect();
+    if guids.len() != remote.len() {
+        return Err(format!(
+            "{} lists a snapshot GUID that is not a number",
+            peer.endpoint
+        )
+        .into());
+    }
     let mut exists = zfs.exists(ds).await?;
     if !exists {
         exists = restore_from_trash(zfs, layout, store, key, ds).await?;
@@ -29,70 +30,43 @@ pub(super) async fn secondary(
     if exists {
         stop_serving(zfs, &cx.cfg.run_dir, ds).await?;
     }
-    let held = if exists {
-        zfs.snapshots(ds, &[]).await?.last().map(|s| s.guid)
+    let local = if exists {
+        zfs.snapshots(ds, &[]).await?
     } else {
-        None
+        Vec::new()
     };
     let prev = sr.status.clone().unwrap_or_default();
-    let mut todo = plan_for_replica(&edges, held)?;
-    if matches!(todo, ReplicaPlan::Diverged) {
-        // This copy holds history the primary lacks (a returning old primary): keep it under
+    let mut todo = plan_live_sync(&local, &guids);
+    if todo == LiveSync::Diverged {
+        // This copy holds history the source lacks (a returning old primary): keep it under
         // forks/ and sync afresh. Nothing is destroyed.
-        let fork = fork(zfs, &cx.cfg.run_dir, layout, store, key, ds, &remote).await?;
+        let fork = fork(zfs, &cx.cfg.run_dir, layout, store, key, ds).await?;
         tracing::warn!(project = %key, fork = %fork, "diverged history preserved; re-syncing from the primary");
-        exists = false;
-        todo = plan_for_replica(&edges, None)?;
+        todo = plan_live_sync(&[], &guids);
     }
-    let received = !matches!(todo, ReplicaPlan::UpToDate);
-    match todo {
-        ReplicaPlan::UpToDate => {}
-        ReplicaPlan::Apply(ids) => {
-            // Progress (bytes fetched and applied) shows in status.transfer while it runs.
-            let progress = Progress::new();
-            let total: u64 = ids
-                .iter()
-                .filter_map(|id| remote.iter().find(|(i, _)| i.as_str() == id))
-                .map(|(_, m)| 2 * m.bytes)
-                .sum();
-            let _reporter = report_transfer(&cx.client, sr, progress.clone(), total);
-            for id in ids {
-                let (sid, manifest) = remote
-                    .iter()
-                    .find(|(i, _)| i.as_str() == id)
-                    .ok_or("the peer's list changed")?;
-                let local = store.manifest(key, sid).await.ok();
-                if local.as_ref().map(|m| &m.sha256) != Some(&manifest.sha256) {
-                    peer.download(store, key, sid, manifest, &progress).await?;
-                } else {
-                    progress.add(usize::try_from(manifest.bytes).unwrap_or(usize::MAX));
-                }
-                let mut applied = apply_stream(&storage, key, sid, ds, &progress).await;
-                if let Err(TransferError::Store(StoreError::Corrupt { reason, .. })) = &applied {
-                    // Damaged on this disk since it was fetched: never applied; fetch it again.
-                    tracing::warn!(project = %key, stream = %sid, %reason, "stored stream is corrupt: fetching it again");
-                    crate::metrics::add(&crate::metrics::METRICS.errors, 1);
-                    store.delete(key, sid).await?;
-                    peer.download(store, key, sid, manifest, &Progress::new())
-                        .await?;
-                    applied = apply_stream(&storage, key, sid, ds, &Progress::new()).await;
-                }
-                let applied = applied?;
-                tracing::info!(project = %key, stream = %sid, snapshot = %applied.name, "stream applied");
-            }
-        }
-        ReplicaPlan::Diverged => {
-            return Err(
-                format!("the primary's chain does not lead to a fresh copy of {key}").into(),
-            );
+    let steps = todo.steps(&guids);
+    let received = !steps.is_empty();
+    if received {
+        let find = |g: u64| remote.iter().find(|s| s.guid() == Some(g));
+        let total = steps
+            .iter()
+            .filter_map(|&(from, to)| Some(estimate(from.and_then(find), find(to)?)))
+            .sum();
+        // Bytes received so far show in status.transfer while it runs.
+        let progress = Progress::new();
+        let _reporter = report_transfer(&cx.client, sr, progress.clone(), total);
+        for (from, to) in steps {
+            let want = SendRequest {
+                project: key.clone(),
+                from,
+                to,
+            };
+            receive_live(cx, &peer, &want, pool, ds, &progress).await?;
+            tracing::info!(project = %key, snapshot = to, "live send applied");
         }
     }
     let forked = forks_verdict(zfs, layout, key).await;
-    let exists = if received {
-        zfs.exists(ds).await?
-    } else {
-        exists
-    };
+    let exists = zfs.exists(ds).await?;
     if exists {
         let have = zfs.get_props(ds, &[PROP_EPOCH, PROP_ROLE]).await?;
         let epoch = sr.spec.epoch.to_string();
@@ -105,13 +79,20 @@ pub(super) async fn secondary(
             // A copy just received (or re-synced after a fork) is read-only from the start.
             stop_serving(zfs, &cx.cfg.run_dir, ds).await?;
         }
+        let snaps = zfs.snapshots(ds, &[]).await?;
+        for name in plans::mirror_prune(&snaps, &guids) {
+            if let Ok(s) = ds.snapshot(&name) {
+                let _ = zfs.destroy_snapshot(&s).await;
+            }
+        }
     }
     let snaps = if exists {
         zfs.snapshots(ds, &[]).await?
     } else {
         Vec::new()
     };
-    let newest_remote = plan(&edges)?.target.map(|t| t.time);
+    drop_superseded_streams(cx, sr, store, key, &snaps).await;
+    let newest_remote = remote.last().map(|s| s.time);
     let stored = store.list(key).await?;
     let mut verdicts = Vec::new();
     verdicts.extend(forked);
@@ -124,8 +105,82 @@ pub(super) async fn secondary(
     ))
 }
 
+/// One live send applied to `ds`: a full one is received beside it (`recv/…`) and renamed
+/// into place once it committed, so a cut-off first copy leaves nothing half made.
+async fn receive_live(
+    cx: &AgentContext,
+    peer: &Peer,
+    want: &SendRequest,
+    pool: &PoolName,
+    ds: &DatasetName,
+    progress: &Progress,
+) -> Result<(), ReplicaError> {
+    let zfs = cx.zfs()?;
+    if want.from.is_some() {
+        peer.receive(zfs, want, ds, progress).await?;
+        return Ok(());
+    }
+    let staging = crate::transfer::staging_dataset(pool, &want.project)?;
+    crate::transfer::clear_staging(zfs, &staging).await?;
+    zfs.create_parents(&staging).await?;
+    if let Err(e) = peer.receive(zfs, want, &staging, progress).await {
+        let _ = crate::transfer::clear_staging(zfs, &staging).await;
+        return Err(e.into());
+    }
+    zfs.create_parents(ds).await?;
+    zfs.rename(&staging, ds).await?;
+    Ok(())
+}
+
+/// Stream files an open project carries from before live replication (DESIGN §4: an open
+/// project keeps none): removed once this copy holds their snapshot and every live copy of
+/// the project has applied one at least as new.
+pub(super) async fn drop_superseded_streams(
+    cx: &AgentContext,
+    sr: &StreamReplica,
+    store: &StreamStore,
+    key: &ProjectKey,
+    snaps: &[SnapshotInfo],
+) {
+    let Ok(stored) = store.list(key).await else {
+        return;
+    };
+    if stored.is_empty() {
+        return;
+    }
+    let copies = cx.copies_of(&sr.namespace().unwrap_or_default(), &sr.spec.project);
+    let everyone_at = copies
+        .iter()
+        .filter(|c| c.spec.state == ReplicaState::Live)
+        .map(|c| {
+            c.status
+                .as_ref()
+                .and_then(|s| s.applied_snapshot.as_ref())
+                .and_then(|a| a.time.as_ref())
+                .map(|t| t.0.as_second())
+        })
+        .min()
+        .flatten();
+    for s in stored {
+        let held = snaps
+            .iter()
+            .any(|x| x.guid.to_string() == s.manifest.to.guid);
+        let everyone = everyone_at.is_some_and(|t| t >= s.manifest.to.time);
+        if held && everyone {
+            match store.delete(key, &s.id).await {
+                Ok(()) => {
+                    tracing::info!(project = %key, stream = %s.id, "stream file of an open project removed: every copy holds its snapshot")
+                }
+                Err(e) => {
+                    tracing::warn!(project = %key, stream = %s.id, error = %e, "cannot remove a superseded stream file")
+                }
+            }
+        }
+    }
+}
+
 /// Renames `ds` to `forks/<ns>/<name>-e<epoch>` (`-2`, `-3`… when taken), unmounted and
-/// read-only, and sets aside the local streams the primary does not serve. Returns the fork.
+/// read-only, and sets aside the local stream files with it. Returns the fork.
 pub(super) async fn fork(
     zfs: &Zfs,
     run_dir: &Path,
@@ -133,7 +188,6 @@ pub(super) async fn fork(
     store: &StreamStore,
     key: &ProjectKey,
     ds: &DatasetName,
-    remote: &[(crate::streams::StreamId, crate::streams::Manifest)],
 ) -> Result<DatasetName, ReplicaError> {
     let epoch: u64 = zfs
         .property(ds, &p(PROP_EPOCH)?)
@@ -158,13 +212,10 @@ pub(super) async fn fork(
         zfs.set(&target, &p(prop)?, value).await?;
     }
     let label = target.as_str().rsplit('/').next().unwrap_or_default();
+    // Stream files of the diverged history go with it (an open project keeps none of its
+    // own: these predate live replication).
     for s in store.list(key).await? {
-        let served = remote
-            .iter()
-            .any(|(id, m)| *id == s.id && m.sha256 == s.manifest.sha256);
-        if !served {
-            store.set_aside(key, &s.id, label).await?;
-        }
+        store.set_aside(key, &s.id, label).await?;
     }
     Ok(target)
 }
@@ -199,12 +250,24 @@ pub(super) fn report_transfer(
     AbortOnDrop(tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         tick.tick().await;
+        // (time, bytes) of the last few ticks: the rate is over up to five seconds.
+        let mut seen = std::collections::VecDeque::from([(std::time::Instant::now(), 0u64)]);
         loop {
             tick.tick().await;
-            let done = progress.bytes().min(total);
+            let now = (std::time::Instant::now(), progress.bytes());
+            seen.push_back(now);
+            if seen.len() > 6 {
+                seen.pop_front();
+            }
+            let rate = seen.front().and_then(|(t, b)| {
+                let secs = now.0.duration_since(*t).as_secs_f64();
+                (secs > 0.0).then(|| (now.1.saturating_sub(*b) as f64 / secs) as u64)
+            });
+            // The estimate may fall short: the total is then at least what arrived.
             let transfer = projstore_api::TransferProgress {
-                bytes_done: done,
-                bytes_total: total,
+                bytes_done: now.1,
+                bytes_total: total.max(now.1),
+                bytes_per_second: rate,
             };
             let patch = serde_json::json!({ "status": { "transfer": transfer } });
             let _ = api
