@@ -48,6 +48,7 @@ crds:
 
 ## make bench: the speed targets of the issues, each printed with how it was measured.
 bench:
+	$(CARGO) build --release --workspace --bins
 	$(CARGO) bench --workspace
 
 ## make demo: build, start the dev cluster, apply examples/ and walk through it (it keeps running).

@@ -34,7 +34,6 @@ use hyper::body::Frame;
 use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::fetch::{FetchError, Peer};
 use crate::streams::ProjectKey;
@@ -51,6 +50,9 @@ pub const ERROR_TRAILER: &str = "x-projstore-error";
 /// stream ends with its END record (one 312-byte `dmu_replay_record`); without it a receive
 /// commits nothing. Many times that, so no framing detail can let the END record through.
 pub const WITHHELD: usize = 64 << 10;
+
+/// What a receive hands `zfs recv` at a time, about.
+const FEED_CHUNK: usize = 1 << 20;
 
 /// The largest snapshot list read from a peer.
 const MAX_LIST_BYTES: usize = 16 << 20;
@@ -298,44 +300,39 @@ impl Sources {
         tokio::spawn(async move {
             let started = std::time::Instant::now();
             let _slot = slot;
-            let (mut w, mut r) = tokio::io::duplex(1 << 20);
-            let send = async move {
-                let sent = zfs
-                    .send_flagged(&to, from.as_ref(), flags, &mut w, &Progress::new())
-                    .await;
-                drop(w);
-                sent
-            };
+            // zfs send's output in chunks of 1 MiB, read straight into the frames sent.
+            let (chunks, mut r) = tokio::sync::mpsc::channel::<Bytes>(4);
+            let send = async move { zfs.send_chunks(&to, from.as_ref(), flags, chunks).await };
             let frames = tx.clone();
             let forward = async move {
                 let mut hasher = Sha256::new();
                 let mut total = 0u64;
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let n = r.read(&mut buf).await?;
-                    if n == 0 {
-                        return Ok::<_, std::io::Error>((hex::encode(hasher.finalize()), total));
-                    }
-                    hasher.update(&buf[..n]);
+                while let Some(chunk) = r.recv().await {
+                    let n = chunk.len();
+                    hasher.update(&chunk);
                     total += n as u64;
                     crate::metrics::add(&crate::metrics::METRICS.bytes_sent, n as u64);
-                    if n > 2 * RECORD
+                    let chunk = if n > 2 * RECORD
                         && fault
                             .as_ref()
                             .is_some_and(|f| std::fs::remove_file(f).is_ok())
                     {
                         tracing::warn!("fault hook: one byte of this send flipped after hashing");
-                        buf[n / 2] ^= 0x40;
-                    }
-                    let chunk = Frame::data(Bytes::copy_from_slice(&buf[..n]));
+                        let mut flipped = chunk.to_vec();
+                        flipped[n / 2] ^= 0x40;
+                        Bytes::from(flipped)
+                    } else {
+                        chunk
+                    };
                     if !matches!(
-                        tokio::time::timeout(STALL, frames.send(Ok(chunk))).await,
+                        tokio::time::timeout(STALL, frames.send(Ok(Frame::data(chunk)))).await,
                         Ok(Ok(()))
                     ) {
-                        // The receiver went away or stalled: dropping the reader ends the send.
+                        // The receiver went away or stalled: dropping the chunks ends the send.
                         return Err(std::io::Error::other("receiver gone"));
                     }
                 }
+                Ok::<_, std::io::Error>((hex::encode(hasher.finalize()), total))
             };
             let (sent, forwarded) = tokio::join!(send, forward);
             let done = match &forwarded {
@@ -493,15 +490,17 @@ where
         endpoint: source.to_owned(),
         reason: printable(&reason),
     };
-    let (mut w, mut r) = tokio::io::duplex(1 << 20);
+    // What arrived is gathered into chunks of about a mebibyte for zfs recv (TLS hands it over
+    // in records of 16 KiB: one wake-up and one pipe write per record costs more than the
+    // copy); the newest WITHHELD bytes stay here until the stream is verified.
+    let (w, r) = tokio::sync::mpsc::channel::<Bytes>(4);
     let mut body = body;
     let feed = async move {
         let mut hasher = Sha256::new();
         let mut total = 0u64;
-        // The newest bytes, not yet given to zfs recv.
-        let mut held: Vec<u8> = Vec::with_capacity(2 * WITHHELD);
+        let mut held = bytes::BytesMut::with_capacity(FEED_CHUNK + WITHHELD);
         let mut trailers = None;
-        let io = |e: std::io::Error| unverified(format!("zfs recv stopped reading: {e}"));
+        let gone = || unverified("zfs recv stopped reading".into());
         let mut begun = false;
         loop {
             let Ok(next) = tokio::time::timeout(STALL, body.frame()).await else {
@@ -526,10 +525,10 @@ where
                         check_begin(&held[..RECORD], want).map_err(unverified)?;
                         begun = true;
                     }
-                    if begun && held.len() > WITHHELD {
-                        let pass = held.len() - WITHHELD;
-                        w.write_all(&held[..pass]).await.map_err(io)?;
-                        held.drain(..pass);
+                    if begun && held.len() >= WITHHELD + FEED_CHUNK {
+                        let pass = held.split_to(held.len() - WITHHELD).freeze();
+                        w.send(pass).await.map_err(|_| gone())?;
+                        held.reserve(FEED_CHUNK);
                     }
                     continue;
                 }
@@ -548,12 +547,11 @@ where
         }
         check_trailers(&trailers, &hex::encode(hasher.finalize()), total).map_err(unverified)?;
         // Verified: the END record may go to zfs recv now.
-        w.write_all(&held).await.map_err(io)?;
-        w.shutdown().await.map_err(io)?;
+        w.send(held.freeze()).await.map_err(|_| gone())?;
         Ok(total)
     };
     let recv = async {
-        zfs.recv(target, opts, &mut r, progress)
+        zfs.recv_chunks(target, opts, r, progress)
             .await
             .map_err(LiveError::from)
     };

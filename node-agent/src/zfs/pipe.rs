@@ -114,19 +114,109 @@ impl Zfs {
         out: &mut W,
         progress: &Progress,
     ) -> Result<u64, ZfsError> {
+        let (what, a) = self.flagged_send_args(snap, from, flags)?;
+        self.send_with(what, a, out, progress).await
+    }
+
+    fn flagged_send_args(
+        &self,
+        snap: &SnapshotName,
+        from: Option<&SnapshotName>,
+        flags: SendFlags,
+    ) -> Result<(String, Vec<OsString>), ZfsError> {
         let flags = flags.both(self.capabilities().send_flags());
         let (what, mut a) = send_args(snap, from)?;
-        let at = 1;
         for (on, flag) in [
             (flags.compressed, "-c"),
             (flags.large_blocks, "-L"),
             (flags.embedded, "-e"),
         ] {
             if on {
-                a.insert(at, flag.into());
+                a.insert(1, flag.into());
             }
         }
-        self.send_with(what, a, out, progress).await
+        Ok((what, a))
+    }
+
+    /// [`Zfs::send_flagged`] into a channel, in chunks of up to 1 MiB read straight from
+    /// `zfs send` (no copy on the way). A receiver that hangs up ends the send.
+    pub async fn send_chunks(
+        &self,
+        snap: &SnapshotName,
+        from: Option<&SnapshotName>,
+        flags: SendFlags,
+        out: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    ) -> Result<u64, ZfsError> {
+        let (what, a) = self.flagged_send_args(snap, from, flags)?;
+        let mut child = self.spawn(&what, &self.zfs, a, Stdio::null(), Stdio::piped())?;
+        let mut stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| io_err(&what, "no stdout pipe"))?;
+        let stderr = drain_stderr(&mut child);
+        let mut total = 0u64;
+        loop {
+            let mut chunk = bytes::BytesMut::with_capacity(BUF);
+            while chunk.len() < BUF {
+                let n = stdout
+                    .read_buf(&mut chunk)
+                    .await
+                    .map_err(|source| ZfsError::Io {
+                        what: what.clone(),
+                        source,
+                    })?;
+                if n == 0 {
+                    break;
+                }
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            total += chunk.len() as u64;
+            if out.send(chunk.freeze()).await.is_err() {
+                // Nobody takes it any more: dropping the child kills the send.
+                return Err(io_err(&what, "the receiver went away"));
+            }
+        }
+        finish(&what, child, stderr).await?;
+        Ok(total)
+    }
+
+    /// Feeds the chunks of `input` to `zfs recv TARGET` as they come, until the channel
+    /// closes; returns the bytes received. Closing the channel before a stream's END record
+    /// makes `zfs recv` fail and clean up after itself.
+    pub async fn recv_chunks(
+        &self,
+        target: &DatasetName,
+        opts: RecvOptions,
+        mut input: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+        progress: &Progress,
+    ) -> Result<u64, ZfsError> {
+        let (what, a) = recv_args(target, opts);
+        let _lock = self.mount_lock(&what, super::Tool::Zfs, &a).await?;
+        let mut child = self.spawn(&what, &self.zfs, a, Stdio::piped(), Stdio::null())?;
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| io_err(&what, "no stdin pipe"))?;
+        let stderr = drain_stderr(&mut child);
+        let mut total = 0u64;
+        let mut write_error = None;
+        while let Some(chunk) = input.recv().await {
+            // A write error means zfs recv gave up (bad stream): its stderr says why.
+            if let Err(e) = stdin.write_all(&chunk).await {
+                write_error = Some(e);
+                break;
+            }
+            total += chunk.len() as u64;
+            progress.add(chunk.len());
+        }
+        drop(stdin);
+        finish(&what, child, stderr).await?;
+        if let Some(source) = write_error {
+            return Err(ZfsError::Io { what, source });
+        }
+        Ok(total)
     }
 
     async fn send_with<W: AsyncWrite + Unpin>(

@@ -126,7 +126,10 @@ pub(super) async fn primary(
         // On schedule only when something was written since the newest snapshot; on demand
         // always. No stream is written: copies receive it live (DESIGN §5.4).
         let taken = take_snapshot(zfs, key, ds, step.always).await?;
-        if !taken && let Ok(mut q) = cx.quiet.lock() {
+        if taken {
+            // Copies start on it now, not when the pass (retention, holds) is done.
+            announce_newest(cx, sr, zfs, ds).await;
+        } else if let Ok(mut q) = cx.quiet.lock() {
             q.insert(ds.as_str().to_owned(), now);
         }
         if let Some(mark) = &step.mark {
@@ -175,6 +178,29 @@ pub(super) async fn primary(
         },
     );
     Ok((status, Some(due)))
+}
+
+/// Writes the newest snapshot of `ds` into the replica's `status.appliedSnapshot` at once (the
+/// controller hands it to the copies); the pass's own status follows when it ends. Best effort:
+/// that status says it too.
+async fn announce_newest(cx: &AgentContext, sr: &StreamReplica, zfs: &Zfs, ds: &DatasetName) {
+    let Ok(Some(newest)) = zfs.snapshots(ds, &[]).await.map(|s| s.last().cloned()) else {
+        return;
+    };
+    let api: Api<StreamReplica> =
+        Api::namespaced(cx.client.clone(), &sr.namespace().unwrap_or_default());
+    let patch =
+        serde_json::json!({ "status": { "appliedSnapshot": plans::snapshot_ref(&newest) } });
+    if let Err(e) = api
+        .patch_status(
+            &sr.name_any(),
+            &kube::api::PatchParams::apply(crate::runtime::MANAGER),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+    {
+        tracing::debug!(error = %e, "cannot announce the new snapshot early");
+    }
 }
 
 /// The other live copies of the project and the snapshot each stands on: its hold tag and the

@@ -1,0 +1,348 @@
+//! Replication's speed targets (issue #17), on a three-host dev cluster of **release**
+//! binaries (`cargo build --release --workspace` first; `make bench` does) with real zfs-fuse:
+//!
+//! - a 256 MiB change: `snapshot-now` until both secondaries report it applied, against a raw
+//!   `zfs send -i | zfs recv` of the same snapshot into the same two pools, both run at once
+//!   (goal: ratio ≥ 0.9);
+//! - a 1 MiB change: `snapshot-now` until every copy reports it applied (goal: median < 1 s);
+//! - space: bytes on each host for the open project (its dataset's `used` plus any stream file
+//!   of it) over its dataset's `used` (goal ≤ 1.05);
+//! - the agents' CPU seconds per GiB replicated (hashing, TLS), from `/proc`.
+//!
+//! Times are seen from outside, as a user sees them: `kubectl` polls the StreamReplicas'
+//! `status.appliedSnapshot` every 50 ms or so.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark binary
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn kubectl(kc: &Path, args: &[&str]) -> String {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kc)
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn zfs(args: &[&str]) -> String {
+    let out = Command::new("zfs").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "zfs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A replica as the bench follows it: role, pool, node, applied snapshot's GUID.
+#[derive(Debug, Clone, PartialEq)]
+struct Copy {
+    role: String,
+    pool: String,
+    node: String,
+    applied: String,
+}
+
+fn copies(kc: &Path, project: &str) -> Vec<Copy> {
+    kubectl(kc, &["get", "sr", "-n", "default", "-l", &format!("projstore.io/project={project}"), "-o",
+        "jsonpath={range .items[*]}{.spec.role} {.spec.pool} {.spec.node} {.status.appliedSnapshot.guid}{\"\\n\"}{end}"])
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let at = |i: usize| f.get(i).copied().unwrap_or_default().to_owned();
+            Copy {
+                role: at(0),
+                pool: at(1),
+                node: at(2),
+                applied: at(3),
+            }
+        })
+        .collect()
+}
+
+/// Asks for a snapshot now, and times until every copy reports the primary's new snapshot.
+fn snapshot_until_applied(kc: &Path, project: &str, round: &str, copies_n: usize) -> Duration {
+    let before = copies(kc, project)
+        .into_iter()
+        .find(|c| c.role == "Primary")
+        .map(|c| c.applied)
+        .unwrap_or_default();
+    let t = Instant::now();
+    kubectl(
+        kc,
+        &[
+            "annotate",
+            "proj",
+            project,
+            "-n",
+            "default",
+            "--overwrite",
+            &format!("projstore.io/snapshot-now={round}"),
+        ],
+    );
+    loop {
+        let now = copies(kc, project);
+        let primary = now
+            .iter()
+            .find(|c| c.role == "Primary")
+            .map(|c| c.applied.clone())
+            .unwrap_or_default();
+        if !primary.is_empty()
+            && primary != before
+            && now.len() == copies_n
+            && now.iter().all(|c| c.applied == primary)
+        {
+            return t.elapsed();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(600),
+            "{round}: not applied everywhere: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// CPU seconds (user + system) of the agents now, from `/proc/<pid>/stat`.
+fn agents_cpu(dir: &Path) -> f64 {
+    let mut ticks = 0u64;
+    for e in std::fs::read_dir(dir.join("pids")).unwrap().flatten() {
+        if !e.file_name().to_string_lossy().starts_with("agent-") {
+            continue;
+        }
+        let pid = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        ticks += field(11) + field(12);
+    }
+    ticks as f64 / 100.0 // USER_HZ
+}
+
+/// `n` bytes that do not compress (xorshift from `seed`).
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// The ZFS pool of StoragePool `pool`.
+fn zpool_of(kc: &Path, pool: &str) -> String {
+    kubectl(kc, &["get", "sp", pool, "-o", "jsonpath={.spec.poolName}"])
+}
+
+fn main() {
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release");
+    let dev = bin.join("projstore-dev");
+    assert!(
+        dev.exists() && bin.join("projstore-agent").exists(),
+        "build the workspace in release first (cargo build --release --workspace; make bench does)"
+    );
+    let base = Path::new("/var/lib/projstore-e2e");
+    std::fs::create_dir_all(base).unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("bench-repl")
+        .tempdir_in(base)
+        .unwrap();
+    let dir = tmp.path().join("s");
+    struct Down(PathBuf, PathBuf);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = Command::new(&self.0)
+                .args(["down", "--state-dir"])
+                .arg(&self.1)
+                .output();
+        }
+    }
+    let _down = Down(dev.clone(), dir.clone());
+    let up = Command::new(&dev)
+        .args(["up", "--nodes", "3", "--state-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let kc = dir.join("kubeconfig");
+    let project = "repl";
+    let yaml = format!(
+        "apiVersion: projstore.io/v1alpha1\nkind: Project\nmetadata: {{name: {project}, namespace: default}}\nspec: {{quota: 2Gi, owner: {{uid: 1000, gid: 1000}}, copies: 3}}\n"
+    );
+    let file = dir.join("repl.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    kubectl(&kc, &["apply", "-f", file.to_str().unwrap()]);
+    let t = Instant::now();
+    let primary = loop {
+        let now = copies(&kc, project);
+        if now.len() == 3
+            && !now[0].applied.is_empty()
+            && now.iter().all(|c| c.applied == now[0].applied)
+            && let Some(p) = now.iter().find(|c| c.role == "Primary")
+        {
+            break p.clone();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "not in sync: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mount = dir
+        .join("hosts")
+        .join(&primary.node)
+        .join("projects/default")
+        .join(project);
+
+    // 1 MiB changes.
+    let mut small = Vec::new();
+    for round in 0..7u64 {
+        std::fs::write(mount.join("small"), random_bytes(1 << 20, round + 1)).unwrap();
+        small.push(snapshot_until_applied(&kc, project, &format!("s{round}"), 3).as_secs_f64());
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    println!("1 MiB rounds in order: {small:.2?}");
+    small.sort_by(f64::total_cmp);
+    println!(
+        "1 MiB change, snapshot-now → applied on every copy (3): median {:.2}s, max {:.2}s over {} rounds (goal: median < 1 s)",
+        small[small.len() / 2],
+        small[small.len() - 1],
+        small.len()
+    );
+
+    // A 256 MiB change, live.
+    std::fs::write(mount.join("big"), random_bytes(256 << 20, 99)).unwrap();
+    // zfs-fuse writes back asynchronously: let it settle so the snapshot does not wait on it.
+    std::thread::sleep(Duration::from_secs(5));
+    let cpu0 = agents_cpu(&dir);
+    let live = snapshot_until_applied(&kc, project, "big", 3);
+    let cpu = agents_cpu(&dir) - cpu0;
+
+    // The same snapshot, raw: `zfs send -i prev new | zfs recv` into the two secondaries'
+    // pools at once (each into a scratch copy of prev received beforehand, untimed).
+    let p_ds = format!(
+        "{}/projects/default/{project}",
+        zpool_of(&kc, &primary.pool)
+    );
+    let snaps: Vec<String> = zfs(&[
+        "list",
+        "-H",
+        "-o",
+        "name",
+        "-t",
+        "snapshot",
+        "-s",
+        "createtxg",
+        "-r",
+        &p_ds,
+    ])
+    .lines()
+    .map(str::to_owned)
+    .collect();
+    let (prev, new) = (&snaps[snaps.len() - 2], &snaps[snaps.len() - 1]);
+    let targets: Vec<String> = copies(&kc, project)
+        .iter()
+        .filter(|c| c.role == "Secondary")
+        .map(|c| format!("{}/recv/bench-raw", zpool_of(&kc, &c.pool)))
+        .collect();
+    let pipe = |from: Option<&str>, snap: &str, target: &str| {
+        let mut send = Command::new("zfs");
+        send.arg("send");
+        if let Some(f) = from {
+            send.args(["-i", f]);
+        }
+        let mut send = send.arg(snap).stdout(Stdio::piped()).spawn().unwrap();
+        let recv = Command::new("zfs")
+            .args(["recv", "-u", target])
+            .stdin(send.stdout.take().unwrap())
+            .spawn()
+            .unwrap();
+        (send, recv)
+    };
+    for t in &targets {
+        let (mut s, mut r) = pipe(None, prev, t);
+        assert!(s.wait().unwrap().success() && r.wait().unwrap().success());
+    }
+    let t = Instant::now();
+    let running: Vec<_> = targets.iter().map(|t| pipe(Some(prev), new, t)).collect();
+    for (mut s, mut r) in running {
+        assert!(s.wait().unwrap().success() && r.wait().unwrap().success());
+    }
+    let raw = t.elapsed();
+    for t in &targets {
+        zfs(&["destroy", "-r", t]);
+    }
+    println!(
+        "256 MiB change, snapshot-now → applied on both secondaries: {:.2}s; raw zfs send -i | zfs recv of the same snapshot into the same two pools at once: {:.2}s; ratio {:.2} (goal ≥ 0.9)",
+        live.as_secs_f64(),
+        raw.as_secs_f64(),
+        raw.as_secs_f64() / live.as_secs_f64()
+    );
+    let gib = 2.0 * 256.0 / 1024.0;
+    println!(
+        "agents' CPU for it: {cpu:.2} s for {gib:.1} GiB received by the secondaries (sent by the primary): {:.2} CPU s per GiB replicated [utime+stime of the three agents, /proc]",
+        cpu / gib
+    );
+
+    // What went wrong on the way, if anything (a failed pass is retried after a backoff).
+    for e in std::fs::read_dir(dir.join("logs")).unwrap().flatten() {
+        let log = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let failed: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("replica pass failed"))
+            .collect();
+        if !failed.is_empty() {
+            println!(
+                "{}: {} failed passes, the last: {}",
+                e.file_name().to_string_lossy(),
+                failed.len(),
+                failed[failed.len() - 1]
+            );
+        }
+    }
+
+    // Space on each host.
+    for c in copies(&kc, project) {
+        let zpool = zpool_of(&kc, &c.pool);
+        let ds = format!("{zpool}/projects/default/{project}");
+        let used: f64 = zfs(&["get", "-Hp", "-o", "value", "used", &ds])
+            .trim()
+            .parse()
+            .unwrap();
+        let streams = dir
+            .join("hosts")
+            .join(&c.node)
+            .join("streams")
+            .join(&zpool)
+            .join("default")
+            .join(project);
+        let stored: u64 = std::fs::read_dir(&streams)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        println!(
+            "space on {} ({}): dataset used {:.1} MiB + stream files {:.1} MiB = {:.3} × used (goal ≤ 1.05)",
+            c.node,
+            c.role,
+            used / 1048576.0,
+            stored as f64 / 1048576.0,
+            (used + stored as f64) / used
+        );
+    }
+}
