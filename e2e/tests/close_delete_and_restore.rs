@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::Cluster;
 use common::fixtures::{NS, random_bytes, sized, spec};
-use common::hosts::datasets_below;
+use common::hosts::{datasets_below, run};
 use projstore_api::ProjectPhase;
 use serde_json::json;
 
@@ -20,9 +20,45 @@ async fn s10_a_closed_project_opens_with_identical_contents() {
         return;
     };
     c.create_project(NS, "arch", spec()).await;
-    c.in_sync(NS, "arch", 3, None, Duration::from_secs(60))
+    let first = c
+        .in_sync(NS, "arch", 3, None, Duration::from_secs(60))
         .await;
     let mount = c.mount_path(NS, "arch").await;
+    // Two snapshots replicated: the primary's pass that takes the second holds the first for
+    // its copies. A close must release such holds, or it could never destroy the dataset.
+    std::fs::write(mount.join("one"), b"1").unwrap();
+    c.snapshot_now(NS, "arch").await;
+    let second = c
+        .in_sync(NS, "arch", 3, Some(&first), Duration::from_secs(60))
+        .await;
+    std::fs::write(mount.join("two"), b"2").unwrap();
+    c.snapshot_now(NS, "arch").await;
+    c.in_sync(NS, "arch", 3, Some(&second), Duration::from_secs(60))
+        .await;
+    if c.hosts_reachable("holds on the primary (zfs on the host)") {
+        let primary = c.primary(NS, "arch").await;
+        let ds = format!(
+            "{}/projects/{NS}/arch",
+            c.host_of_pool(&primary.spec.pool).pool
+        );
+        let holds = run(
+            "zfs",
+            &[
+                "list",
+                "-H",
+                "-t",
+                "snapshot",
+                "-o",
+                "projstore.io:holds",
+                "-r",
+                &ds,
+            ],
+        );
+        assert!(
+            holds.contains("projstore-copy-"),
+            "no snapshot of {ds} is held for its copies: {holds}"
+        );
+    }
     let data = random_bytes(300_000, 3);
     std::fs::write(mount.join("data"), &data).unwrap();
     // Written after the last snapshot: the close's final snapshot must carry it.

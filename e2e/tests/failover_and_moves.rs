@@ -165,6 +165,32 @@ async fn s09_s15_a_move_completes_although_the_controller_dies_after_every_step(
         .await;
     let mount = c.mount_path(NS, "gamma").await;
     std::fs::write(mount.join("moved.txt"), b"follows the project").unwrap();
+    // History before the move: the copy that stays keeps it, though the new primary starts
+    // from the newest snapshot alone.
+    let mut before = String::new();
+    for i in 0..2 {
+        std::fs::write(mount.join(format!("h{i}")), [i as u8; 1000]).unwrap();
+        c.snapshot_now(NS, "gamma").await;
+        before = c
+            .in_sync(NS, "gamma", 2, Some(&before), Duration::from_secs(60))
+            .await;
+    }
+    let ds_on = |pool: &str| format!("{}/projects/{NS}/gamma", c.host_of_pool(pool).pool);
+    let snapshots = |ds: &str| {
+        run(
+            "zfs",
+            &["list", "-H", "-o", "name", "-t", "snapshot", "-r", ds],
+        )
+        .lines()
+        .map(str::to_owned)
+        .collect::<Vec<_>>()
+    };
+    let mut history = std::collections::BTreeMap::new();
+    if c.hosts_reachable("the copies' history (zfs on the host)") {
+        for r in c.replicas(NS, "gamma").await {
+            history.insert(r.spec.pool.clone(), snapshots(&ds_on(&r.spec.pool)));
+        }
+    }
     let srs = c.replicas(NS, "gamma").await;
     let used: Vec<String> = srs.iter().map(|r| r.spec.pool.clone()).collect();
     let target = c
@@ -246,6 +272,27 @@ async fn s09_s15_a_move_completes_although_the_controller_dies_after_every_step(
         std::fs::read(m.join("moved.txt")).unwrap(),
         b"follows the project"
     );
+    // A snapshot on the new primary reaches the copy that stayed, which still holds all of
+    // its history.
+    let moved_once = c
+        .in_sync(NS, "gamma", 2, None, Duration::from_secs(60))
+        .await;
+    std::fs::write(m.join("after.txt"), b"after the move").unwrap();
+    c.snapshot_now(NS, "gamma").await;
+    c.in_sync(NS, "gamma", 2, Some(&moved_once), Duration::from_secs(60))
+        .await;
+    if !history.is_empty() {
+        let stayed = c.secondary(NS, "gamma").await.spec.pool;
+        let had = history
+            .get(&stayed)
+            .expect("the copy that stayed is one of the old two");
+        let now = snapshots(&ds_on(&stayed));
+        let lost: Vec<_> = had.iter().filter(|s| !now.contains(s)).collect();
+        assert!(
+            lost.is_empty(),
+            "history lost on {stayed}: {lost:?} (it holds {now:?})"
+        );
+    }
     // Nothing diverged in a planned move.
     let st = c.projects(NS).get("gamma").await.unwrap().status.unwrap();
     assert!(

@@ -144,6 +144,18 @@ async fn s03b_an_open_project_keeps_no_stream_files_and_every_snapshot_reaches_i
             .filter_map(|l| l.split_once('@').map(|(_, n)| n.to_owned()))
             .collect()
     };
+    // A secondary that asked before its primary had made the dataset waited (Syncing); it
+    // did not fail.
+    for h in &c.hosts {
+        let log = std::fs::read_to_string(c.dir.join("logs").join(format!("agent-{}.log", h.node)))
+            .unwrap_or_default();
+        assert!(
+            !log.lines()
+                .any(|l| l.contains("replica pass failed") && l.contains("no live copy")),
+            "agent-{} failed a pass while its primary was being made",
+            h.node
+        );
+    }
     let on_secondary = names(&secondary.spec.pool);
     assert!(
         on_secondary.iter().any(|n| n == "mine"),

@@ -25,6 +25,9 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 pub enum FetchError {
     #[error("peer {endpoint}: {reason}")]
     Peer { endpoint: String, reason: String },
+    /// The peer does not have what was asked for (HTTP 404), and says why.
+    #[error("peer {endpoint}: {reason}")]
+    NotFound { endpoint: String, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -106,7 +109,14 @@ impl Peer {
                 .await
                 .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
                 .unwrap_or_default();
-            return Err(self.err(format!("{what}: HTTP {status}: {why}")));
+            let reason = format!("{what}: HTTP {status}: {why}");
+            if status == hyper::StatusCode::NOT_FOUND {
+                return Err(FetchError::NotFound {
+                    endpoint: self.endpoint.clone(),
+                    reason,
+                });
+            }
+            return Err(self.err(reason));
         }
         Ok(Limited::new(resp.into_body(), limit)
             .collect()

@@ -801,7 +801,11 @@ fn a_copy_prunes_what_its_source_let_go_but_never_its_base_or_a_users_snapshot()
         mk(&managed_name(NOW - 200), 3),
         mk(&managed_name(NOW - 100), 4),
     ];
-    assert_eq!(mirror_prune(&local, &[3, 4]), vec![managed_name(NOW - 300)]);
+    // Older than anything the source holds: history a late-joined source never had.
+    assert_eq!(mirror_prune(&local, &[3, 4]), Vec::<String>::new());
+    // Between snapshots both hold: the source's retention let it go.
+    assert_eq!(mirror_prune(&local, &[1, 4]), vec![managed_name(NOW - 200)]);
+    assert_eq!(mirror_prune(&local, &[2, 4]), vec![managed_name(NOW - 200)]);
     assert_eq!(mirror_prune(&local, &[1, 2, 3, 4]), Vec::<String>::new());
     // Its newest not on the source (diverged): prune nothing.
     assert_eq!(mirror_prune(&local, &[3]), Vec::<String>::new());

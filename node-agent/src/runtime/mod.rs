@@ -187,6 +187,8 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
     let (all_pools, all_pools_watch) = watch_all::<StoragePool>(client.clone());
     let (all_replicas, all_replicas_watch) =
         watch_all::<projstore_api::StreamReplica>(client.clone());
+    // A primary's retention and a close look at the other copies: never before they are known.
+    let _ = all_replicas.wait_until_ready().await;
     let cx = AgentContext::new(
         client.clone(),
         cfg.clone(),

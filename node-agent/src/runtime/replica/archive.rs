@@ -19,40 +19,73 @@ pub(super) async fn archive(
     let (zfs, key, ds, store) = (c.zfs, &c.key, &c.ds, &c.store);
     let prev = sr.status.clone().unwrap_or_default();
     let exists = zfs.exists(ds).await?;
-    if role == ReplicaRole::Secondary && (exists || store.list(key).await?.is_empty()) {
-        if exists {
-            // Catch up first (the primary's final snapshot), so what is verified is everything.
-            secondary(cx, sr, pool).await?;
+    if role == ReplicaRole::Secondary {
+        // What the copy must hold before it drops anything: the primary's final snapshot, as
+        // the primary's status names it once its stream is written.
+        let Some(last) = final_of_primary(cx, sr) else {
+            let verdict = Verdict::new(
+                "Closed",
+                false,
+                "WaitingForPrimary",
+                "waiting for the primary's final snapshot and stream",
+            );
+            let status = StreamReplicaStatus {
+                phase: Some(projstore_api::ReplicaPhase::Syncing),
+                conditions: plans::conditions(&[verdict], &prev.conditions, Timestamp::now()),
+                ..prev
+            };
+            return Ok((status, Some(std::time::Duration::from_secs(2))));
+        };
+        let stored = stored_plan(store, key).await?.target.map(|t| t.guid);
+        if exists || stored != Some(last) {
+            if exists {
+                // Catch up first (the primary keeps its dataset until every copy closed).
+                secondary(cx, sr, pool).await?;
+            }
+            fetch_chain(cx, sr, &c).await?;
         }
-        fetch_chain(cx, sr, &c).await?;
-    }
-    if exists {
-        if role == ReplicaRole::Primary {
-            stop_writes(zfs, &cx.cfg.run_dir, ds).await?;
-            final_snapshot(zfs, ds).await?;
-            stream_newest(&storage, key, ds, sr.spec.epoch).await?;
-            let waiting = copies_closing(cx, sr);
-            if !waiting.is_empty() {
-                let why = format!(
-                    "keeping the dataset until the other copies have closed: {}",
-                    waiting.join(", ")
-                );
-                let verdict = Verdict::new("Closed", false, "WaitingForCopies", why);
-                let status = StreamReplicaStatus {
-                    phase: Some(projstore_api::ReplicaPhase::Syncing),
-                    conditions: plans::conditions(&[verdict], &prev.conditions, Timestamp::now()),
-                    ..prev
-                };
-                return Ok((status, Some(std::time::Duration::from_secs(2))));
+        if exists {
+            let newest = zfs.snapshots(ds, &[]).await?.last().map(|s| s.guid);
+            if newest != Some(last) {
+                return Err(format!(
+                    "not closing yet: this copy's newest snapshot is not the primary's final {last}"
+                )
+                .into());
             }
         }
+        verify_chain_restores(cx, &storage, key, last).await?;
+        if exists {
+            release_all_holds(zfs, ds).await?;
+            zfs.destroy(ds, true).await?;
+        }
+    } else if exists {
+        stop_writes(zfs, &cx.cfg.run_dir, ds).await?;
+        final_snapshot(zfs, ds).await?;
+        stream_newest(&storage, key, ds, sr.spec.epoch).await?;
         let newest = zfs
             .snapshots(ds, &[])
             .await?
             .last()
             .cloned()
             .ok_or("the dataset has no snapshot to archive")?;
+        let waiting = copies_closing(cx, sr);
+        if !waiting.is_empty() {
+            let why = format!(
+                "keeping the dataset until the other copies have closed: {}",
+                waiting.join(", ")
+            );
+            let verdict = Verdict::new("Closed", false, "WaitingForCopies", why);
+            let status = StreamReplicaStatus {
+                phase: Some(projstore_api::ReplicaPhase::Syncing),
+                // The copies close on this snapshot (its stream is written).
+                applied_snapshot: Some(plans::snapshot_ref(&newest)),
+                conditions: plans::conditions(&[verdict], &prev.conditions, Timestamp::now()),
+                ..prev
+            };
+            return Ok((status, Some(std::time::Duration::from_secs(2))));
+        }
         verify_chain_restores(cx, &storage, key, newest.guid).await?;
+        release_all_holds(zfs, ds).await?;
         zfs.destroy(ds, true).await?;
     }
     let stored = store.list(key).await?;
@@ -65,16 +98,35 @@ pub(super) async fn archive(
     ))
 }
 
-/// The other copies of the project still closing (a Closed replica not yet Archived), by name.
+/// The other copies of the project not yet closed: every replica of it on another pool that
+/// is not in the trash and does not say Archived (a replica the controller has not yet told to
+/// close counts too), by name.
 fn copies_closing(cx: &AgentContext, sr: &StreamReplica) -> Vec<String> {
     cx.copies_of(&sr.namespace().unwrap_or_default(), &sr.spec.project)
         .iter()
-        .filter(|c| c.spec.pool != sr.spec.pool && c.spec.state == ReplicaState::Archived)
+        .filter(|c| c.spec.pool != sr.spec.pool && c.spec.state != ReplicaState::Trashed)
         .filter(|c| {
             c.status.as_ref().and_then(|s| s.phase) != Some(projstore_api::ReplicaPhase::Archived)
         })
         .map(|c| c.name_any())
         .collect()
+}
+
+/// The final snapshot of a closing project: what its primary's status names while it waits for
+/// the copies (Syncing, its stream written) or once it closed (Archived).
+fn final_of_primary(cx: &AgentContext, sr: &StreamReplica) -> Option<u64> {
+    cx.copies_of(&sr.namespace().unwrap_or_default(), &sr.spec.project)
+        .iter()
+        .find(|c| c.spec.role == ReplicaRole::Primary && c.spec.state == ReplicaState::Archived)
+        .and_then(|c| c.status.as_ref())
+        .filter(|s| {
+            s.phase == Some(projstore_api::ReplicaPhase::Archived)
+                || s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Closed" && c.reason == "WaitingForCopies")
+        })
+        .and_then(|s| s.applied_snapshot.as_ref())
+        .and_then(|a| a.guid.parse().ok())
 }
 
 /// Fetches the primary's stored chain into this pool's store (each stream checked against its

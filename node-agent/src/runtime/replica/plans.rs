@@ -622,16 +622,22 @@ pub fn kept_for_copies(snapshots: &[SnapshotInfo], bases: &[u64]) -> Vec<u64> {
 }
 
 /// What a copy holding `local` (oldest first) prunes once in step with a source holding
-/// `remote` (by GUID): the managed snapshots the source's retention let go, never its newest
-/// (the base of its next receive) and never a user's snapshot.
+/// `remote` (by GUID): the managed snapshots the source's retention let go between the oldest
+/// snapshot they share and the copy's newest. Never its newest (the base of its next receive),
+/// never a user's snapshot, and never history older than anything the source holds (a source
+/// that joined late — a new primary after a move or a failover — never had it; it did not
+/// prune it).
 pub fn mirror_prune(local: &[SnapshotInfo], remote: &[u64]) -> Vec<String> {
-    let Some((newest, older)) = local.split_last() else {
+    let Some((newest, _)) = local.split_last() else {
         return Vec::new();
     };
     if !remote.contains(&newest.guid) {
         return Vec::new();
     }
-    older
+    let Some(first) = local.iter().position(|s| remote.contains(&s.guid)) else {
+        return Vec::new();
+    };
+    local[first..local.len() - 1]
         .iter()
         .filter(|s| !remote.contains(&s.guid) && crate::retention::is_managed(&s.name))
         .map(|s| s.name.clone())

@@ -139,10 +139,23 @@ pub(super) async fn primary(
     // Retention never takes a snapshot a copy stands on or still has to receive: each copy's
     // base is held, every snapshot from the oldest base on is kept; nor a user's snapshot.
     let bases = copy_bases(cx, sr);
-    let snaps = keep_bases(zfs, ds, &bases).await?;
+    let seen = cx
+        .copies_of(ns, &sr.spec.project)
+        .iter()
+        .filter(|c| c.spec.state == ReplicaState::Live && c.spec.pool != sr.spec.pool)
+        .count();
+    // Every copy the project asks for must be known, with what it holds, before anything is
+    // pruned or released: a copy not yet seen may stand on any snapshot.
+    let all_known = seen + 1 >= usize::from(project.spec.copies) && bases.len() == seen;
+    let snaps = if all_known {
+        keep_bases(zfs, ds, &bases).await?
+    } else {
+        zfs.snapshots(ds, &[]).await?
+    };
     let base_guids: Vec<u64> = bases.iter().map(|(_, g)| *g).collect();
     let keep = plans::kept_for_copies(&snaps, &base_guids);
-    for name in plans::to_prune(&snaps, &keep, policy, now) {
+    let prunable = if all_known { snaps.as_slice() } else { &[] };
+    for name in plans::to_prune(prunable, &keep, policy, now) {
         if let Ok(s) = ds.snapshot(&name) {
             match zfs.destroy_snapshot(&s).await {
                 Ok(_) => tracing::info!(project = %key, snapshot = %name, "pruned by retention"),
@@ -262,6 +275,31 @@ async fn keep_bases(
             .await?;
     }
     Ok(read().await?)
+}
+
+/// Releases every hold recorded on the snapshots of `ds` (a dataset about to be destroyed,
+/// trashed or forked, or a primary demoted to a copy: only a live primary holds snapshots for
+/// its copies). Says how many it released.
+pub(super) async fn release_all_holds(zfs: &Zfs, ds: &DatasetName) -> Result<usize, ReplicaError> {
+    let holds = p(plans::PROP_HOLDS)?;
+    let snaps = zfs.snapshots(ds, &[&holds]).await?;
+    let mut released = 0;
+    for s in &snaps {
+        let tags = plans::recorded_holds(s);
+        if tags.is_empty() {
+            continue;
+        }
+        let snap = ds.snapshot(&s.name)?;
+        for tag in &tags {
+            if let Ok(t) = crate::zfs::HoldTag::parse(tag) {
+                zfs.release(&snap, &t).await?;
+                released += 1;
+            }
+        }
+        zfs.set_on_snapshot(&snap, &holds, &plans::holds_value(&[]))
+            .await?;
+    }
+    Ok(released)
 }
 
 /// A primary being moved away (`projstore.io/handoff-to`): stop writes (unmount), take the

@@ -3,6 +3,7 @@
 //! `forks/`; prunes what the source's retention let go; reports what it holds.
 
 use super::*;
+use crate::fetch::FetchError;
 use crate::live::{LiveSnapshot, SendRequest, estimate};
 use plans::{LiveSync, plan_live_sync};
 
@@ -14,7 +15,20 @@ pub(super) async fn secondary(
     let c = Copy::new(cx, sr, pool)?;
     let (zfs, key, layout, ds, store) = (c.zfs, &c.key, &c.layout, &c.ds, &c.store);
     let peer = source_peer(cx, sr)?;
-    let remote = peer.snapshots(key).await?;
+    let remote = match peer.snapshots(key).await {
+        Ok(r) => r,
+        // The primary has not made its dataset yet (a new project): not an error, a wait.
+        Err(FetchError::NotFound { reason, .. }) => {
+            tracing::debug!(project = %key, %reason, "the primary has no live copy yet");
+            let prev = sr.status.clone().unwrap_or_default();
+            return Ok(StreamReplicaStatus {
+                phase: Some(projstore_api::ReplicaPhase::Syncing),
+                transfer: None,
+                ..prev
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
     let guids: Vec<u64> = remote.iter().filter_map(LiveSnapshot::guid).collect();
     if guids.len() != remote.len() {
         return Err(format!(
@@ -30,11 +44,17 @@ pub(super) async fn secondary(
     if exists {
         stop_serving(zfs, &cx.cfg.run_dir, ds).await?;
     }
+    let holds = p(plans::PROP_HOLDS)?;
     let local = if exists {
-        zfs.snapshots(ds, &[]).await?
+        zfs.snapshots(ds, &[&holds]).await?
     } else {
         Vec::new()
     };
+    if local.iter().any(|s| !plans::recorded_holds(s).is_empty()) {
+        // A demoted primary's holds for its copies: only a live primary holds snapshots.
+        let released = release_all_holds(zfs, ds).await?;
+        tracing::info!(project = %key, released, "holds of a former primary released");
+    }
     let prev = sr.status.clone().unwrap_or_default();
     let mut todo = plan_live_sync(&local, &guids);
     if todo == LiveSync::Diverged {
@@ -132,9 +152,10 @@ async fn receive_live(
     Ok(())
 }
 
-/// Stream files an open project carries from before live replication (DESIGN §4: an open
-/// project keeps none): removed once this copy holds their snapshot and every live copy of
-/// the project has applied one at least as new.
+/// Stream files an open project carries from before (DESIGN §4: an open project keeps none;
+/// after an open, its copies hold the stored chain's snapshot or newer ones): removed once
+/// this copy's dataset holds a snapshot at least as new as a stream's, and every live copy of
+/// the project reports one too.
 pub(super) async fn drop_superseded_streams(
     cx: &AgentContext,
     sr: &StreamReplica,
@@ -162,9 +183,10 @@ pub(super) async fn drop_superseded_streams(
         .min()
         .flatten();
     for s in stored {
+        // This copy holds that snapshot or a newer one (retention may have let it go since).
         let held = snaps
-            .iter()
-            .any(|x| x.guid.to_string() == s.manifest.to.guid);
+            .last()
+            .is_some_and(|x| x.creation >= s.manifest.to.time);
         let everyone = everyone_at.is_some_and(|t| t >= s.manifest.to.time);
         if held && everyone {
             match store.delete(key, &s.id).await {
@@ -202,6 +224,7 @@ pub(super) async fn fork(
         target = DatasetName::parse(&format!("{base}-{n}"))?;
     }
     stop_writes(zfs, run_dir, ds).await?;
+    release_all_holds(zfs, ds).await?;
     zfs.create_parents(&target).await?;
     zfs.rename(ds, &target).await?;
     for (prop, value) in [

@@ -16,6 +16,8 @@ pub(super) async fn trash(
     let target = layout.trashed(key, &stamp)?;
     if zfs.exists(ds).await? {
         stop_writes(zfs, &cx.cfg.run_dir, ds).await?;
+        // Holds for copies would keep the purge from destroying it.
+        release_all_holds(zfs, ds).await?;
         zfs.create_parents(&target).await?;
         zfs.rename(ds, &target).await?;
         zfs.set(&target, &p(PROP_PURGE_AFTER)?, &purge_after)
@@ -104,7 +106,11 @@ pub async fn purge_trash(
             && chrono::DateTime::parse_from_rfc3339(&after)
                 .is_ok_and(|t| t.with_timezone(&Utc) <= now);
         if due {
-            zfs.destroy(&ds, true).await?;
+            // One that cannot go now (busy, held) stays for the next sweep; the others go.
+            if let Err(e) = zfs.destroy(&ds, true).await {
+                tracing::warn!(dataset = %ds, error = %e, "cannot purge it yet");
+                continue;
+            }
             // The streams trashed with it (`<store>/.trash/<ns>/<name>-<stamp>`) go too.
             let rel = ds
                 .as_str()
