@@ -9,8 +9,8 @@
 //!   of it) over its dataset's `used` (goal ≤ 1.05);
 //! - the agents' CPU seconds per GiB replicated (hashing, TLS), from `/proc`.
 //!
-//! Times are seen from outside, as a user sees them: `kubectl` polls the StreamReplicas'
-//! `status.appliedSnapshot` every 50 ms or so.
+//! Times are seen from outside, as a user sees them: a `kubectl get -w` follows the
+//! StreamReplicas' `status.appliedSnapshot`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark binary
 
@@ -64,13 +64,87 @@ fn copies(kc: &Path, project: &str) -> Vec<Copy> {
         .collect()
 }
 
+/// The project's StreamReplicas as one `kubectl get -w` sees them: one long-lived watch,
+/// so following the copies costs the machine next to nothing while a transfer runs (a
+/// `kubectl get` every 50 ms would take CPU from the very transfer it times).
+struct Watch {
+    child: std::process::Child,
+    events: std::sync::mpsc::Receiver<(String, Copy)>,
+    now: std::collections::BTreeMap<String, Copy>,
+}
+
+impl Watch {
+    fn start(kc: &Path, project: &str) -> Self {
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(kc)
+            .args(["get", "sr", "-n", "default", "-w", "-l", &format!("projstore.io/project={project}"), "-o",
+                "jsonpath={.metadata.name} {.spec.role} {.spec.pool} {.spec.node} {.status.appliedSnapshot.guid}{\"\\n\"}"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, events) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let f: Vec<&str> = line.split(' ').collect();
+                let at = |i: usize| f.get(i).copied().unwrap_or_default().to_owned();
+                let copy = Copy {
+                    role: at(1),
+                    pool: at(2),
+                    node: at(3),
+                    applied: at(4),
+                };
+                if tx.send((at(0), copy)).is_err() {
+                    return;
+                }
+            }
+        });
+        Self {
+            child,
+            events,
+            now: Default::default(),
+        }
+    }
+
+    /// Takes in what the watch reported, waiting up to `wait` for the next event.
+    fn update(&mut self, wait: Duration) {
+        if let Ok((name, c)) = self.events.recv_timeout(wait) {
+            self.now.insert(name, c);
+            while let Ok((name, c)) = self.events.try_recv() {
+                self.now.insert(name, c);
+            }
+        }
+    }
+
+    fn primary_applied(&self) -> String {
+        self.now
+            .values()
+            .find(|c| c.role == "Primary")
+            .map(|c| c.applied.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Asks for a snapshot now, and times until every copy reports the primary's new snapshot.
-fn snapshot_until_applied(kc: &Path, project: &str, round: &str, copies_n: usize) -> Duration {
-    let before = copies(kc, project)
-        .into_iter()
-        .find(|c| c.role == "Primary")
-        .map(|c| c.applied)
-        .unwrap_or_default();
+fn snapshot_until_applied(
+    kc: &Path,
+    w: &mut Watch,
+    project: &str,
+    round: &str,
+    copies_n: usize,
+) -> Duration {
+    w.update(Duration::from_millis(10));
+    let before = w.primary_applied();
     let t = Instant::now();
     kubectl(
         kc,
@@ -85,24 +159,20 @@ fn snapshot_until_applied(kc: &Path, project: &str, round: &str, copies_n: usize
         ],
     );
     loop {
-        let now = copies(kc, project);
-        let primary = now
-            .iter()
-            .find(|c| c.role == "Primary")
-            .map(|c| c.applied.clone())
-            .unwrap_or_default();
+        let primary = w.primary_applied();
         if !primary.is_empty()
             && primary != before
-            && now.len() == copies_n
-            && now.iter().all(|c| c.applied == primary)
+            && w.now.len() == copies_n
+            && w.now.values().all(|c| c.applied == primary)
         {
             return t.elapsed();
         }
         assert!(
             t.elapsed() < Duration::from_secs(600),
-            "{round}: not applied everywhere: {now:?}"
+            "{round}: not applied everywhere: {:?}",
+            w.now
         );
-        std::thread::sleep(Duration::from_millis(50));
+        w.update(Duration::from_secs(1));
     }
 }
 
@@ -206,11 +276,17 @@ fn main() {
         .join("projects/default")
         .join(project);
 
+    let mut w = Watch::start(&kc, project);
+    while w.now.len() < 3 {
+        w.update(Duration::from_secs(1));
+    }
     // 1 MiB changes.
     let mut small = Vec::new();
     for round in 0..7u64 {
         std::fs::write(mount.join("small"), random_bytes(1 << 20, round + 1)).unwrap();
-        small.push(snapshot_until_applied(&kc, project, &format!("s{round}"), 3).as_secs_f64());
+        small.push(
+            snapshot_until_applied(&kc, &mut w, project, &format!("s{round}"), 3).as_secs_f64(),
+        );
         std::thread::sleep(Duration::from_secs(1));
     }
     println!("1 MiB rounds in order: {small:.2?}");
@@ -227,7 +303,7 @@ fn main() {
     // zfs-fuse writes back asynchronously: let it settle so the snapshot does not wait on it.
     std::thread::sleep(Duration::from_secs(5));
     let cpu0 = agents_cpu(&dir);
-    let live = snapshot_until_applied(&kc, project, "big", 3);
+    let live = snapshot_until_applied(&kc, &mut w, project, "big", 3);
     let cpu = agents_cpu(&dir) - cpu0;
 
     // The same snapshot, raw: `zfs send -i prev new | zfs recv` into the two secondaries'

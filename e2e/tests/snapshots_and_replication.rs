@@ -427,7 +427,7 @@ async fn s06_a_stream_corrupted_in_flight_is_never_applied_and_sent_again() {
     assert!(
         log.contains("replica pass failed")
             && log.contains("not applied")
-            && log.contains("SHA-256"),
+            && log.contains("BLAKE3 digest"),
         "the corrupted send was not refused by its digest"
     );
     let ds = |pool: &str| format!("{}/projects/{NS}/cor", c.host_of_pool(pool).pool);

@@ -6,8 +6,9 @@
 //! `zfs send -c/-L/-e` flags the receiver's ZFS takes; the source adds those its own has) with
 //! the stream as
 //! it comes out of `zfs send` (one snapshot: `-i`, never a compound `-I`/`-R` stream, whose
-//! snapshots would commit one by one before the whole is verified), and its SHA-256 and
-//! length in HTTP trailers after the data
+//! snapshots would commit one by one before the whole is verified), and its BLAKE3 digest
+//! (twice as fast as SHA-256 with the CPU's SHA extensions, and both ends hash every byte)
+//! and length in HTTP trailers after the data
 //! ([`DIGEST_TRAILER`], [`BYTES_TRAILER`]; a send that fails says why in
 //! [`ERROR_TRAILER`] instead). The receiver hashes what arrives while it feeds `zfs recv`,
 //! but withholds the stream's last [`WITHHELD`] bytes — which hold its END record, without
@@ -33,14 +34,13 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode};
-use sha2::{Digest, Sha256};
 
 use crate::fetch::{FetchError, Peer};
 use crate::streams::ProjectKey;
 use crate::zfs::{DatasetName, Progress, RecvOptions, SendFlags, SnapshotInfo, Zfs, ZfsError};
 
-/// Trailer: the SHA-256 of the stream, hex.
-pub const DIGEST_TRAILER: &str = "x-projstore-sha256";
+/// Trailer: the BLAKE3 digest of the stream, hex.
+pub const DIGEST_TRAILER: &str = "x-projstore-blake3";
 /// Trailer: the stream's length in bytes.
 pub const BYTES_TRAILER: &str = "x-projstore-bytes";
 /// Trailer instead of the digest: why the send failed.
@@ -305,7 +305,7 @@ impl Sources {
             let send = async move { zfs.send_chunks(&to, from.as_ref(), flags, chunks).await };
             let frames = tx.clone();
             let forward = async move {
-                let mut hasher = Sha256::new();
+                let mut hasher = blake3::Hasher::new();
                 let mut total = 0u64;
                 while let Some(chunk) = r.recv().await {
                     let n = chunk.len();
@@ -332,7 +332,7 @@ impl Sources {
                         return Err(std::io::Error::other("receiver gone"));
                     }
                 }
-                Ok::<_, std::io::Error>((hex::encode(hasher.finalize()), total))
+                Ok::<_, std::io::Error>((hasher.finalize().to_hex().to_string(), total))
             };
             let (sent, forwarded) = tokio::join!(send, forward);
             let done = match &forwarded {
@@ -374,7 +374,7 @@ impl Sources {
         );
         r.headers_mut().insert(
             "trailer",
-            HeaderValue::from_static("x-projstore-sha256, x-projstore-bytes, x-projstore-error"),
+            HeaderValue::from_static("x-projstore-blake3, x-projstore-bytes, x-projstore-error"),
         );
         r
     }
@@ -496,7 +496,7 @@ where
     let (w, r) = tokio::sync::mpsc::channel::<Bytes>(4);
     let mut body = body;
     let feed = async move {
-        let mut hasher = Sha256::new();
+        let mut hasher = blake3::Hasher::new();
         let mut total = 0u64;
         let mut held = bytes::BytesMut::with_capacity(FEED_CHUNK + WITHHELD);
         let mut trailers = None;
@@ -545,7 +545,8 @@ where
                 "a stream of {total} bytes has no BEGIN record"
             )));
         }
-        check_trailers(&trailers, &hex::encode(hasher.finalize()), total).map_err(unverified)?;
+        check_trailers(&trailers, hasher.finalize().to_hex().as_str(), total)
+            .map_err(unverified)?;
         // Verified: the END record may go to zfs recv now.
         w.send(held.freeze()).await.map_err(|_| gone())?;
         Ok(total)
@@ -657,7 +658,7 @@ pub fn check_begin(record: &[u8], want: &SendRequest) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether the trailers vouch for a stream of `total` bytes with SHA-256 `digest`.
+/// Whether the trailers vouch for a stream of `total` bytes with BLAKE3 `digest`.
 pub fn check_trailers(trailers: &HeaderMap, digest: &str, total: u64) -> Result<(), String> {
     let header = |k: &str| trailers.get(k).and_then(|v| v.to_str().ok());
     if let Some(e) = header(ERROR_TRAILER) {
@@ -665,7 +666,7 @@ pub fn check_trailers(trailers: &HeaderMap, digest: &str, total: u64) -> Result<
     }
     if header(DIGEST_TRAILER) != Some(digest) {
         return Err(format!(
-            "SHA-256 {digest} of what arrived differs from the source's {:?}",
+            "BLAKE3 digest {digest} of what arrived differs from the source's {:?}",
             header(DIGEST_TRAILER).unwrap_or_default()
         ));
     }

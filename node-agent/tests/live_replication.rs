@@ -22,7 +22,6 @@ use projstore_agent::streams::{ProjectKey, StreamStore};
 use projstore_agent::tls::NodeTls;
 use projstore_agent::zfs::{DatasetName, Progress, PropertyName, RecvOptions, SendFlags, Zfs};
 use projstore_e2e::pki::ClusterCa;
-use sha2::{Digest, Sha256};
 use support::*;
 
 const MIB: u64 = 1 << 20;
@@ -140,7 +139,7 @@ impl Fx {
         self.copies[i].name.dataset("copy").unwrap()
     }
 
-    /// The stream `zfs send` makes of snapshot `to` (from `from`), and its SHA-256.
+    /// The stream `zfs send` makes of snapshot `to` (from `from`), and its BLAKE3 digest.
     async fn stream(&self, from: Option<&str>, to: &str) -> (Vec<u8>, String) {
         let to = self.live.snapshot(to).unwrap();
         let from = from.map(|f| self.live.snapshot(f).unwrap());
@@ -149,7 +148,7 @@ impl Fx {
             .send(&to, from.as_ref(), &mut out, &Progress::new())
             .await
             .unwrap();
-        let digest = hex::encode(Sha256::digest(&out));
+        let digest = blake3::hash(&out).to_hex().to_string();
         (out, digest)
     }
 }
