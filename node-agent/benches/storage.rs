@@ -224,6 +224,7 @@ async fn throughput_bench() {
             project: key.clone(),
             from: None,
             to: guid,
+            resume: None,
         };
         peer.receive(&zfs, &want, &live_target, &Progress::new())
             .await

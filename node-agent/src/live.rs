@@ -25,6 +25,17 @@
 //! the newest one they have in common (by GUID), then step from it one snapshot at a time.
 //! A source serves at most [`MAX_SENDS`] sends at once, and drops a receiver that takes no
 //! data for [`STALL`]; a receiver drops a source that sends nothing for as long.
+//!
+//! Where ZFS resumes receives (OpenZFS), receives run with `zfs recv -s`: a send that is cut
+//! off ([`LiveError::Cut`]) keeps what arrived, and the next request for exactly that send
+//! carries the target's resume token (`&resume=<token>`). The source reads the token
+//! (`zfs send -nvt`) and sends only when it names this project's dataset, the snapshot
+//! asked for and its base ([`crate::zfs::ResumeToken::check_for`]), else answers 409; it
+//! then runs `zfs send -t`. The resumed stream is checked like any other — its BEGIN record
+//! must say it resumes exactly that send, and its END record is withheld until its digest
+//! agrees — while the part received before the cut was checked by ZFS's own per-record
+//! checksums as it arrived over the authenticated channel. A stream refused for anything but
+//! a cut drops the partial state (`zfs recv -A`), so a corrupt send never resumes.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -68,6 +79,11 @@ pub const RECORD: usize = 312;
 const BACKUP_MAGIC: u64 = 0x2F5B_ACBAC;
 /// `DRR_FLAG_CLONE`: the stream would create a clone of a snapshot named by GUID.
 const FLAG_CLONE: u32 = 1;
+/// `DMU_BACKUP_FEATURE_RESUMING` (in the BEGIN record's feature flags): a resumed send.
+const FEATURE_RESUMING: u64 = 1 << 20;
+/// The largest BEGIN payload of a resumed stream let through (where it resumes: a few
+/// hundred bytes).
+const MAX_RESUME_PAYLOAD: usize = 64 << 10;
 
 /// Why a live transfer did not commit.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +95,10 @@ pub enum LiveError {
     /// The stream did not arrive as the source sent it: never applied.
     #[error("stream from {endpoint} not applied: {reason}")]
     Unverified { endpoint: String, reason: String },
+    /// The stream stopped before its end (connection lost, source silent): nothing
+    /// committed, but what arrived may be kept to resume from (OpenZFS).
+    #[error("stream from {endpoint} cut off: {reason}")]
+    Cut { endpoint: String, reason: String },
 }
 
 /// What the stream server needs to serve live sends: ZFS, and where this host keeps a
@@ -155,22 +175,32 @@ pub fn estimate(from: Option<&LiveSnapshot>, to: &LiveSnapshot) -> u64 {
     .max(RECORD as u64 * 2)
 }
 
-/// A send request's query: `to=<guid>[&from=<guid>][&flags=<cLe>]` — the snapshot, its base,
-/// and the optional `zfs send` flags the receiver can take (the source uses those it has too).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A send request's query: `to=<guid>[&from=<guid>][&flags=<cLe>][&resume=<token>]` — the
+/// snapshot, its base, the optional `zfs send` flags the receiver can take (the source uses
+/// those it has too), and the receiver's resume token when a resumable receive of exactly
+/// this send was cut off (OpenZFS).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendQuery {
     pub from: Option<u64>,
     pub to: u64,
     pub flags: SendFlags,
+    pub resume: Option<String>,
 }
 
 /// Reads a send request's query ([`SendQuery`]); nothing else is accepted.
 pub fn parse_send_query(query: &str) -> Result<SendQuery, String> {
-    let (mut from, mut to, mut flags) = (None, None, None);
+    let (mut from, mut to, mut flags, mut resume) = (None, None, None, None);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair
             .split_once('=')
             .ok_or_else(|| format!("{pair:?}: expected key=value"))?;
+        if k == "resume" {
+            crate::zfs::resume::check_token_text(v)?;
+            if resume.replace(v.to_owned()).is_some() {
+                return Err("resume given twice".into());
+            }
+            continue;
+        }
         if k == "flags" {
             if flags.replace(SendFlags::parse_letters(v)?).is_some() {
                 return Err("flags given twice".into());
@@ -186,7 +216,7 @@ pub fn parse_send_query(query: &str) -> Result<SendQuery, String> {
             "to" => &mut to,
             _ => {
                 return Err(format!(
-                    "unknown parameter {k:?} (expected to, from, flags)"
+                    "unknown parameter {k:?} (expected to, from, flags, resume)"
                 ));
             }
         };
@@ -198,6 +228,7 @@ pub fn parse_send_query(query: &str) -> Result<SendQuery, String> {
         from,
         to: to.ok_or("to=<guid> is required")?,
         flags: flags.unwrap_or_default(),
+        resume,
     })
 }
 
@@ -245,7 +276,12 @@ impl Sources {
     /// (incremental from `from`, with every snapshot between), streamed as it is made, digest
     /// and length in trailers.
     pub async fn send(&self, project: ProjectKey, peer: &str, query: &str) -> Response<Body> {
-        let SendQuery { from, to, flags } = match parse_send_query(query) {
+        let SendQuery {
+            from,
+            to,
+            flags,
+            resume,
+        } = match parse_send_query(query) {
             Ok(q) => q,
             Err(e) => return text(StatusCode::BAD_REQUEST, e),
         };
@@ -284,6 +320,17 @@ impl Sources {
         if from.is_some_and(|f| f.createtxg >= to.createtxg) {
             return text(StatusCode::BAD_REQUEST, "from must be older than to");
         }
+        if let Some(token) = &resume {
+            // The token comes from the peer: it must resume exactly the send asked for, of
+            // this project, or nothing is sent.
+            let checked = match self.zfs.describe_resume_token(token).await {
+                Ok(t) => t.check_for(&ds, &to.name, to.guid, from.map(|f| f.guid)),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = checked {
+                return text(StatusCode::CONFLICT, format!("cannot resume: {e}"));
+            }
+        }
         let (to, from) = match (
             ds.snapshot(&to.name),
             from.map(|f| ds.snapshot(&f.name)).transpose(),
@@ -302,7 +349,12 @@ impl Sources {
             let _slot = slot;
             // zfs send's output in chunks of 1 MiB, read straight into the frames sent.
             let (chunks, mut r) = tokio::sync::mpsc::channel::<Bytes>(4);
-            let send = async move { zfs.send_chunks(&to, from.as_ref(), flags, chunks).await };
+            let send = async move {
+                match &resume {
+                    Some(token) => zfs.send_resumed_chunks(token, chunks).await,
+                    None => zfs.send_chunks(&to, from.as_ref(), flags, chunks).await,
+                }
+            };
             let frames = tx.clone();
             let forward = async move {
                 let mut hasher = blake3::Hasher::new();
@@ -380,12 +432,14 @@ impl Sources {
     }
 }
 
-/// A live send to ask for: snapshot `to` of `project`, incremental from `from`.
+/// A live send to ask for: snapshot `to` of `project`, incremental from `from`; resumed with
+/// the receiver's token when a resumable receive of exactly this send was cut off.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendRequest {
     pub project: ProjectKey,
     pub from: Option<u64>,
     pub to: u64,
+    pub resume: Option<String>,
 }
 
 /// What a live receive applied.
@@ -424,6 +478,9 @@ impl Peer {
         if !flags.is_empty() {
             path.push_str(&format!("&flags={flags}"));
         }
+        if let Some(token) = &want.resume {
+            path.push_str(&format!("&resume={token}"));
+        }
         let started = std::time::Instant::now();
         let before = progress.bytes();
         let result = self.receive_from(zfs, want, &path, target, progress).await;
@@ -461,7 +518,10 @@ impl Peer {
         apply_verified(
             zfs,
             target,
-            RecvOptions { unmounted: true },
+            RecvOptions {
+                unmounted: true,
+                resumable: zfs.capabilities().resumable_send,
+            },
             progress,
             &self.endpoint,
             want,
@@ -501,15 +561,19 @@ where
         let mut held = bytes::BytesMut::with_capacity(FEED_CHUNK + WITHHELD);
         let mut trailers = None;
         let gone = || unverified("zfs recv stopped reading".into());
+        let cut = |reason: String| LiveError::Cut {
+            endpoint: source.to_owned(),
+            reason: printable(&reason),
+        };
         let mut begun = false;
         loop {
             let Ok(next) = tokio::time::timeout(STALL, body.frame()).await else {
-                return Err(unverified(format!("the source sent nothing for {STALL:?}")));
+                return Err(cut(format!("the source sent nothing for {STALL:?}")));
             };
             let Some(frame) = next else {
                 break;
             };
-            let frame = frame.map_err(|e| unverified(format!("cut off: {e}")))?;
+            let frame = frame.map_err(|e| cut(e.to_string()))?;
             let frame = match frame.into_data() {
                 Ok(data) => {
                     if trailers.is_some() {
@@ -538,8 +602,7 @@ where
                 trailers = Some(t);
             }
         }
-        let trailers = trailers
-            .ok_or_else(|| unverified("the stream ended without its digest (cut off)".into()))?;
+        let trailers = trailers.ok_or_else(|| cut("the stream ended without its digest".into()))?;
         if !begun {
             return Err(unverified(format!(
                 "a stream of {total} bytes has no BEGIN record"
@@ -587,7 +650,8 @@ fn printable(s: &str) -> String {
 
 /// Whether `record` (a stream's first) is the BEGIN record of a plain stream of snapshot
 /// `want.to`, incremental from `want.from` (full when none): not compound, not a clone, no
-/// payload (properties), in either byte order.
+/// payload (properties) — unless it resumes a send, which it must do exactly when
+/// `want.resume` asks for it — in either byte order.
 pub fn check_begin(record: &[u8], want: &SendRequest) -> Result<(), String> {
     let field = |at: usize, len: usize| record.get(at..at + len);
     let raw32 = |at| field(at, 4).and_then(|b| <[u8; 4]>::try_from(b).ok());
@@ -638,9 +702,24 @@ pub fn check_begin(record: &[u8], want: &SendRequest) -> Result<(), String> {
     if flags & FLAG_CLONE != 0 {
         return Err("a stream that would create a clone is refused".into());
     }
-    if payload != 0 {
+    // The feature flags, above the header type: a resumed send says so, and carries where
+    // it resumes (object, offset) in its payload; a plain send carries nothing there.
+    let resuming = (versioninfo >> 2) & FEATURE_RESUMING != 0;
+    if resuming != want.resume.is_some() {
+        return Err(if resuming {
+            "a resumed stream was sent where none was asked for".into()
+        } else {
+            "a fresh stream was sent where a resumed one was asked for".into()
+        });
+    }
+    if payload != 0 && !resuming {
         return Err(format!(
             "a stream carrying {payload} bytes of properties is refused"
+        ));
+    }
+    if payload as usize > MAX_RESUME_PAYLOAD {
+        return Err(format!(
+            "a resumed stream's BEGIN payload of {payload} bytes is refused"
         ));
     }
     if toguid != want.to {

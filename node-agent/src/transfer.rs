@@ -170,8 +170,16 @@ async fn receive(
     file: &std::fs::File,
     progress: &Progress,
 ) -> Result<(), TransferError> {
-    zfs.recv_from_file(target, RecvOptions { unmounted: true }, file, progress)
-        .await?;
+    zfs.recv_from_file(
+        target,
+        RecvOptions {
+            unmounted: true,
+            resumable: false,
+        },
+        file,
+        progress,
+    )
+    .await?;
     Ok(())
 }
 
@@ -205,8 +213,9 @@ pub fn staging_dataset(pool: &PoolName, project: &ProjectKey) -> Result<DatasetN
 }
 
 /// Removes a staging dataset left by an interrupted receive. It only ever holds a copy of a
-/// stream that is still in the store, so removing it loses nothing. ZFS may still be tearing
-/// down the interrupted receive for a moment: retry while it says busy.
+/// stream that is still in the store, or part of a live send that its source still has, so
+/// removing it loses nothing. ZFS may still be tearing down the interrupted receive for a
+/// moment: retry while it says busy.
 pub async fn clear_staging(zfs: &Zfs, staging: &DatasetName) -> Result<(), TransferError> {
     let mut tries = 0;
     loop {
@@ -221,7 +230,8 @@ pub async fn clear_staging(zfs: &Zfs, staging: &DatasetName) -> Result<(), Trans
     }
 }
 
-/// Removes every leftover under `<pool>/recv` (crash recovery at start-up).
+/// Removes every leftover under `<pool>/recv` (crash recovery at start-up), except the
+/// partial state of a resumable receive.
 pub async fn recover_staging(
     zfs: &Zfs,
     pool: &PoolName,
@@ -233,6 +243,11 @@ pub async fn recover_staging(
     let mut removed = Vec::new();
     for ns in zfs.children(&root).await? {
         for leftover in zfs.children(&ns).await? {
+            // A resumable receive that was cut off stays for its send to go on (OpenZFS);
+            // the next replica pass resumes it or drops it.
+            if zfs.resume_token(&leftover).await?.is_some() {
+                continue;
+            }
             clear_staging(zfs, &leftover).await?;
             removed.push(leftover);
         }

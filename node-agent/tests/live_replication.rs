@@ -46,6 +46,7 @@ fn want(from: Option<u64>, to: u64) -> SendRequest {
         project: key(),
         from,
         to,
+        resume: None,
     }
 }
 
@@ -175,7 +176,10 @@ fn trailers(digest: &str, bytes: usize) -> HeaderMap {
     t
 }
 
-const RECV: RecvOptions = RecvOptions { unmounted: true };
+const RECV: RecvOptions = RecvOptions {
+    unmounted: true,
+    resumable: false,
+};
 
 #[tokio::test]
 async fn only_a_plain_stream_of_the_snapshot_asked_for_gets_past_its_begin_record() {
@@ -200,6 +204,15 @@ async fn only_a_plain_stream_of_the_snapshot_asked_for_gets_past_its_begin_recor
     let info = u64::from_le_bytes(full[16..24].try_into().unwrap());
     let mut compound = full.clone();
     compound[16..24].copy_from_slice(&((info & !3) | 2).to_le_bytes());
+    // A resumed send (OpenZFS `zfs send -t`): DMU_BACKUP_FEATURE_RESUMING among the feature
+    // flags above the header type, and where it resumes in a payload after the record.
+    let mut resumed = set32(&full, 4, 120);
+    resumed[16..24].copy_from_slice(&(info | (1 << 20) << 2).to_le_bytes());
+    let resuming = |from, to| SendRequest {
+        resume: Some("1-a-b-c".into()),
+        ..want(from, to)
+    };
+    assert_eq!(check_begin(&resumed, &resuming(None, s1)), Ok(()));
     for (what, record, asked) in [
         ("another snapshot", full.clone(), want(None, s2)),
         (
@@ -219,6 +232,18 @@ async fn only_a_plain_stream_of_the_snapshot_asked_for_gets_past_its_begin_recor
         ("compound", compound, want(None, s1)),
         ("garbage", vec![0x5a; 312], want(None, s1)),
         ("short", full[..40].to_vec(), want(None, s1)),
+        ("resumed, not asked", resumed.clone(), want(None, s1)),
+        ("fresh, resume asked", full.clone(), resuming(None, s1)),
+        (
+            "resumed, a huge payload",
+            set32(&resumed, 4, 1 << 20),
+            resuming(None, s1),
+        ),
+        (
+            "resumed, another snapshot",
+            resumed.clone(),
+            resuming(None, s2),
+        ),
     ] {
         assert!(check_begin(&record, &asked).is_err(), "{what}");
     }
@@ -350,9 +375,43 @@ async fn a_node_without_a_copy_and_bad_requests_get_nothing() {
         Ok(projstore_agent::live::SendQuery {
             from: Some(3),
             to: 7,
-            flags: SendFlags::default()
+            flags: SendFlags::default(),
+            resume: None,
         })
     );
+    assert_eq!(
+        projstore_agent::live::parse_send_query("to=7&resume=1-ab-cd-ef")
+            .unwrap()
+            .resume
+            .as_deref(),
+        Some("1-ab-cd-ef")
+    );
+    for q in [
+        "to=7&resume=",
+        "to=7&resume=1-ab-cd",
+        "to=7&resume=1-ab-cd-e;f",
+        "to=7&resume=../../x",
+        "to=7&resume=1-a-b-c&resume=1-a-b-c",
+    ] {
+        assert!(projstore_agent::live::parse_send_query(q).is_err(), "{q}");
+    }
+    // A resumed send where the source's ZFS cannot resume (zfs-fuse), or with a token the
+    // source cannot vouch for: refused before anything is sent.
+    let resumed = SendRequest {
+        resume: Some("1-bf31b879a-b8-789c6360".into()),
+        ..want(None, s1)
+    };
+    if !fx.zfs.capabilities().resumable_send {
+        let e = peer
+            .receive(&fx.zfs, &resumed, &copy, &Progress::new())
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("409") && e.to_string().contains("cannot resume"),
+            "{e}"
+        );
+        assert_eq!(fx.guids(&copy).await, Vec::<u64>::new(), "nothing received");
+    }
     let all = projstore_agent::live::parse_send_query("to=7&flags=cLe").unwrap();
     assert_eq!(all.flags.letters(), "cLe");
     for q in ["to=7&flags=x", "to=7&flags=cc", "to=7&flags=c&flags=L"] {
@@ -418,7 +477,7 @@ async fn a_stream_flipped_in_flight_or_cut_off_never_commits_and_the_whole_one_t
         let cut = full.len() * pct / 100;
         let e = apply(body(&full[..cut], None)).await;
         assert!(
-            matches!(&e, Err(LiveError::Unverified { reason, .. }) if reason.contains("cut off")),
+            matches!(&e, Err(LiveError::Cut { reason, .. }) if reason.contains("without its digest")),
             "{pct}%: {e:?}"
         );
         assert_eq!(fx.guids(&copy).await, Vec::<u64>::new(), "{pct}%");

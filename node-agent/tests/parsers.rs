@@ -175,3 +175,126 @@ fn recorded_zfs_fuse_refusals_classify_as_unsupported() {
         assert!(matches!(e, ZfsError::Unsupported { .. }), "{f}: {e:?}");
     }
 }
+
+/// `zfs send -nvt TOKEN` of OpenZFS (the output zrepl records in its `resume_token.go`, from
+/// an incremental send of `pool1/test@b` decoded on a host that lacks the snapshot), and the
+/// shapes of the same nvlist print for a full send and a send's flags.
+#[test]
+fn openzfs_resume_tokens_are_read_and_checked_against_the_send_asked_for() {
+    use projstore_agent::zfs::DatasetName;
+    use projstore_agent::zfs::resume::{ResumeToken, check_token_text, parse_resume_token};
+    let t = parse_resume_token(&fixture("openzfs/zfs-send-nvt-incremental.txt")).unwrap();
+    assert_eq!(
+        t,
+        ResumeToken {
+            toguid: 0x854f02a2dd32cf0d,
+            toname: "pool1/test@b".into(),
+            fromguid: Some(0x595d9f81aa9dddab),
+            bytes: 0,
+            compressed: false,
+            large_blocks: false,
+            embedded: false,
+            raw: false,
+        }
+    );
+    let full = "resume token contents:\nnvlist version: 0\n\tobject = 0x3\n\toffset = 0x20000\n\
+                \tbytes = 0x5b8d80\n\ttoguid = 0x595d9f81aa9dddab\n\ttoname = tank/p/a@s1\n\
+                \tembedok\n\tcompressok = 1\n\tlargeblockok = 0\nfull send of tank/p/a@s1 estimated size is 1.2M\n";
+    let f = parse_resume_token(full).unwrap();
+    assert_eq!(
+        (
+            f.fromguid,
+            f.bytes,
+            f.embedded,
+            f.compressed,
+            f.large_blocks,
+            f.raw
+        ),
+        (None, 0x5b8d80, true, true, false, false)
+    );
+    for bad in [
+        "",
+        "cannot resume send: resume token is corrupt\n",
+        "resume token contents:\nnvlist version: 0\n\ttoname = a/b@c\n", // no toguid
+        "resume token contents:\nnvlist version: 0\n\ttoguid = 0x1\n",   // no toname
+        "resume token contents:\nnvlist version: 0\n\ttoguid = zz\n\ttoname = a/b@c\n",
+    ] {
+        assert_eq!(parse_resume_token(bad), None, "{bad:?}");
+    }
+    // Token text (two real OpenZFS tokens recorded by zrepl), before anything runs.
+    for ok in [
+        "1-bf31b879a-b8-789c636064000310a500c4ec50360710e72765a5269740f80cd8e4d3d28a534b18e00024cf86249f5459925acc802a8facbf243fbd3433858161f5ddb9ab1ae7c7466a20c97382e5f312735319180af2f3730cf58166953824c2cc0200cde81651",
+        "1-c49b979a2-e0-789c636064000310a501c49c50360710a715e5e7a69766a63040c1eabb735735ce8f8d5400b2d991d4e52765a5269740f82080219f96569c5ac2000720793624f9a4ca92d46206547964fd25f91057f09e37babb88c9bf5503499e132c9f97989bcac050909f9f63a80f34abc421096616007c881d4c",
+    ] {
+        assert_eq!(check_token_text(ok), Ok(()));
+    }
+    let long = format!("1-a-b-{}", "c".repeat(5000));
+    for bad in [
+        "",
+        "1-a-b",
+        "1-a-b-c-d",
+        "1-a-b-;rm",
+        "-a-b-c",
+        "1-a-b- c",
+        &long,
+    ] {
+        assert!(check_token_text(bad).is_err(), "{bad:?}");
+    }
+    // A source checks the peer's token names exactly the send asked for.
+    let ds = DatasetName::parse("pool1/test").unwrap();
+    let (to, from) = (0x854f02a2dd32cf0d, Some(0x595d9f81aa9dddab));
+    assert_eq!(t.check_for(&ds, "b", to, from), Ok(()));
+    let other = |name: &str| ResumeToken {
+        toname: name.into(),
+        ..t.clone()
+    };
+    for (what, token, ds, snap, to, from) in [
+        (
+            "another dataset",
+            other("pool1/other@b"),
+            "pool1/test",
+            "b",
+            to,
+            from,
+        ),
+        (
+            "a longer name",
+            other("pool1/test2@b"),
+            "pool1/test",
+            "b",
+            to,
+            from,
+        ),
+        (
+            "a child",
+            other("pool1/test/x@b"),
+            "pool1/test",
+            "b",
+            to,
+            from,
+        ),
+        (
+            "another pool",
+            other("pool2/test@b"),
+            "pool1/test",
+            "b",
+            to,
+            from,
+        ),
+        ("another snapshot", t.clone(), "pool1/test", "a", to, from),
+        ("another GUID", t.clone(), "pool1/test", "b", 7, from),
+        ("another base", t.clone(), "pool1/test", "b", to, Some(7)),
+        ("full asked", t.clone(), "pool1/test", "b", to, None),
+        (
+            "incremental asked",
+            f.clone(),
+            "tank/p/a",
+            "s1",
+            f.toguid,
+            Some(1),
+        ),
+    ] {
+        let ds = DatasetName::parse(ds).unwrap();
+        assert!(token.check_for(&ds, snap, to, from).is_err(), "{what}");
+    }
+}

@@ -12,6 +12,7 @@ pub mod names;
 pub mod parse;
 mod pipe;
 mod pool;
+pub mod resume;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -26,6 +27,7 @@ pub use names::{DatasetName, HoldTag, NameError, PoolName, PropertyName, Snapsho
 pub use parse::{PoolRow, SnapshotInfo};
 pub use pipe::{Progress, RecvOptions, SendFlags};
 pub use pool::{Capacity, Imported, Vdev, parse_status_vdevs};
+pub use resume::ResumeToken;
 
 /// A handle on the host's ZFS: the binaries to run and what they can do.
 #[derive(Debug, Clone)]
@@ -199,9 +201,14 @@ fn may_mount(tool: Tool, args: &[OsString]) -> bool {
     }
 }
 
-async fn run(what: &str, program: &PathBuf, args: Vec<OsString>) -> Result<String, ZfsError> {
+/// Runs `program ARGS` to its end (no shell, C locale), whatever its exit status.
+async fn output(
+    what: &str,
+    program: &PathBuf,
+    args: Vec<OsString>,
+) -> Result<std::process::Output, ZfsError> {
     tracing::debug!(program = %program.display(), ?args, "exec");
-    let out = Command::new(program)
+    Command::new(program)
         .args(&args)
         .env("LC_ALL", "C")
         .stdin(Stdio::null())
@@ -212,7 +219,11 @@ async fn run(what: &str, program: &PathBuf, args: Vec<OsString>) -> Result<Strin
             what: what.into(),
             program: program.display().to_string(),
             source,
-        })?;
+        })
+}
+
+async fn run(what: &str, program: &PathBuf, args: Vec<OsString>) -> Result<String, ZfsError> {
+    let out = output(what, program, args).await?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {

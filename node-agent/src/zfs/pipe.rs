@@ -93,6 +93,9 @@ impl SendFlags {
 pub struct RecvOptions {
     /// Leave the received filesystem unmounted (`-u`): secondaries are never mounted.
     pub unmounted: bool,
+    /// Keep what arrived when cut off (`-s`), so the send can resume; only where the host's
+    /// ZFS has resumable sends (see [`super::resume`]).
+    pub resumable: bool,
 }
 
 impl Zfs {
@@ -151,6 +154,31 @@ impl Zfs {
         out: tokio::sync::mpsc::Sender<bytes::Bytes>,
     ) -> Result<u64, ZfsError> {
         let (what, a) = self.flagged_send_args(snap, from, flags)?;
+        self.chunks_of(what, a, out).await
+    }
+
+    /// [`Zfs::send_chunks`] of a resumed send: `zfs send -t TOKEN`, which goes on where a
+    /// cut-off `zfs recv -s` stopped, with the flags of the send it resumes. The caller has
+    /// checked the token ([`super::ResumeToken::check_for`]).
+    pub async fn send_resumed_chunks(
+        &self,
+        token: &str,
+        out: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    ) -> Result<u64, ZfsError> {
+        let what = "resume a send".to_owned();
+        super::resume::check_token_text(token).map_err(|detail| ZfsError::Parse {
+            what: what.clone(),
+            detail,
+        })?;
+        self.chunks_of(what, args(["send", "-t", token]), out).await
+    }
+
+    async fn chunks_of(
+        &self,
+        what: String,
+        a: Vec<OsString>,
+        out: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    ) -> Result<u64, ZfsError> {
         let mut child = self.spawn(&what, &self.zfs, a, Stdio::null(), Stdio::piped())?;
         let mut stdout = child
             .stdout
@@ -468,6 +496,9 @@ fn recv_args(target: &DatasetName, opts: RecvOptions) -> (String, Vec<OsString>)
     let mut a = args(["recv"]);
     if opts.unmounted {
         a.push("-u".into());
+    }
+    if opts.resumable {
+        a.push("-s".into());
     }
     a.push(target.as_str().into());
     (format!("receive into {target}"), a)

@@ -88,6 +88,7 @@ pub(super) async fn archive(
         release_all_holds(zfs, ds).await?;
         zfs.destroy(ds, true).await?;
     }
+    secondary::drop_staged_receive(zfs, pool, key).await?;
     let stored = store.list(key).await?;
     Ok((
         plans::archived_status(

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::fetch::FetchError;
-use crate::live::{LiveSnapshot, SendRequest, estimate};
+use crate::live::{LiveError, LiveSnapshot, SendRequest, estimate};
 use plans::{LiveSync, plan_live_sync};
 
 pub(super) async fn secondary(
@@ -80,6 +80,7 @@ pub(super) async fn secondary(
                 project: key.clone(),
                 from,
                 to,
+                resume: None,
             };
             receive_live(cx, &peer, &want, pool, ds, &progress).await?;
             tracing::info!(project = %key, snapshot = to, "live send applied");
@@ -127,6 +128,12 @@ pub(super) async fn secondary(
 
 /// One live send applied to `ds`: a full one is received beside it (`recv/…`) and renamed
 /// into place once it committed, so a cut-off first copy leaves nothing half made.
+///
+/// Where the host's ZFS resumes receives (OpenZFS), a send that was cut off goes on from
+/// where it stopped: what arrived is kept (`zfs recv -s`), and the next attempt at exactly
+/// that send hands the source the target's resume token. Partial state that does not fit
+/// the send now wanted, or a stream refused for anything but a cut, is dropped: what is
+/// kept is only ever what a verified send began.
 async fn receive_live(
     cx: &AgentContext,
     peer: &Peer,
@@ -136,20 +143,90 @@ async fn receive_live(
     progress: &Progress,
 ) -> Result<(), ReplicaError> {
     let zfs = cx.zfs()?;
-    if want.from.is_some() {
-        peer.receive(zfs, want, ds, progress).await?;
-        return Ok(());
+    let full = want.from.is_none();
+    let target = if full {
+        crate::transfer::staging_dataset(pool, &want.project)?
+    } else {
+        ds.clone()
+    };
+    let mut want = want.clone();
+    want.resume = resumable_token(zfs, &target, &want).await;
+    if full && want.resume.is_none() {
+        crate::transfer::clear_staging(zfs, &target).await?;
+        zfs.create_parents(&target).await?;
     }
-    let staging = crate::transfer::staging_dataset(pool, &want.project)?;
-    crate::transfer::clear_staging(zfs, &staging).await?;
-    zfs.create_parents(&staging).await?;
-    if let Err(e) = peer.receive(zfs, want, &staging, progress).await {
-        let _ = crate::transfer::clear_staging(zfs, &staging).await;
+    if let Err(e) = peer.receive(zfs, &want, &target, progress).await {
+        let keep = zfs.capabilities().resumable_send && matches!(e, LiveError::Cut { .. });
+        if !keep {
+            drop_partial(zfs, &target, full).await;
+        }
         return Err(e.into());
     }
-    zfs.create_parents(ds).await?;
-    zfs.rename(&staging, ds).await?;
+    if full {
+        zfs.create_parents(ds).await?;
+        zfs.rename(&target, ds).await?;
+    }
     Ok(())
+}
+
+/// The resume token of `target` when it resumes exactly `want` (None where receives do not
+/// resume, or nothing was cut off). Partial state of any other send is dropped.
+async fn resumable_token(zfs: &Zfs, target: &DatasetName, want: &SendRequest) -> Option<String> {
+    if !zfs.capabilities().resumable_send || !zfs.exists(target).await.unwrap_or(false) {
+        return None;
+    }
+    let token = zfs.resume_token(target).await.ok()??;
+    match zfs.describe_resume_token(&token).await {
+        Ok(t) if t.toguid == want.to && t.fromguid == want.from => {
+            tracing::info!(project = %want.project, snapshot = want.to, bytes = t.bytes, "resuming a cut-off receive");
+            Some(token)
+        }
+        Ok(t) => {
+            tracing::info!(project = %want.project, stale = t.toguid, wanted = want.to, "a cut-off receive of another send dropped");
+            drop_partial(zfs, target, want.from.is_none()).await;
+            None
+        }
+        Err(e) => {
+            tracing::warn!(project = %want.project, error = %e, "an unreadable resume token: the cut-off receive is dropped");
+            drop_partial(zfs, target, want.from.is_none()).await;
+            None
+        }
+    }
+}
+
+/// Drops a cut-off full receive of `key` kept to resume (OpenZFS), when this pool no longer
+/// needs it: the copy here is closed or trashed.
+pub(super) async fn drop_staged_receive(
+    zfs: &Zfs,
+    pool: &PoolName,
+    key: &ProjectKey,
+) -> Result<(), ReplicaError> {
+    let staging = crate::transfer::staging_dataset(pool, key)?;
+    if zfs.exists(&staging).await? {
+        crate::transfer::clear_staging(zfs, &staging).await?;
+    }
+    Ok(())
+}
+
+/// Drops what a failed receive into `target` left: a full receive's staging dataset, or an
+/// incremental one's partial state (`zfs recv -A`, where receives resume).
+async fn drop_partial(zfs: &Zfs, target: &DatasetName, full: bool) {
+    let dropped = if full {
+        crate::transfer::clear_staging(zfs, target)
+            .await
+            .map_err(|e| e.to_string())
+    } else if zfs.capabilities().resumable_send {
+        match zfs.resume_token(target).await {
+            Ok(Some(_)) => zfs.abort_resumable(target).await.map_err(|e| e.to_string()),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    } else {
+        Ok(())
+    };
+    if let Err(e) = dropped {
+        tracing::warn!(target = %target, error = %e, "cannot drop what a failed receive left");
+    }
 }
 
 /// Stream files an open project carries from before (DESIGN §4: an open project keeps none;

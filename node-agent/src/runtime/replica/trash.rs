@@ -24,6 +24,7 @@ pub(super) async fn trash(
             .await?;
         zfs.set(&target, &p("mountpoint")?, "none").await?;
     }
+    secondary::drop_staged_receive(zfs, pool, key).await?;
     let store = &c.store;
     store.move_to_trash(key, &stamp).await?;
     Ok(plans::trashed_status(
