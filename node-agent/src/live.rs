@@ -2,10 +2,10 @@
 //! the receiver's `zfs recv` over the agents' mutual-TLS channel, and is stored nowhere on
 //! the way.
 //!
-//! The source answers `GET /v1/send/<ns>/<name>?to=<guid>[&from=<guid>][&flags=<cLe>]` (the
-//! `zfs send -c/-L/-e` flags the receiver's ZFS takes; the source adds those its own has) with
-//! the stream as
-//! it comes out of `zfs send` (one snapshot: `-i`, never a compound `-I`/`-R` stream, whose
+//! The source answers `GET /v1/send/<ns>/<name>?to=<guid>[&from=<guid>][&flags=<cLew>]` (the
+//! `zfs send -c/-L/-e/-w` flags the receiver's ZFS takes; the source adds those of `-c/-L/-e`
+//! its own has, and sends raw (`-w`) exactly when the dataset is encrypted, refusing a
+//! receiver that cannot take raw sends; see [`raw_if_encrypted`]) with the stream as it comes out of `zfs send` (one snapshot: `-i`, never a compound `-I`/`-R` stream, whose
 //! snapshots would commit one by one before the whole is verified), and its BLAKE3 digest
 //! (twice as fast as SHA-256 with the CPU's SHA extensions, and both ends hash every byte)
 //! and length in HTTP trailers after the data
@@ -81,9 +81,11 @@ const BACKUP_MAGIC: u64 = 0x2F5B_ACBAC;
 const FLAG_CLONE: u32 = 1;
 /// `DMU_BACKUP_FEATURE_RESUMING` (in the BEGIN record's feature flags): a resumed send.
 const FEATURE_RESUMING: u64 = 1 << 20;
-/// The largest BEGIN payload of a resumed stream let through (where it resumes: a few
-/// hundred bytes).
-const MAX_RESUME_PAYLOAD: usize = 64 << 10;
+/// `DMU_BACKUP_FEATURE_RAW`: a raw send (`zfs send -w`) of an encrypted dataset.
+const FEATURE_RAW: u64 = 1 << 24;
+/// The largest BEGIN payload let through: that of a resumed send (where it resumes) or a raw
+/// one (the wrapped key's parameters) is a few hundred bytes.
+const MAX_BEGIN_PAYLOAD: usize = 64 << 10;
 
 /// Why a live transfer did not commit.
 #[derive(Debug, thiserror::Error)]
@@ -175,7 +177,7 @@ pub fn estimate(from: Option<&LiveSnapshot>, to: &LiveSnapshot) -> u64 {
     .max(RECORD as u64 * 2)
 }
 
-/// A send request's query: `to=<guid>[&from=<guid>][&flags=<cLe>][&resume=<token>]` — the
+/// A send request's query: `to=<guid>[&from=<guid>][&flags=<cLew>][&resume=<token>]` — the
 /// snapshot, its base, the optional `zfs send` flags the receiver can take (the source uses
 /// those it has too), and the receiver's resume token when a resumable receive of exactly
 /// this send was cut off (OpenZFS).
@@ -185,6 +187,23 @@ pub struct SendQuery {
     pub to: u64,
     pub flags: SendFlags,
     pub resume: Option<String>,
+}
+
+/// The flags a send of a dataset uses, from those the receiver `asked` for: raw (`-w`) exactly
+/// when the dataset is `encrypted` — its blocks leave the host as encrypted on disk, and its
+/// key never does — and refused when the receiver cannot take raw sends.
+pub fn raw_if_encrypted(asked: SendFlags, encrypted: bool) -> Result<SendFlags, String> {
+    if encrypted && !asked.raw {
+        return Err(
+            "the dataset is encrypted and is only sent raw (zfs send -w), which the receiver \
+             did not ask for: its ZFS cannot receive raw sends"
+                .into(),
+        );
+    }
+    Ok(SendFlags {
+        raw: encrypted,
+        ..asked
+    })
 }
 
 /// Reads a send request's query ([`SendQuery`]); nothing else is accepted.
@@ -320,10 +339,23 @@ impl Sources {
         if from.is_some_and(|f| f.createtxg >= to.createtxg) {
             return text(StatusCode::BAD_REQUEST, "from must be older than to");
         }
+        // An encrypted dataset is sent raw, or not at all.
+        let flags = match self.zfs.encrypted(&ds).await {
+            Ok(encrypted) => match raw_if_encrypted(flags, encrypted) {
+                Ok(f) => f,
+                Err(e) => return text(StatusCode::CONFLICT, e),
+            },
+            Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
         if let Some(token) = &resume {
             // The token comes from the peer: it must resume exactly the send asked for, of
-            // this project, or nothing is sent.
+            // this project (raw when the dataset is encrypted), or nothing is sent.
             let checked = match self.zfs.describe_resume_token(token).await {
+                Ok(t) if t.raw != flags.raw => Err(format!(
+                    "the resume token continues a {} send, this dataset is sent {}",
+                    if t.raw { "raw" } else { "plain" },
+                    if flags.raw { "raw" } else { "plain" }
+                )),
                 Ok(t) => t.check_for(&ds, &to.name, to.guid, from.map(|f| f.guid)),
                 Err(e) => Err(e.to_string()),
             };
@@ -586,7 +618,9 @@ where
                     // Nothing reaches zfs recv before the BEGIN record says it is the stream
                     // asked for.
                     if !begun && held.len() >= RECORD {
-                        check_begin(&held[..RECORD], want).map_err(unverified)?;
+                        // Raw streams were asked for exactly when this host takes them.
+                        let raw_ok = zfs.capabilities().send_flags().raw;
+                        check_begin(&held[..RECORD], want, raw_ok).map_err(unverified)?;
                         begun = true;
                     }
                     if begun && held.len() >= WITHHELD + FEED_CHUNK {
@@ -651,8 +685,9 @@ fn printable(s: &str) -> String {
 /// Whether `record` (a stream's first) is the BEGIN record of a plain stream of snapshot
 /// `want.to`, incremental from `want.from` (full when none): not compound, not a clone, no
 /// payload (properties) — unless it resumes a send, which it must do exactly when
-/// `want.resume` asks for it — in either byte order.
-pub fn check_begin(record: &[u8], want: &SendRequest) -> Result<(), String> {
+/// `want.resume` asks for it, or is raw, which only a receiver that asked for raw sends
+/// (`raw_ok`) takes — in either byte order.
+pub fn check_begin(record: &[u8], want: &SendRequest, raw_ok: bool) -> Result<(), String> {
     let field = |at: usize, len: usize| record.get(at..at + len);
     let raw32 = |at| field(at, 4).and_then(|b| <[u8; 4]>::try_from(b).ok());
     let raw64 = |at| field(at, 8).and_then(|b| <[u8; 8]>::try_from(b).ok());
@@ -712,15 +747,19 @@ pub fn check_begin(record: &[u8], want: &SendRequest) -> Result<(), String> {
             "a fresh stream was sent where a resumed one was asked for".into()
         });
     }
-    if payload != 0 && !resuming {
+    // A raw send (of an encrypted dataset) says so, and carries the dataset's wrapped key
+    // material in its payload: only where raw sends were asked for.
+    let raw = (versioninfo >> 2) & FEATURE_RAW != 0;
+    if raw && !raw_ok {
+        return Err("a raw stream was sent where none was asked for".into());
+    }
+    if payload != 0 && !resuming && !raw {
         return Err(format!(
             "a stream carrying {payload} bytes of properties is refused"
         ));
     }
-    if payload as usize > MAX_RESUME_PAYLOAD {
-        return Err(format!(
-            "a resumed stream's BEGIN payload of {payload} bytes is refused"
-        ));
+    if payload as usize > MAX_BEGIN_PAYLOAD {
+        return Err(format!("a BEGIN payload of {payload} bytes is refused"));
     }
     if toguid != want.to {
         return Err(format!(

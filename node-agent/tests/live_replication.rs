@@ -193,8 +193,8 @@ async fn only_a_plain_stream_of_the_snapshot_asked_for_gets_past_its_begin_recor
     let (inc, _) = fx.stream(Some("s1"), "s2").await;
     let begin = |b: &[u8]| b[..projstore_agent::live::RECORD].to_vec();
     let (full, inc) = (begin(&full), begin(&inc));
-    assert_eq!(check_begin(&full, &want(None, s1)), Ok(()));
-    assert_eq!(check_begin(&inc, &want(Some(s1), s2)), Ok(()));
+    assert_eq!(check_begin(&full, &want(None, s1), false), Ok(()));
+    assert_eq!(check_begin(&inc, &want(Some(s1), s2), false), Ok(()));
     let set32 = |r: &[u8], at: usize, v: u32| {
         let mut r = r.to_vec();
         r[at..at + 4].copy_from_slice(&v.to_le_bytes());
@@ -212,7 +212,14 @@ async fn only_a_plain_stream_of_the_snapshot_asked_for_gets_past_its_begin_recor
         resume: Some("1-a-b-c".into()),
         ..want(from, to)
     };
-    assert_eq!(check_begin(&resumed, &resuming(None, s1)), Ok(()));
+    assert_eq!(check_begin(&resumed, &resuming(None, s1), false), Ok(()));
+    // A raw send (OpenZFS `zfs send -w` of an encrypted dataset): DMU_BACKUP_FEATURE_RAW,
+    // the wrapped key's parameters in a payload. Taken only by a receiver that asked for raw.
+    let mut raw = set32(&full, 4, 400);
+    raw[16..24].copy_from_slice(&(info | (1 << 24) << 2).to_le_bytes());
+    assert_eq!(check_begin(&raw, &want(None, s1), true), Ok(()));
+    assert!(check_begin(&raw, &want(None, s1), false).is_err());
+    assert_eq!(check_begin(&full, &want(None, s1), true), Ok(()));
     for (what, record, asked) in [
         ("another snapshot", full.clone(), want(None, s2)),
         (
@@ -245,7 +252,7 @@ async fn only_a_plain_stream_of_the_snapshot_asked_for_gets_past_its_begin_recor
             resuming(None, s2),
         ),
     ] {
-        assert!(check_begin(&record, &asked).is_err(), "{what}");
+        assert!(check_begin(&record, &asked, true).is_err(), "{what}");
     }
 }
 
@@ -419,6 +426,17 @@ async fn a_node_without_a_copy_and_bad_requests_get_nothing() {
     }
     // The flags both ends have: none with zfs-fuse.
     assert_eq!(all.flags.both(SendFlags::default()), SendFlags::default());
+    // Raw (-w) exactly when the dataset is encrypted; an encrypted one is never sent plain.
+    use projstore_agent::live::raw_if_encrypted;
+    let cle = all.flags;
+    let clew = projstore_agent::live::parse_send_query("to=7&flags=cLew")
+        .unwrap()
+        .flags;
+    assert_eq!(clew.letters(), "cLew");
+    assert_eq!(raw_if_encrypted(clew, false), Ok(cle));
+    assert_eq!(raw_if_encrypted(clew, true), Ok(clew));
+    assert_eq!(raw_if_encrypted(cle, false), Ok(cle));
+    assert!(raw_if_encrypted(cle, true).is_err());
 }
 
 #[tokio::test]

@@ -65,8 +65,8 @@ fn openzfs_capabilities() {
             && caps.compressed_send
             && caps.parsable_list
     );
-    // Live sends ask for -c -L -e here.
-    assert_eq!(caps.send_flags().letters(), "cLe");
+    // Live sends ask for -c -L -e here, and take raw (-w) sends of encrypted datasets.
+    assert_eq!(caps.send_flags().letters(), "cLew");
     assert_eq!(caps.compression_for("lz4"), ("lz4".to_owned(), false));
     assert_eq!(caps.compression_for("zstd-7"), ("zstd-7".to_owned(), false));
     assert!(caps.feature_names().contains(&"resumable-send".to_owned()));

@@ -120,6 +120,7 @@ impl Capabilities {
             compressed: self.compressed_send,
             large_blocks: self.large_block_send,
             embedded: self.embedded_send,
+            raw: self.raw_send,
         }
     }
 

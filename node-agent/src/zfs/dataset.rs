@@ -91,6 +91,18 @@ impl Zfs {
         self.get(ds.as_str(), &names).await
     }
 
+    /// Whether `ds` is encrypted (its `encryption` property is set, perhaps inherited). Never
+    /// where the host's ZFS has no encryption (zfs-fuse).
+    pub async fn encrypted(&self, ds: &DatasetName) -> Result<bool, ZfsError> {
+        if !self.caps.raw_send {
+            return Ok(false);
+        }
+        let map = self.get(ds.as_str(), &["encryption"]).await?;
+        Ok(map
+            .get("encryption")
+            .is_some_and(|v| !v.is_empty() && v != "off" && v != "-"))
+    }
+
     /// Whether `ds` exists. A missing pool is an error, not "does not exist".
     pub async fn exists(&self, ds: &DatasetName) -> Result<bool, ZfsError> {
         match self.get(ds.as_str(), &["type"]).await {

@@ -45,6 +45,10 @@ pub struct SendFlags {
     pub large_blocks: bool,
     /// `-e`: embedded blocks as they are.
     pub embedded: bool,
+    /// `-w`: raw, as encrypted on disk (an encrypted dataset is only ever sent so: its key
+    /// never leaves its host). A receiver says it can take raw sends; the source sends raw
+    /// exactly when the dataset is encrypted.
+    pub raw: bool,
 }
 
 impl SendFlags {
@@ -54,15 +58,17 @@ impl SendFlags {
             compressed: self.compressed && other.compressed,
             large_blocks: self.large_blocks && other.large_blocks,
             embedded: self.embedded && other.embedded,
+            raw: self.raw && other.raw,
         }
     }
 
-    /// As a send request says them: the flag letters, `cLe` or part of it.
+    /// As a send request says them: the flag letters, `cLew` or part of it.
     pub fn letters(self) -> String {
         [
             (self.compressed, 'c'),
             (self.large_blocks, 'L'),
             (self.embedded, 'e'),
+            (self.raw, 'w'),
         ]
         .iter()
         .filter(|(on, _)| *on)
@@ -78,7 +84,8 @@ impl SendFlags {
                 'c' => &mut f.compressed,
                 'L' => &mut f.large_blocks,
                 'e' => &mut f.embedded,
-                _ => return Err(format!("unknown send flag {c:?} (expected c, L, e)")),
+                'w' => &mut f.raw,
+                _ => return Err(format!("unknown send flag {c:?} (expected c, L, e, w)")),
             };
             if std::mem::replace(slot, true) {
                 return Err(format!("send flag {c:?} given twice"));
@@ -136,6 +143,7 @@ impl Zfs {
             (flags.compressed, "-c"),
             (flags.large_blocks, "-L"),
             (flags.embedded, "-e"),
+            (flags.raw, "-w"),
         ] {
             if on {
                 a.insert(1, flag.into());
