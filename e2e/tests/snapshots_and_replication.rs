@@ -1,6 +1,6 @@
 //! Snapshots and their replication: schedule, retention and the space guard; live replication
-//! without stream files; a secondary catching up on a held base; agents killed mid-transfer; a
-//! stream corrupted in flight.
+//! without stream files; a secondary catching up on a held base, and from another copy while
+//! the primary is down; agents killed mid-transfer; a stream corrupted in flight.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // integration tests
 
@@ -294,6 +294,106 @@ async fn s04_a_secondary_whose_agent_was_down_catches_up_on_its_held_base() {
     )
     .await;
     c.in_sync(NS, "delta", 3, Some(&caught_up), Duration::from_secs(60))
+        .await;
+}
+
+/// Scenario 4b: a copy whose agent was down catches up from another Ready copy while the
+/// primary cannot be reached (DESIGN §5.4: a source is "the primary, or any Ready copy that
+/// holds the snapshots needed").
+#[tokio::test]
+async fn s04b_a_copy_catches_up_from_another_copy_while_the_primary_is_down() {
+    let Some(c) = Cluster::up_with_hosts("s04b-other-source").await else {
+        return;
+    };
+    c.create_project(
+        NS,
+        "echo",
+        json!({"quota": "100Mi", "owner": {"uid": 1000, "gid": 1000}, "copies": 3}),
+    )
+    .await;
+    let first = c
+        .in_sync(NS, "echo", 3, None, Duration::from_secs(60))
+        .await;
+    let primary = c.primary(NS, "echo").await;
+    let secondaries: Vec<_> = c
+        .replicas(NS, "echo")
+        .await
+        .into_iter()
+        .filter(|r| r.spec.role == projstore_api::ReplicaRole::Secondary)
+        .collect();
+    let (behind, ahead) = (&secondaries[0], &secondaries[1]);
+    let agent = |pool: &str| format!("agent-{}", c.host_of_pool(pool).node);
+    let applied = |name: String| {
+        let api = c.replicas_api(NS);
+        async move {
+            api.get(&name)
+                .await
+                .ok()
+                .and_then(|r| r.status)
+                .and_then(|s| s.applied_snapshot)
+                .map(|a| a.guid)
+                .unwrap_or_default()
+        }
+    };
+    c.kill(&agent(&behind.spec.pool), true);
+    let mount = c.mount_path(NS, "echo").await;
+    for i in 0..2u8 {
+        std::fs::write(mount.join(format!("e{i}")), vec![i; 60_000]).unwrap();
+        c.snapshot_now(NS, "echo").await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let last = c
+        .wait(
+            "the other copy holds the primary's newest snapshot",
+            Duration::from_secs(60),
+            || async {
+                let (p, a) = (
+                    applied(primary.name_any()).await,
+                    applied(ahead.name_any()).await,
+                );
+                if !p.is_empty() && p != first && p == a {
+                    Ok(p)
+                } else {
+                    Err(format!("primary {p}, other copy {a}"))
+                }
+            },
+        )
+        .await;
+    // The primary goes down; the copy that was down comes back.
+    c.kill(&agent(&primary.spec.pool), true);
+    let t = Instant::now();
+    c.release(&agent(&behind.spec.pool));
+    c.wait(
+        "the copy caught up from the other copy",
+        Duration::from_secs(60),
+        || async {
+            let b = applied(behind.name_any()).await;
+            if b == last { Ok(()) } else { Err(b) }
+        },
+    )
+    .await;
+    c.timing("restart → caught up from another copy", t.elapsed());
+    let ds = format!(
+        "{}/projects/{NS}/echo",
+        c.host_of_pool(&behind.spec.pool).pool
+    );
+    let guids = run(
+        "zfs",
+        &["list", "-H", "-o", "guid", "-t", "snapshot", "-r", &ds],
+    );
+    assert!(guids.lines().any(|g| g.trim() == last), "{ds}: {guids}");
+    let log = std::fs::read_to_string(
+        c.dir
+            .join("logs")
+            .join(format!("{}.log", agent(&behind.spec.pool))),
+    )
+    .unwrap();
+    assert!(
+        log.contains("catching up from another copy"),
+        "the copy did not say where it caught up from"
+    );
+    c.release(&agent(&primary.spec.pool));
+    c.in_sync(NS, "echo", 3, Some(&first), Duration::from_secs(90))
         .await;
 }
 

@@ -5,7 +5,9 @@
 //! <pool>/streams                       stream store (one filesystem, mounted)
 //! <pool>/trash/<ns>/<name>-<ts>        deleted projects until retention ends
 //! <pool>/forks/<ns>/<name>-e<epoch>    diverged data preserved after a failover
-//! <pool>/recv/<ns>/<name>              staging for full receives (never visible as a project)
+//! <pool>/recv/<ns>/<name>              staging for full receives (never visible as a project);
+//!                                      a cut-off resumable one stays until it resumes (OpenZFS)
+//! <pool>/recv/verify.<ns>/<name>       scratch: a closing copy's stored chain, rebuilt to check it
 //! ```
 
 use std::path::{Path, PathBuf};

@@ -101,6 +101,27 @@ pub enum LiveError {
     /// committed, but what arrived may be kept to resume from (OpenZFS).
     #[error("stream from {endpoint} cut off: {reason}")]
     Cut { endpoint: String, reason: String },
+    /// The source answered the request with an HTTP error instead of a stream.
+    #[error("{endpoint}: HTTP {status}: {reason}")]
+    Refused {
+        endpoint: String,
+        status: u16,
+        reason: String,
+    },
+}
+
+impl LiveError {
+    /// Whether what a resumable receive kept may be resumed after this failure: after a cut,
+    /// a source that could not be reached or was busy (its 5xx) — never after a stream that
+    /// was refused (its digest, its BEGIN record, ZFS itself) or a source that refused to
+    /// resume it (its 4xx).
+    pub fn keeps_partial(&self) -> bool {
+        match self {
+            Self::Cut { .. } | Self::Peer(FetchError::Peer { .. }) => true,
+            Self::Refused { status, .. } => *status >= 500,
+            Self::Peer(_) | Self::Zfs(_) | Self::Unverified { .. } => false,
+        }
+    }
 }
 
 /// What the stream server needs to serve live sends: ZFS, and where this host keeps a
@@ -363,6 +384,7 @@ impl Sources {
                 return text(StatusCode::CONFLICT, format!("cannot resume: {e}"));
             }
         }
+        let (to_guid, from_guid) = (to.guid, from.map(|f| f.guid));
         let (to, from) = match (
             ds.snapshot(&to.name),
             from.map(|f| ds.snapshot(&f.name)).transpose(),
@@ -381,6 +403,12 @@ impl Sources {
             let _slot = slot;
             // zfs send's output in chunks of 1 MiB, read straight into the frames sent.
             let (chunks, mut r) = tokio::sync::mpsc::channel::<Bytes>(4);
+            // A resumed send is what the token says it is, which the peer wrote: its BEGIN
+            // record is checked before a byte leaves.
+            let resumed = resume.as_ref().map(|_| {
+                let (name, to, from) = (to.full(), to_guid, from_guid);
+                move |first: &[u8]| check_resumed_begin(first, &name, to, from, flags.raw)
+            });
             let send = async move {
                 match &resume {
                     Some(token) => zfs.send_resumed_chunks(token, chunks).await,
@@ -388,10 +416,16 @@ impl Sources {
                 }
             };
             let frames = tx.clone();
+            // Err(None): the receiver went away; Err(Some(why)): refused before sending.
             let forward = async move {
                 let mut hasher = blake3::Hasher::new();
                 let mut total = 0u64;
                 while let Some(chunk) = r.recv().await {
+                    if total == 0
+                        && let Some(check) = &resumed
+                    {
+                        check(&chunk).map_err(Some)?;
+                    }
                     let n = chunk.len();
                     hasher.update(&chunk);
                     total += n as u64;
@@ -413,10 +447,10 @@ impl Sources {
                         Ok(Ok(()))
                     ) {
                         // The receiver went away or stalled: dropping the chunks ends the send.
-                        return Err(std::io::Error::other("receiver gone"));
+                        return Err(None);
                     }
                 }
-                Ok::<_, std::io::Error>((hasher.finalize().to_hex().to_string(), total))
+                Ok::<_, Option<String>>((hasher.finalize().to_hex().to_string(), total))
             };
             let (sent, forwarded) = tokio::join!(send, forward);
             let done = match &forwarded {
@@ -438,13 +472,19 @@ impl Sources {
                         trailers.insert(BYTES_TRAILER, b);
                     }
                 }
+                (_, Err(Some(refused))) => {
+                    tracing::warn!(peer = %peer, reason = %refused, "a resumed send refused");
+                    if let Ok(v) = refused.parse() {
+                        trailers.insert(ERROR_TRAILER, v);
+                    }
+                }
                 (Err(e), _) => {
                     let why = e.to_string().replace(|c: char| c.is_control(), " ");
                     if let Ok(v) = why.parse() {
                         trailers.insert(ERROR_TRAILER, v);
                     }
                 }
-                (_, Err(_)) => return,
+                (_, Err(None)) => return,
             }
             let _ = tx.send(Ok(Frame::trailers(trailers))).await;
         });
@@ -543,9 +583,11 @@ impl Peer {
                 .await
                 .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
                 .unwrap_or_default();
-            return Err(self
-                .err(format!("sending {to}: HTTP {status}: {why}"))
-                .into());
+            return Err(LiveError::Refused {
+                endpoint: self.endpoint.clone(),
+                status: status.as_u16(),
+                reason: printable(&format!("sending {to}: {why}")),
+            });
         }
         apply_verified(
             zfs,
@@ -682,51 +724,118 @@ fn printable(s: &str) -> String {
     }
 }
 
+/// The fields of a stream's BEGIN record that the agents check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Begin {
+    kind: u32,
+    payload: u32,
+    versioninfo: u64,
+    flags: u32,
+    toguid: u64,
+    fromguid: u64,
+    /// `drr_toname`: the snapshot's full name on the host that sent it.
+    toname: String,
+}
+
+impl Begin {
+    /// Reads `record` (a stream's first), in either byte order.
+    fn parse(record: &[u8]) -> Result<Self, String> {
+        let field = |at: usize, len: usize| record.get(at..at + len);
+        let raw32 = |at| field(at, 4).and_then(|b| <[u8; 4]>::try_from(b).ok());
+        let raw64 = |at| field(at, 8).and_then(|b| <[u8; 8]>::try_from(b).ok());
+        let magic = raw64(8).ok_or("the stream is shorter than a record")?;
+        let swapped = if u64::from_le_bytes(magic) == BACKUP_MAGIC {
+            false
+        } else if u64::from_be_bytes(magic) == BACKUP_MAGIC {
+            true
+        } else {
+            return Err("not a ZFS send stream (no BEGIN record)".into());
+        };
+        let u32_at = |at| {
+            raw32(at).map(|b| {
+                if swapped {
+                    u32::from_be_bytes(b)
+                } else {
+                    u32::from_le_bytes(b)
+                }
+            })
+        };
+        let u64_at = |at| {
+            raw64(at).map(|b| {
+                if swapped {
+                    u64::from_be_bytes(b)
+                } else {
+                    u64::from_le_bytes(b)
+                }
+            })
+        };
+        // dmu_replay_record: drr_type u32, drr_payloadlen u32, then drr_begin: magic u64,
+        // versioninfo u64, creation_time u64, type u32, flags u32, toguid u64, fromguid u64,
+        // toname char[256].
+        let short = || "the BEGIN record is cut short".to_owned();
+        let name = field(56, RECORD - 56).ok_or_else(short)?;
+        let name = &name[..name.iter().position(|b| *b == 0).unwrap_or(name.len())];
+        Ok(Self {
+            kind: u32_at(0).ok_or_else(short)?,
+            payload: u32_at(4).ok_or_else(short)?,
+            versioninfo: u64_at(16).ok_or_else(short)?,
+            flags: u32_at(36).ok_or_else(short)?,
+            toguid: u64_at(40).ok_or_else(short)?,
+            fromguid: u64_at(48).ok_or_else(short)?,
+            toname: String::from_utf8_lossy(name).into_owned(),
+        })
+    }
+}
+
+/// What a source checks of its own `zfs send -t` before a byte of it leaves: the BEGIN record
+/// of a resumed send of exactly `snapshot` (its full name here, GUID `to`), from `from`, raw
+/// exactly when `raw`. Whatever the peer's token said, only that send goes out.
+pub fn check_resumed_begin(
+    record: &[u8],
+    snapshot: &str,
+    to: u64,
+    from: Option<u64>,
+    raw: bool,
+) -> Result<(), String> {
+    let b = Begin::parse(record)?;
+    let features = b.versioninfo >> 2;
+    let checks = [
+        (b.kind == 0, "its first record is not BEGIN"),
+        (b.versioninfo & 3 == 1, "it is a compound stream"),
+        (b.flags & FLAG_CLONE == 0, "it would make a clone"),
+        (
+            features & FEATURE_RESUMING != 0,
+            "it does not resume a send",
+        ),
+        (
+            (features & FEATURE_RAW != 0) == raw,
+            "it is not raw exactly when the dataset is encrypted",
+        ),
+        (b.toguid == to, "it is of another snapshot"),
+        (b.fromguid == from.unwrap_or(0), "it is from another base"),
+        (b.toname == snapshot, "it names another snapshot"),
+    ];
+    match checks.iter().find(|(ok, _)| !ok) {
+        None => Ok(()),
+        Some((_, why)) => Err(format!("the resumed send was refused: {why}")),
+    }
+}
+
 /// Whether `record` (a stream's first) is the BEGIN record of a plain stream of snapshot
 /// `want.to`, incremental from `want.from` (full when none): not compound, not a clone, no
 /// payload (properties) — unless it resumes a send, which it must do exactly when
 /// `want.resume` asks for it, or is raw, which only a receiver that asked for raw sends
 /// (`raw_ok`) takes — in either byte order.
 pub fn check_begin(record: &[u8], want: &SendRequest, raw_ok: bool) -> Result<(), String> {
-    let field = |at: usize, len: usize| record.get(at..at + len);
-    let raw32 = |at| field(at, 4).and_then(|b| <[u8; 4]>::try_from(b).ok());
-    let raw64 = |at| field(at, 8).and_then(|b| <[u8; 8]>::try_from(b).ok());
-    let magic = raw64(8).ok_or("the stream is shorter than a record")?;
-    let swapped = if u64::from_le_bytes(magic) == BACKUP_MAGIC {
-        false
-    } else if u64::from_be_bytes(magic) == BACKUP_MAGIC {
-        true
-    } else {
-        return Err("not a ZFS send stream (no BEGIN record)".into());
-    };
-    let u32_at = |at| {
-        raw32(at).map(|b| {
-            if swapped {
-                u32::from_be_bytes(b)
-            } else {
-                u32::from_le_bytes(b)
-            }
-        })
-    };
-    let u64_at = |at| {
-        raw64(at).map(|b| {
-            if swapped {
-                u64::from_be_bytes(b)
-            } else {
-                u64::from_le_bytes(b)
-            }
-        })
-    };
-    // dmu_replay_record: drr_type u32, drr_payloadlen u32, then drr_begin: magic u64,
-    // versioninfo u64, creation_time u64, type u32, flags u32, toguid u64, fromguid u64.
-    let (kind, payload) = (u32_at(0), u32_at(4));
-    let versioninfo = u64_at(16);
-    let (flags, toguid, fromguid) = (u32_at(36), u64_at(40), u64_at(48));
-    let (Some(kind), Some(payload), Some(versioninfo), Some(flags), Some(toguid), Some(fromguid)) =
-        (kind, payload, versioninfo, flags, toguid, fromguid)
-    else {
-        return Err("the BEGIN record is cut short".into());
-    };
+    let Begin {
+        kind,
+        payload,
+        versioninfo,
+        flags,
+        toguid,
+        fromguid,
+        ..
+    } = Begin::parse(record)?;
     if kind != 0 {
         return Err(format!("the first record is of type {kind}, not BEGIN"));
     }

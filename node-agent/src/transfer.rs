@@ -231,10 +231,12 @@ pub async fn clear_staging(zfs: &Zfs, staging: &DatasetName) -> Result<(), Trans
 }
 
 /// Removes every leftover under `<pool>/recv` (crash recovery at start-up), except the
-/// partial state of a resumable receive.
+/// partial state of a resumable receive of a project that `receives_here(namespace, name)`
+/// (a live copy on this pool, which resumes or drops it on its next pass).
 pub async fn recover_staging(
     zfs: &Zfs,
     pool: &PoolName,
+    receives_here: &(dyn Fn(&str, &str) -> bool + Sync),
 ) -> Result<Vec<DatasetName>, TransferError> {
     let root = pool.dataset(RECV_STAGING)?;
     if !zfs.exists(&root).await? {
@@ -245,7 +247,9 @@ pub async fn recover_staging(
         for leftover in zfs.children(&ns).await? {
             // A resumable receive that was cut off stays for its send to go on (OpenZFS);
             // the next replica pass resumes it or drops it.
-            if zfs.resume_token(&leftover).await?.is_some() {
+            let name = leftover.as_str().rsplit('/').next().unwrap_or_default();
+            let namespace = ns.as_str().rsplit('/').next().unwrap_or_default();
+            if receives_here(namespace, name) && zfs.resume_token(&leftover).await?.is_some() {
                 continue;
             }
             clear_staging(zfs, &leftover).await?;

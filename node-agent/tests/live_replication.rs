@@ -213,6 +213,34 @@ async fn only_a_plain_stream_of_the_snapshot_asked_for_gets_past_its_begin_recor
         ..want(from, to)
     };
     assert_eq!(check_begin(&resumed, &resuming(None, s1), false), Ok(()));
+    // The source's own check of a resumed send before a byte leaves (the peer wrote the
+    // token): exactly this snapshot, by name and GUID, from this base, raw as the dataset is.
+    use projstore_agent::live::check_resumed_begin;
+    let name = fx.live.snapshot("s1").unwrap().full();
+    assert_eq!(
+        check_resumed_begin(&resumed, &name, s1, None, false),
+        Ok(())
+    );
+    let other_name = fx.live.snapshot("s2").unwrap().full();
+    for (what, record, name, to, from, raw) in [
+        ("not resumed", &full, &name, s1, None, false),
+        ("another name", &resumed, &other_name, s1, None, false),
+        ("another GUID", &resumed, &name, s2, None, false),
+        ("another base", &resumed, &name, s1, Some(s1), false),
+        (
+            "raw where the dataset is encrypted",
+            &resumed,
+            &name,
+            s1,
+            None,
+            true,
+        ),
+    ] {
+        assert!(
+            check_resumed_begin(record, name, to, from, raw).is_err(),
+            "{what}"
+        );
+    }
     // A raw send (OpenZFS `zfs send -w` of an encrypted dataset): DMU_BACKUP_FEATURE_RAW,
     // the wrapped key's parameters in a payload. Taken only by a receiver that asked for raw.
     let mut raw = set32(&full, 4, 400);

@@ -210,7 +210,8 @@ fn openzfs_resume_tokens_are_read_and_checked_against_the_send_asked_for() {
             f.large_blocks,
             f.raw
         ),
-        (None, 0x5b8d80, true, true, false, false)
+        (None, 0x5b8d80, true, true, true, false),
+        "a flag counts when present, as zfs send -t reads it"
     );
     for bad in [
         "",
@@ -218,6 +219,15 @@ fn openzfs_resume_tokens_are_read_and_checked_against_the_send_asked_for() {
         "resume token contents:\nnvlist version: 0\n\ttoname = a/b@c\n", // no toguid
         "resume token contents:\nnvlist version: 0\n\ttoguid = 0x1\n",   // no toname
         "resume token contents:\nnvlist version: 0\n\ttoguid = zz\n\ttoname = a/b@c\n",
+        // A peer's forgery: the fields it wants read hidden in a nested list or repeated.
+        "resume token contents:\nnvlist version: 0\n\ttoguid = 0x9\n\ttoname = tank@x\n\
+         \tx = (embedded nvlist)\n\t\ttoguid = 0x1\n\t\ttoname = a/b@c\n",
+        "resume token contents:\nnvlist version: 0\n\ttoguid = 0x9\n\ttoguid = 0x1\n\ttoname = a/b@c\n",
+        "resume token contents:\nnvlist version: 0\n\ttoguid = 0x1\n\ttoname = a/b@c\n\ttoname = a/b@c\n",
+        "resume token contents:\nnvlist version: 0\n\ttoguid = 0x1\n\ttoname = a/b@c\r\n",
+        "resume token contents:\nnvlist version: 0\n\ttoguid = 0x1\n\ttoname = a/b@c\n\tsavedok\n",
+        "resume token contents:\nnvlist version: 0\n\ttoguid = 0x1\n\ttoname = a/b\n",
+        "resume token contents:\nnvlist version: 1\n\ttoguid = 0x1\n\ttoname = a/b@c\n",
     ] {
         assert_eq!(parse_resume_token(bad), None, "{bad:?}");
     }

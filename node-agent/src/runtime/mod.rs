@@ -309,9 +309,19 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
                 !recovered.contains(&sp.spec.pool_name),
             ) {
                 let store = StreamStore::new(&streams_mp);
+                let (pool_key, replicas_now) = (sp.name_any(), all_replicas.state());
+                let receives_here = |ns: &str, name: &str| {
+                    replicas_now.iter().any(|r| {
+                        r.spec.pool == pool_key
+                            && r.spec.project == name
+                            && r.namespace().as_deref() == Some(ns)
+                            && r.spec.state == projstore_api::ReplicaState::Live
+                            && r.spec.role == projstore_api::ReplicaRole::Secondary
+                    })
+                };
                 match (
                     store.recover().await,
-                    crate::transfer::recover_staging(z, l.pool()).await,
+                    crate::transfer::recover_staging(z, l.pool(), &receives_here).await,
                 ) {
                     (Ok(files), Ok(datasets)) => {
                         for f in files {

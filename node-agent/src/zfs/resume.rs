@@ -66,13 +66,22 @@ pub fn check_token_text(token: &str) -> Result<(), String> {
 ///         toname = pool1/test@b
 /// ```
 ///
-/// (a tab before each field; flags such as `compressok` as `compressok = 1` or alone.) None
-/// when the output holds no token's contents, or misses the snapshot's GUID or name.
+/// Strictly, because the token is the peer's: its fields are exactly the lines after the
+/// header indented by one tab, each `key = value` with a key OpenZFS writes into a token, at
+/// most once, without control characters; a flag (`compressok`, …) counts when present, as
+/// `zfs send -t` reads it. Anything else — a nested list (deeper indentation), a field twice, a
+/// key this agent does not know (a newer kind of send), a name that is not a snapshot's —
+/// makes it None. The fields end at the first line that is not indented (the size estimate, or
+/// "cannot resume send: …" on a host without the snapshot).
 pub fn parse_resume_token(out: &str) -> Option<ResumeToken> {
     let mut lines = out
-        .lines()
-        .skip_while(|l| l.trim() != "resume token contents:");
+        .split('\n')
+        .skip_while(|l| *l != "resume token contents:");
     lines.next()?;
+    if lines.next()? != "nvlist version: 0" {
+        return None;
+    }
+    let mut seen: Vec<&str> = Vec::new();
     let mut t = ResumeToken {
         toguid: 0,
         toname: String::new(),
@@ -85,37 +94,40 @@ pub fn parse_resume_token(out: &str) -> Option<ResumeToken> {
     };
     let (mut toguid, mut toname) = (None, None);
     for line in lines {
-        if line.starts_with("nvlist version:") {
-            continue;
-        }
-        // The fields are indented; the first line that is not ends them (e.g. the size
-        // estimate, or "cannot resume send: …" on a host without the snapshot).
-        let Some(field) = line
-            .strip_prefix('\t')
-            .or_else(|| line.strip_prefix("    "))
-        else {
+        let Some(field) = line.strip_prefix('\t') else {
             break;
         };
-        let (name, value) = match field.trim().split_once(" = ") {
-            Some((n, v)) => (n.trim(), Some(v.trim())),
-            None => (field.trim(), None),
+        if field.starts_with(char::is_whitespace) || field.chars().any(char::is_control) {
+            return None;
+        }
+        let (name, value) = match field.split_once(" = ") {
+            Some((n, v)) => (n, Some(v)),
+            None => (field, None),
         };
+        if seen.contains(&name) {
+            return None;
+        }
+        seen.push(name);
         let number = || value.and_then(parse_number);
-        let flag = || value.is_none_or(|v| v != "0" && v != "B_FALSE");
         match name {
             "toguid" => toguid = Some(number()?),
             "fromguid" => t.fromguid = Some(number()?).filter(|g| *g != 0),
             "toname" => toname = Some(value?.to_owned()),
             "bytes" => t.bytes = number()?,
-            "compressok" => t.compressed = flag(),
-            "largeblockok" => t.large_blocks = flag(),
-            "embedok" => t.embedded = flag(),
-            "rawok" => t.raw = flag(),
-            _ => {}
+            "object" | "offset" => {
+                number()?;
+            }
+            "compressok" => t.compressed = true,
+            "largeblockok" => t.large_blocks = true,
+            "embedok" => t.embedded = true,
+            "rawok" => t.raw = true,
+            _ => return None,
         }
     }
     t.toguid = toguid?;
-    t.toname = toname?;
+    let name = toname?;
+    crate::zfs::names::SnapshotName::parse(&name).ok()?;
+    t.toname = name;
     Some(t)
 }
 

@@ -163,8 +163,9 @@ async fn fetch_chain(
     Ok(())
 }
 
-/// Receives the stored chain into `<pool>/recv/<ns>/<name>-verify` and checks it ends at
-/// snapshot `guid`; the scratch dataset is removed either way.
+/// Receives the stored chain into `<pool>/recv/verify.<ns>/<name>` and checks it ends at
+/// snapshot `guid`; the scratch dataset is removed either way. (A namespace has no `.`: the
+/// scratch dataset can be no project's staging `recv/<ns>/<name>`.)
 pub(super) async fn verify_chain_restores(
     cx: &AgentContext,
     storage: &Storage<'_>,
@@ -180,7 +181,7 @@ pub(super) async fn verify_chain_restores(
     }
     let scratch = storage
         .pool
-        .dataset(&format!("recv/{}/{}-verify", key.namespace, key.name))?;
+        .dataset(&format!("recv/verify.{}/{}", key.namespace, key.name))?;
     crate::transfer::clear_staging(cx.zfs()?, &scratch).await?;
     let mut result = Ok(());
     for id in planned.chain {

@@ -586,6 +586,12 @@ pub fn plan_live_sync(local: &[SnapshotInfo], remote: &[u64]) -> LiveSync {
 }
 
 impl LiveSync {
+    /// Whether a source other than the primary may serve this plan: only along the same
+    /// history (a diverged copy is the primary's to judge, never another copy's).
+    pub fn continues_history(&self) -> bool {
+        !matches!(self, Self::Diverged)
+    }
+
     /// The verified sends that carry it out against a source holding `remote` (oldest first,
     /// by GUID), in order: `(from, to)`, `from` None for the full send. One per snapshot: a
     /// cut-off transfer loses at most the snapshot in flight.

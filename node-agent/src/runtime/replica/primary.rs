@@ -36,6 +36,9 @@ pub(super) async fn primary(
             let _ = stop_writes(zfs, &cx.cfg.run_dir, ds).await;
             return Err(e);
         }
+        // A copy promoted while a resumable receive into it was cut off: the partial state
+        // goes (it would keep its base from being pruned).
+        secondary::drop_resumable_state(zfs, ds).await?;
     } else if restore_from_trash(zfs, layout, store, key, ds).await? {
         tracing::info!(project = %key, "restored from the trash");
     } else {

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::fetch::FetchError;
-use crate::live::{LiveError, LiveSnapshot, SendRequest, estimate};
+use crate::live::{LiveSnapshot, SendRequest, estimate};
 use plans::{LiveSync, plan_live_sync};
 
 pub(super) async fn secondary(
@@ -14,9 +14,11 @@ pub(super) async fn secondary(
 ) -> Result<StreamReplicaStatus, ReplicaError> {
     let c = Copy::new(cx, sr, pool)?;
     let (zfs, key, layout, ds, store) = (c.zfs, &c.key, &c.layout, &c.ds, &c.store);
-    let peer = source_peer(cx, sr)?;
-    let remote = match peer.snapshots(key).await {
-        Ok(r) => r,
+    let primary = source_peer(cx, sr)?;
+    // The source is the primary; while it cannot be reached, another Ready copy that holds
+    // newer snapshots than this one (its history continuing ours) serves instead.
+    let (peer, remote, unreachable) = match primary.snapshots(key).await {
+        Ok(r) => (primary, r, None),
         // The primary has not made its dataset yet (a new project): not an error, a wait.
         Err(FetchError::NotFound { reason, .. }) => {
             tracing::debug!(project = %key, %reason, "the primary has no live copy yet");
@@ -27,6 +29,10 @@ pub(super) async fn secondary(
                 ..prev
             });
         }
+        Err(e @ FetchError::Peer { .. }) => match other_source(cx, sr, key).await {
+            Some((peer, remote)) => (peer, remote, Some(e)),
+            None => return Err(e.into()),
+        },
         Err(e) => return Err(e.into()),
     };
     let guids: Vec<u64> = remote.iter().filter_map(LiveSnapshot::guid).collect();
@@ -57,6 +63,18 @@ pub(super) async fn secondary(
     }
     let prev = sr.status.clone().unwrap_or_default();
     let mut todo = plan_live_sync(&local, &guids);
+    if let Some(e) = &unreachable {
+        // Only the primary's history decides what diverged; another copy only lets this one
+        // catch up along the same history.
+        if !todo.continues_history() {
+            return Err(format!(
+                "{e}; the copy on {} cannot serve instead: its snapshots do not continue this copy's",
+                peer.node
+            )
+            .into());
+        }
+        tracing::info!(project = %key, primary_error = %e, source = %peer.node, "the primary cannot be reached: catching up from another copy");
+    }
     if todo == LiveSync::Diverged {
         // This copy holds history the source lacks (a returning old primary): keep it under
         // forks/ and sync afresh. Nothing is destroyed.
@@ -64,7 +82,22 @@ pub(super) async fn secondary(
         tracing::warn!(project = %key, fork = %fork, "diverged history preserved; re-syncing from the primary");
         todo = plan_live_sync(&[], &guids);
     }
-    let steps = todo.steps(&guids);
+    let mut steps = todo.steps(&guids);
+    if let LiveSync::Full { to: newest } = todo
+        && let Some(staged) = staged_full_send(zfs, pool, key, &guids).await?
+        && staged != newest
+    {
+        // A cut-off first copy goes on with the send it began, then catches up from there:
+        // chasing the newest snapshot would throw it away whenever snapshots come faster.
+        steps = vec![(None, staged)];
+        steps.extend(
+            LiveSync::Incremental {
+                from: staged,
+                to: newest,
+            }
+            .steps(&guids),
+        );
+    }
     let received = !steps.is_empty();
     if received {
         let find = |g: u64| remote.iter().find(|s| s.guid() == Some(g));
@@ -126,6 +159,61 @@ pub(super) async fn secondary(
     ))
 }
 
+/// Another Ready live copy of the project to receive from while the primary cannot be
+/// reached, with its snapshots: the one with the newest applied snapshot that answers.
+async fn other_source(
+    cx: &AgentContext,
+    sr: &StreamReplica,
+    key: &ProjectKey,
+) -> Option<(Peer, Vec<LiveSnapshot>)> {
+    let ns = sr.namespace().unwrap_or_default();
+    let mut others: Vec<std::sync::Arc<StreamReplica>> = cx
+        .copies_of(&ns, &sr.spec.project)
+        .into_iter()
+        .filter(|c| {
+            c.spec.state == ReplicaState::Live
+                && c.spec.role == ReplicaRole::Secondary
+                && c.spec.pool != sr.spec.pool
+                && c.status.as_ref().is_some_and(|s| {
+                    s.phase == Some(projstore_api::ReplicaPhase::Ready)
+                        && s.applied_snapshot.is_some()
+                })
+        })
+        .collect();
+    let newest = |c: &StreamReplica| {
+        c.status
+            .as_ref()
+            .and_then(|s| s.applied_snapshot.as_ref())
+            .map(|a| a.createtxg)
+    };
+    others.sort_by_key(|c| std::cmp::Reverse(newest(c)));
+    let tls = cx.tls().ok()?;
+    let pools = cx.all_pools.state();
+    for c in others {
+        let Some(sp) = pools.iter().find(|p| p.name_any() == c.spec.pool) else {
+            continue;
+        };
+        let Some(endpoint) = sp
+            .status
+            .as_ref()
+            .and_then(|s| s.agent.as_ref())
+            .and_then(|a| a.stream_endpoint.as_deref())
+        else {
+            continue;
+        };
+        let Ok(peer) = Peer::new(endpoint, &sp.spec.node_name, tls.clone()) else {
+            continue;
+        };
+        match peer.snapshots(key).await {
+            Ok(remote) => return Some((peer, remote)),
+            Err(e) => {
+                tracing::debug!(project = %key, source = %sp.spec.node_name, error = %e, "another copy cannot serve either");
+            }
+        }
+    }
+    None
+}
+
 /// One live send applied to `ds`: a full one is received beside it (`recv/…`) and renamed
 /// into place once it committed, so a cut-off first copy leaves nothing half made.
 ///
@@ -150,15 +238,14 @@ async fn receive_live(
         ds.clone()
     };
     let mut want = want.clone();
-    want.resume = resumable_token(zfs, &target, &want).await;
+    want.resume = resumable_token(zfs, &target, &want).await?;
     if full && want.resume.is_none() {
         crate::transfer::clear_staging(zfs, &target).await?;
         zfs.create_parents(&target).await?;
     }
     if let Err(e) = peer.receive(zfs, &want, &target, progress).await {
-        let keep = zfs.capabilities().resumable_send && matches!(e, LiveError::Cut { .. });
-        if !keep {
-            drop_partial(zfs, &target, full).await;
+        if !(zfs.capabilities().resumable_send && e.keeps_partial()) {
+            drop_partial(zfs, &target, full).await?;
         }
         return Err(e.into());
     }
@@ -169,29 +256,59 @@ async fn receive_live(
     Ok(())
 }
 
+/// The snapshot a cut-off full receive of `key` on `pool` was receiving, when it can resume
+/// (OpenZFS) and the source still holds that snapshot (`remote`).
+async fn staged_full_send(
+    zfs: &Zfs,
+    pool: &PoolName,
+    key: &ProjectKey,
+    remote: &[u64],
+) -> Result<Option<u64>, ReplicaError> {
+    if !zfs.capabilities().resumable_send {
+        return Ok(None);
+    }
+    let staging = crate::transfer::staging_dataset(pool, key)?;
+    if !zfs.exists(&staging).await? {
+        return Ok(None);
+    }
+    let Some(token) = zfs.resume_token(&staging).await? else {
+        return Ok(None);
+    };
+    Ok(zfs
+        .describe_resume_token(&token)
+        .await
+        .ok()
+        .filter(|t| t.fromguid.is_none() && remote.contains(&t.toguid))
+        .map(|t| t.toguid))
+}
+
 /// The resume token of `target` when it resumes exactly `want` (None where receives do not
 /// resume, or nothing was cut off). Partial state of any other send is dropped.
-async fn resumable_token(zfs: &Zfs, target: &DatasetName, want: &SendRequest) -> Option<String> {
-    if !zfs.capabilities().resumable_send || !zfs.exists(target).await.unwrap_or(false) {
-        return None;
+async fn resumable_token(
+    zfs: &Zfs,
+    target: &DatasetName,
+    want: &SendRequest,
+) -> Result<Option<String>, ReplicaError> {
+    if !zfs.capabilities().resumable_send || !zfs.exists(target).await? {
+        return Ok(None);
     }
-    let token = zfs.resume_token(target).await.ok()??;
+    let Some(token) = zfs.resume_token(target).await? else {
+        return Ok(None);
+    };
     match zfs.describe_resume_token(&token).await {
         Ok(t) if t.toguid == want.to && t.fromguid == want.from => {
             tracing::info!(project = %want.project, snapshot = want.to, bytes = t.bytes, "resuming a cut-off receive");
-            Some(token)
+            return Ok(Some(token));
         }
         Ok(t) => {
             tracing::info!(project = %want.project, stale = t.toguid, wanted = want.to, "a cut-off receive of another send dropped");
-            drop_partial(zfs, target, want.from.is_none()).await;
-            None
         }
         Err(e) => {
             tracing::warn!(project = %want.project, error = %e, "an unreadable resume token: the cut-off receive is dropped");
-            drop_partial(zfs, target, want.from.is_none()).await;
-            None
         }
     }
+    drop_partial(zfs, target, want.from.is_none()).await?;
+    Ok(None)
 }
 
 /// Drops a cut-off full receive of `key` kept to resume (OpenZFS), when this pool no longer
@@ -209,24 +326,27 @@ pub(super) async fn drop_staged_receive(
 }
 
 /// Drops what a failed receive into `target` left: a full receive's staging dataset, or an
-/// incremental one's partial state (`zfs recv -A`, where receives resume).
-async fn drop_partial(zfs: &Zfs, target: &DatasetName, full: bool) {
-    let dropped = if full {
-        crate::transfer::clear_staging(zfs, target)
-            .await
-            .map_err(|e| e.to_string())
-    } else if zfs.capabilities().resumable_send {
-        match zfs.resume_token(target).await {
-            Ok(Some(_)) => zfs.abort_resumable(target).await.map_err(|e| e.to_string()),
-            Ok(None) => Ok(()),
-            Err(e) => Err(e.to_string()),
+/// incremental one's partial state (`zfs recv -A`, where receives resume). A failure to drop
+/// it fails the pass, and the next one tries again before anything resumes.
+async fn drop_partial(zfs: &Zfs, target: &DatasetName, full: bool) -> Result<(), ReplicaError> {
+    if full {
+        if zfs.exists(target).await? {
+            crate::transfer::clear_staging(zfs, target).await?;
         }
     } else {
-        Ok(())
-    };
-    if let Err(e) = dropped {
-        tracing::warn!(target = %target, error = %e, "cannot drop what a failed receive left");
+        drop_resumable_state(zfs, target).await?;
     }
+    Ok(())
+}
+
+/// `zfs recv -A` of `ds` when a cut-off resumable receive left partial state in it: before
+/// the dataset becomes a primary's or a fork, or when that state must not be resumed.
+pub(super) async fn drop_resumable_state(zfs: &Zfs, ds: &DatasetName) -> Result<(), ReplicaError> {
+    if zfs.resume_token(ds).await?.is_some() {
+        zfs.abort_resumable(ds).await?;
+        tracing::info!(dataset = %ds, "the partial state of a cut-off receive dropped");
+    }
+    Ok(())
 }
 
 /// Stream files an open project carries from before (DESIGN §4: an open project keeps none;
@@ -302,6 +422,7 @@ pub(super) async fn fork(
     }
     stop_writes(zfs, run_dir, ds).await?;
     release_all_holds(zfs, ds).await?;
+    drop_resumable_state(zfs, ds).await?;
     zfs.create_parents(&target).await?;
     zfs.rename(ds, &target).await?;
     for (prop, value) in [
