@@ -377,10 +377,7 @@ async fn s04b_a_copy_catches_up_from_another_copy_while_the_primary_is_down() {
         "{}/projects/{NS}/echo",
         c.host_of_pool(&behind.spec.pool).pool
     );
-    let guids = run(
-        "zfs",
-        &["list", "-H", "-o", "guid", "-t", "snapshot", "-r", &ds],
-    );
+    let guids = run("zfs", &["get", "-Hp", "-r", "-o", "value", "guid", &ds]);
     assert!(guids.lines().any(|g| g.trim() == last), "{ds}: {guids}");
     let log = std::fs::read_to_string(
         c.dir
