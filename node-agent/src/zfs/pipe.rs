@@ -1,6 +1,6 @@
-//! `zfs send` to any writer and `zfs recv` from any reader, as streaming pipes with byte
-//! counters. Cancelling is dropping the future: the child is killed and its pipe closed, so
-//! ZFS aborts the receive and nothing partial is committed.
+//! `zfs send` to any writer or into chunks, `zfs recv` from chunks or a file, as streaming
+//! pipes with byte counters. Cancelling is dropping the future: the child is killed and its
+//! pipe closed, so ZFS aborts the receive and nothing partial is committed.
 
 use std::ffi::OsString;
 use std::io::Seek;
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 use super::names::{DatasetName, SnapshotName};
@@ -300,51 +300,6 @@ impl Zfs {
             source,
         })?;
         finish(&what, child, stderr).await?;
-        Ok(total)
-    }
-
-    /// Feeds `input` to `zfs recv TARGET`; returns the bytes received. The caller verifies the
-    /// stream (checksum) before calling: ZFS only checks its own record checksums.
-    pub async fn recv<R: AsyncRead + Unpin>(
-        &self,
-        target: &DatasetName,
-        opts: RecvOptions,
-        input: &mut R,
-        progress: &Progress,
-    ) -> Result<u64, ZfsError> {
-        let (what, a) = recv_args(target, opts);
-        // A receive that mounts holds zfs-fuse's mount lock throughout.
-        let _lock = self.mount_lock(&what, super::Tool::Zfs, &a).await?;
-        let mut child = self.spawn(&what, &self.zfs, a, Stdio::piped(), Stdio::null())?;
-        let mut stdin = child
-            .stdin
-            .take()
-            .ok_or_else(|| io_err(&what, "no stdin pipe"))?;
-        let stderr = drain_stderr(&mut child);
-        let mut buf = vec![0u8; BUF];
-        let mut total = 0u64;
-        let mut write_error = None;
-        loop {
-            let n = input.read(&mut buf).await.map_err(|source| ZfsError::Io {
-                what: what.clone(),
-                source,
-            })?;
-            if n == 0 {
-                break;
-            }
-            // A write error means zfs recv gave up (bad stream): its stderr says why.
-            if let Err(e) = stdin.write_all(&buf[..n]).await {
-                write_error = Some(e);
-                break;
-            }
-            total += n as u64;
-            progress.add(n);
-        }
-        drop(stdin);
-        finish(&what, child, stderr).await?;
-        if let Some(source) = write_error {
-            return Err(ZfsError::Io { what, source });
-        }
         Ok(total)
     }
 
