@@ -785,6 +785,24 @@ impl Begin {
             toname: String::from_utf8_lossy(name).into_owned(),
         })
     }
+
+    /// A BEGIN record of one snapshot of one dataset: not compound, not a clone.
+    fn check_single(&self) -> Result<(), String> {
+        if self.kind != 0 {
+            return Err(format!(
+                "the first record is of type {}, not BEGIN",
+                self.kind
+            ));
+        }
+        // The low two bits of versioninfo: 1 a plain stream, 2 a compound (-R/-I) one.
+        if self.versioninfo & 3 != 1 {
+            return Err("a compound stream (several snapshots or datasets) is refused".into());
+        }
+        if self.flags & FLAG_CLONE != 0 {
+            return Err("a stream that would create a clone is refused".into());
+        }
+        Ok(())
+    }
 }
 
 /// What a source checks of its own `zfs send -t` before a byte of it leaves: the BEGIN record
@@ -798,11 +816,10 @@ pub fn check_resumed_begin(
     raw: bool,
 ) -> Result<(), String> {
     let b = Begin::parse(record)?;
+    b.check_single()
+        .map_err(|e| format!("the resumed send was refused: {e}"))?;
     let features = b.versioninfo >> 2;
     let checks = [
-        (b.kind == 0, "its first record is not BEGIN"),
-        (b.versioninfo & 3 == 1, "it is a compound stream"),
-        (b.flags & FLAG_CLONE == 0, "it would make a clone"),
         (
             features & FEATURE_RESUMING != 0,
             "it does not resume a send",
@@ -827,25 +844,15 @@ pub fn check_resumed_begin(
 /// `want.resume` asks for it, or is raw, which only a receiver that asked for raw sends
 /// (`raw_ok`) takes — in either byte order.
 pub fn check_begin(record: &[u8], want: &SendRequest, raw_ok: bool) -> Result<(), String> {
+    let begin = Begin::parse(record)?;
+    begin.check_single()?;
     let Begin {
-        kind,
         payload,
         versioninfo,
-        flags,
         toguid,
         fromguid,
         ..
-    } = Begin::parse(record)?;
-    if kind != 0 {
-        return Err(format!("the first record is of type {kind}, not BEGIN"));
-    }
-    // The low two bits of versioninfo: 1 a plain stream, 2 a compound (-R/-I) one.
-    if versioninfo & 3 != 1 {
-        return Err("a compound stream (several snapshots or datasets) is refused".into());
-    }
-    if flags & FLAG_CLONE != 0 {
-        return Err("a stream that would create a clone is refused".into());
-    }
+    } = begin;
     // The feature flags, above the header type: a resumed send says so, and carries where
     // it resumes (object, offset) in its payload; a plain send carries nothing there.
     let resuming = (versioninfo >> 2) & FEATURE_RESUMING != 0;

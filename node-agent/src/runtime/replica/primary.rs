@@ -32,13 +32,16 @@ pub(super) async fn primary(
     // What the pass reads of the dataset, in one call; written only where it differs.
     let read = || zfs.get_props(ds, plans::PRIMARY_PROPS);
     if zfs.exists(ds).await? {
-        if let Some(e) = plans::fenced(&read().await?, sr.spec.epoch) {
+        let props = read().await?;
+        if let Some(e) = plans::fenced(&props, sr.spec.epoch) {
             let _ = stop_writes(zfs, &cx.cfg.run_dir, ds).await;
             return Err(e);
         }
-        // A copy promoted while a resumable receive into it was cut off: the partial state
-        // goes (it would keep its base from being pruned).
-        secondary::drop_resumable_state(zfs, ds).await?;
+        if props.get(PROP_ROLE).map(String::as_str) != Some("primary") {
+            // A copy just promoted, perhaps while a resumable receive into it was cut off:
+            // the partial state goes (it would keep its base from being pruned).
+            secondary::drop_resumable_state(zfs, ds).await?;
+        }
     } else if restore_from_trash(zfs, layout, store, key, ds).await? {
         tracing::info!(project = %key, "restored from the trash");
     } else {
