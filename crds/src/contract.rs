@@ -17,6 +17,8 @@ pub const CLEANUP_FINALIZER: &str = "projstore.io/cleanup";
 
 /// Annotation: any new value asks the primary for a snapshot now.
 pub const SNAPSHOT_NOW_ANNOTATION: &str = "projstore.io/snapshot-now";
+/// Annotation: any new value asks the copy that uploads backups to back the project up now.
+pub const BACKUP_NOW_ANNOTATION: &str = "projstore.io/backup-now";
 /// Annotation: any new value asks the primary to repair ownership of the project tree.
 pub const REPAIR_OWNERSHIP_ANNOTATION: &str = "projstore.io/repair-ownership";
 /// Annotation the controller keeps on a consumer's primary StreamReplica: where each mounted

@@ -3,11 +3,12 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{Project, StoragePool, StreamReplica};
+use crate::{BackupTarget, Project, StoragePool, StreamReplica};
 
 /// Every CRD with the file name it is committed under in `crds/manifests/`.
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
+        ("backuptargets.yaml", BackupTarget::crd()),
         ("projects.yaml", Project::crd()),
         ("storagepools.yaml", StoragePool::crd()),
         ("streamreplicas.yaml", StreamReplica::crd()),

@@ -1,6 +1,7 @@
-//! projstore API types: the `Project`, `StoragePool` and `StreamReplica` custom resources of
+//! projstore API types: the `Project`, `StoragePool`, `StreamReplica` and `BackupTarget` custom resources of
 //! `projstore.io/v1alpha1`, the rules their schemas enforce, and the generated CRDs.
 
+pub mod backup_target;
 pub mod contract;
 pub mod crd;
 pub mod names;
@@ -14,9 +15,10 @@ pub mod units;
 #[cfg(feature = "validate")]
 pub mod validate;
 
+pub use backup_target::*;
 pub use contract::{
-    CLEANUP_FINALIZER, MOUNT_SOURCES_ANNOTATION, MountSource, MountSources, NODE_LABEL,
-    PROJECT_LABEL, REPAIR_OWNERSHIP_ANNOTATION, SNAPSHOT_NOW_ANNOTATION,
+    BACKUP_NOW_ANNOTATION, CLEANUP_FINALIZER, MOUNT_SOURCES_ANNOTATION, MountSource, MountSources,
+    NODE_LABEL, PROJECT_LABEL, REPAIR_OWNERSHIP_ANNOTATION, SNAPSHOT_NOW_ANNOTATION,
 };
 pub use project::*;
 pub use storage_pool::*;

@@ -90,6 +90,32 @@ pub fn is_absolute_path(path: &str) -> bool {
     path.len() <= PATH_MAX as usize && matches(ABSOLUTE_PATH, path)
 }
 
+/// The name of a snapshot after `@`: letters, digits, `_`, `.`, `:`, `-`, not starting with
+/// `-` or `.`.
+pub const SNAPSHOT_SHORT: &str = "^[A-Za-z0-9_:][A-Za-z0-9_.:-]*$";
+
+/// An S3 bucket name (S3's rules for new buckets: 3..63 characters, lower-case letters,
+/// digits, `.` and `-`, starting and ending with a letter or digit).
+pub const BUCKET: &str = "^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$";
+
+/// A key prefix inside a bucket: path components of safe characters separated by `/`, no
+/// leading or trailing `/`, no `.` or `..` components (the same rule as [`RELATIVE_PATH`]).
+pub const BUCKET_PREFIX: &str = RELATIVE_PATH;
+
+/// An `http://` or `https://` URL of an S3-compatible endpoint: scheme, host (name, IPv4 or
+/// bracketed IPv6), optional port, optional path; no user info, query or fragment.
+pub const ENDPOINT_URL: &str = "^https?://([A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*|\\[[0-9A-Fa-f:.]+\\])(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$";
+
+/// An S3 region name such as `us-east-1`.
+pub const REGION: &str = "^[a-z0-9][a-z0-9-]{0,62}$";
+
+/// Whether `name` is a bucket name we accept (S3 naming rules; not an IP address, no `..`).
+pub fn is_valid_bucket(name: &str) -> bool {
+    matches(BUCKET, name)
+        && !name.contains("..")
+        && !(name.split('.').count() == 4 && name.split('.').all(|p| p.parse::<u8>().is_ok()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,11 @@ use crate::schema::quantity_schema;
     printcolumn = r#"{"name":"QUOTA","type":"string","jsonPath":".spec.quota"}"#,
     printcolumn = r#"{"name":"PHASE","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"AGE","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"BACKUP","type":"date","jsonPath":".status.backup.time","priority":1,"description":"When the newest offsite backup finished"}"#,
+    printcolumn = r#"{"name":"BACKUP-PHASE","type":"string","jsonPath":".status.backup.phase","priority":1}"#,
+    validation = Rule::new("has(self.spec.restoreFrom) == has(oldSelf.spec.restoreFrom) && (!has(self.spec.restoreFrom) || self.spec.restoreFrom == oldSelf.spec.restoreFrom)")
+        .message("restoreFrom is immutable and can only be set when the project is created")
+        .field_path(".spec.restoreFrom"),
     validation = Rule::new("size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
         .message("metadata.name must be a DNS-1123 label of at most 63 characters (lower-case letters, digits, '-')"),
     validation = Rule::new("!has(self.spec.mounts) || self.spec.mounts.all(m, m.project != self.metadata.name)")
@@ -78,6 +83,91 @@ pub struct ProjectSpec {
     /// What happens to the data after the Project object is deleted.
     #[serde(default)]
     pub deletion: DeletionPolicy,
+
+    /// Offsite backups of the project to a BackupTarget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupPolicy>,
+
+    /// Build this new project from a backup (only when the project is created; immutable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<RestoreFrom>,
+}
+
+/// Offsite backups: how often and which snapshots stay restorable.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupPolicy {
+    /// Name of the BackupTarget (cluster-scoped) to upload to.
+    #[schemars(length(min = 1, max = 253), pattern(names::DNS1123_SUBDOMAIN))]
+    pub target: String,
+    /// Minutes between backups (5..44640); the annotation `projstore.io/backup-now` (any new
+    /// value) backs up at once.
+    #[serde(default = "default_backup_interval")]
+    #[schemars(range(min = 5, max = 44640))]
+    pub interval_minutes: u32,
+    /// Which backed-up snapshots stay restorable: the newest in each of the N most recent UTC
+    /// days, weeks and months (0..1000 each). The newest backup always stays.
+    #[serde(default)]
+    pub keep: BackupKeep,
+}
+
+fn default_backup_interval() -> u32 {
+    1440
+}
+
+/// Restore points kept in the bucket per age class.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct BackupKeep {
+    /// Daily restore points kept.
+    #[serde(default = "keep_backup_daily")]
+    #[schemars(range(max = 1000))]
+    pub daily: u32,
+    /// Weekly restore points kept.
+    #[serde(default = "keep_weekly_backup")]
+    #[schemars(range(max = 1000))]
+    pub weekly: u32,
+    /// Monthly restore points kept.
+    #[serde(default = "keep_monthly_backup")]
+    #[schemars(range(max = 1000))]
+    pub monthly: u32,
+}
+
+impl Default for BackupKeep {
+    fn default() -> Self {
+        Self {
+            daily: keep_backup_daily(),
+            weekly: keep_weekly_backup(),
+            monthly: keep_monthly_backup(),
+        }
+    }
+}
+
+fn keep_backup_daily() -> u32 {
+    7
+}
+fn keep_weekly_backup() -> u32 {
+    4
+}
+fn keep_monthly_backup() -> u32 {
+    6
+}
+
+/// The backup a new project is built from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct RestoreFrom {
+    /// Name of the BackupTarget holding the backup.
+    #[schemars(length(min = 1, max = 253), pattern(names::DNS1123_SUBDOMAIN))]
+    pub target: String,
+    /// Namespace of the backed-up project.
+    #[schemars(length(min = 1, max = 63), pattern(names::DNS1123_LABEL))]
+    pub namespace: String,
+    /// Name of the backed-up project.
+    #[schemars(length(min = 1, max = 63), pattern(names::DNS1123_LABEL))]
+    pub name: String,
+    /// A backed-up snapshot to restore (its name); the newest when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 200), pattern(names::SNAPSHOT_SHORT))]
+    pub snapshot: Option<String>,
 }
 
 fn default_copies() -> u8 {
@@ -340,10 +430,15 @@ pub struct ProjectStatus {
     /// When the project's data was first created (kept across restores).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<Time>,
-    /// Set when the project was restored from the trash: the trash dataset it came from.
+    /// Set when the project was restored: the trash dataset it came from, or the backup
+    /// (`<target>:<namespace>/<name>@<snapshot>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_from: Option<String>,
-    /// Ready, Placed, Replicated, SnapshotsBlocked, Diverged, Mounted.
+    /// Offsite backups: the newest, its verification, and how the latest attempt went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupStatus>,
+    /// Ready, Placed, Replicated, SnapshotsBlocked, Diverged, Mounted, BackedUp,
+    /// BackupVerified.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -395,4 +490,58 @@ pub struct MountStatus {
     /// What went wrong, or where the folder comes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// Phase of a project's offsite backups.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum BackupPhase {
+    /// An upload or a restore runs.
+    Running,
+    /// The newest snapshot due is in the bucket.
+    Succeeded,
+    /// The latest attempt failed (see `message`); it is retried with backoff.
+    Failed,
+}
+
+/// Offsite backups of a project (on the Project, and from the copy that uploads them on its
+/// StreamReplica).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStatus {
+    /// Newest snapshot in the bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_snapshot: Option<String>,
+    /// When that backup finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+    /// Bytes uploaded by that backup (stored size of its objects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// When the newest backup was last restored into a scratch dataset and found equal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<Time>,
+    /// Whether the latest verification succeeded (absent before the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
+    /// What the latest verification found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_message: Option<String>,
+    /// When the latest verification ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_time: Option<Time>,
+    /// Running, Succeeded or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<BackupPhase>,
+    /// What the latest attempt did or why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The `projstore.io/backup-now` value the latest backup answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested: Option<String>,
+    /// Bytes uploaded / to upload while an upload runs, or downloaded while a restore runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_done: Option<u64>,
+    /// Total of the running transfer, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_total: Option<u64>,
 }

@@ -162,6 +162,10 @@ pub struct StreamReplicaStatus {
     /// Stream files kept here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub streams: Option<StreamsSummary>,
+    /// Offsite backups uploaded from this copy (only on the copy that uploads them), or the
+    /// restore that builds it from a backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<crate::BackupStatus>,
     /// The transfer under way, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer: Option<TransferProgress>,

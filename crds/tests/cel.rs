@@ -168,3 +168,80 @@ fn mount_paths_must_be_unique() {
         ["spec.mounts: each mount needs its own mountPath"]
     );
 }
+
+#[test]
+fn backup_targets_are_checked_by_s3_rules() {
+    assert!(validate(&backup_target(), None).is_empty());
+    for (path, bad) in [
+        ("spec.endpoint", json!("s3.example.org")),
+        ("spec.endpoint", json!("ftp://s3.example.org")),
+        ("spec.endpoint", json!("https://user:pw@s3.example.org")),
+        ("spec.endpoint", json!("https://s3.example.org/?x=1")),
+        ("spec.bucket", json!("Backups")),
+        ("spec.bucket", json!("ab")),
+        ("spec.bucket", json!("a..b")),
+        ("spec.bucket", json!("192.168.1.10")),
+        ("spec.bucket", json!("-backups")),
+        ("spec.prefix", json!("/cluster-a")),
+        ("spec.prefix", json!("cluster-a/")),
+        ("spec.prefix", json!("a/../b")),
+        ("spec.prefix", json!("a b")),
+        ("spec.verifyIntervalDays", json!(0)),
+        ("spec.verifyIntervalDays", json!(366)),
+        ("spec.credentialsSecret.name", json!("Bad Name")),
+    ] {
+        let errors = validate(&set(backup_target(), path, bad.clone()), None);
+        assert!(!errors.is_empty(), "{path} = {bad} was accepted");
+    }
+    for (path, good) in [
+        ("spec.endpoint", json!("http://127.0.0.1:9000")),
+        ("spec.endpoint", json!("http://[::1]:9000")),
+        ("spec.bucket", json!("my.backups-2026")),
+        ("spec.bucket", json!("123")),
+    ] {
+        let errors = validate(&set(backup_target(), path, good.clone()), None);
+        assert!(errors.is_empty(), "{path} = {good}: {errors:?}");
+    }
+}
+
+#[test]
+fn backup_keep_counts_and_interval_are_bounded() {
+    let backup = |b: serde_json::Value| set(project(), "spec.backup", b);
+    assert!(validate(&backup(json!({"target": "offsite"})), None).is_empty());
+    for bad in [
+        json!({"target": "offsite", "intervalMinutes": 1}),
+        json!({"target": "offsite", "keep": {"daily": 1001}}),
+        json!({"target": "Off Site"}),
+        json!({"intervalMinutes": 60}),
+    ] {
+        assert!(!validate(&backup(bad.clone()), None).is_empty(), "{bad}");
+    }
+}
+
+#[test]
+fn restore_from_is_set_only_at_creation_and_never_changed() {
+    let from = json!({"target": "offsite", "namespace": "alice", "name": "thesis"});
+    let restored = set(project(), "spec.restoreFrom", from.clone());
+    assert!(validate(&restored, None).is_empty());
+    // Added later: refused.
+    assert_eq!(
+        messages(&validate(&restored, Some(&project()))),
+        [
+            "spec.restoreFrom: restoreFrom is immutable and can only be set when the project is created"
+        ]
+    );
+    // Changed or removed: refused.
+    let other = set(
+        restored.clone(),
+        "spec.restoreFrom.snapshot",
+        json!("ps-20261129T000000Z"),
+    );
+    assert!(!validate(&other, Some(&restored)).is_empty());
+    assert!(!validate(&project(), Some(&restored)).is_empty());
+    // Left as it was while something else changes: fine.
+    let grown = set(restored.clone(), "spec.quota", json!("20Gi"));
+    assert!(validate(&grown, Some(&restored)).is_empty());
+    // A snapshot name is checked.
+    let bad = set(restored, "spec.restoreFrom.snapshot", json!("-rf"));
+    assert!(!validate(&bad, None).is_empty());
+}

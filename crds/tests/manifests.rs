@@ -50,7 +50,10 @@ fn every_kind_has_status_columns_short_names_and_the_category() {
             .map(|c| c.name.as_str())
             .collect();
         let want: &[&str] = match names.kind.as_str() {
-            "Project" => &["PRIMARY", "REPLICAS", "USED", "QUOTA", "PHASE", "AGE"],
+            "Project" => &[
+                "PRIMARY", "REPLICAS", "USED", "QUOTA", "PHASE", "AGE", "BACKUP",
+            ],
+            "BackupTarget" => &["ENDPOINT", "BUCKET", "PHASE", "AGE"],
             "StoragePool" => &["NODE", "POOL", "DC", "FREE", "SIZE", "PHASE"],
             "StreamReplica" => &[
                 "PROJECT", "POOL", "ROLE", "EPOCH", "APPLIED", "LAG", "PHASE",
@@ -78,6 +81,7 @@ fn scopes_match_the_design() {
     assert_eq!(scope("Project"), "Namespaced");
     assert_eq!(scope("StreamReplica"), "Namespaced");
     assert_eq!(scope("StoragePool"), "Cluster");
+    assert_eq!(scope("BackupTarget"), "Cluster");
 }
 
 #[test]

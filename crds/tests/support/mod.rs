@@ -19,6 +19,7 @@ pub fn validator(kind: &str) -> ObjectValidator {
         "Project" => "projects.yaml",
         "StoragePool" => "storagepools.yaml",
         "StreamReplica" => "streamreplicas.yaml",
+        "BackupTarget" => "backuptargets.yaml",
         other => panic!("unknown kind {other}"),
     };
     let text = std::fs::read_to_string(repo_root().join("crds/manifests").join(file)).unwrap();
@@ -37,6 +38,20 @@ pub fn project() -> Value {
         "kind": "Project",
         "metadata": {"name": "thesis", "namespace": "alice"},
         "spec": {"quota": "10Gi", "owner": {"uid": 1000, "gid": 1000}}
+    })
+}
+
+pub fn backup_target() -> Value {
+    json!({
+        "apiVersion": "projstore.io/v1alpha1",
+        "kind": "BackupTarget",
+        "metadata": {"name": "offsite"},
+        "spec": {
+            "endpoint": "https://s3.example.org:9000",
+            "bucket": "projstore-backups",
+            "prefix": "cluster-a/projects",
+            "credentialsSecret": {"namespace": "projstore-system", "name": "s3-credentials"}
+        }
     })
 }
 
