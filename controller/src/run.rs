@@ -13,7 +13,7 @@ use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use projstore_api::{Project, StoragePool, StreamReplica};
+use projstore_api::{BackupTarget, Project, StoragePool, StreamReplica};
 
 use crate::context::{Context, Settings};
 use crate::leader::Election;
@@ -45,6 +45,7 @@ async fn wait_for_crds(client: &Client) {
         "projects.projstore.io",
         "storagepools.projstore.io",
         "streamreplicas.projstore.io",
+        "backuptargets.projstore.io",
     ] {
         loop {
             let established = crds.get_opt(name).await.ok().flatten().is_some_and(|c| {
@@ -180,6 +181,15 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         .graceful_shutdown_on(shutdown_signal())
         .run(apply::reconcile_project, apply::on_error, ctx.clone())
         .for_each(|_| async {});
+    let target_ctrl = Controller::new(Api::<BackupTarget>::all(client.clone()), wc.clone())
+        .with_config(ctrl_config.clone())
+        .graceful_shutdown_on(shutdown_signal())
+        .run(
+            crate::reconcile::target::reconcile_target,
+            apply::on_error,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
     let pool_ctrl = Controller::new(pool_api, wc.clone())
         .with_config(ctrl_config)
         .graceful_shutdown_on(shutdown_signal())
@@ -242,7 +252,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         }
     };
     let result = tokio::select! {
-        _ = futures::future::join(project_ctrl, pool_ctrl) => Ok(()),
+        _ = futures::future::join3(project_ctrl, pool_ctrl, target_ctrl) => Ok(()),
         _ = readiness => Ok(()),
         _ = phases => Ok(()),
         _ = tombstones => Ok(()),

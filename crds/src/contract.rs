@@ -19,6 +19,13 @@ pub const CLEANUP_FINALIZER: &str = "projstore.io/cleanup";
 pub const SNAPSHOT_NOW_ANNOTATION: &str = "projstore.io/snapshot-now";
 /// Annotation: any new value asks the copy that uploads backups to back the project up now.
 pub const BACKUP_NOW_ANNOTATION: &str = "projstore.io/backup-now";
+/// Annotation: any new value asks the copy that uploads backups to verify the newest backup
+/// now (restore it into a scratch dataset and compare), besides the target's schedule.
+pub const VERIFY_BACKUP_NOW_ANNOTATION: &str = "projstore.io/verify-backup-now";
+/// Annotation the controller keeps on every copy of a backed-up project: a digest of its
+/// `spec.backup` and of the backup-now and verify-backup-now requests, so the agent of the
+/// copy that uploads backups (often a secondary) wakes when one of them changes.
+pub const BACKUP_ECHO: &str = "projstore.io/backup-echo";
 /// Annotation: any new value asks the primary to repair ownership of the project tree.
 pub const REPAIR_OWNERSHIP_ANNOTATION: &str = "projstore.io/repair-ownership";
 /// Annotation the controller keeps on a consumer's primary StreamReplica: where each mounted

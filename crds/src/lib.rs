@@ -8,6 +8,8 @@ pub mod names;
 #[cfg(feature = "process")]
 pub mod process;
 pub mod project;
+#[cfg(feature = "s3")]
+pub mod s3;
 mod schema;
 pub mod storage_pool;
 pub mod stream_replica;
@@ -19,6 +21,7 @@ pub use backup_target::*;
 pub use contract::{
     BACKUP_NOW_ANNOTATION, CLEANUP_FINALIZER, MOUNT_SOURCES_ANNOTATION, MountSource, MountSources,
     NODE_LABEL, PROJECT_LABEL, REPAIR_OWNERSHIP_ANNOTATION, SNAPSHOT_NOW_ANNOTATION,
+    VERIFY_BACKUP_NOW_ANNOTATION,
 };
 pub use project::*;
 pub use storage_pool::*;

@@ -535,6 +535,15 @@ pub struct BackupStatus {
     /// What the latest attempt did or why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// When the latest backup attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempted_at: Option<Time>,
+    /// Consecutive failed attempts (for the backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<u32>,
+    /// The `projstore.io/verify-backup-now` value the latest verification answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_requested: Option<String>,
     /// The `projstore.io/backup-now` value the latest backup answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested: Option<String>,

@@ -166,6 +166,9 @@ pub struct StreamReplicaStatus {
     /// restore that builds it from a backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<crate::BackupStatus>,
+    /// Set on a primary built from a backup: `<target>:<namespace>/<name>@<snapshot>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<String>,
     /// The transfer under way, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer: Option<TransferProgress>,

@@ -5,6 +5,7 @@
 //! - [`retention`]: which snapshots to keep (§5.2) and the snapshot space guard.
 //! - [`transfer`]: moving streams between ZFS and the store, verified before any receive.
 
+pub mod backup;
 pub mod beneath;
 pub mod cli;
 pub mod fetch;

@@ -14,6 +14,9 @@ pub struct Metrics {
     pub snapshots_taken: AtomicU64,
     pub errors: AtomicU64,
     pub connections_refused: AtomicU64,
+    pub backup_bytes: AtomicU64,
+    pub backup_verifications: AtomicU64,
+    pub backup_verification_failures: AtomicU64,
 }
 
 pub static METRICS: Metrics = Metrics {
@@ -24,6 +27,9 @@ pub static METRICS: Metrics = Metrics {
     snapshots_taken: AtomicU64::new(0),
     errors: AtomicU64::new(0),
     connections_refused: AtomicU64::new(0),
+    backup_bytes: AtomicU64::new(0),
+    backup_verifications: AtomicU64::new(0),
+    backup_verification_failures: AtomicU64::new(0),
 };
 
 pub fn add(counter: &AtomicU64, n: u64) {
@@ -161,6 +167,21 @@ pub fn render(m: &Metrics) -> String {
             "projstore_agent_connections_refused_total",
             "Stream-server connections refused over the total or per-peer limit.",
             &m.connections_refused,
+        ),
+        (
+            "projstore_agent_backup_bytes_uploaded_total",
+            "Bytes uploaded to backup targets (as stored).",
+            &m.backup_bytes,
+        ),
+        (
+            "projstore_agent_backup_verifications_total",
+            "Backups restored into a scratch dataset and found equal.",
+            &m.backup_verifications,
+        ),
+        (
+            "projstore_agent_backup_verification_failures_total",
+            "Backup verifications that failed.",
+            &m.backup_verification_failures,
         ),
     ];
     let mut out = String::new();

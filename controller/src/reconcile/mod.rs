@@ -3,3 +3,4 @@
 pub mod apply;
 pub mod decide;
 pub mod pool;
+pub mod target;

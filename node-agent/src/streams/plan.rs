@@ -298,6 +298,26 @@ pub fn plan(edges: &[Edge]) -> Result<Plan, PlanError> {
     })
 }
 
+/// The chain (fewest streams, as [`plan`] chooses) from ROOT to the snapshot with `guid`;
+/// None when no chain reaches it.
+pub fn chain_to(edges: &[Edge], guid: u64) -> Result<Option<Vec<String>>, PlanError> {
+    let g = Graph::build(edges)?;
+    let Some(&target) = g.index.get(&guid) else {
+        return Ok(None);
+    };
+    Ok(g.best_path(ROOT, target).map(|p| g.ids(&p)))
+}
+
+/// The GUIDs of the snapshots a chain from ROOT reaches.
+pub fn rooted_guids(edges: &[Edge]) -> Result<std::collections::HashSet<u64>, PlanError> {
+    let g = Graph::build(edges)?;
+    let rooted = g.forward_from(ROOT);
+    Ok((1..g.snaps.len())
+        .filter(|&v| rooted[v])
+        .filter_map(|v| g.snaps[v].map(|s| s.guid))
+        .collect())
+}
+
 /// What a replica whose newest snapshot is `held` (by guid; `None` when it has no dataset)
 /// must apply. A replica holding a snapshot on the chain applies only the suffix after it.
 pub fn plan_for_replica(edges: &[Edge], held: Option<u64>) -> Result<ReplicaPlan, PlanError> {

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 
 use kube::ResourceExt;
 use projstore_api::contract::{
-    self, MountSource, MountSources, NODE_LABEL, POOL_LABEL, PRIMARY_SNAPSHOT, PROJECT_GENERATION,
-    PROJECT_LABEL, REPAIR_OWNERSHIP_ANNOTATION, SNAPSHOT_NOW_ANNOTATION,
+    self, BACKUP_NOW_ANNOTATION, MountSource, MountSources, NODE_LABEL, POOL_LABEL,
+    PRIMARY_SNAPSHOT, PROJECT_GENERATION, PROJECT_LABEL, REPAIR_OWNERSHIP_ANNOTATION,
+    SNAPSHOT_NOW_ANNOTATION, VERIFY_BACKUP_NOW_ANNOTATION,
 };
 use projstore_api::{
     MountStatus, Project, ReplicaRole, ReplicaSource, ReplicaState, StreamReplica,
@@ -298,6 +299,10 @@ pub(super) fn sync_specs(cx: &mut Ctx<'_>, primary: Option<&StreamReplica>, stat
         {
             ann.insert(PRIMARY_SNAPSHOT.to_owned(), Some(g.to_owned()));
         }
+        let echo = backup_echo(inp.project);
+        if annotation(r, contract::BACKUP_ECHO) != echo.as_deref() {
+            ann.insert(contract::BACKUP_ECHO.to_owned(), echo);
+        }
         cx.update(r, spec, ann);
     }
     let echo: BTreeMap<String, Option<String>> = primary_echo(inp.project)
@@ -306,6 +311,20 @@ pub(super) fn sync_specs(cx: &mut Ctx<'_>, primary: Option<&StreamReplica>, stat
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
     cx.annotate(pr, echo);
+}
+
+/// The value of [`contract::BACKUP_ECHO`]: None when the project is not backed up.
+fn backup_echo(p: &Project) -> Option<String> {
+    use std::hash::{Hash, Hasher};
+    let backup = p.spec.backup.as_ref()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(backup)
+        .unwrap_or_default()
+        .hash(&mut h);
+    for k in [BACKUP_NOW_ANNOTATION, VERIFY_BACKUP_NOW_ANNOTATION] {
+        p.annotations().get(k).hash(&mut h);
+    }
+    Some(format!("{:016x}", h.finish()))
 }
 
 /// What the primary's replica carries of its Project (see [`PROJECT_GENERATION`]).

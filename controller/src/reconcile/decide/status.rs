@@ -3,8 +3,8 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use projstore_api::{
-    MountStatus, PrimaryStatus, Project, ProjectPhase, ProjectState, ProjectStatus, ReplicaPhase,
-    ReplicaRole, ReplicaSummary, StreamReplica,
+    BackupPhase, BackupStatus, MountStatus, PrimaryStatus, Project, ProjectPhase, ProjectState,
+    ProjectStatus, ReplicaPhase, ReplicaRole, ReplicaSummary, StreamReplica,
 };
 
 use super::{Change, Ctx, applied_key, phase};
@@ -33,7 +33,20 @@ pub(super) fn status(
         .count();
     let pst = primary.and_then(|r| r.status.clone()).unwrap_or_default();
     let phase_now = forced.unwrap_or_else(|| project_phase(cx, primary, ready));
-    let conditions = conditions(cx, prev, primary, phase_now, &notes.join("; "));
+    let backup = backup_of(inp.replicas);
+    let mut conditions = conditions(cx, prev, primary, phase_now, &notes.join("; "));
+    let now = inp.now;
+    for (type_, ok, reason, message) in backup_conditions(backup.as_ref()) {
+        conditions.push(condition(
+            &prev.conditions,
+            type_,
+            ok,
+            reason,
+            message,
+            now,
+            p.metadata.generation,
+        ));
+    }
     ProjectStatus {
         observed_generation: p.metadata.generation,
         phase: Some(phase_now),
@@ -56,9 +69,51 @@ pub(super) fn status(
             .created_at
             .clone()
             .or_else(|| p.metadata.creation_timestamp.clone()),
-        restored_from: restored.or_else(|| prev.restored_from.clone()),
+        restored_from: restored
+            .or_else(|| pst.restored_from.clone())
+            .or_else(|| prev.restored_from.clone()),
+        backup: backup.or_else(|| prev.backup.clone()),
         conditions,
     }
+}
+
+/// The backups as the copy that uploads them reports: the newest attempt among the copies.
+fn backup_of(replicas: &[StreamReplica]) -> Option<BackupStatus> {
+    replicas
+        .iter()
+        .filter_map(|r| r.status.as_ref()?.backup.clone())
+        .max_by_key(|b| b.attempted_at.as_ref().map(|t| t.0))
+}
+
+/// `BackedUp` and `BackupVerified` from the backup status (when the project is backed up).
+fn backup_conditions(b: Option<&BackupStatus>) -> Vec<(&'static str, bool, &'static str, String)> {
+    let Some(b) = b else {
+        return Vec::new();
+    };
+    let mut out = vec![match b.phase {
+        Some(BackupPhase::Succeeded) => (
+            "BackedUp",
+            true,
+            "Uploaded",
+            b.message.clone().unwrap_or_default(),
+        ),
+        Some(BackupPhase::Failed) => (
+            "BackedUp",
+            false,
+            "BackupFailed",
+            b.message.clone().unwrap_or_default(),
+        ),
+        _ => ("BackedUp", false, "Pending", "no backup yet".to_owned()),
+    }];
+    if let Some(ok) = b.verified {
+        out.push((
+            "BackupVerified",
+            ok,
+            if ok { "Verified" } else { "VerificationFailed" },
+            b.verify_message.clone().unwrap_or_default(),
+        ));
+    }
+    out
 }
 
 /// The phase the replicas' state adds up to (`ready`: copies Ready and not lost).
@@ -286,6 +341,31 @@ pub(super) fn events(cx: &mut Ctx<'_>, prev: &ProjectStatus, status: &ProjectSta
         ("Diverged", "Diverged"),
     ] {
         if is_true(&status.conditions, kind) && !is_true(&prev.conditions, kind) {
+            cx.event(true, reason, message(kind));
+        }
+    }
+    // Backups that stop working, or a backup that does not restore, are told at once.
+    let failed = |conds: &[Condition], kind: &str| {
+        conds.iter().any(|c| c.type_ == kind && c.status == "False")
+    };
+    for (kind, reason) in [
+        ("BackedUp", "BackupFailed"),
+        ("BackupVerified", "BackupVerificationFailed"),
+    ] {
+        let now_failed = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == kind && c.status == "False" && c.reason == reason);
+        let failed_before = failed(&prev.conditions, kind)
+            && prev
+                .conditions
+                .iter()
+                .any(|c| c.type_ == kind && c.reason == reason);
+        let again = kind == "BackupVerified"
+            && now_failed
+            && status.backup.as_ref().and_then(|b| b.verify_time.as_ref())
+                != prev.backup.as_ref().and_then(|b| b.verify_time.as_ref());
+        if now_failed && (!failed_before || again) {
             cx.event(true, reason, message(kind));
         }
     }

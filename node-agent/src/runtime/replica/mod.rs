@@ -23,11 +23,13 @@ use crate::transfer::{Storage, apply_stream, write_stream};
 use crate::zfs::{DatasetName, PoolName, Progress, PropertyName, SnapshotInfo, Zfs};
 
 mod archive;
+mod backup;
 mod chain;
 mod error;
 mod fencing;
 mod ownership;
 pub mod plans;
+pub use backup::{backup_due, uploads, verify_due};
 mod primary;
 mod secondary;
 mod serve_mounts;
@@ -124,6 +126,24 @@ pub async fn reconcile(
         }
         (ReplicaState::Trashed, _) => trash(cx, sr, pool).await.map(|s| (s, None)),
         (ReplicaState::Archived, role) => archive(cx, sr, pool, role).await,
+    };
+    // Offsite backups ride on a live copy's pass that went well.
+    let result = match result {
+        Ok((mut status, due)) if sr.spec.state == ReplicaState::Live => {
+            if status.backup.is_none() {
+                status.backup = prev.backup.clone();
+            }
+            if status.restored_from.is_none() {
+                status.restored_from = prev.restored_from.clone();
+            }
+            let backup_due = backup::backup_pass(cx, sr, pool, &mut status).await;
+            let due = match (due, backup_due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            Ok((status, due))
+        }
+        other => other,
     };
     let due = result.as_ref().ok().and_then(|(_, d)| *d);
     if let Err(e) = &result {

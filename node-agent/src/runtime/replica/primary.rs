@@ -31,6 +31,7 @@ pub(super) async fn primary(
         .ok_or("quota is not a quantity")?;
     // What the pass reads of the dataset, in one call; written only where it differs.
     let read = || zfs.get_props(ds, plans::PRIMARY_PROPS);
+    let mut restored_from = None;
     if zfs.exists(ds).await? {
         let props = read().await?;
         if let Some(e) = plans::fenced(&props, sr.spec.epoch) {
@@ -44,6 +45,12 @@ pub(super) async fn primary(
         }
     } else if restore_from_trash(zfs, layout, store, key, ds).await? {
         tracing::info!(project = %key, "restored from the trash");
+    } else if let Some(from) = &project.spec.restore_from {
+        // Built from a backup, never created empty: until the bucket gives the chain, the
+        // pass fails and is retried.
+        let described = backup::restore_from_backup(cx, &c, from).await?;
+        tracing::info!(project = %key, from = %described, "restored from a backup");
+        restored_from = Some(described);
     } else {
         let chain = stored_plan(store, key).await?.chain;
         if chain.is_empty() {
@@ -184,7 +191,7 @@ pub(super) async fn primary(
         interval,
         Utc::now().timestamp(),
     );
-    let status = plans::primary_status(
+    let mut status = plans::primary_status(
         &prev,
         PrimaryReport {
             snapshots: &snaps,
@@ -196,6 +203,9 @@ pub(super) async fn primary(
             conditions: plans::conditions(&verdicts, &prev.conditions, Timestamp::now()),
         },
     );
+    if restored_from.is_some() {
+        status.restored_from = restored_from;
+    }
     Ok((status, Some(due)))
 }
 

@@ -1,0 +1,468 @@
+//! A project's objects in a BackupTarget's bucket: `<prefix>/<namespace>/<name>/<id>.zstream`
+//! (a `zfs send` stream, sealed when the target has a key) and `<id>.json` (its manifest,
+//! written last: it marks the stream complete, as in a host's stream store).
+//!
+//! The bucket is outside input: every manifest is parsed strictly and checked against its
+//! name and project, sealed objects must open with the key (and with a key set, nothing
+//! unsealed is taken), and streams are hashed on the way down (see [`super::restore`]).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use object_store::aws::AmazonS3;
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::BackupError;
+use super::seal::{Opener, SealKey, Sealer};
+use crate::streams::{Manifest, StreamId, plan::Edge};
+use crate::zfs::{Progress, SendFlags, SnapshotName, Zfs};
+
+/// Plaintext per uploaded part (S3 wants at least 5 MiB for every part but the last).
+pub const PART: usize = 8 << 20;
+/// The largest manifest read.
+const MAX_MANIFEST: usize = 64 << 10;
+
+/// A stream's manifest in the bucket: the host manifest (sizes and SHA-256 of the plaintext
+/// stream), how many bytes the object holds, and whether it is sealed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectManifest {
+    #[serde(flatten)]
+    pub stream: Manifest,
+    pub stored_bytes: u64,
+    pub encrypted: bool,
+}
+
+/// A stream in the bucket, as its manifest describes it.
+#[derive(Debug, Clone)]
+pub struct BucketStream {
+    pub id: StreamId,
+    pub manifest: ObjectManifest,
+    pub edge: Edge,
+}
+
+/// One project's place in a bucket.
+#[derive(Clone)]
+pub struct Bucket {
+    store: Arc<AmazonS3>,
+    root: Path,
+    key: Option<SealKey>,
+    /// `<namespace>/<name>` of the backed-up project, as manifests must say.
+    project: String,
+}
+
+impl std::fmt::Debug for Bucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bucket")
+            .field("root", &self.root)
+            .field("sealed", &self.key.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bucket {
+    pub fn new(store: Arc<AmazonS3>, root: Path, key: Option<SealKey>, project: String) -> Self {
+        Self {
+            store,
+            root,
+            key,
+            project,
+        }
+    }
+
+    pub fn sealed(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// The object key of `name` under the project's root.
+    pub fn object(&self, name: &str) -> Path {
+        self.root.clone().join(name)
+    }
+
+    /// Every complete stream of the project (a manifest present), checked. An object that is
+    /// not a manifest, or a stream without one (an upload cut off), is not part of the chain.
+    pub async fn streams(&self) -> Result<Vec<BucketStream>, BackupError> {
+        let mut listing = self.store.list(Some(&self.root));
+        let mut names = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(BackupError::store)?;
+            let Some(name) = meta.location.filename() else {
+                continue;
+            };
+            if let Some(stem) = name.strip_suffix(".json") {
+                names.push(stem.to_owned());
+            }
+        }
+        names.sort();
+        let mut out = Vec::with_capacity(names.len());
+        for stem in names {
+            let id = StreamId::parse(&stem).map_err(BackupError::Bucket)?;
+            let manifest = self.manifest(&id).await?;
+            let edge = manifest
+                .stream
+                .edge(&id)
+                .map_err(|e| BackupError::Bucket(format!("manifest of {id}: {e}")))?;
+            out.push(BucketStream { id, manifest, edge });
+        }
+        Ok(out)
+    }
+
+    /// Reads and checks the manifest of `id`.
+    pub async fn manifest(&self, id: &StreamId) -> Result<ObjectManifest, BackupError> {
+        let path = self.object(&id.manifest_name());
+        let got = self.store.get(&path).await.map_err(BackupError::store)?;
+        if got.meta.size > MAX_MANIFEST as u64 {
+            return Err(BackupError::Bucket(format!(
+                "manifest {path} has {} bytes",
+                got.meta.size
+            )));
+        }
+        let raw = got.bytes().await.map_err(BackupError::store)?;
+        let text = match &self.key {
+            Some(key) => {
+                let mut o = Opener::new(key.clone(), path.as_ref());
+                let mut plain = Vec::new();
+                for b in o.update(&raw).map_err(BackupError::Bucket)? {
+                    plain.extend_from_slice(&b);
+                }
+                plain.extend_from_slice(&o.finish().map_err(BackupError::Bucket)?);
+                plain
+            }
+            None => raw.to_vec(),
+        };
+        let m: ObjectManifest = serde_json::from_slice(&text).map_err(|e| {
+            BackupError::Bucket(format!(
+                "manifest {path} is not a manifest{}: {e}",
+                if self.key.is_none() {
+                    " (or it is encrypted and the target has no key)"
+                } else {
+                    ""
+                }
+            ))
+        })?;
+        let bad = |why: String| BackupError::Bucket(format!("manifest {path}: {why}"));
+        if m.stream.project != self.project {
+            return Err(bad(format!("it is of project {:?}", m.stream.project)));
+        }
+        if m.encrypted != self.key.is_some() {
+            return Err(bad(if m.encrypted {
+                "the stream is encrypted and the target has no key".into()
+            } else {
+                "the stream is not encrypted, and the target's objects all are".into()
+            }));
+        }
+        let want = StreamId::for_snapshots(
+            m.stream.from.as_ref().map(|f| f.name.as_str()),
+            &m.stream.to.name,
+        )
+        .map_err(bad)?;
+        if want != *id {
+            return Err(bad(format!("it describes stream {want}")));
+        }
+        if m.stream.sha256.len() != 64 || !m.stream.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad("its sha256 is not a hex digest".into()));
+        }
+        Ok(m)
+    }
+
+    async fn put_manifest(&self, id: &StreamId, m: &ObjectManifest) -> Result<(), BackupError> {
+        let path = self.object(&id.manifest_name());
+        let text = serde_json::to_vec_pretty(m).map_err(|e| BackupError::Bucket(e.to_string()))?;
+        let body = match &self.key {
+            Some(key) => {
+                let mut s = Sealer::new(key.clone(), path.as_ref());
+                let mut out = BytesMut::new();
+                s.update(&text, &mut out).map_err(BackupError::Bucket)?;
+                s.finish(&mut out).map_err(BackupError::Bucket)?;
+                out.freeze()
+            }
+            None => Bytes::from(text),
+        };
+        self.store
+            .put(&path, PutPayload::from(body))
+            .await
+            .map_err(BackupError::store)?;
+        Ok(())
+    }
+
+    /// The stream object of `id`, as it arrives (sealed or not, unchecked).
+    pub async fn get_stream(
+        &self,
+        id: &StreamId,
+    ) -> Result<futures::stream::BoxStream<'static, object_store::Result<Bytes>>, BackupError> {
+        let got = self
+            .store
+            .get(&self.object(&id.file_name()))
+            .await
+            .map_err(BackupError::store)?;
+        Ok(got.into_stream())
+    }
+
+    /// An opener for the stream object of `id` when the target seals.
+    pub fn opener(&self, id: &StreamId) -> Option<Opener> {
+        self.key
+            .as_ref()
+            .map(|k| Opener::new(k.clone(), self.object(&id.file_name()).as_ref()))
+    }
+
+    /// Removes a superseded stream: its manifest first (so the stream leaves the chain), then
+    /// the object.
+    pub async fn delete(&self, id: &StreamId) -> Result<(), BackupError> {
+        for name in [id.manifest_name(), id.file_name()] {
+            match self.store.delete(&self.object(&name)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(BackupError::store(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Uploads `snap` (incremental from `from`) as stream `id`: `zfs send` straight into a
+    /// multipart upload (sealed on the way when the target has a key), then the manifest.
+    /// An upload cut off (the agent killed, the service gone) goes on from its last stored
+    /// part on the next try: `state` remembers the upload and each part's plaintext digest,
+    /// and parts whose plaintext comes out of `zfs send` the same again are not sent again.
+    pub async fn upload(
+        &self,
+        up: &Upload<'_>,
+        progress: &Progress,
+    ) -> Result<ObjectManifest, BackupError> {
+        let path = self.object(&up.id.file_name());
+        let mut state = match UploadState::load(&up.state_file) {
+            Some(s) if s.object == path.as_ref() && s.to_guid == up.manifest.to.guid => s,
+            Some(stale) => {
+                let _ = self
+                    .store
+                    .abort_multipart(&Path::from(stale.object.as_str()), &stale.upload_id)
+                    .await;
+                UploadState::remove(&up.state_file);
+                self.begin(&path, up).await?
+            }
+            None => self.begin(&path, up).await?,
+        };
+        let resumed = state.parts.len();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let send = up.zfs.send_chunks(up.snap, up.from, up.flags, tx);
+        let store = self.store.clone();
+        let upload = async {
+            let mut whole = Sha256::new();
+            let mut part_hash = Sha256::new();
+            let mut plain_in_part = 0usize;
+            let mut total = 0u64;
+            let mut sealer = self
+                .key
+                .as_ref()
+                .map(|k| Sealer::new(k.clone(), path.as_ref()));
+            let mut out = BytesMut::new();
+            let mut parts = Parts {
+                store: &store,
+                path: &path,
+                state: &mut state,
+                state_file: &up.state_file,
+                done: Vec::new(),
+                stored: 0,
+            };
+            while let Some(chunk) = rx.recv().await {
+                progress.add(chunk.len());
+                let mut rest = &chunk[..];
+                while !rest.is_empty() {
+                    // A full part ends once more plaintext follows it (sealed, its last chunk
+                    // is then known not to be the object's last).
+                    if plain_in_part == PART {
+                        if let Some(s) = &mut sealer {
+                            s.more_follows(&mut out).map_err(BackupError::Bucket)?;
+                        }
+                        let digest = std::mem::take(&mut part_hash).finalize();
+                        parts
+                            .end(hex::encode(digest), std::mem::take(&mut out))
+                            .await?;
+                        plain_in_part = 0;
+                    }
+                    let take = rest.len().min(PART - plain_in_part);
+                    let (now, later) = rest.split_at(take);
+                    whole.update(now);
+                    part_hash.update(now);
+                    total += take as u64;
+                    plain_in_part += take;
+                    match &mut sealer {
+                        Some(s) => s.update(now, &mut out).map_err(BackupError::Bucket)?,
+                        None => out.extend_from_slice(now),
+                    }
+                    rest = later;
+                }
+            }
+            if total == 0 {
+                return Err(BackupError::Bucket("zfs send gave no stream".into()));
+            }
+            if let Some(s) = sealer.take() {
+                s.finish(&mut out).map_err(BackupError::Bucket)?;
+            }
+            let digest = part_hash.finalize();
+            parts.end(hex::encode(digest), out).await?;
+            let stored = parts.stored;
+            Ok::<_, BackupError>((parts.done, total, stored, hex::encode(whole.finalize())))
+        };
+        let (sent, uploaded) = tokio::join!(send, upload);
+        let (parts, total, stored, sha256) = match uploaded {
+            Ok(done) => done,
+            Err(e) => {
+                if matches!(e, BackupError::Changed(_)) {
+                    let _ = self.store.abort_multipart(&path, &state.upload_id).await;
+                    UploadState::remove(&up.state_file);
+                }
+                return Err(e);
+            }
+        };
+        let sent = sent?;
+        if sent != total {
+            return Err(BackupError::Bucket(format!(
+                "zfs send gave {sent} bytes, {total} were uploaded"
+            )));
+        }
+        self.store
+            .complete_multipart(&path, &state.upload_id, parts)
+            .await
+            .map_err(BackupError::store)?;
+        let manifest = ObjectManifest {
+            stream: Manifest {
+                bytes: total,
+                sha256,
+                ..up.manifest.clone()
+            },
+            stored_bytes: stored,
+            encrypted: self.key.is_some(),
+        };
+        self.put_manifest(up.id, &manifest).await?;
+        UploadState::remove(&up.state_file);
+        if resumed > 0 {
+            tracing::info!(object = %path, parts = resumed, "upload resumed after its stored parts");
+        }
+        Ok(manifest)
+    }
+
+    async fn begin(&self, path: &Path, up: &Upload<'_>) -> Result<UploadState, BackupError> {
+        let upload_id = self
+            .store
+            .create_multipart(path)
+            .await
+            .map_err(BackupError::store)?;
+        let state = UploadState {
+            object: path.as_ref().to_owned(),
+            upload_id,
+            to_guid: up.manifest.to.guid.clone(),
+            parts: Vec::new(),
+        };
+        state.save(&up.state_file)?;
+        Ok(state)
+    }
+}
+
+/// The parts of one multipart upload as they end.
+struct Parts<'a> {
+    store: &'a AmazonS3,
+    path: &'a Path,
+    state: &'a mut UploadState,
+    state_file: &'a std::path::Path,
+    done: Vec<PartId>,
+    stored: u64,
+}
+
+impl Parts<'_> {
+    /// Ends the next part, `body` (its plaintext's SHA-256 `digest`): skipped when an earlier
+    /// try stored the same plaintext, else uploaded and remembered.
+    async fn end(&mut self, digest: String, body: BytesMut) -> Result<(), BackupError> {
+        let index = self.done.len();
+        self.stored += body.len() as u64;
+        match self.state.parts.get(index) {
+            Some(p) if p.sha256 == digest => {
+                self.done.push(PartId {
+                    content_id: p.etag.clone(),
+                });
+            }
+            Some(_) => {
+                return Err(BackupError::Changed(format!(
+                    "part {index} of {} differs from the interrupted upload's",
+                    self.path
+                )));
+            }
+            None => {
+                let id = self
+                    .store
+                    .put_part(
+                        self.path,
+                        &self.state.upload_id,
+                        index,
+                        PutPayload::from(body.freeze()),
+                    )
+                    .await
+                    .map_err(BackupError::store)?;
+                self.state.parts.push(DonePart {
+                    sha256: digest,
+                    etag: id.content_id.clone(),
+                });
+                self.state.save(self.state_file)?;
+                self.done.push(id);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What to upload: the snapshot (and base) to send, the manifest to write (its `bytes` and
+/// `sha256` filled in by the upload), and the file that lets a cut-off upload go on.
+pub struct Upload<'a> {
+    pub zfs: &'a Zfs,
+    pub id: &'a StreamId,
+    pub snap: &'a SnapshotName,
+    pub from: Option<&'a SnapshotName>,
+    pub flags: SendFlags,
+    pub manifest: Manifest,
+    pub state_file: PathBuf,
+}
+
+/// A multipart upload under way, kept on the host (the agent's run directory) so an agent
+/// restarted mid-upload goes on with it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UploadState {
+    object: String,
+    upload_id: String,
+    to_guid: String,
+    parts: Vec<DonePart>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DonePart {
+    sha256: String,
+    etag: String,
+}
+
+impl UploadState {
+    fn load(file: &std::path::Path) -> Option<Self> {
+        let text = std::fs::read(file).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    fn save(&self, file: &std::path::Path) -> Result<(), BackupError> {
+        let io = |e: std::io::Error| {
+            BackupError::Local(format!("cannot write upload state {}: {e}", file.display()))
+        };
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let tmp = file.with_extension("tmp");
+        let text = serde_json::to_vec(self).map_err(|e| BackupError::Local(e.to_string()))?;
+        std::fs::write(&tmp, text).map_err(io)?;
+        std::fs::rename(&tmp, file).map_err(io)
+    }
+
+    fn remove(file: &std::path::Path) {
+        let _ = std::fs::remove_file(file);
+    }
+}

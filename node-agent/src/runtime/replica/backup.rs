@@ -1,0 +1,455 @@
+//! Offsite backups from a live copy (DESIGN §5.9): which copy uploads (a Ready secondary when
+//! there is one, so the primary's disks are spared; else the primary), when (the interval,
+//! `projstore.io/backup-now`, backoff after a failure), what (the copy's newest snapshot, as
+//! an increment from the newest one the bucket holds), superseded objects removed, and the
+//! newest backup verified on the target's schedule. A primary built from a backup is in
+//! [`restore_from_backup`].
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use projstore_api::{
+    BACKUP_NOW_ANNOTATION, BackupPhase, BackupStatus, BackupTarget, ReplicaPhase,
+    VERIFY_BACKUP_NOW_ANNOTATION,
+};
+
+use super::*;
+use crate::backup::BackupError;
+use crate::backup::bucket::{Bucket, BucketStream, Upload};
+use crate::backup::restore::receive_chain;
+use crate::backup::target::{describe, open_bucket};
+use crate::streams::{Manifest, SnapshotJson, StreamId};
+use crate::zfs::SendFlags;
+
+/// The longest wait after failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// Whether copy `sr` uploads its project's backups: the Ready secondary on the first pool by
+/// name, or the primary when no secondary is Ready.
+pub fn uploads(sr: &StreamReplica, copies: &[StreamReplica]) -> bool {
+    let live = |r: &&StreamReplica| {
+        r.spec.state == ReplicaState::Live
+            && r.spec.project == sr.spec.project
+            && r.namespace() == sr.namespace()
+    };
+    let ready_secondary = copies
+        .iter()
+        .filter(live)
+        .filter(|r| r.spec.role == ReplicaRole::Secondary)
+        .filter(|r| r.status.as_ref().and_then(|s| s.phase) == Some(ReplicaPhase::Ready))
+        .min_by(|a, b| a.spec.pool.cmp(&b.spec.pool));
+    match ready_secondary {
+        Some(r) => r.spec.pool == sr.spec.pool,
+        None => sr.spec.role == ReplicaRole::Primary,
+    }
+}
+
+fn time(t: &Option<Time>) -> Option<DateTime<Utc>> {
+    t.as_ref()
+        .and_then(|t| DateTime::<Utc>::from_timestamp(t.0.as_second(), 0))
+}
+
+fn now_time() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// When the next backup is due, from the status: now when asked by annotation or never done;
+/// after a failure, with backoff; else one interval after the last one.
+pub fn backup_due(
+    b: &BackupStatus,
+    interval: Duration,
+    asked: Option<&str>,
+    now: DateTime<Utc>,
+) -> Duration {
+    if asked.is_some() && asked != b.requested.as_deref() {
+        return Duration::ZERO;
+    }
+    let since = |t: Option<DateTime<Utc>>| {
+        t.map(|t| (now - t).to_std().unwrap_or_default())
+            .unwrap_or(Duration::MAX)
+    };
+    if b.phase == Some(BackupPhase::Failed) {
+        let n = b.failures.unwrap_or(1).clamp(1, 12);
+        let wait = (Duration::from_secs(15) * 2u32.pow(n - 1))
+            .min(MAX_BACKOFF)
+            .min(interval);
+        return wait.saturating_sub(since(time(&b.attempted_at)));
+    }
+    interval.saturating_sub(since(time(&b.time)))
+}
+
+/// When the next verification is due: now when asked; else `days` after the last one (only
+/// once a backup exists).
+pub fn verify_due(
+    b: &BackupStatus,
+    days: u32,
+    asked: Option<&str>,
+    now: DateTime<Utc>,
+) -> Option<Duration> {
+    b.last_snapshot.as_ref()?;
+    if asked.is_some() && asked != b.verify_requested.as_deref() {
+        return Some(Duration::ZERO);
+    }
+    let every = Duration::from_secs(u64::from(days) * 86400);
+    let since = time(&b.verify_time)
+        .map(|t| (now - t).to_std().unwrap_or_default())
+        .unwrap_or(Duration::MAX);
+    Some(every.saturating_sub(since))
+}
+
+/// The backup work of one pass of a live copy: uploads and verifies when due, writes what it
+/// did into `status.backup`; returns when it has work next. Failures go to the status, not
+/// the pass.
+pub(super) async fn backup_pass(
+    cx: &AgentContext,
+    sr: &StreamReplica,
+    pool: &PoolName,
+    status: &mut StreamReplicaStatus,
+) -> Due {
+    if status.phase != Some(ReplicaPhase::Ready) {
+        return None;
+    }
+    if !uploads(
+        sr,
+        &cx.replicas
+            .state()
+            .iter()
+            .map(|r| (**r).clone())
+            .collect::<Vec<_>>(),
+    ) {
+        return None;
+    }
+    let ns = sr.namespace().unwrap_or_default();
+    let project = match Api::<Project>::namespaced(cx.client.clone(), &ns)
+        .get_opt(&sr.spec.project)
+        .await
+    {
+        Ok(Some(p)) => p,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the project for its backups");
+            return Some(Duration::from_secs(30));
+        }
+    };
+    let policy = project.spec.backup.clone()?;
+    let mut b = status.backup.clone().unwrap_or_default();
+    let now = Utc::now();
+    let interval = Duration::from_secs(u64::from(policy.interval_minutes) * 60);
+    let asked = project.annotations().get(BACKUP_NOW_ANNOTATION).cloned();
+    let mut next = backup_due(&b, interval, asked.as_deref(), now);
+    if next.is_zero() {
+        b.attempted_at = Some(now_time());
+        b.requested = asked.or(b.requested.take());
+        match backup_now(cx, sr, pool, &policy.target).await {
+            Ok(done) => {
+                b.phase = Some(BackupPhase::Succeeded);
+                b.failures = None;
+                b.message = Some(done.message);
+                if done.uploaded.is_some() || b.last_snapshot.as_ref() != Some(&done.snapshot) {
+                    b.bytes = Some(done.uploaded.unwrap_or(0));
+                    b.last_snapshot = Some(done.snapshot);
+                }
+                b.time = Some(now_time());
+            }
+            Err(e) => {
+                tracing::warn!(project = %sr.spec.project, error = %e, "backup failed");
+                crate::metrics::add(&crate::metrics::METRICS.errors, 1);
+                b.phase = Some(BackupPhase::Failed);
+                b.failures = Some(b.failures.unwrap_or(0).saturating_add(1));
+                b.message = Some(projstore_api::s3::one_line(&e.to_string()));
+            }
+        }
+        next = backup_due(&b, interval, None, Utc::now());
+    }
+    // Verification, on the target's schedule or when asked.
+    let asked_verify = project
+        .annotations()
+        .get(VERIFY_BACKUP_NOW_ANNOTATION)
+        .cloned();
+    let days = match Api::<BackupTarget>::all(cx.client.clone())
+        .get_opt(&policy.target)
+        .await
+    {
+        Ok(Some(t)) => t.spec.verify_interval_days,
+        _ => 7,
+    };
+    if let Some(due) = verify_due(&b, days, asked_verify.as_deref(), Utc::now()) {
+        if due.is_zero() {
+            b.verify_requested = asked_verify.or(b.verify_requested.take());
+            b.verify_time = Some(now_time());
+            match verify(cx, sr, pool, &policy.target).await {
+                Ok(msg) => {
+                    b.verified = Some(true);
+                    b.verified_at = b.verify_time.clone();
+                    b.verify_message = Some(msg);
+                }
+                Err(e) => {
+                    tracing::warn!(project = %sr.spec.project, error = %e, "backup verification failed");
+                    b.verified = Some(false);
+                    b.verify_message = Some(projstore_api::s3::one_line(&e.to_string()));
+                }
+            }
+            crate::metrics::add(
+                if b.verified == Some(true) {
+                    &crate::metrics::METRICS.backup_verifications
+                } else {
+                    &crate::metrics::METRICS.backup_verification_failures
+                },
+                1,
+            );
+        } else {
+            next = next.min(due);
+        }
+    }
+    status.backup = Some(b);
+    Some(next.max(Duration::from_secs(1)))
+}
+
+/// What one backup did.
+struct Done {
+    snapshot: String,
+    /// Bytes stored by the upload; None when the bucket already held the snapshot.
+    uploaded: Option<u64>,
+    message: String,
+}
+
+async fn backup_now(
+    cx: &AgentContext,
+    sr: &StreamReplica,
+    pool: &PoolName,
+    target: &str,
+) -> Result<Done, BackupError> {
+    let c = Copy::new(cx, sr, pool).map_err(|e| BackupError::Local(e.to_string()))?;
+    let bucket = open_bucket(&cx.client, target, &c.key.namespace, &c.key.name).await?;
+    let streams = bucket.streams().await?;
+    let edges: Vec<_> = streams.iter().map(|s| s.edge.clone()).collect();
+    let rooted = plan::rooted_guids(&edges).map_err(|e| BackupError::Bucket(e.to_string()))?;
+    let local = c.zfs.snapshots(&c.ds, &[]).await?;
+    let newest = local
+        .last()
+        .ok_or_else(|| BackupError::Local(format!("{} has no snapshot yet", c.ds)))?;
+    if rooted.contains(&newest.guid) {
+        gc(&bucket, &streams).await?;
+        return Ok(Done {
+            snapshot: newest.name.clone(),
+            uploaded: None,
+            message: format!("the bucket holds {} already", newest.name),
+        });
+    }
+    // From the newest snapshot the bucket's chain holds (by GUID), else a full stream.
+    let base = local.iter().rev().find(|s| rooted.contains(&s.guid));
+    let id = StreamId::for_snapshots(base.map(|b| b.name.as_str()), &newest.name)
+        .map_err(BackupError::Local)?;
+    if let Some(other) = streams.iter().find(|s| s.id == id) {
+        // Same names, other snapshots (another lineage): never overwritten.
+        return Err(BackupError::Bucket(format!(
+            "stream {id} exists for snapshot GUID {} (this copy's is {}): left as it is",
+            other.edge.to.guid, newest.guid
+        )));
+    }
+    let snap = c.ds.snapshot(&newest.name)?;
+    let from = base.map(|b| c.ds.snapshot(&b.name)).transpose()?;
+    let json = |s: &crate::zfs::SnapshotInfo| SnapshotJson {
+        name: s.name.clone(),
+        guid: s.guid.to_string(),
+        createtxg: s.createtxg,
+        time: s.creation,
+    };
+    let encrypted = c.zfs.encrypted(&c.ds).await?;
+    let asked = SendFlags {
+        compressed: true,
+        large_blocks: true,
+        embedded: true,
+        raw: false,
+    };
+    let flags = crate::live::raw_if_encrypted(asked, encrypted).map_err(BackupError::Local)?;
+    let up = Upload {
+        zfs: c.zfs,
+        id: &id,
+        snap: &snap,
+        from: from.as_ref(),
+        flags,
+        manifest: Manifest {
+            project: format!("{}/{}", c.key.namespace, c.key.name),
+            from: base.map(json),
+            to: json(newest),
+            epoch: sr.spec.epoch,
+            bytes: 0,
+            sha256: String::new(),
+            created_at: Utc::now().to_rfc3339(),
+            node: cx.node().to_owned(),
+        },
+        state_file: cx.cfg.run_dir.join("backup-uploads").join(format!(
+            "{pool}.{}.{}.{id}.json",
+            c.key.namespace, c.key.name
+        )),
+    };
+    let progress = Progress::new();
+    let m = bucket.upload(&up, &progress).await?;
+    crate::metrics::add(&crate::metrics::METRICS.backup_bytes, m.stored_bytes);
+    gc(&bucket, &bucket.streams().await?).await?;
+    Ok(Done {
+        snapshot: newest.name.clone(),
+        uploaded: Some(m.stored_bytes),
+        message: format!(
+            "uploaded {id} ({} bytes{})",
+            m.stored_bytes,
+            if m.encrypted { ", encrypted" } else { "" }
+        ),
+    })
+}
+
+/// Removes the objects §5.3's GC finds superseded (never one on the chain, never a fork).
+async fn gc(bucket: &Bucket, streams: &[BucketStream]) -> Result<(), BackupError> {
+    let edges: Vec<_> = streams.iter().map(|s| s.edge.clone()).collect();
+    let plan = plan::plan(&edges).map_err(|e| BackupError::Bucket(e.to_string()))?;
+    for id in plan.deletable {
+        let id = StreamId::parse(&id).map_err(BackupError::Bucket)?;
+        bucket.delete(&id).await?;
+        tracing::info!(stream = %id, "superseded backup object removed");
+    }
+    Ok(())
+}
+
+/// The chain of `streams` to the snapshot named `snapshot` (the newest when None).
+fn chain_of<'a>(
+    streams: &'a [BucketStream],
+    snapshot: Option<&str>,
+) -> Result<Vec<&'a BucketStream>, BackupError> {
+    let edges: Vec<_> = streams.iter().map(|s| s.edge.clone()).collect();
+    let ids = match snapshot {
+        None => {
+            plan::plan(&edges)
+                .map_err(|e| BackupError::Bucket(e.to_string()))?
+                .chain
+        }
+        Some(name) => {
+            let guid = streams
+                .iter()
+                .find(|s| s.edge.to.name == name)
+                .map(|s| s.edge.to.guid)
+                .ok_or_else(|| {
+                    BackupError::Bucket(format!("no backed-up snapshot is named {name}"))
+                })?;
+            plan::chain_to(&edges, guid)
+                .map_err(|e| BackupError::Bucket(e.to_string()))?
+                .ok_or_else(|| {
+                    BackupError::Bucket(format!("no chain of streams leads to {name}"))
+                })?
+        }
+    };
+    if ids.is_empty() {
+        return Err(BackupError::Bucket("the bucket holds no backup".into()));
+    }
+    ids.iter()
+        .map(|id| {
+            streams
+                .iter()
+                .find(|s| s.id.as_str() == id)
+                .ok_or_else(|| BackupError::Bucket(format!("stream {id} vanished")))
+        })
+        .collect()
+}
+
+/// Restores the newest backup into a scratch dataset of this pool, compares it with the
+/// manifests (SHA-256 of every stream, GUID of the snapshot received) and with this copy
+/// (the same snapshot GUID), and removes the scratch dataset.
+async fn verify(
+    cx: &AgentContext,
+    sr: &StreamReplica,
+    pool: &PoolName,
+    target: &str,
+) -> Result<String, BackupError> {
+    let c = Copy::new(cx, sr, pool).map_err(|e| BackupError::Local(e.to_string()))?;
+    let bucket = open_bucket(&cx.client, target, &c.key.namespace, &c.key.name).await?;
+    let streams = bucket.streams().await?;
+    let chain: Vec<BucketStream> = chain_of(&streams, None)?.into_iter().cloned().collect();
+    let scratch = verify_scratch(pool, &c.key)?;
+    crate::transfer::clear_staging(c.zfs, &scratch)
+        .await
+        .map_err(|e| BackupError::Local(e.to_string()))?;
+    let received = receive_chain(c.zfs, &bucket, &c.key, &chain, &scratch, &Progress::new()).await;
+    let cleared = crate::transfer::clear_staging(c.zfs, &scratch).await;
+    let newest = received?;
+    cleared.map_err(|e| BackupError::Local(e.to_string()))?;
+    let want = chain.last().map(|s| s.edge.to.guid).unwrap_or_default();
+    if newest.guid != want {
+        return Err(BackupError::Unverified(format!(
+            "the restored snapshot has GUID {}, the chain ends at {want}",
+            newest.guid
+        )));
+    }
+    let local = c.zfs.snapshots(&c.ds, &[]).await?;
+    if let Some(mine) = local.iter().find(|s| s.name == newest.name)
+        && mine.guid != newest.guid
+    {
+        return Err(BackupError::Unverified(format!(
+            "the backup's {} has GUID {}, this copy's {}",
+            newest.name, newest.guid, mine.guid
+        )));
+    }
+    Ok(format!(
+        "restored {} ({} streams) into a scratch dataset: SHA-256 and snapshot GUID {} match",
+        newest.name,
+        chain.len(),
+        newest.guid
+    ))
+}
+
+/// `<pool>/recv/backup.<ns>/<name>`: a verification's scratch dataset (the `recv` staging
+/// area, cleared at start-up).
+fn verify_scratch(pool: &PoolName, key: &ProjectKey) -> Result<DatasetName, BackupError> {
+    pool.dataset(&format!(
+        "{}/backup.{}/{}",
+        crate::transfer::RECV_STAGING,
+        key.namespace,
+        key.name
+    ))
+    .map_err(|e| BackupError::Local(e.to_string()))
+}
+
+/// Builds a new primary's dataset `ds` from the backup `from` names: the chain downloaded,
+/// verified and received into the staging dataset, then renamed into place. Returns what
+/// `status.restoredFrom` says.
+pub(super) async fn restore_from_backup(
+    cx: &AgentContext,
+    c: &Copy<'_>,
+    from: &projstore_api::RestoreFrom,
+) -> Result<String, ReplicaError> {
+    let run =
+        async {
+            let bucket = open_bucket(&cx.client, &from.target, &from.namespace, &from.name).await?;
+            let streams = bucket.streams().await?;
+            let chain: Vec<BucketStream> = chain_of(&streams, from.snapshot.as_deref())?
+                .into_iter()
+                .cloned()
+                .collect();
+            let staging = crate::transfer::staging_dataset(c.pool, &c.key)?;
+            crate::transfer::clear_staging(c.zfs, &staging)
+                .await
+                .map_err(|e| BackupError::Local(e.to_string()))?;
+            let source =
+                ProjectKey::new(&from.namespace, &from.name).map_err(BackupError::Local)?;
+            let newest =
+                match receive_chain(c.zfs, &bucket, &source, &chain, &staging, &Progress::new())
+                    .await
+                {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = crate::transfer::clear_staging(c.zfs, &staging).await;
+                        return Err(e);
+                    }
+                };
+            c.zfs.create_parents(&c.ds).await?;
+            c.zfs.rename(&staging, &c.ds).await?;
+            Ok::<_, BackupError>(describe(
+                &from.target,
+                &from.namespace,
+                &from.name,
+                &newest.name,
+            ))
+        };
+    run.await
+        .map_err(|e| ReplicaError::from(format!("restore from backup: {e}")))
+}
