@@ -44,6 +44,19 @@ if [ ! -x "$kubectl120_dir/usr/bin/kubectl" ]; then
   rm -rf "$debs"
 fi
 
+# The S3-compatible server the offsite-backup tests and benchmark run against (SigV4, objects
+# as files): from the Rust registry, built once.
+if ! command -v s3s-fs >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: s3s-fs is missing and not root: cargo install s3s-fs --features binary" >&2
+    exit 1
+  fi
+  echo "install-deps: cargo install s3s-fs (a few minutes, once)"
+  build=$(mktemp -d)
+  CARGO_TARGET_DIR="$build" cargo install -q s3s-fs --version 0.14.1 --features binary --locked --root /usr/local
+  rm -rf "$build"
+fi
+
 pip_missing=()
 python3 -c 'import kubernetes_validate' 2>/dev/null || pip_missing+=(kubernetes-validate)
 python3 -c 'import helm_python' 2>/dev/null || pip_missing+=(helm-python-sdk)

@@ -22,4 +22,5 @@ pub mod dev;
 pub mod limits;
 pub mod pki;
 pub mod rbac;
+pub mod s3;
 pub mod testkit;

@@ -586,3 +586,26 @@ async fn field_selectors_on_a_crd_selectable_field() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_secrets_string_data_is_stored_as_data_like_the_real_server_does() {
+    let (_server, client) = server().await;
+    namespace(&client, "ops").await;
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), "ops");
+    let s = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "s3"},
+        "data": {"accessKeyId": "b2xk", "region": "ZXUtd2VzdA=="},
+        "stringData": {"accessKeyId": "new", "secretAccessKey": "s3cr3t"},
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &s).await.unwrap();
+    let got = api.get("s3").await.unwrap();
+    let data = got.data.unwrap();
+    let text = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
+    // stringData wins over data for the same key, and is not stored itself.
+    assert_eq!(text("accessKeyId"), "new");
+    assert_eq!(text("secretAccessKey"), "s3cr3t");
+    assert_eq!(text("region"), "eu-west");
+    assert!(got.string_data.is_none());
+}

@@ -78,27 +78,7 @@ async fn s03_snapshots_follow_schedule_and_retention_and_stop_when_they_hold_too
         )
         .await;
     println!("[s03] {msg}");
-    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
-        kube::Api::namespaced(c.client.clone(), NS);
-    c.wait(
-        "a SnapshotsBlocked Event",
-        Duration::from_secs(30),
-        || async {
-            let list = events
-                .list(&Default::default())
-                .await
-                .map_err(|e| e.to_string())?;
-            list.items
-                .iter()
-                .find(|e| {
-                    e.reason.as_deref() == Some("SnapshotsBlocked")
-                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("guard")
-                })
-                .map(|_| ())
-                .ok_or_else(|| "no event yet".into())
-        },
-    )
-    .await;
+    c.wait_event(NS, "SnapshotsBlocked", "guard").await;
     // On schedule: a snapshot appears without being asked for (interval 1 minute) once
     // something was written since the last one.
     std::fs::write(sched.join("later"), b"written after the last snapshot").unwrap();

@@ -223,4 +223,29 @@ impl Cluster {
         )
         .await
     }
+
+    /// Waits for an Event with `reason` about object `about` in `ns`; returns its note.
+    pub async fn wait_event(&self, ns: &str, reason: &str, about: &str) -> String {
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), ns);
+        self.wait(
+            &format!("a {reason} Event about {about}"),
+            Duration::from_secs(60),
+            || async {
+                let list = events
+                    .list(&Default::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                list.items
+                    .iter()
+                    .find(|e| {
+                        e.reason.as_deref() == Some(reason)
+                            && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(about)
+                    })
+                    .map(|e| e.note.clone().unwrap_or_default())
+                    .ok_or_else(|| "none yet".into())
+            },
+        )
+        .await
+    }
 }

@@ -265,6 +265,7 @@ impl Bucket {
                 path: &path,
                 state: &mut state,
                 state_file: &up.state_file,
+                hold: up.hold.as_deref(),
                 done: Vec::new(),
                 stored: 0,
             };
@@ -369,6 +370,7 @@ struct Parts<'a> {
     path: &'a Path,
     state: &'a mut UploadState,
     state_file: &'a std::path::Path,
+    hold: Option<&'a std::path::Path>,
     done: Vec<PartId>,
     stored: u64,
 }
@@ -408,6 +410,10 @@ impl Parts<'_> {
                 });
                 self.state.save(self.state_file)?;
                 self.done.push(id);
+                // The end-to-end tests' fault hook: an upload cut off half-way.
+                while self.hold.is_some_and(std::path::Path::exists) {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
             }
         }
         Ok(())
@@ -424,7 +430,13 @@ pub struct Upload<'a> {
     pub flags: SendFlags,
     pub manifest: Manifest,
     pub state_file: PathBuf,
+    /// A fault hook for the end-to-end tests: while this file exists, the upload waits after
+    /// each part it stored ([`HOLD_UPLOAD`] under the agent's run directory).
+    pub hold: Option<PathBuf>,
 }
+
+/// The upload fault hook's file under an agent's run directory.
+pub const HOLD_UPLOAD: &str = "faults/hold-backup-upload";
 
 /// A multipart upload under way, kept on the host (the agent's run directory) so an agent
 /// restarted mid-upload goes on with it.

@@ -314,9 +314,7 @@ mod tests {
         assert!(open_all(&swapped, object, 4096).is_err());
         // Another key.
         let mut o = Opener::new(SealKey::new(&[8u8; 32]).unwrap(), object);
-        let r = o
-            .update(&sealed)
-            .and_then(|_| o.finish().map(|_| ()));
+        let r = o.update(&sealed).and_then(|_| o.finish().map(|_| ()));
         assert!(r.is_err());
         // Plaintext is not an object.
         assert!(open_all(&plain, object, 4096).is_err());

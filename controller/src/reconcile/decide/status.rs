@@ -345,27 +345,24 @@ pub(super) fn events(cx: &mut Ctx<'_>, prev: &ProjectStatus, status: &ProjectSta
         }
     }
     // Backups that stop working, or a backup that does not restore, are told at once.
-    let failed = |conds: &[Condition], kind: &str| {
-        conds.iter().any(|c| c.type_ == kind && c.status == "False")
-    };
-    for (kind, reason) in [
-        ("BackedUp", "BackupFailed"),
-        ("BackupVerified", "BackupVerificationFailed"),
+    for (kind, cond_reason, reason) in [
+        ("BackedUp", "BackupFailed", "BackupFailed"),
+        (
+            "BackupVerified",
+            "VerificationFailed",
+            "BackupVerificationFailed",
+        ),
     ] {
-        let now_failed = status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == kind && c.status == "False" && c.reason == reason);
-        let failed_before = failed(&prev.conditions, kind)
-            && prev
-                .conditions
+        let failing = |conds: &[Condition]| {
+            conds
                 .iter()
-                .any(|c| c.type_ == kind && c.reason == reason);
+                .any(|c| c.type_ == kind && c.status == "False" && c.reason == cond_reason)
+        };
+        // Each failed verification is told; a backup that keeps failing, once.
         let again = kind == "BackupVerified"
-            && now_failed
             && status.backup.as_ref().and_then(|b| b.verify_time.as_ref())
                 != prev.backup.as_ref().and_then(|b| b.verify_time.as_ref());
-        if now_failed && (!failed_before || again) {
+        if failing(&status.conditions) && (!failing(&prev.conditions) || again) {
             cx.event(true, reason, message(kind));
         }
     }

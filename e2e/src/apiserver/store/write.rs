@@ -20,6 +20,10 @@ impl State {
         opts: &WriteOptions,
     ) -> Result<Value, ApiError> {
         let name = meta_str(&obj, "name").to_owned();
+        let mut obj = obj;
+        if t.group.is_empty() && t.kind == "Secret" {
+            secret_string_data(&mut obj);
+        }
         if let Some(check) = t.typed {
             return Self::admit_typed(t, check, obj, &name, opts);
         }
@@ -464,4 +468,24 @@ fn crd_status(crd: &Value) -> Value {
             v.iter().filter(|x| x["storage"] == true).map(|x| x["name"].clone()).collect::<Vec<_>>()
         }).unwrap_or_default(),
     })
+}
+
+/// As the real API server does: a Secret's `stringData` is merged into `data` (base64, its
+/// keys winning) and never stored.
+fn secret_string_data(obj: &mut Value) {
+    use base64::Engine;
+    let Some(map) = obj.as_object_mut() else {
+        return;
+    };
+    let Some(Value::Object(strings)) = map.remove("stringData") else {
+        return;
+    };
+    let data = map.entry("data").or_insert_with(|| json!({}));
+    if !data.is_object() {
+        *data = json!({});
+    }
+    for (k, v) in strings {
+        let text = v.as_str().unwrap_or_default();
+        data[k.as_str()] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+    }
 }

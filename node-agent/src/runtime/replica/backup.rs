@@ -284,6 +284,7 @@ async fn backup_now(
             "{pool}.{}.{}.{id}.json",
             c.key.namespace, c.key.name
         )),
+        hold: Some(cx.cfg.run_dir.join(crate::backup::bucket::HOLD_UPLOAD)),
     };
     let progress = Progress::new();
     let m = bucket.upload(&up, &progress).await?;
