@@ -158,7 +158,9 @@ pub struct RestoreFrom {
     /// Name of the BackupTarget holding the backup.
     #[schemars(length(min = 1, max = 253), pattern(names::DNS1123_SUBDOMAIN))]
     pub target: String,
-    /// Namespace of the backed-up project.
+    /// Namespace of the backed-up project. It must be the Project's own: a namespace's
+    /// backups are restored only within it (the agent refuses others; CRD rules cannot see
+    /// an object's namespace).
     #[schemars(length(min = 1, max = 63), pattern(names::DNS1123_LABEL))]
     pub namespace: String,
     /// Name of the backed-up project.

@@ -86,7 +86,31 @@ pub fn check_spec(spec: &BackupTargetSpec) -> Result<(), String> {
     {
         return Err(format!("prefix {p:?} is not a relative key prefix"));
     }
+    // Project data crosses the network only encrypted (DESIGN invariant 7): plain http only
+    // with client-side encryption, or to this host itself.
+    if spec.endpoint.starts_with("http://")
+        && spec.encryption_key_secret.is_none()
+        && !is_loopback(&spec.endpoint)
+    {
+        return Err(format!(
+            "endpoint {} is plain http and the target has no encryption key: project data would cross the network in clear (use https, or set encryptionKeySecret)",
+            spec.endpoint
+        ));
+    }
     Ok(())
+}
+
+/// Whether an `http://` endpoint's host is this host (127.0.0.0/8, ::1, localhost).
+fn is_loopback(endpoint: &str) -> bool {
+    let rest = endpoint.trim_start_matches("http://");
+    let host = match rest.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => rest.split([':', '/']).next().unwrap_or_default(),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The bucket of `spec` as an object store, signed with `creds` (path-style requests, so any
@@ -219,5 +243,52 @@ pub fn one_line(s: &str) -> String {
     match line.char_indices().nth(400) {
         Some((i, _)) => format!("{}…", &line[..i]),
         None => line,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn spec(endpoint: &str, key: bool) -> BackupTargetSpec {
+        serde_json::from_value(serde_json::json!({
+            "endpoint": endpoint, "bucket": "backups",
+            "credentialsSecret": {"namespace": "ops", "name": "s3"},
+            "encryptionKeySecret": if key { serde_json::json!({"namespace": "ops", "name": "k"}) } else { serde_json::Value::Null },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn plain_http_carries_data_only_sealed_or_to_this_host() {
+        assert!(check_spec(&spec("https://s3.example.org", false)).is_ok());
+        assert!(check_spec(&spec("http://s3.example.org:9000", true)).is_ok());
+        for local in [
+            "http://127.0.0.1:9000",
+            "http://[::1]:9000",
+            "http://localhost/x",
+        ] {
+            assert!(check_spec(&spec(local, false)).is_ok(), "{local}");
+        }
+        for remote in [
+            "http://s3.example.org",
+            "http://10.0.0.5:9000",
+            "http://127.0.0.1.example.org",
+        ] {
+            let e = check_spec(&spec(remote, false)).unwrap_err();
+            assert!(e.contains("in clear"), "{remote}: {e}");
+        }
+    }
+
+    #[test]
+    fn project_paths_are_identities_only() {
+        let s = spec("https://s3.example.org", false);
+        assert_eq!(
+            project_path(&s, "alice", "thesis").unwrap().as_ref(),
+            "alice/thesis"
+        );
+        assert!(project_path(&s, "../x", "thesis").is_err());
+        assert!(project_path(&s, "alice", "a/b").is_err());
     }
 }

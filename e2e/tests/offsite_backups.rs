@@ -585,6 +585,31 @@ async fn s17_a_target_that_cannot_be_used_says_why_and_leaves_the_project_alone(
             "restoreFrom": {"target": "plain", "namespace": NS, "name": "notes", "snapshot": first}}),
     )
     .await;
+    // Another namespace's backups are not this namespace's to read.
+    c.create_project(
+        NS,
+        "stolen",
+        json!({"quota": "50Mi", "owner": {"uid": 1000, "gid": 1000}, "copies": 1,
+            "restoreFrom": {"target": "plain", "namespace": "kube-system", "name": "notes"}}),
+    )
+    .await;
+    c.wait(
+        "a restore from another namespace refused",
+        Duration::from_secs(60),
+        || async {
+            let primary = c
+                .replicas(NS, "stolen")
+                .await
+                .into_iter()
+                .find(|r| r.spec.role == projstore_api::ReplicaRole::Primary);
+            primary
+                .and_then(|r| r.status)
+                .and_then(|s| s.last_error)
+                .filter(|e| e.contains("only backups of namespace default"))
+                .ok_or_else(|| "no refusal yet".to_owned())
+        },
+    )
+    .await;
     let then = c.mount_path_when_ready(NS, "notes-then").await;
     c.check(
         std::fs::read(then.join("a.txt")).unwrap() == b"first",

@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
 use object_store::aws::AmazonS3;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
@@ -25,6 +24,8 @@ use crate::zfs::{Progress, SendFlags, SnapshotName, Zfs};
 
 /// Plaintext per uploaded part (S3 wants at least 5 MiB for every part but the last).
 pub const PART: usize = 8 << 20;
+/// The most objects a project's place in the bucket may hold.
+const MAX_OBJECTS: usize = 100_000;
 /// The largest manifest read.
 const MAX_MANIFEST: usize = 64 << 10;
 
@@ -51,6 +52,8 @@ pub struct BucketStream {
 #[derive(Clone)]
 pub struct Bucket {
     store: Arc<AmazonS3>,
+    /// Which service and bucket this is (an interrupted upload goes on only into the same).
+    place: String,
     root: Path,
     key: Option<SealKey>,
     /// `<namespace>/<name>` of the backed-up project, as manifests must say.
@@ -69,11 +72,18 @@ impl std::fmt::Debug for Bucket {
 impl Bucket {
     pub fn new(store: Arc<AmazonS3>, root: Path, key: Option<SealKey>, project: String) -> Self {
         Self {
+            place: store.to_string(),
             store,
             root,
             key,
             project,
         }
+    }
+
+    /// Names the service and bucket (for the upload state): `<endpoint>/<bucket>`.
+    pub fn at(mut self, place: String) -> Self {
+        self.place = place;
+        self
     }
 
     pub fn sealed(&self) -> bool {
@@ -88,10 +98,21 @@ impl Bucket {
     /// Every complete stream of the project (a manifest present), checked. An object that is
     /// not a manifest, or a stream without one (an upload cut off), is not part of the chain.
     pub async fn streams(&self) -> Result<Vec<BucketStream>, BackupError> {
-        let mut listing = self.store.list(Some(&self.root));
+        // One level (a project's objects, not whatever another prefix nests below), bounded.
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&self.root))
+            .await
+            .map_err(BackupError::store)?;
+        if listing.objects.len() > MAX_OBJECTS {
+            return Err(BackupError::Bucket(format!(
+                "{} holds {} objects, more than the {MAX_OBJECTS} a project's backups may have",
+                self.root,
+                listing.objects.len()
+            )));
+        }
         let mut names = Vec::new();
-        while let Some(meta) = listing.next().await {
-            let meta = meta.map_err(BackupError::store)?;
+        for meta in listing.objects {
             let Some(name) = meta.location.filename() else {
                 continue;
             };
@@ -234,8 +255,18 @@ impl Bucket {
         progress: &Progress,
     ) -> Result<ObjectManifest, BackupError> {
         let path = self.object(&up.id.file_name());
+        let sealing = self.key.as_ref().map(SealKey::id);
         let mut state = match UploadState::load(&up.state_file) {
-            Some(s) if s.object == path.as_ref() && s.to_guid == up.manifest.to.guid => s,
+            // Only the very upload goes on: same object of the same bucket, same snapshot,
+            // parts sealed with the same key (or none).
+            Some(s)
+                if s.object == path.as_ref()
+                    && s.place == self.place
+                    && s.to_guid == up.manifest.to.guid
+                    && s.sealed_with == sealing =>
+            {
+                s
+            }
             Some(stale) => {
                 let _ = self
                     .store
@@ -313,7 +344,7 @@ impl Bucket {
         let (parts, total, stored, sha256) = match uploaded {
             Ok(done) => done,
             Err(e) => {
-                if matches!(e, BackupError::Changed(_)) {
+                if matches!(e, BackupError::Changed(_)) || upload_gone(&e) {
                     let _ = self.store.abort_multipart(&path, &state.upload_id).await;
                     UploadState::remove(&up.state_file);
                 }
@@ -326,10 +357,17 @@ impl Bucket {
                 "zfs send gave {sent} bytes, {total} were uploaded"
             )));
         }
-        self.store
+        if let Err(e) = self
+            .store
             .complete_multipart(&path, &state.upload_id, parts)
             .await
-            .map_err(BackupError::store)?;
+        {
+            let e = BackupError::store(e);
+            if upload_gone(&e) {
+                UploadState::remove(&up.state_file);
+            }
+            return Err(e);
+        }
         let manifest = ObjectManifest {
             stream: Manifest {
                 bytes: total,
@@ -355,6 +393,8 @@ impl Bucket {
             .map_err(BackupError::store)?;
         let state = UploadState {
             object: path.as_ref().to_owned(),
+            place: self.place.clone(),
+            sealed_with: self.key.as_ref().map(SealKey::id),
             upload_id,
             to_guid: up.manifest.to.guid.clone(),
             parts: Vec::new(),
@@ -362,6 +402,12 @@ impl Bucket {
         state.save(&up.state_file)?;
         Ok(state)
     }
+}
+
+/// Whether the service no longer knows the multipart upload (aborted by a lifecycle rule, or
+/// never of this bucket): the next try starts a new one.
+fn upload_gone(e: &BackupError) -> bool {
+    matches!(e, BackupError::Target(r) if r.message.contains("NoSuchUpload"))
 }
 
 /// The parts of one multipart upload as they end.
@@ -444,6 +490,8 @@ pub const HOLD_UPLOAD: &str = "faults/hold-backup-upload";
 #[serde(rename_all = "camelCase")]
 struct UploadState {
     object: String,
+    place: String,
+    sealed_with: Option<String>,
     upload_id: String,
     to_guid: String,
     parts: Vec<DonePart>,
@@ -468,9 +516,20 @@ impl UploadState {
         if let Some(dir) = file.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let tmp = file.with_extension("tmp");
         let text = serde_json::to_vec(self).map_err(|e| BackupError::Local(e.to_string()))?;
-        std::fs::write(&tmp, text).map_err(io)?;
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&tmp)
+            .map_err(io)?;
+        f.write_all(&text).map_err(io)?;
+        f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, file).map_err(io)
     }
 

@@ -29,7 +29,7 @@ const MAX_CHUNK: usize = 16 << 20;
 
 /// A 256-bit key, read from the encryption-key Secret (base64 of 32 bytes).
 #[derive(Clone)]
-pub struct SealKey(Aes256Gcm);
+pub struct SealKey(Aes256Gcm, [u8; 8]);
 
 impl std::fmt::Debug for SealKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -45,7 +45,23 @@ impl SealKey {
                 bytes.len()
             ));
         }
-        Ok(Self(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(bytes))))
+        use sha2::Digest;
+        let mut id = [0u8; 8];
+        let digest = sha2::Sha256::new()
+            .chain_update(b"projstore backup key id\0")
+            .chain_update(bytes)
+            .finalize();
+        id.copy_from_slice(&digest[..8]);
+        Ok(Self(
+            Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(bytes)),
+            id,
+        ))
+    }
+
+    /// A short public name of the key (a hash of it): which key an interrupted upload
+    /// sealed its parts with.
+    pub fn id(&self) -> String {
+        hex::encode(self.1)
     }
 
     /// From the Secret's `key` value: base64 (standard alphabet) of 32 bytes.

@@ -50,7 +50,8 @@ pub async fn open_bucket(
     };
     let store = s3::store(spec, &creds, Patience::Transfer).map_err(BackupError::Config)?;
     let root = s3::project_path(spec, namespace, name).map_err(BackupError::Config)?;
-    Ok(Bucket::new(store, root, key, format!("{namespace}/{name}")))
+    Ok(Bucket::new(store, root, key, format!("{namespace}/{name}"))
+        .at(format!("{}/{}", spec.endpoint, spec.bucket)))
 }
 
 /// How a target names a backup in `status.restoredFrom`.

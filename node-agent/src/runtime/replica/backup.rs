@@ -22,6 +22,9 @@ use crate::backup::target::{describe, open_bucket};
 use crate::streams::{Manifest, SnapshotJson, StreamId};
 use crate::zfs::SendFlags;
 
+/// Verifications asked for by annotation come at most this often.
+const VERIFY_SPACING: Duration = Duration::from_secs(30);
+
 /// The longest wait after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
@@ -88,13 +91,15 @@ pub fn verify_due(
     now: DateTime<Utc>,
 ) -> Option<Duration> {
     b.last_snapshot.as_ref()?;
-    if asked.is_some() && asked != b.verify_requested.as_deref() {
-        return Some(Duration::ZERO);
-    }
-    let every = Duration::from_secs(u64::from(days) * 86400);
     let since = time(&b.verify_time)
         .map(|t| (now - t).to_std().unwrap_or_default())
         .unwrap_or(Duration::MAX);
+    if asked.is_some() && asked != b.verify_requested.as_deref() {
+        // On request, but not more often than every VERIFY_SPACING: a verification reads the
+        // whole chain and writes it into this pool.
+        return Some(VERIFY_SPACING.saturating_sub(since));
+    }
+    let every = Duration::from_secs(u64::from(days) * 86400);
     Some(every.saturating_sub(since))
 }
 
@@ -417,40 +422,144 @@ pub(super) async fn restore_from_backup(
     cx: &AgentContext,
     c: &Copy<'_>,
     from: &projstore_api::RestoreFrom,
+    quota: u64,
 ) -> Result<String, ReplicaError> {
-    let run =
-        async {
-            let bucket = open_bucket(&cx.client, &from.target, &from.namespace, &from.name).await?;
-            let streams = bucket.streams().await?;
-            let chain: Vec<BucketStream> = chain_of(&streams, from.snapshot.as_deref())?
-                .into_iter()
-                .cloned()
-                .collect();
-            let staging = crate::transfer::staging_dataset(c.pool, &c.key)?;
-            crate::transfer::clear_staging(c.zfs, &staging)
-                .await
-                .map_err(|e| BackupError::Local(e.to_string()))?;
-            let source =
-                ProjectKey::new(&from.namespace, &from.name).map_err(BackupError::Local)?;
-            let newest =
-                match receive_chain(c.zfs, &bucket, &source, &chain, &staging, &Progress::new())
-                    .await
-                {
-                    Ok(n) => n,
-                    Err(e) => {
-                        let _ = crate::transfer::clear_staging(c.zfs, &staging).await;
-                        return Err(e);
-                    }
-                };
-            c.zfs.create_parents(&c.ds).await?;
-            c.zfs.rename(&staging, &c.ds).await?;
-            Ok::<_, BackupError>(describe(
-                &from.target,
-                &from.namespace,
-                &from.name,
-                &newest.name,
-            ))
-        };
-    run.await
+    // A namespace reads only its own backups (CRD rules cannot see an object's namespace).
+    if from.namespace != c.key.namespace {
+        return Err(format!(
+            "restoreFrom names namespace {}: only backups of namespace {} may be restored here",
+            from.namespace, c.key.namespace
+        )
+        .into());
+    }
+    restore(cx, c, from, quota)
+        .await
         .map_err(|e| ReplicaError::from(format!("restore from backup: {e}")))
+}
+
+async fn restore(
+    cx: &AgentContext,
+    c: &Copy<'_>,
+    from: &projstore_api::RestoreFrom,
+    quota: u64,
+) -> Result<String, BackupError> {
+    let bucket = open_bucket(&cx.client, &from.target, &from.namespace, &from.name).await?;
+    let streams = bucket.streams().await?;
+    let chain: Vec<BucketStream> = chain_of(&streams, from.snapshot.as_deref())?
+        .into_iter()
+        .cloned()
+        .collect();
+    // The quota holds for a restore too: a backup larger than it is refused before a byte
+    // lands (the streams' sizes are the data's, about).
+    let bytes: u64 = chain.iter().map(|s| s.manifest.stream.bytes).sum();
+    if bytes > quota {
+        return Err(BackupError::Local(format!(
+            "the backup's streams hold {bytes} bytes, more than the quota of {quota}"
+        )));
+    }
+    let staging = crate::transfer::staging_dataset(c.pool, &c.key)?;
+    crate::transfer::clear_staging(c.zfs, &staging)
+        .await
+        .map_err(|e| BackupError::Local(e.to_string()))?;
+    let source = ProjectKey::new(&from.namespace, &from.name).map_err(BackupError::Local)?;
+    let progress = Progress::new();
+    let newest = match receive_chain(c.zfs, &bucket, &source, &chain, &staging, &progress).await {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = crate::transfer::clear_staging(c.zfs, &staging).await;
+            return Err(e);
+        }
+    };
+    // Received without properties: the quota is set before the data is anyone's.
+    let refquota = crate::zfs::PropertyName::parse("refquota")?;
+    c.zfs.set(&staging, &refquota, &quota.to_string()).await?;
+    c.zfs.create_parents(&c.ds).await?;
+    c.zfs.rename(&staging, &c.ds).await?;
+    Ok(describe(
+        &from.target,
+        &from.namespace,
+        &from.name,
+        &newest.name,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn at(s: i64) -> Option<Time> {
+        Some(Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap()))
+    }
+    fn now(s: i64) -> DateTime<Utc> {
+        DateTime::<Utc>::from_timestamp(s, 0).unwrap()
+    }
+    const DAY: Duration = Duration::from_secs(86400);
+
+    #[test]
+    fn backups_come_on_interval_on_request_and_back_off_after_failures() {
+        let never = BackupStatus::default();
+        assert_eq!(backup_due(&never, DAY, None, now(1000)), Duration::ZERO);
+        let done = BackupStatus {
+            phase: Some(BackupPhase::Succeeded),
+            time: at(1000),
+            requested: Some("1".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            backup_due(&done, DAY, Some("1"), now(1060)),
+            DAY - Duration::from_secs(60)
+        );
+        assert_eq!(backup_due(&done, DAY, Some("2"), now(1060)), Duration::ZERO);
+        let failed = |n| BackupStatus {
+            phase: Some(BackupPhase::Failed),
+            failures: Some(n),
+            attempted_at: at(1000),
+            time: at(0),
+            ..Default::default()
+        };
+        assert_eq!(
+            backup_due(&failed(1), DAY, None, now(1005)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            backup_due(&failed(3), DAY, None, now(1000)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(backup_due(&failed(30), DAY, None, now(1000)), MAX_BACKOFF);
+        // Never longer than the interval itself.
+        let short = Duration::from_secs(300);
+        assert_eq!(backup_due(&failed(30), short, None, now(1000)), short);
+    }
+
+    #[test]
+    fn verification_follows_the_target_and_requests_at_most_every_spacing() {
+        assert_eq!(
+            verify_due(&BackupStatus::default(), 7, Some("1"), now(0)),
+            None
+        );
+        let b = BackupStatus {
+            last_snapshot: Some("ps-1".into()),
+            verify_time: at(1000),
+            verify_requested: Some("1".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            verify_due(&b, 7, Some("1"), now(1000 + 86400)),
+            Some(6 * DAY)
+        );
+        assert_eq!(
+            verify_due(&b, 7, Some("2"), now(1010)),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(
+            verify_due(&b, 7, Some("2"), now(1100)),
+            Some(Duration::ZERO)
+        );
+        let first = BackupStatus {
+            last_snapshot: Some("ps-1".into()),
+            ..Default::default()
+        };
+        assert_eq!(verify_due(&first, 7, None, now(5)), Some(Duration::ZERO));
+    }
 }

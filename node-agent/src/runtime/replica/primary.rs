@@ -45,15 +45,27 @@ pub(super) async fn primary(
         }
     } else if restore_from_trash(zfs, layout, store, key, ds).await? {
         tracing::info!(project = %key, "restored from the trash");
-    } else if let Some(from) = &project.spec.restore_from {
-        // Built from a backup, never created empty: until the bucket gives the chain, the
-        // pass fails and is retried.
-        let described = backup::restore_from_backup(cx, &c, from).await?;
-        tracing::info!(project = %key, from = %described, "restored from a backup");
-        restored_from = Some(described);
     } else {
         let chain = stored_plan(store, key).await?.chain;
-        if chain.is_empty() {
+        let restored_before = project
+            .status
+            .as_ref()
+            .and_then(|s| s.restored_from.as_ref());
+        if let (true, Some(from)) = (chain.is_empty(), &project.spec.restore_from) {
+            // Built from a backup, once, never created empty: until the bucket gives the
+            // chain, the pass fails and is retried. A project restored before whose data is
+            // gone from here is not restored again from the source (nor made empty).
+            if let Some(before) = restored_before {
+                return Err(format!(
+                    "{ds} is missing and the project was restored from {before} already: \
+                     not restoring it again, not creating it empty"
+                )
+                .into());
+            }
+            let described = backup::restore_from_backup(cx, &c, from, quota).await?;
+            tracing::info!(project = %key, from = %described, "restored from a backup");
+            restored_from = Some(described);
+        } else if chain.is_empty() {
             let new = NewProject {
                 key,
                 mountpoint: &mountpoint,
