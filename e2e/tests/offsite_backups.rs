@@ -108,6 +108,23 @@ async fn backed_up(c: &Cluster, name: &str, snapshot: &str, limit: Duration) -> 
     .await
 }
 
+/// Waits until the primary of `name` reports an error containing one of `words`.
+async fn refused(c: &Cluster, name: &str, what: &str, words: &[&str]) -> String {
+    c.wait(what, Duration::from_secs(180), || async {
+        let primary = c
+            .replicas(NS, name)
+            .await
+            .into_iter()
+            .find(|r| r.spec.role == projstore_api::ReplicaRole::Primary);
+        primary
+            .and_then(|r| r.status)
+            .and_then(|s| s.last_error)
+            .filter(|e| words.iter().any(|w| e.contains(w)))
+            .ok_or_else(|| "no refusal yet".to_owned())
+    })
+    .await
+}
+
 /// Takes a snapshot and waits until `copies` copies hold it; returns its GUID and name.
 async fn snapshot(c: &Cluster, name: &str, copies: usize) -> (String, String) {
     let before = c
@@ -337,24 +354,13 @@ async fn s16_projects_come_back_from_the_bucket_after_every_host_that_held_them_
             "restoreFrom": {"target": "offsite", "namespace": NS, "name": "thesis"}}),
     )
     .await;
-    let refusal = c
-        .wait(
-            "the corrupted restore refused",
-            Duration::from_secs(180),
-            || async {
-                let primary = c
-                    .replicas(NS, "refused")
-                    .await
-                    .into_iter()
-                    .find(|r| r.spec.role == projstore_api::ReplicaRole::Primary);
-                primary
-                    .and_then(|r| r.status)
-                    .and_then(|s| s.last_error)
-                    .filter(|e| e.contains("does not open") || e.contains("SHA-256"))
-                    .ok_or_else(|| "no refusal yet".to_owned())
-            },
-        )
-        .await;
+    let refusal = refused(
+        &c,
+        "refused",
+        "the corrupted restore refused",
+        &["does not open", "SHA-256"],
+    )
+    .await;
     println!("[s16] restore refused: {refusal}");
     let refused_pool = c.primary(NS, "refused").await.spec.pool;
     let h = c.host_of_pool(&refused_pool);
@@ -593,21 +599,11 @@ async fn s17_a_target_that_cannot_be_used_says_why_and_leaves_the_project_alone(
             "restoreFrom": {"target": "plain", "namespace": "kube-system", "name": "notes"}}),
     )
     .await;
-    c.wait(
+    refused(
+        &c,
+        "stolen",
         "a restore from another namespace refused",
-        Duration::from_secs(60),
-        || async {
-            let primary = c
-                .replicas(NS, "stolen")
-                .await
-                .into_iter()
-                .find(|r| r.spec.role == projstore_api::ReplicaRole::Primary);
-            primary
-                .and_then(|r| r.status)
-                .and_then(|s| s.last_error)
-                .filter(|e| e.contains("only backups of namespace default"))
-                .ok_or_else(|| "no refusal yet".to_owned())
-        },
+        &["only backups of namespace default"],
     )
     .await;
     let then = c.mount_path_when_ready(NS, "notes-then").await;
