@@ -611,4 +611,30 @@ async fn s17_a_target_that_cannot_be_used_says_why_and_leaves_the_project_alone(
         std::fs::read(then.join("a.txt")).unwrap() == b"first",
         "the chosen snapshot was restored",
     );
+    // `keep` lets every restore point but the newest go: a full stream of the newest
+    // replaces the chain, and the bridged streams are removed.
+    c.patch_project(
+        NS,
+        "notes",
+        json!({"spec": {"backup": {"keep": {"daily": 0, "weekly": 0, "monthly": 0}}}}),
+    )
+    .await;
+    annotate(&c, "notes", "projstore.io/backup-now", "4").await;
+    let want = format!("cluster-a/{NS}/notes/full--{second}.zstream");
+    c.wait(
+        "the bucket keeps only the newest restore point",
+        Duration::from_secs(120),
+        || async {
+            let now: Vec<String> = stream_objects(&s3, "notes")
+                .into_iter()
+                .map(|o| o.0)
+                .collect();
+            if now == [want.clone()] {
+                Ok(())
+            } else {
+                Err(format!("{now:?}"))
+            }
+        },
+    )
+    .await;
 }

@@ -146,7 +146,7 @@ pub(super) async fn backup_pass(
     if next.is_zero() {
         b.attempted_at = Some(now_time());
         b.requested = asked.or(b.requested.take());
-        match backup_now(cx, sr, pool, &policy.target).await {
+        match backup_now(cx, sr, pool, &policy.target, &policy.keep).await {
             Ok(done) => {
                 b.phase = Some(BackupPhase::Succeeded);
                 b.failures = None;
@@ -224,6 +224,7 @@ async fn backup_now(
     sr: &StreamReplica,
     pool: &PoolName,
     target: &str,
+    keep: &projstore_api::BackupKeep,
 ) -> Result<Done, BackupError> {
     let c = Copy::new(cx, sr, pool).map_err(|e| BackupError::Local(e.to_string()))?;
     let bucket = open_bucket(&cx.client, target, &c.key.namespace, &c.key.name).await?;
@@ -234,27 +235,64 @@ async fn backup_now(
     let newest = local
         .last()
         .ok_or_else(|| BackupError::Local(format!("{} has no snapshot yet", c.ds)))?;
-    if rooted.contains(&newest.guid) {
-        gc(&bucket, &streams).await?;
-        return Ok(Done {
+    let done = if rooted.contains(&newest.guid) {
+        Done {
             snapshot: newest.name.clone(),
             uploaded: None,
             message: format!("the bucket holds {} already", newest.name),
-        });
-    }
-    // From the newest snapshot the bucket's chain holds (by GUID), else a full stream.
-    let base = local.iter().rev().find(|s| rooted.contains(&s.guid));
-    let id = StreamId::for_snapshots(base.map(|b| b.name.as_str()), &newest.name)
+        }
+    } else {
+        // From the newest snapshot the bucket's chain holds (by GUID), else a full stream.
+        let base = local.iter().rev().find(|s| rooted.contains(&s.guid));
+        let (id, m) = upload_stream(cx, sr, &c, &bucket, &streams, base, newest).await?;
+        Done {
+            snapshot: newest.name.clone(),
+            uploaded: Some(m.stored_bytes),
+            message: format!(
+                "uploaded {id} ({} bytes{})",
+                m.stored_bytes,
+                if m.encrypted { ", encrypted" } else { "" }
+            ),
+        }
+    };
+    // Restore points `keep` lets go are bridged over, and what that supersedes removed.
+    let streams = bucket.streams().await?;
+    let bridged = compact(cx, sr, &c, &bucket, &streams, &local, keep).await?;
+    let streams = if bridged > 0 {
+        bucket.streams().await?
+    } else {
+        streams
+    };
+    gc(&bucket, &streams).await?;
+    Ok(done)
+}
+
+/// Uploads `to` (incremental from `from`) from this copy, unless the bucket has that stream.
+async fn upload_stream(
+    cx: &AgentContext,
+    sr: &StreamReplica,
+    c: &Copy<'_>,
+    bucket: &Bucket,
+    streams: &[BucketStream],
+    from: Option<&crate::zfs::SnapshotInfo>,
+    to: &crate::zfs::SnapshotInfo,
+) -> Result<(StreamId, crate::backup::bucket::ObjectManifest), BackupError> {
+    let id = StreamId::for_snapshots(from.map(|b| b.name.as_str()), &to.name)
         .map_err(BackupError::Local)?;
     if let Some(other) = streams.iter().find(|s| s.id == id) {
+        if other.edge.to.guid == to.guid
+            && other.edge.from.as_ref().map(|f| f.guid) == from.map(|f| f.guid)
+        {
+            return Ok((id, other.manifest.clone()));
+        }
         // Same names, other snapshots (another lineage): never overwritten.
         return Err(BackupError::Bucket(format!(
             "stream {id} exists for snapshot GUID {} (this copy's is {}): left as it is",
-            other.edge.to.guid, newest.guid
+            other.edge.to.guid, to.guid
         )));
     }
-    let snap = c.ds.snapshot(&newest.name)?;
-    let from = base.map(|b| c.ds.snapshot(&b.name)).transpose()?;
+    let snap = c.ds.snapshot(&to.name)?;
+    let base = from.map(|b| c.ds.snapshot(&b.name)).transpose()?;
     let json = |s: &crate::zfs::SnapshotInfo| SnapshotJson {
         name: s.name.clone(),
         guid: s.guid.to_string(),
@@ -273,12 +311,12 @@ async fn backup_now(
         zfs: c.zfs,
         id: &id,
         snap: &snap,
-        from: from.as_ref(),
+        from: base.as_ref(),
         flags,
         manifest: Manifest {
             project: format!("{}/{}", c.key.namespace, c.key.name),
-            from: base.map(json),
-            to: json(newest),
+            from: from.map(json),
+            to: json(to),
             epoch: sr.spec.epoch,
             bytes: 0,
             sha256: String::new(),
@@ -286,24 +324,105 @@ async fn backup_now(
             node: cx.node().to_owned(),
         },
         state_file: cx.cfg.run_dir.join("backup-uploads").join(format!(
-            "{pool}.{}.{}.{id}.json",
-            c.key.namespace, c.key.name
+            "{}.{}.{}.{id}.json",
+            c.pool, c.key.namespace, c.key.name
         )),
         hold: Some(cx.cfg.run_dir.join(crate::backup::bucket::HOLD_UPLOAD)),
     };
-    let progress = Progress::new();
-    let m = bucket.upload(&up, &progress).await?;
+    let m = bucket.upload(&up, &Progress::new()).await?;
     crate::metrics::add(&crate::metrics::METRICS.backup_bytes, m.stored_bytes);
-    gc(&bucket, &bucket.streams().await?).await?;
-    Ok(Done {
-        snapshot: newest.name.clone(),
-        uploaded: Some(m.stored_bytes),
-        message: format!(
-            "uploaded {id} ({} bytes{})",
-            m.stored_bytes,
-            if m.encrypted { ", encrypted" } else { "" }
-        ),
-    })
+    Ok((id, m))
+}
+
+/// The restore points (snapshots the bucket's chain passes through) `keep` lets go: for each
+/// run of them, a stream from the kept point before (a full stream when none) to the kept
+/// point after is uploaded, where this copy still has both snapshots; §5.3's GC then finds
+/// the bridged streams superseded. Returns how many streams were uploaded.
+async fn compact(
+    cx: &AgentContext,
+    sr: &StreamReplica,
+    c: &Copy<'_>,
+    bucket: &Bucket,
+    streams: &[BucketStream],
+    local: &[crate::zfs::SnapshotInfo],
+    keep: &projstore_api::BackupKeep,
+) -> Result<usize, BackupError> {
+    let edges: Vec<_> = streams.iter().map(|s| s.edge.clone()).collect();
+    let chain = plan::plan(&edges)
+        .map_err(|e| BackupError::Bucket(e.to_string()))?
+        .chain;
+    let points: Vec<&crate::streams::Snap> = chain
+        .iter()
+        .filter_map(|id| streams.iter().find(|s| s.id.as_str() == id))
+        .map(|s| &s.edge.to)
+        .collect();
+    let kept = keep_points(&points, keep, Utc::now().timestamp());
+    let mut bridges = Vec::new();
+    let (mut before, mut gap) = (None, false);
+    for p in &points {
+        if kept.contains(&p.guid) {
+            if gap {
+                bridges.push((before, *p));
+            }
+            before = Some(*p);
+            gap = false;
+        } else {
+            gap = true;
+        }
+    }
+    let here = |p: &crate::streams::Snap| local.iter().find(|l| l.guid == p.guid);
+    let mut uploaded = 0;
+    for (from, to) in bridges {
+        let (Some(to), from) = (here(to), from.map(here)) else {
+            continue;
+        };
+        let from = match from {
+            Some(Some(f)) => Some(f),
+            Some(None) => continue,
+            None => None,
+        };
+        upload_stream(cx, sr, c, bucket, streams, from, to).await?;
+        uploaded += 1;
+    }
+    Ok(uploaded)
+}
+
+/// Which restore points `keep` keeps: the newest in each of the N most recent UTC days, weeks
+/// and months, the newest of all, and (when days are kept at all) every one of today.
+pub fn keep_points(
+    points: &[&crate::streams::Snap],
+    keep: &projstore_api::BackupKeep,
+    now: i64,
+) -> std::collections::BTreeSet<u64> {
+    // Ordered by their place on the chain (createtxg is per pool, and the streams may come
+    // from copies on several pools).
+    let facts: Vec<crate::retention::SnapshotFacts> = points
+        .iter()
+        .enumerate()
+        .map(|(i, p)| crate::retention::SnapshotFacts {
+            name: p.name.clone(),
+            guid: p.guid,
+            createtxg: i as u64,
+            time: p.time,
+            held: false,
+        })
+        .collect();
+    let policy = crate::retention::RetentionPolicy {
+        frequent: 0,
+        hourly: 0,
+        daily: keep.daily,
+        weekly: keep.weekly,
+        monthly: keep.monthly,
+        frequent_secs: 60,
+    };
+    let mut kept = crate::retention::retain(&facts, now, &policy).keep;
+    // A day's restore points collapse to its newest once the day is over: until then each
+    // backup stays (and the next one is an increment, not a bridge to a full stream).
+    if keep.daily > 0 {
+        let today = now - now.rem_euclid(86400);
+        kept.extend(points.iter().filter(|p| p.time >= today).map(|p| p.guid));
+    }
+    kept
 }
 
 /// Removes the objects §5.3's GC finds superseded (never one on the chain, never a fork).
@@ -530,6 +649,46 @@ mod tests {
         // Never longer than the interval itself.
         let short = Duration::from_secs(300);
         assert_eq!(backup_due(&failed(30), short, None, now(1000)), short);
+    }
+
+    #[test]
+    fn restore_points_kept_are_the_newest_per_day_week_month_and_the_newest() {
+        let snap = |i: u64, t: i64| crate::streams::Snap {
+            name: crate::retention::managed_name(t),
+            guid: 100 + i,
+            // Another pool's txgs: not the order.
+            createtxg: 1000 - i,
+            time: t,
+        };
+        // Two a day for 10 days (day 0 = 1970-01-05, a Monday).
+        let points: Vec<_> = (0..20u64)
+            .map(|i| {
+                snap(
+                    i,
+                    4 * 86400 + (i as i64 / 2) * 86400 + (i as i64 % 2) * 3600,
+                )
+            })
+            .collect();
+        let refs: Vec<&crate::streams::Snap> = points.iter().collect();
+        let now = 20 * 86400;
+        let keep = |d, w, m| projstore_api::BackupKeep {
+            daily: d,
+            weekly: w,
+            monthly: m,
+        };
+        let none = keep_points(&refs, &keep(0, 0, 0), now);
+        assert_eq!(none.into_iter().collect::<Vec<_>>(), vec![119]);
+        let daily3 = keep_points(&refs, &keep(3, 0, 0), now);
+        assert_eq!(daily3.into_iter().collect::<Vec<_>>(), vec![115, 117, 119]);
+        // Weeks start on Monday: the newest of week 1 (days 0..6) and of week 2.
+        let weekly = keep_points(&refs, &keep(0, 2, 0), now);
+        assert_eq!(weekly.into_iter().collect::<Vec<_>>(), vec![113, 119]);
+        // Today's points all stay while days are kept; yesterday's collapse to its newest.
+        let late = 13 * 86400 + 7200;
+        let daily1 = keep_points(&refs, &keep(1, 0, 0), late);
+        assert_eq!(daily1.into_iter().collect::<Vec<_>>(), vec![118, 119]);
+        let daily0 = keep_points(&refs, &keep(0, 0, 0), late);
+        assert_eq!(daily0.into_iter().collect::<Vec<_>>(), vec![119]);
     }
 
     #[test]

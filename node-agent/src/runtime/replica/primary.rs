@@ -178,7 +178,22 @@ pub(super) async fn primary(
         zfs.snapshots(ds, &[]).await?
     };
     let base_guids: Vec<u64> = bases.iter().map(|(_, g)| *g).collect();
-    let keep = plans::kept_for_copies(&snaps, &base_guids);
+    let mut keep = plans::kept_for_copies(&snaps, &base_guids);
+    // The snapshot the offsite backup's chain ends at stays too: the next backup is an
+    // increment from it (pruned, the next would be a full stream).
+    let backed_up = project
+        .spec
+        .backup
+        .as_ref()
+        .and(project.status.as_ref())
+        .and_then(|st| st.backup.as_ref())
+        .and_then(|b| b.last_snapshot.as_deref());
+    keep.extend(
+        snaps
+            .iter()
+            .filter(|s| Some(s.name.as_str()) == backed_up)
+            .map(|s| s.guid),
+    );
     let prunable = if all_known { snaps.as_slice() } else { &[] };
     for name in plans::to_prune(prunable, &keep, policy, now) {
         if let Ok(s) = ds.snapshot(&name) {
