@@ -101,6 +101,7 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart() {
         "projects.projstore.io",
         "storagepools.projstore.io",
         "streamreplicas.projstore.io",
+        "backuptargets.projstore.io",
     ] {
         assert!(crds.get_opt(crd).await.unwrap().is_some(), "{crd}");
     }
