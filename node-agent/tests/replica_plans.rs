@@ -331,6 +331,13 @@ fn snapshots_on_schedule_on_demand_and_under_the_space_guard() {
         c.snapshot_now = s.asked;
         let p = c.snapshot();
         assert_eq!(p.take, s.want, "{}", c.what);
+        // Only a request that met this second's name comes back at once.
+        assert_eq!(
+            p.again_soon,
+            s.what == "this second's name is taken",
+            "{}",
+            c.what
+        );
         assert_eq!(p.blocked.ok, s.used_by_snapshots > 3 * GIB, "{}", c.what);
         if p.blocked.ok {
             assert_eq!(p.blocked.reason, "SnapshotSpaceExceeded", "{}", c.what);

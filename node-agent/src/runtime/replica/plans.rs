@@ -139,6 +139,9 @@ pub struct SnapshotPlan {
     /// `SnapshotsBlocked`, true or false.
     pub blocked: Verdict,
     pub take: Option<SnapshotStep>,
+    /// A snapshot was asked for, but this second's name is taken (a snapshot was just
+    /// taken): the pass looks again in a second instead of at the next scheduled one.
+    pub again_soon: bool,
 }
 
 /// A snapshot to take.
@@ -254,6 +257,7 @@ pub fn plan_snapshot(f: &SnapshotFacts<'_>) -> SnapshotPlan {
             always: on_demand,
             mark: f.snapshot_now.map(str::to_owned),
         }),
+        again_soon: on_demand && !blocked && !name_free,
     }
 }
 

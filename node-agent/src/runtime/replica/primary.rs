@@ -147,6 +147,7 @@ pub(super) async fn primary(
         now,
     });
     verdicts.push(snapshot.blocked);
+    let again_soon = snapshot.again_soon;
     if let Some(step) = snapshot.take {
         // On schedule only when something was written since the newest snapshot; on demand
         // always. No stream is written: copies receive it live (DESIGN §5.4).
@@ -218,6 +219,12 @@ pub(super) async fn primary(
         interval,
         Utc::now().timestamp(),
     );
+    // A snapshot asked for in the second another was taken: taken in the next second.
+    let due = if again_soon {
+        due.min(std::time::Duration::from_secs(1))
+    } else {
+        due
+    };
     let mut status = plans::primary_status(
         &prev,
         PrimaryReport {
