@@ -34,19 +34,13 @@ pub(super) fn status(
     let pst = primary.and_then(|r| r.status.clone()).unwrap_or_default();
     let phase_now = forced.unwrap_or_else(|| project_phase(cx, primary, ready));
     let backup = backup_of(inp.replicas);
-    let mut conditions = conditions(cx, prev, primary, phase_now, &notes.join("; "));
-    let now = inp.now;
-    for (type_, ok, reason, message) in backup_conditions(backup.as_ref()) {
-        conditions.push(condition(
-            &prev.conditions,
-            type_,
-            ok,
-            reason,
-            message,
-            now,
-            p.metadata.generation,
-        ));
-    }
+    let conditions = conditions(
+        cx,
+        prev,
+        (primary, backup.as_ref()),
+        phase_now,
+        &notes.join("; "),
+    );
     ProjectStatus {
         observed_generation: p.metadata.generation,
         phase: Some(phase_now),
@@ -180,7 +174,7 @@ fn summaries(replicas: &[StreamReplica], primary: Option<&StreamReplica>) -> Vec
 fn conditions(
     cx: &Ctx<'_>,
     prev: &ProjectStatus,
-    primary: Option<&StreamReplica>,
+    (primary, backup): (Option<&StreamReplica>, Option<&BackupStatus>),
     phase_now: ProjectPhase,
     notes: &str,
 ) -> Vec<Condition> {
@@ -288,6 +282,9 @@ fn conditions(
             },
             diverged.join("; "),
         ));
+    }
+    for (type_, ok, reason, message) in backup_conditions(backup) {
+        conditions.push(cond(type_, ok, reason, message));
     }
     conditions
 }

@@ -30,8 +30,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
 /// Whether copy `sr` uploads its project's backups: the Ready secondary on the first pool by
 /// name, or the primary when no secondary is Ready.
-pub fn uploads(sr: &StreamReplica, copies: &[StreamReplica]) -> bool {
-    let live = |r: &&StreamReplica| {
+pub fn uploads(sr: &StreamReplica, copies: &[std::sync::Arc<StreamReplica>]) -> bool {
+    let live = |r: &&std::sync::Arc<StreamReplica>| {
         r.spec.state == ReplicaState::Live
             && r.spec.project == sr.spec.project
             && r.namespace() == sr.namespace()
@@ -115,17 +115,10 @@ pub(super) async fn backup_pass(
     if status.phase != Some(ReplicaPhase::Ready) {
         return None;
     }
-    if !uploads(
-        sr,
-        &cx.replicas
-            .state()
-            .iter()
-            .map(|r| (**r).clone())
-            .collect::<Vec<_>>(),
-    ) {
+    let ns = sr.namespace().unwrap_or_default();
+    if !uploads(sr, &cx.copies_of(&ns, &sr.spec.project)) {
         return None;
     }
-    let ns = sr.namespace().unwrap_or_default();
     let project = match Api::<Project>::namespaced(cx.client.clone(), &ns)
         .get_opt(&sr.spec.project)
         .await
