@@ -11,7 +11,7 @@
 //! - `dev/`: the hosts' layout and the `projstore-dev` commands; `dev/supervisor.rs` the
 //!   background process that runs the cluster.
 //! - `demo/`: the tour's harness; `demo/tour.rs` its steps.
-//! - `rbac`: the chart's roles enforced and their use recorded; `pki` certificates; `limits`
+//! - `rbac`: rule uses and denials recorded (and the chart's rule files enforced); `pki` certificates; `limits`
 //!   file descriptors.
 //! - The scenarios are `tests/*.rs`, one file per behaviour, on the harness in
 //!   `tests/common/`.

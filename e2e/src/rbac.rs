@@ -1,7 +1,9 @@
-//! RBAC for the test API server: the chart's ClusterRoles (`charts/projstore/files/*-rules.yaml`,
-//! the very text the chart renders) enforced for the controller's and the agents' tokens, with
-//! every rule use and every denial recorded, so the e2e suite proves the roles are enough and
-//! reports rules no scenario needs.
+//! RBAC for the test API server: the record of which rule each request of the controller
+//! and the agents used, and each denial ([`UsageLog`], written by both authorizers), so the
+//! e2e suite proves the roles are enough and reports rules no scenario needs; and
+//! [`RbacAuthorizer`], which enforces the chart's rule files
+//! (`charts/projstore/files/*-rules.yaml`, the very text the chart renders) where no Helm
+//! install created the roles.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -57,27 +59,28 @@ pub struct Use {
     pub resource: String,
 }
 
-/// Enforces the roles; users without a role (the admin) are not restricted.
-pub struct RbacAuthorizer {
-    roles: Vec<Role>,
+/// Where the rule uses and denials of the roles' users go: `<dir>/rbac-used.jsonl` and
+/// `<dir>/rbac-denied.jsonl`, each distinct record once.
+pub struct UsageLog {
     used_log: PathBuf,
     denied_log: PathBuf,
     /// Records already written (as their JSON line).
     seen: Mutex<std::collections::BTreeSet<String>>,
 }
 
-impl RbacAuthorizer {
-    /// Logs go to `<dir>/rbac-used.jsonl` and `<dir>/rbac-denied.jsonl`.
-    pub fn new(roles: Vec<Role>, dir: &Path) -> Self {
+impl UsageLog {
+    pub fn new(dir: &Path) -> Self {
         Self {
-            roles,
             used_log: dir.join("rbac-used.jsonl"),
             denied_log: dir.join("rbac-denied.jsonl"),
             seen: Mutex::default(),
         }
     }
 
-    fn record(&self, u: Use) {
+    pub fn record(&self, u: Use) {
+        if u.rule.is_none() {
+            tracing::warn!(role = %u.role, verb = %u.verb, group = %u.group, resource = %u.resource, "RBAC denied");
+        }
         let line = serde_json::to_string(&u).unwrap_or_default();
         if let Ok(mut seen) = self.seen.lock()
             && !seen.insert(line.clone())
@@ -95,6 +98,22 @@ impl RbacAuthorizer {
             .open(path)
         {
             let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+/// Enforces the roles; users without a role (the admin) are not restricted.
+pub struct RbacAuthorizer {
+    roles: Vec<Role>,
+    log: UsageLog,
+}
+
+impl RbacAuthorizer {
+    /// Logs go to `<dir>/rbac-used.jsonl` and `<dir>/rbac-denied.jsonl`.
+    pub fn new(roles: Vec<Role>, dir: &Path) -> Self {
+        Self {
+            roles,
+            log: UsageLog::new(dir),
         }
     }
 }
@@ -118,10 +137,7 @@ impl Authorizer for RbacAuthorizer {
                 && r.resources.iter().any(|x| x == resource)
                 && r.verbs.iter().any(|v| v == verb)
         });
-        if hit.is_none() {
-            tracing::warn!(role = %role.name, verb, group, resource, "RBAC denied");
-        }
-        self.record(Use {
+        self.log.record(Use {
             role: role.name.clone(),
             rule: hit,
             verb: verb.into(),

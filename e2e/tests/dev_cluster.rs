@@ -24,18 +24,7 @@ async fn client_for(kubeconfig_yaml: &str) -> Client {
 async fn up_status_down_with_the_api_only() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("state");
-    let up = Command::new(DEV)
-        .args(["up", "--state-dir"])
-        .arg(&dir)
-        .arg("--api-only")
-        .output()
-        .unwrap();
-    assert!(
-        up.status.success(),
-        "{}",
-        String::from_utf8_lossy(&up.stderr)
-    );
-    assert!(String::from_utf8_lossy(&up.stdout).contains("kubeconfig"));
+    assert!(String::from_utf8_lossy(&up_api_only(&dir).stdout).contains("kubeconfig"));
     let kubeconfig = std::fs::read_to_string(dir.join("kubeconfig")).unwrap();
     let client = client_for(&kubeconfig).await;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -92,6 +81,94 @@ async fn up_status_down_with_the_api_only() {
         projects.list(&ListParams::default()).await.is_err(),
         "the server is gone"
     );
+}
+
+/// `projstore-dev up` in `dir` (api-only); panics with its stderr when it fails.
+fn up_api_only(dir: &std::path::Path) -> std::process::Output {
+    let up = Command::new(DEV)
+        .args(["up", "--state-dir"])
+        .arg(dir)
+        .arg("--api-only")
+        .output()
+        .unwrap();
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    up
+}
+
+#[tokio::test]
+async fn the_chart_helm_installed_is_what_the_dev_cluster_enforces() {
+    use k8s_openapi::api::core::v1::Secret;
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let _ = up_api_only(&dir);
+    let admin = client_for(&std::fs::read_to_string(dir.join("kubeconfig")).unwrap()).await;
+    let controller =
+        client_for(&std::fs::read_to_string(dir.join("kubeconfig-controller")).unwrap()).await;
+    // Helm's own record of the release: the chart was installed by Helm.
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), "projstore-system");
+    secrets.get("sh.helm.release.v1.ps.v1").await.unwrap();
+    let projects = |c: &Client| Api::<Project>::all(c.clone());
+    projects(&controller)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let denied = Api::<Secret>::namespaced(controller.clone(), "projstore-system")
+        .list(&ListParams::default())
+        .await
+        .unwrap_err();
+    assert!(denied.to_string().contains("forbidden"), "{denied}");
+
+    // A restarted cluster upgrades its release, and goes on enforcing it.
+    let pid = std::fs::read_to_string(dir.join("supervisor.pid")).unwrap();
+    Command::new("kill")
+        .args(["-TERM", pid.trim()])
+        .status()
+        .unwrap();
+    for _ in 0..150 {
+        if !dir.join("ready").exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = up_api_only(&dir);
+    let admin = client_for(&std::fs::read_to_string(dir.join("kubeconfig")).unwrap()).await;
+    let controller =
+        client_for(&std::fs::read_to_string(dir.join("kubeconfig-controller")).unwrap()).await;
+    Api::<Secret>::namespaced(admin.clone(), "projstore-system")
+        .get("sh.helm.release.v1.ps.v2")
+        .await
+        .unwrap();
+    projects(&controller)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    // The ClusterRole Helm created is the one enforced: without its projects rule, the
+    // controller may no longer list projects.
+    let roles: Api<ClusterRole> = Api::all(admin);
+    let mut role = roles.get("ps-projstore-controller").await.unwrap();
+    role.rules
+        .as_mut()
+        .unwrap()
+        .retain(|r| !r.resources.iter().flatten().any(|x| x == "projects"));
+    roles
+        .replace("ps-projstore-controller", &PostParams::default(), &role)
+        .await
+        .unwrap();
+    let denied = projects(&controller)
+        .list(&ListParams::default())
+        .await
+        .unwrap_err();
+    assert!(denied.to_string().contains("forbidden"), "{denied}");
+
+    let _ = Command::new(DEV)
+        .args(["down", "--state-dir"])
+        .arg(&dir)
+        .output();
 }
 
 #[tokio::test]

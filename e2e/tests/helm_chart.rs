@@ -61,7 +61,7 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart() {
                 groups: vec!["system:serviceaccounts".into()],
             },
         )],
-        authorizer: Some(Box::new(StoredRbac)),
+        authorizer: Some(Box::new(StoredRbac::default())),
         ..Config::default()
     })
     .await

@@ -5,10 +5,17 @@ use serde_json::Value;
 
 use super::http::{Authorizer, Identity};
 use super::store::State;
+use crate::rbac::{UsageLog, Use};
 
 /// Allows what the stored RBAC objects grant (and everything to `system:masters`).
-#[derive(Debug, Default)]
-pub struct StoredRbac;
+#[derive(Default)]
+pub struct StoredRbac {
+    /// The users whose decisions are recorded, each with the name its records carry
+    /// (`controller`, `agent`), and where they go. A use names the rule's index in the
+    /// role that granted it, which for the chart's ClusterRoles is the index in the
+    /// chart's rules file.
+    recorded: Option<(Vec<(String, String)>, UsageLog)>,
+}
 
 const RBAC: &str = "rbac.authorization.k8s.io";
 
@@ -53,6 +60,14 @@ fn rule_allows(rule: &Value, verb: &str, group: &str, resource: &str, name: &str
 }
 
 impl StoredRbac {
+    /// Records every decision about `users` (user, name in the records) in `dir`, as
+    /// [`crate::rbac::RbacAuthorizer`] does for the chart's rule files.
+    pub fn recording(users: Vec<(String, String)>, dir: &std::path::Path) -> Self {
+        Self {
+            recorded: Some((users, UsageLog::new(dir))),
+        }
+    }
+
     /// The rules of the role a binding refers to (a Role in `ns`, or a ClusterRole).
     fn rules<'a>(state: &'a State, binding: &Value, ns: &str) -> Vec<&'a Value> {
         let kind = binding.pointer("/roleRef/kind").and_then(Value::as_str);
@@ -112,11 +127,23 @@ impl Authorizer for StoredRbac {
                     .map(|b| (b, namespace.to_owned())),
             );
         }
-        granted.iter().any(|(b, ns)| {
+        let hit = granted.iter().find_map(|(b, ns)| {
             Self::rules(state, b, ns)
                 .into_iter()
-                .any(|r| rule_allows(r, verb, group, resource, name))
-        })
+                .position(|r| rule_allows(r, verb, group, resource, name))
+        });
+        if let Some((users, log)) = &self.recorded
+            && let Some((_, role)) = users.iter().find(|(u, _)| *u == who.user)
+        {
+            log.record(Use {
+                role: role.clone(),
+                rule: hit,
+                verb: verb.into(),
+                group: group.into(),
+                resource: resource.into(),
+            });
+        }
+        hit.is_some()
     }
 }
 

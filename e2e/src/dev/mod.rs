@@ -2,8 +2,9 @@
 //!
 //! `up` starts a supervisor process in the background and returns once it reports ready. The
 //! supervisor (`supervisor.rs`) runs the test API server (persistent in `DIR/apiserver`),
-//! registers the CRDs, and in a full cluster declares one StoragePool per simulated host and
-//! supervises the controller and one agent per host on its own 127.0.0.x address. This module
+//! installs the chart with Helm's library (its CRDs, ServiceAccounts and RBAC), and in a full
+//! cluster declares one StoragePool per simulated host and supervises the controller and one
+//! agent per host on its own 127.0.0.x address. This module
 //! holds the hosts' layout and the commands that start, inspect and stop it.
 
 mod supervisor;
@@ -190,11 +191,14 @@ fn check_sftp_chroot_parent(dir: &Path) -> Result<(), String> {
 /// The namespace of the agents' Leases and the ServiceAccounts' identities.
 const SYSTEM_NS: &str = "projstore-system";
 
-/// The Helm chart (its RBAC rules): next to the repository this binary was built from.
-fn chart_dir() -> Result<PathBuf, String> {
-    in_repo("PROJSTORE_CHART", "charts/projstore", |p| {
-        p.join("files").is_dir()
-    })
+/// The script that drives Helm's library on the chart (`charts/tests/helm_release.py`, which
+/// finds the chart beside it): next to the repository this binary was built from.
+fn helm_script() -> Result<PathBuf, String> {
+    in_repo(
+        "PROJSTORE_HELM_RELEASE",
+        "charts/tests/helm_release.py",
+        Path::is_file,
+    )
 }
 
 /// The CRD manifests: next to the repository this binary was built from.

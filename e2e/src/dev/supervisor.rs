@@ -1,12 +1,13 @@
 //! The dev cluster's supervisor: the background process `up` starts. It serves the test API
-//! server with the CRDs and the chart's roles enforced, declares the hosts' pools, starts the
+//! server, installs the chart with Helm (the RBAC objects Helm creates are what is enforced), declares the hosts' pools, starts the
 //! controller and the agents, and restarts whichever dies (unless held).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{ClusterSpec, SYSTEM_NS, chart_dir, crds_dir, held, hosts};
+use super::{ClusterSpec, SYSTEM_NS, held, helm_script, hosts};
+use crate::apiserver::stored_rbac::StoredRbac;
 use crate::apiserver::{ApiServer, Config};
 
 /// The supervisor itself (runs until SIGTERM or SIGINT).
@@ -15,10 +16,11 @@ pub async fn supervise(dir: &Path) -> Result<(), String> {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or("cluster.json is missing or unreadable")?;
-    // The controller and the agents run under the chart's ClusterRoles, enforced.
-    let chart = chart_dir()?;
+    // The controller and the agents run under the ServiceAccounts, ClusterRoles and bindings
+    // a Helm install of the chart creates, enforced from the stored objects as a real API
+    // server does.
     let mut tokens = Vec::new();
-    let mut roles = Vec::new();
+    let mut recorded = Vec::new();
     for component in ["controller", "agent"] {
         let user = crate::rbac::service_account_user(SYSTEM_NS, &format!("projstore-{component}"));
         let token_file = dir.join(format!("token-{component}"));
@@ -37,16 +39,12 @@ pub async fn supervise(dir: &Path) -> Result<(), String> {
                 groups: vec!["system:serviceaccounts".into()],
             },
         ));
-        roles.push(crate::rbac::Role {
-            name: component.into(),
-            user,
-            rules: crate::rbac::load_rules(&crate::rbac::rules_file(&chart, component))?,
-        });
+        recorded.push((user, component.to_owned()));
     }
     let server = ApiServer::start(Config {
         state_dir: Some(dir.join("apiserver")),
         tokens: tokens.clone(),
-        authorizer: Some(Box::new(crate::rbac::RbacAuthorizer::new(roles, dir))),
+        authorizer: Some(Box::new(StoredRbac::recording(recorded, dir))),
         ..Config::default()
     })
     .await
@@ -58,11 +56,18 @@ pub async fn supervise(dir: &Path) -> Result<(), String> {
         )
         .map_err(|e| e.to_string())?;
     }
-    let crds = crds_dir()?;
-    server.register_crds(&crds).map_err(|e| e.to_string())?;
+    let kubeconfig = dir.join("kubeconfig");
     server
-        .write_kubeconfig(&dir.join("kubeconfig"))
+        .write_kubeconfig(&kubeconfig)
         .map_err(|e| e.to_string())?;
+    // The CRDs, ServiceAccounts and roles come from the chart, installed by Helm's library.
+    let installed = tokio::task::spawn_blocking(move || helm_install(&kubeconfig))
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Err(e) = installed {
+        server.shutdown().await;
+        return Err(e);
+    }
     std::fs::write(dir.join("apiserver.url"), &server.url).map_err(|e| e.to_string())?;
     let mut children = Vec::new();
     if !spec.api_only {
@@ -118,6 +123,39 @@ pub async fn supervise(dir: &Path) -> Result<(), String> {
     }
     server.shutdown().await;
     let _ = std::fs::remove_file(dir.join("ready"));
+    Ok(())
+}
+
+/// Installs the chart (or upgrades the release a restarted cluster already has) with Helm's
+/// own library, through `charts/tests/helm_release.py`.
+fn helm_install(kubeconfig: &Path) -> Result<(), String> {
+    let script = helm_script()?;
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(kubeconfig)
+        .arg("ensure")
+        .arg("{}")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            format!(
+                "cannot run python3 {}: {e} (make deps installs it)",
+                script.display()
+            )
+        })?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let hint = if err.contains("No module named") {
+            " (make deps installs helm-python-sdk)"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "installing the chart with Helm failed: {}{hint}",
+            err.trim()
+        ));
+    }
+    tracing::info!("chart installed by Helm");
     Ok(())
 }
 

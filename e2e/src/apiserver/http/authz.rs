@@ -1,5 +1,5 @@
 //! Authentication and authorization: who a bearer token belongs to, which RBAC verb a
-//! request is, and whether the authorizer (the chart's roles in the dev cluster) allows it.
+//! request is, and whether the authorizer (the stored RBAC objects Helm created, in the dev cluster) allows it.
 
 use hyper::body::Incoming;
 use hyper::{Method, Request};
