@@ -303,6 +303,60 @@ async fn s16_projects_come_back_from_the_bucket_after_every_host_that_held_them_
         "the restarted agent resumed the upload instead of starting over",
     );
 
+    // An upload runs beside the copy's work: while one is held half-way, the Project shows
+    // its progress, and a new snapshot still reaches the uploading copy.
+    std::fs::write(mount.join("more2.bin"), random_bytes(20 << 20, 4)).unwrap();
+    let (_, newest) = snapshot(&c, "thesis", 2).await;
+    std::fs::write(&hold, b"").unwrap();
+    annotate(&c, "thesis", "projstore.io/backup-now", "4").await;
+    let running = c
+        .wait(
+            "the held upload's progress in status",
+            Duration::from_secs(120),
+            || async {
+                let b = c
+                    .project_status(NS, "thesis")
+                    .await?
+                    .backup
+                    .unwrap_or_default();
+                match (b.phase, b.bytes_done, b.bytes_total) {
+                    (Some(BackupPhase::Running), Some(done), Some(total))
+                        if done >= 8 << 20 && total >= 16 << 20 =>
+                    {
+                        Ok((done, total))
+                    }
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await;
+    println!(
+        "[s16] upload under way: {} of {} bytes",
+        running.0, running.1
+    );
+    let (_, later) = snapshot(&c, "thesis", 2).await;
+    let b = c
+        .project_status(NS, "thesis")
+        .await
+        .unwrap()
+        .backup
+        .unwrap();
+    c.check(
+        b.phase == Some(BackupPhase::Running),
+        &format!("the upload was still held when {later} reached both copies: {b:?}"),
+    );
+    c.check(
+        c.project_status(NS, "thesis")
+            .await
+            .unwrap()
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "BackedUp" && c.status == "True"),
+        "BackedUp stays True while the next upload runs",
+    );
+    std::fs::remove_file(&hold).unwrap();
+    backed_up(&c, "thesis", &newest, Duration::from_secs(180)).await;
+
     // Verified on request: restored into a scratch dataset and compared.
     annotate(&c, "thesis", "projstore.io/verify-backup-now", "1").await;
     let verified = c
@@ -315,7 +369,7 @@ async fn s16_projects_come_back_from_the_bucket_after_every_host_that_held_them_
                     .iter()
                     .find(|c| c.type_ == "BackupVerified" && c.status == "True")
                     .map(|c| c.message.clone())
-                    .filter(|m| m.contains(&format!("restored {third} ")))
+                    .filter(|m| m.contains(&format!("restored {newest} ")))
                     .ok_or_else(|| format!("{:?}", st.backup))
             },
         )
@@ -325,7 +379,7 @@ async fn s16_projects_come_back_from_the_bucket_after_every_host_that_held_them_
     // A corrupted object: verification fails loudly, a restore refuses it.
     let (newest_key, _) = stream_objects(&s3, "thesis")
         .into_iter()
-        .find(|(k, _)| k.ends_with(&format!("--{third}.zstream")))
+        .find(|(k, _)| k.ends_with(&format!("--{newest}.zstream")))
         .unwrap();
     let file = s3.object_file(BUCKET, &newest_key);
     let original = std::fs::read(&file).unwrap();
@@ -400,6 +454,15 @@ async fn s16_projects_come_back_from_the_bucket_after_every_host_that_held_them_
         .iter()
         .find(|h| !held.contains(&format!("{}-storage", h.node)))
         .unwrap();
+    // The restore shows its progress while it runs (held after its first stream).
+    let restore_hold = c
+        .dir
+        .join("hosts")
+        .join(&spare.node)
+        .join("run")
+        .join(projstore_agent::backup::restore::HOLD_RESTORE);
+    std::fs::create_dir_all(restore_hold.parent().unwrap()).unwrap();
+    std::fs::write(&restore_hold, b"").unwrap();
     c.create_project(
         NS,
         "thesis-back",
@@ -408,6 +471,31 @@ async fn s16_projects_come_back_from_the_bucket_after_every_host_that_held_them_
             "restoreFrom": {"target": "offsite", "namespace": NS, "name": "thesis"}}),
     )
     .await;
+    let progress = c
+        .wait(
+            "the restore's progress",
+            Duration::from_secs(120),
+            || async {
+                let b = c
+                    .project_status(NS, "thesis-back")
+                    .await?
+                    .backup
+                    .unwrap_or_default();
+                match (b.phase, b.bytes_done, b.bytes_total, &b.message) {
+                    (Some(BackupPhase::Running), Some(done), Some(total), Some(m))
+                        if done > 0
+                            && total >= 60 << 20
+                            && m.starts_with("restoring from offsite:") =>
+                    {
+                        Ok(m.clone())
+                    }
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await;
+    println!("[s16] {progress}");
+    std::fs::remove_file(&restore_hold).unwrap();
     let back = c.mount_path_when_ready(NS, "thesis-back").await;
     for (f, want) in &files {
         let got = std::fs::read(back.join(f)).unwrap();
@@ -430,7 +518,7 @@ async fn s16_projects_come_back_from_the_bucket_after_every_host_that_held_them_
         &format!("quota applied: {:?}", st.quota_bytes),
     );
     c.check(
-        st.restored_from.as_deref() == Some(&format!("offsite:{NS}/thesis@{third}")),
+        st.restored_from.as_deref() == Some(&format!("offsite:{NS}/thesis@{newest}")),
         &format!("status.restoredFrom: {:?}", st.restored_from),
     );
     for pool in &held {

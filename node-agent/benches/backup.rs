@@ -208,7 +208,7 @@ async fn bench() {
             let chain = bucket.streams().await.unwrap();
             let staging = pool.dataset(&format!("restore-{what}{round}")).unwrap();
             let t = Instant::now();
-            receive_chain(&zfs, bucket, &key, &chain, &staging, &Progress::new())
+            receive_chain(&zfs, bucket, &key, &chain, &staging, &Progress::new(), None)
                 .await
                 .unwrap();
             down[i].push(t.elapsed());

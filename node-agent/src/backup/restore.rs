@@ -13,12 +13,17 @@ use crate::live::{RECORD, SendRequest, WITHHELD, check_begin};
 use crate::streams::ProjectKey;
 use crate::zfs::{DatasetName, Progress, RecvOptions, SnapshotInfo, Zfs};
 
+/// The restore fault hook's file under an agent's run directory.
+pub const HOLD_RESTORE: &str = "faults/hold-backup-restore";
+
 /// What zfs recv is handed at a time, about.
 const FEED: usize = 1 << 20;
 
 /// Receives `chain` (oldest first, starting with a full stream) into `staging`, which must
 /// not exist; returns the newest snapshot received. On failure `staging` may hold the part
-/// of the chain that verified: the caller removes it.
+/// of the chain that verified: the caller removes it. `hold` is the end-to-end tests' fault
+/// hook: while that file exists, the chain waits after each stream it received
+/// ([`HOLD_RESTORE`] under the agent's run directory).
 pub async fn receive_chain(
     zfs: &Zfs,
     bucket: &Bucket,
@@ -26,6 +31,7 @@ pub async fn receive_chain(
     chain: &[BucketStream],
     staging: &DatasetName,
     progress: &Progress,
+    hold: Option<&std::path::Path>,
 ) -> Result<SnapshotInfo, BackupError> {
     if chain.first().is_none_or(|s| s.edge.from.is_some()) {
         return Err(BackupError::Bucket(
@@ -38,6 +44,9 @@ pub async fn receive_chain(
     zfs.create_parents(staging).await?;
     for s in chain {
         receive_one(zfs, bucket, project, s, staging, progress).await?;
+        while hold.is_some_and(std::path::Path::exists) {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
     let newest = zfs
         .snapshots(staging, &[])

@@ -37,6 +37,9 @@ pub struct AgentContext {
     /// Per primary dataset: when a scheduled snapshot last found nothing written (no snapshot
     /// was taken; the next check is one interval later).
     pub quiet: Mutex<HashMap<String, i64>>,
+    /// The backup upload or verification running beside each uploading copy's passes
+    /// (`ns/name` of the StreamReplica).
+    pub backup_jobs: Mutex<HashMap<String, super::replica::BackupJob>>,
 }
 
 impl AgentContext {
@@ -60,6 +63,7 @@ impl AgentContext {
             open: AtomicBool::new(false),
             failures: Mutex::default(),
             quiet: Mutex::default(),
+            backup_jobs: Mutex::default(),
         })
     }
 

@@ -33,7 +33,7 @@ pub(super) fn status(
         .count();
     let pst = primary.and_then(|r| r.status.clone()).unwrap_or_default();
     let phase_now = forced.unwrap_or_else(|| project_phase(cx, primary, ready));
-    let backup = backup_of(inp.replicas);
+    let backup = restore_progress(p, primary, prev).or_else(|| backup_of(inp.replicas));
     let conditions = conditions(
         cx,
         prev,
@@ -66,9 +66,39 @@ pub(super) fn status(
         restored_from: restored
             .or_else(|| pst.restored_from.clone())
             .or_else(|| prev.restored_from.clone()),
-        backup: backup.or_else(|| prev.backup.clone()),
+        // What no copy reports any more stays, but not as running.
+        backup: backup.or_else(|| {
+            prev.backup
+                .clone()
+                .filter(|b| b.phase != Some(BackupPhase::Running))
+        }),
         conditions,
     }
+}
+
+/// While a new primary is built from a backup: how far the download has come (the primary's
+/// `status.transfer`), as a running `status.backup`.
+fn restore_progress(
+    p: &Project,
+    primary: Option<&StreamReplica>,
+    prev: &ProjectStatus,
+) -> Option<BackupStatus> {
+    let from = p.spec.restore_from.as_ref()?;
+    let st = primary?.status.as_ref()?;
+    if prev.restored_from.is_some() || st.restored_from.is_some() {
+        return None;
+    }
+    let t = st.transfer.as_ref()?;
+    Some(BackupStatus {
+        phase: Some(BackupPhase::Running),
+        message: Some(format!(
+            "restoring from {}:{}/{}: {} of {} bytes",
+            from.target, from.namespace, from.name, t.bytes_done, t.bytes_total
+        )),
+        bytes_done: Some(t.bytes_done),
+        bytes_total: Some(t.bytes_total),
+        ..prev.backup.clone().unwrap_or_default()
+    })
 }
 
 /// The backups as the copy that uploads them reports: the newest attempt among the copies.
@@ -80,11 +110,33 @@ fn backup_of(replicas: &[StreamReplica]) -> Option<BackupStatus> {
 }
 
 /// `BackedUp` and `BackupVerified` from the backup status (when the project is backed up).
-fn backup_conditions(b: Option<&BackupStatus>) -> Vec<(&'static str, bool, &'static str, String)> {
+fn backup_conditions(
+    b: Option<&BackupStatus>,
+    prev: &[Condition],
+) -> Vec<(&'static str, bool, &'static str, String)> {
     let Some(b) = b else {
         return Vec::new();
     };
     let mut out = vec![match b.phase {
+        // While one runs, the condition says how the last one went.
+        Some(BackupPhase::Running) => match prev.iter().find(|c| c.type_ == "BackedUp") {
+            Some(c) => (
+                "BackedUp",
+                c.status == "True",
+                match c.reason.as_str() {
+                    "Uploaded" => "Uploaded",
+                    "BackupFailed" => "BackupFailed",
+                    _ => "Pending",
+                },
+                c.message.clone(),
+            ),
+            None => (
+                "BackedUp",
+                false,
+                "Pending",
+                "the first backup is running".to_owned(),
+            ),
+        },
         Some(BackupPhase::Succeeded) => (
             "BackedUp",
             true,
@@ -283,7 +335,10 @@ fn conditions(
             diverged.join("; "),
         ));
     }
-    for (type_, ok, reason, message) in backup_conditions(backup) {
+    // Only a project that is backed up says how its backups stand (a restore alone shows
+    // its progress in status.backup, but no condition).
+    let backup = backup.filter(|_| inp.project.spec.backup.is_some());
+    for (type_, ok, reason, message) in backup_conditions(backup, &prev.conditions) {
         conditions.push(cond(type_, ok, reason, message));
     }
     conditions

@@ -57,8 +57,9 @@ fn now_time() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
-/// When the next backup is due, from the status: now when asked by annotation or never done;
-/// after a failure, with backoff; else one interval after the last one.
+/// When the next backup is due (no upload running), from the status: now when asked by
+/// annotation, never done, or cut off while running; after a failure, with backoff; else
+/// one interval after the last one.
 pub fn backup_due(
     b: &BackupStatus,
     interval: Duration,
@@ -66,6 +67,10 @@ pub fn backup_due(
     now: DateTime<Utc>,
 ) -> Duration {
     if asked.is_some() && asked != b.requested.as_deref() {
+        return Duration::ZERO;
+    }
+    if b.phase == Some(BackupPhase::Running) {
+        // An upload said to run that no job of this agent runs: cut off by a restart.
         return Duration::ZERO;
     }
     let since = |t: Option<DateTime<Utc>>| {
@@ -103,20 +108,90 @@ pub fn verify_due(
     Some(every.saturating_sub(since))
 }
 
-/// The backup work of one pass of a live copy: uploads and verifies when due, writes what it
-/// did into `status.backup`; returns when it has work next. Failures go to the status, not
-/// the pass.
-pub(super) async fn backup_pass(
+/// An upload or a verification running beside the copy's passes: a long upload must not
+/// stop the copy from catching up, nor a primary from taking its snapshots.
+pub struct BackupJob {
+    progress: JobProgress,
+    handle: tokio::task::JoinHandle<JobOutcome>,
+}
+
+/// Bytes a job moved, and what it will move in all (0 until known).
+#[derive(Clone, Default)]
+struct JobProgress {
+    done: Progress,
+    total: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl JobProgress {
+    fn set_total(&self, total: u64) {
+        self.total
+            .store(total, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// (done, total): the total is at least what is done.
+    fn now(&self) -> (u64, Option<u64>) {
+        let done = self.done.bytes();
+        let total = self.total.load(std::sync::atomic::Ordering::Relaxed);
+        (done, (total > 0).then_some(total.max(done)))
+    }
+}
+
+enum JobOutcome {
+    Uploaded(Result<Done, BackupError>),
+    Verified(Result<String, BackupError>),
+}
+
+fn job_key(sr: &StreamReplica) -> String {
+    format!("{}/{}", sr.namespace().unwrap_or_default(), sr.name_any())
+}
+
+/// Stops the backup job of `sr`, if any (the copy no longer uploads). An upload stopped
+/// goes on from its stored parts when this copy uploads again.
+pub(super) fn stop_job(cx: &AgentContext, sr: &StreamReplica) {
+    let job = cx
+        .backup_jobs
+        .lock()
+        .ok()
+        .and_then(|mut jobs| jobs.remove(&job_key(sr)));
+    if let Some(job) = job {
+        job.handle.abort();
+        tracing::info!(project = %sr.spec.project, "backup work stopped: this copy no longer uploads");
+    }
+}
+
+/// Starts `work` as the job of `sr`.
+fn start_job(
     cx: &AgentContext,
+    sr: &StreamReplica,
+    progress: JobProgress,
+    work: impl std::future::Future<Output = JobOutcome> + Send + 'static,
+) {
+    if let Ok(mut jobs) = cx.backup_jobs.lock() {
+        jobs.insert(
+            job_key(sr),
+            BackupJob {
+                progress,
+                handle: tokio::spawn(work),
+            },
+        );
+    }
+}
+
+/// The backup work of one pass of a live copy: starts an upload or a verification when due
+/// (one at a time, beside the passes), shows a running one's progress, and writes what a
+/// finished one did into `status.backup`; returns when it has work next. Failures go to the
+/// status, not the pass.
+pub(super) async fn backup_pass(
+    cx: &std::sync::Arc<AgentContext>,
     sr: &StreamReplica,
     pool: &PoolName,
     status: &mut StreamReplicaStatus,
 ) -> Due {
-    if status.phase != Some(ReplicaPhase::Ready) {
-        return None;
-    }
     let ns = sr.namespace().unwrap_or_default();
-    if !uploads(sr, &cx.copies_of(&ns, &sr.spec.project)) {
+    if status.phase != Some(ReplicaPhase::Ready)
+        || !uploads(sr, &cx.copies_of(&ns, &sr.spec.project))
+    {
+        stop_job(cx, sr);
         return None;
     }
     let project = match Api::<Project>::namespaced(cx.client.clone(), &ns)
@@ -130,35 +205,57 @@ pub(super) async fn backup_pass(
             return Some(Duration::from_secs(30));
         }
     };
-    let policy = project.spec.backup.clone()?;
+    let Some(policy) = project.spec.backup.clone() else {
+        stop_job(cx, sr);
+        return None;
+    };
     let mut b = status.backup.clone().unwrap_or_default();
+    // A job running: its progress; a job done: its outcome.
+    let finished = {
+        let Ok(mut jobs) = cx.backup_jobs.lock() else {
+            return Some(Duration::from_secs(1));
+        };
+        match jobs.get(&job_key(sr)) {
+            Some(job) if !job.handle.is_finished() => {
+                (b.bytes_done, b.bytes_total) = {
+                    let (done, total) = job.progress.now();
+                    (Some(done), total)
+                };
+                status.backup = Some(b);
+                return Some(Duration::from_secs(2));
+            }
+            Some(_) => jobs.remove(&job_key(sr)),
+            None => None,
+        }
+    };
+    b.bytes_done = None;
+    b.bytes_total = None;
+    // (Running with no job here, the agent restarted under it: `backup_due` starts it again,
+    // and the upload goes on from its stored parts.)
+    if let Some(job) = finished {
+        match job.handle.await {
+            Ok(JobOutcome::Uploaded(done)) => uploaded(&mut b, sr, done),
+            Ok(JobOutcome::Verified(outcome)) => verified(&mut b, sr, outcome),
+            Err(e) => tracing::warn!(error = %e, "backup job ended without an outcome"),
+        }
+    }
     let now = Utc::now();
     let interval = Duration::from_secs(u64::from(policy.interval_minutes) * 60);
     let asked = project.annotations().get(BACKUP_NOW_ANNOTATION).cloned();
-    let mut next = backup_due(&b, interval, asked.as_deref(), now);
+    let next = backup_due(&b, interval, asked.as_deref(), now);
     if next.is_zero() {
         b.attempted_at = Some(now_time());
         b.requested = asked.or(b.requested.take());
-        match backup_now(cx, sr, pool, &policy.target, &policy.keep).await {
-            Ok(done) => {
-                b.phase = Some(BackupPhase::Succeeded);
-                b.failures = None;
-                b.message = Some(done.message);
-                if done.uploaded.is_some() || b.last_snapshot.as_ref() != Some(&done.snapshot) {
-                    b.bytes = Some(done.uploaded.unwrap_or(0));
-                    b.last_snapshot = Some(done.snapshot);
-                }
-                b.time = Some(now_time());
-            }
-            Err(e) => {
-                tracing::warn!(project = %sr.spec.project, error = %e, "backup failed");
-                crate::metrics::add(&crate::metrics::METRICS.errors, 1);
-                b.phase = Some(BackupPhase::Failed);
-                b.failures = Some(b.failures.unwrap_or(0).saturating_add(1));
-                b.message = Some(projstore_api::s3::one_line(&e.to_string()));
-            }
-        }
-        next = backup_due(&b, interval, None, Utc::now());
+        b.phase = Some(BackupPhase::Running);
+        b.bytes_done = Some(0);
+        let progress = JobProgress::default();
+        let (cx2, sr2, pool2, keep) = (cx.clone(), sr.clone(), pool.clone(), policy.keep.clone());
+        let p2 = progress.clone();
+        start_job(cx, sr, progress, async move {
+            JobOutcome::Uploaded(backup_now(&cx2, &sr2, &pool2, &policy.target, &keep, &p2).await)
+        });
+        status.backup = Some(b);
+        return Some(Duration::from_secs(2));
     }
     // Verification, on the target's schedule or when asked.
     let asked_verify = project
@@ -172,36 +269,73 @@ pub(super) async fn backup_pass(
         Ok(Some(t)) => t.spec.verify_interval_days,
         _ => 7,
     };
+    let mut next = next;
     if let Some(due) = verify_due(&b, days, asked_verify.as_deref(), Utc::now()) {
         if due.is_zero() {
             b.verify_requested = asked_verify.or(b.verify_requested.take());
             b.verify_time = Some(now_time());
-            match verify(cx, sr, pool, &policy.target).await {
-                Ok(msg) => {
-                    b.verified = Some(true);
-                    b.verified_at = b.verify_time.clone();
-                    b.verify_message = Some(msg);
-                }
-                Err(e) => {
-                    tracing::warn!(project = %sr.spec.project, error = %e, "backup verification failed");
-                    b.verified = Some(false);
-                    b.verify_message = Some(projstore_api::s3::one_line(&e.to_string()));
-                }
-            }
-            crate::metrics::add(
-                if b.verified == Some(true) {
-                    &crate::metrics::METRICS.backup_verifications
-                } else {
-                    &crate::metrics::METRICS.backup_verification_failures
-                },
-                1,
-            );
-        } else {
-            next = next.min(due);
+            b.bytes_done = Some(0);
+            let progress = JobProgress::default();
+            let (cx2, sr2, pool2, target) =
+                (cx.clone(), sr.clone(), pool.clone(), policy.target.clone());
+            let p2 = progress.clone();
+            start_job(cx, sr, progress, async move {
+                JobOutcome::Verified(verify(&cx2, &sr2, &pool2, &target, &p2).await)
+            });
+            status.backup = Some(b);
+            return Some(Duration::from_secs(2));
         }
+        next = next.min(due);
     }
     status.backup = Some(b);
     Some(next.max(Duration::from_secs(1)))
+}
+
+/// What a finished upload did, into the status.
+fn uploaded(b: &mut BackupStatus, sr: &StreamReplica, done: Result<Done, BackupError>) {
+    match done {
+        Ok(done) => {
+            b.phase = Some(BackupPhase::Succeeded);
+            b.failures = None;
+            b.message = Some(done.message);
+            if done.uploaded.is_some() || b.last_snapshot.as_ref() != Some(&done.snapshot) {
+                b.bytes = Some(done.uploaded.unwrap_or(0));
+                b.last_snapshot = Some(done.snapshot);
+            }
+            b.time = Some(now_time());
+        }
+        Err(e) => {
+            tracing::warn!(project = %sr.spec.project, error = %e, "backup failed");
+            crate::metrics::add(&crate::metrics::METRICS.errors, 1);
+            b.phase = Some(BackupPhase::Failed);
+            b.failures = Some(b.failures.unwrap_or(0).saturating_add(1));
+            b.message = Some(projstore_api::s3::one_line(&e.to_string()));
+        }
+    }
+}
+
+/// What a finished verification found, into the status.
+fn verified(b: &mut BackupStatus, sr: &StreamReplica, outcome: Result<String, BackupError>) {
+    match outcome {
+        Ok(msg) => {
+            b.verified = Some(true);
+            b.verified_at = b.verify_time.clone();
+            b.verify_message = Some(msg);
+        }
+        Err(e) => {
+            tracing::warn!(project = %sr.spec.project, error = %e, "backup verification failed");
+            b.verified = Some(false);
+            b.verify_message = Some(projstore_api::s3::one_line(&e.to_string()));
+        }
+    }
+    crate::metrics::add(
+        if b.verified == Some(true) {
+            &crate::metrics::METRICS.backup_verifications
+        } else {
+            &crate::metrics::METRICS.backup_verification_failures
+        },
+        1,
+    );
 }
 
 /// What one backup did.
@@ -218,16 +352,25 @@ async fn backup_now(
     pool: &PoolName,
     target: &str,
     keep: &projstore_api::BackupKeep,
+    progress: &JobProgress,
 ) -> Result<Done, BackupError> {
     let c = Copy::new(cx, sr, pool).map_err(|e| BackupError::Local(e.to_string()))?;
     let bucket = open_bucket(&cx.client, target, &c.key.namespace, &c.key.name).await?;
     let streams = bucket.streams().await?;
     let edges: Vec<_> = streams.iter().map(|s| s.edge.clone()).collect();
     let rooted = plan::rooted_guids(&edges).map_err(|e| BackupError::Bucket(e.to_string()))?;
-    let local = c.zfs.snapshots(&c.ds, &[]).await?;
+    let referenced = crate::zfs::PropertyName::parse("referenced")?;
+    let local = c.zfs.snapshots(&c.ds, &[&referenced]).await?;
     let newest = local
         .last()
         .ok_or_else(|| BackupError::Local(format!("{} has no snapshot yet", c.ds)))?;
+    let u = Uploading {
+        cx,
+        sr,
+        c: &c,
+        bucket: &bucket,
+        progress: &progress.done,
+    };
     let done = if rooted.contains(&newest.guid) {
         Done {
             snapshot: newest.name.clone(),
@@ -237,7 +380,12 @@ async fn backup_now(
     } else {
         // From the newest snapshot the bucket's chain holds (by GUID), else a full stream.
         let base = local.iter().rev().find(|s| rooted.contains(&s.guid));
-        let (id, m) = upload_stream(cx, sr, &c, &bucket, &streams, base, newest).await?;
+        let live = crate::live::LiveSnapshot::of;
+        progress.set_total(crate::live::estimate(
+            base.map(live).as_ref(),
+            &live(newest),
+        ));
+        let (id, m) = upload_stream(u, &streams, base, newest).await?;
         Done {
             snapshot: newest.name.clone(),
             uploaded: Some(m.stored_bytes),
@@ -250,7 +398,7 @@ async fn backup_now(
     };
     // Restore points `keep` lets go are bridged over, and what that supersedes removed.
     let streams = bucket.streams().await?;
-    let bridged = compact(cx, sr, &c, &bucket, &streams, &local, keep).await?;
+    let bridged = compact(u, &streams, &local, keep).await?;
     let streams = if bridged > 0 {
         bucket.streams().await?
     } else {
@@ -260,16 +408,30 @@ async fn backup_now(
     Ok(done)
 }
 
+/// Where one backup uploads from and to, and what counts its bytes.
+#[derive(Clone, Copy)]
+struct Uploading<'a> {
+    cx: &'a AgentContext,
+    sr: &'a StreamReplica,
+    c: &'a Copy<'a>,
+    bucket: &'a Bucket,
+    progress: &'a Progress,
+}
+
 /// Uploads `to` (incremental from `from`) from this copy, unless the bucket has that stream.
 async fn upload_stream(
-    cx: &AgentContext,
-    sr: &StreamReplica,
-    c: &Copy<'_>,
-    bucket: &Bucket,
+    u: Uploading<'_>,
     streams: &[BucketStream],
     from: Option<&crate::zfs::SnapshotInfo>,
     to: &crate::zfs::SnapshotInfo,
 ) -> Result<(StreamId, crate::backup::bucket::ObjectManifest), BackupError> {
+    let Uploading {
+        cx,
+        sr,
+        c,
+        bucket,
+        progress,
+    } = u;
     let id = StreamId::for_snapshots(from.map(|b| b.name.as_str()), &to.name)
         .map_err(BackupError::Local)?;
     if let Some(other) = streams.iter().find(|s| s.id == id) {
@@ -322,7 +484,7 @@ async fn upload_stream(
         )),
         hold: Some(cx.cfg.run_dir.join(crate::backup::bucket::HOLD_UPLOAD)),
     };
-    let m = bucket.upload(&up, &Progress::new()).await?;
+    let m = bucket.upload(&up, progress).await?;
     crate::metrics::add(&crate::metrics::METRICS.backup_bytes, m.stored_bytes);
     Ok((id, m))
 }
@@ -332,10 +494,7 @@ async fn upload_stream(
 /// point after is uploaded, where this copy still has both snapshots; §5.3's GC then finds
 /// the bridged streams superseded. Returns how many streams were uploaded.
 async fn compact(
-    cx: &AgentContext,
-    sr: &StreamReplica,
-    c: &Copy<'_>,
-    bucket: &Bucket,
+    u: Uploading<'_>,
     streams: &[BucketStream],
     local: &[crate::zfs::SnapshotInfo],
     keep: &projstore_api::BackupKeep,
@@ -374,7 +533,7 @@ async fn compact(
             Some(None) => continue,
             None => None,
         };
-        upload_stream(cx, sr, c, bucket, streams, from, to).await?;
+        upload_stream(u, streams, from, to).await?;
         uploaded += 1;
     }
     Ok(uploaded)
@@ -478,16 +637,27 @@ async fn verify(
     sr: &StreamReplica,
     pool: &PoolName,
     target: &str,
+    progress: &JobProgress,
 ) -> Result<String, BackupError> {
     let c = Copy::new(cx, sr, pool).map_err(|e| BackupError::Local(e.to_string()))?;
     let bucket = open_bucket(&cx.client, target, &c.key.namespace, &c.key.name).await?;
     let streams = bucket.streams().await?;
     let chain: Vec<BucketStream> = chain_of(&streams, None)?.into_iter().cloned().collect();
+    progress.set_total(chain.iter().map(|s| s.manifest.stream.bytes).sum());
     let scratch = verify_scratch(pool, &c.key)?;
     crate::transfer::clear_staging(c.zfs, &scratch)
         .await
         .map_err(|e| BackupError::Local(e.to_string()))?;
-    let received = receive_chain(c.zfs, &bucket, &c.key, &chain, &scratch, &Progress::new()).await;
+    let received = receive_chain(
+        c.zfs,
+        &bucket,
+        &c.key,
+        &chain,
+        &scratch,
+        &progress.done,
+        None,
+    )
+    .await;
     let cleared = crate::transfer::clear_staging(c.zfs, &scratch).await;
     let newest = received?;
     cleared.map_err(|e| BackupError::Local(e.to_string()))?;
@@ -532,6 +702,7 @@ fn verify_scratch(pool: &PoolName, key: &ProjectKey) -> Result<DatasetName, Back
 /// `status.restoredFrom` says.
 pub(super) async fn restore_from_backup(
     cx: &AgentContext,
+    sr: &StreamReplica,
     c: &Copy<'_>,
     from: &projstore_api::RestoreFrom,
     quota: u64,
@@ -544,13 +715,14 @@ pub(super) async fn restore_from_backup(
         )
         .into());
     }
-    restore(cx, c, from, quota)
+    restore(cx, sr, c, from, quota)
         .await
         .map_err(|e| ReplicaError::from(format!("restore from backup: {e}")))
 }
 
 async fn restore(
     cx: &AgentContext,
+    sr: &StreamReplica,
     c: &Copy<'_>,
     from: &projstore_api::RestoreFrom,
     quota: u64,
@@ -574,8 +746,22 @@ async fn restore(
         .await
         .map_err(|e| BackupError::Local(e.to_string()))?;
     let source = ProjectKey::new(&from.namespace, &from.name).map_err(BackupError::Local)?;
+    // Bytes received so far show in status.transfer while it runs (the controller shows
+    // them in the Project's status.backup).
     let progress = Progress::new();
-    let newest = match receive_chain(c.zfs, &bucket, &source, &chain, &staging, &progress).await {
+    let _reporter = super::secondary::report_transfer(&cx.client, sr, progress.clone(), bytes);
+    let hold = cx.cfg.run_dir.join(crate::backup::restore::HOLD_RESTORE);
+    let received = receive_chain(
+        c.zfs,
+        &bucket,
+        &source,
+        &chain,
+        &staging,
+        &progress,
+        Some(&hold),
+    )
+    .await;
+    let newest = match received {
         Ok(n) => n,
         Err(e) => {
             let _ = crate::transfer::clear_staging(c.zfs, &staging).await;
@@ -623,6 +809,12 @@ mod tests {
             DAY - Duration::from_secs(60)
         );
         assert_eq!(backup_due(&done, DAY, Some("2"), now(1060)), Duration::ZERO);
+        // Said to run, but no job runs it (the agent restarted): again at once.
+        let cut = BackupStatus {
+            phase: Some(BackupPhase::Running),
+            ..done.clone()
+        };
+        assert_eq!(backup_due(&cut, DAY, Some("1"), now(1060)), Duration::ZERO);
         let failed = |n| BackupStatus {
             phase: Some(BackupPhase::Failed),
             failures: Some(n),

@@ -29,7 +29,7 @@ mod error;
 mod fencing;
 mod ownership;
 pub mod plans;
-pub use backup::{backup_due, uploads, verify_due};
+pub use backup::{BackupJob, backup_due, uploads, verify_due};
 mod primary;
 mod secondary;
 mod serve_mounts;
@@ -114,7 +114,7 @@ pub(super) fn p(name: &str) -> Result<PropertyName, ReplicaError> {
 /// One pass over replica `sr` on pool `pool`; returns the status to write, and when the
 /// replica has work of its own next.
 pub async fn reconcile(
-    cx: &AgentContext,
+    cx: &std::sync::Arc<AgentContext>,
     sr: &StreamReplica,
     pool: &PoolName,
 ) -> (StreamReplicaStatus, Due) {
@@ -143,7 +143,10 @@ pub async fn reconcile(
             };
             Ok((status, due))
         }
-        other => other,
+        other => {
+            backup::stop_job(cx, sr);
+            other
+        }
     };
     let due = result.as_ref().ok().and_then(|(_, d)| *d);
     if let Err(e) = &result {

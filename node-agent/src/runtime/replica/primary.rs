@@ -62,7 +62,7 @@ pub(super) async fn primary(
                 )
                 .into());
             }
-            let described = backup::restore_from_backup(cx, &c, from, quota).await?;
+            let described = backup::restore_from_backup(cx, sr, &c, from, quota).await?;
             tracing::info!(project = %key, from = %described, "restored from a backup");
             restored_from = Some(described);
         } else if chain.is_empty() {
