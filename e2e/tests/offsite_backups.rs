@@ -375,6 +375,36 @@ async fn s16_projects_come_back_from_the_bucket_after_every_host_that_held_them_
         )
         .await;
     println!("[s16] {verified}");
+    // On the host that holds no copy, and nothing left there.
+    let holders: Vec<String> = c
+        .replicas(NS, "thesis")
+        .await
+        .iter()
+        .map(|r| r.spec.pool.clone())
+        .collect();
+    let third_pool = c
+        .hosts
+        .iter()
+        .map(|h| format!("{}-storage", h.node))
+        .find(|p| !holders.contains(p))
+        .unwrap();
+    c.check(
+        verified.contains(&format!("on spare pool {third_pool} ")),
+        "verified on the pool that holds no copy",
+    );
+    let scratch = format!(
+        "{}/recv/backup.{NS}/thesis",
+        c.host_of_pool(&third_pool).pool
+    );
+    c.check(
+        !std::process::Command::new("zfs")
+            .args(["list", "-H", "-o", "name", &scratch])
+            .output()
+            .unwrap()
+            .status
+            .success(),
+        "the scratch dataset is gone",
+    );
 
     // A corrupted object: verification fails loudly, a restore refuses it.
     let (newest_key, _) = stream_objects(&s3, "thesis")

@@ -275,6 +275,7 @@ async fn live_source(
     let (served, wanted) = (ds.clone(), key.clone());
     let server = Arc::new(StreamServer {
         store: StreamStore::new(dir.join("live-store")),
+        verify: None,
         authorize: Arc::new(|_, node: String| Box::pin(async move { Ok(node == "b") })),
         sources: Some(Sources::new(
             zfs.clone(),

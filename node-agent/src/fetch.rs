@@ -196,6 +196,64 @@ impl Peer {
             .collect()
     }
 
+    /// Asks the peer to restore `project`'s newest offsite backup on a spare pool of its
+    /// host and check it (the answer's progress lines count into `progress`); what it found,
+    /// or why it could not (`FetchError::Peer` naming the peer's reason).
+    pub async fn verify_backup(
+        &self,
+        project: &ProjectKey,
+        progress: &Progress,
+    ) -> Result<crate::server::BackupVerified, FetchError> {
+        use crate::server::VerifyLine;
+        let path = format!("/v1/verify-backup/{}/{}", project.namespace, project.name);
+        let resp = self.get(&path, 0).await?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let why = Limited::new(resp.into_body(), 4096)
+                .collect()
+                .await
+                .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                .unwrap_or_default();
+            return Err(self.err(format!("verifying the backup: HTTP {status}: {why}")));
+        }
+        let mut body = resp.into_body();
+        let mut line = Vec::new();
+        let mut seen = 0u64;
+        loop {
+            // A line comes every two seconds while the peer works.
+            let frame = tokio::time::timeout(crate::live::STALL, body.frame())
+                .await
+                .map_err(|_| self.err("the verification stalled"))?;
+            let Some(frame) = frame else {
+                return Err(self.err("the verification ended without an outcome"));
+            };
+            let frame = frame.map_err(|e| self.err(e))?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            for &b in data.iter() {
+                if b != b'\n' {
+                    if line.len() >= 64 << 10 {
+                        return Err(self.err("an answer line longer than 64 KiB"));
+                    }
+                    line.push(b);
+                    continue;
+                }
+                let parsed: VerifyLine = serde_json::from_slice(&line)
+                    .map_err(|e| self.err(format!("bad verification answer: {e}")))?;
+                line.clear();
+                match parsed {
+                    VerifyLine::Bytes(n) => {
+                        progress.add(usize::try_from(n.saturating_sub(seen)).unwrap_or(0));
+                        seen = seen.max(n);
+                    }
+                    VerifyLine::Verified(v) => return Ok(v),
+                    VerifyLine::Failed(why) => return Err(self.err(why)),
+                }
+            }
+        }
+    }
+
     /// Downloads stream `id` into `store`, resuming a download cut off before, and completes
     /// it only when size and SHA-256 match `manifest`.
     pub async fn download(

@@ -33,6 +33,40 @@ pub type Authorize = Arc<
         + Sync,
 >;
 
+/// Restores a project's newest offsite backup into a scratch dataset of a spare pool of this
+/// host (one that holds no copy of it), checks it, removes it, and says what it found (or
+/// why not), counting the bytes received in the `Progress`.
+pub type VerifyBackup = Arc<
+    dyn Fn(
+            ProjectKey,
+            crate::zfs::Progress,
+        ) -> futures::future::BoxFuture<'static, Result<BackupVerified, String>>
+        + Send
+        + Sync,
+>;
+
+/// What a verification on a spare pool found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BackupVerified {
+    /// The spare pool (StoragePool name) it was restored into.
+    pub pool: String,
+    /// The newest snapshot restored, and its GUID (decimal).
+    pub snapshot: String,
+    pub guid: String,
+    /// How many streams the chain had.
+    pub streams: usize,
+}
+
+/// One line of a verification's answer (JSON lines): progress while it runs, then the
+/// outcome.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum VerifyLine {
+    Bytes(u64),
+    Verified(BackupVerified),
+    Failed(String),
+}
+
 /// The request header naming the asking node; its client certificate must name it too.
 pub const NODE_HEADER: &str = "x-projstore-node";
 
@@ -42,6 +76,8 @@ pub struct StreamServer {
     pub authorize: Authorize,
     /// Live sends from this host's datasets (DESIGN §5.4); none: only stored streams.
     pub sources: Option<crate::live::Sources>,
+    /// Verifications of offsite backups on this host's spare pools; none: not offered.
+    pub verify: Option<VerifyBackup>,
 }
 
 /// What a request asks for.
@@ -52,6 +88,9 @@ enum Endpoint {
     Snapshots,
     /// `/v1/send/<ns>/<name>?to=…`: a live send.
     Send,
+    /// `/v1/verify-backup/<ns>/<name>`: the project's newest backup restored on a spare pool
+    /// here and checked.
+    VerifyBackup,
 }
 
 fn text(code: StatusCode, msg: impl Into<String>) -> Response<Body> {
@@ -106,6 +145,7 @@ impl StreamServer {
             ("/v1/streams/", Endpoint::Streams),
             ("/v1/snapshots/", Endpoint::Snapshots),
             ("/v1/send/", Endpoint::Send),
+            ("/v1/verify-backup/", Endpoint::VerifyBackup),
         ];
         let Some((endpoint, rest)) = routes
             .into_iter()
@@ -144,8 +184,14 @@ impl StreamServer {
             }
             Err(e) => return Ok(text(StatusCode::SERVICE_UNAVAILABLE, e)),
         }
+        if let Endpoint::VerifyBackup = endpoint {
+            return Ok(match &self.verify {
+                None => text(StatusCode::NOT_FOUND, "this agent verifies no backups"),
+                Some(verify) => verify_answer(verify, project),
+            });
+        }
         match (&endpoint, &self.sources) {
-            (Endpoint::Streams, _) => {}
+            (Endpoint::Streams, _) | (Endpoint::VerifyBackup, _) => {}
             (_, None) => {
                 return Ok(text(
                     StatusCode::NOT_FOUND,
@@ -269,6 +315,44 @@ impl StreamServer {
 }
 
 /// An mpsc receiver as a stream of frames.
+/// Runs a verification, answering with a JSON line of the bytes received every two seconds
+/// (which also tells the asker the work goes on) and a last line with the outcome.
+fn verify_answer(verify: &VerifyBackup, project: ProjectKey) -> Response<Body> {
+    let progress = crate::zfs::Progress::new();
+    let mut work = verify(project, progress.clone());
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
+    let line = |l: &VerifyLine| {
+        let mut b = serde_json::to_vec(l).unwrap_or_default();
+        b.push(b'\n');
+        Ok(Frame::data(Bytes::from(b)))
+    };
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+        let last = loop {
+            tokio::select! {
+                outcome = &mut work => break match outcome {
+                    Ok(v) => VerifyLine::Verified(v),
+                    Err(e) => VerifyLine::Failed(e),
+                },
+                _ = tick.tick() => {
+                    // The asker gone: the verification stops (and its scratch dataset is
+                    // cleared by the next one, or at start-up).
+                    if tx.send(line(&VerifyLine::Bytes(progress.bytes()))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        };
+        let _ = tx.send(line(&last)).await;
+    });
+    let mut r = Response::new(StreamBody::new(tokio_stream_compat(rx)).boxed());
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/jsonl"),
+    );
+    r
+}
+
 fn tokio_stream_compat(
     mut rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, Infallible>>,
 ) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, Infallible>> {

@@ -85,6 +85,7 @@ async fn start(zfs: Zfs, copies: usize) -> Fx {
     let served = live.clone();
     let server = Arc::new(StreamServer {
         store: StreamStore::new(dir.path().join("streams")),
+        verify: None,
         authorize: Arc::new(|project: ProjectKey, node: String| {
             let holds = node == "host-b" && project == key();
             Box::pin(async move { Ok(holds) })

@@ -5,9 +5,11 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use projstore_agent::server::{StreamServer, bind, serve, serve_health};
+use projstore_agent::fetch::Peer;
+use projstore_agent::server::{BackupVerified, StreamServer, bind, serve, serve_health};
 use projstore_agent::streams::{ProjectKey, SnapshotJson, StreamId, StreamMeta, StreamStore};
 use projstore_agent::tls::NodeTls;
+use projstore_agent::zfs::Progress;
 use projstore_e2e::limits::enough_descriptors;
 use projstore_e2e::pki::ClusterCa;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -72,6 +74,26 @@ async fn start() -> Fx {
     let server = Arc::new(StreamServer {
         store,
         sources: None,
+        // A stand-in for the restore a verification runs: it takes a few seconds, counts
+        // bytes, and finds alice/thesis good and bob/none bad.
+        verify: Some(Arc::new(|project: ProjectKey, progress: Progress| {
+            Box::pin(async move {
+                for _ in 0..5 {
+                    progress.add(1 << 20);
+                    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+                }
+                if project.name == "thesis" {
+                    Ok(BackupVerified {
+                        pool: "host-a-storage".into(),
+                        snapshot: "ps-1".into(),
+                        guid: "42".into(),
+                        streams: 1,
+                    })
+                } else {
+                    Err("stream refused: SHA-256 differs".into())
+                }
+            })
+        })),
         authorize: Arc::new(|project: ProjectKey, node: String| {
             let holds = node == "host-b"
                 && ["alice/thesis", "bob/none"].contains(&project.to_string().as_str());
@@ -205,6 +227,40 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&b[line_end + 2..line_end + 2 + n]);
         b = &b[line_end + 2 + n + 2..];
     }
+}
+
+/// A copy's agent has a spare host verify a backup: it sees the bytes received while the
+/// restore runs and then the outcome; a node without a copy is refused.
+#[tokio::test]
+async fn a_backup_verification_reports_progress_then_its_outcome_to_a_holder_only() {
+    let fx = start().await;
+    fx.ca
+        .write_node_dir(&fx.dir.path().join("tls-b"), "host-b", &[])
+        .unwrap();
+    let tls_b = Arc::new(NodeTls::load(&fx.dir.path().join("tls-b"), "host-b").unwrap());
+    let peer = Peer::new(&format!("https://{}", fx.addr), "host-a", tls_b).unwrap();
+    let progress = Progress::new();
+    let v = peer
+        .verify_backup(&ProjectKey::new("alice", "thesis").unwrap(), &progress)
+        .await
+        .unwrap();
+    assert_eq!((v.snapshot.as_str(), v.guid.as_str()), ("ps-1", "42"));
+    assert!(
+        progress.bytes() >= 1 << 20,
+        "progress lines arrived: {}",
+        progress.bytes()
+    );
+    let bad = peer
+        .verify_backup(&ProjectKey::new("bob", "none").unwrap(), &Progress::new())
+        .await
+        .unwrap_err();
+    assert!(bad.to_string().contains("SHA-256 differs"), "{bad}");
+    let (code, _, _) = fx
+        .get("/v1/verify-backup/alice/thesis", Who::Node("host-c"), None)
+        .await;
+    assert_eq!(code, 403);
+    let (code, _, _) = fx.get("/v1/verify-backup/alice", B, None).await;
+    assert_eq!(code, 400);
 }
 
 /// Only a node of the cluster CA that holds a copy of the project gets its data; plain HTTP

@@ -40,6 +40,8 @@ pub struct AgentContext {
     /// The backup upload or verification running beside each uploading copy's passes
     /// (`ns/name` of the StreamReplica).
     pub backup_jobs: Mutex<HashMap<String, super::replica::BackupJob>>,
+    /// Projects (`ns/name`) whose backup a peer's copy has this host verify now.
+    pub verifying: Mutex<std::collections::HashSet<String>>,
 }
 
 impl AgentContext {
@@ -64,6 +66,7 @@ impl AgentContext {
             failures: Mutex::default(),
             quiet: Mutex::default(),
             backup_jobs: Mutex::default(),
+            verifying: Mutex::default(),
         })
     }
 

@@ -355,6 +355,7 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
                         crate::live::Sources::new(zfs, cx.clone().locator())
                             .with_fault_hook(&cfg.run_dir)
                     }),
+                    verify: Some(replica::verifier(cx.clone())),
                 });
                 if let (Some(l), Some(tls)) = (listener.take(), cfg.tls.clone()) {
                     server_task = Some(tokio::spawn(serve(l, s.clone(), tls)));

@@ -629,9 +629,11 @@ fn chain_of<'a>(
         .collect()
 }
 
-/// Restores the newest backup into a scratch dataset of this pool, compares it with the
-/// manifests (SHA-256 of every stream, GUID of the snapshot received) and with this copy
-/// (the same snapshot GUID), and removes the scratch dataset.
+/// Verifies the newest backup: restored into a scratch dataset of a spare pool (one that holds
+/// no copy of the project: on another host, through its agent, or on this one), else of this
+/// copy's own pool; every stream's SHA-256 checked against its manifest, the snapshot received
+/// compared by GUID with the chain's end and with this copy's own snapshot of that name; the
+/// scratch dataset removed.
 async fn verify(
     cx: &AgentContext,
     sr: &StreamReplica,
@@ -640,25 +642,113 @@ async fn verify(
     progress: &JobProgress,
 ) -> Result<String, BackupError> {
     let c = Copy::new(cx, sr, pool).map_err(|e| BackupError::Local(e.to_string()))?;
-    let bucket = open_bucket(&cx.client, target, &c.key.namespace, &c.key.name).await?;
+    let (newest, guid, streams, place) = match spare_pool(cx, sr) {
+        Some(Spare::Peer(peer)) => {
+            // The total, for progress: the peer counts what it received.
+            let bucket = open_bucket(&cx.client, target, &c.key.namespace, &c.key.name).await?;
+            let listed = bucket.streams().await?;
+            progress.set_total(
+                chain_of(&listed, None)?
+                    .iter()
+                    .map(|s| s.manifest.stream.bytes)
+                    .sum(),
+            );
+            let v = peer
+                .verify_backup(&c.key, &progress.done)
+                .await
+                .map_err(|e| BackupError::Local(format!("on node {}: {e}", peer.node)))?;
+            let guid = v.guid.parse::<u64>().map_err(|_| {
+                BackupError::Unverified(format!("the peer's GUID {:?} is not a number", v.guid))
+            })?;
+            let place = format!("spare pool {} (node {})", v.pool, peer.node);
+            (v.snapshot, guid, v.streams, place)
+        }
+        Some(Spare::Here(zpool, name)) => {
+            let (s, n) = restore_into_scratch(cx, &zpool, &c.key, target, progress).await?;
+            (s.name, s.guid, n, format!("spare pool {name}"))
+        }
+        None => {
+            let (s, n) = restore_into_scratch(cx, pool, &c.key, target, progress).await?;
+            let place = format!("this copy's own pool {} (no spare pool)", sr.spec.pool);
+            (s.name, s.guid, n, place)
+        }
+    };
+    let local = c.zfs.snapshots(&c.ds, &[]).await?;
+    if let Some(mine) = local.iter().find(|s| s.name == newest)
+        && mine.guid != guid
+    {
+        return Err(BackupError::Unverified(format!(
+            "the backup's {newest} has GUID {guid}, this copy's {}",
+            mine.guid
+        )));
+    }
+    Ok(format!(
+        "restored {newest} ({streams} streams) into a scratch dataset on {place}: SHA-256 and snapshot GUID {guid} match"
+    ))
+}
+
+/// Where a verification restores to.
+enum Spare {
+    /// A pool of another host, through its agent (which picks its spare pool).
+    Peer(crate::fetch::Peer),
+    /// A pool of this host that holds no copy: its ZFS name and StoragePool name.
+    Here(PoolName, String),
+}
+
+/// A Ready pool that holds no copy of the project (no StreamReplica of it, in any state),
+/// chosen by a hash of project and pool so projects spread over the spare pools.
+fn spare_pool(cx: &AgentContext, sr: &StreamReplica) -> Option<Spare> {
+    use sha2::Digest;
+    let ns = sr.namespace().unwrap_or_default();
+    let holding: std::collections::HashSet<String> = cx
+        .copies_of(&ns, &sr.spec.project)
+        .iter()
+        .map(|r| r.spec.pool.clone())
+        .collect();
+    let rank = |pool: &str| {
+        sha2::Sha256::digest(format!("{ns}/{}\n{pool}", sr.spec.project).as_bytes()).to_vec()
+    };
+    let mut spares: Vec<_> = cx
+        .all_pools
+        .state()
+        .into_iter()
+        .filter(|p| !holding.contains(&p.name_any()))
+        .filter(|p| {
+            p.status.as_ref().and_then(|s| s.phase) == Some(projstore_api::PoolPhase::Ready)
+        })
+        .collect();
+    spares.sort_by_key(|p| rank(&p.name_any()));
+    spares.into_iter().find_map(|p| {
+        if p.spec.node_name == cx.node() {
+            let zpool = PoolName::parse(&p.spec.pool_name).ok()?;
+            return Some(Spare::Here(zpool, p.name_any()));
+        }
+        let endpoint = p.status.as_ref()?.agent.as_ref()?.stream_endpoint.clone()?;
+        let peer = crate::fetch::Peer::new(&endpoint, &p.spec.node_name, cx.tls().ok()?).ok()?;
+        Some(Spare::Peer(peer))
+    })
+}
+
+/// Restores the newest backup into the scratch dataset of `pool`, checks it, removes it;
+/// the newest snapshot received, and how many streams the chain had.
+async fn restore_into_scratch(
+    cx: &AgentContext,
+    pool: &PoolName,
+    key: &ProjectKey,
+    target: &str,
+    progress: &JobProgress,
+) -> Result<(crate::zfs::SnapshotInfo, usize), BackupError> {
+    let zfs = cx.zfs().map_err(|e| BackupError::Local(e.to_string()))?;
+    let bucket = open_bucket(&cx.client, target, &key.namespace, &key.name).await?;
     let streams = bucket.streams().await?;
     let chain: Vec<BucketStream> = chain_of(&streams, None)?.into_iter().cloned().collect();
     progress.set_total(chain.iter().map(|s| s.manifest.stream.bytes).sum());
-    let scratch = verify_scratch(pool, &c.key)?;
-    crate::transfer::clear_staging(c.zfs, &scratch)
+    let scratch = verify_scratch(pool, key)?;
+    crate::transfer::clear_staging(zfs, &scratch)
         .await
         .map_err(|e| BackupError::Local(e.to_string()))?;
-    let received = receive_chain(
-        c.zfs,
-        &bucket,
-        &c.key,
-        &chain,
-        &scratch,
-        &progress.done,
-        None,
-    )
-    .await;
-    let cleared = crate::transfer::clear_staging(c.zfs, &scratch).await;
+    let received = receive_chain(zfs, &bucket, key, &chain, &scratch, &progress.done, None).await;
+    let cleared = crate::transfer::clear_staging(zfs, &scratch).await;
     let newest = received?;
     cleared.map_err(|e| BackupError::Local(e.to_string()))?;
     let want = chain.last().map(|s| s.edge.to.guid).unwrap_or_default();
@@ -668,21 +758,90 @@ async fn verify(
             newest.guid
         )));
     }
-    let local = c.zfs.snapshots(&c.ds, &[]).await?;
-    if let Some(mine) = local.iter().find(|s| s.name == newest.name)
-        && mine.guid != newest.guid
+    Ok((newest, chain.len()))
+}
+
+/// The stream server's side of a verification on a spare pool of this host, for the agent of
+/// a copy of the project (the server checked that its node holds one): the project's own
+/// backup target, a pool of this node that holds no copy of it, one verification of a
+/// project at a time.
+pub fn verifier(cx: std::sync::Arc<AgentContext>) -> crate::server::VerifyBackup {
+    std::sync::Arc::new(move |key, progress| {
+        let cx = cx.clone();
+        Box::pin(async move {
+            verify_here(&cx, &key, progress)
+                .await
+                .map_err(|e| projstore_api::s3::one_line(&e))
+        })
+    })
+}
+
+async fn verify_here(
+    cx: &AgentContext,
+    key: &ProjectKey,
+    progress: Progress,
+) -> Result<crate::server::BackupVerified, String> {
+    let project = Api::<Project>::namespaced(cx.client.clone(), &key.namespace)
+        .get_opt(&key.name)
+        .await
+        .map_err(|e| format!("cannot read project {key}: {e}"))?
+        .ok_or_else(|| format!("no project {key}"))?;
+    let target = project
+        .spec
+        .backup
+        .map(|b| b.target)
+        .ok_or_else(|| format!("{key} is not backed up"))?;
+    let holding: std::collections::HashSet<String> = cx
+        .copies_of(&key.namespace, &key.name)
+        .iter()
+        .map(|r| r.spec.pool.clone())
+        .collect();
+    let mut mine: Vec<_> = cx
+        .pools
+        .state()
+        .into_iter()
+        .filter(|p| p.spec.node_name == cx.node() && !holding.contains(&p.name_any()))
+        .collect();
+    mine.sort_by_key(|p| p.name_any());
+    let pool = mine
+        .first()
+        .ok_or_else(|| format!("no pool of node {} is spare for {key}", cx.node()))?;
+    let zpool = PoolName::parse(&pool.spec.pool_name).map_err(|e| e.to_string())?;
+    let busy = key.to_string();
+    if !cx
+        .verifying
+        .lock()
+        .map_err(|_| "poisoned")?
+        .insert(busy.clone())
     {
-        return Err(BackupError::Unverified(format!(
-            "the backup's {} has GUID {}, this copy's {}",
-            newest.name, newest.guid, mine.guid
-        )));
+        return Err(format!("a verification of {key} runs here already"));
     }
-    Ok(format!(
-        "restored {} ({} streams) into a scratch dataset: SHA-256 and snapshot GUID {} match",
-        newest.name,
-        chain.len(),
-        newest.guid
-    ))
+    let _done = Unmark(cx, busy);
+    let job = JobProgress {
+        done: progress,
+        ..JobProgress::default()
+    };
+    let (newest, streams) = restore_into_scratch(cx, &zpool, key, &target, &job)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(project = %key, pool = %pool.name_any(), snapshot = %newest.name, "backup verified on a spare pool");
+    Ok(crate::server::BackupVerified {
+        pool: pool.name_any(),
+        snapshot: newest.name,
+        guid: newest.guid.to_string(),
+        streams,
+    })
+}
+
+/// Takes a project off the verifying list when dropped.
+struct Unmark<'a>(&'a AgentContext, String);
+
+impl Drop for Unmark<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.0.verifying.lock() {
+            set.remove(&self.1);
+        }
+    }
 }
 
 /// `<pool>/recv/backup.<ns>/<name>`: a verification's scratch dataset (the `recv` staging

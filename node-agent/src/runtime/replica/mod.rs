@@ -29,7 +29,7 @@ mod error;
 mod fencing;
 mod ownership;
 pub mod plans;
-pub use backup::{BackupJob, backup_due, uploads, verify_due};
+pub use backup::{BackupJob, backup_due, uploads, verifier, verify_due};
 mod primary;
 mod secondary;
 mod serve_mounts;
