@@ -197,13 +197,15 @@ impl Peer {
     }
 
     /// Asks the peer to restore `project`'s newest offsite backup on a spare pool of its
-    /// host and check it (the answer's progress lines count into `progress`); what it found,
-    /// or why it could not (`FetchError::Peer` naming the peer's reason).
+    /// host and check it (the answer's progress lines count into `progress`): what it found,
+    /// or why the backup failed there; an error when the peer could not be asked or gave no
+    /// outcome.
     pub async fn verify_backup(
         &self,
         project: &ProjectKey,
         progress: &Progress,
-    ) -> Result<crate::server::BackupVerified, FetchError> {
+    ) -> Result<Result<crate::server::BackupVerified, crate::server::VerifyFailed>, FetchError>
+    {
         use crate::server::VerifyLine;
         let path = format!("/v1/verify-backup/{}/{}", project.namespace, project.name);
         let resp = self.get(&path, 0).await?;
@@ -247,8 +249,8 @@ impl Peer {
                         progress.add(usize::try_from(n.saturating_sub(seen)).unwrap_or(0));
                         seen = seen.max(n);
                     }
-                    VerifyLine::Verified(v) => return Ok(v),
-                    VerifyLine::Failed(why) => return Err(self.err(why)),
+                    VerifyLine::Verified(v) => return Ok(Ok(v)),
+                    VerifyLine::Failed(why) => return Ok(Err(why)),
                 }
             }
         }

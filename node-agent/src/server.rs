@@ -40,10 +40,19 @@ pub type VerifyBackup = Arc<
     dyn Fn(
             ProjectKey,
             crate::zfs::Progress,
-        ) -> futures::future::BoxFuture<'static, Result<BackupVerified, String>>
+        ) -> futures::future::BoxFuture<'static, Result<BackupVerified, VerifyFailed>>
         + Send
         + Sync,
 >;
+
+/// Why a verification on a spare pool failed, and the stream whose object it found broken
+/// (which the copy that uploads may then upload again).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VerifyFailed {
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+}
 
 /// What a verification on a spare pool found.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -64,7 +73,7 @@ pub struct BackupVerified {
 pub enum VerifyLine {
     Bytes(u64),
     Verified(BackupVerified),
-    Failed(String),
+    Failed(VerifyFailed),
 }
 
 /// The request header naming the asking node; its client certificate must name it too.

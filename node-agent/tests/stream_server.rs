@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use projstore_agent::fetch::Peer;
-use projstore_agent::server::{BackupVerified, StreamServer, bind, serve, serve_health};
+use projstore_agent::server::{
+    BackupVerified, StreamServer, VerifyFailed, bind, serve, serve_health,
+};
 use projstore_agent::streams::{ProjectKey, SnapshotJson, StreamId, StreamMeta, StreamStore};
 use projstore_agent::tls::NodeTls;
 use projstore_agent::zfs::Progress;
@@ -90,7 +92,10 @@ async fn start() -> Fx {
                         streams: 1,
                     })
                 } else {
-                    Err("stream refused: SHA-256 differs".into())
+                    Err(VerifyFailed {
+                        message: "stream refused: SHA-256 differs".into(),
+                        stream: Some("full--ps-1".into()),
+                    })
                 }
             })
         })),
@@ -243,6 +248,7 @@ async fn a_backup_verification_reports_progress_then_its_outcome_to_a_holder_onl
     let v = peer
         .verify_backup(&ProjectKey::new("alice", "thesis").unwrap(), &progress)
         .await
+        .unwrap()
         .unwrap();
     assert_eq!((v.snapshot.as_str(), v.guid.as_str()), ("ps-1", "42"));
     assert!(
@@ -253,8 +259,10 @@ async fn a_backup_verification_reports_progress_then_its_outcome_to_a_holder_onl
     let bad = peer
         .verify_backup(&ProjectKey::new("bob", "none").unwrap(), &Progress::new())
         .await
+        .unwrap()
         .unwrap_err();
-    assert!(bad.to_string().contains("SHA-256 differs"), "{bad}");
+    assert!(bad.message.contains("SHA-256 differs"), "{bad:?}");
+    assert_eq!(bad.stream.as_deref(), Some("full--ps-1"));
     let (code, _, _) = fx
         .get("/v1/verify-backup/alice/thesis", Who::Node("host-c"), None)
         .await;

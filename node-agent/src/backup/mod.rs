@@ -31,6 +31,10 @@ pub enum BackupError {
     /// A stream from the bucket failed its checks: nothing of it was committed.
     #[error("stream refused: {0}")]
     Unverified(String),
+    /// This stream's object in the bucket is not what its manifest says (corrupted,
+    /// truncated, substituted, not sealed with the key): nothing of it was committed.
+    #[error("stream refused: {stream}: {why}")]
+    Broken { stream: String, why: String },
     /// A resumed upload's stream differs from the interrupted one: it starts over.
     #[error("upload starts over: {0}")]
     Changed(String),

@@ -71,7 +71,10 @@ async fn receive_one(
         resume: None,
     };
     let m = &s.manifest;
-    let unverified = |why: String| BackupError::Unverified(format!("{}: {why}", s.id));
+    let unverified = |why: String| BackupError::Broken {
+        stream: s.id.to_string(),
+        why,
+    };
     let mut body = bucket.get_stream(&s.id).await?;
     let mut opener = bucket.opener(&s.id);
     let (w, r) = tokio::sync::mpsc::channel::<Bytes>(4);
@@ -81,7 +84,8 @@ async fn receive_one(
         let (mut total, mut stored) = (0u64, 0u64);
         let mut held = BytesMut::with_capacity(FEED + WITHHELD);
         let mut begun = false;
-        let gone = || unverified("zfs recv stopped reading".into());
+        // zfs recv failing is this host's matter (its reason follows from the receive).
+        let gone = || BackupError::Unverified(format!("{}: zfs recv stopped reading", s.id));
         let mut take = |plain: &[u8], held: &mut BytesMut| -> Result<(), BackupError> {
             hasher.update(plain);
             total += plain.len() as u64;

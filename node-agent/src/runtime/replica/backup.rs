@@ -136,9 +136,10 @@ impl JobProgress {
     }
 }
 
+/// What a job did, and the annotation value it answers.
 enum JobOutcome {
-    Uploaded(Result<Done, BackupError>),
-    Verified(Result<String, BackupError>),
+    Uploaded(Result<Done, BackupError>, Option<String>),
+    Verified(Result<String, BackupError>, Option<String>),
 }
 
 fn job_key(sr: &StreamReplica) -> String {
@@ -234,8 +235,15 @@ pub(super) async fn backup_pass(
     // and the upload goes on from its stored parts.)
     if let Some(job) = finished {
         match job.handle.await {
-            Ok(JobOutcome::Uploaded(done)) => uploaded(&mut b, sr, done),
-            Ok(JobOutcome::Verified(outcome)) => verified(&mut b, sr, outcome),
+            // The request it answered is told once it is answered.
+            Ok(JobOutcome::Uploaded(done, asked)) => {
+                b.requested = asked.or(b.requested.take());
+                uploaded(&mut b, sr, done);
+            }
+            Ok(JobOutcome::Verified(outcome, asked)) => {
+                b.verify_requested = asked.or(b.verify_requested.take());
+                verified(&mut b, sr, outcome);
+            }
             Err(e) => tracing::warn!(error = %e, "backup job ended without an outcome"),
         }
     }
@@ -245,14 +253,14 @@ pub(super) async fn backup_pass(
     let next = backup_due(&b, interval, asked.as_deref(), now);
     if next.is_zero() {
         b.attempted_at = Some(now_time());
-        b.requested = asked.or(b.requested.take());
         b.phase = Some(BackupPhase::Running);
         b.bytes_done = Some(0);
         let progress = JobProgress::default();
         let (cx2, sr2, pool2, keep) = (cx.clone(), sr.clone(), pool.clone(), policy.keep.clone());
         let p2 = progress.clone();
         start_job(cx, sr, progress, async move {
-            JobOutcome::Uploaded(backup_now(&cx2, &sr2, &pool2, &policy.target, &keep, &p2).await)
+            let done = backup_now(&cx2, &sr2, &pool2, &policy.target, &keep, &p2).await;
+            JobOutcome::Uploaded(done, asked)
         });
         status.backup = Some(b);
         return Some(Duration::from_secs(2));
@@ -272,7 +280,6 @@ pub(super) async fn backup_pass(
     let mut next = next;
     if let Some(due) = verify_due(&b, days, asked_verify.as_deref(), Utc::now()) {
         if due.is_zero() {
-            b.verify_requested = asked_verify.or(b.verify_requested.take());
             b.verify_time = Some(now_time());
             b.bytes_done = Some(0);
             let progress = JobProgress::default();
@@ -280,7 +287,8 @@ pub(super) async fn backup_pass(
                 (cx.clone(), sr.clone(), pool.clone(), policy.target.clone());
             let p2 = progress.clone();
             start_job(cx, sr, progress, async move {
-                JobOutcome::Verified(verify(&cx2, &sr2, &pool2, &target, &p2).await)
+                let outcome = verify(&cx2, &sr2, &pool2, &target, &p2).await;
+                JobOutcome::Verified(outcome, asked_verify)
             });
             status.backup = Some(b);
             return Some(Duration::from_secs(2));
@@ -385,7 +393,7 @@ async fn backup_now(
             base.map(live).as_ref(),
             &live(newest),
         ));
-        let (id, m) = upload_stream(u, &streams, base, newest).await?;
+        let (id, m) = upload_stream(u, &streams, base, newest, false).await?;
         Done {
             snapshot: newest.name.clone(),
             uploaded: Some(m.stored_bytes),
@@ -418,12 +426,15 @@ struct Uploading<'a> {
     progress: &'a Progress,
 }
 
-/// Uploads `to` (incremental from `from`) from this copy, unless the bucket has that stream.
+/// Uploads `to` (incremental from `from`) from this copy, unless the bucket has that stream
+/// (or `replace`: its object found broken). A stream of the same name for other snapshots is
+/// never overwritten.
 async fn upload_stream(
     u: Uploading<'_>,
     streams: &[BucketStream],
     from: Option<&crate::zfs::SnapshotInfo>,
     to: &crate::zfs::SnapshotInfo,
+    replace: bool,
 ) -> Result<(StreamId, crate::backup::bucket::ObjectManifest), BackupError> {
     let Uploading {
         cx,
@@ -435,16 +446,18 @@ async fn upload_stream(
     let id = StreamId::for_snapshots(from.map(|b| b.name.as_str()), &to.name)
         .map_err(BackupError::Local)?;
     if let Some(other) = streams.iter().find(|s| s.id == id) {
-        if other.edge.to.guid == to.guid
-            && other.edge.from.as_ref().map(|f| f.guid) == from.map(|f| f.guid)
-        {
+        let same = other.edge.to.guid == to.guid
+            && other.edge.from.as_ref().map(|f| f.guid) == from.map(|f| f.guid);
+        if same && !replace {
             return Ok((id, other.manifest.clone()));
         }
         // Same names, other snapshots (another lineage): never overwritten.
-        return Err(BackupError::Bucket(format!(
-            "stream {id} exists for snapshot GUID {} (this copy's is {}): left as it is",
-            other.edge.to.guid, to.guid
-        )));
+        if !same {
+            return Err(BackupError::Bucket(format!(
+                "stream {id} exists for snapshot GUID {} (this copy's is {}): left as it is",
+                other.edge.to.guid, to.guid
+            )));
+        }
     }
     let snap = c.ds.snapshot(&to.name)?;
     let base = from.map(|b| c.ds.snapshot(&b.name)).transpose()?;
@@ -533,7 +546,7 @@ async fn compact(
             Some(None) => continue,
             None => None,
         };
-        upload_stream(u, streams, from, to).await?;
+        upload_stream(u, streams, from, to, false).await?;
         uploaded += 1;
     }
     Ok(uploaded)
@@ -642,7 +655,15 @@ async fn verify(
     progress: &JobProgress,
 ) -> Result<String, BackupError> {
     let c = Copy::new(cx, sr, pool).map_err(|e| BackupError::Local(e.to_string()))?;
-    let (newest, guid, streams, place) = match spare_pool(cx, sr) {
+    // The error, and the stream whose object was found broken.
+    let with_stream = |e: BackupError| {
+        let stream = match &e {
+            BackupError::Broken { stream, .. } => Some(stream.clone()),
+            _ => None,
+        };
+        (e, stream)
+    };
+    let found = match spare_pool(cx, sr) {
         Some(Spare::Peer(peer)) => {
             // The total, for progress: the peer counts what it received.
             let bucket = open_bucket(&cx.client, target, &c.key.namespace, &c.key.name).await?;
@@ -653,25 +674,40 @@ async fn verify(
                     .map(|s| s.manifest.stream.bytes)
                     .sum(),
             );
-            let v = peer
-                .verify_backup(&c.key, &progress.done)
-                .await
-                .map_err(|e| BackupError::Local(format!("on node {}: {e}", peer.node)))?;
-            let guid = v.guid.parse::<u64>().map_err(|_| {
-                BackupError::Unverified(format!("the peer's GUID {:?} is not a number", v.guid))
-            })?;
-            let place = format!("spare pool {} (node {})", v.pool, peer.node);
-            (v.snapshot, guid, v.streams, place)
+            let on = |why: String| BackupError::Local(format!("on node {}: {why}", peer.node));
+            match peer.verify_backup(&c.key, &progress.done).await {
+                Err(e) => Err((on(e.to_string()), None)),
+                Ok(Err(failed)) => Err((on(failed.message), failed.stream)),
+                Ok(Ok(v)) => match v.guid.parse::<u64>() {
+                    Ok(guid) => {
+                        let place = format!("spare pool {} (node {})", v.pool, peer.node);
+                        Ok((v.snapshot, guid, v.streams, place))
+                    }
+                    Err(_) => Err((on(format!("a GUID {:?} that is no number", v.guid)), None)),
+                },
+            }
         }
         Some(Spare::Here(zpool, name)) => {
-            let (s, n) = restore_into_scratch(cx, &zpool, &c.key, target, progress).await?;
-            (s.name, s.guid, n, format!("spare pool {name}"))
+            restore_into_scratch(cx, &zpool, &c.key, target, progress)
+                .await
+                .map(|(s, n)| (s.name, s.guid, n, format!("spare pool {name}")))
+                .map_err(with_stream)
         }
-        None => {
-            let (s, n) = restore_into_scratch(cx, pool, &c.key, target, progress).await?;
-            let place = format!("this copy's own pool {} (no spare pool)", sr.spec.pool);
-            (s.name, s.guid, n, place)
+        None => restore_into_scratch(cx, pool, &c.key, target, progress)
+            .await
+            .map(|(s, n)| {
+                let place = format!("this copy's own pool {} (no spare pool)", sr.spec.pool);
+                (s.name, s.guid, n, place)
+            })
+            .map_err(with_stream),
+    };
+    let (newest, guid, streams, place) = match found {
+        Ok(found) => found,
+        Err((e, Some(stream))) => {
+            let u = (cx, sr, &c, &progress.done);
+            return Err(upload_again(u, target, &stream, e).await);
         }
+        Err((e, None)) => return Err(e),
     };
     let local = c.zfs.snapshots(&c.ds, &[]).await?;
     if let Some(mine) = local.iter().find(|s| s.name == newest)
@@ -685,6 +721,52 @@ async fn verify(
     Ok(format!(
         "restored {newest} ({streams} streams) into a scratch dataset on {place}: SHA-256 and snapshot GUID {guid} match"
     ))
+}
+
+/// A stream verification found broken in the bucket is uploaded again from this copy, when
+/// it still has both snapshots of it; the verification stays failed (loudly), and the next
+/// one checks the new object.
+async fn upload_again(
+    (cx, sr, c, progress): (&AgentContext, &StreamReplica, &Copy<'_>, &Progress),
+    target: &str,
+    stream: &str,
+    failure: BackupError,
+) -> BackupError {
+    let again = async {
+        let bucket = open_bucket(&cx.client, target, &c.key.namespace, &c.key.name).await?;
+        let streams = bucket.streams().await?;
+        let s = streams
+            .iter()
+            .find(|s| s.id.as_str() == stream)
+            .ok_or_else(|| BackupError::Bucket(format!("{stream} is not in the bucket")))?;
+        let local = c.zfs.snapshots(&c.ds, &[]).await?;
+        let here = |guid: u64| {
+            local.iter().find(|l| l.guid == guid).ok_or_else(|| {
+                BackupError::Local(format!("this copy no longer has snapshot GUID {guid}"))
+            })
+        };
+        let to = here(s.edge.to.guid)?;
+        let from = s.edge.from.as_ref().map(|f| here(f.guid)).transpose()?;
+        let u = Uploading {
+            cx,
+            sr,
+            c,
+            bucket: &bucket,
+            progress,
+        };
+        upload_stream(u, &streams, from, to, true).await
+    };
+    match again.await {
+        Ok((id, _)) => {
+            tracing::warn!(project = %sr.spec.project, stream = %id, "a broken backup object uploaded again");
+            BackupError::Local(format!(
+                "{failure}; {id} was uploaded again from this copy: the next verification checks it"
+            ))
+        }
+        Err(e) => BackupError::Local(format!(
+            "{failure}; {stream} cannot be uploaded again from this copy: {e}"
+        )),
+    }
 }
 
 /// Where a verification restores to.
@@ -771,7 +853,13 @@ pub fn verifier(cx: std::sync::Arc<AgentContext>) -> crate::server::VerifyBackup
         Box::pin(async move {
             verify_here(&cx, &key, progress)
                 .await
-                .map_err(|e| projstore_api::s3::one_line(&e))
+                .map_err(|e| crate::server::VerifyFailed {
+                    message: projstore_api::s3::one_line(&e.to_string()),
+                    stream: match e {
+                        BackupError::Broken { stream, .. } => Some(stream),
+                        _ => None,
+                    },
+                })
         })
     })
 }
@@ -780,17 +868,18 @@ async fn verify_here(
     cx: &AgentContext,
     key: &ProjectKey,
     progress: Progress,
-) -> Result<crate::server::BackupVerified, String> {
+) -> Result<crate::server::BackupVerified, BackupError> {
+    let local = BackupError::Local;
     let project = Api::<Project>::namespaced(cx.client.clone(), &key.namespace)
         .get_opt(&key.name)
         .await
-        .map_err(|e| format!("cannot read project {key}: {e}"))?
-        .ok_or_else(|| format!("no project {key}"))?;
+        .map_err(|e| local(format!("cannot read project {key}: {e}")))?
+        .ok_or_else(|| local(format!("no project {key}")))?;
     let target = project
         .spec
         .backup
         .map(|b| b.target)
-        .ok_or_else(|| format!("{key} is not backed up"))?;
+        .ok_or_else(|| local(format!("{key} is not backed up")))?;
     let holding: std::collections::HashSet<String> = cx
         .copies_of(&key.namespace, &key.name)
         .iter()
@@ -805,25 +894,23 @@ async fn verify_here(
     mine.sort_by_key(|p| p.name_any());
     let pool = mine
         .first()
-        .ok_or_else(|| format!("no pool of node {} is spare for {key}", cx.node()))?;
-    let zpool = PoolName::parse(&pool.spec.pool_name).map_err(|e| e.to_string())?;
+        .ok_or_else(|| local(format!("no pool of node {} is spare for {key}", cx.node())))?;
+    let zpool = PoolName::parse(&pool.spec.pool_name)?;
     let busy = key.to_string();
     if !cx
         .verifying
         .lock()
-        .map_err(|_| "poisoned")?
+        .map_err(|_| local("poisoned".into()))?
         .insert(busy.clone())
     {
-        return Err(format!("a verification of {key} runs here already"));
+        return Err(local(format!("a verification of {key} runs here already")));
     }
     let _done = Unmark(cx, busy);
     let job = JobProgress {
         done: progress,
         ..JobProgress::default()
     };
-    let (newest, streams) = restore_into_scratch(cx, &zpool, key, &target, &job)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (newest, streams) = restore_into_scratch(cx, &zpool, key, &target, &job).await?;
     tracing::info!(project = %key, pool = %pool.name_any(), snapshot = %newest.name, "backup verified on a spare pool");
     Ok(crate::server::BackupVerified {
         pool: pool.name_any(),
