@@ -210,6 +210,32 @@ pub struct Placement {
     pub tolerate_experimental: bool,
 }
 
+impl Placement {
+    /// Whether a pool with `labels` matches `poolSelector` (every pool when there is none).
+    pub fn selects(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        let Some(sel) = &self.pool_selector else {
+            return true;
+        };
+        let labels_ok = sel
+            .match_labels
+            .iter()
+            .flatten()
+            .all(|(k, v)| labels.get(k) == Some(v));
+        let exprs_ok = sel.match_expressions.iter().flatten().all(|e| {
+            let val = labels.get(&e.key);
+            let values = e.values.clone().unwrap_or_default();
+            match e.operator.as_str() {
+                "In" => val.is_some_and(|v| values.contains(v)),
+                "NotIn" => val.is_none_or(|v| !values.contains(v)),
+                "Exists" => val.is_some(),
+                "DoesNotExist" => val.is_none(),
+                _ => false,
+            }
+        });
+        labels_ok && exprs_ok
+    }
+}
+
 /// Spread preference for the copies of a project.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum Spread {

@@ -221,8 +221,12 @@ impl Peer {
         let mut body = resp.into_body();
         let mut line = Vec::new();
         let mut seen = 0u64;
+        let mut moved = std::time::Instant::now();
         loop {
-            // A line comes every two seconds while the peer works.
+            // A line comes every two seconds while the peer works, and its count must grow.
+            if moved.elapsed() > crate::live::STALL {
+                return Err(self.err("the verification made no progress"));
+            }
             let frame = tokio::time::timeout(crate::live::STALL, body.frame())
                 .await
                 .map_err(|_| self.err("the verification stalled"))?;
@@ -246,8 +250,11 @@ impl Peer {
                 line.clear();
                 match parsed {
                     VerifyLine::Bytes(n) => {
-                        progress.add(usize::try_from(n.saturating_sub(seen)).unwrap_or(0));
-                        seen = seen.max(n);
+                        if n > seen {
+                            progress.add(usize::try_from(n - seen).unwrap_or(0));
+                            seen = n;
+                            moved = std::time::Instant::now();
+                        }
                     }
                     VerifyLine::Verified(v) => return Ok(Ok(v)),
                     VerifyLine::Failed(why) => return Ok(Err(why)),

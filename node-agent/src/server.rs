@@ -343,16 +343,17 @@ fn verify_answer(verify: &VerifyBackup, project: ProjectKey) -> Response<Body> {
                     Ok(v) => VerifyLine::Verified(v),
                     Err(e) => VerifyLine::Failed(e),
                 },
+                // The asker gone: the verification stops (dropped, it clears its scratch
+                // dataset).
+                () = tx.closed() => return,
                 _ = tick.tick() => {
-                    // The asker gone: the verification stops (and its scratch dataset is
-                    // cleared by the next one, or at start-up).
-                    if tx.send(line(&VerifyLine::Bytes(progress.bytes()))).await.is_err() {
-                        return;
-                    }
+                    // An asker that does not read gets no more lines, and does not hold the
+                    // work up (the outcome still goes out, or the timeout ends it).
+                    let _ = tx.try_send(line(&VerifyLine::Bytes(progress.bytes())));
                 }
             }
         };
-        let _ = tx.send(line(&last)).await;
+        let _ = tokio::time::timeout(crate::live::STALL, tx.send(line(&last))).await;
     });
     let mut r = Response::new(StreamBody::new(tokio_stream_compat(rx)).boxed());
     r.headers_mut().insert(

@@ -225,6 +225,58 @@ impl Bucket {
         Ok(got.into_stream())
     }
 
+    /// Abandons the uploads of this project whose state files lie in `dir` under names
+    /// starting with `prefix`, other than `keep`: a newer snapshot is being uploaded instead,
+    /// so their multipart uploads are aborted (their parts would otherwise stay in the bucket)
+    /// and the files removed.
+    pub async fn abandon_other_uploads(
+        &self,
+        dir: &std::path::Path,
+        prefix: &str,
+        keep: &std::path::Path,
+    ) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let here = format!("{}/", self.root.as_ref());
+        for e in entries.flatten() {
+            let path = e.path();
+            let name = e.file_name();
+            if path == keep
+                || !name
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(prefix) && n.ends_with(".json"))
+            {
+                continue;
+            }
+            let Some(state) = UploadState::load(&path) else {
+                continue;
+            };
+            // Only this project's uploads to this very bucket.
+            let ours = state.place == self.place
+                && state
+                    .object
+                    .strip_prefix(&here)
+                    .is_some_and(|rest| !rest.contains('/'));
+            if !ours {
+                continue;
+            }
+            match self
+                .store
+                .abort_multipart(&Path::from(state.object.as_str()), &state.upload_id)
+                .await
+            {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                    UploadState::remove(&path);
+                    tracing::info!(object = %state.object, "an abandoned upload aborted");
+                }
+                Err(e) => {
+                    tracing::warn!(object = %state.object, error = %e, "cannot abort an abandoned upload")
+                }
+            }
+        }
+    }
+
     /// An opener for the stream object of `id` when the target seals.
     pub fn opener(&self, id: &StreamId) -> Option<Opener> {
         self.key
@@ -298,6 +350,7 @@ impl Bucket {
                 state_file: &up.state_file,
                 hold: up.hold.as_deref(),
                 done: Vec::new(),
+                sending: futures::stream::FuturesOrdered::new(),
                 stored: 0,
             };
             while let Some(chunk) = rx.recv().await {
@@ -337,8 +390,8 @@ impl Bucket {
             }
             let digest = part_hash.finalize();
             parts.end(hex::encode(digest), out).await?;
-            let stored = parts.stored;
-            Ok::<_, BackupError>((parts.done, total, stored, hex::encode(whole.finalize())))
+            let (done, stored) = parts.finish().await?;
+            Ok::<_, BackupError>((done, total, stored, hex::encode(whole.finalize())))
         };
         let (sent, uploaded) = tokio::join!(send, upload);
         let (parts, total, stored, sha256) = match uploaded {
@@ -410,6 +463,13 @@ fn upload_gone(e: &BackupError) -> bool {
     matches!(e, BackupError::Target(r) if r.message.contains("NoSuchUpload"))
 }
 
+/// Parts sent at once: while one travels, `zfs send`, sealing and hashing make the next (and
+/// the service gets two requests to work on).
+const IN_FLIGHT: usize = 2;
+
+/// A part on its way: its plaintext digest and the service's id of it.
+type PartOnItsWay<'a> = futures::future::BoxFuture<'a, Result<(String, PartId), BackupError>>;
+
 /// The parts of one multipart upload as they end.
 struct Parts<'a> {
     store: &'a AmazonS3,
@@ -417,7 +477,10 @@ struct Parts<'a> {
     state: &'a mut UploadState,
     state_file: &'a std::path::Path,
     hold: Option<&'a std::path::Path>,
+    /// Stored parts, in order (each also in `state`).
     done: Vec<PartId>,
+    /// Sent parts not yet answered, in order.
+    sending: futures::stream::FuturesOrdered<PartOnItsWay<'a>>,
     stored: u64,
 }
 
@@ -425,7 +488,7 @@ impl Parts<'_> {
     /// Ends the next part, `body` (its plaintext's SHA-256 `digest`): skipped when an earlier
     /// try stored the same plaintext, else uploaded and remembered.
     async fn end(&mut self, digest: String, body: BytesMut) -> Result<(), BackupError> {
-        let index = self.done.len();
+        let index = self.done.len() + self.sending.len();
         self.stored += body.len() as u64;
         match self.state.parts.get(index) {
             Some(p) if p.sha256 == digest => {
@@ -440,29 +503,50 @@ impl Parts<'_> {
                 )));
             }
             None => {
-                let id = self
-                    .store
-                    .put_part(
-                        self.path,
-                        &self.state.upload_id,
-                        index,
-                        PutPayload::from(body.freeze()),
-                    )
-                    .await
-                    .map_err(BackupError::store)?;
-                self.state.parts.push(DonePart {
-                    sha256: digest,
-                    etag: id.content_id.clone(),
-                });
-                self.state.save(self.state_file)?;
-                self.done.push(id);
-                // The end-to-end tests' fault hook: an upload cut off half-way.
-                while self.hold.is_some_and(std::path::Path::exists) {
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                let (store, path) = (self.store, self.path);
+                let upload_id = self.state.upload_id.clone();
+                self.sending.push_back(Box::pin(async move {
+                    let id = store
+                        .put_part(path, &upload_id, index, PutPayload::from(body.freeze()))
+                        .await
+                        .map_err(BackupError::store)?;
+                    Ok((digest, id))
+                }));
+                while self.sending.len() >= IN_FLIGHT {
+                    self.settle().await?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// Waits for the oldest part sent, and remembers it (in order: a resumed upload goes on
+    /// after the parts stored before the cut).
+    async fn settle(&mut self) -> Result<(), BackupError> {
+        use futures::StreamExt;
+        let Some(answer) = self.sending.next().await else {
+            return Ok(());
+        };
+        let (digest, id) = answer?;
+        self.state.parts.push(DonePart {
+            sha256: digest,
+            etag: id.content_id.clone(),
+        });
+        self.state.save(self.state_file)?;
+        self.done.push(id);
+        // The end-to-end tests' fault hook: an upload cut off half-way.
+        while self.hold.is_some_and(std::path::Path::exists) {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    /// Every part sent answered: the parts, in order.
+    async fn finish(mut self) -> Result<(Vec<PartId>, u64), BackupError> {
+        while !self.sending.is_empty() {
+            self.settle().await?;
+        }
+        Ok((self.done, self.stored))
     }
 }
 

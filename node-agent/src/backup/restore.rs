@@ -56,6 +56,61 @@ pub async fn receive_chain(
     Ok(newest)
 }
 
+/// Reads stream `s`'s object as a restore would (opened with the key, hashed) without
+/// receiving it: Ok when its length and SHA-256 match its manifest, `Broken` when not.
+pub async fn check_object(bucket: &Bucket, s: &BucketStream) -> Result<(), BackupError> {
+    let m = &s.manifest;
+    let broken = |why: String| BackupError::Broken {
+        stream: s.id.to_string(),
+        why,
+    };
+    let mut body = bucket.get_stream(&s.id).await?;
+    let mut opener = bucket.opener(&s.id);
+    let mut hasher = Sha256::new();
+    let (mut total, mut stored) = (0u64, 0u64);
+    while let Some(piece) = body.next().await {
+        let piece = piece.map_err(BackupError::store)?;
+        stored += piece.len() as u64;
+        if stored > m.stored_bytes {
+            return Err(broken(format!(
+                "the object is longer than the {} bytes its manifest says",
+                m.stored_bytes
+            )));
+        }
+        match &mut opener {
+            Some(o) => {
+                for plain in o.update(&piece).map_err(&broken)? {
+                    hasher.update(&plain);
+                    total += plain.len() as u64;
+                }
+            }
+            None => {
+                hasher.update(&piece);
+                total += piece.len() as u64;
+            }
+        }
+    }
+    if let Some(o) = opener {
+        let last = o.finish().map_err(&broken)?;
+        hasher.update(&last);
+        total += last.len() as u64;
+    }
+    if total != m.stream.bytes || stored != m.stored_bytes {
+        return Err(broken(format!(
+            "{total} bytes ({stored} stored), the manifest says {} ({})",
+            m.stream.bytes, m.stored_bytes
+        )));
+    }
+    let digest = hex::encode(hasher.finalize());
+    if digest != m.stream.sha256 {
+        return Err(broken(format!(
+            "SHA-256 {digest} differs from the manifest's {}",
+            m.stream.sha256
+        )));
+    }
+    Ok(())
+}
+
 async fn receive_one(
     zfs: &Zfs,
     bucket: &Bucket,

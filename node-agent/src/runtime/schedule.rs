@@ -215,6 +215,10 @@ async fn reconcile(sr: Arc<StreamReplica>, sh: Arc<AgentContext>) -> Result<Acti
         return Ok(Action::await_change());
     }
     let key = format!("{}/{}", sr.namespace().unwrap_or_default(), sr.name_any());
+    if sh.cfg.tls.is_none() || sh.own_pool(&sr.spec.pool).is_none() {
+        // Not this agent's to work on: no backup work from it either.
+        replica::stop_backup_job(&sh, &sr);
+    }
     let (status, due) = match sh.own_pool(&sr.spec.pool) {
         Some(_) if sh.cfg.tls.is_none() => (
             refused(&sr, "this agent has no TLS identity (--tls-dir)".into()),

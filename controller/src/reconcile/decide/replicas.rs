@@ -127,26 +127,7 @@ fn pool_info(p: &Project, pv: &PoolView) -> PoolInfo {
 }
 
 fn selector_matches(p: &Project, pv: &PoolView) -> bool {
-    let Some(sel) = &p.spec.placement.pool_selector else {
-        return true;
-    };
-    let labels_ok = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| pv.labels.get(k) == Some(v));
-    let exprs_ok = sel.match_expressions.iter().flatten().all(|e| {
-        let val = pv.labels.get(&e.key);
-        let values = e.values.clone().unwrap_or_default();
-        match e.operator.as_str() {
-            "In" => val.is_some_and(|v| values.contains(v)),
-            "NotIn" => val.is_none_or(|v| !values.contains(v)),
-            "Exists" => val.is_some(),
-            "DoesNotExist" => val.is_none(),
-            _ => false,
-        }
-    });
-    labels_ok && exprs_ok
+    p.spec.placement.selects(&pv.labels)
 }
 
 /// A new replica of `p` on `pv`, labelled for its node's agent.

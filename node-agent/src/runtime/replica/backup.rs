@@ -28,8 +28,8 @@ const VERIFY_SPACING: Duration = Duration::from_secs(30);
 /// The longest wait after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
-/// Whether copy `sr` uploads its project's backups: the Ready secondary on the first pool by
-/// name, or the primary when no secondary is Ready.
+/// Whether copy `sr` uploads its project's backups: the Ready (or catching-up) secondary on the
+/// first pool by name, or the primary when there is none.
 pub fn uploads(sr: &StreamReplica, copies: &[std::sync::Arc<StreamReplica>]) -> bool {
     let live = |r: &&std::sync::Arc<StreamReplica>| {
         r.spec.state == ReplicaState::Live
@@ -40,7 +40,16 @@ pub fn uploads(sr: &StreamReplica, copies: &[std::sync::Arc<StreamReplica>]) -> 
         .iter()
         .filter(live)
         .filter(|r| r.spec.role == ReplicaRole::Secondary)
-        .filter(|r| r.status.as_ref().and_then(|s| s.phase) == Some(ReplicaPhase::Ready))
+        .filter(|r| {
+            // A copy catching up stays the uploader (its upload is not stopped each time a
+            // snapshot arrives); a new one is not chosen until it holds a snapshot.
+            let st = r.status.as_ref();
+            match st.and_then(|s| s.phase) {
+                Some(ReplicaPhase::Ready) => true,
+                Some(ReplicaPhase::Syncing) => st.is_some_and(|s| s.applied_snapshot.is_some()),
+                _ => false,
+            }
+        })
         .min_by(|a, b| a.spec.pool.cmp(&b.spec.pool));
     match ready_secondary {
         Some(r) => r.spec.pool == sr.spec.pool,
@@ -111,8 +120,15 @@ pub fn verify_due(
 /// An upload or a verification running beside the copy's passes: a long upload must not
 /// stop the copy from catching up, nor a primary from taking its snapshots.
 pub struct BackupJob {
+    kind: JobKind,
     progress: JobProgress,
     handle: tokio::task::JoinHandle<JobOutcome>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobKind {
+    Upload,
+    Verify,
 }
 
 /// Bytes a job moved, and what it will move in all (0 until known).
@@ -146,9 +162,10 @@ fn job_key(sr: &StreamReplica) -> String {
     format!("{}/{}", sr.namespace().unwrap_or_default(), sr.name_any())
 }
 
-/// Stops the backup job of `sr`, if any (the copy no longer uploads). An upload stopped
-/// goes on from its stored parts when this copy uploads again.
-pub(super) fn stop_job(cx: &AgentContext, sr: &StreamReplica) {
+/// Stops the backup job of `sr`, if any (the copy no longer uploads, is no longer live, or
+/// is not this node's to work on). An upload stopped goes on from its stored parts when this
+/// copy uploads again.
+pub fn stop_job(cx: &AgentContext, sr: &StreamReplica) {
     let job = cx
         .backup_jobs
         .lock()
@@ -156,14 +173,33 @@ pub(super) fn stop_job(cx: &AgentContext, sr: &StreamReplica) {
         .and_then(|mut jobs| jobs.remove(&job_key(sr)));
     if let Some(job) = job {
         job.handle.abort();
-        tracing::info!(project = %sr.spec.project, "backup work stopped: this copy no longer uploads");
+        tracing::info!(project = %sr.spec.project, kind = ?job.kind, "backup work stopped: this copy no longer does it");
     }
+}
+
+/// Stops the jobs of StreamReplicas that are gone (deleted without a last pass here).
+fn sweep_jobs(cx: &AgentContext) {
+    let Ok(mut jobs) = cx.backup_jobs.lock() else {
+        return;
+    };
+    jobs.retain(|key, job| {
+        let (ns, name) = key.split_once('/').unwrap_or_default();
+        let here = cx
+            .replicas
+            .get(&kube::runtime::reflector::ObjectRef::new(name).within(ns))
+            .is_some();
+        if !here {
+            job.handle.abort();
+        }
+        here
+    });
 }
 
 /// Starts `work` as the job of `sr`.
 fn start_job(
     cx: &AgentContext,
     sr: &StreamReplica,
+    kind: JobKind,
     progress: JobProgress,
     work: impl std::future::Future<Output = JobOutcome> + Send + 'static,
 ) {
@@ -171,6 +207,7 @@ fn start_job(
         jobs.insert(
             job_key(sr),
             BackupJob {
+                kind,
                 progress,
                 handle: tokio::spawn(work),
             },
@@ -179,20 +216,20 @@ fn start_job(
 }
 
 /// The backup work of one pass of a live copy: starts an upload or a verification when due
-/// (one at a time, beside the passes), shows a running one's progress, and writes what a
-/// finished one did into `status.backup`; returns when it has work next. Failures go to the
-/// status, not the pass.
+/// (one at a time, beside the passes; an upload due stops a verification), shows a running
+/// one's progress, and writes what a finished one did into `status.backup`; returns when it
+/// has work next. Failures go to the status, not the pass.
 pub(super) async fn backup_pass(
     cx: &std::sync::Arc<AgentContext>,
     sr: &StreamReplica,
     pool: &PoolName,
     status: &mut StreamReplicaStatus,
 ) -> Due {
+    sweep_jobs(cx);
     let ns = sr.namespace().unwrap_or_default();
-    if status.phase != Some(ReplicaPhase::Ready)
-        || !uploads(sr, &cx.copies_of(&ns, &sr.spec.project))
-    {
+    if !uploads(sr, &cx.copies_of(&ns, &sr.spec.project)) {
         stop_job(cx, sr);
+        not_running(status, "another copy uploads the backups");
         return None;
     }
     let project = match Api::<Project>::namespaced(cx.client.clone(), &ns)
@@ -208,15 +245,30 @@ pub(super) async fn backup_pass(
     };
     let Some(policy) = project.spec.backup.clone() else {
         stop_job(cx, sr);
+        not_running(status, "the project is no longer backed up");
         return None;
     };
     let mut b = status.backup.clone().unwrap_or_default();
-    // A job running: its progress; a job done: its outcome.
+    let interval = Duration::from_secs(u64::from(policy.interval_minutes) * 60);
+    let asked = project.annotations().get(BACKUP_NOW_ANNOTATION).cloned();
+    // A job running: its progress (a verification gives way to an upload due: it must never
+    // hold backups back); a job done: its outcome.
     let finished = {
         let Ok(mut jobs) = cx.backup_jobs.lock() else {
             return Some(Duration::from_secs(1));
         };
         match jobs.get(&job_key(sr)) {
+            Some(job)
+                if !job.handle.is_finished()
+                    && job.kind == JobKind::Verify
+                    && backup_due(&b, interval, asked.as_deref(), Utc::now()).is_zero() =>
+            {
+                if let Some(job) = jobs.remove(&job_key(sr)) {
+                    job.handle.abort();
+                    tracing::info!(project = %sr.spec.project, "verification stopped: a backup is due");
+                }
+                None
+            }
             Some(job) if !job.handle.is_finished() => {
                 (b.bytes_done, b.bytes_total) = {
                     let (done, total) = job.progress.now();
@@ -234,6 +286,7 @@ pub(super) async fn backup_pass(
     // (Running with no job here, the agent restarted under it: `backup_due` starts it again,
     // and the upload goes on from its stored parts.)
     if let Some(job) = finished {
+        let kind = job.kind;
         match job.handle.await {
             // The request it answered is told once it is answered.
             Ok(JobOutcome::Uploaded(done, asked)) => {
@@ -244,13 +297,26 @@ pub(super) async fn backup_pass(
                 b.verify_requested = asked.or(b.verify_requested.take());
                 verified(&mut b, sr, outcome);
             }
-            Err(e) => tracing::warn!(error = %e, "backup job ended without an outcome"),
+            Err(e) if kind == JobKind::Upload => {
+                uploaded(
+                    &mut b,
+                    sr,
+                    Err(BackupError::Local(format!("the upload ended: {e}"))),
+                );
+            }
+            Err(e) => verified(
+                &mut b,
+                sr,
+                Err(BackupError::Local(format!("the verification ended: {e}"))),
+            ),
         }
     }
-    let now = Utc::now();
-    let interval = Duration::from_secs(u64::from(policy.interval_minutes) * 60);
-    let asked = project.annotations().get(BACKUP_NOW_ANNOTATION).cloned();
-    let next = backup_due(&b, interval, asked.as_deref(), now);
+    if status.phase != Some(ReplicaPhase::Ready) {
+        // Nothing new starts on a copy that is not Ready.
+        status.backup = Some(b);
+        return Some(Duration::from_secs(5));
+    }
+    let next = backup_due(&b, interval, asked.as_deref(), Utc::now());
     if next.is_zero() {
         b.attempted_at = Some(now_time());
         b.phase = Some(BackupPhase::Running);
@@ -258,7 +324,7 @@ pub(super) async fn backup_pass(
         let progress = JobProgress::default();
         let (cx2, sr2, pool2, keep) = (cx.clone(), sr.clone(), pool.clone(), policy.keep.clone());
         let p2 = progress.clone();
-        start_job(cx, sr, progress, async move {
+        start_job(cx, sr, JobKind::Upload, progress, async move {
             let done = backup_now(&cx2, &sr2, &pool2, &policy.target, &keep, &p2).await;
             JobOutcome::Uploaded(done, asked)
         });
@@ -280,14 +346,14 @@ pub(super) async fn backup_pass(
     let mut next = next;
     if let Some(due) = verify_due(&b, days, asked_verify.as_deref(), Utc::now()) {
         if due.is_zero() {
-            b.verify_time = Some(now_time());
             b.bytes_done = Some(0);
             let progress = JobProgress::default();
             let (cx2, sr2, pool2, target) =
                 (cx.clone(), sr.clone(), pool.clone(), policy.target.clone());
+            let placement = project.spec.placement.clone();
             let p2 = progress.clone();
-            start_job(cx, sr, progress, async move {
-                let outcome = verify(&cx2, &sr2, &pool2, &target, &p2).await;
+            start_job(cx, sr, JobKind::Verify, progress, async move {
+                let outcome = verify(&cx2, &sr2, &pool2, (&target, &placement), &p2).await;
                 JobOutcome::Verified(outcome, asked_verify)
             });
             status.backup = Some(b);
@@ -297,6 +363,20 @@ pub(super) async fn backup_pass(
     }
     status.backup = Some(b);
     Some(next.max(Duration::from_secs(1)))
+}
+
+/// On a copy that no longer uploads: its status no longer says an upload runs (nor that it
+/// attempted one lately, so the Project shows the uploading copy's).
+fn not_running(status: &mut StreamReplicaStatus, why: &str) {
+    if let Some(b) = status.backup.as_mut()
+        && (b.phase == Some(BackupPhase::Running) || b.bytes_done.is_some())
+    {
+        b.phase = None;
+        b.attempted_at = None;
+        b.bytes_done = None;
+        b.bytes_total = None;
+        b.message = Some(why.to_owned());
+    }
 }
 
 /// What a finished upload did, into the status.
@@ -324,6 +404,7 @@ fn uploaded(b: &mut BackupStatus, sr: &StreamReplica, done: Result<Done, BackupE
 
 /// What a finished verification found, into the status.
 fn verified(b: &mut BackupStatus, sr: &StreamReplica, outcome: Result<String, BackupError>) {
+    b.verify_time = Some(now_time());
     match outcome {
         Ok(msg) => {
             b.verified = Some(true);
@@ -497,6 +578,14 @@ async fn upload_stream(
         )),
         hold: Some(cx.cfg.run_dir.join(crate::backup::bucket::HOLD_UPLOAD)),
     };
+    // One upload of a project at a time here: one cut off for an older snapshot is given up
+    // (its parts removed from the bucket).
+    if let Some(dir) = up.state_file.parent() {
+        let prefix = format!("{}.{}.{}.", c.pool, c.key.namespace, c.key.name);
+        bucket
+            .abandon_other_uploads(dir, &prefix, &up.state_file)
+            .await;
+    }
     let m = bucket.upload(&up, progress).await?;
     crate::metrics::add(&crate::metrics::METRICS.backup_bytes, m.stored_bytes);
     Ok((id, m))
@@ -643,15 +732,15 @@ fn chain_of<'a>(
 }
 
 /// Verifies the newest backup: restored into a scratch dataset of a spare pool (one that holds
-/// no copy of the project: on another host, through its agent, or on this one), else of this
-/// copy's own pool; every stream's SHA-256 checked against its manifest, the snapshot received
-/// compared by GUID with the chain's end and with this copy's own snapshot of that name; the
-/// scratch dataset removed.
+/// no copy of the project and that its placement allows: on another host, through its agent,
+/// or on this one), else of this copy's own pool; every stream's SHA-256 checked against its
+/// manifest, the snapshot received compared by GUID with the chain's end and with this copy's
+/// own snapshot of that name; the scratch dataset removed.
 async fn verify(
     cx: &AgentContext,
     sr: &StreamReplica,
     pool: &PoolName,
-    target: &str,
+    (target, placement): (&str, &projstore_api::Placement),
     progress: &JobProgress,
 ) -> Result<String, BackupError> {
     let c = Copy::new(cx, sr, pool).map_err(|e| BackupError::Local(e.to_string()))?;
@@ -663,43 +752,53 @@ async fn verify(
         };
         (e, stream)
     };
-    let found = match spare_pool(cx, sr) {
+    let found = match spare_pool(cx, sr, placement) {
         Some(Spare::Peer(peer)) => {
-            // The total, for progress: the peer counts what it received.
+            // What the peer must find: the chain's end as this copy lists the bucket.
             let bucket = open_bucket(&cx.client, target, &c.key.namespace, &c.key.name).await?;
             let listed = bucket.streams().await?;
-            progress.set_total(
-                chain_of(&listed, None)?
-                    .iter()
-                    .map(|s| s.manifest.stream.bytes)
-                    .sum(),
-            );
+            let chain = chain_of(&listed, None)?;
+            progress.set_total(chain.iter().map(|s| s.manifest.stream.bytes).sum());
+            let end = chain.last().map(|s| s.edge.to.guid).unwrap_or_default();
+            let links = chain.len();
             let on = |why: String| BackupError::Local(format!("on node {}: {why}", peer.node));
             match peer.verify_backup(&c.key, &progress.done).await {
                 Err(e) => Err((on(e.to_string()), None)),
                 Ok(Err(failed)) => Err((on(failed.message), failed.stream)),
-                Ok(Ok(v)) => match v.guid.parse::<u64>() {
-                    Ok(guid) => {
-                        let place = format!("spare pool {} (node {})", v.pool, peer.node);
-                        Ok((v.snapshot, guid, v.streams, place))
-                    }
-                    Err(_) => Err((on(format!("a GUID {:?} that is no number", v.guid)), None)),
-                },
+                Ok(Ok(v)) if v.guid != end.to_string() || v.streams != links => Err((
+                    on(format!(
+                        "it restored GUID {} from {} streams; the chain ends at {end} after {links}",
+                        v.guid, v.streams
+                    )),
+                    None,
+                )),
+                Ok(Ok(v)) => {
+                    let place = format!("spare pool {} (node {})", v.pool, peer.node);
+                    Ok((v.snapshot, end, v.streams, place))
+                }
             }
         }
-        Some(Spare::Here(zpool, name)) => {
-            restore_into_scratch(cx, &zpool, &c.key, target, progress)
+        Some(Spare::Here(zpool, name, free)) => {
+            restore_into_scratch(cx, &zpool, free, &c.key, target, progress)
                 .await
                 .map(|(s, n)| (s.name, s.guid, n, format!("spare pool {name}")))
                 .map_err(with_stream)
         }
-        None => restore_into_scratch(cx, pool, &c.key, target, progress)
-            .await
-            .map(|(s, n)| {
-                let place = format!("this copy's own pool {} (no spare pool)", sr.spec.pool);
-                (s.name, s.guid, n, place)
-            })
-            .map_err(with_stream),
+        None => {
+            let free = cx
+                .pools
+                .state()
+                .iter()
+                .find(|p| p.name_any() == sr.spec.pool)
+                .and_then(|p| p.status.as_ref()?.free_bytes);
+            restore_into_scratch(cx, pool, free, &c.key, target, progress)
+                .await
+                .map(|(s, n)| {
+                    let place = format!("this copy's own pool {} (no spare pool)", sr.spec.pool);
+                    (s.name, s.guid, n, place)
+                })
+                .map_err(with_stream)
+        }
     };
     let (newest, guid, streams, place) = match found {
         Ok(found) => found,
@@ -723,9 +822,10 @@ async fn verify(
     ))
 }
 
-/// A stream verification found broken in the bucket is uploaded again from this copy, when
-/// it still has both snapshots of it; the verification stays failed (loudly), and the next
-/// one checks the new object.
+/// A stream verification found broken in the bucket is uploaded again from this copy, once
+/// this copy read its object itself and found it broken too (a spare host's word alone
+/// replaces nothing), and when it still has both snapshots of it; the verification stays
+/// failed (loudly), and the next one checks the new object.
 async fn upload_again(
     (cx, sr, c, progress): (&AgentContext, &StreamReplica, &Copy<'_>, &Progress),
     target: &str,
@@ -739,6 +839,16 @@ async fn upload_again(
             .iter()
             .find(|s| s.id.as_str() == stream)
             .ok_or_else(|| BackupError::Bucket(format!("{stream} is not in the bucket")))?;
+        match crate::backup::restore::check_object(&bucket, s).await {
+            Err(BackupError::Broken { .. }) => {}
+            Err(e) => return Err(e),
+            Ok(()) => {
+                return Err(BackupError::Local(
+                    "its object reads whole and matches its manifest from this copy: left as it is"
+                        .into(),
+                ));
+            }
+        }
         let local = c.zfs.snapshots(&c.ds, &[]).await?;
         let here = |guid: u64| {
             local.iter().find(|l| l.guid == guid).ok_or_else(|| {
@@ -763,9 +873,7 @@ async fn upload_again(
                 "{failure}; {id} was uploaded again from this copy: the next verification checks it"
             ))
         }
-        Err(e) => BackupError::Local(format!(
-            "{failure}; {stream} cannot be uploaded again from this copy: {e}"
-        )),
+        Err(e) => BackupError::Local(format!("{failure}; {stream} not uploaded again: {e}")),
     }
 }
 
@@ -773,37 +881,55 @@ async fn upload_again(
 enum Spare {
     /// A pool of another host, through its agent (which picks its spare pool).
     Peer(crate::fetch::Peer),
-    /// A pool of this host that holds no copy: its ZFS name and StoragePool name.
-    Here(PoolName, String),
+    /// A pool of this host that holds no copy: its ZFS name, StoragePool name and free bytes.
+    Here(PoolName, String, Option<u64>),
 }
 
-/// A Ready pool that holds no copy of the project (no StreamReplica of it, in any state),
-/// chosen by a hash of project and pool so projects spread over the spare pools.
-fn spare_pool(cx: &AgentContext, sr: &StreamReplica) -> Option<Spare> {
+/// Whether a verification of a project placed by `placement` may use pool `p` for its
+/// scratch dataset: Ready, and where the project's copies could go (a pinned project's data
+/// goes to no other pool).
+fn spare_for(p: &projstore_api::StoragePool, placement: &projstore_api::Placement) -> bool {
+    p.status.as_ref().and_then(|s| s.phase) == Some(projstore_api::PoolPhase::Ready)
+        && placement.pool.is_none()
+        && (!p.spec.experimental || placement.tolerate_experimental)
+        && placement.selects(p.labels())
+}
+
+/// Spare pools are tried in the order of a hash of project and pool, so projects spread.
+fn spare_rank(key: &str, pool: &str) -> Vec<u8> {
     use sha2::Digest;
-    let ns = sr.namespace().unwrap_or_default();
-    let holding: std::collections::HashSet<String> = cx
-        .copies_of(&ns, &sr.spec.project)
+    sha2::Sha256::digest(format!("{key}\n{pool}").as_bytes()).to_vec()
+}
+
+/// Pools that hold a StreamReplica of the project, in any state.
+fn holding(cx: &AgentContext, ns: &str, name: &str) -> std::collections::HashSet<String> {
+    cx.copies_of(ns, name)
         .iter()
         .map(|r| r.spec.pool.clone())
-        .collect();
-    let rank = |pool: &str| {
-        sha2::Sha256::digest(format!("{ns}/{}\n{pool}", sr.spec.project).as_bytes()).to_vec()
-    };
+        .collect()
+}
+
+/// A pool a verification may use that holds no copy of the project.
+fn spare_pool(
+    cx: &AgentContext,
+    sr: &StreamReplica,
+    placement: &projstore_api::Placement,
+) -> Option<Spare> {
+    let ns = sr.namespace().unwrap_or_default();
+    let held = holding(cx, &ns, &sr.spec.project);
+    let key = format!("{ns}/{}", sr.spec.project);
     let mut spares: Vec<_> = cx
         .all_pools
         .state()
         .into_iter()
-        .filter(|p| !holding.contains(&p.name_any()))
-        .filter(|p| {
-            p.status.as_ref().and_then(|s| s.phase) == Some(projstore_api::PoolPhase::Ready)
-        })
+        .filter(|p| !held.contains(&p.name_any()) && spare_for(p, placement))
         .collect();
-    spares.sort_by_key(|p| rank(&p.name_any()));
+    spares.sort_by_key(|p| spare_rank(&key, &p.name_any()));
     spares.into_iter().find_map(|p| {
         if p.spec.node_name == cx.node() {
             let zpool = PoolName::parse(&p.spec.pool_name).ok()?;
-            return Some(Spare::Here(zpool, p.name_any()));
+            let free = p.status.as_ref().and_then(|s| s.free_bytes);
+            return Some(Spare::Here(zpool, p.name_any(), free));
         }
         let endpoint = p.status.as_ref()?.agent.as_ref()?.stream_endpoint.clone()?;
         let peer = crate::fetch::Peer::new(&endpoint, &p.spec.node_name, cx.tls().ok()?).ok()?;
@@ -811,25 +937,39 @@ fn spare_pool(cx: &AgentContext, sr: &StreamReplica) -> Option<Spare> {
     })
 }
 
-/// Restores the newest backup into the scratch dataset of `pool`, checks it, removes it;
-/// the newest snapshot received, and how many streams the chain had.
+/// Restores the newest backup into the scratch dataset of `pool` (which has `free` bytes),
+/// checks it, removes it (also when the work is dropped half-way); the newest snapshot
+/// received, and how many streams the chain had. One verification of a project at a time on
+/// this host, and none that would take more than four fifths of the pool's free space.
 async fn restore_into_scratch(
     cx: &AgentContext,
     pool: &PoolName,
+    free: Option<u64>,
     key: &ProjectKey,
     target: &str,
     progress: &JobProgress,
 ) -> Result<(crate::zfs::SnapshotInfo, usize), BackupError> {
     let zfs = cx.zfs().map_err(|e| BackupError::Local(e.to_string()))?;
+    let _one = Verifying::mark(cx, &key.to_string())?;
     let bucket = open_bucket(&cx.client, target, &key.namespace, &key.name).await?;
     let streams = bucket.streams().await?;
     let chain: Vec<BucketStream> = chain_of(&streams, None)?.into_iter().cloned().collect();
-    progress.set_total(chain.iter().map(|s| s.manifest.stream.bytes).sum());
+    let bytes: u64 = chain.iter().map(|s| s.manifest.stream.bytes).sum();
+    progress.set_total(bytes);
+    if let Some(free) = free
+        && bytes > free / 5 * 4
+    {
+        return Err(BackupError::Local(format!(
+            "the backup's {bytes} bytes would take more than four fifths of pool {pool}'s {free} free bytes"
+        )));
+    }
     let scratch = verify_scratch(pool, key)?;
     crate::transfer::clear_staging(zfs, &scratch)
         .await
         .map_err(|e| BackupError::Local(e.to_string()))?;
+    let mut guard = ScratchGuard(Some((zfs.clone(), scratch.clone())));
     let received = receive_chain(zfs, &bucket, key, &chain, &scratch, &progress.done, None).await;
+    guard.0 = None;
     let cleared = crate::transfer::clear_staging(zfs, &scratch).await;
     let newest = received?;
     cleared.map_err(|e| BackupError::Local(e.to_string()))?;
@@ -843,10 +983,25 @@ async fn restore_into_scratch(
     Ok((newest, chain.len()))
 }
 
+/// Clears a scratch dataset when the verification that fills it is dropped half-way.
+struct ScratchGuard(Option<(crate::zfs::Zfs, DatasetName)>);
+
+impl Drop for ScratchGuard {
+    fn drop(&mut self) {
+        if let Some((zfs, ds)) = self.0.take() {
+            tokio::spawn(async move {
+                if let Err(e) = crate::transfer::clear_staging(&zfs, &ds).await {
+                    tracing::warn!(dataset = %ds, error = %e, "cannot clear a verification's scratch dataset");
+                }
+            });
+        }
+    }
+}
+
 /// The stream server's side of a verification on a spare pool of this host, for the agent of
 /// a copy of the project (the server checked that its node holds one): the project's own
-/// backup target, a pool of this node that holds no copy of it, one verification of a
-/// project at a time.
+/// backup target and placement, a pool of this node that holds no copy of it, and one such
+/// verification at a time on this host.
 pub fn verifier(cx: std::sync::Arc<AgentContext>) -> crate::server::VerifyBackup {
     std::sync::Arc::new(move |key, progress| {
         let cx = cx.clone();
@@ -878,39 +1033,30 @@ async fn verify_here(
     let target = project
         .spec
         .backup
-        .map(|b| b.target)
+        .as_ref()
+        .map(|b| b.target.clone())
         .ok_or_else(|| local(format!("{key} is not backed up")))?;
-    let holding: std::collections::HashSet<String> = cx
-        .copies_of(&key.namespace, &key.name)
-        .iter()
-        .map(|r| r.spec.pool.clone())
-        .collect();
+    let held = holding(cx, &key.namespace, &key.name);
     let mut mine: Vec<_> = cx
         .pools
         .state()
         .into_iter()
-        .filter(|p| p.spec.node_name == cx.node() && !holding.contains(&p.name_any()))
+        .filter(|p| p.spec.node_name == cx.node() && !held.contains(&p.name_any()))
+        .filter(|p| spare_for(p, &project.spec.placement))
         .collect();
-    mine.sort_by_key(|p| p.name_any());
+    mine.sort_by_key(|p| spare_rank(&key.to_string(), &p.name_any()));
     let pool = mine
         .first()
         .ok_or_else(|| local(format!("no pool of node {} is spare for {key}", cx.node())))?;
     let zpool = PoolName::parse(&pool.spec.pool_name)?;
-    let busy = key.to_string();
-    if !cx
-        .verifying
-        .lock()
-        .map_err(|_| local("poisoned".into()))?
-        .insert(busy.clone())
-    {
-        return Err(local(format!("a verification of {key} runs here already")));
-    }
-    let _done = Unmark(cx, busy);
+    let free = pool.status.as_ref().and_then(|s| s.free_bytes);
+    // For peers, one at a time on this host: a verification writes a project's whole chain.
+    let _slot = Verifying::mark(cx, PEERS_SLOT)?;
     let job = JobProgress {
         done: progress,
         ..JobProgress::default()
     };
-    let (newest, streams) = restore_into_scratch(cx, &zpool, key, &target, &job).await?;
+    let (newest, streams) = restore_into_scratch(cx, &zpool, free, key, &target, &job).await?;
     tracing::info!(project = %key, pool = %pool.name_any(), snapshot = %newest.name, "backup verified on a spare pool");
     Ok(crate::server::BackupVerified {
         pool: pool.name_any(),
@@ -920,10 +1066,31 @@ async fn verify_here(
     })
 }
 
-/// Takes a project off the verifying list when dropped.
-struct Unmark<'a>(&'a AgentContext, String);
+/// The one slot of peers' verifications on this host (no project key looks like it).
+const PEERS_SLOT: &str = "peers";
 
-impl Drop for Unmark<'_> {
+/// A verification running here, by project (`ns/name`) or [`PEERS_SLOT`]; off the list when
+/// dropped.
+struct Verifying<'a>(&'a AgentContext, String);
+
+impl<'a> Verifying<'a> {
+    fn mark(cx: &'a AgentContext, what: &str) -> Result<Self, BackupError> {
+        let mut set = cx
+            .verifying
+            .lock()
+            .map_err(|_| BackupError::Local("the verification list is poisoned".into()))?;
+        if !set.insert(what.to_owned()) {
+            return Err(BackupError::Local(if what == PEERS_SLOT {
+                "this host verifies another project's backup now: try later".into()
+            } else {
+                format!("a verification of {what} runs here already")
+            }));
+        }
+        Ok(Self(cx, what.to_owned()))
+    }
+}
+
+impl Drop for Verifying<'_> {
     fn drop(&mut self) {
         if let Ok(mut set) = self.0.verifying.lock() {
             set.remove(&self.1);
@@ -1120,6 +1287,64 @@ mod tests {
         assert_eq!(daily1.into_iter().collect::<Vec<_>>(), vec![118, 119]);
         let daily0 = keep_points(&refs, &keep(0, 0, 0), late);
         assert_eq!(daily0.into_iter().collect::<Vec<_>>(), vec![119]);
+    }
+
+    #[test]
+    fn a_spare_pool_is_ready_and_one_the_projects_placement_allows() {
+        let pool = |labels: serde_json::Value, experimental: bool, phase: &str| {
+            serde_json::from_value::<projstore_api::StoragePool>(serde_json::json!({
+                "apiVersion": "projstore.io/v1alpha1", "kind": "StoragePool",
+                "metadata": {"name": "p", "labels": labels},
+                "spec": {"nodeName": "n", "poolName": "tank", "vdevs": [{"type": "file", "path": "/x"}],
+                    "experimental": experimental},
+                "status": {"phase": phase},
+            }))
+            .unwrap()
+        };
+        let placement =
+            |v: serde_json::Value| serde_json::from_value::<projstore_api::Placement>(v).unwrap();
+        let any = placement(serde_json::json!({}));
+        let ssd = placement(serde_json::json!({"poolSelector": {"matchLabels": {"disk": "ssd"}}}));
+        let pinned = placement(serde_json::json!({"pool": "p"}));
+        let brave = placement(serde_json::json!({"tolerateExperimental": true}));
+        let plain = pool(serde_json::json!({"disk": "ssd"}), false, "Ready");
+        assert!(spare_for(&plain, &any) && spare_for(&plain, &ssd));
+        assert!(!spare_for(
+            &pool(serde_json::json!({"disk": "hdd"}), false, "Ready"),
+            &ssd
+        ));
+        assert!(
+            !spare_for(&plain, &pinned),
+            "a pinned project's data goes nowhere else"
+        );
+        assert!(!spare_for(
+            &pool(serde_json::json!({}), false, "NotReady"),
+            &any
+        ));
+        let trial = pool(serde_json::json!({}), true, "Ready");
+        assert!(!spare_for(&trial, &any) && spare_for(&trial, &brave));
+    }
+
+    #[test]
+    fn a_copy_that_stops_uploading_no_longer_says_it_runs_one() {
+        let mut st = StreamReplicaStatus {
+            backup: Some(BackupStatus {
+                phase: Some(BackupPhase::Running),
+                attempted_at: at(5),
+                bytes_done: Some(7),
+                last_snapshot: Some("ps-1".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        not_running(&mut st, "another copy uploads the backups");
+        let b = st.backup.unwrap();
+        assert_eq!((b.phase, b.attempted_at, b.bytes_done), (None, None, None));
+        assert_eq!(
+            b.last_snapshot.as_deref(),
+            Some("ps-1"),
+            "what was backed up stays"
+        );
     }
 
     #[test]

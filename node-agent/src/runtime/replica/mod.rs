@@ -29,7 +29,9 @@ mod error;
 mod fencing;
 mod ownership;
 pub mod plans;
-pub use backup::{BackupJob, backup_due, uploads, verifier, verify_due};
+pub use backup::{
+    BackupJob, backup_due, stop_job as stop_backup_job, uploads, verifier, verify_due,
+};
 mod primary;
 mod secondary;
 mod serve_mounts;
@@ -119,6 +121,10 @@ pub async fn reconcile(
     pool: &PoolName,
 ) -> (StreamReplicaStatus, Due) {
     let prev = sr.status.clone().unwrap_or_default();
+    if sr.spec.state != ReplicaState::Live {
+        // Before its dataset is archived or trashed: no upload sends from it any more.
+        backup::stop_job(cx, sr);
+    }
     let result = match (sr.spec.state, sr.spec.role) {
         (ReplicaState::Live, ReplicaRole::Primary) => primary(cx, sr, pool).await,
         (ReplicaState::Live, ReplicaRole::Secondary) => {
@@ -143,10 +149,7 @@ pub async fn reconcile(
             };
             Ok((status, due))
         }
-        other => {
-            backup::stop_job(cx, sr);
-            other
-        }
+        other => other,
     };
     let due = result.as_ref().ok().and_then(|(_, d)| *d);
     if let Err(e) = &result {
