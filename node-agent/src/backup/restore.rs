@@ -56,59 +56,110 @@ pub async fn receive_chain(
     Ok(newest)
 }
 
+/// A stream's object read back as its manifest says: the bytes stored bounded, sealed chunks
+/// opened, the plaintext hashed and bounded; [`ObjectReader::check`] compares length and
+/// SHA-256 at the end. Whatever does not match is `Broken`.
+struct ObjectReader<'a> {
+    s: &'a BucketStream,
+    body: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
+    opener: Option<super::seal::Opener>,
+    hasher: Sha256,
+    stored: u64,
+    total: u64,
+}
+
+fn broken(s: &BucketStream, why: String) -> BackupError {
+    BackupError::Broken {
+        stream: s.id.to_string(),
+        why,
+    }
+}
+
+impl<'a> ObjectReader<'a> {
+    async fn open(bucket: &Bucket, s: &'a BucketStream) -> Result<Self, BackupError> {
+        Ok(Self {
+            s,
+            body: bucket.get_stream(&s.id).await?,
+            opener: bucket.opener(&s.id),
+            hasher: Sha256::new(),
+            stored: 0,
+            total: 0,
+        })
+    }
+
+    /// The next plaintext, None after the object's end (and its last chunk).
+    async fn next(&mut self) -> Result<Option<Vec<Bytes>>, BackupError> {
+        let s = self.s;
+        let m = &s.manifest;
+        let plain = match self.body.next().await {
+            Some(piece) => {
+                let piece = piece.map_err(BackupError::store)?;
+                self.stored += piece.len() as u64;
+                if self.stored > m.stored_bytes {
+                    return Err(broken(
+                        s,
+                        format!(
+                            "the object is longer than the {} bytes its manifest says",
+                            m.stored_bytes
+                        ),
+                    ));
+                }
+                match &mut self.opener {
+                    Some(o) => o.update(&piece).map_err(|e| broken(s, e))?,
+                    None => vec![piece],
+                }
+            }
+            None => match self.opener.take() {
+                Some(o) => vec![o.finish().map_err(|e| broken(s, e))?],
+                None => return Ok(None),
+            },
+        };
+        for p in &plain {
+            self.hasher.update(p);
+            self.total += p.len() as u64;
+        }
+        if self.total > m.stream.bytes {
+            return Err(broken(
+                s,
+                format!("longer than the {} bytes its manifest says", m.stream.bytes),
+            ));
+        }
+        Ok(Some(plain))
+    }
+
+    /// After the end: whether length and SHA-256 are the manifest's.
+    fn check(self) -> Result<(), BackupError> {
+        let m = &self.s.manifest;
+        let (total, stored) = (self.total, self.stored);
+        if total != m.stream.bytes || stored != m.stored_bytes {
+            return Err(broken(
+                self.s,
+                format!(
+                    "{total} bytes ({stored} stored) arrived, the manifest says {} ({})",
+                    m.stream.bytes, m.stored_bytes
+                ),
+            ));
+        }
+        let digest = hex::encode(self.hasher.finalize());
+        if digest != m.stream.sha256 {
+            return Err(broken(
+                self.s,
+                format!(
+                    "SHA-256 {digest} differs from the manifest's {}",
+                    m.stream.sha256
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Reads stream `s`'s object as a restore would (opened with the key, hashed) without
 /// receiving it: Ok when its length and SHA-256 match its manifest, `Broken` when not.
 pub async fn check_object(bucket: &Bucket, s: &BucketStream) -> Result<(), BackupError> {
-    let m = &s.manifest;
-    let broken = |why: String| BackupError::Broken {
-        stream: s.id.to_string(),
-        why,
-    };
-    let mut body = bucket.get_stream(&s.id).await?;
-    let mut opener = bucket.opener(&s.id);
-    let mut hasher = Sha256::new();
-    let (mut total, mut stored) = (0u64, 0u64);
-    while let Some(piece) = body.next().await {
-        let piece = piece.map_err(BackupError::store)?;
-        stored += piece.len() as u64;
-        if stored > m.stored_bytes {
-            return Err(broken(format!(
-                "the object is longer than the {} bytes its manifest says",
-                m.stored_bytes
-            )));
-        }
-        match &mut opener {
-            Some(o) => {
-                for plain in o.update(&piece).map_err(&broken)? {
-                    hasher.update(&plain);
-                    total += plain.len() as u64;
-                }
-            }
-            None => {
-                hasher.update(&piece);
-                total += piece.len() as u64;
-            }
-        }
-    }
-    if let Some(o) = opener {
-        let last = o.finish().map_err(&broken)?;
-        hasher.update(&last);
-        total += last.len() as u64;
-    }
-    if total != m.stream.bytes || stored != m.stored_bytes {
-        return Err(broken(format!(
-            "{total} bytes ({stored} stored), the manifest says {} ({})",
-            m.stream.bytes, m.stored_bytes
-        )));
-    }
-    let digest = hex::encode(hasher.finalize());
-    if digest != m.stream.sha256 {
-        return Err(broken(format!(
-            "SHA-256 {digest} differs from the manifest's {}",
-            m.stream.sha256
-        )));
-    }
-    Ok(())
+    let mut r = ObjectReader::open(bucket, s).await?;
+    while r.next().await?.is_some() {}
+    r.check()
 }
 
 async fn receive_one(
@@ -125,53 +176,20 @@ async fn receive_one(
         to: s.edge.to.guid,
         resume: None,
     };
-    let m = &s.manifest;
-    let unverified = |why: String| BackupError::Broken {
-        stream: s.id.to_string(),
-        why,
-    };
-    let mut body = bucket.get_stream(&s.id).await?;
-    let mut opener = bucket.opener(&s.id);
+    let mut object = ObjectReader::open(bucket, s).await?;
     let (w, r) = tokio::sync::mpsc::channel::<Bytes>(4);
     let raw_ok = zfs.capabilities().send_flags().raw;
     let feed = async move {
-        let mut hasher = Sha256::new();
-        let (mut total, mut stored) = (0u64, 0u64);
         let mut held = BytesMut::with_capacity(FEED + WITHHELD);
         let mut begun = false;
         // zfs recv failing is this host's matter (its reason follows from the receive).
         let gone = || BackupError::Unverified(format!("{}: zfs recv stopped reading", s.id));
-        let mut take = |plain: &[u8], held: &mut BytesMut| -> Result<(), BackupError> {
-            hasher.update(plain);
-            total += plain.len() as u64;
-            if total > m.stream.bytes {
-                return Err(unverified(format!(
-                    "longer than the {} bytes its manifest says",
-                    m.stream.bytes
-                )));
-            }
-            held.extend_from_slice(plain);
-            Ok(())
-        };
-        while let Some(piece) = body.next().await {
-            let piece = piece.map_err(BackupError::store)?;
-            stored += piece.len() as u64;
-            if stored > m.stored_bytes {
-                return Err(unverified(format!(
-                    "the object is longer than the {} bytes its manifest says",
-                    m.stored_bytes
-                )));
-            }
-            match &mut opener {
-                Some(o) => {
-                    for plain in o.update(&piece).map_err(&unverified)? {
-                        take(&plain, &mut held)?;
-                    }
-                }
-                None => take(&piece, &mut held)?,
+        while let Some(plain) = object.next().await? {
+            for p in plain {
+                held.extend_from_slice(&p);
             }
             if !begun && held.len() >= RECORD {
-                check_begin(&held[..RECORD], &want, raw_ok).map_err(&unverified)?;
+                check_begin(&held[..RECORD], &want, raw_ok).map_err(|e| broken(s, e))?;
                 begun = true;
             }
             if begun && held.len() >= WITHHELD + FEED {
@@ -179,29 +197,14 @@ async fn receive_one(
                 w.send(pass).await.map_err(|_| gone())?;
             }
         }
-        if let Some(o) = opener {
-            let last = o.finish().map_err(&unverified)?;
-            take(&last, &mut held)?;
-        }
         if !begun {
             if held.len() < RECORD {
-                return Err(unverified(format!("{total} bytes hold no BEGIN record")));
+                let why = format!("{} bytes hold no BEGIN record", object.total);
+                return Err(broken(s, why));
             }
-            check_begin(&held[..RECORD], &want, raw_ok).map_err(&unverified)?;
+            check_begin(&held[..RECORD], &want, raw_ok).map_err(|e| broken(s, e))?;
         }
-        let digest = hex::encode(hasher.finalize());
-        if total != m.stream.bytes || stored != m.stored_bytes {
-            return Err(unverified(format!(
-                "{total} bytes ({stored} stored) arrived, the manifest says {} ({})",
-                m.stream.bytes, m.stored_bytes
-            )));
-        }
-        if digest != m.stream.sha256 {
-            return Err(unverified(format!(
-                "SHA-256 {digest} differs from the manifest's {}",
-                m.stream.sha256
-            )));
-        }
+        object.check()?;
         // Verified: the END record may go to zfs recv now.
         w.send(held.freeze()).await.map_err(|_| gone())?;
         Ok(())
@@ -217,10 +220,13 @@ async fn receive_one(
     received?;
     let have = zfs.snapshots(target, &[]).await?;
     if !have.iter().any(|h| h.guid == s.edge.to.guid) {
-        return Err(unverified(format!(
-            "{target} does not hold snapshot {} after the receive",
-            s.edge.to.guid
-        )));
+        return Err(broken(
+            s,
+            format!(
+                "{target} does not hold snapshot {} after the receive",
+                s.edge.to.guid
+            ),
+        ));
     }
     Ok(())
 }
