@@ -129,8 +129,9 @@ async fn the_chart_helm_installed_is_what_the_dev_cluster_enforces() {
         .args(["-TERM", pid.trim()])
         .status()
         .unwrap();
+    // Gone once its process is (it removes `ready` just before it exits).
     for _ in 0..150 {
-        if !dir.join("ready").exists() {
+        if !std::path::Path::new(&format!("/proc/{}", pid.trim())).exists() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

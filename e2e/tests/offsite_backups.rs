@@ -403,18 +403,15 @@ async fn s16_projects_come_back_from_the_bucket_after_every_host_that_held_them_
         verified.contains(&format!("on spare pool {third_pool} ")),
         "verified on the pool that holds no copy",
     );
-    let scratch = format!(
-        "{}/recv/backup.{NS}/thesis",
-        c.host_of_pool(&third_pool).pool
-    );
+    let scratch = format!("{}/recv/backup.{NS}", c.host_of_pool(&third_pool).pool);
+    let left = std::process::Command::new("zfs")
+        .args(["list", "-H", "-r", "-o", "name", &scratch])
+        .output()
+        .unwrap();
+    let left = String::from_utf8_lossy(&left.stdout).into_owned();
     c.check(
-        !std::process::Command::new("zfs")
-            .args(["list", "-H", "-o", "name", &scratch])
-            .output()
-            .unwrap()
-            .status
-            .success(),
-        "the scratch dataset is gone",
+        left.lines().all(|l| l == scratch),
+        &format!("the scratch dataset is gone: {left}"),
     );
 
     // A corrupted object: a restore refuses it, verification fails loudly, and the copy that

@@ -52,6 +52,10 @@ pub struct VerifyFailed {
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
+    /// It could not run here now (another verification runs, too little space): the asker
+    /// tries another spare pool, or later.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub busy: bool,
 }
 
 /// What a verification on a spare pool found.

@@ -95,6 +95,7 @@ async fn start() -> Fx {
                     Err(VerifyFailed {
                         message: "stream refused: SHA-256 differs".into(),
                         stream: Some("full--ps-1".into()),
+                        busy: false,
                     })
                 }
             })

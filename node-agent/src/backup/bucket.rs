@@ -226,15 +226,10 @@ impl Bucket {
     }
 
     /// Abandons the uploads of this project whose state files lie in `dir` under names
-    /// starting with `prefix`, other than `keep`: a newer snapshot is being uploaded instead,
-    /// so their multipart uploads are aborted (their parts would otherwise stay in the bucket)
+    /// starting with `prefix` (none is under way: other snapshots were uploaded instead):
+    /// their multipart uploads are aborted (their parts would otherwise stay in the bucket)
     /// and the files removed.
-    pub async fn abandon_other_uploads(
-        &self,
-        dir: &std::path::Path,
-        prefix: &str,
-        keep: &std::path::Path,
-    ) {
+    pub async fn abandon_other_uploads(&self, dir: &std::path::Path, prefix: &str) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
@@ -242,10 +237,9 @@ impl Bucket {
         for e in entries.flatten() {
             let path = e.path();
             let name = e.file_name();
-            if path == keep
-                || !name
-                    .to_str()
-                    .is_some_and(|n| n.starts_with(prefix) && n.ends_with(".json"))
+            if !name
+                .to_str()
+                .is_some_and(|n| n.starts_with(prefix) && n.ends_with(".json"))
             {
                 continue;
             }
@@ -344,7 +338,7 @@ impl Bucket {
                 .map(|k| Sealer::new(k.clone(), path.as_ref()));
             let mut out = BytesMut::new();
             let mut parts = Parts {
-                store: &store,
+                store: store.clone(),
                 path: &path,
                 state: &mut state,
                 state_file: &up.state_file,
@@ -467,12 +461,13 @@ fn upload_gone(e: &BackupError) -> bool {
 /// the service gets two requests to work on).
 const IN_FLIGHT: usize = 2;
 
-/// A part on its way: its plaintext digest and the service's id of it.
-type PartOnItsWay<'a> = futures::future::BoxFuture<'a, Result<(String, PartId), BackupError>>;
+/// A part on its way (a task of its own, so it travels while the next part is made): its
+/// plaintext digest and the service's id of it.
+type PartOnItsWay = tokio::task::JoinHandle<Result<(String, PartId), BackupError>>;
 
 /// The parts of one multipart upload as they end.
 struct Parts<'a> {
-    store: &'a AmazonS3,
+    store: Arc<AmazonS3>,
     path: &'a Path,
     state: &'a mut UploadState,
     state_file: &'a std::path::Path,
@@ -480,7 +475,7 @@ struct Parts<'a> {
     /// Stored parts, in order (each also in `state`).
     done: Vec<PartId>,
     /// Sent parts not yet answered, in order.
-    sending: futures::stream::FuturesOrdered<PartOnItsWay<'a>>,
+    sending: futures::stream::FuturesOrdered<PartOnItsWay>,
     stored: u64,
 }
 
@@ -503,11 +498,11 @@ impl Parts<'_> {
                 )));
             }
             None => {
-                let (store, path) = (self.store, self.path);
+                let (store, path) = (self.store.clone(), self.path.clone());
                 let upload_id = self.state.upload_id.clone();
-                self.sending.push_back(Box::pin(async move {
+                self.sending.push_back(tokio::spawn(async move {
                     let id = store
-                        .put_part(path, &upload_id, index, PutPayload::from(body.freeze()))
+                        .put_part(&path, &upload_id, index, PutPayload::from(body.freeze()))
                         .await
                         .map_err(BackupError::store)?;
                     Ok((digest, id))
@@ -527,7 +522,8 @@ impl Parts<'_> {
         let Some(answer) = self.sending.next().await else {
             return Ok(());
         };
-        let (digest, id) = answer?;
+        let (digest, id) =
+            answer.map_err(|e| BackupError::Local(format!("a part's upload ended: {e}")))??;
         self.state.parts.push(DonePart {
             sha256: digest,
             etag: id.content_id.clone(),

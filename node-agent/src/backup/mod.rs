@@ -41,6 +41,10 @@ pub enum BackupError {
     /// This host's side (the upload state file, a dataset in the way).
     #[error("{0}")]
     Local(String),
+    /// A verification cannot run there now (another one runs, too little free space, no
+    /// pool spare): another spare pool, or a later try.
+    #[error("{0}")]
+    Busy(String),
     #[error(transparent)]
     Zfs(#[from] ZfsError),
     #[error(transparent)]

@@ -154,11 +154,41 @@ impl<'a> ObjectReader<'a> {
     }
 }
 
-/// Reads stream `s`'s object as a restore would (opened with the key, hashed) without
-/// receiving it: Ok when its length and SHA-256 match its manifest, `Broken` when not.
-pub async fn check_object(bucket: &Bucket, s: &BucketStream) -> Result<(), BackupError> {
+/// Reads stream `s`'s object (of `project`) as a restore would (opened with the key, its
+/// BEGIN record checked against the manifest's snapshots, hashed) without receiving it: Ok
+/// when it is what its manifest says, `Broken` when not.
+pub async fn check_object(
+    bucket: &Bucket,
+    project: &ProjectKey,
+    s: &BucketStream,
+) -> Result<(), BackupError> {
+    let want = SendRequest {
+        project: project.clone(),
+        from: s.edge.from.as_ref().map(|f| f.guid),
+        to: s.edge.to.guid,
+        resume: None,
+    };
     let mut r = ObjectReader::open(bucket, s).await?;
-    while r.next().await?.is_some() {}
+    let mut head = BytesMut::new();
+    let mut begun = false;
+    while let Some(plain) = r.next().await? {
+        if !begun {
+            for p in &plain {
+                head.extend_from_slice(p);
+            }
+            if head.len() >= RECORD {
+                // Nothing is received here: a raw stream is as good as any.
+                check_begin(&head[..RECORD], &want, true).map_err(|e| broken(s, e))?;
+                begun = true;
+            }
+        }
+    }
+    if !begun {
+        return Err(broken(
+            s,
+            format!("{} bytes hold no BEGIN record", head.len()),
+        ));
+    }
     r.check()
 }
 

@@ -40,8 +40,11 @@ pub struct AgentContext {
     /// The backup upload or verification running beside each uploading copy's passes
     /// (`ns/name` of the StreamReplica).
     pub backup_jobs: Mutex<HashMap<String, super::replica::BackupJob>>,
-    /// Projects (`ns/name`) whose backup a peer's copy has this host verify now.
-    pub verifying: Mutex<std::collections::HashSet<String>>,
+    /// Set while this host verifies a backup (one at a time).
+    pub verifying: Arc<std::sync::atomic::AtomicBool>,
+    /// Per uploading StreamReplica (`ns/name`): when its verification may try again after
+    /// finding no spare pool free, and whether an upload already stopped it once.
+    pub verify_memo: Mutex<HashMap<String, super::replica::VerifyMemo>>,
 }
 
 impl AgentContext {
@@ -66,7 +69,8 @@ impl AgentContext {
             failures: Mutex::default(),
             quiet: Mutex::default(),
             backup_jobs: Mutex::default(),
-            verifying: Mutex::default(),
+            verifying: Arc::default(),
+            verify_memo: Mutex::default(),
         })
     }
 

@@ -22,6 +22,9 @@ use crate::backup::target::{describe, open_bucket};
 use crate::streams::{Manifest, SnapshotJson, StreamId};
 use crate::zfs::SendFlags;
 
+/// Where the state of uploads under way is kept, in the agent's run directory.
+const UPLOADS_DIR: &str = "backup-uploads";
+
 /// Verifications asked for by annotation come at most this often.
 const VERIFY_SPACING: Duration = Duration::from_secs(30);
 
@@ -121,8 +124,19 @@ pub fn verify_due(
 /// stop the copy from catching up, nor a primary from taking its snapshots.
 pub struct BackupJob {
     kind: JobKind,
+    /// A verification an upload may stop (only once in a row: the next one runs through).
+    preemptible: bool,
     progress: JobProgress,
     handle: tokio::task::JoinHandle<JobOutcome>,
+}
+
+/// What the agent remembers of a copy's verifications between passes.
+#[derive(Debug, Default)]
+pub struct VerifyMemo {
+    /// No spare pool could take it: not before then.
+    retry_at: Option<std::time::Instant>,
+    /// An upload stopped the last one.
+    preempted: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,6 +209,14 @@ fn sweep_jobs(cx: &AgentContext) {
     });
 }
 
+/// Reads or changes what is remembered of `sr`'s verifications.
+fn memo<T>(cx: &AgentContext, sr: &StreamReplica, f: impl FnOnce(&mut VerifyMemo) -> T) -> T {
+    match cx.verify_memo.lock() {
+        Ok(mut all) => f(all.entry(job_key(sr)).or_default()),
+        Err(_) => f(&mut VerifyMemo::default()),
+    }
+}
+
 /// Starts `work` as the job of `sr`.
 fn start_job(
     cx: &AgentContext,
@@ -203,11 +225,13 @@ fn start_job(
     progress: JobProgress,
     work: impl std::future::Future<Output = JobOutcome> + Send + 'static,
 ) {
+    let preemptible = kind == JobKind::Verify && !memo(cx, sr, |m| m.preempted);
     if let Ok(mut jobs) = cx.backup_jobs.lock() {
         jobs.insert(
             job_key(sr),
             BackupJob {
                 kind,
+                preemptible,
                 progress,
                 handle: tokio::spawn(work),
             },
@@ -260,13 +284,14 @@ pub(super) async fn backup_pass(
         match jobs.get(&job_key(sr)) {
             Some(job)
                 if !job.handle.is_finished()
-                    && job.kind == JobKind::Verify
+                    && job.preemptible
                     && backup_due(&b, interval, asked.as_deref(), Utc::now()).is_zero() =>
             {
                 if let Some(job) = jobs.remove(&job_key(sr)) {
                     job.handle.abort();
-                    tracing::info!(project = %sr.spec.project, "verification stopped: a backup is due");
+                    tracing::info!(project = %sr.spec.project, "verification stopped: a backup is due (the next one runs through)");
                 }
+                memo(cx, sr, |m| m.preempted = true);
                 None
             }
             Some(job) if !job.handle.is_finished() => {
@@ -293,8 +318,19 @@ pub(super) async fn backup_pass(
                 b.requested = asked.or(b.requested.take());
                 uploaded(&mut b, sr, done);
             }
+            Ok(JobOutcome::Verified(Err(BackupError::Busy(why)), _)) => {
+                // No spare pool could take it now: tried again in a minute or two, and
+                // nothing is said of the backup.
+                let wait =
+                    Duration::from_secs(60 + u64::from(spare_rank(&job_key(sr), "")[0]) % 60);
+                tracing::info!(project = %sr.spec.project, reason = %why, "verification postponed");
+                memo(cx, sr, |m| {
+                    m.retry_at = Some(std::time::Instant::now() + wait)
+                });
+            }
             Ok(JobOutcome::Verified(outcome, asked)) => {
                 b.verify_requested = asked.or(b.verify_requested.take());
+                memo(cx, sr, |m| *m = VerifyMemo::default());
                 verified(&mut b, sr, outcome);
             }
             Err(e) if kind == JobKind::Upload => {
@@ -344,7 +380,12 @@ pub(super) async fn backup_pass(
         _ => 7,
     };
     let mut next = next;
-    if let Some(due) = verify_due(&b, days, asked_verify.as_deref(), Utc::now()) {
+    let later = memo(cx, sr, |m| m.retry_at)
+        .map(|t| t.saturating_duration_since(std::time::Instant::now()))
+        .unwrap_or_default();
+    if let Some(due) =
+        verify_due(&b, days, asked_verify.as_deref(), Utc::now()).map(|d| d.max(later))
+    {
         if due.is_zero() {
             b.bytes_done = Some(0);
             let progress = JobProgress::default();
@@ -494,6 +535,12 @@ async fn backup_now(
         streams
     };
     gc(&bucket, &streams).await?;
+    // Every stream this backup wants is up: uploads of this project cut off for others are
+    // given up (their parts removed from the bucket).
+    let prefix = format!("{}.{}.{}.", c.pool, c.key.namespace, c.key.name);
+    bucket
+        .abandon_other_uploads(&cx.cfg.run_dir.join(UPLOADS_DIR), &prefix)
+        .await;
     Ok(done)
 }
 
@@ -572,20 +619,12 @@ async fn upload_stream(
             created_at: Utc::now().to_rfc3339(),
             node: cx.node().to_owned(),
         },
-        state_file: cx.cfg.run_dir.join("backup-uploads").join(format!(
+        state_file: cx.cfg.run_dir.join(UPLOADS_DIR).join(format!(
             "{}.{}.{}.{id}.json",
             c.pool, c.key.namespace, c.key.name
         )),
         hold: Some(cx.cfg.run_dir.join(crate::backup::bucket::HOLD_UPLOAD)),
     };
-    // One upload of a project at a time here: one cut off for an older snapshot is given up
-    // (its parts removed from the bucket).
-    if let Some(dir) = up.state_file.parent() {
-        let prefix = format!("{}.{}.{}.", c.pool, c.key.namespace, c.key.name);
-        bucket
-            .abandon_other_uploads(dir, &prefix, &up.state_file)
-            .await;
-    }
     let m = bucket.upload(&up, progress).await?;
     crate::metrics::add(&crate::metrics::METRICS.backup_bytes, m.stored_bytes);
     Ok((id, m))
@@ -752,61 +791,81 @@ async fn verify(
         };
         (e, stream)
     };
-    let found = match spare_pool(cx, sr, placement) {
-        Some(Spare::Peer(peer)) => {
-            // What the peer must find: the chain's end as this copy lists the bucket.
-            let bucket = open_bucket(&cx.client, target, &c.key.namespace, &c.key.name).await?;
-            let listed = bucket.streams().await?;
-            let chain = chain_of(&listed, None)?;
-            progress.set_total(chain.iter().map(|s| s.manifest.stream.bytes).sum());
-            let end = chain.last().map(|s| s.edge.to.guid).unwrap_or_default();
-            let links = chain.len();
-            let on = |why: String| BackupError::Local(format!("on node {}: {why}", peer.node));
-            match peer.verify_backup(&c.key, &progress.done).await {
-                Err(e) => Err((on(e.to_string()), None)),
-                Ok(Err(failed)) => Err((on(failed.message), failed.stream)),
-                Ok(Ok(v)) if v.guid != end.to_string() || v.streams != links => Err((
-                    on(format!(
-                        "it restored GUID {} from {} streams; the chain ends at {end} after {links}",
-                        v.guid, v.streams
+    let spares = spare_pools(cx, sr, placement);
+    let mut found = Err((
+        BackupError::Busy("no spare pool could take it".into()),
+        None,
+    ));
+    for spare in spares
+        .iter()
+        .map(Some)
+        .chain(spares.is_empty().then_some(None))
+    {
+        found = match spare {
+            Some(Spare::Peer(peer)) => {
+                // What the peer must find: the chain's end as this copy lists the bucket.
+                let bucket = open_bucket(&cx.client, target, &c.key.namespace, &c.key.name).await?;
+                let listed = bucket.streams().await?;
+                let chain = chain_of(&listed, None)?;
+                progress.set_total(chain.iter().map(|s| s.manifest.stream.bytes).sum());
+                let end = chain.last().map(|s| s.edge.to.guid).unwrap_or_default();
+                let links = chain.len();
+                let on = |why: String| BackupError::Local(format!("on node {}: {why}", peer.node));
+                match peer.verify_backup(&c.key, &progress.done).await {
+                    Err(e) => Err((on(e.to_string()), None)),
+                    Ok(Err(failed)) if failed.busy => Err((
+                        BackupError::Busy(format!("on node {}: {}", peer.node, failed.message)),
+                        None,
                     )),
-                    None,
-                )),
-                Ok(Ok(v)) => {
-                    let place = format!("spare pool {} (node {})", v.pool, peer.node);
-                    Ok((v.snapshot, end, v.streams, place))
+                    Ok(Err(failed)) => Err((on(failed.message), failed.stream)),
+                    Ok(Ok(v)) if v.guid != end.to_string() || v.streams != links => Err((
+                        on(format!(
+                            "it restored GUID {} from {} streams; the chain ends at {end} after {links}",
+                            v.guid, v.streams
+                        )),
+                        None,
+                    )),
+                    Ok(Ok(v)) => {
+                        let place = format!("spare pool {} (node {})", v.pool, peer.node);
+                        Ok((v.snapshot, end, v.streams, place))
+                    }
                 }
             }
+            Some(Spare::Here(zpool, name, free)) => {
+                restore_into_scratch(cx, zpool, *free, &c.key, target, progress)
+                    .await
+                    .map(|(s, n)| (s.name, s.guid, n, format!("spare pool {name}")))
+                    .map_err(with_stream)
+            }
+            None => {
+                let free = cx
+                    .pools
+                    .state()
+                    .iter()
+                    .find(|p| p.name_any() == sr.spec.pool)
+                    .and_then(|p| p.status.as_ref()?.free_bytes);
+                restore_into_scratch(cx, pool, free, &c.key, target, progress)
+                    .await
+                    .map(|(s, n)| {
+                        let place =
+                            format!("this copy's own pool {} (no spare pool)", sr.spec.pool);
+                        (s.name, s.guid, n, place)
+                    })
+                    .map_err(with_stream)
+            }
+        };
+        // Busy there: the next spare pool.
+        if !matches!(found, Err((BackupError::Busy(_), _))) {
+            break;
         }
-        Some(Spare::Here(zpool, name, free)) => {
-            restore_into_scratch(cx, &zpool, free, &c.key, target, progress)
-                .await
-                .map(|(s, n)| (s.name, s.guid, n, format!("spare pool {name}")))
-                .map_err(with_stream)
-        }
-        None => {
-            let free = cx
-                .pools
-                .state()
-                .iter()
-                .find(|p| p.name_any() == sr.spec.pool)
-                .and_then(|p| p.status.as_ref()?.free_bytes);
-            restore_into_scratch(cx, pool, free, &c.key, target, progress)
-                .await
-                .map(|(s, n)| {
-                    let place = format!("this copy's own pool {} (no spare pool)", sr.spec.pool);
-                    (s.name, s.guid, n, place)
-                })
-                .map_err(with_stream)
-        }
-    };
+    }
     let (newest, guid, streams, place) = match found {
         Ok(found) => found,
         Err((e, Some(stream))) => {
             let u = (cx, sr, &c, &progress.done);
             return Err(upload_again(u, target, &stream, e).await);
         }
-        Err((e, None)) => return Err(e),
+        Err((e, _)) => return Err(e),
     };
     let local = c.zfs.snapshots(&c.ds, &[]).await?;
     if let Some(mine) = local.iter().find(|s| s.name == newest)
@@ -839,7 +898,7 @@ async fn upload_again(
             .iter()
             .find(|s| s.id.as_str() == stream)
             .ok_or_else(|| BackupError::Bucket(format!("{stream} is not in the bucket")))?;
-        match crate::backup::restore::check_object(&bucket, s).await {
+        match crate::backup::restore::check_object(&bucket, &c.key, s).await {
             Err(BackupError::Broken { .. }) => {}
             Err(e) => return Err(e),
             Ok(()) => {
@@ -909,12 +968,12 @@ fn holding(cx: &AgentContext, ns: &str, name: &str) -> std::collections::HashSet
         .collect()
 }
 
-/// A pool a verification may use that holds no copy of the project.
-fn spare_pool(
+/// The pools a verification may use that hold no copy of the project, best first.
+fn spare_pools(
     cx: &AgentContext,
     sr: &StreamReplica,
     placement: &projstore_api::Placement,
-) -> Option<Spare> {
+) -> Vec<Spare> {
     let ns = sr.namespace().unwrap_or_default();
     let held = holding(cx, &ns, &sr.spec.project);
     let key = format!("{ns}/{}", sr.spec.project);
@@ -925,22 +984,27 @@ fn spare_pool(
         .filter(|p| !held.contains(&p.name_any()) && spare_for(p, placement))
         .collect();
     spares.sort_by_key(|p| spare_rank(&key, &p.name_any()));
-    spares.into_iter().find_map(|p| {
-        if p.spec.node_name == cx.node() {
-            let zpool = PoolName::parse(&p.spec.pool_name).ok()?;
-            let free = p.status.as_ref().and_then(|s| s.free_bytes);
-            return Some(Spare::Here(zpool, p.name_any(), free));
-        }
-        let endpoint = p.status.as_ref()?.agent.as_ref()?.stream_endpoint.clone()?;
-        let peer = crate::fetch::Peer::new(&endpoint, &p.spec.node_name, cx.tls().ok()?).ok()?;
-        Some(Spare::Peer(peer))
-    })
+    spares
+        .into_iter()
+        .filter_map(|p| {
+            if p.spec.node_name == cx.node() {
+                let zpool = PoolName::parse(&p.spec.pool_name).ok()?;
+                let free = p.status.as_ref().and_then(|s| s.free_bytes);
+                return Some(Spare::Here(zpool, p.name_any(), free));
+            }
+            let endpoint = p.status.as_ref()?.agent.as_ref()?.stream_endpoint.clone()?;
+            let peer =
+                crate::fetch::Peer::new(&endpoint, &p.spec.node_name, cx.tls().ok()?).ok()?;
+            Some(Spare::Peer(peer))
+        })
+        .collect()
 }
 
 /// Restores the newest backup into the scratch dataset of `pool` (which has `free` bytes),
 /// checks it, removes it (also when the work is dropped half-way); the newest snapshot
-/// received, and how many streams the chain had. One verification of a project at a time on
-/// this host, and none that would take more than four fifths of the pool's free space.
+/// received, and how many streams the chain had. One verification at a time on this host (the
+/// free space it was checked against is then its own), and none that would take more than
+/// four fifths of the pool's free space: those are `Busy`.
 async fn restore_into_scratch(
     cx: &AgentContext,
     pool: &PoolName,
@@ -950,7 +1014,7 @@ async fn restore_into_scratch(
     progress: &JobProgress,
 ) -> Result<(crate::zfs::SnapshotInfo, usize), BackupError> {
     let zfs = cx.zfs().map_err(|e| BackupError::Local(e.to_string()))?;
-    let _one = Verifying::mark(cx, &key.to_string())?;
+    let slot = Verifying::mark(cx)?;
     let bucket = open_bucket(&cx.client, target, &key.namespace, &key.name).await?;
     let streams = bucket.streams().await?;
     let chain: Vec<BucketStream> = chain_of(&streams, None)?.into_iter().cloned().collect();
@@ -959,18 +1023,19 @@ async fn restore_into_scratch(
     if let Some(free) = free
         && bytes > free / 5 * 4
     {
-        return Err(BackupError::Local(format!(
+        return Err(BackupError::Busy(format!(
             "the backup's {bytes} bytes would take more than four fifths of pool {pool}'s {free} free bytes"
         )));
     }
+    // A scratch dataset of this run alone: a dropped run's cleanup never meets another's.
     let scratch = verify_scratch(pool, key)?;
-    crate::transfer::clear_staging(zfs, &scratch)
-        .await
-        .map_err(|e| BackupError::Local(e.to_string()))?;
-    let mut guard = ScratchGuard(Some((zfs.clone(), scratch.clone())));
+    let mut guard = ScratchGuard(Some((zfs.clone(), scratch.clone())), Some(slot));
     let received = receive_chain(zfs, &bucket, key, &chain, &scratch, &progress.done, None).await;
-    guard.0 = None;
     let cleared = crate::transfer::clear_staging(zfs, &scratch).await;
+    if cleared.is_ok() {
+        guard.0 = None;
+    }
+    drop(guard);
     let newest = received?;
     cleared.map_err(|e| BackupError::Local(e.to_string()))?;
     let want = chain.last().map(|s| s.edge.to.guid).unwrap_or_default();
@@ -983,16 +1048,20 @@ async fn restore_into_scratch(
     Ok((newest, chain.len()))
 }
 
-/// Clears a scratch dataset when the verification that fills it is dropped half-way.
-struct ScratchGuard(Option<(crate::zfs::Zfs, DatasetName)>);
+/// Clears a scratch dataset when the verification that fills it is dropped half-way (or its
+/// last clearing failed), in the background; the host's verification slot is given back
+/// once that is done.
+struct ScratchGuard(Option<(crate::zfs::Zfs, DatasetName)>, Option<Verifying>);
 
 impl Drop for ScratchGuard {
     fn drop(&mut self) {
+        let slot = self.1.take();
         if let Some((zfs, ds)) = self.0.take() {
             tokio::spawn(async move {
                 if let Err(e) = crate::transfer::clear_staging(&zfs, &ds).await {
                     tracing::warn!(dataset = %ds, error = %e, "cannot clear a verification's scratch dataset");
                 }
+                drop(slot);
             });
         }
     }
@@ -1010,6 +1079,7 @@ pub fn verifier(cx: std::sync::Arc<AgentContext>) -> crate::server::VerifyBackup
                 .await
                 .map_err(|e| crate::server::VerifyFailed {
                     message: projstore_api::s3::one_line(&e.to_string()),
+                    busy: matches!(e, BackupError::Busy(_)),
                     stream: match e {
                         BackupError::Broken { stream, .. } => Some(stream),
                         _ => None,
@@ -1045,13 +1115,11 @@ async fn verify_here(
         .filter(|p| spare_for(p, &project.spec.placement))
         .collect();
     mine.sort_by_key(|p| spare_rank(&key.to_string(), &p.name_any()));
-    let pool = mine
-        .first()
-        .ok_or_else(|| local(format!("no pool of node {} is spare for {key}", cx.node())))?;
+    let pool = mine.first().ok_or_else(|| {
+        BackupError::Busy(format!("no pool of node {} is spare for {key}", cx.node()))
+    })?;
     let zpool = PoolName::parse(&pool.spec.pool_name)?;
     let free = pool.status.as_ref().and_then(|s| s.free_bytes);
-    // For peers, one at a time on this host: a verification writes a project's whole chain.
-    let _slot = Verifying::mark(cx, PEERS_SLOT)?;
     let job = JobProgress {
         done: progress,
         ..JobProgress::default()
@@ -1066,43 +1134,35 @@ async fn verify_here(
     })
 }
 
-/// The one slot of peers' verifications on this host (no project key looks like it).
-const PEERS_SLOT: &str = "peers";
+/// This host's one verification slot (a verification writes a project's whole chain); given
+/// back when dropped.
+struct Verifying(std::sync::Arc<std::sync::atomic::AtomicBool>);
 
-/// A verification running here, by project (`ns/name`) or [`PEERS_SLOT`]; off the list when
-/// dropped.
-struct Verifying<'a>(&'a AgentContext, String);
-
-impl<'a> Verifying<'a> {
-    fn mark(cx: &'a AgentContext, what: &str) -> Result<Self, BackupError> {
-        let mut set = cx
-            .verifying
-            .lock()
-            .map_err(|_| BackupError::Local("the verification list is poisoned".into()))?;
-        if !set.insert(what.to_owned()) {
-            return Err(BackupError::Local(if what == PEERS_SLOT {
-                "this host verifies another project's backup now: try later".into()
-            } else {
-                format!("a verification of {what} runs here already")
-            }));
+impl Verifying {
+    fn mark(cx: &AgentContext) -> Result<Self, BackupError> {
+        let slot = cx.verifying.clone();
+        if slot.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(BackupError::Busy(
+                "this host verifies another backup now".into(),
+            ));
         }
-        Ok(Self(cx, what.to_owned()))
+        Ok(Self(slot))
     }
 }
 
-impl Drop for Verifying<'_> {
+impl Drop for Verifying {
     fn drop(&mut self) {
-        if let Ok(mut set) = self.0.verifying.lock() {
-            set.remove(&self.1);
-        }
+        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
 /// `<pool>/recv/backup.<ns>/<name>`: a verification's scratch dataset (the `recv` staging
 /// area, cleared at start-up).
 fn verify_scratch(pool: &PoolName, key: &ProjectKey) -> Result<DatasetName, BackupError> {
+    static RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     pool.dataset(&format!(
-        "{}/backup.{}/{}",
+        "{}/backup.{}/{}.v{run}",
         crate::transfer::RECV_STAGING,
         key.namespace,
         key.name
