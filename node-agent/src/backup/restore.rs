@@ -68,6 +68,16 @@ struct ObjectReader<'a> {
     total: u64,
 }
 
+/// What the BEGIN record of stream `s` of `project` must say: its manifest's snapshots.
+fn begins_with(project: &ProjectKey, s: &BucketStream) -> SendRequest {
+    SendRequest {
+        project: project.clone(),
+        from: s.edge.from.as_ref().map(|f| f.guid),
+        to: s.edge.to.guid,
+        resume: None,
+    }
+}
+
 fn broken(s: &BucketStream, why: String) -> BackupError {
     BackupError::Broken {
         stream: s.id.to_string(),
@@ -162,12 +172,7 @@ pub async fn check_object(
     project: &ProjectKey,
     s: &BucketStream,
 ) -> Result<(), BackupError> {
-    let want = SendRequest {
-        project: project.clone(),
-        from: s.edge.from.as_ref().map(|f| f.guid),
-        to: s.edge.to.guid,
-        resume: None,
-    };
+    let want = begins_with(project, s);
     let mut r = ObjectReader::open(bucket, s).await?;
     let mut head = BytesMut::new();
     let mut begun = false;
@@ -200,12 +205,7 @@ async fn receive_one(
     target: &DatasetName,
     progress: &Progress,
 ) -> Result<(), BackupError> {
-    let want = SendRequest {
-        project: project.clone(),
-        from: s.edge.from.as_ref().map(|f| f.guid),
-        to: s.edge.to.guid,
-        resume: None,
-    };
+    let want = begins_with(project, s);
     let mut object = ObjectReader::open(bucket, s).await?;
     let (w, r) = tokio::sync::mpsc::channel::<Bytes>(4);
     let raw_ok = zfs.capabilities().send_flags().raw;
