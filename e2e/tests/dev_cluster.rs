@@ -41,22 +41,13 @@ async fn up_status_down_with_the_api_only() {
         "{names:?}"
     );
 
-    let again = Command::new(DEV)
-        .args(["up", "--state-dir"])
-        .arg(&dir)
-        .arg("--api-only")
-        .output()
-        .unwrap();
+    let again = dev("up", &dir, &["--api-only"]);
     assert!(
         !again.status.success(),
         "a second up on the same dir is refused"
     );
 
-    let status = Command::new(DEV)
-        .args(["status", "--state-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let status = dev("status", &dir, &[]);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(
         status.status.success()
@@ -65,11 +56,7 @@ async fn up_status_down_with_the_api_only() {
         "{text}"
     );
 
-    let down = Command::new(DEV)
-        .args(["down", "--state-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let down = dev("down", &dir, &[]);
     assert!(
         down.status.success(),
         "{}",
@@ -83,14 +70,19 @@ async fn up_status_down_with_the_api_only() {
     );
 }
 
+/// `projstore-dev <command> --state-dir <dir> [extra]`.
+fn dev(command: &str, dir: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    Command::new(DEV)
+        .args([command, "--state-dir"])
+        .arg(dir)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 /// `projstore-dev up` in `dir` (api-only); panics with its stderr when it fails.
 fn up_api_only(dir: &std::path::Path) -> std::process::Output {
-    let up = Command::new(DEV)
-        .args(["up", "--state-dir"])
-        .arg(dir)
-        .arg("--api-only")
-        .output()
-        .unwrap();
+    let up = dev("up", dir, &["--api-only"]);
     assert!(
         up.status.success(),
         "{}",
@@ -166,10 +158,7 @@ async fn the_chart_helm_installed_is_what_the_dev_cluster_enforces() {
         .unwrap_err();
     assert!(denied.to_string().contains("forbidden"), "{denied}");
 
-    let _ = Command::new(DEV)
-        .args(["down", "--state-dir"])
-        .arg(&dir)
-        .output();
+    let _ = dev("down", &dir, &[]);
 }
 
 #[tokio::test]

@@ -34,6 +34,15 @@ pub enum FetchError {
     Store(#[from] StoreError),
 }
 
+/// The first 4 KiB of a refusal's body: the peer's reason.
+async fn refusal_text(resp: hyper::Response<hyper::body::Incoming>) -> String {
+    Limited::new(resp.into_body(), 4096)
+        .collect()
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+        .unwrap_or_default()
+}
+
 /// A peer's stream server: `https://host:port` of the agent of `node`.
 #[derive(Clone)]
 pub struct Peer {
@@ -106,11 +115,7 @@ impl Peer {
         let resp = self.get(path, 0).await?;
         if !resp.status().is_success() {
             let status = resp.status();
-            let why = Limited::new(resp.into_body(), 4096)
-                .collect()
-                .await
-                .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-                .unwrap_or_default();
+            let why = refusal_text(resp).await;
             let reason = format!("{what}: HTTP {status}: {why}");
             if status == hyper::StatusCode::NOT_FOUND {
                 return Err(FetchError::NotFound {
@@ -211,11 +216,7 @@ impl Peer {
         let resp = self.get(&path, 0).await?;
         if !resp.status().is_success() {
             let status = resp.status();
-            let why = Limited::new(resp.into_body(), 4096)
-                .collect()
-                .await
-                .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-                .unwrap_or_default();
+            let why = refusal_text(resp).await;
             return Err(self.err(format!("verifying the backup: HTTP {status}: {why}")));
         }
         let mut body = resp.into_body();

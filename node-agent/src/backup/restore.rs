@@ -61,6 +61,11 @@ pub async fn receive_chain(
 /// SHA-256 at the end. Whatever does not match is `Broken`.
 struct ObjectReader<'a> {
     s: &'a BucketStream,
+    /// What its BEGIN record must say, and whether a raw stream is taken.
+    want: SendRequest,
+    raw_ok: bool,
+    /// The plaintext until its first record is whole and checked.
+    head: Option<BytesMut>,
     body: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
     opener: Option<super::seal::Opener>,
     hasher: Sha256,
@@ -86,9 +91,17 @@ fn broken(s: &BucketStream, why: String) -> BackupError {
 }
 
 impl<'a> ObjectReader<'a> {
-    async fn open(bucket: &Bucket, s: &'a BucketStream) -> Result<Self, BackupError> {
+    async fn open(
+        bucket: &Bucket,
+        project: &ProjectKey,
+        s: &'a BucketStream,
+        raw_ok: bool,
+    ) -> Result<Self, BackupError> {
         Ok(Self {
             s,
+            want: begins_with(project, s),
+            raw_ok,
+            head: Some(BytesMut::new()),
             body: bucket.get_stream(&s.id).await?,
             opener: bucket.opener(&s.id),
             hasher: Sha256::new(),
@@ -128,6 +141,16 @@ impl<'a> ObjectReader<'a> {
             self.hasher.update(p);
             self.total += p.len() as u64;
         }
+        // The BEGIN record is checked before any plaintext after it is handed out.
+        if let Some(head) = self.head.as_mut() {
+            for p in &plain {
+                head.extend_from_slice(p);
+            }
+            if head.len() >= RECORD {
+                check_begin(&head[..RECORD], &self.want, self.raw_ok).map_err(|e| broken(s, e))?;
+                self.head = None;
+            }
+        }
         if self.total > m.stream.bytes {
             return Err(broken(
                 s,
@@ -137,8 +160,13 @@ impl<'a> ObjectReader<'a> {
         Ok(Some(plain))
     }
 
-    /// After the end: whether length and SHA-256 are the manifest's.
+    /// After the end: whether it had a BEGIN record, and length and SHA-256 are the
+    /// manifest's.
     fn check(self) -> Result<(), BackupError> {
+        if let Some(head) = &self.head {
+            let why = format!("{} bytes hold no BEGIN record", head.len());
+            return Err(broken(self.s, why));
+        }
         let m = &self.s.manifest;
         let (total, stored) = (self.total, self.stored);
         if total != m.stream.bytes || stored != m.stored_bytes {
@@ -172,28 +200,9 @@ pub async fn check_object(
     project: &ProjectKey,
     s: &BucketStream,
 ) -> Result<(), BackupError> {
-    let want = begins_with(project, s);
-    let mut r = ObjectReader::open(bucket, s).await?;
-    let mut head = BytesMut::new();
-    let mut begun = false;
-    while let Some(plain) = r.next().await? {
-        if !begun {
-            for p in &plain {
-                head.extend_from_slice(p);
-            }
-            if head.len() >= RECORD {
-                // Nothing is received here: a raw stream is as good as any.
-                check_begin(&head[..RECORD], &want, true).map_err(|e| broken(s, e))?;
-                begun = true;
-            }
-        }
-    }
-    if !begun {
-        return Err(broken(
-            s,
-            format!("{} bytes hold no BEGIN record", head.len()),
-        ));
-    }
+    // Nothing is received here: a raw stream is as good as any.
+    let mut r = ObjectReader::open(bucket, project, s, true).await?;
+    while r.next().await?.is_some() {}
     r.check()
 }
 
@@ -205,39 +214,27 @@ async fn receive_one(
     target: &DatasetName,
     progress: &Progress,
 ) -> Result<(), BackupError> {
-    let want = begins_with(project, s);
-    let mut object = ObjectReader::open(bucket, s).await?;
-    let (w, r) = tokio::sync::mpsc::channel::<Bytes>(4);
     let raw_ok = zfs.capabilities().send_flags().raw;
+    let mut object = ObjectReader::open(bucket, project, s, raw_ok).await?;
+    let (w, r) = tokio::sync::mpsc::channel::<Bytes>(4);
     let feed = async move {
         let mut held = BytesMut::with_capacity(FEED + WITHHELD);
-        let mut begun = false;
         // zfs recv failing is this host's matter (its reason follows from the receive).
         let gone = || BackupError::Unverified(format!("{}: zfs recv stopped reading", s.id));
+        // The reader checked the BEGIN record before handing out more than it.
         while let Some(plain) = object.next().await? {
             for p in plain {
                 held.extend_from_slice(&p);
             }
-            if !begun && held.len() >= RECORD {
-                check_begin(&held[..RECORD], &want, raw_ok).map_err(|e| broken(s, e))?;
-                begun = true;
-            }
-            if begun && held.len() >= WITHHELD + FEED {
+            if held.len() >= WITHHELD + FEED {
                 let pass = held.split_to(held.len() - WITHHELD).freeze();
                 w.send(pass).await.map_err(|_| gone())?;
             }
         }
-        if !begun {
-            if held.len() < RECORD {
-                let why = format!("{} bytes hold no BEGIN record", object.total);
-                return Err(broken(s, why));
-            }
-            check_begin(&held[..RECORD], &want, raw_ok).map_err(|e| broken(s, e))?;
-        }
         object.check()?;
         // Verified: the END record may go to zfs recv now.
         w.send(held.freeze()).await.map_err(|_| gone())?;
-        Ok(())
+        Ok::<(), BackupError>(())
     };
     let opts = RecvOptions {
         unmounted: true,
