@@ -140,17 +140,82 @@ impl Host {
     }
 }
 
+/// Before the pool goes, nothing may use its datasets any more: zfs-fuse crashes when a pool
+/// is destroyed under a FUSE daemon (bindfs, sshfs) or an sftp session still reading it, and
+/// a lazy unmount alone leaves those running. So: unmount deepest first (a FUSE daemon exits
+/// when its mount goes), kill whatever still runs in or holds a file below the test's
+/// directory, then detach what is left and wait until nothing below it is mounted.
 impl Drop for Host {
     fn drop(&mut self) {
-        let mut all: Vec<_> = mounts::mount_table()
-            .into_iter()
-            .filter(|m| m.target.starts_with(self.base.path()))
-            .collect();
-        all.sort_by_key(|m| std::cmp::Reverse(m.target.as_os_str().len()));
-        for m in all {
-            let _ = Command::new("umount").arg("-l").arg(&m.target).status();
+        let base = self.base.path().to_path_buf();
+        let below = || {
+            let mut all: Vec<_> = mounts::mount_table()
+                .into_iter()
+                .map(|m| m.target)
+                .filter(|t| t.starts_with(&base))
+                .collect();
+            all.sort_by_key(|t| std::cmp::Reverse(t.as_os_str().len()));
+            all
+        };
+        for t in below() {
+            for _ in 0..20 {
+                if Command::new("umount")
+                    .arg(&t)
+                    .status()
+                    .is_ok_and(|s| s.success())
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        for _ in 0..100 {
+            let users = processes_using(&base);
+            if users.is_empty() {
+                break;
+            }
+            for pid in users {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for _ in 0..100 {
+            let left = below();
+            if left.is_empty() {
+                break;
+            }
+            for t in left {
+                let _ = Command::new("umount").arg("-l").arg(&t).status();
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// Processes other than this one whose command line names `dir`, or whose root, working
+/// directory or an open file lies below it.
+fn processes_using(dir: &Path) -> Vec<u32> {
+    let me = std::process::id();
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            let p = PathBuf::from(format!("/proc/{pid}"));
+            let under = |link: PathBuf| std::fs::read_link(link).is_ok_and(|t| t.starts_with(dir));
+            let named = std::fs::read(p.join("cmdline"))
+                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle));
+            named
+                || under(p.join("root"))
+                || under(p.join("cwd"))
+                || std::fs::read_dir(p.join("fd"))
+                    .is_ok_and(|fds| fds.flatten().any(|fd| under(fd.path())))
+        })
+        .collect()
 }
 
 /// The tests run on real tools: a missing one is a failure, not a skip.
