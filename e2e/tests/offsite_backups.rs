@@ -315,14 +315,45 @@ async fn s16_projects_come_back_from_the_bucket_after_every_host_that_held_them_
         },
     )
     .await;
-    c.kill(&format!("agent-{uploader}"), false);
+    let agent = format!("agent-{uploader}");
+    c.kill(&agent, true);
     std::fs::remove_file(&hold).unwrap();
-    backed_up(&c, "thesis", &third, Duration::from_secs(180)).await;
-    let log = std::fs::read_to_string(c.dir.join("logs").join(format!("agent-{uploader}.log")))
+    // While the uploader is down the primary takes a newer snapshot: the restarted upload
+    // finishes the snapshot it began, then uploads the newer one as an increment from it.
+    std::fs::write(mount.join("later.bin"), random_bytes(1 << 20, 5)).unwrap();
+    c.snapshot_now(NS, "thesis").await;
+    let fourth = c
+        .wait(
+            "the primary's newer snapshot",
+            Duration::from_secs(120),
+            || async {
+                let p = c.primary(NS, "thesis").await;
+                match p.status.and_then(|s| s.applied_snapshot) {
+                    Some(a) if a.name != third => Ok(a.name),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await;
+    c.release(&agent);
+    backed_up(&c, "thesis", &fourth, Duration::from_secs(180)).await;
+    let log = std::fs::read_to_string(c.dir.join("logs").join(format!("{agent}.log")))
         .unwrap_or_default();
     c.check(
         log.contains("upload resumed after its stored parts"),
         "the restarted agent resumed the upload instead of starting over",
+    );
+    let streams = stream_objects(&s3, "thesis");
+    c.check(
+        streams
+            .iter()
+            .any(|(k, _)| k.ends_with(&format!("{second}--{third}.zstream")))
+            && streams
+                .iter()
+                .any(|(k, _)| k.ends_with(&format!("{third}--{fourth}.zstream"))),
+        &format!(
+            "the cut-off stream was finished, then the newer snapshot followed it: {streams:?}"
+        ),
     );
 
     // An upload runs beside the copy's work: while one is held half-way, the Project shows

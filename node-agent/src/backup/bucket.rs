@@ -225,36 +225,50 @@ impl Bucket {
         Ok(got.into_stream())
     }
 
+    /// The uploads of this project to this very bucket that are under way (cut off, or
+    /// running), from their state files in `dir` under names starting with `prefix`: each
+    /// file's name with the GUID of the snapshot it uploads.
+    pub fn begun_uploads(&self, dir: &std::path::Path, prefix: &str) -> Vec<(String, String)> {
+        self.uploads_here(dir, prefix)
+            .into_iter()
+            .filter_map(|(path, state)| {
+                let name = path.file_name()?.to_str()?.to_owned();
+                Some((name, state.to_guid))
+            })
+            .collect()
+    }
+
+    /// The state files in `dir` named `<prefix>*.json` of uploads to this very bucket, and
+    /// what they say.
+    fn uploads_here(&self, dir: &std::path::Path, prefix: &str) -> Vec<(PathBuf, UploadState)> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let here = format!("{}/", self.root.as_ref());
+        entries
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(prefix) && n.ends_with(".json"))
+            })
+            .filter_map(|e| Some((e.path(), UploadState::load(&e.path())?)))
+            .filter(|(_, state)| {
+                state.place == self.place
+                    && state
+                        .object
+                        .strip_prefix(&here)
+                        .is_some_and(|rest| !rest.contains('/'))
+            })
+            .collect()
+    }
+
     /// Abandons the uploads of this project whose state files lie in `dir` under names
     /// starting with `prefix` (none is under way: other snapshots were uploaded instead):
     /// their multipart uploads are aborted (their parts would otherwise stay in the bucket)
     /// and the files removed.
     pub async fn abandon_other_uploads(&self, dir: &std::path::Path, prefix: &str) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        let here = format!("{}/", self.root.as_ref());
-        for e in entries.flatten() {
-            let path = e.path();
-            let name = e.file_name();
-            if !name
-                .to_str()
-                .is_some_and(|n| n.starts_with(prefix) && n.ends_with(".json"))
-            {
-                continue;
-            }
-            let Some(state) = UploadState::load(&path) else {
-                continue;
-            };
-            // Only this project's uploads to this very bucket.
-            let ours = state.place == self.place
-                && state
-                    .object
-                    .strip_prefix(&here)
-                    .is_some_and(|rest| !rest.contains('/'));
-            if !ours {
-                continue;
-            }
+        for (path, state) in self.uploads_here(dir, prefix) {
             match self
                 .store
                 .abort_multipart(&Path::from(state.object.as_str()), &state.upload_id)

@@ -501,6 +501,8 @@ async fn backup_now(
         bucket: &bucket,
         progress: &progress.done,
     };
+    let uploads = cx.cfg.run_dir.join(UPLOADS_DIR);
+    let prefix = format!("{}.{}.{}.", c.pool, c.key.namespace, c.key.name);
     let done = if rooted.contains(&newest.guid) {
         Done {
             snapshot: newest.name.clone(),
@@ -510,19 +512,34 @@ async fn backup_now(
     } else {
         // From the newest snapshot the bucket's chain holds (by GUID), else a full stream.
         let base = local.iter().rev().find(|s| rooted.contains(&s.guid));
+        // An upload that was cut off is finished first, with the snapshot it began, then the
+        // newest follows as an increment from it: chasing the newest snapshot would start
+        // over whenever snapshots come faster than a large upload ends.
+        let steps = match begun_upload(&bucket, &uploads, &prefix, &local, base, newest) {
+            Some(begun) => vec![(base, begun), (Some(begun), newest)],
+            None => vec![(base, newest)],
+        };
         let live = crate::live::LiveSnapshot::of;
-        progress.set_total(crate::live::estimate(
-            base.map(live).as_ref(),
-            &live(newest),
-        ));
-        let (id, m) = upload_stream(u, &streams, base, newest, false).await?;
+        progress.set_total(
+            steps
+                .iter()
+                .map(|(from, to)| crate::live::estimate(from.map(live).as_ref(), &live(to)))
+                .sum(),
+        );
+        let (mut ids, mut stored, mut encrypted) = (Vec::new(), 0, false);
+        for (from, to) in steps {
+            let (id, m) = upload_stream(u, &streams, from, to, false).await?;
+            ids.push(id.to_string());
+            stored += m.stored_bytes;
+            encrypted = m.encrypted;
+        }
         Done {
             snapshot: newest.name.clone(),
-            uploaded: Some(m.stored_bytes),
+            uploaded: Some(stored),
             message: format!(
-                "uploaded {id} ({} bytes{})",
-                m.stored_bytes,
-                if m.encrypted { ", encrypted" } else { "" }
+                "uploaded {} ({stored} bytes{})",
+                ids.join(" and "),
+                if encrypted { ", encrypted" } else { "" }
             ),
         }
     };
@@ -537,11 +554,30 @@ async fn backup_now(
     gc(&bucket, &streams).await?;
     // Every stream this backup wants is up: uploads of this project cut off for others are
     // given up (their parts removed from the bucket).
-    let prefix = format!("{}.{}.{}.", c.pool, c.key.namespace, c.key.name);
-    bucket
-        .abandon_other_uploads(&cx.cfg.run_dir.join(UPLOADS_DIR), &prefix)
-        .await;
+    bucket.abandon_other_uploads(&uploads, &prefix).await;
     Ok(done)
+}
+
+/// The snapshot of an upload this copy began and did not finish, where it still leads from
+/// `base` (the bucket chain's end here) towards `newest` and this copy still has it.
+fn begun_upload<'a>(
+    bucket: &Bucket,
+    dir: &std::path::Path,
+    prefix: &str,
+    local: &'a [crate::zfs::SnapshotInfo],
+    base: Option<&crate::zfs::SnapshotInfo>,
+    newest: &crate::zfs::SnapshotInfo,
+) -> Option<&'a crate::zfs::SnapshotInfo> {
+    bucket
+        .begun_uploads(dir, prefix)
+        .into_iter()
+        .find_map(|(file, to_guid)| {
+            let s = local.iter().find(|s| s.guid.to_string() == to_guid)?;
+            let between =
+                base.is_none_or(|b| b.createtxg < s.createtxg) && s.createtxg < newest.createtxg;
+            let id = StreamId::for_snapshots(base.map(|b| b.name.as_str()), &s.name).ok()?;
+            (between && file == format!("{prefix}{id}.json")).then_some(s)
+        })
 }
 
 /// Where one backup uploads from and to, and what counts its bytes.
