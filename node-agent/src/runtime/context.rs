@@ -42,6 +42,8 @@ pub struct AgentContext {
     pub backup_jobs: Mutex<HashMap<String, super::replica::BackupJob>>,
     /// Set while this host verifies a backup (one at a time).
     pub verifying: Arc<std::sync::atomic::AtomicBool>,
+    /// Uploads this host runs at once ([`super::replica::MAX_UPLOADS`]); the others wait.
+    pub uploads: Arc<tokio::sync::Semaphore>,
     /// Per uploading StreamReplica (`ns/name`): when its verification may try again after
     /// finding no spare pool free, and whether an upload already stopped it once.
     pub verify_memo: Mutex<HashMap<String, super::replica::VerifyMemo>>,
@@ -70,6 +72,7 @@ impl AgentContext {
             quiet: Mutex::default(),
             backup_jobs: Mutex::default(),
             verifying: Arc::default(),
+            uploads: Arc::new(tokio::sync::Semaphore::new(super::replica::MAX_UPLOADS)),
             verify_memo: Mutex::default(),
         })
     }

@@ -145,14 +145,32 @@ enum JobKind {
     Verify,
 }
 
-/// Bytes a job moved, and what it will move in all (0 until known).
+/// Uploads one host runs at once: each is a `zfs send` and some parts of [`PART`] bytes in
+/// memory, and backups of many projects fall due together (after a restart, or created at
+/// once). The others wait their turn, saying so.
+pub const MAX_UPLOADS: usize = 4;
+
+/// Bytes a job moved, and what it will move in all (0 until known); whether it still waits
+/// for its turn.
 #[derive(Clone, Default)]
 struct JobProgress {
     done: Progress,
     total: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    waiting: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl JobProgress {
+    /// A running job's progress into `b`.
+    fn show(&self, b: &mut BackupStatus) {
+        let (done, total) = self.now();
+        (b.bytes_done, b.bytes_total) = (Some(done), total);
+        if self.waiting.load(std::sync::atomic::Ordering::Relaxed) {
+            b.message = Some(format!(
+                "waiting: {MAX_UPLOADS} uploads already run on this host"
+            ));
+        }
+    }
+
     fn set_total(&self, total: u64) {
         self.total
             .store(total, std::sync::atomic::Ordering::Relaxed);
@@ -295,10 +313,7 @@ pub(super) async fn backup_pass(
                 None
             }
             Some(job) if !job.handle.is_finished() => {
-                (b.bytes_done, b.bytes_total) = {
-                    let (done, total) = job.progress.now();
-                    (Some(done), total)
-                };
+                job.progress.show(&mut b);
                 status.backup = Some(b);
                 return Some(Duration::from_secs(2));
             }
@@ -360,7 +375,17 @@ pub(super) async fn backup_pass(
         let progress = JobProgress::default();
         let (cx2, sr2, pool2, keep) = (cx.clone(), sr.clone(), pool.clone(), policy.keep.clone());
         let p2 = progress.clone();
+        let turn = cx.uploads.clone();
         start_job(cx, sr, JobKind::Upload, progress, async move {
+            p2.waiting.store(true, std::sync::atomic::Ordering::Relaxed);
+            let Ok(_turn) = turn.acquire_owned().await else {
+                return JobOutcome::Uploaded(
+                    Err(BackupError::Local("the agent is stopping".into())),
+                    asked,
+                );
+            };
+            p2.waiting
+                .store(false, std::sync::atomic::Ordering::Relaxed);
             let done = backup_now(&cx2, &sr2, &pool2, &policy.target, &keep, &p2).await;
             JobOutcome::Uploaded(done, asked)
         });
@@ -1383,6 +1408,33 @@ mod tests {
         assert_eq!(daily1.into_iter().collect::<Vec<_>>(), vec![118, 119]);
         let daily0 = keep_points(&refs, &keep(0, 0, 0), late);
         assert_eq!(daily0.into_iter().collect::<Vec<_>>(), vec![119]);
+    }
+
+    #[test]
+    fn an_upload_waiting_for_its_turn_says_so_and_then_shows_its_bytes() {
+        let p = JobProgress::default();
+        let mut b = BackupStatus {
+            message: Some("uploaded a--b (10 bytes)".into()),
+            ..Default::default()
+        };
+        p.waiting.store(true, std::sync::atomic::Ordering::Relaxed);
+        p.show(&mut b);
+        assert_eq!((b.bytes_done, b.bytes_total), (Some(0), None));
+        assert!(
+            b.message
+                .as_deref()
+                .unwrap()
+                .starts_with("waiting: 4 uploads")
+        );
+        p.waiting.store(false, std::sync::atomic::Ordering::Relaxed);
+        p.set_total(100);
+        p.done.add(30);
+        let mut b = BackupStatus::default();
+        p.show(&mut b);
+        assert_eq!(
+            (b.bytes_done, b.bytes_total, b.message),
+            (Some(30), Some(100), None)
+        );
     }
 
     #[test]

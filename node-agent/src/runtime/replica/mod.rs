@@ -30,7 +30,8 @@ mod fencing;
 mod ownership;
 pub mod plans;
 pub use backup::{
-    BackupJob, VerifyMemo, backup_due, stop_job as stop_backup_job, uploads, verifier, verify_due,
+    BackupJob, MAX_UPLOADS, VerifyMemo, backup_due, stop_job as stop_backup_job, uploads, verifier,
+    verify_due,
 };
 mod primary;
 mod secondary;
