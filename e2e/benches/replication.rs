@@ -178,20 +178,33 @@ fn snapshot_until_applied(
 
 /// CPU seconds (user + system) of the agents now, from `/proc/<pid>/stat`.
 fn agents_cpu(dir: &Path) -> f64 {
-    let mut ticks = 0u64;
-    for e in std::fs::read_dir(dir.join("pids")).unwrap().flatten() {
-        if !e.file_name().to_string_lossy().starts_with("agent-") {
-            continue;
-        }
-        let pid = std::fs::read_to_string(e.path()).unwrap_or_default();
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        ticks += field(11) + field(12);
-    }
-    ticks as f64 / 100.0 // USER_HZ
+    std::fs::read_dir(dir.join("pids"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("agent-"))
+        .map(|e| cpu_of(std::fs::read_to_string(e.path()).unwrap_or_default().trim()))
+        .sum()
+}
+
+/// CPU seconds (user + system) of the zfs-fuse daemon now (0 where ZFS is in the kernel).
+fn zfs_fuse_cpu() -> f64 {
+    let out = Command::new("pgrep").args(["-x", "zfs-fuse"]).output();
+    out.map(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|pid| cpu_of(pid.trim()))
+            .sum()
+    })
+    .unwrap_or(0.0)
+}
+
+/// CPU seconds (user + system) of process `pid` now, from `/proc/<pid>/stat`.
+fn cpu_of(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (field(11) + field(12)) as f64 / 100.0 // USER_HZ
 }
 
 /// `n` bytes that do not compress (xorshift from `seed`).
@@ -302,9 +315,9 @@ fn main() {
     std::fs::write(mount.join("big"), random_bytes(256 << 20, 99)).unwrap();
     // zfs-fuse writes back asynchronously: let it settle so the snapshot does not wait on it.
     std::thread::sleep(Duration::from_secs(5));
-    let cpu0 = agents_cpu(&dir);
+    let (cpu0, zfs0) = (agents_cpu(&dir), zfs_fuse_cpu());
     let live = snapshot_until_applied(&kc, &mut w, project, "big", 3);
-    let cpu = agents_cpu(&dir) - cpu0;
+    let (cpu, zfs_live) = (agents_cpu(&dir) - cpu0, zfs_fuse_cpu() - zfs0);
 
     // The same snapshot, raw: `zfs send -i prev new | zfs recv` into the two secondaries'
     // pools at once (each into a scratch copy of prev received beforehand, untimed).
@@ -351,12 +364,12 @@ fn main() {
         let (mut s, mut r) = pipe(None, prev, t);
         assert!(s.wait().unwrap().success() && r.wait().unwrap().success());
     }
-    let t = Instant::now();
+    let (t, zfs0) = (Instant::now(), zfs_fuse_cpu());
     let running: Vec<_> = targets.iter().map(|t| pipe(Some(prev), new, t)).collect();
     for (mut s, mut r) in running {
         assert!(s.wait().unwrap().success() && r.wait().unwrap().success());
     }
-    let raw = t.elapsed();
+    let (raw, zfs_raw) = (t.elapsed(), zfs_fuse_cpu() - zfs0);
     for t in &targets {
         zfs(&["destroy", "-r", t]);
     }
@@ -370,6 +383,14 @@ fn main() {
     println!(
         "agents' CPU for it: {cpu:.2} s for {gib:.1} GiB received by the secondaries (sent by the primary): {:.2} CPU s per GiB replicated [utime+stime of the three agents, /proc]",
         cpu / gib
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "CPU on this machine's {cores} cores: raw used {zfs_raw:.2} s of the zfs-fuse daemon in {:.2} s ({:.2} cores busy); live used {zfs_live:.2} s of zfs-fuse and {cpu:.2} s of the agents in {:.2} s ({:.2} cores busy) [zfs-fuse, where ZFS is userspace, shares the cores with the agents]",
+        raw.as_secs_f64(),
+        zfs_raw / raw.as_secs_f64(),
+        live.as_secs_f64(),
+        (zfs_live + cpu) / live.as_secs_f64()
     );
 
     // What went wrong on the way, if anything (a failed pass is retried after a backoff).
