@@ -24,6 +24,8 @@ use crate::zfs::{Progress, SendFlags, SnapshotName, Zfs};
 
 /// Plaintext per uploaded part (S3 wants at least 5 MiB for every part but the last).
 pub const PART: usize = 8 << 20;
+/// Tries an interrupted upload goes on with before it starts afresh.
+pub const MAX_RESUMES: u32 = 3;
 /// The ranges an object is read in.
 const RANGE: u64 = 8 << 20;
 /// Ranges of one object asked for at once (each held until its turn).
@@ -216,43 +218,49 @@ impl Bucket {
         Ok(())
     }
 
-    /// The stream object of `id`, as it arrives (sealed or not, unchecked): in ranges of
-    /// [`RANGE`] bytes, [`RANGES_IN_FLIGHT`] of them asked for at once and handed on in order
-    /// (one request at a time is far slower than the service: S3 itself serves each
-    /// connection at a fraction of what it serves a host). The object is checked as a whole
-    /// afterwards (its length and digest in its manifest, and each sealed chunk bound to its
-    /// place), so ranges of two versions of an object rewritten meanwhile never pass.
+    /// The stream object of `id`, as it arrives (sealed or not, unchecked), with the size
+    /// the service says it has: `size` bytes (the manifest's) in ranges of [`RANGE`] bytes,
+    /// [`RANGES_IN_FLIGHT`] of them asked for at once and handed on in order (one request at
+    /// a time is far slower than the service: S3 itself serves each connection at a fraction
+    /// of what it serves a host). Each range must come whole and no longer (a longer one is
+    /// cut off as soon as it passes its length), and of the version the service first named
+    /// (`If-Match`, and the version each answer names: an object rewritten meanwhile fails
+    /// the read instead of mixing versions);
+    /// the caller compares the size and checks the object as a whole.
     pub async fn get_stream(
         &self,
         id: &StreamId,
-    ) -> Result<futures::stream::BoxStream<'static, object_store::Result<Bytes>>, BackupError> {
+        size: u64,
+    ) -> Result<
+        (
+            u64,
+            futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
+        ),
+        BackupError,
+    > {
         use futures::StreamExt;
         let path = self.object(&id.file_name());
-        let size = self
-            .store
-            .head(&path)
-            .await
-            .map_err(BackupError::store)?
-            .size;
+        let head = self.store.head(&path).await.map_err(BackupError::store)?;
         let store = self.store.clone();
         let ranges = (0..size)
             .step_by(RANGE as usize)
             .map(move |start| start..(start + RANGE).min(size));
-        Ok(futures::stream::iter(ranges)
-            .map(move |r| {
-                let (store, path) = (store.clone(), path.clone());
-                async move { store.get_range(&path, r).await }
-            })
+        let version = head.e_tag;
+        let body = futures::stream::iter(ranges)
+            .map(move |r| read_range(store.clone(), path.clone(), r, version.clone()))
             .buffered(RANGES_IN_FLIGHT)
-            .boxed())
+            .boxed();
+        Ok((head.size, body))
     }
 
     /// The uploads of this project to this very bucket that are under way (cut off, or
     /// running), from their state files in `dir` under names starting with `prefix`: each
-    /// file's name with the GUID of the snapshot it uploads.
+    /// file's name with the GUID of the snapshot it uploads; not those tried
+    /// [`MAX_RESUMES`] times already.
     pub fn begun_uploads(&self, dir: &std::path::Path, prefix: &str) -> Vec<(String, String)> {
         self.uploads_here(dir, prefix)
             .into_iter()
+            .filter(|(_, state)| state.resumes < MAX_RESUMES)
             .filter_map(|(path, state)| {
                 let name = path.file_name()?.to_str()?.to_owned();
                 Some((name, state.to_guid))
@@ -341,12 +349,15 @@ impl Bucket {
         let mut state = match UploadState::load(&up.state_file) {
             // Only the very upload goes on: same object of the same bucket, same snapshot,
             // parts sealed with the same key (or none).
-            Some(s)
+            Some(mut s)
                 if s.object == path.as_ref()
                     && s.place == self.place
                     && s.to_guid == up.manifest.to.guid
-                    && s.sealed_with == sealing =>
+                    && s.sealed_with == sealing
+                    && s.resumes < MAX_RESUMES =>
             {
+                s.resumes += 1;
+                s.save(&up.state_file)?;
                 s
             }
             Some(stale) => {
@@ -383,7 +394,18 @@ impl Bucket {
                 sending: futures::stream::FuturesOrdered::new(),
                 stored: 0,
             };
-            while let Some(chunk) = rx.recv().await {
+            // A `zfs send` that gives nothing for this long (a pool whose I/O hangs) ends the
+            // upload: it would otherwise hold one of the host's upload turns for good.
+            loop {
+                let Ok(next) = tokio::time::timeout(crate::live::STALL, rx.recv()).await else {
+                    return Err(BackupError::Local(format!(
+                        "zfs send gave nothing for {:?}",
+                        crate::live::STALL
+                    )));
+                };
+                let Some(chunk) = next else {
+                    break;
+                };
                 progress.add(chunk.len());
                 let mut rest = &chunk[..];
                 while !rest.is_empty() {
@@ -481,6 +503,7 @@ impl Bucket {
             upload_id,
             to_guid: up.manifest.to.guid.clone(),
             parts: Vec::new(),
+            resumes: 0,
         };
         state.save(&up.state_file)?;
         Ok(state)
@@ -499,7 +522,26 @@ const IN_FLIGHT: usize = 2;
 
 /// A part on its way (a task of its own, so it travels while the next part is made): its
 /// plaintext digest and the service's id of it.
-type PartOnItsWay = tokio::task::JoinHandle<Result<(String, PartId), BackupError>>;
+/// A part's upload, stopped when the upload it belongs to is dropped (a job stopped must not
+/// leave parts landing after a later try stored the same part anew).
+struct PartOnItsWay(tokio::task::JoinHandle<Result<(String, PartId), BackupError>>);
+
+impl Drop for PartOnItsWay {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl std::future::Future for PartOnItsWay {
+    type Output = Result<Result<(String, PartId), BackupError>, tokio::task::JoinError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll(cx)
+    }
+}
 
 /// The parts of one multipart upload as they end.
 struct Parts<'a> {
@@ -536,13 +578,14 @@ impl Parts<'_> {
             None => {
                 let (store, path) = (self.store.clone(), self.path.clone());
                 let upload_id = self.state.upload_id.clone();
-                self.sending.push_back(tokio::spawn(async move {
-                    let id = store
-                        .put_part(&path, &upload_id, index, PutPayload::from(body.freeze()))
-                        .await
-                        .map_err(BackupError::store)?;
-                    Ok((digest, id))
-                }));
+                self.sending
+                    .push_back(PartOnItsWay(tokio::spawn(async move {
+                        let id = store
+                            .put_part(&path, &upload_id, index, PutPayload::from(body.freeze()))
+                            .await
+                            .map_err(BackupError::store)?;
+                        Ok((digest, id))
+                    })));
                 while self.sending.len() >= IN_FLIGHT {
                     self.settle().await?;
                 }
@@ -597,6 +640,47 @@ pub struct Upload<'a> {
     pub hold: Option<PathBuf>,
 }
 
+/// Bytes `range` of the object at `path`, in full and no more, of version `version`.
+async fn read_range(
+    store: Arc<AmazonS3>,
+    path: Path,
+    range: std::ops::Range<u64>,
+    version: Option<String>,
+) -> object_store::Result<Bytes> {
+    use futures::StreamExt;
+    let want = range.end - range.start;
+    let opts = object_store::GetOptions {
+        range: Some(object_store::GetRange::Bounded(range.clone())),
+        if_match: version.clone(),
+        ..Default::default()
+    };
+    let odd = |why: String| object_store::Error::Generic {
+        store: "bucket",
+        source: format!("{path} bytes {}..{}: {why}", range.start, range.end).into(),
+    };
+    let got = store.get_opts(&path, opts).await?;
+    // A service that ignores If-Match still names the version it sent.
+    if version.is_some() && got.meta.e_tag != version {
+        return Err(odd(format!(
+            "the object changed while it was read (version {:?}, then {:?})",
+            version, got.meta.e_tag
+        )));
+    }
+    let mut body = got.into_stream();
+    let mut got = BytesMut::with_capacity(usize::try_from(want).unwrap_or(0));
+    while let Some(piece) = body.next().await {
+        let piece = piece?;
+        if (got.len() + piece.len()) as u64 > want {
+            return Err(odd("the service sent more than was asked for".into()));
+        }
+        got.extend_from_slice(&piece);
+    }
+    if (got.len() as u64) < want {
+        return Err(odd(format!("the service sent only {} bytes", got.len())));
+    }
+    Ok(got.freeze())
+}
+
 /// The upload fault hook's file under an agent's run directory.
 pub const HOLD_UPLOAD: &str = "faults/hold-backup-upload";
 
@@ -611,6 +695,10 @@ struct UploadState {
     upload_id: String,
     to_guid: String,
     parts: Vec<DonePart>,
+    /// Tries that went on with this upload after the first (it starts afresh after
+    /// [`MAX_RESUMES`]: an upload the service no longer completes must not block backups).
+    #[serde(default)]
+    resumes: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -97,12 +97,20 @@ impl<'a> ObjectReader<'a> {
         s: &'a BucketStream,
         raw_ok: bool,
     ) -> Result<Self, BackupError> {
+        let stored = s.manifest.stored_bytes;
+        let (size, body) = bucket.get_stream(&s.id, stored).await?;
+        if size != stored {
+            return Err(broken(
+                s,
+                format!("the object holds {size} bytes, its manifest says {stored}"),
+            ));
+        }
         Ok(Self {
             s,
             want: begins_with(project, s),
             raw_ok,
             head: Some(BytesMut::new()),
-            body: bucket.get_stream(&s.id).await?,
+            body,
             opener: bucket.opener(&s.id),
             hasher: Sha256::new(),
             stored: 0,

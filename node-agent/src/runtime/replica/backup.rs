@@ -300,9 +300,12 @@ pub(super) async fn backup_pass(
             return Some(Duration::from_secs(1));
         };
         match jobs.get(&job_key(sr)) {
+            // (Only when the upload can start now: one waiting for its turn would stop the
+            // verification for nothing.)
             Some(job)
                 if !job.handle.is_finished()
                     && job.preemptible
+                    && cx.uploads.available_permits() > 0
                     && backup_due(&b, interval, asked.as_deref(), Utc::now()).is_zero() =>
             {
                 if let Some(job) = jobs.remove(&job_key(sr)) {
@@ -448,6 +451,20 @@ fn not_running(status: &mut StreamReplicaStatus, why: &str) {
 /// What a finished upload did, into the status.
 fn uploaded(b: &mut BackupStatus, sr: &StreamReplica, done: Result<Done, BackupError>) {
     match done {
+        Ok(Done {
+            snapshot,
+            uploaded,
+            message,
+            short: Some(e),
+        }) => {
+            // The chain moved on to `snapshot`, the newest is not up yet: a failure (retried
+            // with backoff) that says how far it came.
+            if uploaded.is_some() {
+                b.bytes = uploaded;
+                b.last_snapshot = Some(snapshot);
+            }
+            uploaded_failed(b, sr, format!("{message}; then {e}"));
+        }
         Ok(done) => {
             b.phase = Some(BackupPhase::Succeeded);
             b.failures = None;
@@ -458,14 +475,19 @@ fn uploaded(b: &mut BackupStatus, sr: &StreamReplica, done: Result<Done, BackupE
             }
             b.time = Some(now_time());
         }
-        Err(e) => {
-            tracing::warn!(project = %sr.spec.project, error = %e, "backup failed");
-            crate::metrics::add(&crate::metrics::METRICS.errors, 1);
-            b.phase = Some(BackupPhase::Failed);
-            b.failures = Some(b.failures.unwrap_or(0).saturating_add(1));
-            b.message = Some(projstore_api::s3::one_line(&e.to_string()));
-        }
+        Err(e) => uploaded_failed(b, sr, e.to_string()),
     }
+}
+
+/// A failed backup into the status: retried with backoff from now (an upload may have
+/// waited long for its turn before it failed).
+fn uploaded_failed(b: &mut BackupStatus, sr: &StreamReplica, why: String) {
+    tracing::warn!(project = %sr.spec.project, error = %why, "backup failed");
+    crate::metrics::add(&crate::metrics::METRICS.errors, 1);
+    b.phase = Some(BackupPhase::Failed);
+    b.failures = Some(b.failures.unwrap_or(0).saturating_add(1));
+    b.attempted_at = Some(now_time());
+    b.message = Some(projstore_api::s3::one_line(&why));
 }
 
 /// What a finished verification found, into the status.
@@ -499,6 +521,9 @@ struct Done {
     /// Bytes stored by the upload; None when the bucket already held the snapshot.
     uploaded: Option<u64>,
     message: String,
+    /// Why the backup stopped short of the newest snapshot after the bucket's chain moved
+    /// on to `snapshot` (a cut-off upload finished, the next one failed).
+    short: Option<BackupError>,
 }
 
 async fn backup_now(
@@ -533,6 +558,7 @@ async fn backup_now(
             snapshot: newest.name.clone(),
             uploaded: None,
             message: format!("the bucket holds {} already", newest.name),
+            short: None,
         }
     } else {
         // From the newest snapshot the bucket's chain holds (by GUID), else a full stream.
@@ -540,7 +566,8 @@ async fn backup_now(
         // An upload that was cut off is finished first, with the snapshot it began, then the
         // newest follows as an increment from it: chasing the newest snapshot would start
         // over whenever snapshots come faster than a large upload ends.
-        let steps = match begun_upload(&bucket, &uploads, &prefix, &local, base, newest) {
+        let steps = match begun_upload(&bucket, &uploads, &prefix, (&local, &streams), base, newest)
+        {
             Some(begun) => vec![(base, begun), (Some(begun), newest)],
             None => vec![(base, newest)],
         };
@@ -552,11 +579,29 @@ async fn backup_now(
                 .sum(),
         );
         let (mut ids, mut stored, mut encrypted) = (Vec::new(), 0, false);
+        let mut reached = None;
         for (from, to) in steps {
-            let (id, m) = upload_stream(u, &streams, from, to, false).await?;
-            ids.push(id.to_string());
-            stored += m.stored_bytes;
-            encrypted = m.encrypted;
+            match upload_stream(u, &streams, from, to, false).await {
+                Ok((id, m)) => {
+                    ids.push(id.to_string());
+                    stored += m.stored_bytes;
+                    encrypted = m.encrypted;
+                    reached = Some(to);
+                }
+                // The finished stream counts: the chain ends at its snapshot now, which the
+                // primary's retention then keeps.
+                Err(e) => match reached {
+                    Some(to) => {
+                        return Ok(Done {
+                            snapshot: to.name.clone(),
+                            uploaded: Some(stored),
+                            message: format!("uploaded {} ({stored} bytes)", ids.join(" and ")),
+                            short: Some(e),
+                        });
+                    }
+                    None => return Err(e),
+                },
+            }
         }
         Done {
             snapshot: newest.name.clone(),
@@ -566,6 +611,7 @@ async fn backup_now(
                 ids.join(" and "),
                 if encrypted { ", encrypted" } else { "" }
             ),
+            short: None,
         }
     };
     // Restore points `keep` lets go are bridged over, and what that supersedes removed.
@@ -584,12 +630,13 @@ async fn backup_now(
 }
 
 /// The snapshot of an upload this copy began and did not finish, where it still leads from
-/// `base` (the bucket chain's end here) towards `newest` and this copy still has it.
+/// `base` (the bucket chain's end here) towards `newest`, this copy still has it, the bucket
+/// holds no stream of that name for other snapshots, and it was not tried too often.
 fn begun_upload<'a>(
     bucket: &Bucket,
     dir: &std::path::Path,
     prefix: &str,
-    local: &'a [crate::zfs::SnapshotInfo],
+    (local, streams): (&'a [crate::zfs::SnapshotInfo], &[BucketStream]),
     base: Option<&crate::zfs::SnapshotInfo>,
     newest: &crate::zfs::SnapshotInfo,
 ) -> Option<&'a crate::zfs::SnapshotInfo> {
@@ -601,7 +648,10 @@ fn begun_upload<'a>(
             let between =
                 base.is_none_or(|b| b.createtxg < s.createtxg) && s.createtxg < newest.createtxg;
             let id = StreamId::for_snapshots(base.map(|b| b.name.as_str()), &s.name).ok()?;
-            (between && file == format!("{prefix}{id}.json")).then_some(s)
+            let taken = streams
+                .iter()
+                .any(|t| t.id == id && t.edge.to.guid != s.guid);
+            (between && !taken && file == format!("{prefix}{id}.json")).then_some(s)
         })
 }
 
