@@ -198,6 +198,7 @@ async fn bench() {
                         },
                         state_file: dir.path().join(format!("upload-{what}.json")),
                         hold: None,
+                        bound: size,
                     },
                     &Progress::new(),
                 )

@@ -24,7 +24,23 @@ use crate::zfs::{Progress, SendFlags, SnapshotName, Zfs};
 
 /// Plaintext per uploaded part (S3 wants at least 5 MiB for every part but the last).
 pub const PART: usize = 8 << 20;
-/// Tries an interrupted upload goes on with before it starts afresh.
+/// The most parts S3 makes one object of.
+const MAX_PARTS: usize = 10_000;
+/// The largest part S3 takes.
+const MAX_PART: usize = 5 << 30;
+
+/// The part size for a stream of at most about `bound` bytes: [`PART`], or larger where the
+/// stream could otherwise need more than [`MAX_PARTS`] parts (with room for a stream four
+/// times the bound: a `zfs send` of compressed data may outgrow the size on disk), in whole
+/// MiB.
+pub fn part_size(bound: u64) -> usize {
+    let need = bound.saturating_mul(4) / (MAX_PARTS as u64 * 9 / 10);
+    let mib = need.div_ceil(1 << 20).saturating_mul(1 << 20);
+    usize::try_from(mib)
+        .unwrap_or(MAX_PART)
+        .clamp(PART, MAX_PART)
+}
+/// Refusals to complete an upload of stored parts before it starts afresh.
 pub const MAX_RESUMES: u32 = 3;
 /// The ranges an object is read in.
 const RANGE: u64 = 8 << 20;
@@ -255,12 +271,12 @@ impl Bucket {
 
     /// The uploads of this project to this very bucket that are under way (cut off, or
     /// running), from their state files in `dir` under names starting with `prefix`: each
-    /// file's name with the GUID of the snapshot it uploads; not those tried
-    /// [`MAX_RESUMES`] times already.
+    /// file's name with the GUID of the snapshot it uploads; not those the service refused
+    /// to complete [`MAX_RESUMES`] times.
     pub fn begun_uploads(&self, dir: &std::path::Path, prefix: &str) -> Vec<(String, String)> {
         self.uploads_here(dir, prefix)
             .into_iter()
-            .filter(|(_, state)| state.resumes < MAX_RESUMES)
+            .filter(|(_, state)| !state.stuck())
             .filter_map(|(path, state)| {
                 let name = path.file_name()?.to_str()?.to_owned();
                 Some((name, state.to_guid))
@@ -349,15 +365,13 @@ impl Bucket {
         let mut state = match UploadState::load(&up.state_file) {
             // Only the very upload goes on: same object of the same bucket, same snapshot,
             // parts sealed with the same key (or none).
-            Some(mut s)
+            Some(s)
                 if s.object == path.as_ref()
                     && s.place == self.place
                     && s.to_guid == up.manifest.to.guid
                     && s.sealed_with == sealing
-                    && s.resumes < MAX_RESUMES =>
+                    && !s.stuck() =>
             {
-                s.resumes += 1;
-                s.save(&up.state_file)?;
                 s
             }
             Some(stale) => {
@@ -371,6 +385,7 @@ impl Bucket {
             None => self.begin(&path, up).await?,
         };
         let resumed = state.parts.len();
+        let part = state.part.clamp(PART, MAX_PART);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
         let send = up.zfs.send_chunks(up.snap, up.from, up.flags, tx);
         let store = self.store.clone();
@@ -411,7 +426,7 @@ impl Bucket {
                 while !rest.is_empty() {
                     // A full part ends once more plaintext follows it (sealed, its last chunk
                     // is then known not to be the object's last).
-                    if plain_in_part == PART {
+                    if plain_in_part == part {
                         if let Some(s) = &mut sealer {
                             s.more_follows(&mut out).map_err(BackupError::Bucket)?;
                         }
@@ -421,7 +436,7 @@ impl Bucket {
                             .await?;
                         plain_in_part = 0;
                     }
-                    let take = rest.len().min(PART - plain_in_part);
+                    let take = rest.len().min(part - plain_in_part);
                     let (now, later) = rest.split_at(take);
                     whole.update(now);
                     part_hash.update(now);
@@ -445,8 +460,10 @@ impl Bucket {
             let (done, stored) = parts.finish().await?;
             Ok::<_, BackupError>((done, total, stored, hex::encode(whole.finalize())))
         };
-        let (sent, uploaded) = tokio::join!(send, upload);
-        let (parts, total, stored, sha256) = match uploaded {
+        // The first side to fail ends the other: a `zfs send` is killed when its upload
+        // failed, and an upload stops when its `zfs send` failed or went silent.
+        let send = async { send.await.map_err(BackupError::from) };
+        let (sent, (parts, total, stored, sha256)) = match tokio::try_join!(send, upload) {
             Ok(done) => done,
             Err(e) => {
                 if matches!(e, BackupError::Changed(_)) || upload_gone(&e) {
@@ -456,7 +473,6 @@ impl Bucket {
                 return Err(e);
             }
         };
-        let sent = sent?;
         if sent != total {
             return Err(BackupError::Bucket(format!(
                 "zfs send gave {sent} bytes, {total} were uploaded"
@@ -470,6 +486,11 @@ impl Bucket {
             let e = BackupError::store(e);
             if upload_gone(&e) {
                 UploadState::remove(&up.state_file);
+            } else {
+                // Every part is stored and the service will not make the object of them:
+                // after MAX_RESUMES such refusals the upload starts afresh.
+                state.refused += 1;
+                state.save(&up.state_file)?;
             }
             return Err(e);
         }
@@ -503,7 +524,8 @@ impl Bucket {
             upload_id,
             to_guid: up.manifest.to.guid.clone(),
             parts: Vec::new(),
-            resumes: 0,
+            refused: 0,
+            part: part_size(up.bound),
         };
         state.save(&up.state_file)?;
         Ok(state)
@@ -562,6 +584,13 @@ impl Parts<'_> {
     /// try stored the same plaintext, else uploaded and remembered.
     async fn end(&mut self, digest: String, body: BytesMut) -> Result<(), BackupError> {
         let index = self.done.len() + self.sending.len();
+        if index >= MAX_PARTS {
+            return Err(BackupError::Changed(format!(
+                "{} outgrew {MAX_PARTS} parts of {} bytes: the stream is far larger than its snapshot's size",
+                self.path,
+                body.len()
+            )));
+        }
         self.stored += body.len() as u64;
         match self.state.parts.get(index) {
             Some(p) if p.sha256 == digest => {
@@ -638,6 +667,13 @@ pub struct Upload<'a> {
     /// A fault hook for the end-to-end tests: while this file exists, the upload waits after
     /// each part it stored ([`HOLD_UPLOAD`] under the agent's run directory).
     pub hold: Option<PathBuf>,
+    /// About how large the stream can be (the snapshot's size): parts grow with it.
+    pub bound: u64,
+}
+
+/// An ETag as it names a version: without the weak mark and quotes some layers add.
+fn same_version(etag: &str) -> &str {
+    etag.trim_start_matches("W/").trim_matches('"')
 }
 
 /// Bytes `range` of the object at `path`, in full and no more, of version `version`.
@@ -660,7 +696,9 @@ async fn read_range(
     };
     let got = store.get_opts(&path, opts).await?;
     // A service that ignores If-Match still names the version it sent.
-    if version.is_some() && got.meta.e_tag != version {
+    if let Some(v) = &version
+        && got.meta.e_tag.as_deref().map(same_version) != Some(same_version(v))
+    {
         return Err(odd(format!(
             "the object changed while it was read (version {:?}, then {:?})",
             version, got.meta.e_tag
@@ -695,10 +733,18 @@ struct UploadState {
     upload_id: String,
     to_guid: String,
     parts: Vec<DonePart>,
-    /// Tries that went on with this upload after the first (it starts afresh after
-    /// [`MAX_RESUMES`]: an upload the service no longer completes must not block backups).
+    /// Times the service refused to make the object of every part stored (it starts afresh
+    /// after [`MAX_RESUMES`]: an upload the service will not complete must not block backups,
+    /// while one cut off however often goes on from its parts).
     #[serde(default)]
-    resumes: u32,
+    refused: u32,
+    /// Plaintext bytes per part (a resumed upload keeps its own).
+    #[serde(default = "default_part")]
+    part: usize,
+}
+
+fn default_part() -> usize {
+    PART
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -708,6 +754,11 @@ struct DonePart {
 }
 
 impl UploadState {
+    /// The service refused to complete it [`MAX_RESUMES`] times.
+    fn stuck(&self) -> bool {
+        self.refused >= MAX_RESUMES
+    }
+
     fn load(file: &std::path::Path) -> Option<Self> {
         let text = std::fs::read(file).ok()?;
         serde_json::from_slice(&text).ok()
@@ -739,5 +790,51 @@ impl UploadState {
 
     fn remove(file: &std::path::Path) {
         let _ = std::fs::remove_file(file);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_grow_so_a_stream_four_times_its_bound_fits_in_the_parts_s3_allows() {
+        assert_eq!(part_size(0), PART);
+        assert_eq!(part_size(10 << 30), PART, "10 GiB: 8 MiB parts do");
+        for bound in [100u64 << 30, 1 << 40, 10 << 40] {
+            let p = part_size(bound) as u64;
+            assert!(p.is_multiple_of(1 << 20));
+            assert!(4 * bound / p < MAX_PARTS as u64, "{bound}: {p}");
+        }
+        assert_eq!(part_size(u64::MAX), MAX_PART);
+        // State files of before keep the part size they were cut in.
+        let old: UploadState = serde_json::from_str(
+            r#"{"object":"o","place":"p","sealedWith":null,"uploadId":"u","toGuid":"1","parts":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(old.part, PART);
+    }
+
+    #[test]
+    fn etags_name_the_same_version_however_quoted() {
+        assert_eq!(same_version("\"abc-2\""), same_version("abc-2"));
+        assert_eq!(same_version("W/\"abc\""), "abc");
+        assert_ne!(same_version("\"abc\""), same_version("\"abd\""));
+    }
+
+    #[test]
+    fn an_upload_is_given_up_only_after_the_service_refused_to_complete_it() {
+        let mut s: UploadState = serde_json::from_str(
+            r#"{"object":"o","place":"p","sealedWith":null,"uploadId":"u","toGuid":"1","parts":[]}"#,
+        )
+        .unwrap();
+        assert!(!s.stuck(), "a state file of before goes on");
+        for _ in 1..MAX_RESUMES {
+            s.refused += 1;
+            assert!(!s.stuck());
+        }
+        s.refused += 1;
+        let again: UploadState = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+        assert!(again.stuck(), "the count survives a restart");
     }
 }

@@ -145,7 +145,8 @@ enum JobKind {
     Verify,
 }
 
-/// Uploads one host runs at once: each is a `zfs send` and some parts of [`PART`] bytes in
+/// Uploads one host runs at once: each is a `zfs send` and some parts (of [`PART`] bytes, more
+/// for streams of over 10 GiB) in
 /// memory, and backups of many projects fall due together (after a restart, or created at
 /// once). The others wait their turn, saying so.
 pub const MAX_UPLOADS: usize = 4;
@@ -257,6 +258,17 @@ fn start_job(
     }
 }
 
+/// Whether a backup upload of copy `sr` runs (or waits for its turn) now.
+pub fn upload_running(cx: &AgentContext, sr: &StreamReplica) -> bool {
+    cx.backup_jobs
+        .lock()
+        .map(|jobs| {
+            jobs.get(&job_key(sr))
+                .is_some_and(|j| j.kind == JobKind::Upload && !j.handle.is_finished())
+        })
+        .unwrap_or(true)
+}
+
 /// The backup work of one pass of a live copy: starts an upload or a verification when due
 /// (one at a time, beside the passes; an upload due stops a verification), shows a running
 /// one's progress, and writes what a finished one did into `status.backup`; returns when it
@@ -300,12 +312,9 @@ pub(super) async fn backup_pass(
             return Some(Duration::from_secs(1));
         };
         match jobs.get(&job_key(sr)) {
-            // (Only when the upload can start now: one waiting for its turn would stop the
-            // verification for nothing.)
             Some(job)
                 if !job.handle.is_finished()
                     && job.preemptible
-                    && cx.uploads.available_permits() > 0
                     && backup_due(&b, interval, asked.as_deref(), Utc::now()).is_zero() =>
             {
                 if let Some(job) = jobs.remove(&job_key(sr)) {
@@ -479,14 +488,12 @@ fn uploaded(b: &mut BackupStatus, sr: &StreamReplica, done: Result<Done, BackupE
     }
 }
 
-/// A failed backup into the status: retried with backoff from now (an upload may have
-/// waited long for its turn before it failed).
+/// A failed backup into the status: retried with backoff.
 fn uploaded_failed(b: &mut BackupStatus, sr: &StreamReplica, why: String) {
     tracing::warn!(project = %sr.spec.project, error = %why, "backup failed");
     crate::metrics::add(&crate::metrics::METRICS.errors, 1);
     b.phase = Some(BackupPhase::Failed);
     b.failures = Some(b.failures.unwrap_or(0).saturating_add(1));
-    b.attempted_at = Some(now_time());
     b.message = Some(projstore_api::s3::one_line(&why));
 }
 
@@ -735,6 +742,8 @@ async fn upload_stream(
             c.pool, c.key.namespace, c.key.name
         )),
         hold: Some(cx.cfg.run_dir.join(crate::backup::bucket::HOLD_UPLOAD)),
+        // An increment holds at most about what its snapshot holds.
+        bound: crate::live::LiveSnapshot::of(to).referenced,
     };
     let m = bucket.upload(&up, progress).await?;
     crate::metrics::add(&crate::metrics::METRICS.backup_bytes, m.stored_bytes);

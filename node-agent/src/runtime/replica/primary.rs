@@ -195,7 +195,12 @@ pub(super) async fn primary(
             .filter(|s| Some(s.name.as_str()) == backed_up)
             .map(|s| s.guid),
     );
-    let prunable = if all_known { snaps.as_slice() } else { &[] };
+    // Nor under a backup upload of this copy (its snapshots must stay until it ends).
+    let prunable = if all_known && !backup::upload_running(cx, sr) {
+        snaps.as_slice()
+    } else {
+        &[]
+    };
     for name in plans::to_prune(prunable, &keep, policy, now) {
         if let Ok(s) = ds.snapshot(&name) {
             match zfs.destroy_snapshot(&s).await {

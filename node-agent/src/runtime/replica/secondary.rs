@@ -133,7 +133,13 @@ pub(super) async fn secondary(
             // A copy just received (or re-synced after a fork) is read-only from the start.
             stop_serving(zfs, &cx.cfg.run_dir, ds).await?;
         }
-        let snaps = zfs.snapshots(ds, &[]).await?;
+        // Nothing is pruned under a backup upload of this copy: the snapshots it sends from
+        // and to must stay until it ends (the next pass prunes).
+        let snaps = if backup::upload_running(cx, sr) {
+            Vec::new()
+        } else {
+            zfs.snapshots(ds, &[]).await?
+        };
         for name in plans::mirror_prune(&snaps, &guids) {
             if let Ok(s) = ds.snapshot(&name) {
                 let _ = zfs.destroy_snapshot(&s).await;
