@@ -407,6 +407,28 @@ async fn s05_agents_killed_mid_transfer_resume_and_never_apply_a_partial_stream(
         catch_send(&source, Duration::from_secs(60)).await,
         "never saw the primary sending",
     );
+    // The secondary's status as a watch sees every change of it: the retried transfer may
+    // run for a moment only (a poll could miss it).
+    let shown = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let watch = {
+        use futures::StreamExt;
+        use kube::runtime::watcher;
+        let cfg =
+            watcher::Config::default().fields(&format!("metadata.name={}", secondary.name_any()));
+        let mut events = watcher::watcher(c.replicas_api(NS), cfg).boxed();
+        let shown = shown.clone();
+        tokio::spawn(async move {
+            while let Some(e) = events.next().await {
+                if let Ok(watcher::Event::Apply(sr) | watcher::Event::InitApply(sr)) = e
+                    && let Some(t) = sr.status.and_then(|s| s.transfer)
+                    && t.bytes_total > 0
+                    && let Ok(mut shown) = shown.lock()
+                {
+                    shown.get_or_insert(t);
+                }
+            }
+        })
+    };
     c.kill(&p_agent, false);
     println!("[s05] primary agent killed during a live send");
     let seen = c
@@ -414,20 +436,14 @@ async fn s05_agents_killed_mid_transfer_resume_and_never_apply_a_partial_stream(
             "the secondary reports transfer progress",
             Duration::from_secs(180),
             || async {
-                let st = c
-                    .replicas_api(NS)
-                    .get(&secondary.name_any())
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .status
-                    .unwrap_or_default();
-                match st.transfer {
-                    Some(t) if t.bytes_total > 0 => Ok(t),
-                    _ => Err("no transfer in status".into()),
+                match shown.lock().ok().and_then(|s| s.clone()) {
+                    Some(t) => Ok(t),
+                    None => Err("no transfer in status".into()),
                 }
             },
         )
         .await;
+    watch.abort();
     println!(
         "[s05] status.transfer: {} of {} bytes",
         seen.bytes_done, seen.bytes_total

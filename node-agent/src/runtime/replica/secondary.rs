@@ -475,8 +475,8 @@ pub(super) fn report_transfer(
         Api::namespaced(client.clone(), &sr.namespace().unwrap_or_default());
     let name = sr.name_any();
     AbortOnDrop(tokio::spawn(async move {
+        // At once (a transfer shows in status however short it is), then every second.
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-        tick.tick().await;
         // (time, bytes) of the last few ticks: the rate is over up to five seconds.
         let mut seen = std::collections::VecDeque::from([(std::time::Instant::now(), 0u64)]);
         loop {
