@@ -468,10 +468,8 @@ fn uploaded(b: &mut BackupStatus, sr: &StreamReplica, done: Result<Done, BackupE
         }) => {
             // The chain moved on to `snapshot`, the newest is not up yet: a failure (retried
             // with backoff) that says how far it came.
-            if uploaded.is_some() {
-                b.bytes = uploaded;
-                b.last_snapshot = Some(snapshot);
-            }
+            b.bytes = uploaded;
+            b.last_snapshot = Some(snapshot);
             uploaded_failed(b, sr, format!("{message}; then {e}"));
         }
         Ok(done) => {
@@ -559,7 +557,7 @@ async fn backup_now(
         progress: &progress.done,
     };
     let uploads = cx.cfg.run_dir.join(UPLOADS_DIR);
-    let prefix = format!("{}.{}.{}.", c.pool, c.key.namespace, c.key.name);
+    let prefix = upload_prefix(&c);
     let done = if rooted.contains(&newest.guid) {
         Done {
             snapshot: newest.name.clone(),
@@ -662,6 +660,11 @@ fn begun_upload<'a>(
         })
 }
 
+/// How the state files of this copy's uploads are named: `<prefix><stream id>.json`.
+fn upload_prefix(c: &Copy<'_>) -> String {
+    format!("{}.{}.{}.", c.pool, c.key.namespace, c.key.name)
+}
+
 /// Where one backup uploads from and to, and what counts its bytes.
 #[derive(Clone, Copy)]
 struct Uploading<'a> {
@@ -737,10 +740,11 @@ async fn upload_stream(
             created_at: Utc::now().to_rfc3339(),
             node: cx.node().to_owned(),
         },
-        state_file: cx.cfg.run_dir.join(UPLOADS_DIR).join(format!(
-            "{}.{}.{}.{id}.json",
-            c.pool, c.key.namespace, c.key.name
-        )),
+        state_file: cx
+            .cfg
+            .run_dir
+            .join(UPLOADS_DIR)
+            .join(format!("{}{id}.json", upload_prefix(c))),
         hold: Some(cx.cfg.run_dir.join(crate::backup::bucket::HOLD_UPLOAD)),
         // An increment holds at most about what its snapshot holds.
         bound: crate::live::LiveSnapshot::of(to).referenced,
