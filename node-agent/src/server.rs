@@ -56,6 +56,10 @@ pub struct VerifyFailed {
     /// tries another spare pool, or later.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub busy: bool,
+    /// It failed for this host's own reasons (its pool, its ZFS, its way to the bucket), not
+    /// the backup's: the asker tries another spare pool.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host: bool,
 }
 
 /// What a verification on a spare pool found.

@@ -96,6 +96,7 @@ async fn start() -> Fx {
                         message: "stream refused: SHA-256 differs".into(),
                         stream: Some("full--ps-1".into()),
                         busy: false,
+                        host: false,
                     })
                 }
             })

@@ -44,6 +44,10 @@ pub struct AgentContext {
     pub verifying: Arc<std::sync::atomic::AtomicBool>,
     /// Uploads this host runs at once ([`super::replica::MAX_UPLOADS`]); the others wait.
     pub uploads: Arc<tokio::sync::Semaphore>,
+    /// Uploads of one namespace this host runs at once
+    /// ([`super::replica::MAX_NAMESPACE_UPLOADS`]), per namespace: one tenant's projects
+    /// (their backups asked for at once) never take every turn.
+    pub namespace_uploads: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     /// Per uploading StreamReplica (`ns/name`): when its verification may try again after
     /// finding no spare pool free, and whether an upload already stopped it once.
     pub verify_memo: Mutex<HashMap<String, super::replica::VerifyMemo>>,
@@ -73,6 +77,7 @@ impl AgentContext {
             backup_jobs: Mutex::default(),
             verifying: Arc::default(),
             uploads: Arc::new(tokio::sync::Semaphore::new(super::replica::MAX_UPLOADS)),
+            namespace_uploads: Mutex::default(),
             verify_memo: Mutex::default(),
         })
     }

@@ -151,13 +151,25 @@ enum JobKind {
 /// once). The others wait their turn, saying so.
 pub const MAX_UPLOADS: usize = 4;
 
+/// Uploads of one namespace's projects one host runs at once: a tenant that asks for the
+/// backups of all its projects at once takes at most these of the host's turns.
+pub const MAX_NAMESPACE_UPLOADS: usize = 2;
+
+/// What an upload waits for.
+const WAITS_FOR_NAMESPACE: u8 = 1;
+const WAITS_FOR_HOST: u8 = 2;
+
 /// Bytes a job moved, and what it will move in all (0 until known); whether it still waits
-/// for its turn.
+/// for its turn, and since when it runs; the snapshot an upload moved the bucket's chain to
+/// before its last stream (a cut-off one it finished first).
 #[derive(Clone, Default)]
 struct JobProgress {
     done: Progress,
     total: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    waiting: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// 0, or what it waits for ([`WAITS_FOR_NAMESPACE`], [`WAITS_FOR_HOST`]).
+    waiting: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    started: std::sync::Arc<std::sync::Mutex<Option<Time>>>,
+    reached: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl JobProgress {
@@ -165,10 +177,46 @@ impl JobProgress {
     fn show(&self, b: &mut BackupStatus) {
         let (done, total) = self.now();
         (b.bytes_done, b.bytes_total) = (Some(done), total);
-        if self.waiting.load(std::sync::atomic::Ordering::Relaxed) {
-            b.message = Some(format!(
-                "waiting: {MAX_UPLOADS} uploads already run on this host"
-            ));
+        match self.waiting.load(std::sync::atomic::Ordering::Relaxed) {
+            WAITS_FOR_HOST => {
+                b.message = Some(format!(
+                    "waiting: {MAX_UPLOADS} uploads already run on this host"
+                ));
+            }
+            WAITS_FOR_NAMESPACE => {
+                b.message = Some(format!(
+                    "waiting: {MAX_NAMESPACE_UPLOADS} uploads of this namespace already run on this host"
+                ));
+            }
+            _ => {}
+        }
+        self.settle(b);
+    }
+
+    /// What a job, running or ended (also when stopped or killed half-way), did for certain:
+    /// when it began (backoff counts from then, not from when it queued), and where the
+    /// bucket's chain ends now (the primary's retention keeps that snapshot).
+    fn settle(&self, b: &mut BackupStatus) {
+        if let Some(t) = self.started.lock().ok().and_then(|t| t.clone()) {
+            b.attempted_at = Some(t);
+        }
+        if let Some(s) = self.reached.lock().ok().and_then(|r| r.clone()) {
+            b.last_snapshot = Some(s);
+        }
+    }
+
+    /// The job got its turn.
+    fn begin(&self) {
+        self.waiting.store(0, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut t) = self.started.lock() {
+            *t = Some(now_time());
+        }
+    }
+
+    /// The bucket's chain ends at `snapshot` now, whatever comes next.
+    fn reach(&self, snapshot: &str) {
+        if let Ok(mut r) = self.reached.lock() {
+            *r = Some(snapshot.to_owned());
         }
     }
 
@@ -339,6 +387,7 @@ pub(super) async fn backup_pass(
     // and the upload goes on from its stored parts.)
     if let Some(job) = finished {
         let kind = job.kind;
+        job.progress.settle(&mut b);
         match job.handle.await {
             // The request it answered is told once it is answered.
             Ok(JobOutcome::Uploaded(done, asked)) => {
@@ -385,20 +434,29 @@ pub(super) async fn backup_pass(
         b.phase = Some(BackupPhase::Running);
         b.bytes_done = Some(0);
         let progress = JobProgress::default();
-        let (cx2, sr2, pool2, keep) = (cx.clone(), sr.clone(), pool.clone(), policy.keep.clone());
+        let (cx2, sr2, pool2) = (cx.clone(), sr.clone(), pool.clone());
         let p2 = progress.clone();
-        let turn = cx.uploads.clone();
+        let (turn, ns_turn) = (cx.uploads.clone(), namespace_turns(cx, &ns));
         start_job(cx, sr, JobKind::Upload, progress, async move {
-            p2.waiting.store(true, std::sync::atomic::Ordering::Relaxed);
-            let Ok(_turn) = turn.acquire_owned().await else {
+            let waits = |what| p2.waiting.store(what, std::sync::atomic::Ordering::Relaxed);
+            waits(WAITS_FOR_NAMESPACE);
+            let ns_turn = ns_turn.acquire_owned().await;
+            waits(WAITS_FOR_HOST);
+            let (Ok(_ns_turn), Ok(_turn)) = (ns_turn, turn.acquire_owned().await) else {
                 return JobOutcome::Uploaded(
                     Err(BackupError::Local("the agent is stopping".into())),
                     asked,
                 );
             };
-            p2.waiting
-                .store(false, std::sync::atomic::Ordering::Relaxed);
-            let done = backup_now(&cx2, &sr2, &pool2, &policy.target, &keep, &p2).await;
+            p2.begin();
+            // The project as it is now: its target or `keep` may have changed while this
+            // upload waited its turn, or its backups been turned off.
+            let done = match current_policy(&cx2, &sr2).await {
+                Ok(policy) => {
+                    backup_now(&cx2, &sr2, &pool2, &policy.target, &policy.keep, &p2).await
+                }
+                Err(e) => Err(e),
+            };
             JobOutcome::Uploaded(done, asked)
         });
         status.backup = Some(b);
@@ -441,6 +499,33 @@ pub(super) async fn backup_pass(
     }
     status.backup = Some(b);
     Some(next.max(Duration::from_secs(1)))
+}
+
+/// The turns of namespace `ns`'s uploads on this host (those of namespaces with none running
+/// are forgotten).
+fn namespace_turns(cx: &AgentContext, ns: &str) -> std::sync::Arc<tokio::sync::Semaphore> {
+    let fresh = || std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_NAMESPACE_UPLOADS));
+    let Ok(mut all) = cx.namespace_uploads.lock() else {
+        return fresh();
+    };
+    all.retain(|_, t| std::sync::Arc::strong_count(t) > 1);
+    all.entry(ns.to_owned()).or_insert_with(fresh).clone()
+}
+
+/// The backup policy of `sr`'s project, read now.
+async fn current_policy(
+    cx: &AgentContext,
+    sr: &StreamReplica,
+) -> Result<projstore_api::BackupPolicy, BackupError> {
+    let ns = sr.namespace().unwrap_or_default();
+    Api::<Project>::namespaced(cx.client.clone(), &ns)
+        .get_opt(&sr.spec.project)
+        .await
+        .map_err(|e| BackupError::Local(format!("cannot read the project: {e}")))?
+        .and_then(|p| p.spec.backup)
+        .ok_or_else(|| {
+            BackupError::Local("the project's backups were turned off before its turn came".into())
+        })
 }
 
 /// On a copy that no longer uploads: its status no longer says an upload runs (nor that it
@@ -592,6 +677,7 @@ async fn backup_now(
                     stored += m.stored_bytes;
                     encrypted = m.encrypted;
                     reached = Some(to);
+                    progress.reach(&to.name);
                 }
                 // The finished stream counts: the chain ends at its snapshot now, which the
                 // primary's retention then keeps.
@@ -920,11 +1006,18 @@ async fn verify(
         BackupError::Busy("no spare pool could take it".into()),
         None,
     ));
+    // What failed on hosts tried before (unreachable, their pool or ZFS failing): a failing
+    // spare host neither fails every verification nor hides a broken backup behind its own
+    // trouble; the next one is tried.
+    let mut elsewhere: Vec<String> = Vec::new();
+    let mut tried_all = false;
     for spare in spares
         .iter()
         .map(Some)
         .chain(spares.is_empty().then_some(None))
     {
+        // Whether it failed for that host's own reasons.
+        let mut host = false;
         found = match spare {
             Some(Spare::Peer(peer)) => {
                 // What the peer must find: the chain's end as this copy lists the bucket.
@@ -936,12 +1029,18 @@ async fn verify(
                 let links = chain.len();
                 let on = |why: String| BackupError::Local(format!("on node {}: {why}", peer.node));
                 match peer.verify_backup(&c.key, &progress.done).await {
-                    Err(e) => Err((on(e.to_string()), None)),
+                    Err(e) => {
+                        host = true;
+                        Err((on(e.to_string()), None))
+                    }
                     Ok(Err(failed)) if failed.busy => Err((
                         BackupError::Busy(format!("on node {}: {}", peer.node, failed.message)),
                         None,
                     )),
-                    Ok(Err(failed)) => Err((on(failed.message), failed.stream)),
+                    Ok(Err(failed)) => {
+                        host = failed.host;
+                        Err((on(failed.message), failed.stream))
+                    }
                     Ok(Ok(v)) if v.guid != end.to_string() || v.streams != links => Err((
                         on(format!(
                             "it restored GUID {} from {} streams; the chain ends at {end} after {links}",
@@ -956,10 +1055,17 @@ async fn verify(
                 }
             }
             Some(Spare::Here(zpool, name, free)) => {
-                restore_into_scratch(cx, zpool, *free, &c.key, target, progress)
+                let found = restore_into_scratch(cx, zpool, *free, &c.key, target, progress)
                     .await
-                    .map(|(s, n)| (s.name, s.guid, n, format!("spare pool {name}")))
-                    .map_err(with_stream)
+                    .map(|(s, n)| (s.name, s.guid, n, format!("spare pool {name}")));
+                host = found.as_ref().is_err_and(host_side);
+                found.map_err(|e| match e {
+                    e if host => (
+                        BackupError::Local(format!("on spare pool {name}: {e}")),
+                        None,
+                    ),
+                    e => with_stream(e),
+                })
             }
             None => {
                 let free = cx
@@ -978,13 +1084,25 @@ async fn verify(
                     .map_err(with_stream)
             }
         };
-        // Busy there: the next spare pool.
-        if !matches!(found, Err((BackupError::Busy(_), _))) {
-            break;
+        // Busy there, or that host failed: the next spare pool.
+        tried_all = true;
+        match &found {
+            Err((BackupError::Busy(_), _)) => {}
+            Err((e, _)) if host => elsewhere.push(e.to_string()),
+            _ => {
+                tried_all = false;
+                break;
+            }
         }
     }
     let (newest, guid, streams, place) = match found {
         Ok(found) => found,
+        Err(_) if tried_all && !elsewhere.is_empty() => {
+            return Err(BackupError::Local(format!(
+                "no spare pool could verify it: {}",
+                elsewhere.join("; ")
+            )));
+        }
         Err((e, Some(stream))) => {
             let u = (cx, sr, &c, &progress.done);
             return Err(upload_again(u, target, &stream, e).await);
@@ -1003,6 +1121,18 @@ async fn verify(
     Ok(format!(
         "restored {newest} ({streams} streams) into a scratch dataset on {place}: SHA-256 and snapshot GUID {guid} match"
     ))
+}
+
+/// Whether a verification's failure lies with the host that ran it (unreachable, its pool,
+/// its ZFS, its way to the bucket), not with the backup: another spare host may succeed.
+fn host_side(e: &BackupError) -> bool {
+    !matches!(
+        e,
+        BackupError::Broken { .. }
+            | BackupError::Unverified(_)
+            | BackupError::Bucket(_)
+            | BackupError::Busy(_)
+    )
 }
 
 /// A stream verification found broken in the bucket is uploaded again from this copy, once
@@ -1204,6 +1334,7 @@ pub fn verifier(cx: std::sync::Arc<AgentContext>) -> crate::server::VerifyBackup
                 .map_err(|e| crate::server::VerifyFailed {
                     message: projstore_api::s3::one_line(&e.to_string()),
                     busy: matches!(e, BackupError::Busy(_)),
+                    host: !matches!(e, BackupError::Busy(_)) && host_side(&e),
                     stream: match e {
                         BackupError::Broken { stream, .. } => Some(stream),
                         _ => None,
@@ -1480,16 +1611,23 @@ mod tests {
             message: Some("uploaded a--b (10 bytes)".into()),
             ..Default::default()
         };
-        p.waiting.store(true, std::sync::atomic::Ordering::Relaxed);
+        p.waiting
+            .store(WAITS_FOR_NAMESPACE, std::sync::atomic::Ordering::Relaxed);
+        p.show(&mut b);
+        assert_eq!(
+            b.message.as_deref(),
+            Some("waiting: 2 uploads of this namespace already run on this host")
+        );
+        p.waiting
+            .store(WAITS_FOR_HOST, std::sync::atomic::Ordering::Relaxed);
         p.show(&mut b);
         assert_eq!((b.bytes_done, b.bytes_total), (Some(0), None));
-        assert!(
-            b.message
-                .as_deref()
-                .unwrap()
-                .starts_with("waiting: 4 uploads")
+        assert_eq!(
+            b.message.as_deref(),
+            Some("waiting: 4 uploads already run on this host")
         );
-        p.waiting.store(false, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(b.attempted_at, None, "not begun: no attempt yet");
+        p.begin();
         p.set_total(100);
         p.done.add(30);
         let mut b = BackupStatus::default();
@@ -1498,6 +1636,21 @@ mod tests {
             (b.bytes_done, b.bytes_total, b.message),
             (Some(30), Some(100), None)
         );
+        assert!(b.attempted_at.is_some(), "the attempt counts from its turn");
+    }
+
+    #[test]
+    fn a_job_cut_off_after_finishing_a_stream_still_moves_the_chains_end() {
+        let p = JobProgress::default();
+        let mut b = BackupStatus {
+            last_snapshot: Some("ps-1".into()),
+            ..Default::default()
+        };
+        p.show(&mut b);
+        assert_eq!(b.last_snapshot.as_deref(), Some("ps-1"));
+        p.reach("ps-2");
+        p.settle(&mut b);
+        assert_eq!(b.last_snapshot.as_deref(), Some("ps-2"));
     }
 
     #[test]
