@@ -100,7 +100,8 @@ def test_lint_is_clean():
 def test_values_schema_refuses_bad_values():
     chart = helm.Chart.load(str(CHART))
     for bad in [{"controller": {"replicas": 0}}, {"agent": {"zfsBackend": "btrfs"}},
-                {"agent": {"projectsRoot": "relative/path"}}, {"unknownKey": 1}]:
+                {"agent": {"projectsRoot": "relative/path"}}, {"unknownKey": 1},
+                {"backupSecretNamespaces": ["Not_A_Namespace"]}]:
         try:
             chart.validate_schema(bad)
             failures.append(f"values.schema.json accepted {bad}")
@@ -213,7 +214,32 @@ def test_rbac_is_least_privilege_and_explained():
         from_file = yaml.safe_load((CHART / "files" / f"{component}-rules.yaml").read_text())
         check(rules_of(objs, f"-{component}") == from_file,
               f"the rendered {component} ClusterRole differs from files/{component}-rules.yaml")
-    for name in ("controller-rules.yaml", "agent-rules.yaml"):
+    # Secrets are readable only where BackupTargets' Secrets live: a Role per namespace of
+    # backupSecretNamespaces (the release namespace by default), never a ClusterRole.
+    for suffix in ("-controller", "-agent"):
+        check(not any("secrets" in r["resources"] for r in rules_of(objs, suffix)),
+              f"{suffix}: the ClusterRole lets it read Secrets cluster-wide")
+    secret_rules = yaml.safe_load((CHART / "files" / "backup-secrets-rules.yaml").read_text())
+    check(secret_rules == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}],
+          f"backup-secrets-rules.yaml grants more than get on Secrets: {secret_rules}")
+    for values, namespaces in (({}, ["projstore-system"]),
+                               ({"backupSecretNamespaces": ["backup-a", "backup-b"]},
+                                ["backup-a", "backup-b"])):
+        rendered = render(values)
+        roles = find(rendered, "Role", "-backup-secrets")
+        check(sorted(r["metadata"]["namespace"] for r in roles) == namespaces,
+              f"backup-secrets Roles in {[r['metadata']['namespace'] for r in roles]}, not {namespaces}")
+        check(all(r["rules"] == secret_rules for r in roles), "a Role differs from its rules file")
+        bindings = find(rendered, "RoleBinding", "-backup-secrets")
+        check(sorted(b["metadata"]["namespace"] for b in bindings) == namespaces,
+              "one RoleBinding per Role")
+        for b in bindings:
+            check(b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                   "name": "ps-projstore-backup-secrets"}, f"roleRef {b['roleRef']}")
+            check(sorted((x["name"], x["namespace"]) for x in b["subjects"])
+                  == [("projstore-agent", "projstore-system"), ("projstore-controller", "projstore-system")],
+                  f"subjects {b['subjects']}")
+    for name in ("controller-rules.yaml", "agent-rules.yaml", "backup-secrets-rules.yaml"):
         lines = (CHART / "files" / name).read_text().splitlines()
         for i, line in enumerate(lines):
             if line.startswith("- "):

@@ -40,11 +40,19 @@ fn s3(c: &Cluster) -> Option<S3Server> {
     }
 }
 
+/// Where BackupTargets' Secrets live: the chart lets the controller and agents read Secrets
+/// of its release namespace only (values `backupSecretNamespaces`).
+const SECRETS_NS: &str = projstore_e2e::dev::SYSTEM_NS;
+
 async fn secret(c: &Cluster, name: &str, data: serde_json::Value) {
-    let api: Api<Secret> = Api::namespaced(c.client.clone(), NS);
+    secret_in(c, SECRETS_NS, name, data).await;
+}
+
+async fn secret_in(c: &Cluster, ns: &str, name: &str, data: serde_json::Value) {
+    let api: Api<Secret> = Api::namespaced(c.client.clone(), ns);
     let s: Secret = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": name, "namespace": NS},
+        "metadata": {"name": name, "namespace": ns},
         "stringData": data,
     }))
     .unwrap();
@@ -201,8 +209,8 @@ async fn s16_projects_come_back_from_the_bucket_after_every_host_that_held_them_
         &c,
         "offsite",
         json!({"endpoint": s3.endpoint, "bucket": BUCKET, "prefix": "cluster-a",
-            "credentialsSecret": {"namespace": NS, "name": "s3-credentials"},
-            "encryptionKeySecret": {"namespace": NS, "name": "backup-key"}}),
+            "credentialsSecret": {"namespace": SECRETS_NS, "name": "s3-credentials"},
+            "encryptionKeySecret": {"namespace": SECRETS_NS, "name": "backup-key"}}),
     )
     .await;
     let ready = target_phase(
@@ -619,7 +627,24 @@ async fn s17_a_target_that_cannot_be_used_says_why_and_leaves_the_project_alone(
         json!({"accessKeyId": ACCESS_KEY, "secretAccessKey": "not-the-secret"}),
     )
     .await;
-    let creds = |name: &str| json!({"namespace": NS, "name": name});
+    let creds = |name: &str| json!({"namespace": SECRETS_NS, "name": name});
+    // Good credentials in a tenant's namespace: neither the controller nor an agent may read
+    // Secrets there (the chart grants them in its own namespace only).
+    c.expect_denial("controller", "get", "", "secrets");
+    secret_in(
+        &c,
+        NS,
+        "tenant-creds",
+        json!({"accessKeyId": ACCESS_KEY, "secretAccessKey": SECRET_KEY}),
+    )
+    .await;
+    target(
+        &c,
+        "tenant-secret",
+        json!({"endpoint": s3.endpoint, "bucket": BUCKET,
+            "credentialsSecret": {"namespace": NS, "name": "tenant-creds"}}),
+    )
+    .await;
     target(
         &c,
         "denied",
@@ -677,7 +702,19 @@ async fn s17_a_target_that_cannot_be_used_says_why_and_leaves_the_project_alone(
         Duration::from_secs(60),
     )
     .await;
+    let tenant_secret = target_phase(
+        &c,
+        "tenant-secret",
+        BackupTargetPhase::Denied,
+        Duration::from_secs(60),
+    )
+    .await;
     println!("[s17] denied: {denied}\n[s17] nowhere: {nowhere}\n[s17] nobucket: {nobucket}");
+    println!("[s17] tenant-secret: {tenant_secret}");
+    c.check(
+        tenant_secret.starts_with("SecretUnreadable") && tenant_secret.contains("forbidden"),
+        "a Secret outside the namespaces the chart grants is not read, and the target says so",
+    );
     c.check(
         nobucket.starts_with("NoSuchBucket"),
         "a missing bucket is told as such",

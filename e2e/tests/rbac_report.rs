@@ -26,7 +26,7 @@ fn every_chart_rbac_rule_is_used_by_some_scenario() {
     let used: Vec<_> = logs.iter().flat_map(|p| read_log(p)).collect();
     let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/projstore");
     let mut unused = Vec::new();
-    for component in ["controller", "agent"] {
+    for component in ["controller", "agent", "backup-secrets"] {
         let rules = load_rules(&rules_file(&chart, component)).unwrap();
         for (i, rule) in rules.iter().enumerate() {
             for verb in &rule.verbs {

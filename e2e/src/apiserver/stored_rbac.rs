@@ -131,13 +131,19 @@ impl Authorizer for StoredRbac {
             Self::rules(state, b, ns)
                 .into_iter()
                 .position(|r| rule_allows(r, verb, group, resource, name))
+                .map(|i| (i, b))
         });
         if let Some((users, log)) = &self.recorded
-            && let Some((_, role)) = users.iter().find(|(u, _)| *u == who.user)
+            && let Some((_, user_role)) = users.iter().find(|(u, _)| *u == who.user)
         {
+            // A use is recorded under the chart's name of the role that granted it (the
+            // rules file it comes from); a denial under the user's.
+            let role = hit
+                .and_then(|(_, b)| chart_role(b))
+                .unwrap_or_else(|| user_role.clone());
             log.record(Use {
-                role: role.clone(),
-                rule: hit,
+                role,
+                rule: hit.map(|(i, _)| i),
                 verb: verb.into(),
                 group: group.into(),
                 resource: resource.into(),
@@ -145,6 +151,14 @@ impl Authorizer for StoredRbac {
         }
         hit.is_some()
     }
+}
+
+/// The chart's name of the role a binding refers to: `<release>-projstore-<name>` gives
+/// `<name>` (`controller`, `agent`, `backup-secrets`: its rules file is `<name>-rules.yaml`).
+fn chart_role(binding: &Value) -> Option<String> {
+    let name = binding.pointer("/roleRef/name")?.as_str()?;
+    let (_, role) = name.split_once("-projstore-")?;
+    Some(role.to_owned())
 }
 
 #[cfg(test)]
@@ -174,6 +188,20 @@ mod tests {
         let named = json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["*"], "resourceNames": ["ca"]});
         assert!(rule_allows(&named, "get", "", "secrets", "ca"));
         assert!(!rule_allows(&named, "get", "", "secrets", "other"));
+    }
+
+    #[test]
+    fn a_use_is_recorded_under_the_charts_name_of_its_role() {
+        let b = |name: &str| json!({"roleRef": {"kind": "Role", "name": name}});
+        assert_eq!(
+            chart_role(&b("ps-projstore-backup-secrets")).as_deref(),
+            Some("backup-secrets")
+        );
+        assert_eq!(
+            chart_role(&b("ps-projstore-agent")).as_deref(),
+            Some("agent")
+        );
+        assert_eq!(chart_role(&b("edit")), None);
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct Cluster {
     pub client: Client,
     pub hosts: Vec<Host>,
     started: Instant,
+    /// Denials the scenario provokes on purpose (their records, as JSON lines).
+    expected_denials: std::sync::Mutex<Vec<String>>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -57,6 +59,7 @@ impl Cluster {
                 kubeconfig,
                 hosts: Vec::new(),
                 started: Instant::now(),
+                expected_denials: Default::default(),
                 _tmp: None,
             });
         }
@@ -104,6 +107,7 @@ impl Cluster {
             hosts: projstore_e2e::dev::hosts(3, &dir),
             dir,
             started,
+            expected_denials: Default::default(),
             _tmp: Some(tmp),
         };
         println!(
@@ -255,6 +259,23 @@ pub fn rbac_usage_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rbac-usage")
 }
 
+impl Cluster {
+    /// The chart's roles are meant to refuse `role` (`controller`, `agent`) this request in
+    /// this scenario: its denial does not fail it.
+    pub fn expect_denial(&self, role: &str, verb: &str, group: &str, resource: &str) {
+        let u = projstore_e2e::rbac::Use {
+            role: role.into(),
+            rule: None,
+            verb: verb.into(),
+            group: group.into(),
+            resource: resource.into(),
+        };
+        if let Ok(mut e) = self.expected_denials.lock() {
+            e.push(serde_json::to_string(&u).unwrap());
+        }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         if self.is_dev() {
@@ -262,8 +283,17 @@ impl Drop for Cluster {
             let used = self.dir.join("rbac-used.jsonl");
             let _ = std::fs::create_dir_all(rbac_usage_dir());
             let _ = std::fs::copy(&used, rbac_usage_dir().join(format!("{}.jsonl", self.name)));
-            let denied =
-                std::fs::read_to_string(self.dir.join("rbac-denied.jsonl")).unwrap_or_default();
+            let expected = self
+                .expected_denials
+                .lock()
+                .map(|e| e.clone())
+                .unwrap_or_default();
+            let denied: String = std::fs::read_to_string(self.dir.join("rbac-denied.jsonl"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| !expected.iter().any(|e| e == l))
+                .map(|l| format!("{l}\n"))
+                .collect();
             if std::thread::panicking() {
                 // The processes' logs outlive a failed scenario, for the one who looks into it.
                 let kept = std::env::temp_dir()
