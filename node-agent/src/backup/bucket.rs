@@ -2,6 +2,12 @@
 //! (a `zfs send` stream, sealed when the target has a key) and `<id>.json` (its manifest,
 //! written last: it marks the stream complete, as in a host's stream store).
 //!
+//! Each multipart upload under way is recorded beside them, in `uploads/<digest of its upload
+//! id>.json` (below the project's objects: the chain's listing does not see it), until it is
+//! completed or aborted: an upload a host began and never finished (the host lost, or another
+//! copy uploading now) is aborted by the next backup that succeeds, from whichever host, so its
+//! parts do not stay in the bucket for good (S3 lists no multipart uploads to the client used).
+//!
 //! The bucket is outside input: every manifest is parsed strictly and checked against its
 //! name and project, sealed objects must open with the key (and with a key set, nothing
 //! unsealed is taken), and streams are hashed on the way down (see [`super::restore`]).
@@ -21,6 +27,23 @@ use super::BackupError;
 use super::seal::{Opener, SealKey, Sealer};
 use crate::streams::{Manifest, StreamId, plan::Edge};
 use crate::zfs::{Progress, SendFlags, SnapshotName, Zfs};
+
+/// The "folder" below a project's objects where its uploads under way are recorded.
+const UPLOADS: &str = "uploads";
+
+/// The most upload records one backup reads (each is one GET).
+const MAX_UPLOAD_RECORDS: usize = 100;
+
+/// An upload under way, as recorded in the bucket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct UploadRecord {
+    /// The object's key (directly under the project's root, a `.zstream`).
+    object: String,
+    upload_id: String,
+    /// The node that began it.
+    node: String,
+}
 
 /// Plaintext per uploaded part (S3 wants at least 5 MiB for every part but the last).
 pub const PART: usize = 8 << 20;
@@ -312,21 +335,114 @@ impl Bucket {
     /// Abandons the uploads of this project whose state files lie in `dir` under names
     /// starting with `prefix` (none is under way: other snapshots were uploaded instead):
     /// their multipart uploads are aborted (their parts would otherwise stay in the bucket)
-    /// and the files removed.
-    pub async fn abandon_other_uploads(&self, dir: &std::path::Path, prefix: &str) {
+    /// and the files removed. Then the uploads the bucket records that no host finished
+    /// (begun on a host since lost, or by a copy that no longer uploads) are aborted too,
+    /// once their record is `grace` old (an upload another copy runs in the same moment, as
+    /// the uploading copy changes, is left alone that long).
+    pub async fn abandon_other_uploads(
+        &self,
+        dir: &std::path::Path,
+        prefix: &str,
+        grace: std::time::Duration,
+    ) {
         for (path, state) in self.uploads_here(dir, prefix) {
-            match self
-                .store
-                .abort_multipart(&Path::from(state.object.as_str()), &state.upload_id)
-                .await
-            {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+            match self.abort_upload(&state.object, &state.upload_id).await {
+                Ok(()) => {
                     UploadState::remove(&path);
                     tracing::info!(object = %state.object, "an abandoned upload aborted");
                 }
                 Err(e) => {
                     tracing::warn!(object = %state.object, error = %e, "cannot abort an abandoned upload")
                 }
+            }
+        }
+        if let Err(e) = self.abort_recorded_uploads(grace).await {
+            tracing::warn!(project = %self.project, error = %e, "cannot read the uploads the bucket records");
+        }
+    }
+
+    /// Aborts the uploads the bucket records whose record is at least `grace` old.
+    async fn abort_recorded_uploads(&self, grace: std::time::Duration) -> Result<(), BackupError> {
+        let folder = self.object(UPLOADS);
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&folder))
+            .await
+            .map_err(BackupError::store)?;
+        let now = chrono::Utc::now();
+        let old: Vec<_> = listing
+            .objects
+            .into_iter()
+            .filter(|m| {
+                (now - m.last_modified)
+                    .to_std()
+                    .is_ok_and(|age| age >= grace)
+            })
+            .take(MAX_UPLOAD_RECORDS)
+            .collect();
+        let here = format!("{}/", self.root.as_ref());
+        for meta in old {
+            let got = self
+                .store
+                .get(&meta.location)
+                .await
+                .map_err(BackupError::store)?;
+            if got.meta.size > 4096 {
+                continue;
+            }
+            let raw = got.bytes().await.map_err(BackupError::store)?;
+            // What the bucket says is outside input: only an upload of one of this project's
+            // stream objects is aborted, under the record's own name.
+            let Ok(r) = serde_json::from_slice::<UploadRecord>(&raw) else {
+                tracing::warn!(record = %meta.location, "not an upload record: left as it is");
+                continue;
+            };
+            let ours = r.object.strip_prefix(&here).is_some_and(|rest| {
+                !rest.contains('/') && rest.ends_with(".zstream") && rest.len() > ".zstream".len()
+            });
+            if !ours || meta.location != self.record_of(&r.upload_id) {
+                tracing::warn!(record = %meta.location, "an upload record of another object: left as it is");
+                continue;
+            }
+            match self.abort_upload(&r.object, &r.upload_id).await {
+                Ok(()) => {
+                    tracing::info!(object = %r.object, node = %r.node, "an upload no host finished aborted")
+                }
+                Err(e) => {
+                    tracing::warn!(object = %r.object, error = %e, "cannot abort an upload no host finished")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where upload `upload_id` is recorded.
+    fn record_of(&self, upload_id: &str) -> Path {
+        let digest = hex::encode(Sha256::digest(upload_id.as_bytes()));
+        self.object(UPLOADS).join(format!("{}.json", &digest[..32]))
+    }
+
+    /// Aborts a multipart upload (one the service no longer knows counts as aborted), then
+    /// forgets its record.
+    async fn abort_upload(&self, object: &str, upload_id: &str) -> object_store::Result<()> {
+        match self
+            .store
+            .abort_multipart(&Path::from(object), &upload_id.to_owned())
+            .await
+        {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        self.forget_upload(upload_id).await;
+        Ok(())
+    }
+
+    /// Removes the record of an upload that was completed or aborted.
+    async fn forget_upload(&self, upload_id: &str) {
+        match self.store.delete(&self.record_of(upload_id)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => {
+                tracing::warn!(project = %self.project, error = %e, "cannot remove an upload's record")
             }
         }
     }
@@ -375,10 +491,7 @@ impl Bucket {
                 s
             }
             Some(stale) => {
-                let _ = self
-                    .store
-                    .abort_multipart(&Path::from(stale.object.as_str()), &stale.upload_id)
-                    .await;
+                let _ = self.abort_upload(&stale.object, &stale.upload_id).await;
                 UploadState::remove(&up.state_file);
                 self.begin(&path, up).await?
             }
@@ -467,7 +580,7 @@ impl Bucket {
             Ok(done) => done,
             Err(e) => {
                 if matches!(e, BackupError::Changed(_)) || upload_gone(&e) {
-                    let _ = self.store.abort_multipart(&path, &state.upload_id).await;
+                    let _ = self.abort_upload(path.as_ref(), &state.upload_id).await;
                     UploadState::remove(&up.state_file);
                 }
                 return Err(e);
@@ -486,6 +599,7 @@ impl Bucket {
             let e = BackupError::store(e);
             if upload_gone(&e) {
                 UploadState::remove(&up.state_file);
+                self.forget_upload(&state.upload_id).await;
             } else {
                 // Every part is stored and the service will not make the object of them:
                 // after MAX_RESUMES such refusals the upload starts afresh.
@@ -505,6 +619,7 @@ impl Bucket {
         };
         self.put_manifest(up.id, &manifest).await?;
         UploadState::remove(&up.state_file);
+        self.forget_upload(&state.upload_id).await;
         if resumed > 0 {
             tracing::info!(object = %path, parts = resumed, "upload resumed after its stored parts");
         }
@@ -517,6 +632,22 @@ impl Bucket {
             .create_multipart(path)
             .await
             .map_err(BackupError::store)?;
+        // Recorded in the bucket before any part is stored: whichever host's backup succeeds
+        // next aborts it should this host never finish it.
+        let record = UploadRecord {
+            object: path.as_ref().to_owned(),
+            upload_id: upload_id.clone(),
+            node: up.manifest.node.clone(),
+        };
+        let text = serde_json::to_vec(&record).map_err(|e| BackupError::Local(e.to_string()))?;
+        if let Err(e) = self
+            .store
+            .put(&self.record_of(&upload_id), PutPayload::from(text))
+            .await
+        {
+            let _ = self.store.abort_multipart(path, &upload_id).await;
+            return Err(BackupError::store(e));
+        }
         let state = UploadState {
             object: path.as_ref().to_owned(),
             place: self.place.clone(),

@@ -28,6 +28,11 @@ const UPLOADS_DIR: &str = "backup-uploads";
 /// Verifications asked for by annotation come at most this often.
 const VERIFY_SPACING: Duration = Duration::from_secs(30);
 
+/// An upload the bucket records that no host finished is aborted by a later backup once its
+/// record is this old (the uploading copy may have changed a moment ago, its predecessor's
+/// upload not yet stopped).
+const ABANDONED_AFTER: Duration = Duration::from_secs(600);
+
 /// The longest wait after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
@@ -716,7 +721,9 @@ async fn backup_now(
     gc(&bucket, &streams).await?;
     // Every stream this backup wants is up: uploads of this project cut off for others are
     // given up (their parts removed from the bucket).
-    bucket.abandon_other_uploads(&uploads, &prefix).await;
+    bucket
+        .abandon_other_uploads(&uploads, &prefix, ABANDONED_AFTER)
+        .await;
     Ok(done)
 }
 
