@@ -11,11 +11,11 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::multipart::MultipartStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 use projstore_agent::backup::bucket::{Bucket, Upload};
 use projstore_agent::streams::{Manifest, SnapshotJson, StreamId};
-use projstore_agent::zfs::{Progress, PropertyName, SendFlags};
+use projstore_agent::zfs::{Progress, PropertyName, SendFlags, SnapshotInfo, SnapshotName, Zfs};
 use projstore_api::BackupTargetSpec;
 use projstore_api::s3::{Credentials, Patience};
 use projstore_e2e::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
@@ -60,22 +60,12 @@ async fn records(store: &object_store::aws::AmazonS3) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn an_upload_no_host_finished_is_aborted_by_the_next_backup_from_its_record() {
-    let Some(zfs) = zfs_or_skip("bucket_uploads").await else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let s3_root = dir.path().join("s3");
-    let Some(s3) = S3Server::start(&s3_root, "ups").unwrap() else {
-        assert!(
-            std::env::var("PROJSTORE_REQUIRE_ZFS").as_deref() != Ok("1"),
-            "s3s-fs is required (make test installs it) but missing"
-        );
-        eprintln!("SKIP: no s3s-fs");
-        return;
-    };
-    let pool = TestPool::new(&zfs, 512 << 20).await;
+/// Dataset `live` of `pool` with `bytes` of incompressible files, snapshot `s1` of it.
+async fn snapshot_of_data(
+    zfs: &Zfs,
+    pool: &TestPool,
+    bytes: usize,
+) -> (SnapshotName, SnapshotInfo) {
     let live = pool.name.dataset("live").unwrap();
     let mountpoint = pool.path("live");
     zfs.create(
@@ -87,14 +77,17 @@ async fn an_upload_no_host_finished_is_aborted_by_the_next_backup_from_its_recor
     )
     .await
     .unwrap();
-    // Incompressible data of more than two parts (8 MiB each).
-    write_tree(&mountpoint.join("t"), 7, 20 << 20);
+    write_tree(&mountpoint.join("t"), 7, bytes);
     let snap = live.snapshot("s1").unwrap();
     zfs.snapshot(&snap, &[]).await.unwrap();
     let info = zfs.snapshot_info(&snap).await.unwrap();
+    (snap, info)
+}
 
+/// The test bucket `ups` of the S3 service at `endpoint`.
+fn store_at(endpoint: &str) -> std::sync::Arc<object_store::aws::AmazonS3> {
     let spec = BackupTargetSpec {
-        endpoint: s3.endpoint.trim_end_matches('/').to_owned(),
+        endpoint: endpoint.to_owned(),
         region: "us-east-1".into(),
         bucket: "ups".into(),
         prefix: None,
@@ -109,18 +102,23 @@ async fn an_upload_no_host_finished_is_aborted_by_the_next_backup_from_its_recor
         access_key_id: ACCESS_KEY.into(),
         secret_access_key: SECRET_KEY.into(),
     };
-    let store = projstore_api::s3::store(&spec, &creds, Patience::Transfer).unwrap();
-    let bucket = Bucket::new(
-        store.clone(),
-        object_store::path::Path::from("ns/p"),
-        None,
-        "ns/p".into(),
-    );
-    let id = StreamId::for_snapshots(None, "s1").unwrap();
-    let upload = |host: &str, hold: Option<std::path::PathBuf>| Upload {
-        zfs: &zfs,
-        id: &id,
-        snap: &snap,
+    projstore_api::s3::store(&spec, &creds, Patience::Transfer).unwrap()
+}
+
+/// Host `host`'s upload of full stream `id` of `snap` (its state file under `dir/<host>`).
+fn upload_of<'a>(
+    zfs: &'a Zfs,
+    id: &'a StreamId,
+    snap: &'a SnapshotName,
+    info: &SnapshotInfo,
+    host: &str,
+    dir: &Path,
+    hold: Option<std::path::PathBuf>,
+) -> Upload<'a> {
+    Upload {
+        zfs,
+        id,
+        snap,
         from: None,
         flags: SendFlags::default(),
         manifest: Manifest {
@@ -138,9 +136,160 @@ async fn an_upload_no_host_finished_is_aborted_by_the_next_backup_from_its_recor
             created_at: "2026-11-30T00:00:00Z".into(),
             node: host.into(),
         },
-        state_file: dir.path().join(host).join("pool.ns.p.full--s1.json"),
+        state_file: dir.join(host).join("pool.ns.p.full--s1.json"),
         hold,
         bound: 64 << 20,
+    }
+}
+
+/// A relay on loopback in front of `upstream` that refuses (403) every part upload but the
+/// first, as a service whose credentials were revoked mid-upload would.
+async fn refusing_relay(upstream: String) -> String {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let upstream = upstream.clone();
+                        async move {
+                            let query = req.uri().query().unwrap_or_default().to_owned();
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await?.to_bytes();
+                            let later_part = parts.method == hyper::Method::PUT
+                                && query.contains("partNumber=")
+                                && !query.split('&').any(|q| q == "partNumber=1");
+                            if later_part {
+                                let mut r = hyper::Response::new(Full::new(bytes::Bytes::from_static(
+                                    b"<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code></Error>",
+                                )));
+                                *r.status_mut() = hyper::StatusCode::FORBIDDEN;
+                                return Ok::<_, hyper::Error>(r);
+                            }
+                            let sock = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                            let (mut sender, conn) =
+                                hyper::client::conn::http1::handshake(TokioIo::new(sock))
+                                    .await
+                                    .unwrap();
+                            tokio::spawn(conn);
+                            let resp = sender
+                                .send_request(hyper::Request::from_parts(parts, Full::new(body)))
+                                .await?;
+                            let (parts, body) = resp.into_parts();
+                            let body = body.collect().await?.to_bytes();
+                            Ok(hyper::Response::from_parts(parts, Full::new(body)))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(sock), service)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// The `zfs send` processes of `pool` still running.
+fn sends_of(pool: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(" send ") && c.contains(pool))
+        .count()
+}
+
+#[tokio::test]
+async fn an_upload_the_service_refuses_ends_with_its_zfs_send() {
+    let Some(zfs) = zfs_or_skip("bucket_uploads").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(s3) = S3Server::start(&dir.path().join("s3"), "ups").unwrap() else {
+        assert!(
+            std::env::var("PROJSTORE_REQUIRE_ZFS").as_deref() != Ok("1"),
+            "s3s-fs is required (make test installs it) but missing"
+        );
+        eprintln!("SKIP: no s3s-fs");
+        return;
+    };
+    let pool = TestPool::new(&zfs, 512 << 20).await;
+    let (snap, info) = snapshot_of_data(&zfs, &pool, 40 << 20).await;
+    let upstream = s3
+        .endpoint
+        .trim_end_matches('/')
+        .trim_start_matches("http://")
+        .to_owned();
+    let store = store_at(&refusing_relay(upstream).await);
+    let bucket = Bucket::new(
+        store.clone(),
+        object_store::path::Path::from("ns/p"),
+        None,
+        "ns/p".into(),
+    );
+    let id = StreamId::for_snapshots(None, "s1").unwrap();
+    let up = upload_of(&zfs, &id, &snap, &info, "host-a", dir.path(), None);
+    // Five parts' worth of stream: the second part is refused while `zfs send` still has far
+    // more to give than the pipe and the channel hold. The upload must end, and its send with
+    // it, instead of waiting on each other.
+    let ended = tokio::time::timeout(
+        Duration::from_secs(180),
+        bucket.upload(&up, &Progress::default()),
+    )
+    .await
+    .expect("an upload whose part was refused must end, not hang");
+    let e = ended.expect_err("a refused part fails the upload");
+    println!("refused: {e}");
+    let mut left = usize::MAX;
+    for _ in 0..50 {
+        left = sends_of(pool.name.as_str());
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "the upload's zfs send ended with it");
+    assert!(
+        bucket.streams().await.unwrap().is_empty(),
+        "nothing of it is a stream"
+    );
+    drop(s3);
+}
+
+#[tokio::test]
+async fn an_upload_no_host_finished_is_aborted_by_the_next_backup_from_its_record() {
+    let Some(zfs) = zfs_or_skip("bucket_uploads").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let s3_root = dir.path().join("s3");
+    let Some(s3) = S3Server::start(&s3_root, "ups").unwrap() else {
+        assert!(
+            std::env::var("PROJSTORE_REQUIRE_ZFS").as_deref() != Ok("1"),
+            "s3s-fs is required (make test installs it) but missing"
+        );
+        eprintln!("SKIP: no s3s-fs");
+        return;
+    };
+    let pool = TestPool::new(&zfs, 512 << 20).await;
+    // Incompressible data of more than two parts (8 MiB each).
+    let (snap, info) = snapshot_of_data(&zfs, &pool, 20 << 20).await;
+    let store = store_at(s3.endpoint.trim_end_matches('/'));
+    let bucket = Bucket::new(
+        store.clone(),
+        object_store::path::Path::from("ns/p"),
+        None,
+        "ns/p".into(),
+    );
+    let id = StreamId::for_snapshots(None, "s1").unwrap();
+    let upload = |host: &str, hold: Option<std::path::PathBuf>| {
+        upload_of(&zfs, &id, &snap, &info, host, dir.path(), hold)
     };
 
     // Host A: held after its first part, then lost (its task dropped, its state with it).
