@@ -183,13 +183,9 @@ impl Bucket {
     pub async fn manifest(&self, id: &StreamId) -> Result<ObjectManifest, BackupError> {
         let path = self.object(&id.manifest_name());
         let got = self.store.get(&path).await.map_err(BackupError::store)?;
-        if got.meta.size > MAX_MANIFEST as u64 {
-            return Err(BackupError::Bucket(format!(
-                "manifest {path} has {} bytes",
-                got.meta.size
-            )));
-        }
-        let raw = got.bytes().await.map_err(BackupError::store)?;
+        let raw = read_small(got, MAX_MANIFEST).await?.ok_or_else(|| {
+            BackupError::Bucket(format!("manifest {path} is over {MAX_MANIFEST} bytes"))
+        })?;
         let text = match &self.key {
             Some(key) => {
                 let mut o = Opener::new(key.clone(), path.as_ref());
@@ -387,10 +383,9 @@ impl Bucket {
                 .get(&meta.location)
                 .await
                 .map_err(BackupError::store)?;
-            if got.meta.size > 4096 {
+            let Some(raw) = read_small(got, 4096).await? else {
                 continue;
-            }
-            let raw = got.bytes().await.map_err(BackupError::store)?;
+            };
             // What the bucket says is outside input: only an upload of one of this project's
             // stream objects is aborted, under the record's own name.
             let Ok(r) = serde_json::from_slice::<UploadRecord>(&raw) else {
@@ -800,6 +795,28 @@ pub struct Upload<'a> {
     pub hold: Option<PathBuf>,
     /// About how large the stream can be (the snapshot's size): parts grow with it.
     pub bound: u64,
+}
+
+/// An object of at most `max` bytes, whole; None when it is larger. Its body is read only
+/// that far, whatever size the service declared.
+async fn read_small(
+    got: object_store::GetResult,
+    max: usize,
+) -> Result<Option<Bytes>, BackupError> {
+    use futures::StreamExt;
+    if got.meta.size > max as u64 {
+        return Ok(None);
+    }
+    let mut body = got.into_stream();
+    let mut raw = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(BackupError::store)?;
+        if raw.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        raw.extend_from_slice(&chunk);
+    }
+    Ok(Some(raw.freeze()))
 }
 
 /// An ETag as it names a version: without the weak mark and quotes some layers add.
