@@ -222,10 +222,15 @@ def test_rbac_is_least_privilege_and_explained():
     secret_rules = yaml.safe_load((CHART / "files" / "backup-secrets-rules.yaml").read_text())
     check(secret_rules == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}],
           f"backup-secrets-rules.yaml grants more than get on Secrets: {secret_rules}")
-    for values, namespaces in (({}, ["projstore-system"]),
+    for values, namespaces in (({}, ["projstore-backup-secrets"]),
                                ({"backupSecretNamespaces": ["backup-a", "backup-b"]},
                                 ["backup-a", "backup-b"])):
         rendered = render(values)
+        created = find(rendered, "Namespace")
+        check(sorted(n["metadata"]["name"] for n in created) == namespaces,
+              f"the backup Secrets' namespaces are created: {created}")
+        check(all(n["metadata"]["annotations"].get("helm.sh/resource-policy") == "keep" for n in created),
+              "the backup Secrets' namespaces outlive the release")
         roles = find(rendered, "Role", "-backup-secrets")
         check(sorted(r["metadata"]["namespace"] for r in roles) == namespaces,
               f"backup-secrets Roles in {[r['metadata']['namespace'] for r in roles]}, not {namespaces}")
@@ -239,6 +244,14 @@ def test_rbac_is_least_privilege_and_explained():
             check(sorted((x["name"], x["namespace"]) for x in b["subjects"])
                   == [("projstore-agent", "projstore-system"), ("projstore-controller", "projstore-system")],
                   f"subjects {b['subjects']}")
+    check(not find(render({"createBackupSecretNamespaces": False}), "Namespace"),
+          "existing namespaces are not created")
+    # The release namespace holds the CA key and the nodes' TLS keys: never granted.
+    try:
+        render({"backupSecretNamespaces": ["projstore-system"]})
+        failures.append("a Role granting Secrets in the release namespace rendered")
+    except helm.HelmError as e:
+        check("CA key" in str(e), f"the refusal says why: {e}")
     for name in ("controller-rules.yaml", "agent-rules.yaml", "backup-secrets-rules.yaml"):
         lines = (CHART / "files" / name).read_text().splitlines()
         for i, line in enumerate(lines):

@@ -57,6 +57,9 @@ pub struct Use {
     pub verb: String,
     pub group: String,
     pub resource: String,
+    /// The request's namespace (empty: cluster-scoped, or not told).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
 }
 
 /// Where the rule uses and denials of the roles' users go: `<dir>/rbac-used.jsonl` and
@@ -126,7 +129,7 @@ impl Authorizer for RbacAuthorizer {
         verb: &str,
         group: &str,
         resource: &str,
-        _namespace: &str,
+        namespace: &str,
         _name: &str,
     ) -> bool {
         let Some(role) = self.roles.iter().find(|r| r.user == who.user) else {
@@ -143,6 +146,7 @@ impl Authorizer for RbacAuthorizer {
             verb: verb.into(),
             group: group.into(),
             resource: resource.into(),
+            namespace: namespace.into(),
         });
         hit.is_some()
     }

@@ -40,9 +40,9 @@ fn s3(c: &Cluster) -> Option<S3Server> {
     }
 }
 
-/// Where BackupTargets' Secrets live: the chart lets the controller and agents read Secrets
-/// of its release namespace only (values `backupSecretNamespaces`).
-const SECRETS_NS: &str = projstore_e2e::dev::SYSTEM_NS;
+/// Where BackupTargets' Secrets live: the chart creates this namespace and lets the
+/// controller and agents read Secrets there only (values `backupSecretNamespaces`).
+const SECRETS_NS: &str = "projstore-backup-secrets";
 
 async fn secret(c: &Cluster, name: &str, data: serde_json::Value) {
     secret_in(c, SECRETS_NS, name, data).await;
@@ -630,7 +630,7 @@ async fn s17_a_target_that_cannot_be_used_says_why_and_leaves_the_project_alone(
     let creds = |name: &str| json!({"namespace": SECRETS_NS, "name": name});
     // Good credentials in a tenant's namespace: neither the controller nor an agent may read
     // Secrets there (the chart grants them in its own namespace only).
-    c.expect_denial("controller", "get", "", "secrets");
+    c.expect_denial("controller", "get", "secrets", NS);
     secret_in(
         &c,
         NS,
@@ -711,6 +711,10 @@ async fn s17_a_target_that_cannot_be_used_says_why_and_leaves_the_project_alone(
     .await;
     println!("[s17] denied: {denied}\n[s17] nowhere: {nowhere}\n[s17] nobucket: {nobucket}");
     println!("[s17] tenant-secret: {tenant_secret}");
+    c.check(
+        denied.starts_with("Denied:") && denied.contains("SignatureDoesNotMatch"),
+        "wrong credentials are told with the service's own error",
+    );
     c.check(
         tenant_secret.starts_with("SecretUnreadable") && tenant_secret.contains("forbidden"),
         "a Secret outside the namespaces the chart grants is not read, and the target says so",

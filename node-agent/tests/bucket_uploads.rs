@@ -14,6 +14,7 @@ use std::time::Duration;
 use object_store::multipart::MultipartStore;
 use object_store::{ObjectStore, ObjectStoreExt};
 use projstore_agent::backup::bucket::{Bucket, Upload};
+use projstore_agent::backup::seal::SealKey;
 use projstore_agent::streams::{Manifest, SnapshotJson, StreamId};
 use projstore_agent::zfs::{Progress, PropertyName, SendFlags, SnapshotInfo, SnapshotName, Zfs};
 use projstore_api::BackupTargetSpec;
@@ -264,6 +265,16 @@ async fn an_upload_the_service_refuses_ends_with_its_zfs_send() {
 
 #[tokio::test]
 async fn an_upload_no_host_finished_is_aborted_by_the_next_backup_from_its_record() {
+    abandoned_uploads(None).await;
+}
+
+#[tokio::test]
+async fn an_upload_no_host_finished_is_aborted_also_from_its_sealed_record() {
+    abandoned_uploads(Some(SealKey::new(&[7u8; 32]).unwrap())).await;
+}
+
+async fn abandoned_uploads(key: Option<SealKey>) {
+    let sealed = key.is_some();
     let Some(zfs) = zfs_or_skip("bucket_uploads").await else {
         return;
     };
@@ -284,7 +295,7 @@ async fn an_upload_no_host_finished_is_aborted_by_the_next_backup_from_its_recor
     let bucket = Bucket::new(
         store.clone(),
         object_store::path::Path::from("ns/p"),
-        None,
+        key,
         "ns/p".into(),
     );
     let id = StreamId::for_snapshots(None, "s1").unwrap();
@@ -312,31 +323,53 @@ async fn an_upload_no_host_finished_is_aborted_by_the_next_backup_from_its_recor
     std::fs::remove_file(&hold).unwrap();
     std::fs::remove_dir_all(dir.path().join("host-a")).unwrap();
     assert!(parts_of(&s3_root, &a_id) >= 1);
+    let recorded = records(&store).await;
+    assert_eq!(recorded.len(), 1, "host A's upload is recorded");
+    let text = store
+        .get(&object_store::path::Path::from(recorded[0].as_str()))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(
-        records(&store).await.len(),
-        1,
-        "host A's upload is recorded"
+        text.windows(6).any(|w| w == b"host-a"),
+        !sealed,
+        "a record is sealed exactly when the target has a key"
     );
 
-    // Another project's upload, recorded (by a forger) under this project's records: never
-    // aborted from here.
-    let other = object_store::path::Path::from("ns/q/full--s1.zstream");
-    let other_id = store.create_multipart(&other).await.unwrap();
-    store
-        .put_part(&other, &other_id, 0, vec![1u8; 5 << 20].into())
-        .await
-        .unwrap();
-    let digest = hex::encode(sha2::Sha256::digest(other_id.as_bytes()));
-    store
-        .put(
-            &object_store::path::Path::from(format!("ns/p/uploads/{}.json", &digest[..32])),
-            serde_json::to_vec(&serde_json::json!({
-                "object": other.to_string(), "uploadId": other_id, "node": "forger"}))
-            .unwrap()
-            .into(),
-        )
-        .await
-        .unwrap();
+    // Uploads a forger recorded under this project's records: of a sibling project, of an
+    // object nested below this project's root, and one of this project's own object recorded
+    // under a name that is not its upload id's digest. None is aborted from here.
+    let mut forged = Vec::new();
+    for (object, named_right) in [
+        ("ns/pq/full--s1.zstream", true),
+        ("ns/p/x/full--s1.zstream", true),
+        ("ns/p/full--s1.zstream", false),
+    ] {
+        let at = object_store::path::Path::from(object);
+        let upload_id = store.create_multipart(&at).await.unwrap();
+        store
+            .put_part(&at, &upload_id, 0, vec![1u8; 5 << 20].into())
+            .await
+            .unwrap();
+        let digest = hex::encode(sha2::Sha256::digest(if named_right {
+            upload_id.as_bytes()
+        } else {
+            b"another upload id"
+        }));
+        store
+            .put(
+                &object_store::path::Path::from(format!("ns/p/uploads/{}.json", &digest[..32])),
+                serde_json::to_vec(&serde_json::json!({
+                    "object": object, "uploadId": upload_id, "node": "forger\nFAKE LOG LINE"}))
+                .unwrap()
+                .into(),
+            )
+            .await
+            .unwrap();
+        forged.push((object, upload_id));
+    }
 
     // Host B uploads the same snapshot whole: its own record goes once it is complete.
     let b = upload("host-b", None);
@@ -344,8 +377,8 @@ async fn an_upload_no_host_finished_is_aborted_by_the_next_backup_from_its_recor
     assert!(m.stream.bytes > 16 << 20);
     assert_eq!(
         records(&store).await.len(),
-        2,
-        "A's and the forged record stay"
+        4,
+        "A's and the forged records stay"
     );
     let streams = bucket.streams().await.unwrap();
     assert_eq!(streams.len(), 1, "the records are not part of the chain");
@@ -368,14 +401,15 @@ async fn an_upload_no_host_finished_is_aborted_by_the_next_backup_from_its_recor
         0,
         "host A's parts left the service"
     );
-    assert_eq!(
-        parts_of(&s3_root, &other_id),
-        1,
-        "another project's upload is never aborted"
-    );
+    for (object, upload_id) in &forged {
+        assert_eq!(
+            parts_of(&s3_root, upload_id),
+            1,
+            "the upload of {object} a forged record names is not aborted"
+        );
+    }
     let left = records(&store).await;
-    assert_eq!(left.len(), 1, "only the forged record is left: {left:?}");
-    assert!(left[0].contains(&digest[..32]));
+    assert_eq!(left.len(), 3, "only the forged records are left: {left:?}");
     assert_eq!(bucket.streams().await.unwrap().len(), 1);
     drop(s3);
 }

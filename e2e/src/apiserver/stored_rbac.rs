@@ -147,6 +147,7 @@ impl Authorizer for StoredRbac {
                 verb: verb.into(),
                 group: group.into(),
                 resource: resource.into(),
+                namespace: namespace.into(),
             });
         }
         hit.is_some()
@@ -157,7 +158,7 @@ impl Authorizer for StoredRbac {
 /// `<name>` (`controller`, `agent`, `backup-secrets`: its rules file is `<name>-rules.yaml`).
 fn chart_role(binding: &Value) -> Option<String> {
     let name = binding.pointer("/roleRef/name")?.as_str()?;
-    let (_, role) = name.split_once("-projstore-")?;
+    let (_, role) = name.rsplit_once("-projstore-")?;
     Some(role.to_owned())
 }
 
@@ -200,6 +201,11 @@ mod tests {
         assert_eq!(
             chart_role(&b("ps-projstore-agent")).as_deref(),
             Some("agent")
+        );
+        assert_eq!(
+            chart_role(&b("my-projstore-test-projstore-agent")).as_deref(),
+            Some("agent"),
+            "a release named with -projstore- in it"
         );
         assert_eq!(chart_role(&b("edit")), None);
     }

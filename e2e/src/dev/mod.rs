@@ -188,9 +188,8 @@ fn check_sftp_chroot_parent(dir: &Path) -> Result<(), String> {
     })
 }
 
-/// The namespace of the agents' Leases and the ServiceAccounts' identities (the chart's
-/// release namespace: the one whose Secrets BackupTargets may name, by default).
-pub const SYSTEM_NS: &str = "projstore-system";
+/// The namespace of the agents' Leases and the ServiceAccounts' identities.
+const SYSTEM_NS: &str = "projstore-system";
 
 /// The script that drives Helm's library on the chart (`charts/tests/helm_release.py`, which
 /// finds the chart beside it): next to the repository this binary was built from.

@@ -261,14 +261,15 @@ pub fn rbac_usage_dir() -> PathBuf {
 
 impl Cluster {
     /// The chart's roles are meant to refuse `role` (`controller`, `agent`) this request in
-    /// this scenario: its denial does not fail it.
-    pub fn expect_denial(&self, role: &str, verb: &str, group: &str, resource: &str) {
+    /// namespace `namespace` in this scenario: its denial does not fail it.
+    pub fn expect_denial(&self, role: &str, verb: &str, resource: &str, namespace: &str) {
         let u = projstore_e2e::rbac::Use {
             role: role.into(),
             rule: None,
             verb: verb.into(),
-            group: group.into(),
+            group: String::new(),
             resource: resource.into(),
+            namespace: namespace.into(),
         };
         if let Ok(mut e) = self.expected_denials.lock() {
             e.push(serde_json::to_string(&u).unwrap());

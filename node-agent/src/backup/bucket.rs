@@ -34,9 +34,12 @@ const UPLOADS: &str = "uploads";
 /// The most upload records one backup reads (each is one GET).
 const MAX_UPLOAD_RECORDS: usize = 100;
 
+/// A running upload records itself again after a part once its record is this old.
+pub const RECORD_REFRESH: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// An upload under way, as recorded in the bucket.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct UploadRecord {
     /// The object's key (directly under the project's root, a `.zstream`).
     object: String,
@@ -186,18 +189,7 @@ impl Bucket {
         let raw = read_small(got, MAX_MANIFEST).await?.ok_or_else(|| {
             BackupError::Bucket(format!("manifest {path} is over {MAX_MANIFEST} bytes"))
         })?;
-        let text = match &self.key {
-            Some(key) => {
-                let mut o = Opener::new(key.clone(), path.as_ref());
-                let mut plain = Vec::new();
-                for b in o.update(&raw).map_err(BackupError::Bucket)? {
-                    plain.extend_from_slice(&b);
-                }
-                plain.extend_from_slice(&o.finish().map_err(BackupError::Bucket)?);
-                plain
-            }
-            None => raw.to_vec(),
-        };
+        let text = self.open_small(&path, &raw).map_err(BackupError::Bucket)?;
         let m: ObjectManifest = serde_json::from_slice(&text).map_err(|e| {
             BackupError::Bucket(format!(
                 "manifest {path} is not a manifest{}: {e}",
@@ -236,21 +228,42 @@ impl Bucket {
     async fn put_manifest(&self, id: &StreamId, m: &ObjectManifest) -> Result<(), BackupError> {
         let path = self.object(&id.manifest_name());
         let text = serde_json::to_vec_pretty(m).map_err(|e| BackupError::Bucket(e.to_string()))?;
-        let body = match &self.key {
-            Some(key) => {
-                let mut s = Sealer::new(key.clone(), path.as_ref());
-                let mut out = BytesMut::new();
-                s.update(&text, &mut out).map_err(BackupError::Bucket)?;
-                s.finish(&mut out).map_err(BackupError::Bucket)?;
-                out.freeze()
-            }
-            None => Bytes::from(text),
-        };
+        let body = self.seal_small(&path, &text).map_err(BackupError::Bucket)?;
         self.store
             .put(&path, PutPayload::from(body))
             .await
             .map_err(BackupError::store)?;
         Ok(())
+    }
+
+    /// A small object's body as stored at `path`: sealed when the target has a key.
+    fn seal_small(&self, path: &Path, text: &[u8]) -> Result<Bytes, String> {
+        match &self.key {
+            Some(key) => {
+                let mut s = Sealer::new(key.clone(), path.as_ref());
+                let mut out = BytesMut::new();
+                s.update(text, &mut out)?;
+                s.finish(&mut out)?;
+                Ok(out.freeze())
+            }
+            None => Ok(Bytes::copy_from_slice(text)),
+        }
+    }
+
+    /// What a small object stored at `path` says: opened with the key when the target has one.
+    fn open_small(&self, path: &Path, raw: &[u8]) -> Result<Vec<u8>, String> {
+        match &self.key {
+            Some(key) => {
+                let mut o = Opener::new(key.clone(), path.as_ref());
+                let mut plain = Vec::new();
+                for b in o.update(raw)? {
+                    plain.extend_from_slice(&b);
+                }
+                plain.extend_from_slice(&o.finish()?);
+                Ok(plain)
+            }
+            None => Ok(raw.to_vec()),
+        }
     }
 
     /// The stream object of `id`, as it arrives (sealed or not, unchecked), with the size
@@ -275,7 +288,18 @@ impl Bucket {
     > {
         use futures::StreamExt;
         let path = self.object(&id.file_name());
-        let head = self.store.head(&path).await.map_err(BackupError::store)?;
+        let head = match self.store.head(&path).await {
+            Ok(head) => head,
+            // Listed with its manifest, its object is gone: the backup is broken there (not
+            // the service unreachable).
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(BackupError::Broken {
+                    stream: id.to_string(),
+                    why: format!("its object {path} is missing"),
+                });
+            }
+            Err(e) => return Err(BackupError::store(e)),
+        };
         let store = self.store.clone();
         let ranges = (0..size)
             .step_by(RANGE as usize)
@@ -357,7 +381,9 @@ impl Bucket {
         }
     }
 
-    /// Aborts the uploads the bucket records whose record is at least `grace` old.
+    /// Aborts the uploads the bucket records whose record is at least `grace` old: at most
+    /// [`MAX_UPLOAD_RECORDS`] records read per call, starting at a place that moves with the
+    /// clock (records left standing, not ours or not abortable, never starve the others).
     async fn abort_recorded_uploads(&self, grace: std::time::Duration) -> Result<(), BackupError> {
         let folder = self.object(UPLOADS);
         let listing = self
@@ -365,30 +391,60 @@ impl Bucket {
             .list_with_delimiter(Some(&folder))
             .await
             .map_err(BackupError::store)?;
+        if listing.objects.len() > MAX_OBJECTS {
+            return Err(BackupError::Bucket(format!(
+                "{folder} holds {} objects, more than the {MAX_OBJECTS} a project's uploads may have",
+                listing.objects.len()
+            )));
+        }
         let now = chrono::Utc::now();
+        // Only records by their name (the digest of an upload id), old enough.
         let old: Vec<_> = listing
             .objects
             .into_iter()
+            .filter(|m| {
+                m.location.filename().is_some_and(|n| {
+                    n.strip_suffix(".json")
+                        .is_some_and(|d| d.len() == 32 && d.bytes().all(|b| b.is_ascii_hexdigit()))
+                })
+            })
             .filter(|m| {
                 (now - m.last_modified)
                     .to_std()
                     .is_ok_and(|age| age >= grace)
             })
-            .take(MAX_UPLOAD_RECORDS)
             .collect();
+        let start = (now.timestamp().unsigned_abs() as usize) % old.len().max(1);
         let here = format!("{}/", self.root.as_ref());
-        for meta in old {
-            let got = self
-                .store
-                .get(&meta.location)
-                .await
-                .map_err(BackupError::store)?;
-            let Some(raw) = read_small(got, 4096).await? else {
-                continue;
+        let turn = old
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(old.len().min(MAX_UPLOAD_RECORDS));
+        for meta in turn {
+            let raw = match self.store.get(&meta.location).await {
+                Ok(got) => match read_small(got, 4096).await {
+                    Ok(Some(raw)) => raw,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(record = %meta.location, error = %e, "an upload record not read");
+                        continue;
+                    }
+                },
+                // Removed since the listing (its upload finished or was aborted meanwhile).
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => {
+                    tracing::warn!(record = %meta.location, error = %e, "an upload record not read");
+                    continue;
+                }
             };
             // What the bucket says is outside input: only an upload of one of this project's
             // stream objects is aborted, under the record's own name.
-            let Ok(r) = serde_json::from_slice::<UploadRecord>(&raw) else {
+            let record = self
+                .open_small(&meta.location, &raw)
+                .ok()
+                .and_then(|text| serde_json::from_slice::<UploadRecord>(&text).ok());
+            let Some(r) = record else {
                 tracing::warn!(record = %meta.location, "not an upload record: left as it is");
                 continue;
             };
@@ -399,15 +455,49 @@ impl Bucket {
                 tracing::warn!(record = %meta.location, "an upload record of another object: left as it is");
                 continue;
             }
+            // A node's name as Kubernetes allows it, else not repeated.
+            let node = if r.node.len() <= 253
+                && r.node
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            {
+                r.node.as_str()
+            } else {
+                "(not a node name)"
+            };
             match self.abort_upload(&r.object, &r.upload_id).await {
                 Ok(()) => {
-                    tracing::info!(object = %r.object, node = %r.node, "an upload no host finished aborted")
+                    tracing::info!(object = %r.object, node, "an upload no host finished aborted")
                 }
                 Err(e) => {
                     tracing::warn!(object = %r.object, error = %e, "cannot abort an upload no host finished")
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Records upload `upload_id` of object `path`, begun by `node`, in the bucket (sealed when
+    /// the target has a key), or records it again: its record's age is how long since the
+    /// upload last stored a part (give or take [`RECORD_REFRESH`]).
+    async fn record_upload(
+        &self,
+        path: &Path,
+        upload_id: &str,
+        node: &str,
+    ) -> Result<(), BackupError> {
+        let record = UploadRecord {
+            object: path.as_ref().to_owned(),
+            upload_id: upload_id.to_owned(),
+            node: node.to_owned(),
+        };
+        let at = self.record_of(upload_id);
+        let text = serde_json::to_vec(&record).map_err(|e| BackupError::Local(e.to_string()))?;
+        let body = self.seal_small(&at, &text).map_err(BackupError::Bucket)?;
+        self.store
+            .put(&at, PutPayload::from(body))
+            .await
+            .map_err(BackupError::store)?;
         Ok(())
     }
 
@@ -483,16 +573,27 @@ impl Bucket {
                     && s.sealed_with == sealing
                     && !s.stuck() =>
             {
+                // Recorded again: its record's age counts from now, not from when it began.
+                if let Err(e) = self
+                    .record_upload(&path, &s.upload_id, &up.manifest.node)
+                    .await
+                {
+                    tracing::warn!(object = %path, error = %e, "cannot record a resumed upload again");
+                }
                 s
             }
             Some(stale) => {
-                let _ = self.abort_upload(&stale.object, &stale.upload_id).await;
+                // (An upload to another bucket is not this service's to abort.)
+                if stale.place == self.place {
+                    let _ = self.abort_upload(&stale.object, &stale.upload_id).await;
+                }
                 UploadState::remove(&up.state_file);
                 self.begin(&path, up).await?
             }
             None => self.begin(&path, up).await?,
         };
         let resumed = state.parts.len();
+        let upload_id = state.upload_id.clone();
         let part = state.part.clamp(PART, MAX_PART);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
         let send = up.zfs.send_chunks(up.snap, up.from, up.flags, tx);
@@ -507,6 +608,7 @@ impl Bucket {
                 .as_ref()
                 .map(|k| Sealer::new(k.clone(), path.as_ref()));
             let mut out = BytesMut::new();
+            let mut recorded = std::time::Instant::now();
             let mut parts = Parts {
                 store: store.clone(),
                 path: &path,
@@ -542,6 +644,17 @@ impl Bucket {
                         parts
                             .end(hex::encode(digest), std::mem::take(&mut out))
                             .await?;
+                        // While it stores parts, its record stays young: no other host's
+                        // backup takes it for abandoned.
+                        if recorded.elapsed() >= RECORD_REFRESH {
+                            if let Err(e) = self
+                                .record_upload(&path, &upload_id, &up.manifest.node)
+                                .await
+                            {
+                                tracing::warn!(object = %path, error = %e, "cannot record an upload again");
+                            }
+                            recorded = std::time::Instant::now();
+                        }
                         plain_in_part = 0;
                     }
                     let take = rest.len().min(part - plain_in_part);
@@ -629,19 +742,12 @@ impl Bucket {
             .map_err(BackupError::store)?;
         // Recorded in the bucket before any part is stored: whichever host's backup succeeds
         // next aborts it should this host never finish it.
-        let record = UploadRecord {
-            object: path.as_ref().to_owned(),
-            upload_id: upload_id.clone(),
-            node: up.manifest.node.clone(),
-        };
-        let text = serde_json::to_vec(&record).map_err(|e| BackupError::Local(e.to_string()))?;
         if let Err(e) = self
-            .store
-            .put(&self.record_of(&upload_id), PutPayload::from(text))
+            .record_upload(path, &upload_id, &up.manifest.node)
             .await
         {
             let _ = self.store.abort_multipart(path, &upload_id).await;
-            return Err(BackupError::store(e));
+            return Err(e);
         }
         let state = UploadState {
             object: path.as_ref().to_owned(),

@@ -227,8 +227,8 @@ async fn receive_one(
     let (w, r) = tokio::sync::mpsc::channel::<Bytes>(4);
     let feed = async move {
         let mut held = BytesMut::with_capacity(FEED + WITHHELD);
-        // zfs recv failing is this host's matter (its reason follows from the receive).
-        let gone = || BackupError::Unverified(format!("{}: zfs recv stopped reading", s.id));
+        // zfs recv failing: its own reason follows from the receive.
+        let gone = || BackupError::Local(format!("{}: zfs recv stopped reading", s.id));
         // The reader checked the BEGIN record before handing out more than it.
         while let Some(plain) = object.next().await? {
             for p in plain {
@@ -251,8 +251,15 @@ async fn receive_one(
     let recv = zfs.recv_chunks(target, opts, r, progress);
     // A feed that fails closes zfs recv's input before the END record: nothing commits.
     let (fed, received) = tokio::join!(feed, recv);
-    fed?;
-    received?;
+    match (fed, received) {
+        // zfs recv ended first: its reason is the one to tell (this host's pool failing, or
+        // what ZFS made of the stream).
+        (Err(BackupError::Local(_)), Err(e)) => return Err(e.into()),
+        (Err(e), _) => return Err(e),
+        (Ok(()), received) => {
+            received?;
+        }
+    }
     let have = zfs.snapshots(target, &[]).await?;
     if !have.iter().any(|h| h.guid == s.edge.to.guid) {
         return Err(broken(

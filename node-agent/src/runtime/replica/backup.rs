@@ -29,9 +29,11 @@ const UPLOADS_DIR: &str = "backup-uploads";
 const VERIFY_SPACING: Duration = Duration::from_secs(30);
 
 /// An upload the bucket records that no host finished is aborted by a later backup once its
-/// record is this old (the uploading copy may have changed a moment ago, its predecessor's
-/// upload not yet stopped).
-const ABANDONED_AFTER: Duration = Duration::from_secs(600);
+/// record is this old: a running upload records itself again every
+/// [`crate::backup::bucket::RECORD_REFRESH`] while it stores parts, and the record's time is
+/// the service's, compared with this host's clock (S3 refuses requests signed more than
+/// 15 minutes off its own).
+const ABANDONED_AFTER: Duration = Duration::from_secs(1800);
 
 /// The longest wait after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
@@ -198,7 +200,8 @@ impl JobProgress {
         self.settle(b);
     }
 
-    /// What a job, running or ended (also when stopped or killed half-way), did for certain:
+    /// What a job, running or ended (also when it failed or its task died; one stopped because
+    /// the copy no longer uploads was shown while it ran, every pass), did for certain:
     /// when it began (backoff counts from then, not from when it queued), and where the
     /// bucket's chain ends now (the primary's retention keeps that snapshot).
     fn settle(&self, b: &mut BackupStatus) {
@@ -1013,9 +1016,10 @@ async fn verify(
         BackupError::Busy("no spare pool could take it".into()),
         None,
     ));
-    // What failed on hosts tried before (unreachable, their pool or ZFS failing): a failing
-    // spare host neither fails every verification nor hides a broken backup behind its own
-    // trouble; the next one is tried.
+    // What failed on hosts tried before for what may be their own trouble (unreachable, their
+    // pool or ZFS failing, no way to the bucket): a failing spare host does not fail every
+    // verification, so one more is tried; a second such failure is the verification's (it may
+    // well be the backup's: a chain ZFS refuses fails the same everywhere).
     let mut elsewhere: Vec<String> = Vec::new();
     let mut tried_all = false;
     for spare in spares
@@ -1095,7 +1099,9 @@ async fn verify(
         tried_all = true;
         match &found {
             Err((BackupError::Busy(_), _)) => {}
-            Err((e, _)) if host => elsewhere.push(e.to_string()),
+            Err((e, _)) if host && elsewhere.len() + 1 < MAX_SPARE_FAILURES => {
+                elsewhere.push(e.to_string());
+            }
             _ => {
                 tried_all = false;
                 break;
@@ -1104,10 +1110,15 @@ async fn verify(
     }
     let (newest, guid, streams, place) = match found {
         Ok(found) => found,
-        Err(_) if tried_all && !elsewhere.is_empty() => {
+        Err((e, stream)) if !elsewhere.is_empty() && (tried_all || stream.is_none()) => {
+            // Those that failed, the last one too (when the spares ran out, it is among them
+            // or was busy).
+            let last = (!tried_all).then(|| e.to_string());
+            let failed: Vec<String> = elsewhere.into_iter().chain(last).collect();
             return Err(BackupError::Local(format!(
-                "no spare pool could verify it: {}",
-                elsewhere.join("; ")
+                "verification failed on {} spare host(s): {}",
+                failed.len(),
+                failed.join("; ")
             )));
         }
         Err((e, Some(stream))) => {
@@ -1130,15 +1141,17 @@ async fn verify(
     ))
 }
 
-/// Whether a verification's failure lies with the host that ran it (unreachable, its pool,
-/// its ZFS, its way to the bucket), not with the backup: another spare host may succeed.
+/// Spare hosts a verification tries that fail for what may be their own reasons.
+const MAX_SPARE_FAILURES: usize = 2;
+
+/// Whether a verification's failure may lie with the host that ran it (its setup, its pool,
+/// its ZFS, its way to the bucket) rather than with the backup: another spare host may
+/// succeed. Objects that fail their checks, chains that do not add up and unusable Secrets
+/// are the backup's (or the target's) on every host.
 fn host_side(e: &BackupError) -> bool {
-    !matches!(
+    matches!(
         e,
-        BackupError::Broken { .. }
-            | BackupError::Unverified(_)
-            | BackupError::Bucket(_)
-            | BackupError::Busy(_)
+        BackupError::Local(_) | BackupError::Zfs(_) | BackupError::Target(_)
     )
 }
 
@@ -1644,6 +1657,33 @@ mod tests {
             (Some(30), Some(100), None)
         );
         assert!(b.attempted_at.is_some(), "the attempt counts from its turn");
+    }
+
+    #[test]
+    fn only_what_may_be_a_hosts_own_trouble_sends_a_verification_to_another_spare() {
+        let refusal = projstore_api::s3::Refusal {
+            phase: projstore_api::BackupTargetPhase::Unreachable,
+            reason: "Unreachable",
+            message: "connection refused".into(),
+        };
+        for e in [
+            BackupError::Local("on node b: the verification stalled".into()),
+            BackupError::Target(refusal),
+        ] {
+            assert!(host_side(&e), "{e}");
+        }
+        for e in [
+            BackupError::Broken {
+                stream: "full--s1".into(),
+                why: "SHA-256 differs".into(),
+            },
+            BackupError::Unverified("GUID differs".into()),
+            BackupError::Bucket("no chain".into()),
+            BackupError::Config("Secret x/y does not exist".into()),
+            BackupError::Busy("another verification runs".into()),
+        ] {
+            assert!(!host_side(&e), "{e}");
+        }
     }
 
     #[test]
