@@ -1183,13 +1183,7 @@ async fn upload_again(
             }
         }
         let local = c.zfs.snapshots(&c.ds, &[]).await?;
-        let here = |guid: u64| {
-            local.iter().find(|l| l.guid == guid).ok_or_else(|| {
-                BackupError::Local(format!("this copy no longer has snapshot GUID {guid}"))
-            })
-        };
-        let to = here(s.edge.to.guid)?;
-        let from = s.edge.from.as_ref().map(|f| here(f.guid)).transpose()?;
+        let here = |guid: u64| local.iter().find(|l| l.guid == guid);
         let u = Uploading {
             cx,
             sr,
@@ -1197,17 +1191,72 @@ async fn upload_again(
             bucket: &bucket,
             progress,
         };
-        upload_stream(u, &streams, from, to, true).await
+        let (from, to) = (
+            s.edge.from.as_ref().map(|f| here(f.guid)),
+            here(s.edge.to.guid),
+        );
+        if let (Some(to), None | Some(Some(_))) = (to, from) {
+            let from = from.flatten();
+            return upload_stream(u, &streams, from, to, true)
+                .await
+                .map(|(id, _)| format!("{id} was uploaded again from this copy"));
+        }
+        // This copy no longer has both its snapshots: the chain is routed around it, by a
+        // stream from the last point before it this copy has (or a full stream) to the first
+        // after it; the chain then takes the new stream (fewer streams), and GC removes the
+        // broken one with those it bridges.
+        let chain = chain_of(&streams, None)?;
+        let points: Vec<u64> = chain.iter().map(|t| t.edge.to.guid).collect();
+        let at = chain
+            .iter()
+            .position(|t| t.id.as_str() == stream)
+            .ok_or_else(|| {
+                BackupError::Local(format!(
+                    "{stream} is not on the chain to the newest backup: left as it is"
+                ))
+            })?;
+        let held: std::collections::HashSet<u64> = local.iter().map(|l| l.guid).collect();
+        let (before, after) = bridge_over(&points, at, &held).ok_or_else(|| {
+            BackupError::Local(
+                "this copy has no snapshot the chain reaches after it: the restore points from there on are lost until a newer backup".into(),
+            )
+        })?;
+        let to =
+            here(points[after]).ok_or_else(|| BackupError::Local("a snapshot vanished".into()))?;
+        let from = match before {
+            Some(i) => Some(
+                here(points[i]).ok_or_else(|| BackupError::Local("a snapshot vanished".into()))?,
+            ),
+            None => None,
+        };
+        upload_stream(u, &streams, from, to, false)
+            .await
+            .map(|(id, _)| format!("this copy no longer has both its snapshots, so {id} was uploaded to route the chain around it"))
     };
     match again.await {
-        Ok((id, _)) => {
-            tracing::warn!(project = %sr.spec.project, stream = %id, "a broken backup object uploaded again");
+        Ok(done) => {
+            tracing::warn!(project = %sr.spec.project, stream = %stream, done = %done, "a broken backup object repaired");
             BackupError::Local(format!(
-                "{failure}; {id} was uploaded again from this copy: the next verification checks it"
+                "{failure}; {done}: the next verification checks it"
             ))
         }
-        Err(e) => BackupError::Local(format!("{failure}; {stream} not uploaded again: {e}")),
+        Err(e) => BackupError::Local(format!("{failure}; {stream} not repaired: {e}")),
     }
+}
+
+/// Where a stream around the broken `points[at - 1] → points[at]` link of a chain (whose
+/// points are the GUIDs its streams lead to, oldest first, after the empty start) goes, with
+/// the snapshots `held`: from the last point before the link held (None: a full stream) to the
+/// first point at or after its end held (indices into `points`). None when no point after it
+/// is held.
+fn bridge_over(
+    points: &[u64],
+    at: usize,
+    held: &std::collections::HashSet<u64>,
+) -> Option<(Option<usize>, usize)> {
+    let after = (at..points.len()).find(|&j| held.contains(&points[j]))?;
+    let before = (0..at).rev().find(|&i| held.contains(&points[i]));
+    Some((before, after))
 }
 
 /// Where a verification restores to.
@@ -1684,6 +1733,33 @@ mod tests {
         ] {
             assert!(!host_side(&e), "{e}");
         }
+    }
+
+    #[test]
+    fn a_broken_link_is_bridged_from_the_last_point_held_before_it_to_the_first_after() {
+        // Chain: (start) → 10 → 20 → 30 → 40 → 50; the link into 30 (index 2) is broken.
+        let points = [10, 20, 30, 40, 50];
+        let held = |g: &[u64]| {
+            g.iter()
+                .copied()
+                .collect::<std::collections::HashSet<u64>>()
+        };
+        // 20 and 30 pruned here: from 10 to 40.
+        assert_eq!(
+            bridge_over(&points, 2, &held(&[10, 40, 50])),
+            Some((Some(0), 3))
+        );
+        // Nothing before it held: a full stream to the first point after.
+        assert_eq!(bridge_over(&points, 2, &held(&[50])), Some((None, 4)));
+        // Its end held, its start not: from the last point before.
+        assert_eq!(
+            bridge_over(&points, 2, &held(&[10, 30])),
+            Some((Some(0), 2))
+        );
+        // The full stream broken (index 0): a full stream to the first point held.
+        assert_eq!(bridge_over(&points, 0, &held(&[20, 50])), Some((None, 1)));
+        // Nothing after it held: no bridge.
+        assert_eq!(bridge_over(&points, 2, &held(&[10, 20])), None);
     }
 
     #[test]
