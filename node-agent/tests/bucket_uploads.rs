@@ -325,6 +325,18 @@ async fn abandoned_uploads(key: Option<SealKey>) {
     assert!(parts_of(&s3_root, &a_id) >= 1);
     let recorded = records(&store).await;
     assert_eq!(recorded.len(), 1, "host A's upload is recorded");
+    // Another node sees A's upload running from its young record, and waits; A does not.
+    let five = Duration::from_secs(300);
+    assert_eq!(
+        bucket.uploading_elsewhere("host-b", five).await,
+        Some(("host-a".into(), "ns/p/full--s1.zstream".into()))
+    );
+    assert_eq!(bucket.uploading_elsewhere("host-a", five).await, None);
+    assert_eq!(
+        bucket.uploading_elsewhere("host-b", Duration::ZERO).await,
+        None,
+        "an old record is no upload running"
+    );
     let text = store
         .get(&object_store::path::Path::from(recorded[0].as_str()))
         .await

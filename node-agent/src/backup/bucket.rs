@@ -381,10 +381,10 @@ impl Bucket {
         }
     }
 
-    /// Aborts the uploads the bucket records whose record is at least `grace` old: at most
-    /// [`MAX_UPLOAD_RECORDS`] records read per call, starting at a place that moves with the
-    /// clock (records left standing, not ours or not abortable, never starve the others).
-    async fn abort_recorded_uploads(&self, grace: std::time::Duration) -> Result<(), BackupError> {
+    /// The uploads the bucket records (by their records' names), with their records' age.
+    async fn recorded_uploads(
+        &self,
+    ) -> Result<Vec<(object_store::ObjectMeta, std::time::Duration)>, BackupError> {
         let folder = self.object(UPLOADS);
         let listing = self
             .store
@@ -398,8 +398,7 @@ impl Bucket {
             )));
         }
         let now = chrono::Utc::now();
-        // Only records by their name (the digest of an upload id), old enough.
-        let old: Vec<_> = listing
+        Ok(listing
             .objects
             .into_iter()
             .filter(|m| {
@@ -408,63 +407,98 @@ impl Bucket {
                         .is_some_and(|d| d.len() == 32 && d.bytes().all(|b| b.is_ascii_hexdigit()))
                 })
             })
-            .filter(|m| {
-                (now - m.last_modified)
-                    .to_std()
-                    .is_ok_and(|age| age >= grace)
+            .map(|m| {
+                let age = (now - m.last_modified).to_std().unwrap_or_default();
+                (m, age)
             })
-            .collect();
-        let start = (now.timestamp().unsigned_abs() as usize) % old.len().max(1);
+            .collect())
+    }
+
+    /// What the record at `at` says, when it is an upload record of one of this project's
+    /// stream objects stored under its own name (what the bucket says is outside input).
+    async fn read_record(&self, at: &Path) -> Option<UploadRecord> {
+        let raw = match self.store.get(at).await {
+            Ok(got) => match read_small(got, 4096).await {
+                Ok(Some(raw)) => raw,
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::warn!(record = %at, error = %e, "an upload record not read");
+                    return None;
+                }
+            },
+            // Removed since the listing (its upload finished or was aborted meanwhile).
+            Err(object_store::Error::NotFound { .. }) => return None,
+            Err(e) => {
+                tracing::warn!(record = %at, error = %e, "an upload record not read");
+                return None;
+            }
+        };
+        let record = self
+            .open_small(at, &raw)
+            .ok()
+            .and_then(|text| serde_json::from_slice::<UploadRecord>(&text).ok());
+        let Some(r) = record else {
+            tracing::warn!(record = %at, "not an upload record: left as it is");
+            return None;
+        };
         let here = format!("{}/", self.root.as_ref());
+        let ours = r.object.strip_prefix(&here).is_some_and(|rest| {
+            !rest.contains('/') && rest.ends_with(".zstream") && rest.len() > ".zstream".len()
+        });
+        if !ours || *at != self.record_of(&r.upload_id) {
+            tracing::warn!(record = %at, "an upload record of another object: left as it is");
+            return None;
+        }
+        Some(r)
+    }
+
+    /// Another node's upload of this project whose record is younger than `fresh` (it stored
+    /// a part lately): that node's name and the object. Best effort: nothing when the records
+    /// cannot be read.
+    pub async fn uploading_elsewhere(
+        &self,
+        node: &str,
+        fresh: std::time::Duration,
+    ) -> Option<(String, String)> {
+        let young: Vec<_> = self
+            .recorded_uploads()
+            .await
+            .ok()?
+            .into_iter()
+            .filter(|(_, age)| *age < fresh)
+            .take(MAX_UPLOAD_RECORDS)
+            .collect();
+        for (meta, _) in young {
+            if let Some(r) = self.read_record(&meta.location).await
+                && r.node != node
+            {
+                return Some((node_name(&r.node).to_owned(), r.object));
+            }
+        }
+        None
+    }
+
+    /// Aborts the uploads the bucket records whose record is at least `grace` old: at most
+    /// [`MAX_UPLOAD_RECORDS`] records read per call, starting at a place that moves with the
+    /// clock (records left standing, not ours or not abortable, never starve the others).
+    async fn abort_recorded_uploads(&self, grace: std::time::Duration) -> Result<(), BackupError> {
+        let old: Vec<_> = self
+            .recorded_uploads()
+            .await?
+            .into_iter()
+            .filter(|(_, age)| *age >= grace)
+            .collect();
+        let start = (chrono::Utc::now().timestamp().unsigned_abs() as usize) % old.len().max(1);
         let turn = old
             .iter()
             .cycle()
             .skip(start)
             .take(old.len().min(MAX_UPLOAD_RECORDS));
-        for meta in turn {
-            let raw = match self.store.get(&meta.location).await {
-                Ok(got) => match read_small(got, 4096).await {
-                    Ok(Some(raw)) => raw,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        tracing::warn!(record = %meta.location, error = %e, "an upload record not read");
-                        continue;
-                    }
-                },
-                // Removed since the listing (its upload finished or was aborted meanwhile).
-                Err(object_store::Error::NotFound { .. }) => continue,
-                Err(e) => {
-                    tracing::warn!(record = %meta.location, error = %e, "an upload record not read");
-                    continue;
-                }
-            };
-            // What the bucket says is outside input: only an upload of one of this project's
-            // stream objects is aborted, under the record's own name.
-            let record = self
-                .open_small(&meta.location, &raw)
-                .ok()
-                .and_then(|text| serde_json::from_slice::<UploadRecord>(&text).ok());
-            let Some(r) = record else {
-                tracing::warn!(record = %meta.location, "not an upload record: left as it is");
+        for (meta, _) in turn {
+            let Some(r) = self.read_record(&meta.location).await else {
                 continue;
             };
-            let ours = r.object.strip_prefix(&here).is_some_and(|rest| {
-                !rest.contains('/') && rest.ends_with(".zstream") && rest.len() > ".zstream".len()
-            });
-            if !ours || meta.location != self.record_of(&r.upload_id) {
-                tracing::warn!(record = %meta.location, "an upload record of another object: left as it is");
-                continue;
-            }
-            // A node's name as Kubernetes allows it, else not repeated.
-            let node = if r.node.len() <= 253
-                && r.node
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-            {
-                r.node.as_str()
-            } else {
-                "(not a node name)"
-            };
+            let node = node_name(&r.node);
             match self.abort_upload(&r.object, &r.upload_id).await {
                 Ok(()) => {
                     tracing::info!(object = %r.object, node, "an upload no host finished aborted")
@@ -901,6 +935,19 @@ pub struct Upload<'a> {
     pub hold: Option<PathBuf>,
     /// About how large the stream can be (the snapshot's size): parts grow with it.
     pub bound: u64,
+}
+
+/// A node's name from the bucket, as Kubernetes allows it, else not repeated.
+fn node_name(node: &str) -> &str {
+    if node.len() <= 253
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    {
+        node
+    } else {
+        "(not a node name)"
+    }
 }
 
 /// An object of at most `max` bytes, whole; None when it is larger. Its body is read only

@@ -35,6 +35,14 @@ const VERIFY_SPACING: Duration = Duration::from_secs(30);
 /// 15 minutes off its own).
 const ABANDONED_AFTER: Duration = Duration::from_secs(1800);
 
+/// How long an upload waits when another node still uploads the project's backups.
+const UPLOAD_RETRY: Duration = Duration::from_secs(60);
+
+/// How young the bucket's record of another node's upload must be for it to count as
+/// running: it is written again every [`crate::backup::bucket::RECORD_REFRESH`] while parts
+/// are stored.
+const UPLOADING_ELSEWHERE: Duration = Duration::from_secs(300);
+
 /// The longest wait after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
@@ -144,6 +152,8 @@ pub struct VerifyMemo {
     retry_at: Option<std::time::Instant>,
     /// An upload stopped the last one.
     preempted: bool,
+    /// Another node was uploading this project's backups: no upload before then.
+    upload_retry_at: Option<std::time::Instant>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -398,6 +408,15 @@ pub(super) async fn backup_pass(
         job.progress.settle(&mut b);
         match job.handle.await {
             // The request it answered is told once it is answered.
+            Ok(JobOutcome::Uploaded(Err(BackupError::Busy(why)), _)) => {
+                // Another copy still uploads (the uploading copy changed a moment ago): this
+                // one waits, still due, and tries again in a minute.
+                tracing::info!(project = %sr.spec.project, reason = %why, "upload postponed");
+                b.message = Some(why);
+                memo(cx, sr, |m| {
+                    m.upload_retry_at = Some(std::time::Instant::now() + UPLOAD_RETRY)
+                });
+            }
             Ok(JobOutcome::Uploaded(done, asked)) => {
                 b.requested = asked.or(b.requested.take());
                 uploaded(&mut b, sr, done);
@@ -414,7 +433,7 @@ pub(super) async fn backup_pass(
             }
             Ok(JobOutcome::Verified(outcome, asked)) => {
                 b.verify_requested = asked.or(b.verify_requested.take());
-                memo(cx, sr, |m| *m = VerifyMemo::default());
+                memo(cx, sr, |m| (m.retry_at, m.preempted) = (None, false));
                 verified(&mut b, sr, outcome);
             }
             Err(e) if kind == JobKind::Upload => {
@@ -436,8 +455,11 @@ pub(super) async fn backup_pass(
         status.backup = Some(b);
         return Some(Duration::from_secs(5));
     }
+    let upload_later = memo(cx, sr, |m| m.upload_retry_at)
+        .map(|t| t.saturating_duration_since(std::time::Instant::now()))
+        .unwrap_or_default();
     let next = backup_due(&b, interval, asked.as_deref(), Utc::now());
-    if next.is_zero() {
+    if next.is_zero() && upload_later.is_zero() {
         b.attempted_at = Some(now_time());
         b.phase = Some(BackupPhase::Running);
         b.bytes_done = Some(0);
@@ -482,7 +504,7 @@ pub(super) async fn backup_pass(
         Ok(Some(t)) => t.spec.verify_interval_days,
         _ => 7,
     };
-    let mut next = next;
+    let mut next = next.max(upload_later);
     let later = memo(cx, sr, |m| m.retry_at)
         .map(|t| t.saturating_duration_since(std::time::Instant::now()))
         .unwrap_or_default();
@@ -669,6 +691,17 @@ async fn backup_now(
             Some(begun) => vec![(base, begun), (Some(begun), newest)],
             None => vec![(base, newest)],
         };
+        // Another copy's upload still running (it was the uploading copy a moment ago, or it
+        // sees the copies otherwise): not two uploads of one project at once.
+        if let Some((node, object)) = bucket
+            .uploading_elsewhere(cx.node(), UPLOADING_ELSEWHERE)
+            .await
+        {
+            return Err(BackupError::Busy(format!(
+                "waiting: node {node} is uploading {object} (it stored a part in the last {} minutes)",
+                UPLOADING_ELSEWHERE.as_secs() / 60
+            )));
+        }
         let live = crate::live::LiveSnapshot::of;
         progress.set_total(
             steps
