@@ -754,7 +754,7 @@ async fn backup_now(
     } else {
         streams
     };
-    gc(&bucket, &streams).await?;
+    gc(&bucket, &streams, keep).await?;
     // Every stream this backup wants is up: uploads of this project cut off for others are
     // given up (their parts removed from the bucket).
     bucket
@@ -971,16 +971,49 @@ pub fn keep_points(
     kept
 }
 
-/// Removes the objects §5.3's GC finds superseded (never one on the chain, never a fork).
-async fn gc(bucket: &Bucket, streams: &[BucketStream]) -> Result<(), BackupError> {
+/// Removes the objects §5.3's GC finds superseded (never one on the chain, never a fork),
+/// except those on the chain to a restore point `keep` keeps: a chain to the newest that no
+/// longer passes an older kept point (a stream routed around a broken one, a full stream
+/// after the chain's base was lost) never takes that point with it.
+async fn gc(
+    bucket: &Bucket,
+    streams: &[BucketStream],
+    keep: &projstore_api::BackupKeep,
+) -> Result<(), BackupError> {
     let edges: Vec<_> = streams.iter().map(|s| s.edge.clone()).collect();
     let plan = plan::plan(&edges).map_err(|e| BackupError::Bucket(e.to_string()))?;
-    for id in plan.deletable {
+    let kept = kept_chains(&edges, keep, Utc::now().timestamp())
+        .map_err(|e| BackupError::Bucket(e.to_string()))?;
+    for id in plan.deletable.into_iter().filter(|id| !kept.contains(id)) {
         let id = StreamId::parse(&id).map_err(BackupError::Bucket)?;
         bucket.delete(&id).await?;
         tracing::info!(stream = %id, "superseded backup object removed");
     }
     Ok(())
+}
+
+/// The streams of the chains (as the planner chooses them) to the restore points `keep`
+/// keeps among every snapshot a chain reaches.
+fn kept_chains(
+    edges: &[crate::streams::plan::Edge],
+    keep: &projstore_api::BackupKeep,
+    now: i64,
+) -> Result<std::collections::HashSet<String>, plan::PlanError> {
+    let rooted = plan::rooted_guids(edges)?;
+    let mut points: Vec<&crate::streams::Snap> = Vec::new();
+    for e in edges {
+        if rooted.contains(&e.to.guid) && !points.iter().any(|p| p.guid == e.to.guid) {
+            points.push(&e.to);
+        }
+    }
+    points.sort_by(|a, b| (a.time, &a.name, a.guid).cmp(&(b.time, &b.name, b.guid)));
+    let mut ids = std::collections::HashSet::new();
+    for guid in keep_points(&points, keep, now) {
+        if let Some(chain) = plan::chain_to(edges, guid)? {
+            ids.extend(chain);
+        }
+    }
+    Ok(ids)
 }
 
 /// The chain of `streams` to the snapshot named `snapshot` (the newest when None).
@@ -1766,6 +1799,63 @@ mod tests {
         ] {
             assert!(!host_side(&e), "{e}");
         }
+    }
+
+    #[test]
+    fn gc_never_takes_a_kept_restore_point_the_chain_to_the_newest_no_longer_passes() {
+        use crate::streams::{Edge, Snap};
+        let day = 86400;
+        let snap = |name: &str, guid: u64, d: i64| Snap {
+            name: name.into(),
+            guid,
+            createtxg: guid,
+            time: d * day + 3600,
+        };
+        // (Managed names: retention keeps every snapshot a user named.)
+        let (a, b, c, d) = (
+            snap("ps-19700102T010000Z", 1, 1),
+            snap("ps-19700103T010000Z", 2, 2),
+            snap("ps-19700104T010000Z", 3, 3),
+            snap("ps-19700105T010000Z", 4, 4),
+        );
+        let edge = |id: &str, from: Option<&Snap>, to: &Snap| Edge {
+            id: id.into(),
+            from: from.cloned(),
+            to: to.clone(),
+            bytes: 10,
+        };
+        // b--c broke, the uploader held neither b nor a: full--c routes the chain around it.
+        let edges = vec![
+            edge("full--a", None, &a),
+            edge("a--b", Some(&a), &b),
+            edge("b--c", Some(&b), &c),
+            edge("c--d", Some(&c), &d),
+            edge("full--c", None, &c),
+        ];
+        let plan = crate::streams::plan(&edges).unwrap();
+        assert_eq!(plan.chain, vec!["full--c", "c--d"]);
+        assert_eq!(plan.deletable, vec!["a--b", "b--c", "full--a"]);
+        let keep = |daily| projstore_api::BackupKeep {
+            daily,
+            weekly: 0,
+            monthly: 0,
+        };
+        let now = 4 * day + 7200;
+        // a and b are kept (a day each): their streams stay; only the broken one goes.
+        let kept = kept_chains(&edges, &keep(7), now).unwrap();
+        let mut gone: Vec<_> = plan
+            .deletable
+            .iter()
+            .filter(|id| !kept.contains(*id))
+            .collect();
+        gone.sort();
+        assert_eq!(gone, vec!["b--c"]);
+        // Nothing but the newest kept: everything superseded goes, as before.
+        let kept = kept_chains(&edges, &keep(0), now).unwrap();
+        assert!(
+            plan.deletable.iter().all(|id| !kept.contains(id)),
+            "{kept:?}"
+        );
     }
 
     #[test]
