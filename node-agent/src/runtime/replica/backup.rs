@@ -154,6 +154,8 @@ pub struct VerifyMemo {
     preempted: bool,
     /// Another node was uploading this project's backups: no upload before then.
     upload_retry_at: Option<std::time::Instant>,
+    /// Since when uploads waited for another node's.
+    busy_since: Option<std::time::Instant>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -414,10 +416,12 @@ pub(super) async fn backup_pass(
                 tracing::info!(project = %sr.spec.project, reason = %why, "upload postponed");
                 b.message = Some(why);
                 memo(cx, sr, |m| {
-                    m.upload_retry_at = Some(std::time::Instant::now() + UPLOAD_RETRY)
+                    m.upload_retry_at = Some(std::time::Instant::now() + UPLOAD_RETRY);
+                    m.busy_since.get_or_insert_with(std::time::Instant::now);
                 });
             }
             Ok(JobOutcome::Uploaded(done, asked)) => {
+                memo(cx, sr, |m| m.busy_since = None);
                 b.requested = asked.or(b.requested.take());
                 uploaded(&mut b, sr, done);
             }
@@ -467,6 +471,7 @@ pub(super) async fn backup_pass(
         let (cx2, sr2, pool2) = (cx.clone(), sr.clone(), pool.clone());
         let p2 = progress.clone();
         let (turn, ns_turn) = (cx.uploads.clone(), namespace_turns(cx, &ns));
+        let patient = memo(cx, sr, |m| m.busy_since).is_none_or(|t| t.elapsed() < ABANDONED_AFTER);
         start_job(cx, sr, JobKind::Upload, progress, async move {
             let waits = |what| p2.waiting.store(what, std::sync::atomic::Ordering::Relaxed);
             waits(WAITS_FOR_NAMESPACE);
@@ -483,7 +488,8 @@ pub(super) async fn backup_pass(
             // upload waited its turn, or its backups been turned off.
             let done = match current_policy(&cx2, &sr2).await {
                 Ok(policy) => {
-                    backup_now(&cx2, &sr2, &pool2, &policy.target, &policy.keep, &p2).await
+                    let p = (&p2, patient);
+                    backup_now(&cx2, &sr2, &pool2, &policy.target, &policy.keep, p).await
                 }
                 Err(e) => Err(e),
             };
@@ -504,7 +510,13 @@ pub(super) async fn backup_pass(
         Ok(Some(t)) => t.spec.verify_interval_days,
         _ => 7,
     };
-    let mut next = next.max(upload_later);
+    if !upload_later.is_zero() {
+        // An upload is due and waits for another node's: no verification meanwhile (it would
+        // be stopped as soon as the wait ends, or read a chain the other node is changing).
+        status.backup = Some(b);
+        return Some(upload_later.max(Duration::from_secs(1)));
+    }
+    let mut next = next;
     let later = memo(cx, sr, |m| m.retry_at)
         .map(|t| t.saturating_duration_since(std::time::Instant::now()))
         .unwrap_or_default();
@@ -652,10 +664,24 @@ async fn backup_now(
     pool: &PoolName,
     target: &str,
     keep: &projstore_api::BackupKeep,
-    progress: &JobProgress,
+    (progress, patient): (&JobProgress, bool),
 ) -> Result<Done, BackupError> {
     let c = Copy::new(cx, sr, pool).map_err(|e| BackupError::Local(e.to_string()))?;
     let bucket = open_bucket(&cx.client, target, &c.key.namespace, &c.key.name).await?;
+    // Another copy's upload still running (it was the uploading copy a moment ago, or it sees
+    // the copies otherwise): not two uploads, compactions or GCs of one project at once; but
+    // not waited on for longer than an abandoned upload is (a record kept young for ever
+    // must not stop backups).
+    if patient
+        && let Some((node, object)) = bucket
+            .uploading_elsewhere(cx.node(), UPLOADING_ELSEWHERE)
+            .await
+    {
+        return Err(BackupError::Busy(format!(
+            "waiting: node {node} is uploading {object} (it stored a part in the last {} minutes)",
+            UPLOADING_ELSEWHERE.as_secs() / 60
+        )));
+    }
     let streams = bucket.streams().await?;
     let edges: Vec<_> = streams.iter().map(|s| s.edge.clone()).collect();
     let rooted = plan::rooted_guids(&edges).map_err(|e| BackupError::Bucket(e.to_string()))?;
@@ -691,17 +717,6 @@ async fn backup_now(
             Some(begun) => vec![(base, begun), (Some(begun), newest)],
             None => vec![(base, newest)],
         };
-        // Another copy's upload still running (it was the uploading copy a moment ago, or it
-        // sees the copies otherwise): not two uploads of one project at once.
-        if let Some((node, object)) = bucket
-            .uploading_elsewhere(cx.node(), UPLOADING_ELSEWHERE)
-            .await
-        {
-            return Err(BackupError::Busy(format!(
-                "waiting: node {node} is uploading {object} (it stored a part in the last {} minutes)",
-                UPLOADING_ELSEWHERE.as_secs() / 60
-            )));
-        }
         let live = crate::live::LiveSnapshot::of;
         progress.set_total(
             steps
@@ -1295,9 +1310,14 @@ async fn upload_again(
             ),
             None => None,
         };
-        upload_stream(u, &streams, from, to, false)
-            .await
-            .map(|(id, _)| format!("this copy no longer has both its snapshots, so {id} was uploaded to route the chain around it"))
+        let (id, _) = upload_stream(u, &streams, from, to, false).await?;
+        // The broken stream itself goes now (this copy read it broken): left, GC would keep
+        // it as long as `keep` keeps the point it leads to, a point no chain restores.
+        let broken = StreamId::parse(stream).map_err(BackupError::Bucket)?;
+        bucket.delete(&broken).await?;
+        Ok(format!(
+            "this copy no longer has both its snapshots, so {id} was uploaded to route the chain around it and {broken} removed"
+        ))
     };
     match again.await {
         Ok(done) => {
