@@ -228,9 +228,15 @@ impl Bucket {
     async fn put_manifest(&self, id: &StreamId, m: &ObjectManifest) -> Result<(), BackupError> {
         let path = self.object(&id.manifest_name());
         let text = serde_json::to_vec_pretty(m).map_err(|e| BackupError::Bucket(e.to_string()))?;
-        let body = self.seal_small(&path, &text).map_err(BackupError::Bucket)?;
+        self.put_small(&path, &text).await
+    }
+
+    /// Stores a small object (a manifest, an upload record) at `path`, sealed when the target
+    /// has a key.
+    async fn put_small(&self, path: &Path, text: &[u8]) -> Result<(), BackupError> {
+        let body = self.seal_small(path, text).map_err(BackupError::Bucket)?;
         self.store
-            .put(&path, PutPayload::from(body))
+            .put(path, PutPayload::from(body))
             .await
             .map_err(BackupError::store)?;
         Ok(())
@@ -525,14 +531,8 @@ impl Bucket {
             upload_id: upload_id.to_owned(),
             node: node.to_owned(),
         };
-        let at = self.record_of(upload_id);
         let text = serde_json::to_vec(&record).map_err(|e| BackupError::Local(e.to_string()))?;
-        let body = self.seal_small(&at, &text).map_err(BackupError::Bucket)?;
-        self.store
-            .put(&at, PutPayload::from(body))
-            .await
-            .map_err(BackupError::store)?;
-        Ok(())
+        self.put_small(&self.record_of(upload_id), &text).await
     }
 
     /// Where upload `upload_id` is recorded.
