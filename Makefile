@@ -7,6 +7,8 @@ export CARGO_TERM_COLOR ?= never
 # Tests that need root, ZFS or FUSE fail instead of skipping when this is 1 (always in CI).
 ifdef CI
 export PROJSTORE_REQUIRE_ZFS := 1
+# A CI build is built once: incremental state would only take disk.
+export CARGO_INCREMENTAL := 0
 endif
 
 .PHONY: test deps zfs fmt-check clippy cargo-test manifests-check chart-test rbac-report crds bench demo demo-down
