@@ -380,8 +380,9 @@ def admit(policy, request, obj):
 
 def test_an_agent_writes_the_status_of_its_own_nodes_objects_only():
     objs = render({})
-    [policy] = find(objs, "ValidatingAdmissionPolicy")
-    [binding] = find(objs, "ValidatingAdmissionPolicyBinding")
+    [policy] = [p for p in find(objs, "ValidatingAdmissionPolicy") if p["metadata"]["name"].endswith("-own-status")]
+    [binding] = [b for b in find(objs, "ValidatingAdmissionPolicyBinding")
+                 if b["metadata"]["name"].endswith("-own-status")]
     check(binding["spec"]["policyName"] == policy["metadata"]["name"]
           and binding["spec"]["validationActions"] == ["Deny"], "the policy is bound to deny")
     rules = policy["spec"]["matchConstraints"]["resourceRules"]
@@ -397,9 +398,14 @@ def test_an_agent_writes_the_status_of_its_own_nodes_objects_only():
 
     pool = lambda node: {"metadata": {"name": f"{node}-storage"}, "spec": {"nodeName": node}}
     replica = lambda node: {"metadata": {"name": "thesis-1"}, "spec": {"node": node}}
-    lease = lambda name: {"metadata": {"name": name}, "spec": {"holderIdentity": "x"}}
+    lease = lambda name, holder="x": {"metadata": {"name": name}, "spec": {"holderIdentity": holder}}
+    backup = "projstore-backup.alice.thesis"
     cases = [
         ("own heartbeat", req(agent, "host-a", "leases"), lease("projstore-agent-host-a"), True),
+        ("a backup lease held by itself", req(agent, "host-a", "leases"), lease(backup, "host-a"), True),
+        ("a backup lease released", req(agent, "host-a", "leases"), {"metadata": {"name": backup}, "spec": {}}, True),
+        ("a backup lease for another node", req(agent, "host-a", "leases"), lease(backup, "host-b"), False),
+        ("another lease held by itself", req(agent, "host-a", "leases"), lease("projstore-controller", "host-a"), False),
         ("another node's heartbeat", req(agent, "host-a", "leases"), lease("projstore-agent-host-b"), False),
         ("the controller's leader lease", req(agent, "host-a", "leases"), lease("projstore-controller"), False),
         ("own pool", req(agent, "host-a", "storagepools"), pool("host-a"), True),
@@ -417,7 +423,38 @@ def test_an_agent_writes_the_status_of_its_own_nodes_objects_only():
             check("host-a" in message and obj["metadata"]["name"] in message,
                   f"{what}: the message names the node and the object: {message}")
     objs = render({"agent": {"ownStatusPolicy": False}})
-    check(not find(objs, "ValidatingAdmissionPolicy"), "the policy can be turned off")
+    check(not [p for p in find(objs, "ValidatingAdmissionPolicy") if p["metadata"]["name"].endswith("-own-status")],
+          "the policy can be turned off")
+
+
+def test_a_project_restores_only_its_own_namespaces_backups():
+    objs = render({})
+    [policy] = [p for p in find(objs, "ValidatingAdmissionPolicy")
+                if p["metadata"]["name"] == "ps-projstore-restore-own-namespace"]
+    [binding] = [b for b in find(objs, "ValidatingAdmissionPolicyBinding")
+                 if b["metadata"]["name"] == "ps-projstore-restore-own-namespace"]
+    check(binding["spec"]["policyName"] == policy["metadata"]["name"]
+          and binding["spec"]["validationActions"] == ["Deny"], "the policy is bound to deny")
+    check(policy["spec"]["matchConstraints"]["resourceRules"][0]["resources"] == ["projects"]
+          and policy["spec"]["matchConstraints"]["resourceRules"][0]["operations"] == ["CREATE"],
+          "it looks at Projects created (restoreFrom is immutable; older Projects still take finalizers)")
+    req = {"namespace": "alice", "userInfo": {"username": "alice"},
+           "resource": {"group": "projstore.io", "version": "v1alpha1", "resource": "projects"}}
+    project = lambda spec: {"metadata": {"name": "thesis", "namespace": "alice"}, "spec": spec}
+    restore = lambda ns: project({"quota": "1Gi", "restoreFrom": {"target": "offsite", "namespace": ns, "name": "t"}})
+    cases = [
+        ("no restore", project({"quota": "1Gi"}), True),
+        ("its own namespace's backup", restore("alice"), True),
+        ("another namespace's backup", restore("bob"), False),
+    ]
+    for what, obj, allowed in cases:
+        message = admit(policy, req, obj)
+        check((message is None) == allowed, f"{what}: admitted={message is None}, message={message}")
+        if message is not None:
+            check("alice" in message and "bob" in message, f"{what}: the message names both: {message}")
+    objs = render({"restoreOwnNamespacePolicy": False})
+    check(not [p for p in find(objs, "ValidatingAdmissionPolicy") if "restore" in p["metadata"]["name"]],
+          "the policy can be turned off")
 
 
 def test_optional_objects_follow_values():

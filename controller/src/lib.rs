@@ -5,7 +5,6 @@
 //! elects a leader and serves metrics.
 
 pub mod context;
-pub mod leader;
 pub mod metrics;
 pub mod placement;
 pub mod reconcile;

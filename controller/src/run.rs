@@ -16,9 +16,9 @@ use kube::{Client, ResourceExt};
 use projstore_api::{BackupTarget, Project, StoragePool, StreamReplica};
 
 use crate::context::{Context, Settings};
-use crate::leader::Election;
 use crate::metrics::{self, Metrics};
 use crate::reconcile::apply;
+use projstore_api::lease::Election;
 
 /// Command-line settings.
 #[derive(Debug, Clone)]
@@ -79,6 +79,8 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         name: "projstore-controller".into(),
         identity: config.identity.clone(),
         duration: config.leader_lease,
+        manager: crate::context::MANAGER.into(),
+        observed: Default::default(),
     };
     tokio::select! {
         _ = election.acquire() => {}

@@ -4,6 +4,8 @@
 pub mod backup_target;
 pub mod contract;
 pub mod crd;
+#[cfg(feature = "lease")]
+pub mod lease;
 pub mod names;
 #[cfg(feature = "process")]
 pub mod process;

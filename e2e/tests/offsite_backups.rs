@@ -15,6 +15,7 @@ use std::time::Duration;
 use common::Cluster;
 use common::fixtures::{NS, random_bytes};
 use common::hosts::run;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use projstore_api::{BackupPhase, BackupTarget, BackupTargetPhase};
@@ -270,11 +271,64 @@ async fn s16_projects_come_back_from_the_bucket_after_every_host_that_held_them_
         );
     }
 
+    // One node at a time writes the project's objects: the uploader took the project's backup
+    // Lease and released it when done. Held by another node (as if it were uploading), the
+    // next backup waits and says so; once released, it runs.
+    let leases: Api<Lease> = Api::namespaced(c.client.clone(), "projstore-system");
+    let lease_name = format!("projstore-backup.{NS}.thesis");
+    let lease = leases.get(&lease_name).await.unwrap().spec.unwrap();
+    c.check(
+        lease.holder_identity.is_none() && lease.lease_transitions.is_some(),
+        &format!("the uploader took the backup lease and released it: {lease:?}"),
+    );
+    let renewed = chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    let holder = |h: serde_json::Value| {
+        Patch::Merge(json!({"spec": {"holderIdentity": h, "renewTime": renewed,
+            "leaseDurationSeconds": 600}}))
+    };
+    let params = PatchParams::default();
+    let streams_before = stream_objects(&s3, "thesis");
+    leases
+        .patch(&lease_name, &params, &holder(json!("host-elsewhere")))
+        .await
+        .unwrap();
+
     // The second backup uploads only the increment.
     std::fs::write(mount.join("more.bin"), random_bytes(2 << 20, 2)).unwrap();
     let (_, second) = snapshot(&c, "thesis", 2).await;
     annotate(&c, "thesis", "projstore.io/backup-now", "2").await;
-    let inc_bytes = backed_up(&c, "thesis", &second, Duration::from_secs(120)).await;
+    let waiting = c
+        .wait(
+            "the backup waits for the lease's holder",
+            Duration::from_secs(120),
+            || async {
+                let b = c
+                    .project_status(NS, "thesis")
+                    .await?
+                    .backup
+                    .unwrap_or_default();
+                let running = b.phase == Some(BackupPhase::Running);
+                b.message
+                    .clone()
+                    .filter(|m| {
+                        running && m.contains("host-elsewhere holds this project's backup lease")
+                    })
+                    .ok_or_else(|| format!("{:?} {:?}", b.phase, b.message))
+            },
+        )
+        .await;
+    println!("[s16] {waiting}");
+    c.check(
+        stream_objects(&s3, "thesis") == streams_before,
+        "nothing was uploaded while another node held the lease",
+    );
+    leases
+        .patch(&lease_name, &params, &holder(serde_json::Value::Null))
+        .await
+        .unwrap();
+    let inc_bytes = backed_up(&c, "thesis", &second, Duration::from_secs(180)).await;
     let streams = stream_objects(&s3, "thesis");
     println!("[s16] increment: {inc_bytes} bytes; objects {streams:?}");
     let inc = streams

@@ -4,10 +4,12 @@
 //!
 //! - [`seal`]: AES-256-GCM over chunks;
 //! - [`bucket`]: the project's objects: listing, manifests, resumable multipart uploads;
+//! - [`lease`]: one node at a time writes a project's objects;
 //! - [`restore`]: a chain from the bucket into `zfs recv`, verified before it commits;
 //! - [`target`]: a `BackupTarget` and its Secrets as a bucket.
 
 pub mod bucket;
+pub mod lease;
 pub mod restore;
 pub mod seal;
 pub mod target;

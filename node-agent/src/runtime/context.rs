@@ -51,6 +51,9 @@ pub struct AgentContext {
     /// Per uploading StreamReplica (`ns/name`): when its verification may try again after
     /// finding no spare pool free, and whether an upload already stopped it once.
     pub verify_memo: Mutex<HashMap<String, super::replica::VerifyMemo>>,
+    /// What this node saw of each project's backup Lease (by Lease name): a holder that
+    /// stopped renewing is told by how long its Lease stood unchanged here.
+    pub backup_leases: Mutex<HashMap<String, projstore_api::lease::Observed>>,
 }
 
 impl AgentContext {
@@ -79,6 +82,7 @@ impl AgentContext {
             uploads: Arc::new(tokio::sync::Semaphore::new(super::replica::MAX_UPLOADS)),
             namespace_uploads: Mutex::default(),
             verify_memo: Mutex::default(),
+            backup_leases: Mutex::default(),
         })
     }
 

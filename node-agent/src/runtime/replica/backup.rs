@@ -15,10 +15,10 @@ use projstore_api::{
 };
 
 use super::*;
-use crate::backup::BackupError;
 use crate::backup::bucket::{Bucket, BucketStream, Upload};
 use crate::backup::restore::receive_chain;
 use crate::backup::target::{describe, open_bucket};
+use crate::backup::{BackupError, lease};
 use crate::streams::{Manifest, SnapshotJson, StreamId};
 use crate::zfs::SendFlags;
 
@@ -664,9 +664,41 @@ async fn backup_now(
     pool: &PoolName,
     target: &str,
     keep: &projstore_api::BackupKeep,
-    (progress, patient): (&JobProgress, bool),
+    job: (&JobProgress, bool),
 ) -> Result<Done, BackupError> {
     let c = Copy::new(cx, sr, pool).map_err(|e| BackupError::Local(e.to_string()))?;
+    let lease = backup_lease(cx, &c.key);
+    lease::leased(&lease, backup_leased(cx, sr, &c, (target, keep), job)).await
+}
+
+/// This node's claim on the project's backup lease (what it saw of it before kept per
+/// project).
+fn backup_lease(
+    cx: &AgentContext,
+    key: &crate::streams::ProjectKey,
+) -> projstore_api::lease::Election {
+    let observed = cx
+        .backup_leases
+        .lock()
+        .map(|mut seen| seen.entry(lease::lease_name(key)).or_default().clone())
+        .unwrap_or_default();
+    lease::election(
+        cx.client.clone(),
+        &cx.cfg.lease_namespace,
+        key,
+        cx.node(),
+        observed,
+    )
+}
+
+/// A backup, run while this node holds the project's backup lease.
+async fn backup_leased(
+    cx: &AgentContext,
+    sr: &StreamReplica,
+    c: &Copy<'_>,
+    (target, keep): (&str, &projstore_api::BackupKeep),
+    (progress, patient): (&JobProgress, bool),
+) -> Result<Done, BackupError> {
     let bucket = open_bucket(&cx.client, target, &c.key.namespace, &c.key.name).await?;
     // Another copy's upload still running (it was the uploading copy a moment ago, or it sees
     // the copies otherwise): not two uploads, compactions or GCs of one project at once; but
@@ -693,12 +725,12 @@ async fn backup_now(
     let u = Uploading {
         cx,
         sr,
-        c: &c,
+        c,
         bucket: &bucket,
         progress: &progress.done,
     };
     let uploads = cx.cfg.run_dir.join(UPLOADS_DIR);
-    let prefix = upload_prefix(&c);
+    let prefix = upload_prefix(c);
     let done = if rooted.contains(&newest.guid) {
         Done {
             snapshot: newest.name.clone(),
@@ -1297,11 +1329,36 @@ async fn upload_again(
                 ))
             })?;
         let held: std::collections::HashSet<u64> = local.iter().map(|l| l.guid).collect();
-        let (before, after) = bridge_over(&points, at, &held).ok_or_else(|| {
-            BackupError::Local(
-                "this copy has no snapshot the chain reaches after it: the restore points from there on are lost until a newer backup".into(),
-            )
-        })?;
+        let broken = StreamId::parse(stream).map_err(BackupError::Bucket)?;
+        let Some((before, after)) = bridge_over(&points, at, &held) else {
+            // Nothing after it to route to (the restore points from there on are lost with it):
+            // left, the chain would still end past it and every next backup build on it. Removed,
+            // the chain ends before it, and the next backup continues from the last restore point
+            // this copy has there (a full stream when none).
+            bucket.delete(&broken).await?;
+            // And the streams after it that no chain reaches now (restorable only through it,
+            // that is never): GC keeps only what a chain reaches, and would never find them.
+            let edges: Vec<_> = streams
+                .iter()
+                .filter(|t| t.id != broken)
+                .map(|t| t.edge.clone())
+                .collect();
+            let tail: Vec<_> = chain[at + 1..].iter().map(|t| t.edge.clone()).collect();
+            let gone = stranded(&edges, &tail).map_err(|e| BackupError::Bucket(e.to_string()))?;
+            for id in &gone {
+                bucket
+                    .delete(&StreamId::parse(id).map_err(BackupError::Bucket)?)
+                    .await?;
+            }
+            return Ok(format!(
+                "this copy has no snapshot the chain reaches after it, so {broken}{} removed: the chain ends before it, and the next backup continues it from there",
+                if gone.is_empty() {
+                    " was".to_owned()
+                } else {
+                    format!(" and the {} streams after it were", gone.len())
+                }
+            ));
+        };
         let to =
             here(points[after]).ok_or_else(|| BackupError::Local("a snapshot vanished".into()))?;
         let from = match before {
@@ -1313,13 +1370,21 @@ async fn upload_again(
         let (id, _) = upload_stream(u, &streams, from, to, false).await?;
         // The broken stream itself goes now (this copy read it broken): left, GC would keep
         // it as long as `keep` keeps the point it leads to, a point no chain restores.
-        let broken = StreamId::parse(stream).map_err(BackupError::Bucket)?;
         bucket.delete(&broken).await?;
         Ok(format!(
             "this copy no longer has both its snapshots, so {id} was uploaded to route the chain around it and {broken} removed"
         ))
     };
-    match again.await {
+    // A repair is an upload: it takes one of this host's upload turns, and writes the bucket
+    // only while this node holds the project's backup lease.
+    let lease = backup_lease(cx, &c.key);
+    let ns_turn = namespace_turns(cx, &c.key.namespace).acquire_owned().await;
+    let turn = cx.uploads.clone().acquire_owned().await;
+    let repaired = match (ns_turn, turn) {
+        (Ok(_ns_turn), Ok(_turn)) => lease::leased(&lease, again).await,
+        _ => Err(BackupError::Local("the agent is stopping".into())),
+    };
+    match repaired {
         Ok(done) => {
             tracing::warn!(project = %sr.spec.project, stream = %stream, done = %done, "a broken backup object repaired");
             BackupError::Local(format!(
@@ -1328,6 +1393,17 @@ async fn upload_again(
         }
         Err(e) => BackupError::Local(format!("{failure}; {stream} not repaired: {e}")),
     }
+}
+
+/// The streams of `tail` (a chain's streams after a broken one that was removed) that no chain
+/// of the `remaining` streams reaches: none reaches their base from the start.
+fn stranded(remaining: &[plan::Edge], tail: &[plan::Edge]) -> Result<Vec<String>, plan::PlanError> {
+    let rooted = plan::rooted_guids(remaining)?;
+    Ok(tail
+        .iter()
+        .filter(|e| e.from.as_ref().is_some_and(|f| !rooted.contains(&f.guid)))
+        .map(|e| e.id.clone())
+        .collect())
 }
 
 /// Where a stream around the broken `points[at - 1] → points[at]` link of a chain (whose
@@ -1903,6 +1979,43 @@ mod tests {
         assert_eq!(bridge_over(&points, 0, &held(&[20, 50])), Some((None, 1)));
         // Nothing after it held: no bridge.
         assert_eq!(bridge_over(&points, 2, &held(&[10, 20])), None);
+    }
+
+    #[test]
+    fn streams_only_a_removed_broken_stream_led_to_are_stranded() {
+        use crate::streams::{Edge, Snap};
+        let snap = |guid: u64| Snap {
+            name: format!("ps-{guid}"),
+            guid,
+            createtxg: guid,
+            time: 0,
+        };
+        let edge = |from: Option<u64>, to: u64| Edge {
+            id: format!("{}--{to}", from.map_or("full".into(), |f| f.to_string())),
+            from: from.map(snap),
+            to: snap(to),
+            bytes: 1,
+        };
+        // full → 1 → 2 (broken, removed) → 3 → 4: 2--3 and 3--4 are reached by nothing.
+        let remaining = [edge(None, 1), edge(Some(2), 3), edge(Some(3), 4)];
+        let tail = [edge(Some(2), 3), edge(Some(3), 4)];
+        assert_eq!(stranded(&remaining, &tail).unwrap(), vec!["2--3", "3--4"]);
+        // A full stream to 3 keeps 3--4 reached: only 2--3 is stranded.
+        let remaining = [
+            edge(None, 1),
+            edge(Some(2), 3),
+            edge(Some(3), 4),
+            edge(None, 3),
+        ];
+        assert_eq!(stranded(&remaining, &tail).unwrap(), vec!["2--3"]);
+        // A full stream to 2 beside the broken one: nothing is.
+        let remaining = [
+            edge(None, 1),
+            edge(None, 2),
+            edge(Some(2), 3),
+            edge(Some(3), 4),
+        ];
+        assert_eq!(stranded(&remaining, &tail).unwrap(), Vec::<String>::new());
     }
 
     #[test]
