@@ -2,13 +2,17 @@
 //! up next: against a real `s3s-fs` and real `zfs send`s, host A's upload is cut off after
 //! its first part (its state file lost with the host), host B uploads the same snapshot, and
 //! B's next clean-up aborts A's upload (its parts leave the service) once the record is old
-//! enough, and never an upload the record does not name as this project's.
+//! enough, and never an upload the record does not name as this project's. A record is
+//! written again while its upload stores parts (as often as asked) and removed when the upload
+//! completes, as the service saw the requests; an upload the service refuses ends with its
+//! `zfs send`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use object_store::multipart::MultipartStore;
@@ -50,8 +54,15 @@ fn uploads_with_parts(root: &Path) -> std::collections::BTreeSet<String> {
 }
 
 async fn records(store: &object_store::aws::AmazonS3) -> Vec<String> {
+    records_under(store, "ns/p").await
+}
+
+/// The upload records under project root `root`.
+async fn records_under(store: &object_store::aws::AmazonS3, root: &str) -> Vec<String> {
     let listing = store
-        .list_with_delimiter(Some(&object_store::path::Path::from("ns/p/uploads")))
+        .list_with_delimiter(Some(&object_store::path::Path::from(format!(
+            "{root}/uploads"
+        ))))
         .await
         .unwrap();
     listing
@@ -146,6 +157,16 @@ fn upload_of<'a>(
 /// A relay on loopback in front of `upstream` that refuses (403) every part upload but the
 /// first, as a service whose credentials were revoked mid-upload would.
 async fn refusing_relay(upstream: String) -> String {
+    relay(upstream, true, Arc::default()).await
+}
+
+/// A relay on loopback in front of `upstream` that notes each request (method and path) in
+/// `seen`, and with `refuse_later_parts` refuses (403) every part upload but the first.
+async fn relay(
+    upstream: String,
+    refuse_later_parts: bool,
+    seen: Arc<Mutex<Vec<(String, String)>>>,
+) -> String {
     use http_body_util::{BodyExt, Full};
     use hyper_util::rt::TokioIo;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -153,15 +174,21 @@ async fn refusing_relay(upstream: String) -> String {
     tokio::spawn(async move {
         while let Ok((sock, _)) = listener.accept().await {
             let upstream = upstream.clone();
+            let seen = seen.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
                         let upstream = upstream.clone();
+                        let seen = seen.clone();
                         async move {
+                            seen.lock()
+                                .unwrap()
+                                .push((req.method().to_string(), req.uri().path().to_owned()));
                             let query = req.uri().query().unwrap_or_default().to_owned();
                             let (parts, body) = req.into_parts();
                             let body = body.collect().await?.to_bytes();
-                            let later_part = parts.method == hyper::Method::PUT
+                            let later_part = refuse_later_parts
+                                && parts.method == hyper::Method::PUT
                                 && query.contains("partNumber=")
                                 && !query.split('&').any(|q| q == "partNumber=1");
                             if later_part {
@@ -260,6 +287,77 @@ async fn an_upload_the_service_refuses_ends_with_its_zfs_send() {
         bucket.streams().await.unwrap().is_empty(),
         "nothing of it is a stream"
     );
+    drop(s3);
+}
+
+#[tokio::test]
+async fn an_uploads_record_is_written_again_while_it_stores_parts_and_removed_when_it_completes() {
+    let Some(zfs) = zfs_or_skip("bucket_uploads").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(s3) = S3Server::start(&dir.path().join("s3"), "ups").unwrap() else {
+        assert!(
+            std::env::var("PROJSTORE_REQUIRE_ZFS").as_deref() != Ok("1"),
+            "s3s-fs is required (make test installs it) but missing"
+        );
+        eprintln!("SKIP: no s3s-fs");
+        return;
+    };
+    let pool = TestPool::new(&zfs, 512 << 20).await;
+    // Five parts' worth of incompressible stream (8 MiB parts).
+    let (snap, info) = snapshot_of_data(&zfs, &pool, 36 << 20).await;
+    let upstream = s3
+        .endpoint
+        .trim_end_matches('/')
+        .trim_start_matches("http://")
+        .to_owned();
+    let id = StreamId::for_snapshots(None, "s1").unwrap();
+    // Record writes, as the service saw them (removals go in batches: the listing tells).
+    let record_requests = |seen: &Mutex<Vec<(String, String)>>, method: &str| {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|(m, p)| m == method && p.contains("/uploads/") && p.ends_with(".json"))
+            .count()
+    };
+    for (every, host) in [
+        (Duration::ZERO, "host-a"),
+        (Duration::from_secs(3600), "host-b"),
+    ] {
+        let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let store = store_at(&relay(upstream.clone(), false, seen.clone()).await);
+        let bucket = Bucket::new(
+            store.clone(),
+            object_store::path::Path::from(format!("ns/p/{host}")),
+            None,
+            "ns/p".into(),
+        )
+        .record_every(every);
+        let up = upload_of(&zfs, &id, &snap, &info, host, dir.path(), None);
+        bucket.upload(&up, &Progress::default()).await.unwrap();
+        let puts = record_requests(&seen, "PUT");
+        println!("record refreshed every {every:?}: {puts} writes");
+        if every.is_zero() {
+            // Written when it began, then after each part but the last.
+            assert!(
+                puts >= 5,
+                "the record was written {puts} times for five parts"
+            );
+        } else {
+            assert_eq!(
+                puts, 1,
+                "written once when it began, not again within the hour"
+            );
+        }
+        assert!(
+            records_under(&store, &format!("ns/p/{host}"))
+                .await
+                .is_empty(),
+            "the record was removed when the upload completed"
+        );
+        assert_eq!(bucket.streams().await.unwrap().len(), 1, "the stream is up");
+    }
     drop(s3);
 }
 

@@ -106,6 +106,9 @@ pub struct Bucket {
     key: Option<SealKey>,
     /// `<namespace>/<name>` of the backed-up project, as manifests must say.
     project: String,
+    /// How often an upload's record is written again while it stores parts
+    /// ([`RECORD_REFRESH`]).
+    record_refresh: std::time::Duration,
 }
 
 impl std::fmt::Debug for Bucket {
@@ -125,7 +128,15 @@ impl Bucket {
             root,
             key,
             project,
+            record_refresh: RECORD_REFRESH,
         }
+    }
+
+    /// Writes an upload's record again this often while it stores parts (instead of every
+    /// [`RECORD_REFRESH`]).
+    pub fn record_every(mut self, every: std::time::Duration) -> Self {
+        self.record_refresh = every;
+        self
     }
 
     /// Names the service and bucket (for the upload state): `<endpoint>/<bucket>`.
@@ -680,7 +691,7 @@ impl Bucket {
                             .await?;
                         // While it stores parts, its record stays young: no other host's
                         // backup takes it for abandoned.
-                        if recorded.elapsed() >= RECORD_REFRESH {
+                        if recorded.elapsed() >= self.record_refresh {
                             if let Err(e) = self
                                 .record_upload(&path, &upload_id, &up.manifest.node)
                                 .await
