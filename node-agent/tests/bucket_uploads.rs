@@ -222,6 +222,31 @@ async fn relay(
     format!("http://{addr}")
 }
 
+/// ZFS, a scratch directory, `s3s-fs` serving bucket `ups` from `<dir>/s3`, and a test
+/// pool; None (the test skips) when ZFS or `s3s-fs` is missing, unless they are required.
+async fn zfs_s3_and_pool() -> Option<(Zfs, tempfile::TempDir, S3Server, TestPool)> {
+    let zfs = zfs_or_skip("bucket_uploads").await?;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(s3) = S3Server::start(&dir.path().join("s3"), "ups").unwrap() else {
+        assert!(
+            std::env::var("PROJSTORE_REQUIRE_ZFS").as_deref() != Ok("1"),
+            "s3s-fs is required (make test installs it) but missing"
+        );
+        eprintln!("SKIP: no s3s-fs");
+        return None;
+    };
+    let pool = TestPool::new(&zfs, 512 << 20).await;
+    Some((zfs, dir, s3, pool))
+}
+
+/// `host:port` of the service.
+fn host_port(s3: &S3Server) -> String {
+    s3.endpoint
+        .trim_end_matches('/')
+        .trim_start_matches("http://")
+        .to_owned()
+}
+
 /// The `zfs send` processes of `pool` still running.
 fn sends_of(pool: &str) -> usize {
     std::fs::read_dir("/proc")
@@ -235,25 +260,11 @@ fn sends_of(pool: &str) -> usize {
 
 #[tokio::test]
 async fn an_upload_the_service_refuses_ends_with_its_zfs_send() {
-    let Some(zfs) = zfs_or_skip("bucket_uploads").await else {
+    let Some((zfs, dir, s3, pool)) = zfs_s3_and_pool().await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let Some(s3) = S3Server::start(&dir.path().join("s3"), "ups").unwrap() else {
-        assert!(
-            std::env::var("PROJSTORE_REQUIRE_ZFS").as_deref() != Ok("1"),
-            "s3s-fs is required (make test installs it) but missing"
-        );
-        eprintln!("SKIP: no s3s-fs");
-        return;
-    };
-    let pool = TestPool::new(&zfs, 512 << 20).await;
     let (snap, info) = snapshot_of_data(&zfs, &pool, 40 << 20).await;
-    let upstream = s3
-        .endpoint
-        .trim_end_matches('/')
-        .trim_start_matches("http://")
-        .to_owned();
+    let upstream = host_port(&s3);
     let store = store_at(&refusing_relay(upstream).await);
     let bucket = Bucket::new(
         store.clone(),
@@ -292,26 +303,12 @@ async fn an_upload_the_service_refuses_ends_with_its_zfs_send() {
 
 #[tokio::test]
 async fn an_uploads_record_is_written_again_while_it_stores_parts_and_removed_when_it_completes() {
-    let Some(zfs) = zfs_or_skip("bucket_uploads").await else {
+    let Some((zfs, dir, s3, pool)) = zfs_s3_and_pool().await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let Some(s3) = S3Server::start(&dir.path().join("s3"), "ups").unwrap() else {
-        assert!(
-            std::env::var("PROJSTORE_REQUIRE_ZFS").as_deref() != Ok("1"),
-            "s3s-fs is required (make test installs it) but missing"
-        );
-        eprintln!("SKIP: no s3s-fs");
-        return;
-    };
-    let pool = TestPool::new(&zfs, 512 << 20).await;
     // Five parts' worth of incompressible stream (8 MiB parts).
     let (snap, info) = snapshot_of_data(&zfs, &pool, 36 << 20).await;
-    let upstream = s3
-        .endpoint
-        .trim_end_matches('/')
-        .trim_start_matches("http://")
-        .to_owned();
+    let upstream = host_port(&s3);
     let id = StreamId::for_snapshots(None, "s1").unwrap();
     // Record writes, as the service saw them (removals go in batches: the listing tells).
     let record_requests = |seen: &Mutex<Vec<(String, String)>>, method: &str| {
@@ -373,20 +370,10 @@ async fn an_upload_no_host_finished_is_aborted_also_from_its_sealed_record() {
 
 async fn abandoned_uploads(key: Option<SealKey>) {
     let sealed = key.is_some();
-    let Some(zfs) = zfs_or_skip("bucket_uploads").await else {
+    let Some((zfs, dir, s3, pool)) = zfs_s3_and_pool().await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
     let s3_root = dir.path().join("s3");
-    let Some(s3) = S3Server::start(&s3_root, "ups").unwrap() else {
-        assert!(
-            std::env::var("PROJSTORE_REQUIRE_ZFS").as_deref() != Ok("1"),
-            "s3s-fs is required (make test installs it) but missing"
-        );
-        eprintln!("SKIP: no s3s-fs");
-        return;
-    };
-    let pool = TestPool::new(&zfs, 512 << 20).await;
     // Incompressible data of more than two parts (8 MiB each).
     let (snap, info) = snapshot_of_data(&zfs, &pool, 20 << 20).await;
     let store = store_at(s3.endpoint.trim_end_matches('/'));
