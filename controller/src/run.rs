@@ -82,11 +82,15 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         manager: crate::context::MANAGER.into(),
         observed: Default::default(),
     };
-    tokio::select! {
-        _ = election.acquire() => {}
+    let taken = tokio::select! {
+        taken = election.acquire() => taken,
         _ = shutdown_signal() => return Ok(()),
-    }
+    };
     tracing::info!(identity = %config.identity, "leading");
+    // Renewed from the moment it is taken (also while the caches fill): leadership that lapses
+    // at any point ends this run.
+    let hold = election.hold_since(taken);
+    tokio::pin!(hold);
 
     let wc = watcher::Config::default();
     let (sr_store, sr_writer) = reflector::store::<StreamReplica>();
@@ -116,12 +120,18 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         .for_each(|_| async {}),
     ));
     // Decisions read these caches: never decide from a half-filled one.
-    let _ = futures::future::join3(
+    let ready = futures::future::join3(
         sr_store.wait_until_ready(),
         pool_store.wait_until_ready(),
         lease_store.wait_until_ready(),
-    )
-    .await;
+    );
+    tokio::select! {
+        _ = ready => {}
+        _ = &mut hold => {
+            reflectors.abort();
+            return Err(RunError::LostLeadership);
+        }
+    }
 
     let projects: Api<Project> = Api::all(client.clone());
     // Bounded concurrency keeps memory flat however many Projects change at once.
@@ -258,7 +268,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         _ = readiness => Ok(()),
         _ = phases => Ok(()),
         _ = tombstones => Ok(()),
-        _ = election.hold() => Err(RunError::LostLeadership),
+        _ = &mut hold => Err(RunError::LostLeadership),
     };
     reflectors.abort();
     result

@@ -77,9 +77,13 @@ fn micro(t: DateTime<Utc>) -> MicroTime {
     )
 }
 
+/// The longest any Lease is waited for, whatever duration it claims.
+pub const MAX_LEASE: Duration = Duration::from_secs(300);
+
 /// Whether a Lease as it stands is free for `identity`: unheld (no holder, or released), ours,
 /// or unchanged (not renewed) for longer than its duration as we saw it. The duration is the
-/// Lease's own, at most `ours`: a Lease cannot claim to last longer than its kind does.
+/// longer of the Lease's own and `ours` (a holder configured with a longer one is not taken
+/// early), at most [`MAX_LEASE`] (a Lease cannot hold others off for ever by claiming more).
 pub fn free_for(spec: &LeaseSpec, identity: &str, unchanged_for: Duration, ours: Duration) -> bool {
     let holder = spec.holder_identity.as_deref().unwrap_or_default();
     if holder.is_empty() || holder == identity {
@@ -88,7 +92,8 @@ pub fn free_for(spec: &LeaseSpec, identity: &str, unchanged_for: Duration, ours:
     let lasts = spec
         .lease_duration_seconds
         .map_or(ours, |s| Duration::from_secs(u64::try_from(s).unwrap_or(0)))
-        .min(ours);
+        .max(ours)
+        .min(MAX_LEASE);
     unchanged_for > lasts
 }
 
@@ -135,7 +140,15 @@ impl Election {
             }
             Some(lease) => {
                 let spec = lease.spec.clone().unwrap_or_default();
-                let version = lease.metadata.resource_version.clone().unwrap_or_default();
+                // Without a version, no write of ours could be conditional: never taken so.
+                let Some(version) = lease
+                    .metadata
+                    .resource_version
+                    .clone()
+                    .filter(|v| !v.is_empty())
+                else {
+                    return Ok(false);
+                };
                 let unchanged = self.observed.unchanged_for(&version);
                 if !free_for(&spec, &self.identity, unchanged, self.duration) {
                     return Ok(false);
@@ -143,7 +156,7 @@ impl Election {
                 let mine = spec.holder_identity.as_deref() == Some(self.identity.as_str());
                 let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!mine);
                 let patch = serde_json::json!({
-                    "metadata": {"resourceVersion": lease.metadata.resource_version},
+                    "metadata": {"resourceVersion": version},
                     "spec": {
                         "holderIdentity": self.identity,
                         "leaseDurationSeconds": secs,
@@ -184,11 +197,13 @@ impl Election {
         }
     }
 
-    /// Waits until we hold the Lease.
-    pub async fn acquire(&self) {
+    /// Waits until we hold the Lease; returns when the request that took it was sent (what
+    /// [`Self::hold_since`] counts from).
+    pub async fn acquire(&self) -> tokio::time::Instant {
         loop {
-            match self.try_acquire().await {
-                Ok(true) => return,
+            let sent = tokio::time::Instant::now();
+            match self.try_acquire_by(sent + self.duration / 3).await {
+                Ok(true) => return sent,
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, lease = %self.name, "cannot take the lease"),
             }
@@ -196,16 +211,17 @@ impl Election {
         }
     }
 
-    /// Renews until another holder has it or no renewal got through for two thirds of the
-    /// duration (counted from when the last successful one was sent, and with no request
-    /// left waiting past that: a hung API server stops us too); returns why (the caller stops
-    /// at once, a third of the duration before another may take over).
-    pub async fn hold(&self) -> Lost {
-        let mut renewed = tokio::time::Instant::now();
+    /// Renews the Lease taken (or last renewed) by a request sent at `taken` until another
+    /// holder has it or no renewal got through for two thirds of the duration, counted from
+    /// when the last successful one was sent; no request is waited on past that (a hung API
+    /// server stops us too). Returns why, by then at the latest: the caller stops at once, a
+    /// third of the duration before another may take over.
+    pub async fn hold_since(&self, taken: tokio::time::Instant) -> Lost {
+        let mut renewed = taken;
         let mut wait = self.duration / 3;
         loop {
-            tokio::time::sleep(wait).await;
             let deadline = renewed + self.duration * 2 / 3;
+            tokio::time::sleep_until((tokio::time::Instant::now() + wait).min(deadline)).await;
             let sent = tokio::time::Instant::now();
             if sent >= deadline {
                 return Lost::Unrenewed(format!(
@@ -238,11 +254,14 @@ impl Election {
             return Ok(());
         };
         let spec = lease.spec.unwrap_or_default();
+        let Some(version) = lease.metadata.resource_version.filter(|v| !v.is_empty()) else {
+            return Ok(());
+        };
         if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
             return Ok(());
         }
         let patch = serde_json::json!({
-            "metadata": {"resourceVersion": lease.metadata.resource_version},
+            "metadata": {"resourceVersion": version},
             "spec": {"holderIdentity": null}
         });
         match self
@@ -296,16 +315,25 @@ mod tests {
             "b's, expired"
         );
         assert!(
-            !free_for(&spec(Some("b"), Some(30)), "a", secs(29), ours),
-            "b's own duration"
+            !free_for(&spec(Some("b"), Some(30)), "a", secs(59), ours),
+            "ours is longer"
         );
         assert!(
-            free_for(&spec(Some("b"), Some(30)), "a", secs(31), ours),
-            "b's own duration"
+            !free_for(&spec(Some("b"), Some(120)), "a", secs(100), ours),
+            "b's is longer"
         );
         assert!(
-            free_for(&spec(Some("b"), Some(i32::MAX)), "a", secs(61), ours),
-            "a lease cannot last longer than its kind"
+            free_for(&spec(Some("b"), Some(120)), "a", secs(121), ours),
+            "b's is longer"
+        );
+        assert!(
+            free_for(
+                &spec(Some("b"), Some(i32::MAX)),
+                "a",
+                MAX_LEASE + secs(1),
+                ours
+            ),
+            "no lease holds others off for ever"
         );
         assert!(
             free_for(&spec(Some("b"), None), "a", secs(61), ours),

@@ -551,15 +551,20 @@ async fn s16_projects_come_back_from_the_bucket_after_every_host_that_held_them_
         .unwrap();
     let failed = verification(&c, "thesis", "2", false).await;
     println!("[s16] corrupted: {failed}");
+    // Uploaded again when the uploading copy still has the stream's base; when retention
+    // pruned that base there meanwhile (timing: scheduled snapshots), routed around (the case
+    // the next step makes certain).
     c.check(
-        failed.contains("does not open") && failed.contains("was uploaded again from this copy"),
-        "the failure names the broken stream, which was uploaded again",
+        failed.contains("does not open")
+            && (failed.contains("was uploaded again from this copy")
+                || failed.contains("to route the chain around it")),
+        "the failure names the broken stream, which was uploaded again or routed around",
     );
     let note = c.wait_event(NS, "BackupVerificationFailed", "thesis").await;
     println!("[s16] event: {note}");
     c.check(
-        std::fs::read(&file).unwrap() != bad,
-        "the broken object was replaced",
+        std::fs::read(&file).map_or(true, |now| now != bad),
+        "the broken object was replaced or removed",
     );
     verification(&c, "thesis", "3", true).await;
 

@@ -137,7 +137,7 @@ async fn a_lease_not_renewed_is_taken_over_and_its_holders_work_is_stopped() {
         .unwrap();
     let b = short(&api, "host-b", 3);
     assert!(!b.try_acquire().await.unwrap(), "taken while fresh");
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     assert!(
         !b.try_acquire().await.unwrap(),
         "taken before its duration passed"

@@ -50,7 +50,8 @@ pub async fn leased<T>(
     lease: &Election,
     work: impl Future<Output = Result<T, BackupError>>,
 ) -> Result<T, BackupError> {
-    let answer_by = tokio::time::Instant::now() + lease.duration / 3;
+    let taken = tokio::time::Instant::now();
+    let answer_by = taken + lease.duration / 3;
     match lease.try_acquire_by(answer_by).await {
         Ok(true) => {}
         Ok(false) => {
@@ -68,6 +69,8 @@ pub async fn leased<T>(
             )));
         }
         Err(e) => {
+            // (The write may have got through unanswered: given back, or it expires.)
+            let _ = tokio::time::timeout(lease.duration / 3, lease.release()).await;
             return Err(BackupError::Local(format!(
                 "cannot take this project's backup lease {}: {e}",
                 lease.name
@@ -76,7 +79,7 @@ pub async fn leased<T>(
     }
     let out = tokio::select! {
         out = work => out,
-        lost = lease.hold() => Err(BackupError::Busy(format!(
+        lost = lease.hold_since(taken) => Err(BackupError::Busy(format!(
             "waiting: stopped writing the bucket, {lost} ({})",
             lease.name
         ))),

@@ -1335,9 +1335,10 @@ async fn upload_again(
             // left, the chain would still end past it and every next backup build on it. Removed,
             // the chain ends before it, and the next backup continues from the last restore point
             // this copy has there (a full stream when none).
-            bucket.delete(&broken).await?;
-            // And the streams after it that no chain reaches now (restorable only through it,
-            // that is never): GC keeps only what a chain reaches, and would never find them.
+            // With it go the streams after it that no chain reaches then (restorable only
+            // through it, that is never): GC keeps only what a chain reaches, and would never
+            // find them. Those first, newest first, the broken one last: cut off half-way, the
+            // next verification still finds it broken and this runs again.
             let edges: Vec<_> = streams
                 .iter()
                 .filter(|t| t.id != broken)
@@ -1345,11 +1346,12 @@ async fn upload_again(
                 .collect();
             let tail: Vec<_> = chain[at + 1..].iter().map(|t| t.edge.clone()).collect();
             let gone = stranded(&edges, &tail).map_err(|e| BackupError::Bucket(e.to_string()))?;
-            for id in &gone {
+            for id in gone.iter().rev() {
                 bucket
                     .delete(&StreamId::parse(id).map_err(BackupError::Bucket)?)
                     .await?;
             }
+            bucket.delete(&broken).await?;
             return Ok(format!(
                 "this copy has no snapshot the chain reaches after it, so {broken}{} removed: the chain ends before it, and the next backup continues it from there",
                 if gone.is_empty() {
