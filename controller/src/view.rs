@@ -7,23 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 use projstore_api::{PoolPhase, StoragePool};
 
-/// A Kubernetes timestamp (jiff) as chrono time.
-pub fn chrono_of(t: &k8s_openapi::jiff::Timestamp) -> DateTime<Utc> {
-    DateTime::from_timestamp(
-        t.as_second(),
-        u32::try_from(t.subsec_nanosecond()).unwrap_or(0),
-    )
-    .unwrap_or_default()
-}
-
-/// A chrono time as a Kubernetes timestamp.
-pub fn jiff_of(t: DateTime<Utc>) -> k8s_openapi::jiff::Timestamp {
-    k8s_openapi::jiff::Timestamp::new(
-        t.timestamp(),
-        i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-    )
-    .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
-}
+pub use projstore_api::units::{chrono_of, jiff_of};
 
 /// What the controller knows of a pool.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -68,13 +68,7 @@ impl std::fmt::Display for Lost {
 }
 
 fn micro(t: DateTime<Utc>) -> MicroTime {
-    MicroTime(
-        k8s_openapi::jiff::Timestamp::new(
-            t.timestamp(),
-            i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-        )
-        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
-    )
+    MicroTime(crate::units::jiff_of(t))
 }
 
 /// The longest any Lease is waited for, whatever duration it claims.

@@ -95,13 +95,18 @@ async fn annotate(c: &Cluster, name: &str, key: &str, value: &str) {
         .unwrap();
 }
 
+/// The project's `status.backup` as it stands (empty when none).
+async fn backup_of(c: &Cluster, name: &str) -> Result<projstore_api::BackupStatus, String> {
+    Ok(c.project_status(NS, name).await?.backup.unwrap_or_default())
+}
+
 /// Waits until the project's backup holds `snapshot` (phase Succeeded).
 async fn backed_up(c: &Cluster, name: &str, snapshot: &str, limit: Duration) -> u64 {
     c.wait(
         &format!("{name} backed up at {snapshot}"),
         limit,
         || async {
-            let b = c.project_status(NS, name).await?.backup.unwrap_or_default();
+            let b = backup_of(c, name).await?;
             if b.phase == Some(BackupPhase::Succeeded)
                 && b.last_snapshot.as_deref() == Some(snapshot)
             {
@@ -304,11 +309,7 @@ async fn s16_projects_come_back_from_the_bucket_after_every_host_that_held_them_
             "the backup waits for the lease's holder",
             Duration::from_secs(120),
             || async {
-                let b = c
-                    .project_status(NS, "thesis")
-                    .await?
-                    .backup
-                    .unwrap_or_default();
+                let b = backup_of(&c, "thesis").await?;
                 let running = b.phase == Some(BackupPhase::Running);
                 b.message
                     .clone()
@@ -429,11 +430,7 @@ async fn s16_projects_come_back_from_the_bucket_after_every_host_that_held_them_
             "the held upload's progress in status",
             Duration::from_secs(120),
             || async {
-                let b = c
-                    .project_status(NS, "thesis")
-                    .await?
-                    .backup
-                    .unwrap_or_default();
+                let b = backup_of(&c, "thesis").await?;
                 match (b.phase, b.bytes_done, b.bytes_total) {
                     (Some(BackupPhase::Running), Some(done), Some(total))
                         if done >= 8 << 20 && total >= 16 << 20 =>
@@ -609,11 +606,7 @@ async fn s16_projects_come_back_from_the_bucket_after_every_host_that_held_them_
     // (That backup may take up a snapshot the schedule took meanwhile, of the same files.)
     let newest = c
         .wait("backup 5 done", Duration::from_secs(120), || async {
-            let b = c
-                .project_status(NS, "thesis")
-                .await?
-                .backup
-                .unwrap_or_default();
+            let b = backup_of(&c, "thesis").await?;
             match (b.requested.as_deref(), b.phase, b.last_snapshot) {
                 (Some("5"), Some(BackupPhase::Succeeded), Some(s)) => Ok(s),
                 other => Err(format!("{other:?}")),

@@ -239,6 +239,21 @@ async fn zfs_s3_and_pool() -> Option<(Zfs, tempfile::TempDir, S3Server, TestPool
     Some((zfs, dir, s3, pool))
 }
 
+/// Project `ns/p`'s place at `root` in the bucket of `store`.
+fn project_bucket(
+    store: &std::sync::Arc<object_store::aws::AmazonS3>,
+    root: impl Into<String>,
+    key: Option<SealKey>,
+) -> Bucket {
+    let root: String = root.into();
+    Bucket::new(
+        store.clone(),
+        object_store::path::Path::from(root),
+        key,
+        "ns/p".into(),
+    )
+}
+
 /// `host:port` of the service.
 fn host_port(s3: &S3Server) -> String {
     s3.endpoint
@@ -266,12 +281,7 @@ async fn an_upload_the_service_refuses_ends_with_its_zfs_send() {
     let (snap, info) = snapshot_of_data(&zfs, &pool, 40 << 20).await;
     let upstream = host_port(&s3);
     let store = store_at(&refusing_relay(upstream).await);
-    let bucket = Bucket::new(
-        store.clone(),
-        object_store::path::Path::from("ns/p"),
-        None,
-        "ns/p".into(),
-    );
+    let bucket = project_bucket(&store, "ns/p", None);
     let id = StreamId::for_snapshots(None, "s1").unwrap();
     let up = upload_of(&zfs, &id, &snap, &info, "host-a", dir.path(), None);
     // Five parts' worth of stream: the second part is refused while `zfs send` still has far
@@ -324,13 +334,7 @@ async fn an_uploads_record_is_written_again_while_it_stores_parts_and_removed_wh
     ] {
         let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
         let store = store_at(&relay(upstream.clone(), false, seen.clone()).await);
-        let bucket = Bucket::new(
-            store.clone(),
-            object_store::path::Path::from(format!("ns/p/{host}")),
-            None,
-            "ns/p".into(),
-        )
-        .record_every(every);
+        let bucket = project_bucket(&store, format!("ns/p/{host}"), None).record_every(every);
         let up = upload_of(&zfs, &id, &snap, &info, host, dir.path(), None);
         bucket.upload(&up, &Progress::default()).await.unwrap();
         let puts = record_requests(&seen, "PUT");
@@ -377,12 +381,7 @@ async fn abandoned_uploads(key: Option<SealKey>) {
     // Incompressible data of more than two parts (8 MiB each).
     let (snap, info) = snapshot_of_data(&zfs, &pool, 20 << 20).await;
     let store = store_at(s3.endpoint.trim_end_matches('/'));
-    let bucket = Bucket::new(
-        store.clone(),
-        object_store::path::Path::from("ns/p"),
-        key,
-        "ns/p".into(),
-    );
+    let bucket = project_bucket(&store, "ns/p", key);
     let id = StreamId::for_snapshots(None, "s1").unwrap();
     let upload = |host: &str, hold: Option<std::path::PathBuf>| {
         upload_of(&zfs, &id, &snap, &info, host, dir.path(), hold)
