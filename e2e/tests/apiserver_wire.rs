@@ -6,7 +6,7 @@
 use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_pb::api::core::v1 as pb;
-use k8s_pb::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_pb::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Status};
 use k8s_pb::apimachinery::pkg::runtime::{TypeMeta, Unknown};
 use kube::{Api, Client};
 use projstore_e2e::apiserver::Config;
@@ -49,6 +49,23 @@ async fn send(
     accept: &str,
     body: Vec<u8>,
 ) -> (u16, Value, String) {
+    let (code, bytes, ct) = send_raw(client, method, path, content_type, accept, body).await;
+    (
+        code,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ct,
+    )
+}
+
+/// Sends one request; the status code, the body's bytes and its content type.
+async fn send_raw(
+    client: &Client,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    accept: &str,
+    body: Vec<u8>,
+) -> (u16, Vec<u8>, String) {
     let req = hyper::Request::builder()
         .method(method)
         .uri(path)
@@ -65,10 +82,17 @@ async fn send(
         .unwrap_or_default()
         .to_owned();
     let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    (code, bytes.to_vec(), ct)
+}
+
+/// The `apiVersion`, `kind` and raw message of a protobuf answer.
+fn open_pb(body: &[u8]) -> (String, String, Vec<u8>) {
+    let u = Unknown::decode(body.strip_prefix(b"k8s\0").expect("the k8s prefix")).unwrap();
+    let tm = u.type_meta.unwrap();
     (
-        code,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        ct,
+        tm.api_version.unwrap(),
+        tm.kind.unwrap(),
+        u.raw.unwrap_or_default(),
     )
 }
 
@@ -87,14 +111,15 @@ async fn post_json(client: &Client, path: &str, body: Vec<u8>) -> (u16, Value) {
 }
 
 #[tokio::test]
-async fn protobuf_bodies_of_built_in_kinds_are_stored_and_answered_in_json() {
+async fn protobuf_bodies_of_built_in_kinds_are_stored_and_answered_in_the_format_asked_for() {
     let TestApi { server: _s, client } = TestApi::start_with(Config::default()).await.unwrap();
     let ns = pb::Namespace {
         metadata: meta("typed"),
         spec: None,
         status: None,
     };
-    let (code, body, ct) = send(
+    // kubectl's typed clients ask for protobuf first: they get it, as from a real server.
+    let (code, body, ct) = send_raw(
         &client,
         "POST",
         "/api/v1/namespaces",
@@ -103,10 +128,16 @@ async fn protobuf_bodies_of_built_in_kinds_are_stored_and_answered_in_json() {
         envelope("v1", "Namespace", ns.encode_to_vec()),
     )
     .await;
-    assert_eq!(code, 201, "{body}");
-    assert!(ct.starts_with("application/json"), "{ct}");
-    assert_eq!(body["metadata"]["name"], "typed");
-    assert!(body["metadata"]["uid"].is_string(), "{body}");
+    assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(ct, PROTOBUF);
+    let (api_version, kind, raw) = open_pb(&body);
+    assert_eq!((api_version.as_str(), kind.as_str()), ("v1", "Namespace"));
+    let created = pb::Namespace::decode(&*raw).unwrap();
+    let m = created.metadata.unwrap();
+    assert_eq!(m.name.as_deref(), Some("typed"));
+    assert!(m.uid.is_some_and(|u| !u.is_empty()));
+    assert!(m.resource_version.is_some());
+    assert!(m.creation_timestamp.is_some_and(|t| t.seconds > Some(0)));
 
     let secret = pb::Secret {
         metadata: meta("db"),
@@ -114,7 +145,7 @@ async fn protobuf_bodies_of_built_in_kinds_are_stored_and_answered_in_json() {
         r#type: Some("Opaque".into()),
         ..Default::default()
     };
-    let (code, body, _) = send(
+    let (code, body, ct) = send_raw(
         &client,
         "POST",
         "/api/v1/namespaces/typed/secrets",
@@ -123,7 +154,13 @@ async fn protobuf_bodies_of_built_in_kinds_are_stored_and_answered_in_json() {
         envelope("v1", "Secret", secret.encode_to_vec()),
     )
     .await;
-    assert_eq!(code, 201, "{body}");
+    assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(ct, PROTOBUF);
+    let (_, _, raw) = open_pb(&body);
+    assert_eq!(
+        pb::Secret::decode(&*raw).unwrap().data["password"],
+        b"s3cret"
+    );
     let stored = Api::<Secret>::namespaced(client.clone(), "typed")
         .get("db")
         .await
@@ -131,23 +168,88 @@ async fn protobuf_bodies_of_built_in_kinds_are_stored_and_answered_in_json() {
     assert_eq!(stored.type_.as_deref(), Some("Opaque"));
     assert_eq!(stored.data.unwrap()["password"].0, b"s3cret");
 
-    // A client that accepts only protobuf is told why it gets nothing.
-    let (code, body, _) = send(
+    // A list, to a client that asks for protobuf only.
+    let (code, body, ct) = send_raw(
+        &client,
+        "GET",
+        "/api/v1/namespaces/typed/secrets",
+        "",
+        PROTOBUF,
+        vec![],
+    )
+    .await;
+    assert_eq!((code, ct.as_str()), (200, PROTOBUF));
+    let (_, kind, raw) = open_pb(&body);
+    assert_eq!(kind, "SecretList");
+    let list = pb::SecretList::decode(&*raw).unwrap();
+    assert!(list.metadata.unwrap().resource_version.is_some());
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(list.items[0].r#type.as_deref(), Some("Opaque"));
+
+    // The same object, in JSON to a client that asks for JSON first.
+    let (code, body, ct) = send(
+        &client,
+        "GET",
+        "/api/v1/namespaces/typed/secrets/db",
+        "",
+        &format!("application/json, {PROTOBUF}"),
+        vec![],
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert!(ct.starts_with("application/json"), "{ct}");
+    assert_eq!(body["data"]["password"], "czNjcmV0");
+
+    // A refusal is a Status in the format asked for.
+    let (code, body, ct) = send_raw(
         &client,
         "POST",
         "/api/v1/namespaces",
         PROTOBUF,
         PROTOBUF,
-        envelope("v1", "Namespace", pb::Namespace::default().encode_to_vec()),
+        envelope("v1", "Namespace", ns.encode_to_vec()),
+    )
+    .await;
+    assert_eq!((code, ct.as_str()), (409, PROTOBUF));
+    let (_, kind, raw) = open_pb(&body);
+    assert_eq!(kind, "Status");
+    let status = Status::decode(&*raw).unwrap();
+    assert_eq!(status.code, Some(409));
+    assert_eq!(status.reason.as_deref(), Some("AlreadyExists"));
+    assert!(status.message.unwrap().contains("typed"));
+
+    // Custom resources have no protobuf form (nor on a real server): a client that accepts
+    // only protobuf is told why it gets nothing.
+    let (code, body, _) = send(
+        &client,
+        "GET",
+        "/apis/projstore.io/v1alpha1/projects",
+        "",
+        PROTOBUF,
+        vec![],
     )
     .await;
     assert_eq!(code, 406, "{body}");
+    let message = body["message"].as_str().unwrap();
     assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("accept application/json"),
+        message.contains("accept application/json") && message.contains("Project"),
         "{body}"
+    );
+    // Nor are watches streamed in protobuf: the refusal comes in the format asked for.
+    let (code, body, ct) = send_raw(
+        &client,
+        "GET",
+        "/api/v1/namespaces?watch=true",
+        "",
+        PROTOBUF,
+        vec![],
+    )
+    .await;
+    assert_eq!((code, ct.as_str()), (406, PROTOBUF));
+    let message = Status::decode(&*open_pb(&body).2).unwrap().message.unwrap();
+    assert!(
+        message.contains("accept application/json") && message.contains("watches"),
+        "{message}"
     );
 }
 
@@ -383,6 +485,64 @@ async fn built_in_workloads_are_checked_against_their_real_schemas() {
         body["spec"]["template"]["spec"]["containers"][0]["image"],
         "nginx"
     );
+}
+
+#[tokio::test]
+async fn secrets_service_accounts_and_rbac_objects_are_checked_against_their_real_schemas() {
+    let TestApi { server: _s, client } = TestApi::start_with(Config::default()).await.unwrap();
+    let json = |v: Value| serde_json::to_vec(&v).unwrap();
+    // Each: where, a body the real server refuses, the field its 422 names.
+    let refused = [
+        (
+            "/api/v1/namespaces/default/secrets",
+            serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+                "data": {"key": "not base64!"}}),
+            "data.key",
+        ),
+        (
+            "/api/v1/namespaces/default/serviceaccounts",
+            serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": "sa"}, "automountServiceAccountToken": "yes"}),
+            "automountServiceAccountToken",
+        ),
+        (
+            "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+            serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "metadata": {"name": "r"}, "rules": [{"verbs": "get"}]}),
+            "rules[0].verbs",
+        ),
+        (
+            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding", "metadata": {"name": "b"}, "roleRef": "admin"}),
+            "roleRef",
+        ),
+        (
+            "/api/v1/namespaces/default/configmaps?fieldValidation=Strict",
+            serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"},
+                "dta": {"a": "b"}}),
+            "dta",
+        ),
+    ];
+    for (path, body, field) in refused {
+        let (code, answer) = post_json(&client, path, json(body)).await;
+        assert_eq!(code, 422, "{path}: {answer}");
+        assert!(
+            answer["message"].as_str().unwrap().contains(field),
+            "{path}: {field} not named in {answer}"
+        );
+    }
+    let (code, answer) = post_json(
+        &client,
+        "/api/v1/namespaces/default/secrets",
+        json(
+            serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ok"},
+            "type": "Opaque", "data": {"key": "czNjcmV0"}, "stringData": {"more": "x"}}),
+        ),
+    )
+    .await;
+    assert_eq!(code, 201, "{answer}");
+    assert_eq!(answer["data"]["more"], "eA==");
 }
 
 #[tokio::test]

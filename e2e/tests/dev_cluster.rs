@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
-use projstore_api::Project;
+use projstore_api::{Project, StoragePool};
 use projstore_e2e::apiserver::{ApiServer, Config};
 use projstore_e2e::testkit::{self, TestApi};
 use serde_json::json;
@@ -94,7 +94,8 @@ fn up_api_only(dir: &std::path::Path) -> std::process::Output {
 #[tokio::test]
 async fn the_chart_helm_installed_is_what_the_dev_cluster_enforces() {
     use k8s_openapi::api::core::v1::Secret;
-    use k8s_openapi::api::rbac::v1::ClusterRole;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("state");
     let _ = up_api_only(&dir);
@@ -142,7 +143,7 @@ async fn the_chart_helm_installed_is_what_the_dev_cluster_enforces() {
         .unwrap();
     // The ClusterRole Helm created is the one enforced: without its projects rule, the
     // controller may no longer list projects.
-    let roles: Api<ClusterRole> = Api::all(admin);
+    let roles: Api<ClusterRole> = Api::all(admin.clone());
     let mut role = roles.get("ps-projstore-controller").await.unwrap();
     role.rules
         .as_mut()
@@ -156,6 +157,34 @@ async fn the_chart_helm_installed_is_what_the_dev_cluster_enforces() {
         .list(&ListParams::default())
         .await
         .unwrap_err();
+    assert!(denied.to_string().contains("forbidden"), "{denied}");
+
+    // So for the agents: their ServiceAccount and ClusterRoleBinding are Helm's, and nothing
+    // is granted without them.
+    let agent = client_for(&std::fs::read_to_string(dir.join("kubeconfig-agent")).unwrap()).await;
+    let pools = || Api::<StoragePool>::all(agent.clone());
+    pools().list(&ListParams::default()).await.unwrap();
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), "projstore-system");
+    let account = accounts.get("projstore-agent").await.unwrap();
+    accounts
+        .delete("projstore-agent", &Default::default())
+        .await
+        .unwrap();
+    let denied = pools().list(&ListParams::default()).await.unwrap_err();
+    assert!(denied.to_string().contains("forbidden"), "{denied}");
+    let mut again = account.clone();
+    again.metadata.resource_version = None;
+    again.metadata.uid = None;
+    accounts
+        .create(&PostParams::default(), &again)
+        .await
+        .unwrap();
+    pools().list(&ListParams::default()).await.unwrap();
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .delete("ps-projstore-agent", &Default::default())
+        .await
+        .unwrap();
+    let denied = pools().list(&ListParams::default()).await.unwrap_err();
     assert!(denied.to_string().contains("forbidden"), "{denied}");
 
     let _ = dev("down", &dir, &[]);

@@ -24,6 +24,67 @@ use serde_json::{Value, json};
 const NS: &str = "projstore-system";
 
 /// Runs one Helm action through Helm's library; the release as JSON.
+/// prometheus-operator's `ServiceMonitor` CRD (`monitoring.coreos.com/v1`), with the structural
+/// schema of the fields of its API reference a scrape of the chart's metrics can use (its
+/// TLS and relabelling settings kept as objects): what a cluster running the operator holds.
+fn service_monitor_crd() -> CustomResourceDefinition {
+    let duration = json!({"type": "string",
+        "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"});
+    let strings = json!({"type": "array", "items": {"type": "string"}});
+    let free = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+    let endpoint = json!({"type": "object", "properties": {
+        "port": {"type": "string"},
+        "targetPort": {"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": true},
+        "path": {"type": "string"},
+        "scheme": {"type": "string", "enum": ["http", "https", "HTTP", "HTTPS"]},
+        "params": {"type": "object", "additionalProperties": strings},
+        "interval": duration,
+        "scrapeTimeout": duration,
+        "honorLabels": {"type": "boolean"},
+        "honorTimestamps": {"type": "boolean"},
+        "followRedirects": {"type": "boolean"},
+        "enableHttp2": {"type": "boolean"},
+        "proxyUrl": {"type": "string"},
+        "bearerTokenSecret": free,
+        "authorization": free,
+        "basicAuth": free,
+        "oauth2": free,
+        "tlsConfig": free,
+        "relabelings": {"type": "array", "items": free},
+        "metricRelabelings": {"type": "array", "items": free},
+    }});
+    let label_selector = json!({"type": "object", "properties": {
+        "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "matchExpressions": {"type": "array", "items": {"type": "object", "required": ["key", "operator"],
+            "properties": {"key": {"type": "string"}, "operator": {"type": "string"}, "values": strings}}},
+    }, "x-kubernetes-map-type": "atomic"});
+    serde_json::from_value(json!({
+        "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+        "spec": {
+            "group": "monitoring.coreos.com", "scope": "Namespaced",
+            "names": {"kind": "ServiceMonitor", "listKind": "ServiceMonitorList",
+                "plural": "servicemonitors", "singular": "servicemonitor", "categories": ["prometheus-operator"],
+                "shortNames": ["smon"]},
+            "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+                "type": "object", "required": ["spec"], "properties": {
+                    "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"},
+                    "spec": {"type": "object", "required": ["selector"], "properties": {
+                        "selector": label_selector,
+                        "namespaceSelector": {"type": "object", "properties": {
+                            "any": {"type": "boolean"}, "matchNames": strings}},
+                        "endpoints": {"type": "array", "items": endpoint},
+                        "jobLabel": {"type": "string"},
+                        "targetLabels": strings,
+                        "podTargetLabels": strings,
+                        "sampleLimit": {"type": "integer", "format": "int64"},
+                        "scrapeProtocols": strings,
+                    }},
+                }}}}]
+        }
+    }))
+    .unwrap()
+}
+
 fn helm(kubeconfig: &Path, action: &str, values: &Value) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/tests/helm_release.py");
     let out = std::process::Command::new("python3")
@@ -173,17 +234,7 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart() {
     );
 
     // upgrade: new values, a ServiceMonitor once its CRD exists, the same CA.
-    let monitor_crd: CustomResourceDefinition = serde_json::from_value(json!({
-        "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
-        "spec": {
-            "group": "monitoring.coreos.com", "scope": "Namespaced",
-            "names": {"kind": "ServiceMonitor", "plural": "servicemonitors", "singular": "servicemonitor"},
-            "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
-                "type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]
-        }
-    }))
-    .unwrap();
-    crds.create(&PostParams::default(), &monitor_crd)
+    crds.create(&PostParams::default(), &service_monitor_crd())
         .await
         .unwrap();
     let values = json!({
@@ -194,12 +245,44 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart() {
     });
     let release = tokio::task::spawn_blocking({
         let kc = kc.clone();
+        let values = values.clone();
         move || helm(&kc, "upgrade", &values)
     })
     .await
     .unwrap();
     assert_eq!(release["status"], "deployed", "{release}");
     assert_eq!(release["revision"], 2);
+    // Each listed node got its own key pair, signed by the CA; another upgrade keeps them (the
+    // chart looks them up) — a new key would cut every node off from its peers.
+    let node_keys = || async {
+        let mut keys = Vec::new();
+        for node in ["host-a", "host-b"] {
+            let s = secrets
+                .get(&format!("ps-projstore-agent-tls-{node}"))
+                .await
+                .unwrap();
+            assert_eq!(s.type_.as_deref(), Some("kubernetes.io/tls"));
+            let data = s.data.unwrap();
+            assert!(!data["tls.key"].0.is_empty(), "{node} has a key");
+            assert_eq!(data["ca.crt"], ca.as_ref().unwrap()["ca.crt"]);
+            keys.push(data);
+        }
+        keys
+    };
+    let keys = node_keys().await;
+    assert_ne!(keys[0]["tls.key"], keys[1]["tls.key"]);
+    let release = tokio::task::spawn_blocking({
+        let kc = kc.clone();
+        move || helm(&kc, "upgrade", &values)
+    })
+    .await
+    .unwrap();
+    assert_eq!(release["revision"], 3, "{release}");
+    assert_eq!(
+        node_keys().await,
+        keys,
+        "the nodes' keys survive an upgrade"
+    );
     let controller = deployments.get("ps-projstore-controller").await.unwrap();
     assert_eq!(controller.spec.replicas, Some(3));
     assert_eq!(
@@ -223,7 +306,37 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart() {
         .list(&Default::default())
         .await
         .unwrap();
-    assert!(!monitors.items.is_empty(), "a ServiceMonitor was installed");
+    assert_eq!(monitors.items.len(), 1, "a ServiceMonitor was installed");
+    let spec = &monitors.items[0].data["spec"];
+    assert_eq!(spec["endpoints"][0]["port"], "metrics");
+    assert!(spec["selector"]["matchLabels"].is_object(), "{spec}");
+    // The CRD's schema holds: what the chart wrote passed it, and a ServiceMonitor that breaks
+    // it is refused.
+    let monitors_api = Api::<DynamicObject>::namespaced_with(
+        client.clone(),
+        NS,
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
+            "servicemonitors",
+        ),
+    );
+    let mut bad: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+        "metadata": {"name": "bad"},
+        "spec": {"selector": {}, "endpoints": [{"port": "metrics", "interval": "soon"}]}
+    }))
+    .unwrap();
+    let e = monitors_api
+        .create(&PostParams::default(), &bad)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("spec.endpoints[0].interval"), "{e}");
+    bad.data["spec"] = json!({"endpoints": [{"port": "metrics"}]});
+    let e = monitors_api
+        .create(&PostParams::default(), &bad)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("spec.selector"), "{e}");
 
     // uninstall: the release's objects go; the CRDs (so every Project) and the CA stay.
     tokio::task::spawn_blocking({
@@ -256,6 +369,11 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart() {
         secrets.get("ps-projstore-agent-ca").await.unwrap().data,
         ca,
         "the CA survives an uninstall"
+    );
+    assert_eq!(
+        node_keys().await,
+        keys,
+        "the nodes' keys survive an uninstall"
     );
     // With the release's binding gone, so are the controller's rights.
     let denied = controller_projects

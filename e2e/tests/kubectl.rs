@@ -349,7 +349,45 @@ fn kubectl_120() -> Option<PathBuf> {
 #[tokio::test]
 async fn a_user_session_with_the_machines_kubectl() {
     let server = ApiServer::start(Config::default()).await.unwrap();
-    user_session(&Kubectl::new(&server), &server).await;
+    let k = Kubectl::new(&server);
+    user_session(&k, &server).await;
+    // Its typed clients speak protobuf both ways, as with a real server: the request body, and
+    // the answer it asked for first.
+    let out = k
+        .run(
+            &[
+                "create",
+                "configmap",
+                "wire",
+                "-n",
+                "demo",
+                "--from-literal=a=1",
+                "-v=8",
+            ],
+            None,
+        )
+        .await;
+    assert!(
+        out.ok && out.stdout.contains("configmap/wire created"),
+        "{}",
+        out.stderr
+    );
+    let (request, response) = out
+        .stderr
+        .split_once("\"Response\" status=\"201 Created\"")
+        .unwrap_or_else(|| panic!("no response logged: {}", out.stderr));
+    assert!(
+        request.contains("Content-Type: application/vnd.kubernetes.protobuf"),
+        "{request}"
+    );
+    let answer_type = response
+        .lines()
+        .find(|l| l.trim().starts_with("Content-Type:"));
+    assert_eq!(
+        answer_type.map(str::trim),
+        Some("Content-Type: application/vnd.kubernetes.protobuf"),
+        "{response}"
+    );
 }
 
 #[tokio::test]

@@ -125,6 +125,16 @@ impl ResourceType {
         t
     }
 
+    /// Publishes the real schema of kind `K` and checks writes against its k8s-openapi type
+    /// (a kind without generations).
+    fn checked<K>(mut self) -> Self
+    where
+        K: serde::de::DeserializeOwned + serde::Serialize + schemars::JsonSchema,
+    {
+        self.typed = Some(typed::check::<K>);
+        self.described::<K>()
+    }
+
     /// Publishes the real schema of kind `K` (its writes are not checked against it).
     fn described<K: schemars::JsonSchema>(mut self) -> Self {
         self.schema = Some(typed::schema::<K>);
@@ -177,15 +187,15 @@ impl Registry {
         let mut ns = ResourceType::builtin("", "v1", "Namespace", "namespaces", false, &["ns"]);
         ns.status_subresource = true;
         for t in [
-            ns.described::<core::Namespace>(),
+            ns.checked::<core::Namespace>(),
             ResourceType::builtin("", "v1", "Event", "events", true, &["ev"])
                 .described::<core::Event>(),
             ResourceType::builtin("", "v1", "Secret", "secrets", true, &[])
-                .described::<core::Secret>(),
+                .checked::<core::Secret>(),
             ResourceType::builtin("", "v1", "ConfigMap", "configmaps", true, &["cm"])
-                .described::<core::ConfigMap>(),
+                .checked::<core::ConfigMap>(),
             ResourceType::builtin("", "v1", "ServiceAccount", "serviceaccounts", true, &["sa"])
-                .described::<core::ServiceAccount>(),
+                .checked::<core::ServiceAccount>(),
             ResourceType::builtin("events.k8s.io", "v1", "Event", "events", true, &["ev"])
                 .described::<k8s_openapi::api::events::v1::Event>(),
             ResourceType::builtin("coordination.k8s.io", "v1", "Lease", "leases", true, &[])
@@ -198,7 +208,7 @@ impl Registry {
                 false,
                 &[],
             )
-            .described::<k8s_openapi::api::rbac::v1::ClusterRole>(),
+            .checked::<k8s_openapi::api::rbac::v1::ClusterRole>(),
             ResourceType::builtin(
                 "rbac.authorization.k8s.io",
                 "v1",
@@ -207,7 +217,7 @@ impl Registry {
                 false,
                 &[],
             )
-            .described::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>(),
+            .checked::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>(),
             ResourceType::builtin(
                 "rbac.authorization.k8s.io",
                 "v1",
@@ -216,7 +226,7 @@ impl Registry {
                 true,
                 &[],
             )
-            .described::<k8s_openapi::api::rbac::v1::Role>(),
+            .checked::<k8s_openapi::api::rbac::v1::Role>(),
             ResourceType::builtin(
                 "rbac.authorization.k8s.io",
                 "v1",
@@ -225,8 +235,9 @@ impl Registry {
                 true,
                 &[],
             )
-            .described::<k8s_openapi::api::rbac::v1::RoleBinding>(),
-            // What a Helm install of the chart creates besides the kinds above.
+            .checked::<k8s_openapi::api::rbac::v1::RoleBinding>(),
+            // What a Helm install of the chart creates besides the kinds above (namespaces,
+            // secrets, service accounts and RBAC objects, checked as well).
             ResourceType::workload::<apps::Deployment>("deployments", true, &["deploy"]),
             ResourceType::workload::<apps::DaemonSet>("daemonsets", true, &["ds"]),
             ResourceType::workload::<core::Service>("services", true, &["svc"]),

@@ -103,6 +103,19 @@ impl Authorizer for StoredRbac {
         if who.groups.iter().any(|g| g == "system:masters") {
             return true;
         }
+        // A ServiceAccount's token is good only while the ServiceAccount exists (a real
+        // server then no longer authenticates it): the one Helm created, not one assumed.
+        if let Some((sa_ns, sa)) = who
+            .user
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|s| s.split_once(':'))
+            && state
+                .registry
+                .get("", "v1", "serviceaccounts")
+                .is_none_or(|t| state.get(t, sa_ns, sa).is_none())
+        {
+            return false;
+        }
         let bindings = |plural: &str, ns: &str| -> Vec<Value> {
             state
                 .registry

@@ -141,7 +141,7 @@ fn jiff_now() -> k8s_openapi::jiff::Timestamp {
 /// `MountsServed`: whether other hosts can mount folders of this host's projects, and if not
 /// why (a consumer's sshfs only sees its connection reset). None while no sftp server is
 /// configured or started yet.
-fn mounts_condition(
+pub(crate) fn mounts_condition(
     sftp: Option<&SftpAdvert>,
     failure: Option<&str>,
     prev: &[Condition],

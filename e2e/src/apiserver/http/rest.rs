@@ -31,16 +31,97 @@ pub(super) struct Target {
     pub sub: Option<String>,
 }
 
-/// Serves a request on `target` for `who`: authorized, then done by its verb.
+/// How an answer is written: JSON, or protobuf (for the built-in kinds that have it, to a
+/// client that asks for it before JSON).
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub(super) enum Format {
+    Json,
+    Protobuf,
+}
+
+/// The format of the first media type in `accept` this server can answer objects of `t` in
+/// (an absent header accepts anything), or None. Table requests (`as=Table`) are answered in
+/// JSON only.
+pub(super) fn negotiate(accept: &str, t: &ResourceType) -> Option<Format> {
+    if accept.trim().is_empty() {
+        return Some(Format::Json);
+    }
+    accept.split(',').find_map(|a| {
+        let mut parts = a.split(';');
+        let media = parts.next().unwrap_or_default().trim();
+        let converted = parts.any(|p| p.trim().starts_with("as="));
+        match media {
+            "application/json" | "application/*" | "*/*" => Some(Format::Json),
+            protobuf::answer::MEDIA_TYPE
+                if !converted && protobuf::answer::answers(&t.api_version(), &t.kind) =>
+            {
+                Some(Format::Protobuf)
+            }
+            _ => None,
+        }
+    })
+}
+
+/// An answer with status `code` holding `v`, in `format` (JSON for what protobuf cannot say).
+fn answer(format: Format, code: u16, v: &Value) -> Response<Body> {
+    match format {
+        Format::Protobuf => match protobuf::answer::encode(v) {
+            Some(body) => super::response(code, protobuf::answer::MEDIA_TYPE, body),
+            None => json_response(code, v),
+        },
+        Format::Json => json_response(code, v),
+    }
+}
+
+/// Serves a request on `target` for `who`: authorized, then done by its verb; answered, and
+/// refused, in the format the client asked for.
 pub(super) async fn serve(
     shared: &Arc<Shared>,
     who: &Identity,
     target: Target,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
+    let t = {
+        let state = lock(shared)?;
+        state
+            .registry
+            .get(&target.group, &target.version, &target.plural)
+            .cloned()
+            .ok_or_else(not_served)?
+    };
+    let accept = header(&req, "accept");
+    let format = negotiate(&accept, &t).ok_or_else(|| {
+        ApiError::new(
+            406,
+            "NotAcceptable",
+            format!(
+                "the projstore test API server answers {} in JSON{}, and the request accepts only {accept}; accept application/json",
+                t.qualified_kind(),
+                if protobuf::answer::answers(&t.api_version(), &t.kind) {
+                    " or protobuf"
+                } else {
+                    ""
+                }
+            ),
+        )
+    })?;
+    match serve_as(shared, who, target, t, format, req).await {
+        Err(e) if format == Format::Protobuf => Ok(answer(format, e.code, &e.to_status())),
+        r => r,
+    }
+}
+
+async fn serve_as(
+    shared: &Arc<Shared>,
+    who: &Identity,
+    target: Target,
+    t: ResourceType,
+    format: Format,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let Target {
         group,
-        version,
+        version: _,
         plural,
         ns,
         name,
@@ -60,14 +141,6 @@ pub(super) async fn serve(
     let protobuf_body = content_types.iter().any(|c| protobuf::is_protobuf(c));
     let cbor_body = content_types.iter().any(|c| c.contains("cbor"));
     let user_agent = header(&req, "user-agent");
-    let t = {
-        let state = lock(shared)?;
-        state
-            .registry
-            .get(&group, &version, &plural)
-            .cloned()
-            .ok_or_else(not_served)?
-    };
     let verb = authz::verb_of(
         &method,
         name.is_some(),
@@ -105,12 +178,12 @@ pub(super) async fn serve(
             ),
         ));
     }
-    if !accepts_json(&accept) {
+    if verb == "watch" && !accepts_json(&accept) {
         return Err(ApiError::new(
             406,
             "NotAcceptable",
             format!(
-                "the projstore test API server answers only in JSON, and the request accepts only {accept}; accept application/json"
+                "the projstore test API server streams watches only in JSON, and the request accepts only {accept}; accept application/json"
             ),
         ));
     }
@@ -130,7 +203,7 @@ pub(super) async fn serve(
     let status = sub.as_deref() == Some("status");
     match (method, name) {
         (Method::GET, None) if verb == "watch" => watch::watch(shared, &t, &ns, &q),
-        (Method::GET, None) => list(shared, &t, &ns, &q, &accept),
+        (Method::GET, None) => list(shared, &t, &ns, &q, (&accept, format)),
         (Method::GET, Some(n)) => {
             let state = lock(shared)?;
             let o = state
@@ -141,7 +214,7 @@ pub(super) async fn serve(
                 &t,
                 vec![o],
                 &state.current_rv().to_string(),
-                &accept,
+                (&accept, format),
                 &q,
                 None,
             ))
@@ -150,12 +223,13 @@ pub(super) async fn serve(
             let obj = parse_json(&body)?;
             let mut state = lock(shared)?;
             let created = state.create(&t, &ns, obj, &opts)?;
-            Ok(json_response(201, &created))
+            Ok(answer(format, 201, &created))
         }
         (Method::PUT, Some(n)) => {
             let obj = parse_json(&body)?;
             let mut state = lock(shared)?;
-            Ok(json_response(
+            Ok(answer(
+                format,
                 200,
                 &state.update(&t, &ns, &n, obj, status, &opts)?,
             ))
@@ -174,7 +248,7 @@ pub(super) async fn serve(
                 force,
                 &opts,
             )?;
-            Ok(json_response(code, &obj))
+            Ok(answer(format, code, &obj))
         }
         (Method::DELETE, Some(n)) => {
             let opts_body: Value = if body.is_empty() {
@@ -191,7 +265,7 @@ pub(super) async fn serve(
                 .and_then(Value::as_str);
             let mut state = lock(shared)?;
             let gone = state.delete(&t, &ns, &n, policy.as_deref() == Some("Orphan"), uid)?;
-            Ok(json_response(200, &gone))
+            Ok(answer(format, 200, &gone))
         }
         (Method::DELETE, None) => {
             let labels = LabelSelector::parse(
@@ -214,7 +288,8 @@ pub(super) async fn serve(
             for (n_ns, n) in names {
                 state.delete(&t, &n_ns, &n, false, None)?;
             }
-            Ok(json_response(
+            Ok(answer(
+                format,
                 200,
                 &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
             ))
@@ -245,7 +320,7 @@ async fn read_body(body: Incoming) -> Result<bytes::Bytes, ApiError> {
         })
 }
 
-/// Whether a response in JSON is acceptable to a request with this `Accept` header (an
+/// Whether a watch stream in JSON is acceptable to a request with this `Accept` header (an
 /// absent header accepts anything).
 fn accepts_json(accept: &str) -> bool {
     accept.trim().is_empty()
@@ -294,11 +369,13 @@ fn wants_table(accept: &str) -> bool {
         .is_some_and(|first| first.contains("as=Table"))
 }
 
+/// Objects of `t` as asked for (`accept` and the format negotiated from it): a Table, a list
+/// (`list` holding its continue token, if any) or the one object.
 fn render(
     t: &ResourceType,
     items: Vec<Value>,
     rv: &str,
-    accept: &str,
+    (accept, format): (&str, Format),
     q: &HashMap<String, String>,
     list: Option<Option<String>>,
 ) -> Response<Body> {
@@ -318,7 +395,8 @@ fn render(
         if let Some(token) = cont {
             meta["continue"] = json!(token);
         }
-        json_response(
+        answer(
+            format,
             200,
             &json!({
                 "kind": format!("{}List", t.kind),
@@ -328,7 +406,7 @@ fn render(
             }),
         )
     } else {
-        json_response(200, items.first().unwrap_or(&Value::Null))
+        answer(format, 200, items.first().unwrap_or(&Value::Null))
     }
 }
 
@@ -362,7 +440,7 @@ fn list(
     t: &ResourceType,
     ns: &str,
     q: &HashMap<String, String>,
-    accept: &str,
+    accept: (&str, Format),
 ) -> Result<Response<Body>, ApiError> {
     let (labels, fields) = selectors(t, q)?;
     let limit: usize = q

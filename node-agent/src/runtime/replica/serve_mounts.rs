@@ -93,14 +93,9 @@ pub(super) async fn serve_mounts(
                             w.remote.as_deref().unwrap_or("this host")
                         ),
                     )),
-                    // sshfs sees only a reset connection when the source's sshd is down; its
-                    // pool says why.
                     Err(e) => out.push(status(
                         "Failed",
-                        match w.remote.as_ref().and(cx.mounts_refused_by(&source_pool)) {
-                            Some(why) => format!("{e}; the source host says: {why}"),
-                            None => e,
-                        },
+                        failed_mount(e, w.remote.as_ref().and(cx.mounts_refused_by(&source_pool))),
                     )),
                 }
             }
@@ -117,4 +112,53 @@ pub(super) async fn serve_mounts(
         }
     }
     out
+}
+
+/// Why a mount failed: sshfs sees only a reset connection when the source host's sshd is
+/// down, so the reason its pool gives (`refusal`, for a mount from another host) is added.
+fn failed_mount(e: String, refusal: Option<String>) -> String {
+    match refusal {
+        Some(why) => format!("{e}; the source host says: {why}"),
+        None => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use projstore_api::{StoragePool, StoragePoolStatus};
+
+    #[test]
+    fn a_failed_mount_quotes_why_the_source_host_serves_none() {
+        let why = "/tmp must be owned by root and not writable by group or others to serve as the sftp chroot";
+        let mut pool = StoragePool::new(
+            "host-b-storage",
+            serde_json::from_value(serde_json::json!({
+            "nodeName": "host-b", "poolName": "tank", "vdevs": [{"path": "/dev/sdb"}]}))
+            .unwrap(),
+        );
+        pool.status = Some(StoragePoolStatus {
+            // The condition the source host's agent writes when its sftp server cannot start.
+            conditions: vec![crate::runtime::pool::mounts_condition(None, Some(why), &[]).unwrap()],
+            ..Default::default()
+        });
+        let pools = [std::sync::Arc::new(pool)];
+        let refusal = crate::runtime::pool::mounts_refusal(&pools, "host-b-storage");
+        let said = failed_mount(
+            "sshfs failed: read: Connection reset by peer".into(),
+            refusal,
+        );
+        assert!(
+            said.starts_with(
+                "sshfs failed: read: Connection reset by peer; the source host says: "
+            ) && said.contains(why),
+            "{said}"
+        );
+        // A pool that serves mounts, or none known, adds nothing.
+        assert_eq!(
+            crate::runtime::pool::mounts_refusal(&pools, "host-c-storage"),
+            None
+        );
+        assert_eq!(failed_mount("x".into(), None), "x");
+    }
 }

@@ -3,7 +3,8 @@
 //!
 //! The Kubernetes envelope is the magic `k8s\0` followed by a `runtime.Unknown` whose
 //! `typeMeta` names the kind and whose `raw` holds the object; both are decoded with the
-//! `k8s-pb` types, and the object is turned into the JSON the store holds.
+//! `k8s-pb` types, and the object is turned into the JSON the store holds. Answers go the
+//! other way in `answer.rs`.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +18,8 @@ use serde_json::{Map, Value, json};
 
 use super::registry::ResourceType;
 use super::status::ApiError;
+
+pub mod answer;
 
 /// The prefix of every Kubernetes protobuf body.
 const MAGIC: &[u8] = b"k8s\0";
