@@ -240,4 +240,60 @@ async fn bench() {
             rr.as_secs_f64() / d.as_secs_f64()
         );
     }
+    server_floor(&store, &file, rs, rr).await;
+}
+
+/// What the S3 server alone allows on this machine: the raw stream file, already written,
+/// put as a multipart upload of [`PART`]-sized parts, two in flight (as an upload does), and
+/// read back whole in ranges of 8 MiB, four in flight (as a restore does) — no `zfs`, no
+/// sealing, no hashing of ours. The upload (or restore) cannot be faster than this, so its
+/// ratio here bounds theirs.
+async fn server_floor(
+    store: &object_store::aws::AmazonS3,
+    file: &std::path::Path,
+    raw_send: Duration,
+    raw_recv: Duration,
+) {
+    use futures::StreamExt;
+    use object_store::{ObjectStoreExt, WriteMultipart};
+    let data = bytes::Bytes::from(std::fs::read(file).unwrap());
+    let (mut puts, mut gets) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        let path = object_store::path::Path::from(format!("floor/raw{round}"));
+        let t = Instant::now();
+        let upload = store.put_multipart(&path).await.unwrap();
+        let mut w =
+            WriteMultipart::new_with_chunk_size(upload, projstore_agent::backup::bucket::PART);
+        for part in data.chunks(projstore_agent::backup::bucket::PART) {
+            w.wait_for_capacity(2).await.unwrap();
+            w.put(data.slice_ref(part));
+        }
+        w.finish().await.unwrap();
+        puts.push(t.elapsed());
+        let t = Instant::now();
+        let len = data.len() as u64;
+        let ranges: Vec<_> = (0..len)
+            .step_by(8 << 20)
+            .map(|at| at..(at + (8 << 20)).min(len))
+            .collect();
+        let got: u64 = futures::stream::iter(ranges)
+            .map(|r| {
+                let path = path.clone();
+                async move { store.get_range(&path, r).await.unwrap().len() as u64 }
+            })
+            .buffered(4)
+            .fold(0, |n, m| async move { n + m })
+            .await;
+        assert_eq!(got, len);
+        gets.push(t.elapsed());
+        store.delete(&path).await.unwrap();
+    }
+    let (put, get) = (median(puts), median(gets));
+    println!(
+        "backup floor (s3s-fs alone, the same stream file, no zfs/sealing/hashing of ours): multipart put {:.2} s, ranged get {:.2} s; the best ratios this server allows here: upload {:.2}, restore {:.2} (goal >= 0.7)",
+        put.as_secs_f64(),
+        get.as_secs_f64(),
+        raw_send.as_secs_f64() / put.as_secs_f64(),
+        raw_recv.as_secs_f64() / get.as_secs_f64(),
+    );
 }
