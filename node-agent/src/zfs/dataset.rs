@@ -267,12 +267,14 @@ impl Zfs {
             == Some("yes"))
     }
 
-    /// Mounts `ds` at its `mountpoint` property and checks that it is mounted.
+    /// Mounts `ds` at its `mountpoint` property (its key loaded first where it is encrypted:
+    /// [`Zfs::load_key_if_needed`]) and checks that it is mounted.
     pub async fn mount(&self, ds: &DatasetName) -> Result<(), ZfsError> {
         let what = format!("mount {ds}");
         if self.is_mounted(ds).await? {
             return Ok(());
         }
+        self.load_key_if_needed(ds).await?;
         self.zfs(&what, args(["mount", ds.as_str()])).await?;
         if !self.is_mounted(ds).await? {
             return Err(ZfsError::Unverified {

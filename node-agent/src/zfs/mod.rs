@@ -8,6 +8,7 @@
 pub mod caps;
 mod dataset;
 pub mod error;
+pub mod keys;
 pub mod names;
 pub mod parse;
 mod pipe;

@@ -1,0 +1,224 @@
+//! Keys of encrypted datasets (OpenZFS). A copy received raw (`zfs send -w`: an encrypted
+//! dataset's blocks only ever leave their host so) arrives as its own encryption root with
+//! its key unloaded, and cannot be mounted — so a failover or move onto it would fail. Before
+//! a dataset is mounted its key is loaded: from the encryption root's own `keylocation` when
+//! that names a file or URL, or else, for such a received root, from the location of the key
+//! this host's pool encrypts its projects with (the same key on every host, the operator's
+//! set-up). Where neither exists the mount fails saying so; nothing is guessed.
+
+use std::collections::BTreeMap;
+
+use super::{DatasetName, Zfs, ZfsError, args};
+
+/// What loading the key of a dataset takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyLoad {
+    /// Not encrypted, or its key is loaded.
+    Ready,
+    /// `zfs load-key [-L location] root`.
+    Load {
+        root: String,
+        location: Option<String>,
+    },
+    /// Its key is not loaded and cannot be without someone: why.
+    Impossible(String),
+}
+
+/// Whether the agent can read a key from `location` without a prompt.
+fn readable(location: &str) -> bool {
+    ["file:///", "https://", "http://"]
+        .iter()
+        .any(|p| location.starts_with(p))
+}
+
+/// What loading the key of `ds` takes, from its `keystatus` and `encryptionroot` (`own`, as
+/// `zfs get -Hp` gives them), the `keylocation` of that encryption root, and that of the
+/// encryption root above it on this host (`local`, None where the parent is not encrypted).
+pub fn key_to_load(
+    ds: &str,
+    own: &BTreeMap<String, String>,
+    root_location: &str,
+    local: Option<&str>,
+) -> KeyLoad {
+    if own.get("keystatus").map(String::as_str) != Some("unavailable") {
+        return KeyLoad::Ready;
+    }
+    let root = own
+        .get("encryptionroot")
+        .filter(|r| !r.is_empty() && r.as_str() != "-")
+        .map_or(ds, String::as_str)
+        .to_owned();
+    if readable(root_location) {
+        return KeyLoad::Load {
+            root,
+            location: None,
+        };
+    }
+    match local.filter(|l| readable(l)) {
+        Some(l) if root == ds => KeyLoad::Load {
+            root,
+            location: Some(l.to_owned()),
+        },
+        _ => KeyLoad::Impossible(format!(
+            "{ds} is encrypted (encryption root {root}) and its key is not loaded: its keylocation \
+             is {root_location:?}, which the agent cannot read without a prompt, and the pool \
+             encrypts no projects with a key it can read; give the projects' filesystem of every \
+             pool the same key with keylocation=file:///… (or load it by hand: zfs load-key {root})"
+        )),
+    }
+}
+
+impl Zfs {
+    /// Loads the key of `ds` where it is encrypted and unloaded (see [`key_to_load`]), and
+    /// checks that it is loaded afterwards. Nothing where the host's ZFS has no encryption.
+    pub async fn load_key_if_needed(&self, ds: &DatasetName) -> Result<(), ZfsError> {
+        if !self.caps.raw_send {
+            return Ok(());
+        }
+        let own = self
+            .get(ds.as_str(), &["keystatus", "encryptionroot", "keylocation"])
+            .await?;
+        if own.get("keystatus").map(String::as_str) != Some("unavailable") {
+            return Ok(());
+        }
+        let root = own
+            .get("encryptionroot")
+            .cloned()
+            .filter(|r| !r.is_empty() && r != "-")
+            .unwrap_or_else(|| ds.as_str().to_owned());
+        let root_location = if root == ds.as_str() {
+            own.get("keylocation").cloned().unwrap_or_default()
+        } else {
+            self.property_of(&root, "keylocation").await?
+        };
+        let local = match ds.parent() {
+            Some(parent) => {
+                let above = self.property_of(parent.as_str(), "encryptionroot").await?;
+                if above.is_empty() || above == "-" {
+                    None
+                } else {
+                    Some(self.property_of(&above, "keylocation").await?)
+                }
+            }
+            None => None,
+        };
+        let what = format!("load the key of {ds}");
+        let (root, location) =
+            match key_to_load(ds.as_str(), &own, &root_location, local.as_deref()) {
+                KeyLoad::Ready => return Ok(()),
+                KeyLoad::Load { root, location } => (root, location),
+                KeyLoad::Impossible(problem) => return Err(ZfsError::Unverified { what, problem }),
+            };
+        let mut a = vec!["load-key".to_owned()];
+        if let Some(l) = location {
+            a.extend(["-L".to_owned(), l]);
+        }
+        a.push(root);
+        self.zfs(&what, args(a)).await?;
+        match self.property_of(ds.as_str(), "keystatus").await?.as_str() {
+            "available" => Ok(()),
+            other => Err(ZfsError::Unverified {
+                what,
+                problem: format!("its keystatus is {other:?} afterwards"),
+            }),
+        }
+    }
+
+    async fn property_of(&self, name: &str, prop: &str) -> Result<String, ZfsError> {
+        Ok(self
+            .get(name, &[prop])
+            .await?
+            .remove(prop)
+            .unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `zfs get -Hp -o name,property,value keystatus,encryptionroot,keylocation` of a copy
+    /// received raw on OpenZFS 2.2, and of one that is not encrypted.
+    const RECEIVED_RAW: &str = "tank/projects/alice/thesis\tkeystatus\tunavailable\n\
+        tank/projects/alice/thesis\tencryptionroot\ttank/projects/alice/thesis\n\
+        tank/projects/alice/thesis\tkeylocation\tprompt\n";
+    const PLAIN: &str = "tank/projects/alice/thesis\tkeystatus\t-\n\
+        tank/projects/alice/thesis\tencryptionroot\t-\n\
+        tank/projects/alice/thesis\tkeylocation\tnone\n";
+
+    fn props(out: &str) -> BTreeMap<String, String> {
+        super::super::parse::parse_get(out)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.property, r.value))
+            .collect()
+    }
+
+    const DS: &str = "tank/projects/alice/thesis";
+
+    #[test]
+    fn a_raw_received_copy_is_opened_with_the_key_the_pool_encrypts_projects_with() {
+        assert_eq!(
+            key_to_load(
+                DS,
+                &props(RECEIVED_RAW),
+                "prompt",
+                Some("file:///etc/projstore/zfs.key")
+            ),
+            KeyLoad::Load {
+                root: DS.into(),
+                location: Some("file:///etc/projstore/zfs.key".into())
+            }
+        );
+        // Its own location wins where the agent can read it.
+        assert_eq!(
+            key_to_load(
+                DS,
+                &props(RECEIVED_RAW),
+                "file:///keys/thesis",
+                Some("file:///k")
+            ),
+            KeyLoad::Load {
+                root: DS.into(),
+                location: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_key_that_needs_a_prompt_is_not_guessed() {
+        for local in [None, Some("prompt")] {
+            match key_to_load(DS, &props(RECEIVED_RAW), "prompt", local) {
+                KeyLoad::Impossible(why) => {
+                    assert!(
+                        why.contains("not loaded") && why.contains("zfs load-key"),
+                        "{why}"
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_inherited_key_is_loaded_at_its_root_and_a_plain_dataset_needs_nothing() {
+        let mut child = props(RECEIVED_RAW);
+        child.insert("encryptionroot".into(), "tank/projects".into());
+        assert_eq!(
+            key_to_load(DS, &child, "file:///etc/projstore/zfs.key", None),
+            KeyLoad::Load {
+                root: "tank/projects".into(),
+                location: None
+            }
+        );
+        // An inherited key the agent cannot read is not replaced by another.
+        assert!(matches!(
+            key_to_load(DS, &child, "prompt", Some("file:///k")),
+            KeyLoad::Impossible(_)
+        ));
+        assert_eq!(key_to_load(DS, &props(PLAIN), "none", None), KeyLoad::Ready);
+        let mut loaded = props(RECEIVED_RAW);
+        loaded.insert("keystatus".into(), "available".into());
+        assert_eq!(key_to_load(DS, &loaded, "prompt", None), KeyLoad::Ready);
+    }
+}
