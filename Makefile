@@ -11,7 +11,7 @@ export PROJSTORE_REQUIRE_ZFS := 1
 export CARGO_INCREMENTAL := 0
 endif
 
-.PHONY: test deps zfs fmt-check clippy cargo-test manifests-check chart-test rbac-report crds bench demo demo-down
+.PHONY: test deps zfs fmt-check clippy cargo-test manifests-check chart-test rbac-report crds bench bench-garage demo demo-down
 
 ## make test: install what is missing, start zfs-fuse if needed, then every check and test.
 test: deps zfs fmt-check clippy cargo-test rbac-report manifests-check chart-test
@@ -52,6 +52,10 @@ crds:
 bench:
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) bench --workspace
+
+## make bench-garage: the backup bench against Garage as well (builds it once; not in make bench).
+bench-garage:
+	bash scripts/bench-garage.sh
 
 ## make demo: build, start the dev cluster, apply examples/ and walk through it (it keeps running).
 DEMO_DIR ?= /var/lib/projstore-demo

@@ -329,9 +329,34 @@ pub fn managers(obj: &Value) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Removes a strategic merge patch's directives (`$patch`, `$setElementOrder/…`,
+/// `$retainKeys`, `$deleteFromPrimitiveList/…`), which are instructions, not fields: applied as
+/// a merge patch, they would otherwise be stored, or refused as unknown fields.
+pub fn strip_strategic_directives(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|k, _| !k.starts_with('$'));
+            m.values_mut().for_each(strip_strategic_directives);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_strategic_directives),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strategic_directives_are_not_fields() {
+        let mut p = json!({"metadata": {"$setElementOrder/finalizers": [{"x": 1}],
+            "finalizers": ["a"]}, "secrets": [{"$patch": "replace", "name": "t"}], "$retainKeys": ["a"]});
+        strip_strategic_directives(&mut p);
+        assert_eq!(
+            p,
+            json!({"metadata": {"finalizers": ["a"]}, "secrets": [{"name": "t"}]})
+        );
+    }
 
     #[test]
     fn apply_owns_removes_and_conflicts() {

@@ -103,20 +103,23 @@ impl Authorizer for StoredRbac {
         if who.groups.iter().any(|g| g == "system:masters") {
             return true;
         }
-        // A ServiceAccount's token is good only while the ServiceAccount exists (a real
-        // server then no longer authenticates it): the one Helm created, not one assumed.
-        if let Some((sa_ns, sa)) = who
+        // A ServiceAccount's token grants nothing while the ServiceAccount does not exist: the
+        // one Helm created, not one assumed. (A real server no longer authenticates it: 401,
+        // where this one answers 403, recorded as a denial.)
+        let account_missing = who
             .user
             .strip_prefix("system:serviceaccount:")
             .and_then(|s| s.split_once(':'))
-            && state
-                .registry
-                .get("", "v1", "serviceaccounts")
-                .is_none_or(|t| state.get(t, sa_ns, sa).is_none())
-        {
-            return false;
-        }
+            .is_some_and(|(sa_ns, sa)| {
+                state
+                    .registry
+                    .get("", "v1", "serviceaccounts")
+                    .is_none_or(|t| state.get(t, sa_ns, sa).is_none())
+            });
         let bindings = |plural: &str, ns: &str| -> Vec<Value> {
+            if account_missing {
+                return Vec::new();
+            }
             state
                 .registry
                 .get(RBAC, "v1", plural)

@@ -1,4 +1,4 @@
-//! Client-side encryption of backup objects: AES-256-GCM (RustCrypto's `aes-gcm`) over
+//! Client-side encryption of backup objects: AES-256-GCM (`ring`'s, as TLS here uses) over
 //! chunks, so an object is sealed and opened as it streams and the bucket's owner reads
 //! nothing of it.
 //!
@@ -13,9 +13,11 @@
 //! upload could reuse with other plaintext); 2^32 chunks of 1 MiB per key stay far inside
 //! GCM's bounds for random nonces.
 
-use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
-use aes_gcm::{Aes256Gcm, Key, Nonce};
+use std::sync::Arc;
+
 use bytes::{Buf, Bytes, BytesMut};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
 
 const MAGIC: &[u8; 8] = b"PSBKAES1";
 /// Header length: magic and chunk size.
@@ -29,7 +31,7 @@ const MAX_CHUNK: usize = 16 << 20;
 
 /// A 256-bit key, read from the encryption-key Secret (base64 of 32 bytes).
 #[derive(Clone)]
-pub struct SealKey(Aes256Gcm, [u8; 8]);
+pub struct SealKey(Arc<LessSafeKey>, [u8; 8]);
 
 impl std::fmt::Debug for SealKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -52,10 +54,9 @@ impl SealKey {
             .chain_update(bytes)
             .finalize();
         id.copy_from_slice(&digest[..8]);
-        Ok(Self(
-            Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(bytes)),
-            id,
-        ))
+        let key = UnboundKey::new(&AES_256_GCM, bytes)
+            .map_err(|_| "the key is not an AES-256 key".to_owned())?;
+        Ok(Self(Arc::new(LessSafeKey::new(key)), id))
     }
 
     /// A short public name of the key (a hash of it): which key an interrupted upload
@@ -113,20 +114,24 @@ impl Sealer {
     }
 
     fn seal(&mut self, plain: &[u8], last: bool, out: &mut BytesMut) -> Result<(), String> {
-        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
-        let sealed = self
+        let mut nonce = [0u8; NONCE];
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| "no random nonce to be had".to_owned())?;
+        out.extend_from_slice(&nonce);
+        // Sealed in place, where it is sent from.
+        let start = out.len();
+        out.extend_from_slice(plain);
+        let tag = self
             .key
             .0
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: plain,
-                    aad: &aad(&self.object, self.index, last),
-                },
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad(&self.object, self.index, last)),
+                &mut out[start..],
             )
             .map_err(|_| "encryption failed".to_owned())?;
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&sealed);
+        out.extend_from_slice(tag.as_ref());
         self.index += 1;
         Ok(())
     }
@@ -193,22 +198,25 @@ impl Opener {
 
     fn open(&mut self, sealed: &[u8], last: bool) -> Result<Bytes, String> {
         let (nonce, body) = sealed.split_at(NONCE);
-        let plain = self
+        let nonce = Nonce::try_assume_unique_for_key(nonce)
+            .map_err(|_| format!("chunk {} of {} has no nonce", self.index, self.object))?;
+        let mut plain = body.to_vec();
+        let len = self
             .key
             .0
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: body,
-                    aad: &aad(&self.object, self.index, last),
-                },
+            .open_in_place(
+                nonce,
+                Aad::from(aad(&self.object, self.index, last)),
+                &mut plain,
             )
+            .map(|p| p.len())
             .map_err(|_| {
                 format!(
                     "chunk {} of {} does not open with the key: corrupted, truncated, reordered or not ours",
                     self.index, self.object
                 )
             })?;
+        plain.truncate(len);
         self.index += 1;
         Ok(Bytes::from(plain))
     }
@@ -290,6 +298,22 @@ mod tests {
         }
         plain.extend_from_slice(&o.finish()?);
         Ok(plain)
+    }
+
+    /// A chunk sealed by the implementation before this one (RustCrypto's `aes-gcm` 0.10):
+    /// objects already in buckets still open.
+    #[test]
+    fn a_chunk_sealed_before_still_opens() {
+        let object = "bench/data/full--x";
+        let mut sealed = MAGIC.to_vec();
+        sealed.extend_from_slice(&(CHUNK as u32).to_le_bytes());
+        sealed.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+        sealed.extend(
+            hex::decode("cb0e87f4199e8d5e801e607ff6ccd630b8e1ec4098fb637e9362c072462f7c2c")
+                .unwrap(),
+        );
+        assert_eq!(open_all(&sealed, object, 7).unwrap(), b"projstore backup");
+        assert!(open_all(&sealed, "bench/data/other", 7).is_err());
     }
 
     #[test]

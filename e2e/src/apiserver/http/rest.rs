@@ -40,17 +40,26 @@ pub(super) enum Format {
 }
 
 /// The format of the first media type in `accept` this server can answer objects of `t` in
-/// (an absent header accepts anything), or None. Table requests (`as=Table`) are answered in
-/// JSON only.
+/// (an absent header accepts anything; preferences by order, `q=0` refusing), or None. Table
+/// requests (`as=Table`) are answered in JSON only.
 pub(super) fn negotiate(accept: &str, t: &ResourceType) -> Option<Format> {
     if accept.trim().is_empty() {
         return Some(Format::Json);
     }
     accept.split(',').find_map(|a| {
         let mut parts = a.split(';');
-        let media = parts.next().unwrap_or_default().trim();
-        let converted = parts.any(|p| p.trim().starts_with("as="));
-        match media {
+        let media = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+        let params: Vec<&str> = parts.map(str::trim).collect();
+        let converted = params.iter().any(|p| p.starts_with("as="));
+        // `q=0` means "not this one".
+        if params
+            .iter()
+            .filter_map(|p| p.strip_prefix("q="))
+            .any(|q| q.parse::<f32>().is_ok_and(|q| q <= 0.0))
+        {
+            return None;
+        }
+        match media.as_str() {
             "application/json" | "application/*" | "*/*" => Some(Format::Json),
             protobuf::answer::MEDIA_TYPE
                 if !converted && protobuf::answer::answers(&t.api_version(), &t.kind) =>
@@ -570,7 +579,9 @@ fn patch_object(
         // are replaced, not merged by key): a documented deviation. Custom resources refuse it,
         // as on the real server.
         "application/strategic-merge-patch+json" if t.crd.is_none() => {
-            patch::merge_patch(&mut target, &patch_body)
+            let mut plain = patch_body.clone();
+            patch::strip_strategic_directives(&mut plain);
+            patch::merge_patch(&mut target, &plain)
         }
         "application/json-patch+json" => {
             patch::json_patch(&mut target, &patch_body).map_err(|e| {
@@ -596,4 +607,58 @@ fn patch_object(
         200,
         state.replace(t, (ns_key, name), cur, &mut target, status, opts)?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apiserver::registry::Registry;
+
+    #[test]
+    fn answers_are_in_the_first_format_asked_for_that_the_kind_has() {
+        let reg = Registry::with_builtins();
+        let secrets = reg.get("", "v1", "secrets").unwrap();
+        let pb = "application/vnd.kubernetes.protobuf";
+        for (accept, want) in [
+            ("", Some(Format::Json)),
+            ("application/json", Some(Format::Json)),
+            (
+                &format!("{pb},application/json") as &str,
+                Some(Format::Protobuf),
+            ),
+            (&format!("{pb}, */*"), Some(Format::Protobuf)),
+            (
+                "Application/VND.Kubernetes.Protobuf",
+                Some(Format::Protobuf),
+            ),
+            (&format!("{pb};q=0, application/json"), Some(Format::Json)),
+            (
+                &format!("{pb};as=Table;v=v1;g=meta.k8s.io, application/json"),
+                Some(Format::Json),
+            ),
+            ("application/yaml", None),
+            (&format!("{pb};q=0"), None),
+        ] {
+            assert_eq!(negotiate(accept, secrets), want, "{accept}");
+        }
+        // Custom resources and kinds without a protobuf form here: JSON, or nothing.
+        let mut reg = reg;
+        let crd: Value = serde_yaml::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../crds/manifests/projects.yaml"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        reg.register_crd(&crd).unwrap();
+        let projects = reg.get("projstore.io", "v1alpha1", "projects").unwrap();
+        assert_eq!(
+            negotiate(&format!("{pb}, */*"), projects),
+            Some(Format::Json)
+        );
+        assert_eq!(negotiate(pb, projects), None);
+        let events = reg.get("", "v1", "events").unwrap();
+        assert_eq!(negotiate(pb, events), None);
+    }
 }
