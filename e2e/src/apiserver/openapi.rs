@@ -33,11 +33,17 @@ pub fn index(registry: &Registry) -> Value {
     json!({"paths": paths})
 }
 
+/// The name a real API server gives the schema of `t`: its Go package's for a built-in kind
+/// (`io.k8s.api.apps.v1.Deployment`), the reversed group for a custom resource
+/// (`io.projstore.v1alpha1.Project`).
 pub(super) fn schema_name(t: &ResourceType) -> String {
-    let group = if t.group.is_empty() {
-        "io.k8s.api.core".to_owned()
-    } else {
-        t.group.split('.').rev().collect::<Vec<_>>().join(".")
+    let group = match (t.crd.is_some(), t.group.as_str()) {
+        (true, g) => g.split('.').rev().collect::<Vec<_>>().join("."),
+        (false, "") => "io.k8s.api.core".to_owned(),
+        (false, "apiextensions.k8s.io") => {
+            "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions".to_owned()
+        }
+        (false, g) => format!("io.k8s.api.{}", g.split('.').next().unwrap_or(g)),
     };
     format!("{group}.{}.{}", t.version, t.kind)
 }
@@ -133,4 +139,40 @@ pub(super) fn insert_paths(
             "delete": operation(t, "delete", false),
         }),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apiserver::registry::Registry;
+
+    #[test]
+    fn schemas_are_named_as_a_real_server_names_them() {
+        let reg = Registry::with_builtins();
+        for (group, plural, name) in [
+            ("", "namespaces", "io.k8s.api.core.v1.Namespace"),
+            ("apps", "deployments", "io.k8s.api.apps.v1.Deployment"),
+            (
+                "rbac.authorization.k8s.io",
+                "clusterroles",
+                "io.k8s.api.rbac.v1.ClusterRole",
+            ),
+            (
+                "coordination.k8s.io",
+                "leases",
+                "io.k8s.api.coordination.v1.Lease",
+            ),
+            (
+                "apiextensions.k8s.io",
+                "customresourcedefinitions",
+                "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinition",
+            ),
+        ] {
+            let t = reg
+                .all()
+                .find(|t| t.group == group && t.plural == plural)
+                .unwrap();
+            assert_eq!(schema_name(t), name);
+        }
+    }
 }

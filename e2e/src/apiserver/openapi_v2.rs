@@ -32,10 +32,27 @@ pub fn document(registry: &Registry) -> Value {
 }
 
 fn operation(t: &ResourceType, action: &str, writes: bool) -> Value {
+    // Protobuf both ways only for the kinds that have it here.
+    let (consumes, produces) =
+        if crate::apiserver::protobuf::answer::answers(&t.api_version(), &t.kind) {
+            (
+                json!([
+                    "application/json",
+                    "application/yaml",
+                    "application/vnd.kubernetes.protobuf"
+                ]),
+                json!(["application/json", "application/vnd.kubernetes.protobuf"]),
+            )
+        } else {
+            (
+                json!(["application/json", "application/yaml"]),
+                json!(["application/json"]),
+            )
+        };
     let mut op = json!({
         "operationId": format!("{action}{}", t.kind),
-        "consumes": ["application/json", "application/yaml", "application/vnd.kubernetes.protobuf"],
-        "produces": ["application/json"],
+        "consumes": consumes,
+        "produces": produces,
         "responses": {"200": {"description": "OK", "schema": {"$ref": format!("#/definitions/{}", schema_name(t))}}},
         "x-kubernetes-action": action,
         "x-kubernetes-group-version-kind": {"group": t.group, "version": t.version, "kind": t.kind},
