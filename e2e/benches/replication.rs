@@ -449,32 +449,53 @@ fn main() {
             .filter(|c| c.role == "Secondary")
             .map(|c| format!("{}/recv/bench-raw", zpool_of(&kc, &c.pool)))
             .collect();
-        let pipe = |from: Option<&str>, snap: &str, target: &str| {
+        // `zfs send [-i from] snap | zfs recv -u target`, or through the floor's relay.
+        let pipe = |from: Option<&str>, snap: &str, target: &str, relay: bool| {
             let mut send = Command::new("zfs");
             send.arg("send");
             if let Some(f) = from {
                 send.args(["-i", f]);
             }
             let mut send = send.arg(snap).stdout(Stdio::piped()).spawn().unwrap();
-            let recv = Command::new("zfs")
-                .args(["recv", "-u", target])
-                .stdin(send.stdout.take().unwrap())
-                .spawn()
-                .unwrap();
-            (send, recv)
+            let mut recv = Command::new("zfs");
+            recv.args(["recv", "-u", target]);
+            let (recv, relay) = if relay {
+                let mut recv = recv.stdin(Stdio::piped()).spawn().unwrap();
+                let r = floor_relay(send.stdout.take().unwrap(), recv.stdin.take().unwrap());
+                (recv, Some(r))
+            } else {
+                (
+                    recv.stdin(send.stdout.take().unwrap()).spawn().unwrap(),
+                    None,
+                )
+            };
+            (send, relay, recv)
+        };
+        let finish = |running: Vec<(
+            std::process::Child,
+            Option<std::thread::JoinHandle<()>>,
+            std::process::Child,
+        )>| {
+            for (mut s, relay, mut r) in running {
+                if let Some(relay) = relay {
+                    relay.join().unwrap();
+                }
+                assert!(s.wait().unwrap().success() && r.wait().unwrap().success());
+            }
         };
         for t in &targets {
-            let (mut s, mut r) = pipe(None, prev, t);
-            assert!(s.wait().unwrap().success() && r.wait().unwrap().success());
+            finish(vec![pipe(None, prev, t, false)]);
         }
         // Each measured transfer starts once the writes of the one before have settled, or it
         // pays for their write-back.
         settle();
         let (t, zfs0) = (Instant::now(), zfs_fuse_cpu());
-        let running: Vec<_> = targets.iter().map(|t| pipe(Some(prev), new, t)).collect();
-        for (mut s, mut r) in running {
-            assert!(s.wait().unwrap().success() && r.wait().unwrap().success());
-        }
+        finish(
+            targets
+                .iter()
+                .map(|t| pipe(Some(prev), new, t, false))
+                .collect(),
+        );
         let (raw, zfs_raw) = (t.elapsed(), zfs_fuse_cpu() - zfs0);
         for t in &targets {
             zfs(&["destroy", "-r", t]);
@@ -487,33 +508,16 @@ fn main() {
         let mut floors = Vec::new();
         for _ in 0..3 {
             for t in &targets {
-                let (mut s, mut r) = pipe(None, prev, t);
-                assert!(s.wait().unwrap().success() && r.wait().unwrap().success());
+                finish(vec![pipe(None, prev, t, false)]);
             }
             settle();
             let t = Instant::now();
-            let running: Vec<_> = targets
-                .iter()
-                .map(|target| {
-                    let mut send = Command::new("zfs")
-                        .args(["send", "-i", prev, new])
-                        .stdout(Stdio::piped())
-                        .spawn()
-                        .unwrap();
-                    let mut recv = Command::new("zfs")
-                        .args(["recv", "-u", target])
-                        .stdin(Stdio::piped())
-                        .spawn()
-                        .unwrap();
-                    let relay =
-                        floor_relay(send.stdout.take().unwrap(), recv.stdin.take().unwrap());
-                    (send, relay, recv)
-                })
-                .collect();
-            for (mut s, relay, mut r) in running {
-                relay.join().unwrap();
-                assert!(s.wait().unwrap().success() && r.wait().unwrap().success());
-            }
+            finish(
+                targets
+                    .iter()
+                    .map(|t| pipe(Some(prev), new, t, true))
+                    .collect(),
+            );
             floors.push(t.elapsed());
             for t in &targets {
                 zfs(&["destroy", "-r", t]);

@@ -302,17 +302,8 @@ async fn server_floor(
         puts.push(t.elapsed());
         let t = Instant::now();
         let len = data.len() as u64;
-        let ranges: Vec<_> = (0..len)
-            .step_by(8 << 20)
-            .map(|at| at..(at + (8 << 20)).min(len))
-            .collect();
-        let got: u64 = futures::stream::iter(ranges)
-            .map(|r| {
-                let path = path.clone();
-                async move { store.get_range(&path, r).await.unwrap().len() as u64 }
-            })
-            .buffered(4)
-            .fold(0, |n, m| async move { n + m })
+        let got: u64 = ranged(store, &path, len)
+            .fold(0, |n, b| async move { n + b.len() as u64 })
             .await;
         assert_eq!(got, len);
         gets.push(t.elapsed());
@@ -325,16 +316,7 @@ async fn server_floor(
             .spawn()
             .unwrap();
         let mut stdin = recv.stdin.take().unwrap();
-        let mut ranges = futures::stream::iter(
-            (0..len)
-                .step_by(8 << 20)
-                .map(|at| at..(at + (8 << 20)).min(len)),
-        )
-        .map(|r| {
-            let path = path.clone();
-            async move { store.get_range(&path, r).await.unwrap() }
-        })
-        .buffered(4);
+        let mut ranges = std::pin::pin!(ranged(store, &path, len));
         while let Some(b) = ranges.next().await {
             tokio::io::AsyncWriteExt::write_all(&mut stdin, &b)
                 .await
@@ -368,4 +350,22 @@ async fn server_floor(
         raw_send.as_secs_f64() / put.min(whole_put).as_secs_f64(),
         raw_recv.as_secs_f64() / piped.as_secs_f64(),
     );
+}
+
+/// The `len` bytes of `path`, read in ranges of 8 MiB, four in flight, in order (as a restore
+/// reads an object).
+fn ranged<'a>(
+    store: &'a object_store::aws::AmazonS3,
+    path: &'a object_store::path::Path,
+    len: u64,
+) -> impl futures::Stream<Item = bytes::Bytes> + 'a {
+    use futures::StreamExt;
+    use object_store::ObjectStoreExt;
+    futures::stream::iter(
+        (0..len)
+            .step_by(8 << 20)
+            .map(move |at| at..(at + (8 << 20)).min(len)),
+    )
+    .map(move |r| async move { store.get_range(path, r).await.unwrap() })
+    .buffered(4)
 }

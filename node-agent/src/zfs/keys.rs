@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{DatasetName, Zfs, ZfsError, args};
+use super::{DatasetName, PropertyName, Zfs, ZfsError, args};
 
 /// What loading the key of a dataset takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +25,14 @@ pub enum KeyLoad {
     },
     /// Its key is not loaded and cannot be without someone: why.
     Impossible(String),
+}
+
+/// The encryption root of `ds` as its properties (`own`) name it: itself where none is named.
+fn encryption_root(ds: &str, own: &BTreeMap<String, String>) -> String {
+    own.get("encryptionroot")
+        .filter(|r| !r.is_empty() && r.as_str() != "-")
+        .map_or(ds, String::as_str)
+        .to_owned()
 }
 
 /// Whether the agent can read a key from `location` without a prompt.
@@ -58,11 +66,7 @@ pub fn key_to_load(
     if own.get("keystatus").map(String::as_str) != Some("unavailable") {
         return KeyLoad::Ready;
     }
-    let root = own
-        .get("encryptionroot")
-        .filter(|r| !r.is_empty() && r.as_str() != "-")
-        .map_or(ds, String::as_str)
-        .to_owned();
+    let root = encryption_root(ds, own);
     if readable(root_location) {
         return KeyLoad::Load {
             root,
@@ -112,28 +116,37 @@ impl Zfs {
         if own.get("keystatus").map(String::as_str) != Some("unavailable") {
             return Ok(());
         }
-        let root = own
-            .get("encryptionroot")
-            .cloned()
-            .filter(|r| !r.is_empty() && r != "-")
-            .unwrap_or_else(|| ds.as_str().to_owned());
+        let what = format!("load the key of {ds}");
+        // Names as zfs printed them, checked before they are used again.
+        let name = |n: &str| {
+            DatasetName::parse(n).map_err(|source| ZfsError::InvalidName {
+                what: what.clone(),
+                source,
+            })
+        };
+        let prop = |p: &str| {
+            PropertyName::parse(p).map_err(|source| ZfsError::InvalidName {
+                what: what.clone(),
+                source,
+            })
+        };
+        let root = encryption_root(ds.as_str(), &own);
         let root_location = if root == ds.as_str() {
             own.get("keylocation").cloned().unwrap_or_default()
         } else {
-            self.property_of(&root, "keylocation").await?
+            self.property(&name(&root)?, &prop("keylocation")?).await?
         };
         let local = match ds.parent() {
             Some(parent) => {
-                let above = self.property_of(parent.as_str(), "encryptionroot").await?;
+                let above = self.property(&parent, &prop("encryptionroot")?).await?;
                 if above.is_empty() || above == "-" {
                     None
                 } else {
-                    Some(self.get(&above, &KEY_PROPERTIES).await?)
+                    Some(self.get_props(&name(&above)?, &KEY_PROPERTIES).await?)
                 }
             }
             None => None,
         };
-        let what = format!("load the key of {ds}");
         let (root, location) = match key_to_load(ds.as_str(), &own, &root_location, local.as_ref())
         {
             KeyLoad::Ready => return Ok(()),
@@ -153,21 +166,13 @@ impl Zfs {
             }),
         };
         // Another mount under the same encryption root may have loaded it meanwhile.
-        match self.property_of(ds.as_str(), "keystatus").await?.as_str() {
+        match self.property(ds, &prop("keystatus")?).await?.as_str() {
             "available" => Ok(()),
             other => Err(loaded.err().unwrap_or(ZfsError::Unverified {
                 what,
                 problem: format!("its keystatus is {other:?} afterwards"),
             })),
         }
-    }
-
-    async fn property_of(&self, name: &str, prop: &str) -> Result<String, ZfsError> {
-        Ok(self
-            .get(name, &[prop])
-            .await?
-            .remove(prop)
-            .unwrap_or_default())
     }
 }
 

@@ -23,79 +23,56 @@ pub const MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";
 
 /// Whether objects of `api_version`/`kind` (and their lists) can be answered in protobuf.
 pub fn answers(api_version: &str, kind: &str) -> bool {
-    matches!(
-        (api_version, kind),
-        (
-            "v1",
-            "Namespace" | "Secret" | "ConfigMap" | "ServiceAccount"
-        ) | (
-            "rbac.authorization.k8s.io/v1",
-            "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding"
-        )
-    )
+    kind != "Status" && encoder(api_version, kind).is_some()
 }
+
+/// The encoder of a value of `api_version`/`kind` into its `k8s-pb` message: an object or list
+/// of one of the kinds read in protobuf, or a `Status`.
+fn encoder(api_version: &str, kind: &str) -> Option<fn(&Value) -> Vec<u8>> {
+    macro_rules! list {
+        ($list:path, $one:ident) => {
+            |v| {
+                $list {
+                    metadata: Some(list_meta(v)),
+                    items: items(v, $one),
+                }
+                .encode_to_vec()
+            }
+        };
+    }
+    let encode: fn(&Value) -> Vec<u8> = match (api_version, kind) {
+        (_, "Status") => |v| status(v).encode_to_vec(),
+        ("v1", "Namespace") => |v| namespace(v).encode_to_vec(),
+        ("v1", "Secret") => |v| secret(v).encode_to_vec(),
+        ("v1", "ConfigMap") => |v| config_map(v).encode_to_vec(),
+        ("v1", "ServiceAccount") => |v| service_account(v).encode_to_vec(),
+        ("v1", "NamespaceList") => list!(core::NamespaceList, namespace),
+        ("v1", "SecretList") => list!(core::SecretList, secret),
+        ("v1", "ConfigMapList") => list!(core::ConfigMapList, config_map),
+        ("v1", "ServiceAccountList") => list!(core::ServiceAccountList, service_account),
+        (RBAC, "Role") => |v| role(v).encode_to_vec(),
+        (RBAC, "ClusterRole") => |v| cluster_role(v).encode_to_vec(),
+        (RBAC, "RoleBinding") => |v| role_binding(v).encode_to_vec(),
+        (RBAC, "ClusterRoleBinding") => |v| cluster_role_binding(v).encode_to_vec(),
+        (RBAC, "RoleList") => list!(rbac::RoleList, role),
+        (RBAC, "ClusterRoleList") => list!(rbac::ClusterRoleList, cluster_role),
+        (RBAC, "RoleBindingList") => list!(rbac::RoleBindingList, role_binding),
+        (RBAC, "ClusterRoleBindingList") => {
+            list!(rbac::ClusterRoleBindingList, cluster_role_binding)
+        }
+        _ => return None,
+    };
+    Some(encode)
+}
+
+const RBAC: &str = "rbac.authorization.k8s.io/v1";
 
 /// `v` (an object, a list of one of the kinds of [`answers`], or a `Status`) as a Kubernetes
 /// protobuf body; None for anything else.
 pub fn encode(v: &Value) -> Option<Vec<u8>> {
     let api_version = text(v, "apiVersion")?;
     let kind = text(v, "kind")?;
-    let raw = match (api_version.as_str(), kind.as_str()) {
-        (_, "Status") => status(v).encode_to_vec(),
-        ("v1", "Namespace") => namespace(v).encode_to_vec(),
-        ("v1", "Secret") => secret(v).encode_to_vec(),
-        ("v1", "ConfigMap") => config_map(v).encode_to_vec(),
-        ("v1", "ServiceAccount") => service_account(v).encode_to_vec(),
-        ("rbac.authorization.k8s.io/v1", "Role") => role(v).encode_to_vec(),
-        ("rbac.authorization.k8s.io/v1", "ClusterRole") => cluster_role(v).encode_to_vec(),
-        ("rbac.authorization.k8s.io/v1", "RoleBinding") => role_binding(v).encode_to_vec(),
-        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
-            cluster_role_binding(v).encode_to_vec()
-        }
-        ("v1", "NamespaceList") => core::NamespaceList {
-            metadata: Some(list_meta(v)),
-            items: items(v, namespace),
-        }
-        .encode_to_vec(),
-        ("v1", "SecretList") => core::SecretList {
-            metadata: Some(list_meta(v)),
-            items: items(v, secret),
-        }
-        .encode_to_vec(),
-        ("v1", "ConfigMapList") => core::ConfigMapList {
-            metadata: Some(list_meta(v)),
-            items: items(v, config_map),
-        }
-        .encode_to_vec(),
-        ("v1", "ServiceAccountList") => core::ServiceAccountList {
-            metadata: Some(list_meta(v)),
-            items: items(v, service_account),
-        }
-        .encode_to_vec(),
-        ("rbac.authorization.k8s.io/v1", "RoleList") => rbac::RoleList {
-            metadata: Some(list_meta(v)),
-            items: items(v, role),
-        }
-        .encode_to_vec(),
-        ("rbac.authorization.k8s.io/v1", "ClusterRoleList") => rbac::ClusterRoleList {
-            metadata: Some(list_meta(v)),
-            items: items(v, cluster_role),
-        }
-        .encode_to_vec(),
-        ("rbac.authorization.k8s.io/v1", "RoleBindingList") => rbac::RoleBindingList {
-            metadata: Some(list_meta(v)),
-            items: items(v, role_binding),
-        }
-        .encode_to_vec(),
-        ("rbac.authorization.k8s.io/v1", "ClusterRoleBindingList") => {
-            rbac::ClusterRoleBindingList {
-                metadata: Some(list_meta(v)),
-                items: items(v, cluster_role_binding),
-            }
-            .encode_to_vec()
-        }
-        _ => return None,
-    };
+    let raw = encoder(&api_version, &kind)?(v);
     let envelope = Unknown {
         type_meta: Some(TypeMeta {
             api_version: Some(api_version),
