@@ -6,6 +6,7 @@
 
 mod support;
 
+use std::io::Write as _;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -33,6 +34,83 @@ struct Host {
     _pool: TestPool,
     base: tempfile::TempDir,
     dirs: MountDirs,
+    _watchdog: Watchdog,
+}
+
+/// Ends the test process, saying what each process involved waits on, if its test has not
+/// finished within `limit`: a hung FUSE daemon would otherwise hold the whole run until CI's
+/// own time limit, saying nothing. Dropping it (the test ended) stops it.
+struct Watchdog {
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+impl Watchdog {
+    fn new(test: &str, limit: Duration) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let test = test.to_owned();
+        std::thread::spawn(move || {
+            if rx.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                // Past the test harness's capture of `eprintln!`, which an abort would lose.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "{test}: still running after {limit:?}; what waits on what:\n{}",
+                    waits()
+                );
+                std::process::abort();
+            }
+        });
+        Self { _stop: tx }
+    }
+}
+
+/// Per process of these tests (this one, zfs-fuse, the FUSE daemons, sftp, the tenants' and
+/// the agent's commands): how many of its threads wait in which kernel function.
+fn waits() -> String {
+    let me = std::process::id().to_string();
+    let involved = |pid: &str, comm: &str, cmdline: &str| {
+        pid == me
+            || cmdline.contains(TESTS_DIR)
+            || [
+                "zfs-fuse",
+                "bindfs",
+                "sshfs",
+                "sftp-server",
+                "sshd",
+                "zfs",
+                "zpool",
+            ]
+            .contains(&comm)
+    };
+    let mut out = String::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let read = |f: &str| std::fs::read_to_string(entry.path().join(f)).unwrap_or_default();
+        let comm = read("comm").trim().to_owned();
+        let cmdline = read("cmdline").replace(['\0', '\n'], " ");
+        if !involved(&pid, &comm, &cmdline) {
+            continue;
+        }
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for task in std::fs::read_dir(entry.path().join("task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let wchan = std::fs::read_to_string(task.path().join("wchan")).unwrap_or_default();
+            *counts.entry(wchan).or_default() += 1;
+        }
+        let cmd: String = cmdline.chars().take(160).collect();
+        out += &format!("{pid} {cmd}: {counts:?}\n");
+    }
+    for m in mounts::mount_table() {
+        if m.target.starts_with(TESTS_DIR) {
+            out += &format!("mounted: {} ({})\n", m.target.display(), m.fstype);
+        }
+    }
+    out
 }
 
 impl Host {
@@ -59,6 +137,7 @@ impl Host {
             _pool: pool,
             base,
             dirs,
+            _watchdog: Watchdog::new(test, Duration::from_secs(240)),
         };
         for (ns, name, owner) in [
             ("ns", "a", CONSUMER),
@@ -253,8 +332,10 @@ fn tenant_ok(who: (u32, u32), program: &str, args: &[&str]) {
     );
 }
 
-/// A python loop run as the tenant until killed (the tenant racing the agent).
+/// A python loop run as the tenant until killed (the tenant racing the agent). One such loop
+/// runs at a time on the machine (see `one_racer_at_a_time`).
 fn tenant_loop(who: (u32, u32), script: &str) -> Tenant {
+    let turn = one_racer_at_a_time();
     let mut child = Command::new("setpriv")
         .arg(format!("--reuid={}", who.0))
         .arg(format!("--regid={}", who.1))
@@ -269,18 +350,41 @@ fn tenant_loop(who: (u32, u32), script: &str) -> Tenant {
         child.try_wait().unwrap().is_none(),
         "the tenant's loop did not start"
     );
-    Tenant(child)
+    Tenant {
+        child,
+        _turn: Some(turn),
+    }
+}
+
+/// zfs-fuse deadlocks for good (every worker thread waiting on a lock of its own, every
+/// request to any of its datasets unanswered) when two tenants rename and symlink in tight
+/// loops on its datasets at once: seen with the loops of two of these tests running side by
+/// side. That is zfs-fuse's own bug (production hosts run OpenZFS), so the loops take turns:
+/// an exclusive lock on a file, held while the loop runs, across tests and test processes.
+fn one_racer_at_a_time() -> std::fs::File {
+    std::fs::create_dir_all(TESTS_DIR).unwrap();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(Path::new(TESTS_DIR).join("racers.lock"))
+        .unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    lock
 }
 
 /// A tenant's process, killed when the test lets go of it (also when an assertion fails: a
 /// writer left behind would keep a FUSE mount busy while the test pool is destroyed, and
-/// zfs-fuse then waits on itself for good).
-struct Tenant(std::process::Child);
+/// zfs-fuse then waits on itself for good); then the racers' turn it held, if any, is free.
+struct Tenant {
+    child: std::process::Child,
+    _turn: Option<std::fs::File>,
+}
 
 impl Drop for Tenant {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -528,7 +632,7 @@ fn tenant_writer(who: (u32, u32), file: &Path) -> Tenant {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    Tenant(child)
+    Tenant { child, _turn: None }
 }
 
 /// A project that stops serving (`unexport`, before its dataset is unmounted) leaves no way
@@ -559,12 +663,12 @@ fn writes_stop_when_the_source_stops_serving(
     if noticed {
         let ended = (0..100).any(|_| {
             std::thread::sleep(Duration::from_millis(50));
-            writer.0.try_wait().unwrap().is_some()
+            writer.child.try_wait().unwrap().is_some()
         });
         assert!(ended, "writes went on: the writer never saw a write fail");
         let mut out = String::new();
         use std::io::Read;
-        let _ = writer.0.stdout.take().unwrap().read_to_string(&mut out);
+        let _ = writer.child.stdout.take().unwrap().read_to_string(&mut out);
         assert_eq!(out.trim(), "STOPPED", "writes went on");
     }
 }
