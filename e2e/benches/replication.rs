@@ -9,8 +9,9 @@
 //!   of it) over its dataset's `used` (goal ≤ 1.05);
 //! - the agents' CPU seconds per GiB replicated (hashing, TLS), from `/proc`.
 //!
-//! Times are seen from outside, as a user sees them: a `kubectl get -w` follows the
-//! StreamReplicas' `status.appliedSnapshot`.
+//! Times are seen from outside, as a user sees them: from the PATCH that sets `snapshot-now`
+//! until a `kubectl get -w` following the StreamReplicas shows the new
+//! `status.appliedSnapshot` on every copy.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark binary
 
@@ -135,9 +136,44 @@ impl Drop for Watch {
     }
 }
 
+/// The bench's own API client: it sets `snapshot-now` with one PATCH, so what is timed starts
+/// with the request (a `kubectl annotate` would add its own start-up, 80–190 ms here, before
+/// any request leaves).
+struct ApiClient {
+    rt: tokio::runtime::Runtime,
+    projects: kube::Api<projstore_api::Project>,
+}
+
+impl ApiClient {
+    fn new(kc: &Path) -> Self {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = rt.block_on(projstore_e2e::testkit::client_for(kc)).unwrap();
+        Self {
+            rt,
+            projects: kube::Api::namespaced(client, "default"),
+        }
+    }
+
+    fn snapshot_now(&self, project: &str, round: &str) {
+        let patch = serde_json::json!({
+            "metadata": {"annotations": {"projstore.io/snapshot-now": round}}
+        });
+        self.rt
+            .block_on(self.projects.patch(
+                project,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            ))
+            .unwrap();
+    }
+}
+
 /// Asks for a snapshot now, and times until every copy reports the primary's new snapshot.
 fn snapshot_until_applied(
-    kc: &Path,
+    api: &ApiClient,
     w: &mut Watch,
     project: &str,
     round: &str,
@@ -146,18 +182,7 @@ fn snapshot_until_applied(
     w.update(Duration::from_millis(10));
     let before = w.primary_applied();
     let t = Instant::now();
-    kubectl(
-        kc,
-        &[
-            "annotate",
-            "proj",
-            project,
-            "-n",
-            "default",
-            "--overwrite",
-            &format!("projstore.io/snapshot-now={round}"),
-        ],
-    );
+    api.snapshot_now(project, round);
     loop {
         let primary = w.primary_applied();
         if !primary.is_empty()
@@ -386,6 +411,7 @@ fn main() {
         .join("projects/default")
         .join(project);
 
+    let api = ApiClient::new(&kc);
     let mut w = Watch::start(&kc, project);
     while w.now.len() < 3 {
         w.update(Duration::from_secs(1));
@@ -395,7 +421,7 @@ fn main() {
     for round in 0..7u64 {
         std::fs::write(mount.join("small"), random_bytes(1 << 20, round + 1)).unwrap();
         small.push(
-            snapshot_until_applied(&kc, &mut w, project, &format!("s{round}"), 3).as_secs_f64(),
+            snapshot_until_applied(&api, &mut w, project, &format!("s{round}"), 3).as_secs_f64(),
         );
         std::thread::sleep(Duration::from_secs(1));
     }
@@ -417,7 +443,7 @@ fn main() {
         // zfs-fuse writes back asynchronously: let it settle so the snapshot does not wait on it.
         settle();
         let (cpu0, zfs0) = (agents_cpu(&dir), zfs_fuse_cpu());
-        let live = snapshot_until_applied(&kc, &mut w, project, &format!("big{round}"), 3);
+        let live = snapshot_until_applied(&api, &mut w, project, &format!("big{round}"), 3);
         let (cpu, zfs_live) = (agents_cpu(&dir) - cpu0, zfs_fuse_cpu() - zfs0);
 
         // The same snapshot, raw: `zfs send -i prev new | zfs recv` into the two secondaries'
@@ -483,52 +509,47 @@ fn main() {
                 assert!(s.wait().unwrap().success() && r.wait().unwrap().success());
             }
         };
-        for t in &targets {
-            finish(vec![pipe(None, prev, t, false)]);
-        }
-        // Each measured transfer starts once the writes of the one before have settled, or it
-        // pays for their write-back.
-        settle();
-        let (t, zfs0) = (Instant::now(), zfs_fuse_cpu());
-        finish(
-            targets
-                .iter()
-                .map(|t| pipe(Some(prev), new, t, false))
-                .collect(),
-        );
-        let (raw, zfs_raw) = (t.elapsed(), zfs_fuse_cpu() - zfs0);
-        for t in &targets {
-            zfs(&["destroy", "-r", t]);
-        }
+        // One timed transfer of `new` into each target at once, raw or through the floor's
+        // relay: each target first gets `prev` (untimed), and the timed transfer starts once
+        // the writes before it have settled, or it pays for their write-back. Returns the time
+        // and the zfs-fuse daemon's CPU seconds in it.
+        let timed = |relay: bool| {
+            for t in &targets {
+                finish(vec![pipe(None, prev, t, false)]);
+            }
+            settle();
+            let (t, zfs0) = (Instant::now(), zfs_fuse_cpu());
+            finish(
+                targets
+                    .iter()
+                    .map(|t| pipe(Some(prev), new, t, relay))
+                    .collect(),
+            );
+            let took = (t.elapsed(), zfs_fuse_cpu() - zfs0);
+            for t in &targets {
+                zfs(&["destroy", "-r", t]);
+            }
+            took
+        };
+        // The raw pipes, three times: zfs-fuse's own speed on them varies (1.1 s to 1.9 s for
+        // the same snapshot here, the daemon's CPU with it), and the goal is measured against
+        // the fastest — the speed a raw pipe can reach here.
+        let mut raws: Vec<(Duration, f64)> = (0..3).map(|_| timed(false)).collect();
+        raws.sort_by_key(|r| r.0);
+        let (raw, zfs_raw) = raws[0];
         // An estimate of the floor the contract sets: the same pipes (of a mebibyte, as the
         // agent's) with, in between, only what the live path must do to every byte — a BLAKE3
         // digest as sent, AES-256-GCM sealing in TLS's 16 KiB records (the suite rustls picks
         // first), opening, a digest as received — split between a sending and a receiving thread
         // as between two agents; no sockets, HTTP, agents or scheduling. Median of 3 rounds.
-        let mut floors = Vec::new();
-        for _ in 0..3 {
-            for t in &targets {
-                finish(vec![pipe(None, prev, t, false)]);
-            }
-            settle();
-            let t = Instant::now();
-            finish(
-                targets
-                    .iter()
-                    .map(|t| pipe(Some(prev), new, t, true))
-                    .collect(),
-            );
-            floors.push(t.elapsed());
-            for t in &targets {
-                zfs(&["destroy", "-r", t]);
-            }
-        }
+        let mut floors: Vec<Duration> = (0..3).map(|_| timed(true).0).collect();
         floors.sort();
         let floor = floors[1];
         println!(
-            "round {round}: 256 MiB change, snapshot-now → applied on both secondaries: {:.2}s; raw zfs send -i | zfs recv of the same snapshot into the same two pools at once: {:.2}s; ratio {:.2} (goal ≥ 0.9)",
+            "round {round}: 256 MiB change, snapshot-now → applied on both secondaries: {:.2}s; raw zfs send -i | zfs recv of the same snapshot into the same two pools at once, fastest of 3: {:.2}s (all: {:.2?}); ratio {:.2} (goal ≥ 0.9)",
             live.as_secs_f64(),
             raw.as_secs_f64(),
+            raws.iter().map(|r| r.0.as_secs_f64()).collect::<Vec<_>>(),
             raw.as_secs_f64() / live.as_secs_f64()
         );
         println!(
@@ -558,7 +579,7 @@ fn main() {
         v[v.len() / 2]
     };
     println!(
-        "256 MiB changes, medians of {} rounds: live {:.2}s, raw {:.2}s, floor {:.2}s; ratio raw/live {:.2} (goal ≥ 0.9), best the contract allows (raw/floor) {:.2}, live against the floor {:.2}; ratios by round: {:?}",
+        "256 MiB changes, medians of {} rounds: live {:.2}s, raw (each round's fastest) {:.2}s, floor {:.2}s; ratio raw/live {:.2} (goal ≥ 0.9), best the contract allows (raw/floor) {:.2}, live against the floor {:.2}; ratios by round: {:?}",
         rounds.len(),
         median(&|r| r.0.as_secs_f64()),
         median(&|r| r.1.as_secs_f64()),
