@@ -50,16 +50,42 @@ impl Watchdog {
         let test = test.to_owned();
         std::thread::spawn(move || {
             if rx.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                // Reading /proc can itself block on a hung FUSE daemon: the report gets 20 s.
+                let (report_tx, report) = std::sync::mpsc::channel();
+                std::thread::spawn(move || report_tx.send(waits()));
+                let report = report
+                    .recv_timeout(Duration::from_secs(20))
+                    .unwrap_or_else(|_| "(reading /proc did not finish within 20 s)".into());
                 // Past the test harness's capture of `eprintln!`, which an abort would lose.
                 let _ = writeln!(
                     std::io::stderr(),
-                    "{test}: still running after {limit:?}; what waits on what:\n{}",
-                    waits()
+                    "{test}: still running after {limit:?}; what waits on what:\n{report}"
                 );
+                // An abort runs no Drop: the tenants' loops, this process's children, would
+                // live on and race the next test's loop (the deadlock their turns prevent).
+                kill_children();
                 std::process::abort();
             }
         });
         Self { _stop: tx }
+    }
+}
+
+/// Kills every child of this process (the tenants' processes, the commands it runs).
+fn kill_children() {
+    let me = std::process::id().to_string();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // "pid (comm) state ppid …", where comm may hold spaces and parentheses.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+        let pid = entry.file_name().to_string_lossy().parse::<i32>().ok();
+        if ppid == Some(me.as_str())
+            && let Some(pid) = pid.and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
     }
 }
 
@@ -115,6 +141,8 @@ fn waits() -> String {
 
 impl Host {
     async fn new(test: &str) -> Option<Self> {
+        // First: creating the pool is what hangs when zfs-fuse already is.
+        let watchdog = Watchdog::new(test, Duration::from_secs(240));
         let zfs = zfs_or_skip(test).await?;
         require(&["bindfs", "setpriv", "/usr/bin/python3"]);
         let pool = TestPool::new(&zfs, 256 << 20).await;
@@ -137,7 +165,7 @@ impl Host {
             _pool: pool,
             base,
             dirs,
-            _watchdog: Watchdog::new(test, Duration::from_secs(240)),
+            _watchdog: watchdog,
         };
         for (ns, name, owner) in [
             ("ns", "a", CONSUMER),
