@@ -81,17 +81,13 @@ pub async fn ensure_layout(
         layout.forks(),
         layout.recv(),
     ] {
-        let ds = ds.map_err(|source| ZfsError::InvalidName {
-            what: "pool layout".into(),
-            source,
-        })?;
+        let ds = ds.map_err(ZfsError::invalid_name("pool layout"))?;
         zfs.create(&ds, &[(prop("mountpoint", &ds)?, "none".into())])
             .await?;
     }
-    let streams = layout.streams().map_err(|source| ZfsError::InvalidName {
-        what: "pool layout".into(),
-        source,
-    })?;
+    let streams = layout
+        .streams()
+        .map_err(ZfsError::invalid_name("pool layout"))?;
     let mp = checked_mountpoint(&streams, streams_mountpoint)?;
     zfs.create(&streams, &[(prop("mountpoint", &streams)?, mp)])
         .await?;
@@ -118,10 +114,7 @@ pub async fn create_project(
 ) -> Result<DatasetName, ZfsError> {
     let ds = layout
         .project(new.key)
-        .map_err(|source| ZfsError::InvalidName {
-            what: "project dataset".into(),
-            source,
-        })?;
+        .map_err(ZfsError::invalid_name("project dataset"))?;
     let mp = checked_mountpoint(&ds, new.mountpoint)?;
     zfs.create_parents(&ds).await?;
     let props = vec![
@@ -169,10 +162,7 @@ pub fn secure_root(mountpoint: &Path, owner: (u32, u32)) -> Result<(), String> {
 }
 
 fn prop(name: &str, ds: &DatasetName) -> Result<PropertyName, ZfsError> {
-    PropertyName::parse(name).map_err(|source| ZfsError::InvalidName {
-        what: format!("property of {ds}"),
-        source,
-    })
+    PropertyName::parse(name).map_err(ZfsError::invalid_name(format!("property of {ds}")))
 }
 
 fn checked_mountpoint(ds: &DatasetName, path: &Path) -> Result<String, ZfsError> {

@@ -21,10 +21,7 @@ pub struct PoolReport {
 }
 
 fn prop(name: &str) -> Result<PropertyName, ZfsError> {
-    PropertyName::parse(name).map_err(|source| ZfsError::InvalidName {
-        what: "pool property".into(),
-        source,
-    })
+    PropertyName::parse(name).map_err(ZfsError::invalid_name("pool property"))
 }
 
 /// Brings the pool of `sp` to its spec: import (searching the vdevs' directories) or create,
@@ -35,10 +32,7 @@ pub async fn keep(
     sp: &StoragePool,
     streams_root: &Path,
 ) -> Result<PoolReport, ZfsError> {
-    let name = PoolName::parse(&sp.spec.pool_name).map_err(|source| ZfsError::InvalidName {
-        what: "poolName".into(),
-        source,
-    })?;
+    let name = PoolName::parse(&sp.spec.pool_name).map_err(ZfsError::invalid_name("poolName"))?;
     let mut report = PoolReport::default();
     let vdevs: Vec<Vdev> = sp
         .spec
@@ -46,10 +40,7 @@ pub async fn keep(
         .iter()
         .map(|v| Vdev::new(&v.path, v.size_bytes))
         .collect::<Result<_, _>>()
-        .map_err(|source| ZfsError::InvalidName {
-            what: "vdev".into(),
-            source,
-        })?;
+        .map_err(ZfsError::invalid_name("vdev"))?;
     if zfs.pool_info(&name).await.is_err() {
         let dirs: Vec<PathBuf> = {
             let mut d: Vec<PathBuf> = vdevs

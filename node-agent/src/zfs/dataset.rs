@@ -60,10 +60,7 @@ impl Zfs {
         props: &[&str],
     ) -> Result<BTreeMap<String, String>, ZfsError> {
         for name in props {
-            PropertyName::parse(name).map_err(|source| ZfsError::InvalidName {
-                what: format!("get of {ds}"),
-                source,
-            })?;
+            PropertyName::parse(name).map_err(ZfsError::invalid_name(format!("get of {ds}")))?;
         }
         self.get(ds.as_str(), props).await
     }
@@ -138,10 +135,7 @@ impl Zfs {
 
     async fn set_on(&self, target: &str, prop: &PropertyName, value: &str) -> Result<(), ZfsError> {
         let what = format!("set {}={value} on {target}", prop.as_str());
-        check_property_value(value).map_err(|source| ZfsError::InvalidName {
-            what: what.clone(),
-            source,
-        })?;
+        check_property_value(value).map_err(ZfsError::invalid_name(&what))?;
         self.zfs(
             &what,
             args([
@@ -371,10 +365,7 @@ impl Zfs {
                     what: what.clone(),
                     detail: format!("{name}: a property is missing from the output"),
                 })?;
-            let name = DatasetName::parse(&name).map_err(|source| ZfsError::InvalidName {
-                what: what.clone(),
-                source,
-            })?;
+            let name = DatasetName::parse(&name).map_err(ZfsError::invalid_name(&what))?;
             found.push((name, row));
         }
         Ok(found)
@@ -419,10 +410,7 @@ impl Zfs {
         };
         let prev = ds
             .snapshot(&prev.name)
-            .map_err(|source| ZfsError::InvalidName {
-                what: format!("snapshot {snap}"),
-                source,
-            })?;
+            .map_err(ZfsError::invalid_name(format!("snapshot {snap}")))?;
         if self.caps.written_property || self.changed_between(&prev, snap).await? {
             return Ok(Some(info));
         }

@@ -53,6 +53,13 @@ pub enum ZfsError {
 }
 
 impl ZfsError {
+    /// What a name or value refused before anything ran becomes, for `map_err`: `what` names
+    /// the operation.
+    pub fn invalid_name(what: impl Into<String>) -> impl FnOnce(NameError) -> Self {
+        let what = what.into();
+        move |source| Self::InvalidName { what, source }
+    }
+
     /// Classifies a failed command by its stderr. `what` names the operation and object,
     /// e.g. `destroy tank/a`.
     pub fn classify(what: impl Into<String>, stderr: &str) -> Self {

@@ -118,18 +118,8 @@ impl Zfs {
         }
         let what = format!("load the key of {ds}");
         // Names as zfs printed them, checked before they are used again.
-        let name = |n: &str| {
-            DatasetName::parse(n).map_err(|source| ZfsError::InvalidName {
-                what: what.clone(),
-                source,
-            })
-        };
-        let prop = |p: &str| {
-            PropertyName::parse(p).map_err(|source| ZfsError::InvalidName {
-                what: what.clone(),
-                source,
-            })
-        };
+        let name = |n: &str| DatasetName::parse(n).map_err(ZfsError::invalid_name(&what));
+        let prop = |p: &str| PropertyName::parse(p).map_err(ZfsError::invalid_name(&what));
         let root = encryption_root(ds.as_str(), &own);
         let root_location = if root == ds.as_str() {
             own.get("keylocation").cloned().unwrap_or_default()

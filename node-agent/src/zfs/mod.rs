@@ -247,10 +247,7 @@ fn push_props(
     what: &str,
 ) -> Result<(), ZfsError> {
     for (name, value) in props {
-        names::check_property_value(value).map_err(|source| ZfsError::InvalidName {
-            what: what.to_owned(),
-            source,
-        })?;
+        names::check_property_value(value).map_err(ZfsError::invalid_name(what))?;
         a.push(flag.into());
         a.push(format!("{}={value}", name.as_str()).into());
     }
