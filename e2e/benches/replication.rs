@@ -159,7 +159,7 @@ impl ApiClient {
 
     fn snapshot_now(&self, project: &str, round: &str) {
         let patch = serde_json::json!({
-            "metadata": {"annotations": {"projstore.io/snapshot-now": round}}
+            "metadata": {"annotations": {projstore_api::SNAPSHOT_NOW_ANNOTATION: round}}
         });
         self.rt
             .block_on(self.projects.patch(

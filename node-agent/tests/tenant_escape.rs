@@ -74,26 +74,41 @@ impl Watchdog {
 /// Kills every child of this process (the tenants' processes, the commands it runs).
 fn kill_children() {
     let me = std::process::id().to_string();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+    for pid in pids() {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         // "pid (comm) state ppid …", where comm may hold spaces and parentheses.
         let ppid = stat
             .rsplit_once(')')
             .and_then(|(_, rest)| rest.split_whitespace().nth(1));
-        let pid = entry.file_name().to_string_lossy().parse::<i32>().ok();
-        if ppid == Some(me.as_str())
-            && let Some(pid) = pid.and_then(rustix::process::Pid::from_raw)
-        {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        if ppid == Some(me.as_str()) {
+            kill9(pid);
         }
+    }
+}
+
+/// The processes on the machine, by their directories in /proc.
+fn pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+}
+
+fn kill9(pid: u32) {
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
     }
 }
 
 /// Per process of these tests (this one, zfs-fuse, the FUSE daemons, sftp, the tenants' and
 /// the agent's commands): how many of its threads wait in which kernel function.
 fn waits() -> String {
-    let me = std::process::id().to_string();
-    let involved = |pid: &str, comm: &str, cmdline: &str| {
+    let me = std::process::id();
+    let involved = |pid: u32, comm: &str, cmdline: &str| {
         pid == me
             || cmdline.contains(TESTS_DIR)
             || [
@@ -108,19 +123,16 @@ fn waits() -> String {
             .contains(&comm)
     };
     let mut out = String::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let pid = entry.file_name().to_string_lossy().into_owned();
-        if !pid.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let read = |f: &str| std::fs::read_to_string(entry.path().join(f)).unwrap_or_default();
+    for pid in pids() {
+        let dir = PathBuf::from(format!("/proc/{pid}"));
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
         let comm = read("comm").trim().to_owned();
         let cmdline = read("cmdline").replace(['\0', '\n'], " ");
-        if !involved(&pid, &comm, &cmdline) {
+        if !involved(pid, &comm, &cmdline) {
             continue;
         }
         let mut counts = std::collections::BTreeMap::<String, usize>::new();
-        for task in std::fs::read_dir(entry.path().join("task"))
+        for task in std::fs::read_dir(dir.join("task"))
             .into_iter()
             .flatten()
             .flatten()
@@ -281,9 +293,7 @@ impl Drop for Host {
             if users.is_empty() {
                 break;
             }
-            for pid in users {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            }
+            users.into_iter().for_each(kill9);
             std::thread::sleep(Duration::from_millis(100));
         }
         for _ in 0..100 {
@@ -304,12 +314,7 @@ impl Drop for Host {
 fn processes_using(dir: &Path) -> Vec<u32> {
     let me = std::process::id();
     let needle = dir.as_os_str().as_encoded_bytes();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    procs
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    pids()
         .filter(|&pid| pid != me)
         .filter(|pid| {
             let p = PathBuf::from(format!("/proc/{pid}"));
