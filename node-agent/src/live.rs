@@ -23,8 +23,10 @@
 //! unmounted (`-u`), and the snapshot asked for must be there afterwards.
 //! `GET /v1/snapshots/<ns>/<name>` lists the source's snapshots, so the receiver can find
 //! the newest one they have in common (by GUID), then step from it one snapshot at a time.
-//! A source serves at most [`MAX_SENDS`] sends at once, and drops a receiver that takes no
-//! data for [`STALL`]; a receiver drops a source that sends nothing for as long.
+//! A source runs at most [`MAX_SENDS`] `zfs send`s at once; receivers that ask for the same
+//! stream at about the same time share one ([`fanout`]: the snapshot is read and hashed once,
+//! not once per copy). It drops a receiver that takes no data for [`STALL`]; a receiver
+//! drops a source that sends nothing for as long.
 //!
 //! Where ZFS resumes receives (OpenZFS), receives run with `zfs recv -s`: a send that is cut
 //! off ([`LiveError::Cut`]) keeps what arrived, and the next request for exactly that send
@@ -41,14 +43,16 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::Frame;
+use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode};
 
 use crate::fetch::{FetchError, Peer};
 use crate::streams::ProjectKey;
 use crate::zfs::{DatasetName, Progress, RecvOptions, SendFlags, SnapshotInfo, Zfs, ZfsError};
+
+mod fanout;
+pub use fanout::{JOIN_WINDOW, SendKey};
 
 /// Trailer: the BLAKE3 digest of the stream, hex.
 pub const DIGEST_TRAILER: &str = "x-projstore-blake3";
@@ -131,6 +135,8 @@ pub struct Sources {
     pub zfs: Zfs,
     pub locate: Locate,
     slots: Arc<tokio::sync::Semaphore>,
+    /// The sends others may join (see [`fanout`]).
+    fanout: Arc<fanout::Fanout>,
     /// A fault hook for the end-to-end tests: while this file exists, the next send flips one
     /// byte after hashing it (and removes the file), as a corrupting network would. Only root
     /// on this host can make it, and the receiver's check refuses such a stream.
@@ -278,6 +284,7 @@ impl Sources {
             zfs,
             locate,
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_SENDS)),
+            fanout: Arc::default(),
             fault: None,
         }
     }
@@ -324,12 +331,6 @@ impl Sources {
         } = match parse_send_query(query) {
             Ok(q) => q,
             Err(e) => return text(StatusCode::BAD_REQUEST, e),
-        };
-        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("{MAX_SENDS} sends already run here: try again later"),
-            );
         };
         let Some(ds) = (self.locate)(project.clone()).await else {
             return text(
@@ -394,12 +395,27 @@ impl Sources {
                 return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
             }
         };
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(8);
+        // A send of exactly this stream that others may still join is joined (see [`fanout`]);
+        // a resumed one is this receiver's own.
+        let key = resume.is_none().then(|| SendKey {
+            snapshot: to.full(),
+            to: to_guid,
+            from: from_guid,
+            flags,
+        });
+        if let Some(body) = key.as_ref().and_then(|k| self.fanout.join(k, peer)) {
+            return streaming(body);
+        }
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{MAX_SENDS} sends already run here: try again later"),
+            );
+        };
+        let (body, fan) = self.fanout.start(key, peer);
         let zfs = self.zfs.clone();
         let fault = self.fault.clone();
-        let peer = peer.to_owned();
         tokio::spawn(async move {
-            let started = std::time::Instant::now();
             let _slot = slot;
             // zfs send's output in chunks of 1 MiB, read straight into the frames sent.
             let (chunks, mut r) = tokio::sync::mpsc::channel::<Bytes>(4);
@@ -415,8 +431,8 @@ impl Sources {
                     None => zfs.send_chunks(&to, from.as_ref(), flags, chunks).await,
                 }
             };
-            let frames = tx.clone();
-            // Err(None): the receiver went away; Err(Some(why)): refused before sending.
+            // Err(None): every receiver went away; Err(Some(why)): refused before sending.
+            let fan = &fan;
             let forward = async move {
                 let mut hasher = blake3::Hasher::new();
                 let mut total = 0u64;
@@ -429,42 +445,26 @@ impl Sources {
                     let n = chunk.len();
                     hasher.update(&chunk);
                     total += n as u64;
-                    crate::metrics::add(&crate::metrics::METRICS.bytes_sent, n as u64);
-                    let chunk = if n > 2 * RECORD
+                    let flipped = (n > 2 * RECORD
                         && fault
                             .as_ref()
-                            .is_some_and(|f| std::fs::remove_file(f).is_ok())
-                    {
+                            .is_some_and(|f| std::fs::remove_file(f).is_ok()))
+                    .then(|| {
                         tracing::warn!("fault hook: one byte of this send flipped after hashing");
                         let mut flipped = chunk.to_vec();
                         flipped[n / 2] ^= 0x40;
                         Bytes::from(flipped)
-                    } else {
-                        chunk
-                    };
-                    if !matches!(
-                        tokio::time::timeout(STALL, frames.send(Ok(Frame::data(chunk)))).await,
-                        Ok(Ok(()))
-                    ) {
-                        // The receiver went away or stalled: dropping the chunks ends the send.
+                    });
+                    if !fan.deliver(chunk, flipped).await {
+                        // Every receiver went away or stalled: dropping the chunks ends the send.
                         return Err(None);
                     }
                 }
                 Ok::<_, Option<String>>((hasher.finalize().to_hex().to_string(), total))
             };
             let (sent, forwarded) = tokio::join!(send, forward);
-            let done = match &forwarded {
-                Ok((_, total)) => *total,
-                Err(_) => 0,
-            };
-            crate::metrics::record_transfer(
-                &peer,
-                crate::metrics::Direction::Sent,
-                done,
-                started.elapsed().as_secs_f64(),
-                sent.is_ok() && forwarded.is_ok(),
-            );
             let mut trailers = HeaderMap::new();
+            let ok = sent.is_ok() && forwarded.is_ok();
             match (sent, forwarded) {
                 (Ok(_), Ok((digest, total))) => {
                     if let (Ok(d), Ok(b)) = (digest.parse(), total.to_string().parse()) {
@@ -473,7 +473,7 @@ impl Sources {
                     }
                 }
                 (_, Err(Some(refused))) => {
-                    tracing::warn!(peer = %peer, reason = %refused, "a resumed send refused");
+                    tracing::warn!(reason = %refused, "a resumed send refused");
                     if let Ok(v) = refused.parse() {
                         trailers.insert(ERROR_TRAILER, v);
                     }
@@ -484,24 +484,26 @@ impl Sources {
                         trailers.insert(ERROR_TRAILER, v);
                     }
                 }
-                (_, Err(None)) => return,
+                (_, Err(None)) => return fan.abandon(),
             }
-            let _ = tx.send(Ok(Frame::trailers(trailers))).await;
+            fan.finish(trailers, ok).await;
         });
-        let mut rx = rx;
-        let body =
-            StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))).boxed();
-        let mut r = Response::new(body);
-        r.headers_mut().insert(
-            "content-type",
-            HeaderValue::from_static("application/octet-stream"),
-        );
-        r.headers_mut().insert(
-            "trailer",
-            HeaderValue::from_static("x-projstore-blake3, x-projstore-bytes, x-projstore-error"),
-        );
-        r
+        streaming(body)
     }
+}
+
+/// A live send's answer: the stream, then its trailers.
+fn streaming(body: Body) -> Response<Body> {
+    let mut r = Response::new(body);
+    r.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    r.headers_mut().insert(
+        "trailer",
+        HeaderValue::from_static("x-projstore-blake3, x-projstore-bytes, x-projstore-error"),
+    );
+    r
 }
 
 /// A live send to ask for: snapshot `to` of `project`, incremental from `from`; resumed with

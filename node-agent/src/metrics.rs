@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Metrics {
     pub bytes_sent: AtomicU64,
     pub bytes_received: AtomicU64,
+    /// `zfs send`s started for live sends, and receivers that joined one already running.
+    pub live_sends: AtomicU64,
+    pub live_send_joins: AtomicU64,
     pub streams_written: AtomicU64,
     pub streams_applied: AtomicU64,
     pub snapshots_taken: AtomicU64,
@@ -22,6 +25,8 @@ pub struct Metrics {
 pub static METRICS: Metrics = Metrics {
     bytes_sent: AtomicU64::new(0),
     bytes_received: AtomicU64::new(0),
+    live_sends: AtomicU64::new(0),
+    live_send_joins: AtomicU64::new(0),
     streams_written: AtomicU64::new(0),
     streams_applied: AtomicU64::new(0),
     snapshots_taken: AtomicU64::new(0),
@@ -142,6 +147,16 @@ pub fn render(m: &Metrics) -> String {
             "projstore_agent_stream_bytes_received_total",
             "Stream bytes fetched from peers.",
             &m.bytes_received,
+        ),
+        (
+            "projstore_agent_live_sends_total",
+            "zfs sends run to serve live sends.",
+            &m.live_sends,
+        ),
+        (
+            "projstore_agent_live_send_joins_total",
+            "Live sends served by joining a zfs send already running for another receiver.",
+            &m.live_send_joins,
         ),
         (
             "projstore_agent_streams_written_total",

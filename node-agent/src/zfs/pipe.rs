@@ -37,7 +37,7 @@ impl Progress {
 }
 
 /// Optional `zfs send` flags, which both ends must support (OpenZFS; zfs-fuse has none).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct SendFlags {
     /// `-c`: blocks as compressed on disk.
     pub compressed: bool,
