@@ -135,6 +135,8 @@ pub struct Sources {
     pub zfs: Zfs,
     pub locate: Locate,
     slots: Arc<tokio::sync::Semaphore>,
+    /// Requests whose checks (`zfs` commands) run at once: as many as may join or start sends.
+    checking: Arc<tokio::sync::Semaphore>,
     /// The sends others may join (see [`fanout`]).
     fanout: Arc<fanout::Fanout>,
     /// A fault hook for the end-to-end tests: while this file exists, the next send flips one
@@ -284,6 +286,7 @@ impl Sources {
             zfs,
             locate,
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_SENDS)),
+            checking: Arc::new(tokio::sync::Semaphore::new(2 * MAX_SENDS)),
             fanout: Arc::default(),
             fault: None,
         }
@@ -331,6 +334,15 @@ impl Sources {
         } = match parse_send_query(query) {
             Ok(q) => q,
             Err(e) => return text(StatusCode::BAD_REQUEST, e),
+        };
+        let busy = || {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{MAX_SENDS} sends already run here: try again later"),
+            )
+        };
+        let Ok(_checking) = self.checking.clone().try_acquire_owned() else {
+            return busy();
         };
         let Some(ds) = (self.locate)(project.clone()).await else {
             return text(
@@ -403,16 +415,16 @@ impl Sources {
             from: from_guid,
             flags,
         });
-        if let Some(body) = key.as_ref().and_then(|k| self.fanout.join(k, peer)) {
-            return streaming(body);
-        }
-        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("{MAX_SENDS} sends already run here: try again later"),
-            );
+        let slots = self.slots.clone();
+        let (body, fan, slot) = match self
+            .fanout
+            .join_or_start(key, peer, || slots.try_acquire_owned().ok())
+        {
+            fanout::Started::Joined(body) => return streaming(body),
+            fanout::Started::New(body, fan, slot) => (body, fan, slot),
+            fanout::Started::Busy => return busy(),
         };
-        let (body, fan) = self.fanout.start(key, peer);
+        let peer = peer.to_owned();
         let zfs = self.zfs.clone();
         let fault = self.fault.clone();
         tokio::spawn(async move {
@@ -473,7 +485,7 @@ impl Sources {
                     }
                 }
                 (_, Err(Some(refused))) => {
-                    tracing::warn!(reason = %refused, "a resumed send refused");
+                    tracing::warn!(peer = %peer, reason = %refused, "a resumed send refused");
                     if let Ok(v) = refused.parse() {
                         trailers.insert(ERROR_TRAILER, v);
                     }
@@ -484,7 +496,8 @@ impl Sources {
                         trailers.insert(ERROR_TRAILER, v);
                     }
                 }
-                (_, Err(None)) => return fan.abandon(),
+                // Every receiver went away: dropping `fan` ends what is left of the send.
+                (_, Err(None)) => return,
             }
             fan.finish(trailers, ok).await;
         });

@@ -1,21 +1,27 @@
 //! One `zfs send` for every receiver that asks for the same stream at about the same time.
 //!
 //! A project's copies ask its primary for the same increment within milliseconds of each
-//! other (they all follow its status). While a send has produced at most [`JOIN_WINDOW`]
-//! bytes it keeps them, and a receiver asking for exactly that stream (same snapshot, base and
-//! flags) joins it: it is given what was produced so far, then the rest as it comes, with the
-//! same digest in the trailers. The source then reads and hashes the snapshot once, not once
-//! per copy. A receiver that asks later gets a send of its own; a resumed send is never shared.
+//! other (they all follow its status). For [`JOIN_TIME`] after it started, a send keeps what
+//! it produced, and a receiver asking for exactly that stream (same snapshot, base and flags)
+//! joins it: it is given what was produced so far, then the rest as it comes, with the same
+//! digest in the trailers. The source then reads and hashes the snapshot once, not once per
+//! copy. A receiver that asks later gets a send of its own; a resumed send is never shared.
+//! What is kept is bounded: a send that produced [`JOIN_WINDOW`] bytes before its joining time
+//! is up waits for it (its receivers still have those bytes to take meanwhile).
 //!
-//! A shared send goes at the pace of its slowest receiver. A receiver that hangs up, or takes
-//! nothing for [`STALL`], is dropped and the others go on; when none is left the send ends.
+//! A shared send goes at the pace of its slowest receiver, within bounds: a receiver that
+//! hangs up is dropped, and so is one that has not taken a chunk [`LAG`] after another
+//! receiver took it (or [`STALL`] after it was offered, when it is the only one). The others
+//! go on; the dropped one asks again and gets a send of its own (resumed where ZFS can). So a
+//! slow or hostile receiver can hold back a shared send by at most [`LAG`] per chunk once,
+//! then it is on its own. When no receiver is left the send ends.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use futures_util::StreamExt as _;
+use futures_util::StreamExt;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper::header::HeaderMap;
@@ -23,9 +29,14 @@ use hyper::header::HeaderMap;
 use super::{Body, STALL};
 use crate::zfs::SendFlags;
 
-/// How much of a send is kept for receivers that may still join it: a send that produced more
-/// takes no more receivers.
+/// How long after its start a send takes receivers that ask for the same stream.
+pub const JOIN_TIME: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The most of a send kept for receivers that may join it.
 pub const JOIN_WINDOW: usize = 16 << 20;
+
+/// How long a receiver of a shared send may take a chunk longer than the fastest one.
+pub const LAG: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What makes two sends the same stream.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -97,23 +108,43 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Fanout {
-    /// Joins `peer` to a running send of `key` that still takes receivers: the body to answer
-    /// it with, or None when there is none.
-    pub fn join(&self, key: &SendKey, peer: &str) -> Option<Body> {
-        let open = lock(&self.open);
-        let group = open.get(key)?;
-        let mut g = lock(group);
-        let prefix = g.prefix.clone()?;
-        let bytes = g.prefix_len as u64;
-        tracing::debug!(peer, snapshot = %key.snapshot, bytes, "joined a running send");
-        crate::metrics::add(&crate::metrics::METRICS.live_send_joins, 1);
-        Some(g.add(peer, prefix, bytes))
-    }
+/// What [`Fanout::join_or_start`] did.
+pub enum Started<P> {
+    /// Joined a running send: the body to answer with.
+    Joined(Body),
+    /// A new send: the body to answer with, the handle its producer hands what it sends to,
+    /// and what `slot` gave it.
+    New(Body, Fan, P),
+    /// No send runs that could be joined, and `slot` gave nothing.
+    Busy,
+}
 
-    /// A new send for `peer`, which others may join when `key` is given: the body to answer
-    /// `peer` with, and the handle its producer hands what it sends to.
-    pub fn start(self: &Arc<Self>, key: Option<SendKey>, peer: &str) -> (Body, Fan) {
+impl Fanout {
+    /// Joins `peer` to a running send of `key` that still takes receivers; else starts a new
+    /// send for it (others may join it when `key` is given, never otherwise) if `slot` gives
+    /// one. At once: two receivers asking together share one send.
+    pub fn join_or_start<P>(
+        self: &Arc<Self>,
+        key: Option<SendKey>,
+        peer: &str,
+        slot: impl FnOnce() -> Option<P>,
+    ) -> Started<P> {
+        let mut open = lock(&self.open);
+        if let Some(k) = &key
+            && let Some(group) = open.get(k)
+        {
+            let mut g = lock(group);
+            if let Some(prefix) = g.prefix.clone() {
+                let bytes = g.prefix_len as u64;
+                tracing::debug!(peer, snapshot = %k.snapshot, bytes, "joined a running send");
+                crate::metrics::add(&crate::metrics::METRICS.live_send_joins, 1);
+                crate::metrics::add(&crate::metrics::METRICS.bytes_sent, bytes);
+                return Started::Joined(g.add(peer, prefix, bytes));
+            }
+        }
+        let Some(slot) = slot() else {
+            return Started::Busy;
+        };
         let mut g = Receivers {
             prefix: key.as_ref().map(|_| Vec::new()),
             ..Receivers::default()
@@ -122,14 +153,16 @@ impl Fanout {
         crate::metrics::add(&crate::metrics::METRICS.live_sends, 1);
         let group = Arc::new(Mutex::new(g));
         if let Some(k) = &key {
-            lock(&self.open).insert(k.clone(), group.clone());
+            open.insert(k.clone(), group.clone());
         }
+        drop(open);
         let fan = Fan {
             fanout: self.clone(),
             key,
             group,
+            joinable_until: tokio::time::Instant::now() + JOIN_TIME,
         };
-        (body, fan)
+        Started::New(body, fan, slot)
     }
 }
 
@@ -138,6 +171,7 @@ pub struct Fan {
     fanout: Arc<Fanout>,
     key: Option<SendKey>,
     group: Arc<Mutex<Receivers>>,
+    joinable_until: tokio::time::Instant,
 }
 
 impl Fan {
@@ -157,46 +191,55 @@ impl Fan {
     }
 
     /// Hands `chunk` to every receiver (the first gets `flipped` instead, when given); drops
-    /// those that hung up or took nothing for [`STALL`]. False when none is left.
+    /// those that hung up or fell behind (see the module's documentation). False when none is
+    /// left.
     pub async fn deliver(&self, chunk: Bytes, flipped: Option<Bytes>) -> bool {
-        let (targets, full) = {
-            let mut g = lock(&self.group);
-            let mut full = false;
-            let n = chunk.len();
-            if let Some(prefix) = &mut g.prefix {
-                prefix.push(chunk.clone());
-                full = g.prefix_len + n > JOIN_WINDOW;
-                g.prefix_len += n;
-            }
-            if full {
-                g.prefix = None;
-            }
-            let targets: Vec<(u64, Frames)> =
-                g.list.iter().map(|r| (r.id, r.frames.clone())).collect();
-            (targets, full)
+        let n = chunk.len();
+        let full = {
+            let g = lock(&self.group);
+            g.prefix.is_some()
+                && (g.prefix_len + n > JOIN_WINDOW
+                    || tokio::time::Instant::now() >= self.joinable_until)
         };
         if full {
-            self.forget();
+            // Receivers may still join until the joining time is up, and nothing more is kept.
+            tokio::time::sleep_until(self.joinable_until).await;
+            self.close();
         }
-        let mut flipped = flipped;
-        let sends = targets.into_iter().map(|(id, frames)| {
-            let data = flipped.take().unwrap_or_else(|| chunk.clone());
-            async move {
-                let ok = matches!(
-                    tokio::time::timeout(STALL, frames.send(Ok(Frame::data(data)))).await,
-                    Ok(Ok(()))
-                );
-                (id, ok)
+        let targets: Vec<(u64, Frames)> = {
+            let mut g = lock(&self.group);
+            if let Some(prefix) = &mut g.prefix {
+                prefix.push(chunk.clone());
+                g.prefix_len += n;
             }
-        });
-        let delivered = futures_util::future::join_all(sends).await;
-        let n = chunk.len() as u64;
+            g.list.iter().map(|r| (r.id, r.frames.clone())).collect()
+        };
+        let mut flipped = flipped;
+        let ids: Vec<u64> = targets.iter().map(|t| t.0).collect();
+        let mut sends: futures_util::stream::FuturesUnordered<_> = targets
+            .into_iter()
+            .map(|(id, frames)| {
+                let data = flipped.take().unwrap_or_else(|| chunk.clone());
+                async move { (id, frames.send(Ok(Frame::data(data))).await.is_ok()) }
+            })
+            .collect();
+        // Up to STALL for the first receiver to take it, then LAG for the others.
+        let mut took = Vec::new();
+        let mut until = tokio::time::Instant::now() + STALL;
+        while let Ok(Some((id, ok))) = tokio::time::timeout_at(until, sends.next()).await {
+            if ok {
+                took.push(id);
+                until = until.min(tokio::time::Instant::now() + LAG);
+            }
+        }
+        drop(sends);
+        let n = n as u64;
         let mut g = lock(&self.group);
-        for (id, ok) in delivered {
+        for id in ids {
             let Some(at) = g.list.iter().position(|r| r.id == id) else {
                 continue;
             };
-            if ok {
+            if took.contains(&id) {
                 g.list[at].bytes += n;
                 crate::metrics::add(&crate::metrics::METRICS.bytes_sent, n);
             } else {
@@ -226,9 +269,12 @@ impl Fan {
         });
         futures_util::future::join_all(ends).await;
     }
+}
 
-    /// Ends the send for every receiver without trailers (their receive fails as cut off).
-    pub fn abandon(&self) {
+/// A send that ends without [`Fan::finish`] (every receiver gone, or its producer failed)
+/// takes no more receivers, and those it has get no trailers: their receive fails as cut off.
+impl Drop for Fan {
+    fn drop(&mut self) {
         self.close();
         for r in std::mem::take(&mut lock(&self.group).list) {
             r.record(false);
@@ -237,7 +283,7 @@ impl Fan {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -247,6 +293,23 @@ mod tests {
             to,
             from: None,
             flags: SendFlags::default(),
+        }
+    }
+
+    /// A new send of `key` for `peer` (it must not find one to join).
+    fn start(f: &Arc<Fanout>, key: Option<SendKey>, peer: &str) -> (Body, Fan) {
+        match f.join_or_start(key, peer, || Some(())) {
+            Started::New(body, fan, ()) => (body, fan),
+            _ => panic!("joined a send instead of starting one"),
+        }
+    }
+
+    /// Joins a running send of `key`, if there is one that takes receivers.
+    fn join(f: &Arc<Fanout>, key: &SendKey, peer: &str) -> Option<Body> {
+        match f.join_or_start(Some(key.clone()), peer, || None::<()>) {
+            Started::Joined(body) => Some(body),
+            Started::Busy => None,
+            Started::New(..) => panic!("started a send without a slot"),
         }
     }
 
@@ -272,7 +335,7 @@ mod tests {
     #[tokio::test]
     async fn a_receiver_joining_in_the_window_gets_the_whole_stream_and_later_ones_do_not_join() {
         let fanout = Arc::new(Fanout::default());
-        let (first, fan) = fanout.start(Some(key(1)), "host-b");
+        let (first, fan) = start(&fanout, Some(key(1)), "host-b");
         let first = collect(first);
         let mut want = Vec::new();
         for i in 0..3u8 {
@@ -281,9 +344,10 @@ mod tests {
             assert!(fan.deliver(c, None).await);
         }
         // Another stream is not this one.
-        assert!(fanout.join(&key(2), "host-c").is_none());
-        let second = collect(fanout.join(&key(1), "host-c").unwrap());
-        // Past the window, no one joins any more, and the send goes on for those it has.
+        assert!(join(&fanout, &key(2), "host-c").is_none());
+        let second = collect(join(&fanout, &key(1), "host-c").unwrap());
+        // Past the window (what is kept, then the time), no one joins any more, and the send
+        // goes on for those it has.
         let mut i = 3u8;
         while want.len() <= JOIN_WINDOW {
             let c = chunk(i, 1 << 20);
@@ -291,21 +355,20 @@ mod tests {
             assert!(fan.deliver(c, None).await);
             i = i.wrapping_add(1);
         }
-        assert!(fanout.join(&key(1), "host-d").is_none());
+        assert!(join(&fanout, &key(1), "host-d").is_none());
         fan.finish(done(), true).await;
         for got in [first.await.unwrap(), second.await.unwrap()] {
             assert!(got.0 == want, "a receiver got other bytes");
             assert_eq!(got.1, Some(done()));
         }
-        assert!(fanout.join(&key(1), "host-d").is_none());
+        assert!(join(&fanout, &key(1), "host-d").is_none());
     }
 
     #[tokio::test]
     async fn a_receiver_that_hangs_up_leaves_the_others_their_send_and_the_last_ends_it() {
         let fanout = Arc::new(Fanout::default());
-        let (first, fan) = fanout.start(Some(key(1)), "host-b");
-        let second = fanout.join(&key(1), "host-c").unwrap();
-        let second = collect(second);
+        let (first, fan) = start(&fanout, Some(key(1)), "host-b");
+        let second = collect(join(&fanout, &key(1), "host-c").unwrap());
         assert!(fan.deliver(chunk(1, 4096), None).await);
         drop(first);
         assert!(fan.deliver(chunk(2, 4096), None).await);
@@ -314,34 +377,80 @@ mod tests {
         assert_eq!(data.len(), 8192);
         assert_eq!(trailers, Some(done()));
 
-        let (only, fan) = fanout.start(Some(key(3)), "host-b");
+        let (only, fan) = start(&fanout, Some(key(3)), "host-b");
         drop(only);
         assert!(!fan.deliver(chunk(1, 4096), None).await, "no one is left");
         assert!(
-            fanout.join(&key(3), "host-c").is_none(),
+            join(&fanout, &key(3), "host-c").is_none(),
             "an ended send takes no one"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_receiver_that_takes_nothing_holds_the_others_back_by_lag_once_then_is_dropped() {
+        let fanout = Arc::new(Fanout::default());
+        let (reading, fan) = start(&fanout, Some(key(1)), "host-b");
+        let _stuck = join(&fanout, &key(1), "host-c").unwrap();
+        let reading = collect(reading);
+        let t = tokio::time::Instant::now();
+        let mut n = 0;
+        // The stuck receiver's queue fills, then it has LAG to take the next chunk.
+        while tokio::time::Instant::now() - t < LAG {
+            assert!(fan.deliver(chunk(1, 1000), None).await);
+            n += 1000;
+            assert!(n < 100_000, "the stuck receiver was never dropped");
+        }
+        assert!(
+            tokio::time::Instant::now() - t < LAG + std::time::Duration::from_secs(1),
+            "held back longer than LAG"
+        );
+        // From then on, the send goes at the pace of the one that reads.
+        let t = tokio::time::Instant::now();
+        for _ in 0..100 {
+            assert!(fan.deliver(chunk(2, 1000), None).await);
+            n += 1000;
+        }
+        assert!(tokio::time::Instant::now() - t < std::time::Duration::from_secs(1));
+        fan.finish(done(), true).await;
+        assert_eq!(reading.await.unwrap().0.len(), n);
+    }
+
+    #[tokio::test]
+    async fn two_asking_together_share_one_send_and_a_busy_host_says_so() {
+        let fanout = Arc::new(Fanout::default());
+        let (_first, _fan) = start(&fanout, Some(key(1)), "host-b");
+        // A slot is only asked for when there is nothing to join.
+        assert!(matches!(
+            fanout.join_or_start(Some(key(1)), "host-c", || -> Option<()> {
+                panic!("asked for a slot")
+            }),
+            Started::Joined(_)
+        ));
+        assert!(matches!(
+            fanout.join_or_start(Some(key(2)), "host-c", || None::<()>),
+            Started::Busy
+        ));
     }
 
     #[tokio::test]
     async fn only_the_first_receiver_gets_the_flipped_chunk_and_a_resumed_send_is_never_joined() {
         let fanout = Arc::new(Fanout::default());
-        let (first, fan) = fanout.start(Some(key(1)), "host-b");
-        let second = collect(fanout.join(&key(1), "host-c").unwrap());
+        let (first, fan) = start(&fanout, Some(key(1)), "host-b");
+        let second = collect(join(&fanout, &key(1), "host-c").unwrap());
         let first = collect(first);
         assert!(fan.deliver(chunk(1, 10), Some(chunk(9, 10))).await);
         fan.finish(done(), true).await;
         assert_eq!(first.await.unwrap().0, vec![9; 10]);
         assert_eq!(second.await.unwrap().0, vec![1; 10]);
 
-        let (resumed, fan) = fanout.start(None, "host-b");
+        let (resumed, fan) = start(&fanout, None, "host-b");
         let resumed = collect(resumed);
-        assert!(fanout.join(&key(1), "host-c").is_none());
-        fan.abandon();
+        assert!(join(&fanout, &key(1), "host-c").is_none());
+        drop(fan);
         let (data, trailers) = resumed.await.unwrap();
         assert!(
             data.is_empty() && trailers.is_none(),
-            "abandoned: no trailers"
+            "ended without finish: no trailers"
         );
     }
 }
