@@ -57,21 +57,20 @@ pub(super) async fn stream_newest(
 }
 
 /// Takes a managed snapshot of `ds` now; unless `always`, only when something was written
-/// since the newest snapshot. Says whether one was taken.
+/// since the newest snapshot. The snapshot taken, if one was.
 pub(super) async fn take_snapshot(
     zfs: &Zfs,
     key: &ProjectKey,
     ds: &DatasetName,
     always: bool,
-) -> Result<bool, ReplicaError> {
+) -> Result<Option<SnapshotInfo>, ReplicaError> {
     let snap = ds.snapshot(&managed_name(Utc::now().timestamp()))?;
     let taken = if always {
         zfs.snapshot(&snap, &[]).await.map(Some)
     } else {
         zfs.snapshot_unsaved(ds, &snap).await
-    }?
-    .is_some();
-    if taken {
+    }?;
+    if taken.is_some() {
         crate::metrics::add(&crate::metrics::METRICS.snapshots_taken, 1);
         tracing::info!(project = %key, %snap, "snapshot taken");
     }

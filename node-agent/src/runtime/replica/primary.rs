@@ -32,6 +32,8 @@ pub(super) async fn primary(
     // What the pass reads of the dataset, in one call; written only where it differs.
     let read = || zfs.get_props(ds, plans::PRIMARY_PROPS);
     let mut restored_from = None;
+    // The properties as read before anything below changes them, if the dataset was there.
+    let mut as_found = None;
     if zfs.exists(ds).await? {
         let props = read().await?;
         if let Some(e) = plans::fenced(&props, sr.spec.epoch) {
@@ -43,6 +45,7 @@ pub(super) async fn primary(
             // the partial state goes (it would keep its base from being pruned).
             secondary::drop_resumable_state(zfs, ds).await?;
         }
+        as_found = Some(props);
     } else if restore_from_trash(zfs, layout, store, key, ds).await? {
         tracing::info!(project = %key, "restored from the trash");
     } else {
@@ -89,7 +92,10 @@ pub(super) async fn primary(
             None,
         ));
     }
-    let have = read().await?;
+    let have = match as_found {
+        Some(props) => props,
+        None => read().await?,
+    };
     let mp = mountpoint.to_str().ok_or("projects root is not UTF-8")?;
     let todo = plans::plan_primary(&PrimaryFacts {
         epoch: sr.spec.epoch,
@@ -151,10 +157,9 @@ pub(super) async fn primary(
     if let Some(step) = snapshot.take {
         // On schedule only when something was written since the newest snapshot; on demand
         // always. No stream is written: copies receive it live (DESIGN §5.4).
-        let taken = take_snapshot(zfs, key, ds, step.always).await?;
-        if taken {
+        if let Some(taken) = take_snapshot(zfs, key, ds, step.always).await? {
             // Copies start on it now, not when the pass (retention, holds) is done.
-            announce_newest(cx, sr, zfs, ds).await;
+            announce_newest(cx, sr, &taken).await;
         } else if let Ok(mut q) = cx.quiet.lock() {
             q.insert(ds.as_str().to_owned(), now);
         }
@@ -251,14 +256,10 @@ pub(super) async fn primary(
 /// Writes the newest snapshot of `ds` into the replica's `status.appliedSnapshot` at once (the
 /// controller hands it to the copies); the pass's own status follows when it ends. Best effort:
 /// that status says it too.
-async fn announce_newest(cx: &AgentContext, sr: &StreamReplica, zfs: &Zfs, ds: &DatasetName) {
-    let Ok(Some(newest)) = zfs.snapshots(ds, &[]).await.map(|s| s.last().cloned()) else {
-        return;
-    };
+async fn announce_newest(cx: &AgentContext, sr: &StreamReplica, newest: &SnapshotInfo) {
     let api: Api<StreamReplica> =
         Api::namespaced(cx.client.clone(), &sr.namespace().unwrap_or_default());
-    let patch =
-        serde_json::json!({ "status": { "appliedSnapshot": plans::snapshot_ref(&newest) } });
+    let patch = serde_json::json!({ "status": { "appliedSnapshot": plans::snapshot_ref(newest) } });
     if let Err(e) = api
         .patch_status(
             &sr.name_any(),

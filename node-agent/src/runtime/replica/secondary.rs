@@ -82,6 +82,8 @@ pub(super) async fn secondary(
         tracing::warn!(project = %key, fork = %fork, "diverged history preserved; re-syncing from the primary");
         todo = plan_live_sync(&[], &guids);
     }
+    // A full send makes the dataset anew (or in place of one with no snapshots).
+    let made_anew = matches!(todo, LiveSync::Full { .. });
     let mut steps = todo.steps(&guids);
     if let LiveSync::Full { to: newest } = todo
         && let Some(staged) = staged_full_send(zfs, pool, key, &guids).await?
@@ -121,6 +123,7 @@ pub(super) async fn secondary(
     }
     let forked = forks_verdict(zfs, layout, key).await;
     let exists = zfs.exists(ds).await?;
+    let mut as_left = None;
     if exists {
         let have = zfs.get_props(ds, &[PROP_EPOCH, PROP_ROLE]).await?;
         let epoch = sr.spec.epoch.to_string();
@@ -129,27 +132,30 @@ pub(super) async fn secondary(
                 zfs.set(ds, &p(prop)?, want).await?;
             }
         }
-        if received {
-            // A copy just received (or re-synced after a fork) is read-only from the start.
+        if received && made_anew {
+            // A copy just made by a full send (a new one, or re-synced after a fork) is
+            // read-only from the start. One that received increments was made so above, and
+            // a receive changes neither (its stream carries no properties).
             stop_serving(zfs, &cx.cfg.run_dir, ds).await?;
         }
         // Nothing is pruned under a backup upload of this copy: the snapshots it sends from
         // and to must stay until it ends (the next pass prunes).
-        let snaps = if backup::upload_running(cx, sr) {
-            Vec::new()
-        } else {
-            zfs.snapshots(ds, &[]).await?
-        };
-        for name in plans::mirror_prune(&snaps, &guids) {
-            if let Ok(s) = ds.snapshot(&name) {
-                let _ = zfs.destroy_snapshot(&s).await;
+        if !backup::upload_running(cx, sr) {
+            let listed = zfs.snapshots(ds, &[]).await?;
+            let prune = plans::mirror_prune(&listed, &guids);
+            for name in &prune {
+                if let Ok(s) = ds.snapshot(name) {
+                    let _ = zfs.destroy_snapshot(&s).await;
+                }
             }
+            // Listed already, when nothing was pruned.
+            as_left = prune.is_empty().then_some(listed);
         }
     }
-    let snaps = if exists {
-        zfs.snapshots(ds, &[]).await?
-    } else {
-        Vec::new()
+    let snaps = match as_left {
+        Some(snaps) => snaps,
+        None if exists => zfs.snapshots(ds, &[]).await?,
+        None => Vec::new(),
     };
     drop_superseded_streams(cx, sr, store, key, &snaps).await;
     let newest_remote = remote.last().map(|s| s.time);
