@@ -24,6 +24,9 @@ use tokio_rustls::rustls::pki_types::CertificateDer;
 
 use crate::streams::{ProjectKey, StoreError, StreamId, StreamStore};
 
+mod deadline;
+use deadline::WriteDeadline;
+
 type Body = BoxBody<Bytes, Infallible>;
 
 /// Whether node (second argument) holds a copy of project (first), i.e. may read its data.
@@ -445,6 +448,8 @@ pub async fn serve(
         // Per connection: a renewed certificate serves the next handshake.
         let (server, acceptor) = (server.clone(), tls.acceptor());
         tokio::spawn(async move {
+            // A peer that stops reading loses its connection, and what its answer held.
+            let tcp = WriteDeadline::new(tcp, crate::live::STALL);
             let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
             else {
                 return; // not TLS (plain HTTP, say), too slow, or a certificate of another CA
