@@ -16,35 +16,46 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub struct WriteDeadline<T> {
     io: T,
     limit: Duration,
-    /// Started when a write first found the peer not reading; cleared by any write that went.
-    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Since when writes wait (the peer took nothing), while they do.
+    waiting: Option<tokio::time::Instant>,
+    /// Fires at the latest `limit` into a wait; moved on when it fires early (set for an earlier
+    /// wait), never made anew: a bulk send finds the socket full all the time.
+    timer: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl<T> WriteDeadline<T> {
     pub fn new(io: T, limit: Duration) -> Self {
+        let now = tokio::time::Instant::now();
         Self {
             io,
             limit,
             waiting: None,
+            timer: Box::pin(tokio::time::sleep_until(now + limit)),
         }
     }
 
-    /// What a write that went (or failed) says; a pending one fails once it waited too long.
+    /// What a write that went (or failed) says; a pending one fails once nothing went for
+    /// `limit`.
     fn after<R>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
         if r.is_ready() {
             self.waiting = None;
             return r;
         }
-        let limit = self.limit;
-        let waiting = self
-            .waiting
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        match waiting.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("the peer took nothing for {limit:?}"),
-            ))),
-            Poll::Pending => Poll::Pending,
+        let since = *self.waiting.get_or_insert_with(tokio::time::Instant::now);
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let due = since + self.limit;
+            if tokio::time::Instant::now() >= due {
+                tracing::debug!(limit = ?self.limit, "a peer took nothing: its connection dropped");
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the peer took nothing for {:?}", self.limit),
+                )));
+            }
+            // Set for an earlier wait (writes went since): it fires `limit` into this one.
+            self.timer.as_mut().reset(due);
         }
     }
 }
@@ -118,7 +129,26 @@ mod tests {
         let started = tokio::time::Instant::now();
         let e = w.write_all(&block).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
-        assert!(tokio::time::Instant::now() - started >= Duration::from_secs(60));
+        let waited = tokio::time::Instant::now() - started;
+        assert!(waited >= Duration::from_secs(60) && waited < Duration::from_secs(61));
         drop(reader.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_idle_for_longer_than_the_limit_still_writes() {
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let mut w = WriteDeadline::new(ours, Duration::from_secs(60));
+        let block = vec![7u8; 1024];
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; 1024];
+            // Takes the first block after a long idle, the next one 30 s into the wait for it.
+            tokio::time::sleep(Duration::from_secs(630)).await;
+            theirs.read_exact(&mut got).await.unwrap();
+            theirs.read_exact(&mut got).await.unwrap();
+        });
+        w.write_all(&block).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        w.write_all(&block).await.unwrap();
+        reader.await.unwrap();
     }
 }

@@ -82,7 +82,7 @@ pub(super) async fn secondary(
         tracing::warn!(project = %key, fork = %fork, "diverged history preserved; re-syncing from the primary");
         todo = plan_live_sync(&[], &guids);
     }
-    // A full send makes the dataset anew (or in place of one with no snapshots).
+    // A full send makes the dataset anew (a new copy, or one re-synced after a fork).
     let made_anew = matches!(todo, LiveSync::Full { .. });
     let mut steps = todo.steps(&guids);
     if let LiveSync::Full { to: newest } = todo
