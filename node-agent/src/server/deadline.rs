@@ -109,11 +109,20 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// Our end of a pipe that holds one block (its writes limited to 60 s), the peer's, a block.
+    fn pipe() -> (
+        WriteDeadline<tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+        Vec<u8>,
+    ) {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let w = WriteDeadline::new(ours, Duration::from_secs(60));
+        (w, theirs, vec![7u8; 1024])
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_write_the_peer_does_not_take_fails_after_the_limit_and_one_it_takes_goes() {
-        let (ours, mut theirs) = tokio::io::duplex(1024);
-        let mut w = WriteDeadline::new(ours, Duration::from_secs(60));
-        let block = vec![7u8; 1024];
+        let (mut w, mut theirs, block) = pipe();
         // The peer reads, slowly but within the limit: every write goes.
         let reader = tokio::spawn(async move {
             let mut got = vec![0u8; 1024];
@@ -136,9 +145,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_idle_for_longer_than_the_limit_still_writes() {
-        let (ours, mut theirs) = tokio::io::duplex(1024);
-        let mut w = WriteDeadline::new(ours, Duration::from_secs(60));
-        let block = vec![7u8; 1024];
+        let (mut w, mut theirs, block) = pipe();
         let reader = tokio::spawn(async move {
             let mut got = vec![0u8; 1024];
             // Takes the first block after a long idle, the next one 30 s into the wait for it.
