@@ -52,7 +52,7 @@ use crate::streams::ProjectKey;
 use crate::zfs::{DatasetName, Progress, RecvOptions, SendFlags, SnapshotInfo, Zfs, ZfsError};
 
 mod fanout;
-pub use fanout::{JOIN_WINDOW, SendKey};
+use fanout::SendKey;
 
 /// Trailer: the BLAKE3 digest of the stream, hex.
 pub const DIGEST_TRAILER: &str = "x-projstore-blake3";

@@ -75,12 +75,16 @@ impl Receiver {
 struct Receivers {
     /// What the send produced so far, while receivers may join it; None once they may not.
     prefix: Option<Vec<Bytes>>,
-    prefix_len: usize,
     list: Vec<Receiver>,
     next_id: u64,
 }
 
 impl Receivers {
+    /// The bytes kept for joiners.
+    fn kept(&self) -> usize {
+        self.prefix.iter().flatten().map(Bytes::len).sum()
+    }
+
     /// A new receiver: the body it is answered with, given `prefix` first.
     fn add(&mut self, peer: &str, prefix: Vec<Bytes>, bytes: u64) -> Body {
         let (tx, mut rx) = tokio::sync::mpsc::channel(8);
@@ -135,7 +139,7 @@ impl Fanout {
         {
             let mut g = lock(group);
             if let Some(prefix) = g.prefix.clone() {
-                let bytes = g.prefix_len as u64;
+                let bytes = g.kept() as u64;
                 tracing::debug!(peer, snapshot = %k.snapshot, bytes, "joined a running send");
                 crate::metrics::add(&crate::metrics::METRICS.live_send_joins, 1);
                 crate::metrics::add(&crate::metrics::METRICS.bytes_sent, bytes);
@@ -198,7 +202,7 @@ impl Fan {
         let full = {
             let g = lock(&self.group);
             g.prefix.is_some()
-                && (g.prefix_len + n > JOIN_WINDOW
+                && (g.kept() + n > JOIN_WINDOW
                     || tokio::time::Instant::now() >= self.joinable_until)
         };
         if full {
@@ -210,7 +214,6 @@ impl Fan {
             let mut g = lock(&self.group);
             if let Some(prefix) = &mut g.prefix {
                 prefix.push(chunk.clone());
-                g.prefix_len += n;
             }
             g.list.iter().map(|r| (r.id, r.frames.clone())).collect()
         };
@@ -246,13 +249,12 @@ impl Fan {
                 g.list.remove(at).record(false);
             }
         }
-        if g.list.is_empty() {
-            g.prefix = None;
-            drop(g);
-            self.forget();
-            return false;
+        let left = !g.list.is_empty();
+        drop(g);
+        if !left {
+            self.close();
         }
-        true
+        left
     }
 
     /// Ends the send for every receiver with `trailers` (`ok`: a complete send).

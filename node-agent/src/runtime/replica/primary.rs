@@ -253,8 +253,8 @@ pub(super) async fn primary(
     Ok((status, Some(due)))
 }
 
-/// Writes the newest snapshot of `ds` into the replica's `status.appliedSnapshot` at once (the
-/// controller hands it to the copies); the pass's own status follows when it ends. Best effort:
+/// Writes `newest`, the snapshot just taken, into the replica's `status.appliedSnapshot` at once
+/// (the controller hands it to the copies); the pass's own status follows when it ends. Best effort:
 /// that status says it too.
 async fn announce_newest(cx: &AgentContext, sr: &StreamReplica, newest: &SnapshotInfo) {
     let api: Api<StreamReplica> =
