@@ -10,11 +10,13 @@ pub const USAGE: &str = "usage: projstore-agent run --node-name N [--projects-ro
                             --tls-dir DIR [--interval-seconds N] [--log-format json|pretty]\n\
                             [--sftp-listen ADDR --sftp-advertise HOST:PORT] [--health-listen ADDR]\n\
                             [--run-dir DIR]\n\
-                            [--zfs PATH --zpool PATH]\n\
+                            [--zfs PATH --zpool PATH] [--test-fault-hooks]\n\
        projstore-agent check --pool POOL... [--projects-root DIR] [--streams-root DIR]\n\
        projstore-agent streams plan --json FILE\n\
        projstore-agent alive [--run-dir DIR] [--max-age-seconds N]\n\n\
   run                        keep this host's StoragePools, renew the heartbeat Lease, serve streams\n\
+  --test-fault-hooks         arm the test suites' fault hooks (never in production: see
+                             FLIP_NEXT_SEND in the agent's live module)\n\
   check                      run the start-up sanity checks and print them (exit 1 if one fails)\n\
   streams plan --json FILE   print the chain and the deletable streams of the stream graph in FILE\n\
                              (DESIGN §5.3); exit code 2 on invalid input\n";
@@ -142,11 +144,16 @@ fn parse_run(args: &[&str]) -> Result<(crate::runtime::Config, bool), String> {
         run_dir: "/run/projstore".into(),
         zfs_bin: None,
         zpool_bin: None,
+        fault_hooks: false,
     };
     let mut json = true;
     let mut tls_dir = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
+        if *a == "--test-fault-hooks" {
+            cfg.fault_hooks = true;
+            continue;
+        }
         let mut v = || {
             it.next()
                 .map(|s| (*s).to_owned())

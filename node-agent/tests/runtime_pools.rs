@@ -98,6 +98,7 @@ async fn the_agent_keeps_its_pool_and_reports_it() {
         run_dir: tmp.path().join("run"),
         zfs_bin: None,
         zpool_bin: None,
+        fault_hooks: false,
     };
     let agent = tokio::spawn(run(client.clone(), cfg));
 

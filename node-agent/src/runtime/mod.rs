@@ -73,6 +73,9 @@ pub struct Config {
     /// `zfs` and `zpool` to run (e.g. the host's userland); found on the PATH when unset.
     pub zfs_bin: Option<PathBuf>,
     pub zpool_bin: Option<PathBuf>,
+    /// Whether the test suites' fault hooks are armed (`--test-fault-hooks`; the dev cluster
+    /// only): see [`crate::live::FLIP_NEXT_SEND`].
+    pub fault_hooks: bool,
 }
 
 /// Why the agent stopped.
@@ -352,8 +355,12 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
                     store: StreamStore::new(streams_mp),
                     authorize: holders_of_copies(client.clone()),
                     sources: zfs.clone().map(|zfs| {
-                        crate::live::Sources::new(zfs, cx.clone().locator())
-                            .with_fault_hook(&cfg.run_dir)
+                        let sources = crate::live::Sources::new(zfs, cx.clone().locator());
+                        if cfg.fault_hooks {
+                            sources.with_fault_hook(&cfg.run_dir)
+                        } else {
+                            sources
+                        }
                     }),
                     verify: Some(replica::verifier(cx.clone())),
                 });
