@@ -389,28 +389,40 @@ pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 pub const MAX_CONNECTIONS: usize = 512;
 pub const MAX_CONNECTIONS_PER_PEER: usize = 32;
 
-/// Counts connections per peer address; a slot is given back when its guard drops.
-#[derive(Default)]
-struct PeerSlots(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+/// Counts what each peer (an address, a node) has running; a slot is given back when its
+/// guard drops.
+pub(crate) struct PeerSlots<K: Eq + std::hash::Hash>(
+    std::sync::Mutex<std::collections::HashMap<K, usize>>,
+);
 
-struct PeerSlot(Arc<PeerSlots>, std::net::IpAddr);
+impl<K: Eq + std::hash::Hash> Default for PeerSlots<K> {
+    fn default() -> Self {
+        Self(std::sync::Mutex::default())
+    }
+}
 
-impl PeerSlots {
-    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<PeerSlot> {
+pub(crate) struct PeerSlot<K: Eq + std::hash::Hash>(Arc<PeerSlots<K>>, K);
+
+impl PeerSlots<std::net::IpAddr> {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<PeerSlot<std::net::IpAddr>> {
         self.take_up_to(ip, MAX_CONNECTIONS_PER_PEER)
     }
-    fn take_up_to(self: &Arc<Self>, ip: std::net::IpAddr, limit: usize) -> Option<PeerSlot> {
+}
+
+impl<K: Eq + std::hash::Hash + Clone> PeerSlots<K> {
+    /// One of `peer`'s `limit` slots, if it has one left.
+    pub(crate) fn take_up_to(self: &Arc<Self>, peer: K, limit: usize) -> Option<PeerSlot<K>> {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(ip).or_default();
+        let n = m.entry(peer.clone()).or_default();
         if *n >= limit {
             return None;
         }
         *n += 1;
-        Some(PeerSlot(self.clone(), ip))
+        Some(PeerSlot(self.clone(), peer))
     }
 }
 
-impl Drop for PeerSlot {
+impl<K: Eq + std::hash::Hash> Drop for PeerSlot<K> {
     fn drop(&mut self) {
         let mut m = self.0.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = m.get_mut(&self.1) {
@@ -425,11 +437,22 @@ impl Drop for PeerSlot {
 /// How long a client may take to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Serves TLS until the task is dropped, within the connection limits and timeouts above.
+/// Serves TLS until the task is dropped, within the connection limits and timeouts above; a
+/// peer that takes nothing of an answer for [`crate::live::STALL`] loses its connection.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     server: Arc<StreamServer>,
     tls: Arc<crate::tls::NodeTls>,
+) {
+    serve_with_write_stall(listener, server, tls, crate::live::STALL).await;
+}
+
+/// [`serve`], with `stall` instead of [`crate::live::STALL`] (tests).
+pub async fn serve_with_write_stall(
+    listener: tokio::net::TcpListener,
+    server: Arc<StreamServer>,
+    tls: Arc<crate::tls::NodeTls>,
+    stall: std::time::Duration,
 ) {
     let total = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let peers = Arc::new(PeerSlots::default());
@@ -449,7 +472,7 @@ pub async fn serve(
         let (server, acceptor) = (server.clone(), tls.acceptor());
         tokio::spawn(async move {
             // A peer that stops reading loses its connection, and what its answer held.
-            let tcp = WriteDeadline::new(tcp, crate::live::STALL);
+            let tcp = WriteDeadline::new(tcp, stall);
             let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
             else {
                 return; // not TLS (plain HTTP, say), too slow, or a certificate of another CA

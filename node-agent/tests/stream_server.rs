@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use projstore_agent::fetch::Peer;
 use projstore_agent::server::{
-    BackupVerified, StreamServer, VerifyFailed, bind, serve, serve_health,
+    BackupVerified, StreamServer, VerifyFailed, bind, serve_health, serve_with_write_stall,
 };
 use projstore_agent::streams::{ProjectKey, SnapshotJson, StreamId, StreamMeta, StreamStore};
 use projstore_agent::tls::NodeTls;
@@ -40,6 +40,11 @@ struct Fx {
 }
 
 async fn start() -> Fx {
+    start_with(projstore_agent::live::STALL).await
+}
+
+/// [`start`], with a server that drops a peer taking nothing for `stall`.
+async fn start_with(stall: std::time::Duration) -> Fx {
     let dir = tempfile::tempdir().unwrap();
     let store = StreamStore::new(dir.path().join("streams"));
     let key = ProjectKey::new("alice", "thesis").unwrap();
@@ -107,7 +112,7 @@ async fn start() -> Fx {
             Box::pin(async move { Ok(holds) })
         }),
     });
-    tokio::spawn(serve(listener, server, tls.clone()));
+    tokio::spawn(serve_with_write_stall(listener, server, tls.clone(), stall));
     let health = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let health_addr = health.local_addr().unwrap();
     tokio::spawn(serve_health(health, Arc::new(AtomicBool::new(true))));
@@ -544,6 +549,70 @@ async fn idle_and_slow_clients_cannot_starve_the_server() {
     assert!(
         closed(&slow),
         "a half-sent request outlived the header-read timeout"
+    );
+    // Over TLS too: the server ends the connection (what it says first, if anything, is no
+    // answer to the half-sent request).
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        slow_tls.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(
+        ended.is_ok() && !String::from_utf8_lossy(&rest).contains("200 OK"),
+        "a half-sent request over TLS outlived the header-read timeout"
+    );
+}
+
+/// A peer that stops reading an answer loses its connection once it took nothing for the
+/// server's write stall (2 s here, 300 s in the agent), and with it what the answer held.
+#[tokio::test]
+async fn a_peer_that_stops_reading_loses_its_connection() {
+    let stall = std::time::Duration::from_secs(2);
+    let fx = start_with(stall).await;
+    // A stream far larger than every buffer between the server and this client.
+    let store = StreamStore::new(fx.dir.path().join("streams"));
+    let key = ProjectKey::new("bob", "none").unwrap();
+    let id = StreamId::for_snapshots(None, "big-1").unwrap();
+    let big: Vec<u8> = (0..(48u32 << 20)).map(|i| (i % 253) as u8).collect();
+    let mut w = store.begin(&key, &id).await.unwrap();
+    w.write_all(&big).await.unwrap();
+    w.commit(StreamMeta {
+        from: None,
+        to: SnapshotJson {
+            name: "big-1".into(),
+            guid: "43".into(),
+            createtxg: 9,
+            time: 1_800_000_000,
+        },
+        epoch: 1,
+        node: "host-a".into(),
+    })
+    .await
+    .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(fx.client_config(B)));
+    let tcp = tokio::net::TcpStream::connect(fx.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("host-a").unwrap();
+    let mut s = connector.connect(name, tcp).await.unwrap();
+    s.write_all(
+        b"GET /v1/streams/bob/none/full--big-1.zstream HTTP/1.1\r\nHost: x\r\n\
+          X-Projstore-Node: host-b\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut first = vec![0u8; 64 << 10];
+    s.read_exact(&mut first).await.unwrap();
+    assert!(String::from_utf8_lossy(&first).starts_with("HTTP/1.1 200"));
+    // Nothing taken for a while, then the rest: it was cut short.
+    tokio::time::sleep(3 * stall).await;
+    let mut rest = Vec::new();
+    let ended =
+        tokio::time::timeout(std::time::Duration::from_secs(30), s.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "the connection is still open");
+    assert!(
+        first.len() + rest.len() < big.len(),
+        "the whole answer came: {} bytes",
+        first.len() + rest.len()
     );
 }
 
