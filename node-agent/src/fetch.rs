@@ -34,13 +34,78 @@ pub enum FetchError {
     Store(#[from] StoreError),
 }
 
-/// The first 4 KiB of a refusal's body: the peer's reason.
-async fn refusal_text(resp: hyper::Response<hyper::body::Incoming>) -> String {
-    Limited::new(resp.into_body(), 4096)
-        .collect()
-        .await
-        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-        .unwrap_or_default()
+/// How long a small answer (a refusal's reason, a list) may take to arrive once its headers
+/// did: a peer that sends headers and then nothing must not hold a replica pass for good.
+const SMALL_BODY_TIME: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The least a streamed answer (a live send, a stream file) must bring in every
+/// [`crate::live::STALL`]: a peer that trickles a byte now and then is cut off like a silent one.
+pub const MIN_PACE: u64 = 1 << 20;
+
+/// The first 4 KiB of a refusal's body, the peer's reason; what came within
+/// [`SMALL_BODY_TIME`].
+pub(crate) async fn refusal_text(resp: hyper::Response<hyper::body::Incoming>) -> String {
+    tokio::time::timeout(
+        SMALL_BODY_TIME,
+        Limited::new(resp.into_body(), 4096).collect(),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+    .unwrap_or_default()
+}
+
+/// Whether a streamed answer keeps its pace: at least [`MIN_PACE`] bytes in every
+/// [`crate::live::STALL`].
+#[derive(Debug)]
+pub struct Pace {
+    since: tokio::time::Instant,
+    bytes: u64,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Self {
+            since: tokio::time::Instant::now(),
+            bytes: 0,
+        }
+    }
+}
+
+impl Pace {
+    /// When the next bytes must have come by.
+    pub fn deadline(&self) -> tokio::time::Instant {
+        self.since + crate::live::STALL
+    }
+
+    /// `n` more bytes came: once they add up to [`MIN_PACE`], the next [`crate::live::STALL`]
+    /// starts now.
+    pub fn took(&mut self, n: usize) {
+        self.bytes += n as u64;
+        if self.bytes >= MIN_PACE {
+            *self = Self::default();
+        }
+    }
+
+    /// The next frame of `body`, or None when the pace was not kept.
+    pub async fn next<B: hyper::body::Body + Unpin>(
+        &self,
+        body: &mut B,
+    ) -> Option<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        tokio::time::timeout_at(self.deadline(), body.frame())
+            .await
+            .ok()
+    }
+
+    /// Why a stream was cut off for its pace.
+    pub fn too_slow() -> String {
+        format!(
+            "the source sent less than {} KiB in {:?}",
+            MIN_PACE >> 10,
+            crate::live::STALL
+        )
+    }
 }
 
 /// A peer's stream server: `https://host:port` of the agent of `node`.
@@ -125,11 +190,14 @@ impl Peer {
             }
             return Err(self.err(reason));
         }
-        Ok(Limited::new(resp.into_body(), limit)
-            .collect()
-            .await
-            .map_err(|e| self.err(format!("{what}: {e}")))?
-            .to_bytes())
+        Ok(tokio::time::timeout(
+            SMALL_BODY_TIME,
+            Limited::new(resp.into_body(), limit).collect(),
+        )
+        .await
+        .map_err(|_| self.err(format!("{what}: not sent within {SMALL_BODY_TIME:?}")))?
+        .map_err(|e| self.err(format!("{what}: {e}")))?
+        .to_bytes())
     }
 
     async fn request(
@@ -299,9 +367,17 @@ impl Peer {
             let mut file = store.download_file(project, id).await?;
             let mut body = resp.into_body();
             let mut at = have;
-            while let Some(frame) = body.frame().await {
+            let mut pace = Pace::default();
+            loop {
+                let Some(frame) = pace.next(&mut body).await else {
+                    return Err(self.err(format!("fetching {id}: {}", Pace::too_slow())));
+                };
+                let Some(frame) = frame else {
+                    break;
+                };
                 let frame = frame.map_err(|e| self.err(e))?;
                 if let Some(data) = frame.data_ref() {
+                    pace.took(data.len());
                     at += data.len() as u64;
                     if at > manifest.bytes {
                         return Err(self.err(format!(
@@ -318,5 +394,69 @@ impl Peer {
         }
         store.finish_download(project, id, manifest).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::live::STALL;
+
+    /// A body whose data comes as `feed` sends it.
+    fn body_of(
+        feed: tokio::sync::mpsc::Receiver<Bytes>,
+    ) -> impl hyper::body::Body<Data = Bytes, Error = std::convert::Infallible> + Unpin {
+        let mut feed = feed;
+        http_body_util::StreamBody::new(futures::stream::poll_fn(move |cx| {
+            feed.poll_recv(cx)
+                .map(|b| b.map(|b| Ok(hyper::body::Frame::data(b))))
+        }))
+    }
+
+    /// Reads `body` at its pace: the bytes taken, and whether it ended (else it was too slow).
+    async fn read_paced(mut body: impl hyper::body::Body<Data = Bytes> + Unpin) -> (usize, bool) {
+        let (mut pace, mut got) = (Pace::default(), 0);
+        loop {
+            match pace.next(&mut body).await {
+                None => return (got, false),
+                Some(None) => return (got, true),
+                Some(Some(frame)) => {
+                    let n = frame
+                        .ok()
+                        .and_then(|f| f.into_data().ok())
+                        .map_or(0, |d| d.len());
+                    pace.took(n);
+                    got += n;
+                }
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_source_that_trickles_is_cut_off_and_one_that_keeps_the_pace_is_not() {
+        // A byte just within every STALL: cut off at the first STALL without MIN_PACE.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let trickle = tokio::spawn(async move {
+            while tx.send(Bytes::from_static(b"x")).await.is_ok() {
+                tokio::time::sleep(STALL - std::time::Duration::from_secs(1)).await;
+            }
+        });
+        let t = tokio::time::Instant::now();
+        assert_eq!(read_paced(body_of(rx)).await, (2, false));
+        assert!(tokio::time::Instant::now() - t <= STALL);
+        trickle.abort();
+
+        // MIN_PACE in every STALL, slowly, for three STALLs: read to its end.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            for _ in 0..6 {
+                tokio::time::sleep(STALL / 2 - std::time::Duration::from_secs(1)).await;
+                let half = usize::try_from(MIN_PACE / 2).unwrap();
+                tx.send(Bytes::from(vec![0u8; half])).await.unwrap();
+            }
+        });
+        let want = usize::try_from(3 * MIN_PACE).unwrap();
+        assert_eq!(read_paced(body_of(rx)).await, (want, true));
     }
 }

@@ -26,7 +26,7 @@
 //! A source runs at most [`MAX_SENDS`] `zfs send`s at once; receivers that ask for the same
 //! stream at about the same time share one ([`fanout`]: the snapshot is read and hashed once,
 //! not once per copy). It drops a receiver that takes no data for [`STALL`]; a receiver
-//! drops a source that sends nothing for as long.
+//! drops a source that sends less than [`crate::fetch::MIN_PACE`] in as long.
 //!
 //! Where ZFS resumes receives (OpenZFS), receives run with `zfs recv -s`: a send that is cut
 //! off ([`LiveError::Cut`]) keeps what arrived, and the next request for exactly that send
@@ -74,6 +74,9 @@ const MAX_LIST_BYTES: usize = 16 << 20;
 
 /// Sends a host serves at once (each a `zfs send` and some megabytes of buffers).
 pub const MAX_SENDS: usize = 8;
+/// Of those, what one peer node may have: one node alone cannot keep every other from this
+/// host's sends.
+pub const MAX_SENDS_PER_PEER: usize = MAX_SENDS / 2;
 /// How long either end waits for the other to take or give data before giving up.
 pub const STALL: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -135,6 +138,8 @@ pub struct Sources {
     pub zfs: Zfs,
     pub locate: Locate,
     slots: Arc<tokio::sync::Semaphore>,
+    /// The sends each peer node has running here.
+    per_peer: Arc<crate::server::PeerSlots<String>>,
     /// Requests whose checks (`zfs` commands) run at once: as many as may join or start sends.
     checking: Arc<tokio::sync::Semaphore>,
     /// The sends others may join (see [`fanout`]).
@@ -286,10 +291,24 @@ impl Sources {
             zfs,
             locate,
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_SENDS)),
+            per_peer: Arc::default(),
             checking: Arc::new(tokio::sync::Semaphore::new(2 * MAX_SENDS)),
             fanout: Arc::default(),
             fault: None,
         }
+    }
+
+    /// Receivers may join a send for `join_time` after it started instead of
+    /// [`fanout::JOIN_TIME`] (tests, where requests come at their own pace).
+    pub fn with_join_time(mut self, join_time: std::time::Duration) -> Self {
+        self.fanout = Arc::new(fanout::Fanout::with_join_time(join_time));
+        self
+    }
+
+    /// How many `zfs send`s this source started for live sends (receivers that joined one
+    /// started none).
+    pub fn sends_started(&self) -> u64 {
+        self.fanout.sends_started()
     }
 
     /// Arms the fault hook: [`FLIP_NEXT_SEND`] under `run_dir`.
@@ -338,7 +357,10 @@ impl Sources {
         let busy = || {
             text(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("{MAX_SENDS} sends already run here: try again later"),
+                format!(
+                    "{MAX_SENDS} sends already run here, or {MAX_SENDS_PER_PEER} for this node: \
+                     try again later"
+                ),
             )
         };
         let Ok(_checking) = self.checking.clone().try_acquire_owned() else {
@@ -373,10 +395,11 @@ impl Sources {
         if from.is_some_and(|f| f.createtxg >= to.createtxg) {
             return text(StatusCode::BAD_REQUEST, "from must be older than to");
         }
-        // An encrypted dataset is sent raw, or not at all.
+        // An encrypted dataset is sent raw, or not at all; of the other flags, those this
+        // host's ZFS has too (what `zfs send` will run with, so the same stream has one key).
         let flags = match self.zfs.encrypted(&ds).await {
             Ok(encrypted) => match raw_if_encrypted(flags, encrypted) {
-                Ok(f) => f,
+                Ok(f) => f.both(self.zfs.capabilities().send_flags()),
                 Err(e) => return text(StatusCode::CONFLICT, e),
             },
             Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -416,10 +439,13 @@ impl Sources {
             flags,
         });
         let slots = self.slots.clone();
-        let (body, fan, slot) = match self
-            .fanout
-            .join_or_start(key, peer, || slots.try_acquire_owned().ok())
-        {
+        let take_slot = || {
+            let mine = self
+                .per_peer
+                .take_up_to(peer.to_owned(), MAX_SENDS_PER_PEER)?;
+            Some((slots.try_acquire_owned().ok()?, mine))
+        };
+        let (body, fan, slot) = match self.fanout.join_or_start(key, peer, take_slot) {
             fanout::Started::Joined(body) => return streaming(body),
             fanout::Started::New(body, fan, slot) => (body, fan, slot),
             fanout::Started::Busy => return busy(),
@@ -593,11 +619,7 @@ impl Peer {
         let resp = self.get_streaming(path).await?;
         if !resp.status().is_success() {
             let status = resp.status();
-            let why = http_body_util::Limited::new(resp.into_body(), 4096)
-                .collect()
-                .await
-                .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-                .unwrap_or_default();
+            let why = crate::fetch::refusal_text(resp).await;
             return Err(LiveError::Refused {
                 endpoint: self.endpoint.clone(),
                 status: status.as_u16(),
@@ -644,20 +666,26 @@ where
     // copy); the newest WITHHELD bytes stay here until the stream is verified.
     let (w, r) = tokio::sync::mpsc::channel::<Bytes>(4);
     let mut body = body;
+    let recv_stopped = std::sync::atomic::AtomicBool::new(false);
+    let recv_stopped = &recv_stopped;
     let feed = async move {
         let mut hasher = blake3::Hasher::new();
         let mut total = 0u64;
         let mut held = bytes::BytesMut::with_capacity(FEED_CHUNK + WITHHELD);
         let mut trailers = None;
-        let gone = || unverified("zfs recv stopped reading".into());
+        let gone = || {
+            recv_stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+            unverified("zfs recv stopped reading".into())
+        };
         let cut = |reason: String| LiveError::Cut {
             endpoint: source.to_owned(),
             reason: printable(&reason),
         };
         let mut begun = false;
+        let mut pace = crate::fetch::Pace::default();
         loop {
-            let Ok(next) = tokio::time::timeout(STALL, body.frame()).await else {
-                return Err(cut(format!("the source sent nothing for {STALL:?}")));
+            let Some(next) = pace.next(&mut body).await else {
+                return Err(cut(crate::fetch::Pace::too_slow()));
             };
             let Some(frame) = next else {
                 break;
@@ -668,6 +696,7 @@ where
                     if trailers.is_some() {
                         return Err(unverified("data after the trailers".into()));
                     }
+                    pace.took(data.len());
                     hasher.update(&data);
                     total += data.len() as u64;
                     crate::metrics::add(&crate::metrics::METRICS.bytes_received, data.len() as u64);
@@ -714,8 +743,17 @@ where
     // and nothing is committed. It is not killed: zfs recv then cleans up after itself (a
     // full receive's new dataset), where a killed one would leave it behind.
     let (fed, received) = tokio::join!(feed, recv);
-    let bytes = fed?;
-    received?;
+    let bytes = match (fed, received) {
+        // zfs recv stopped taking the stream: what it said is why.
+        (Err(_), Err(e)) if recv_stopped.load(std::sync::atomic::Ordering::Relaxed) => {
+            return Err(e);
+        }
+        (fed, received) => {
+            let bytes = fed?;
+            received?;
+            bytes
+        }
+    };
     // What committed is the snapshot asked for.
     let have = zfs.snapshots(target, &[]).await?;
     if !have.iter().any(|s| s.guid == want.to) {

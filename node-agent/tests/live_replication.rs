@@ -35,6 +35,8 @@ struct Fx {
     addr: std::net::SocketAddr,
     dir: tempfile::TempDir,
     ca: ClusterCa,
+    /// The source's live sends (shared with its stream server).
+    sources: Sources,
 }
 
 fn key() -> ProjectKey {
@@ -83,6 +85,15 @@ async fn start(zfs: Zfs, copies: usize) -> Fx {
     let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let served = live.clone();
+    // Receivers a test starts together join one send: here they may take their time.
+    let sources = Sources::new(
+        zfs.clone(),
+        Arc::new(move |project| {
+            let ds = (project == key()).then(|| served.clone());
+            Box::pin(async move { ds })
+        }),
+    )
+    .with_join_time(std::time::Duration::from_secs(5));
     let server = Arc::new(StreamServer {
         store: StreamStore::new(dir.path().join("streams")),
         verify: None,
@@ -90,13 +101,7 @@ async fn start(zfs: Zfs, copies: usize) -> Fx {
             let holds = node == "host-b" && project == key();
             Box::pin(async move { Ok(holds) })
         }),
-        sources: Some(Sources::new(
-            zfs.clone(),
-            Arc::new(move |project| {
-                let ds = (project == key()).then(|| served.clone());
-                Box::pin(async move { ds })
-            }),
-        )),
+        sources: Some(sources.clone()),
     });
     tokio::spawn(serve(listener, server, tls));
     Fx {
@@ -108,6 +113,7 @@ async fn start(zfs: Zfs, copies: usize) -> Fx {
         addr,
         dir,
         ca,
+        sources,
     }
 }
 
@@ -119,7 +125,12 @@ impl Fx {
 
     /// Writes `seed`'s files into the live dataset and snapshots it as `name`; its GUID.
     async fn snapshot(&self, name: &str, seed: u64) -> u64 {
-        write_tree(&self.mountpoint.join(name), seed, 3 << 20);
+        self.snapshot_of(name, seed, 3 << 20).await
+    }
+
+    /// [`Fx::snapshot`] with a large file of `large` bytes.
+    async fn snapshot_of(&self, name: &str, seed: u64, large: usize) -> u64 {
+        write_tree(&self.mountpoint.join(name), seed, large);
         let snap = self.live.snapshot(name).unwrap();
         self.zfs.snapshot(&snap, &[]).await.unwrap();
         self.guid_of(&self.live, name).await.unwrap()
@@ -362,6 +373,66 @@ async fn three_copies_receive_at_once() {
         r.unwrap();
         assert_eq!(fx.guids(c).await, vec![s1], "{c}");
     }
+    // They asked together for the same stream: one zfs send served all three.
+    assert_eq!(
+        fx.sources.sends_started(),
+        1,
+        "the copies did not share a send"
+    );
+
+    // A receiver asking for flags this ZFS does not have asks for the same stream as one
+    // asking for none, when the source sends the same bytes to both. (The stream is more
+    // than the buffers of an answer not yet read: its send is still running, to be joined.)
+    let s2 = fx.snapshot_of("s2", 7, 20 << 20).await;
+    let query = |flags: &str| format!("to={s2}&from={s1}{flags}");
+    let caps = fx.zfs.capabilities().send_flags();
+    let asked = SendFlags::parse_letters("cLe").unwrap();
+    let plain = fx.sources.send(key(), "host-b", &query("")).await;
+    let flagged = fx.sources.send(key(), "host-b", &query("&flags=cLe")).await;
+    // Read together, as two copies do.
+    let (plain, flagged) = tokio::join!(
+        http_body_util::BodyExt::collect(plain.into_body()),
+        http_body_util::BodyExt::collect(flagged.into_body()),
+    );
+    let (plain, flagged) = (plain.unwrap(), flagged.unwrap());
+    assert!(plain.trailers().is_some() && flagged.trailers().is_some());
+    let same = asked.both(caps) == SendFlags::default();
+    assert_eq!(
+        fx.sources.sends_started(),
+        if same { 2 } else { 3 },
+        "flags {:?} here",
+        caps
+    );
+    if same {
+        assert_eq!(plain.to_bytes(), flagged.to_bytes());
+    }
+}
+
+#[tokio::test]
+async fn a_failed_receive_says_what_zfs_recv_said() {
+    let Some(zfs) = zfs_or_skip("live receive errors").await else {
+        return;
+    };
+    let fx = start(zfs, 1).await;
+    let s1 = fx.snapshot("s1", 8).await;
+    let s2 = fx.snapshot_of("s2", 9, 24 << 20).await;
+    let (stream, digest) = fx.stream(Some("s1"), "s2").await;
+    // More than what the feed buffers: zfs recv fails while the stream still comes.
+    assert!(stream.len() > 16 << 20, "{}", stream.len());
+    // An increment onto a copy that does not exist: zfs recv refuses it at once.
+    let copy = fx.copy(0);
+    let e = apply_verified(
+        &fx.zfs,
+        &copy,
+        RECV,
+        &Progress::new(),
+        "test",
+        &want(Some(s1), s2),
+        body(&stream, Some(trailers(&digest, stream.len()))),
+    )
+    .await;
+    assert!(matches!(e, Err(LiveError::Zfs(_))), "{e:?}");
+    assert!(!fx.zfs.exists(&copy).await.unwrap());
 }
 
 #[tokio::test]

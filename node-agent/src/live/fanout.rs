@@ -11,10 +11,12 @@
 //!
 //! A shared send goes at the pace of its slowest receiver, within bounds: a receiver that
 //! hangs up is dropped, and so is one that has not taken a chunk [`LAG`] after another
-//! receiver took it (or [`STALL`] after it was offered, when it is the only one). The others
-//! go on; the dropped one asks again and gets a send of its own (resumed where ZFS can). So a
-//! slow or hostile receiver can hold back a shared send by at most [`LAG`] per chunk once,
-//! then it is on its own. When no receiver is left the send ends.
+//! receiver took it (or [`STALL`] after it was offered, when it is the only one), or whose
+//! delays behind the first receiver to take each chunk add up to more than [`LAG`] plus half
+//! the time since it joined. The others go on; the dropped one asks again and gets a send of
+//! its own (resumed where ZFS can). So a slow or hostile receiver can hold back the others by
+//! at most [`LAG`] at once and, over the whole send, by [`LAG`] plus half their time: they go
+//! at least at half their own pace. When no receiver is left the send ends.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -57,6 +59,9 @@ struct Receiver {
     frames: Frames,
     bytes: u64,
     started: std::time::Instant,
+    /// When it joined, and how long in all it took chunks after the first receiver did.
+    joined: tokio::time::Instant,
+    lagged: std::time::Duration,
 }
 
 impl Receiver {
@@ -95,6 +100,8 @@ impl Receivers {
             frames: tx,
             bytes,
             started: std::time::Instant::now(),
+            joined: tokio::time::Instant::now(),
+            lagged: std::time::Duration::ZERO,
         });
         let prefix = futures_util::stream::iter(prefix.into_iter().map(|b| Ok(Frame::data(b))));
         let rest = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
@@ -103,9 +110,33 @@ impl Receivers {
 }
 
 /// The sends that receivers may still join, on this host.
-#[derive(Default)]
 pub struct Fanout {
     open: Mutex<HashMap<SendKey, Arc<Mutex<Receivers>>>>,
+    /// How long after its start a send takes receivers: [`JOIN_TIME`], but for tests.
+    join_time: std::time::Duration,
+    /// The sends started (joins not counted).
+    started: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Fanout {
+    fn default() -> Self {
+        Self::with_join_time(JOIN_TIME)
+    }
+}
+
+impl Fanout {
+    pub fn with_join_time(join_time: std::time::Duration) -> Self {
+        Self {
+            open: Mutex::default(),
+            join_time,
+            started: std::sync::atomic::AtomicU64::default(),
+        }
+    }
+
+    /// How many sends were started here (a receiver that joined one started none).
+    pub fn sends_started(&self) -> u64 {
+        self.started.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -155,6 +186,8 @@ impl Fanout {
         };
         let body = g.add(peer, Vec::new(), 0);
         crate::metrics::add(&crate::metrics::METRICS.live_sends, 1);
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let group = Arc::new(Mutex::new(g));
         if let Some(k) = &key {
             open.insert(k.clone(), group.clone());
@@ -164,7 +197,7 @@ impl Fanout {
             fanout: self.clone(),
             key,
             group,
-            joinable_until: tokio::time::Instant::now() + JOIN_TIME,
+            joinable_until: tokio::time::Instant::now() + self.join_time,
         };
         Started::New(body, fan, slot)
     }
@@ -228,22 +261,31 @@ impl Fan {
             .collect();
         // Up to STALL for the first receiver to take it, then LAG for the others.
         let mut took = Vec::new();
+        let mut first = None;
         let mut until = tokio::time::Instant::now() + STALL;
         while let Ok(Some((id, ok))) = tokio::time::timeout_at(until, sends.next()).await {
             if ok {
-                took.push(id);
-                until = until.min(tokio::time::Instant::now() + LAG);
+                let now = tokio::time::Instant::now();
+                let first = *first.get_or_insert(now);
+                took.push((id, now - first));
+                until = until.min(now + LAG);
             }
         }
         drop(sends);
         let n = n as u64;
+        let now = tokio::time::Instant::now();
         let mut g = lock(&self.group);
         for id in ids {
             let Some(at) = g.list.iter().position(|r| r.id == id) else {
                 continue;
             };
-            if took.contains(&id) {
-                g.list[at].bytes += n;
+            let r = &mut g.list[at];
+            let kept_up = took.iter().find(|t| t.0 == id).is_some_and(|&(_, behind)| {
+                r.lagged += behind;
+                r.lagged <= LAG + (now - r.joined) / 2
+            });
+            if kept_up {
+                r.bytes += n;
                 crate::metrics::add(&crate::metrics::METRICS.bytes_sent, n);
             } else {
                 g.list.remove(at).record(false);
@@ -415,6 +457,39 @@ mod tests {
         assert!(tokio::time::Instant::now() - t < std::time::Duration::from_secs(1));
         fan.finish(done(), true).await;
         assert_eq!(reading.await.unwrap().0.len(), n);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_receiver_that_keeps_lagging_just_under_lag_is_dropped_once_its_delays_add_up() {
+        let fanout = Arc::new(Fanout::default());
+        let (reading, fan) = start(&fanout, Some(key(1)), "host-b");
+        let mut slow = join(&fanout, &key(1), "host-c").unwrap();
+        let reading = collect(reading);
+        // Takes each chunk 9 s after it could: within LAG every time.
+        let slow = tokio::spawn(async move {
+            let mut chunks = 0;
+            loop {
+                tokio::time::sleep(LAG - std::time::Duration::from_secs(1)).await;
+                match slow.frame().await {
+                    Some(Ok(f)) if f.is_data() => chunks += 1,
+                    Some(_) => return (chunks, true),
+                    None => return (chunks, false),
+                }
+            }
+        });
+        let t = tokio::time::Instant::now();
+        for _ in 0..50 {
+            assert!(fan.deliver(chunk(1, 1000), None).await);
+        }
+        // At its pace the 50 chunks would have taken over 6 minutes.
+        assert!(
+            tokio::time::Instant::now() - t < std::time::Duration::from_secs(120),
+            "the slow receiver set the pace of the whole send"
+        );
+        fan.finish(done(), true).await;
+        assert_eq!(reading.await.unwrap().0.len(), 50_000);
+        let (chunks, ended) = slow.await.unwrap();
+        assert!(!ended && chunks < 50, "the slow receiver was never dropped");
     }
 
     #[tokio::test]
