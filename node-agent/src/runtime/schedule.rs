@@ -28,7 +28,10 @@ use serde_json::Value;
 
 use super::{AgentContext, replica};
 
-/// Replicas worked on at once: a long receive never holds up a primary's snapshot.
+/// Replicas worked on at once. A primary's snapshot waits while every slot is taken, by four
+/// long receives say: a source that stops sending, or sends less than
+/// [`crate::fetch::MIN_PACE`] in a [`crate::live::STALL`], is cut off, but one that keeps
+/// sending keeps its slot for as long as it sends.
 pub const CONCURRENCY: u16 = 4;
 /// A replica with nothing due is still looked at this often.
 pub const RESYNC: Duration = Duration::from_secs(3600);
