@@ -178,20 +178,27 @@ pub struct LiveSnapshot {
     /// Bytes the snapshot refers to: what a full send of it carries, roughly.
     #[serde(default)]
     pub referenced: u64,
+    /// Bytes only it holds (`used`): what was overwritten or deleted after it and before the
+    /// next snapshot, roughly.
+    #[serde(default)]
+    pub used: u64,
 }
 
 impl LiveSnapshot {
     pub fn of(s: &SnapshotInfo) -> Self {
+        let prop = |name: &str| {
+            s.properties
+                .get(name)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
         Self {
             name: s.name.clone(),
             guid: s.guid.to_string(),
             createtxg: s.createtxg,
             time: s.creation,
-            referenced: s
-                .properties
-                .get("referenced")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
+            referenced: prop("referenced"),
+            used: prop("used"),
         }
     }
 
@@ -201,12 +208,19 @@ impl LiveSnapshot {
     }
 }
 
-/// What a send from `from` (None: full) to `to` carries, roughly, for progress: `zfs send -n`
-/// is not everywhere, and the `written@` property neither.
+/// What a send from `from` (None: full) to `to`, the next snapshot, carries, roughly, for
+/// progress: `zfs send -n` is not everywhere, and the `written` property neither. What `to`
+/// holds that `from` did not: `to` refers to what `from` referred to, less what was removed
+/// since (which only `from` now holds, its `used`, when no older snapshot shares it), plus
+/// what was written. So an overwrite counts, where the difference of `referenced` alone
+/// would not see it.
 pub fn estimate(from: Option<&LiveSnapshot>, to: &LiveSnapshot) -> u64 {
     match from {
         None => to.referenced,
-        Some(f) => to.referenced.abs_diff(f.referenced),
+        Some(f) => to
+            .referenced
+            .saturating_add(f.used)
+            .saturating_sub(f.referenced),
     }
     .max(RECORD as u64 * 2)
 }
@@ -325,8 +339,11 @@ impl Sources {
                 format!("no live copy of {project} here"),
             );
         };
-        let referenced = crate::zfs::PropertyName::parse("referenced").ok();
-        let extra: Vec<&crate::zfs::PropertyName> = referenced.iter().collect();
+        let sizes: Vec<_> = ["referenced", "used"]
+            .into_iter()
+            .filter_map(|p| crate::zfs::PropertyName::parse(p).ok())
+            .collect();
+        let extra: Vec<&crate::zfs::PropertyName> = sizes.iter().collect();
         match self.zfs.snapshots(&ds, &extra).await {
             Ok(snaps) => {
                 let list: Vec<LiveSnapshot> = snaps.iter().map(LiveSnapshot::of).collect();
@@ -964,4 +981,44 @@ pub fn check_trailers(trailers: &HeaderMap, digest: &str, total: u64) -> Result<
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(referenced: u64, used: u64) -> LiveSnapshot {
+        LiveSnapshot {
+            name: "s".into(),
+            guid: "1".into(),
+            createtxg: 1,
+            time: 0,
+            referenced,
+            used,
+        }
+    }
+
+    #[test]
+    fn an_estimate_counts_what_was_written_also_over_old_data() {
+        const M: u64 = 1 << 20;
+        // 256 MiB added.
+        assert_eq!(
+            estimate(Some(&snap(100 * M, 0)), &snap(356 * M, 0)),
+            256 * M
+        );
+        // 256 MiB overwritten in place: the old blocks are only the older snapshot's now.
+        assert_eq!(
+            estimate(Some(&snap(356 * M, 256 * M)), &snap(356 * M, 0)),
+            256 * M
+        );
+        // 100 MiB deleted: the increment carries little.
+        let deleted = estimate(Some(&snap(356 * M, 100 * M)), &snap(256 * M, 0));
+        assert_eq!(deleted, RECORD as u64 * 2);
+        // A full send: what the snapshot refers to; a peer's absurd figures do not overflow.
+        assert_eq!(estimate(None, &snap(7 * M, 0)), 7 * M);
+        assert_eq!(
+            estimate(Some(&snap(0, u64::MAX)), &snap(u64::MAX, 0)),
+            u64::MAX
+        );
+    }
 }
