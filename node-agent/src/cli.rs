@@ -15,8 +15,7 @@ pub const USAGE: &str = "usage: projstore-agent run --node-name N [--projects-ro
        projstore-agent streams plan --json FILE\n\
        projstore-agent alive [--run-dir DIR] [--max-age-seconds N]\n\n\
   run                        keep this host's StoragePools, renew the heartbeat Lease, serve streams\n\
-  --test-fault-hooks         arm the test suites' fault hooks (never in production: see
-                             FLIP_NEXT_SEND in the agent's live module)\n\
+  --test-fault-hooks         (run) arm the test suites' fault hooks; never in production\n\
   check                      run the start-up sanity checks and print them (exit 1 if one fails)\n\
   streams plan --json FILE   print the chain and the deletable streams of the stream graph in FILE\n\
                              (DESIGN §5.3); exit code 2 on invalid input\n";

@@ -82,10 +82,15 @@ impl Pace {
     /// `n` more bytes came: once they add up to [`MIN_PACE`], the next [`crate::live::STALL`]
     /// starts now.
     pub fn took(&mut self, n: usize) {
-        self.bytes += n as u64;
+        self.bytes = self.bytes.saturating_add(n as u64);
         if self.bytes >= MIN_PACE {
             *self = Self::default();
         }
+    }
+
+    /// The reader itself waited `d` (on what it hands the bytes to): that time does not count.
+    pub fn paused(&mut self, d: std::time::Duration) {
+        self.since += d;
     }
 
     /// The next frame of `body`, or None when the pace was not kept.
@@ -101,7 +106,7 @@ impl Pace {
     /// Why a stream was cut off for its pace.
     pub fn too_slow() -> String {
         format!(
-            "the source sent less than {} KiB in {:?}",
+            "less than {} KiB came in {:?}",
             MIN_PACE >> 10,
             crate::live::STALL
         )
@@ -290,15 +295,13 @@ impl Peer {
         let mut body = resp.into_body();
         let mut line = Vec::new();
         let mut seen = 0u64;
-        let mut moved = std::time::Instant::now();
+        // A line comes every two seconds while the peer works, and the bytes it counts must
+        // grow at the pace of a stream.
+        let mut pace = Pace::default();
         loop {
-            // A line comes every two seconds while the peer works, and its count must grow.
-            if moved.elapsed() > crate::live::STALL {
-                return Err(self.err("the verification made no progress"));
-            }
-            let frame = tokio::time::timeout(crate::live::STALL, body.frame())
-                .await
-                .map_err(|_| self.err("the verification stalled"))?;
+            let Some(frame) = pace.next(&mut body).await else {
+                return Err(self.err(format!("the verification: {}", Pace::too_slow())));
+            };
             let Some(frame) = frame else {
                 return Err(self.err("the verification ended without an outcome"));
             };
@@ -320,9 +323,10 @@ impl Peer {
                 match parsed {
                     VerifyLine::Bytes(n) => {
                         if n > seen {
-                            progress.add(usize::try_from(n - seen).unwrap_or(0));
+                            let more = usize::try_from(n - seen).unwrap_or(usize::MAX);
+                            progress.add(more);
+                            pace.took(more);
                             seen = n;
-                            moved = std::time::Instant::now();
                         }
                     }
                     VerifyLine::Verified(v) => return Ok(Ok(v)),

@@ -74,8 +74,8 @@ const MAX_LIST_BYTES: usize = 16 << 20;
 
 /// Sends a host serves at once (each a `zfs send` and some megabytes of buffers).
 pub const MAX_SENDS: usize = 8;
-/// Of those, what one peer node may have: one node alone cannot keep every other from this
-/// host's sends.
+/// What one peer node may have running here, counting the sends it joined and the requests
+/// still being checked: one node alone cannot keep every other from this host's sends.
 pub const MAX_SENDS_PER_PEER: usize = MAX_SENDS / 2;
 /// How long either end waits for the other to take or give data before giving up.
 pub const STALL: std::time::Duration = std::time::Duration::from_secs(300);
@@ -380,6 +380,14 @@ impl Sources {
                 ),
             )
         };
+        // Each node's requests, from their checks to the end of what they receive (a send of
+        // their own or one they joined), count against its share.
+        let Some(mine) = self
+            .per_peer
+            .take_up_to(peer.to_owned(), MAX_SENDS_PER_PEER)
+        else {
+            return busy();
+        };
         let Ok(_checking) = self.checking.clone().try_acquire_owned() else {
             return busy();
         };
@@ -456,13 +464,11 @@ impl Sources {
             flags,
         });
         let slots = self.slots.clone();
-        let take_slot = || {
-            let mine = self
-                .per_peer
-                .take_up_to(peer.to_owned(), MAX_SENDS_PER_PEER)?;
-            Some((slots.try_acquire_owned().ok()?, mine))
-        };
-        let (body, fan, slot) = match self.fanout.join_or_start(key, peer, take_slot) {
+        let seat = Box::new(mine);
+        let (body, fan, slot) = match self
+            .fanout
+            .join_or_start(key, peer, seat, || slots.try_acquire_owned().ok())
+        {
             fanout::Started::Joined(body) => return streaming(body),
             fanout::Started::New(body, fan, slot) => (body, fan, slot),
             fanout::Started::Busy => return busy(),
@@ -728,7 +734,10 @@ where
                     }
                     if begun && held.len() >= WITHHELD + FEED_CHUNK {
                         let pass = held.split_to(held.len() - WITHHELD).freeze();
+                        let waiting = tokio::time::Instant::now();
                         w.send(pass).await.map_err(|_| gone())?;
+                        // zfs recv taking its time is not the source's slowness.
+                        pace.paused(waiting.elapsed());
                         held.reserve(FEED_CHUNK);
                     }
                     continue;

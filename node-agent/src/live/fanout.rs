@@ -11,12 +11,17 @@
 //!
 //! A shared send goes at the pace of its slowest receiver, within bounds: a receiver that
 //! hangs up is dropped, and so is one that has not taken a chunk [`LAG`] after another
-//! receiver took it (or [`STALL`] after it was offered, when it is the only one), or whose
-//! delays behind the first receiver to take each chunk add up to more than [`LAG`] plus half
-//! the time since it joined. The others go on; the dropped one asks again and gets a send of
-//! its own (resumed where ZFS can). So a slow or hostile receiver can hold back the others by
-//! at most [`LAG`] at once and, over the whole send, by [`LAG`] plus half their time: they go
-//! at least at half their own pace. When no receiver is left the send ends.
+//! receiver took it (or [`STALL`] after it was offered, when it is the only one). And the
+//! time the others starve while the send waits for a node's receivers (a receiver starves
+//! when it asks for data and its queue is empty) is counted against that node: once it adds
+//! up to more than [`LAG`] plus half the time since the node joined, the node's receivers are
+//! dropped. A copy a little slower than another costs it only the difference and stays; one
+//! that holds the others to less than half their pace goes, however it spreads its delays
+//! over chunks or connections. The dropped one asks again and gets a send of its own
+//! (resumed where ZFS can). When no receiver is left the send ends.
+//!
+//! Each receiver holds a seat its caller gave it (a per-node share of the host's sends) until
+//! it is dropped or the send ends: joining is not free.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -52,6 +57,39 @@ pub struct SendKey {
 
 type Frames = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
 
+/// What a receiver holds while it receives (see the module's documentation).
+pub type Seat = Box<dyn std::any::Any + Send>;
+
+/// How long a receiver went asking for data with nothing queued for it.
+#[derive(Default)]
+struct Hunger {
+    since: Option<tokio::time::Instant>,
+    total: std::time::Duration,
+}
+
+impl Hunger {
+    /// Its queue answered: `pending` (empty) or with data.
+    fn note(&mut self, pending: bool) {
+        let now = tokio::time::Instant::now();
+        match (pending, self.since) {
+            (true, None) => self.since = Some(now),
+            (false, Some(s)) => {
+                self.total += now - s;
+                self.since = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// In all, as of `at`.
+    fn until(&self, at: tokio::time::Instant) -> std::time::Duration {
+        self.total
+            + self.since.map_or(std::time::Duration::ZERO, |s| {
+                at.saturating_duration_since(s)
+            })
+    }
+}
+
 /// A receiver of a send: where its frames go, and what it was given.
 struct Receiver {
     id: u64,
@@ -59,9 +97,11 @@ struct Receiver {
     frames: Frames,
     bytes: u64,
     started: std::time::Instant,
-    /// When it joined, and how long in all it took chunks after the first receiver did.
+    /// When it joined, and how long it made the others starve in all.
     joined: tokio::time::Instant,
-    lagged: std::time::Duration,
+    held_back: std::time::Duration,
+    hunger: Arc<Mutex<Hunger>>,
+    _seat: Seat,
 }
 
 impl Receiver {
@@ -90,9 +130,10 @@ impl Receivers {
         self.prefix.iter().flatten().map(Bytes::len).sum()
     }
 
-    /// A new receiver: the body it is answered with, given `prefix` first.
-    fn add(&mut self, peer: &str, prefix: Vec<Bytes>, bytes: u64) -> Body {
+    /// A new receiver holding `seat`: the body it is answered with, given `prefix` first.
+    fn add(&mut self, peer: &str, seat: Seat, prefix: Vec<Bytes>, bytes: u64) -> Body {
         let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let hunger = Arc::new(Mutex::new(Hunger::default()));
         self.next_id += 1;
         self.list.push(Receiver {
             id: self.next_id,
@@ -101,10 +142,16 @@ impl Receivers {
             bytes,
             started: std::time::Instant::now(),
             joined: tokio::time::Instant::now(),
-            lagged: std::time::Duration::ZERO,
+            held_back: std::time::Duration::ZERO,
+            hunger: hunger.clone(),
+            _seat: seat,
         });
         let prefix = futures_util::stream::iter(prefix.into_iter().map(|b| Ok(Frame::data(b))));
-        let rest = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let rest = futures_util::stream::poll_fn(move |cx| {
+            let next = rx.poll_recv(cx);
+            lock(&hunger).note(next.is_pending());
+            next
+        });
         BodyExt::boxed(StreamBody::new(prefix.chain(rest)))
     }
 }
@@ -157,11 +204,13 @@ pub enum Started<P> {
 impl Fanout {
     /// Joins `peer` to a running send of `key` that still takes receivers; else starts a new
     /// send for it (others may join it when `key` is given, never otherwise) if `slot` gives
-    /// one. At once: two receivers asking together share one send.
+    /// one. At once: two receivers asking together share one send. The receiver holds `seat`
+    /// while it receives.
     pub fn join_or_start<P>(
         self: &Arc<Self>,
         key: Option<SendKey>,
         peer: &str,
+        seat: Seat,
         slot: impl FnOnce() -> Option<P>,
     ) -> Started<P> {
         let mut open = lock(&self.open);
@@ -174,7 +223,7 @@ impl Fanout {
                 tracing::debug!(peer, snapshot = %k.snapshot, bytes, "joined a running send");
                 crate::metrics::add(&crate::metrics::METRICS.live_send_joins, 1);
                 crate::metrics::add(&crate::metrics::METRICS.bytes_sent, bytes);
-                return Started::Joined(g.add(peer, prefix, bytes));
+                return Started::Joined(g.add(peer, seat, prefix, bytes));
             }
         }
         let Some(slot) = slot() else {
@@ -184,7 +233,7 @@ impl Fanout {
             prefix: key.as_ref().map(|_| Vec::new()),
             ..Receivers::default()
         };
-        let body = g.add(peer, Vec::new(), 0);
+        let body = g.add(peer, seat, Vec::new(), 0);
         crate::metrics::add(&crate::metrics::METRICS.live_sends, 1);
         self.started
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -243,12 +292,16 @@ impl Fan {
             tokio::time::sleep_until(self.joinable_until).await;
             self.close();
         }
-        let targets: Vec<(u64, Frames)> = {
+        type Hungers = Vec<(u64, Arc<Mutex<Hunger>>)>;
+        let (targets, hungers): (Vec<(u64, Frames)>, Hungers) = {
             let mut g = lock(&self.group);
             if let Some(prefix) = &mut g.prefix {
                 prefix.push(chunk.clone());
             }
-            g.list.iter().map(|r| (r.id, r.frames.clone())).collect()
+            g.list
+                .iter()
+                .map(|r| ((r.id, r.frames.clone()), (r.id, r.hunger.clone())))
+                .unzip()
         };
         let mut flipped = flipped;
         let ids: Vec<u64> = targets.iter().map(|t| t.0).collect();
@@ -260,32 +313,67 @@ impl Fan {
             })
             .collect();
         // Up to STALL for the first receiver to take it, then LAG for the others.
+        let hungry = |at| -> Vec<(u64, std::time::Duration)> {
+            hungers
+                .iter()
+                .map(|(id, h)| (*id, lock(h).until(at)))
+                .collect()
+        };
         let mut took = Vec::new();
-        let mut first = None;
+        let mut when_first_took = None;
         let mut until = tokio::time::Instant::now() + STALL;
         while let Ok(Some((id, ok))) = tokio::time::timeout_at(until, sends.next()).await {
             if ok {
                 let now = tokio::time::Instant::now();
-                let first = *first.get_or_insert(now);
-                took.push((id, now - first));
+                when_first_took.get_or_insert_with(|| hungry(now));
+                took.push(id);
                 until = until.min(now + LAG);
             }
         }
         drop(sends);
         let n = n as u64;
         let now = tokio::time::Instant::now();
+        // When all took it, the wait for the last cost the others what they starved meanwhile
+        // (the most any of them did). When one did not, it is dropped for it, not blamed.
+        let blame = match (when_first_took, took.last()) {
+            (Some(before), Some(&last)) if took.len() > 1 && took.len() == ids.len() => {
+                let cost = hungry(now)
+                    .into_iter()
+                    .zip(before)
+                    .filter(|((id, _), _)| *id != last)
+                    .map(|((_, after), (_, before))| after.saturating_sub(before))
+                    .max()
+                    .unwrap_or_default();
+                Some((last, cost))
+            }
+            _ => None,
+        };
         let mut g = lock(&self.group);
+        if let Some((last, cost)) = blame
+            && let Some(r) = g.list.iter_mut().find(|r| r.id == last)
+        {
+            r.held_back += cost;
+        }
+        // A node whose receivers held the others back too long loses them all.
+        let mut nodes: HashMap<&str, (std::time::Duration, tokio::time::Instant)> = HashMap::new();
+        for r in &g.list {
+            let e = nodes
+                .entry(&r.peer)
+                .or_insert((std::time::Duration::ZERO, r.joined));
+            e.0 += r.held_back;
+            e.1 = e.1.min(r.joined);
+        }
+        let too_slow: Vec<String> = nodes
+            .into_iter()
+            .filter(|(_, (held_back, joined))| *held_back > LAG + (now - *joined) / 2)
+            .map(|(node, _)| node.to_owned())
+            .collect();
         for id in ids {
             let Some(at) = g.list.iter().position(|r| r.id == id) else {
                 continue;
             };
-            let r = &mut g.list[at];
-            let kept_up = took.iter().find(|t| t.0 == id).is_some_and(|&(_, behind)| {
-                r.lagged += behind;
-                r.lagged <= LAG + (now - r.joined) / 2
-            });
-            if kept_up {
-                r.bytes += n;
+            if took.contains(&id) && !too_slow.contains(&g.list[at].peer) {
+                g.list[at].bytes += n;
                 crate::metrics::add(&crate::metrics::METRICS.bytes_sent, n);
             } else {
                 g.list.remove(at).record(false);
@@ -342,7 +430,7 @@ mod tests {
 
     /// A new send of `key` for `peer` (it must not find one to join).
     fn start(f: &Arc<Fanout>, key: Option<SendKey>, peer: &str) -> (Body, Fan) {
-        match f.join_or_start(key, peer, || Some(())) {
+        match f.join_or_start(key, peer, Box::new(()), || Some(())) {
             Started::New(body, fan, ()) => (body, fan),
             _ => panic!("joined a send instead of starting one"),
         }
@@ -350,7 +438,7 @@ mod tests {
 
     /// Joins a running send of `key`, if there is one that takes receivers.
     fn join(f: &Arc<Fanout>, key: &SendKey, peer: &str) -> Option<Body> {
-        match f.join_or_start(Some(key.clone()), peer, || None::<()>) {
+        match f.join_or_start(Some(key.clone()), peer, Box::new(()), || None::<()>) {
             Started::Joined(body) => Some(body),
             Started::Busy => None,
             Started::New(..) => panic!("started a send without a slot"),
@@ -459,31 +547,39 @@ mod tests {
         assert_eq!(reading.await.unwrap().0.len(), n);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_receiver_that_keeps_lagging_just_under_lag_is_dropped_once_its_delays_add_up() {
-        let fanout = Arc::new(Fanout::default());
-        let (reading, fan) = start(&fanout, Some(key(1)), "host-b");
-        let mut slow = join(&fanout, &key(1), "host-c").unwrap();
-        let reading = collect(reading);
-        // Takes each chunk 9 s after it could: within LAG every time.
-        let slow = tokio::spawn(async move {
+    /// Reads `body` one frame every `pause`: the data frames it got, and whether its
+    /// trailers came (else it was dropped).
+    fn read_at(mut body: Body, pause: std::time::Duration) -> tokio::task::JoinHandle<(u32, bool)> {
+        tokio::spawn(async move {
             let mut chunks = 0;
             loop {
-                tokio::time::sleep(LAG - std::time::Duration::from_secs(1)).await;
-                match slow.frame().await {
+                tokio::time::sleep(pause).await;
+                match body.frame().await {
                     Some(Ok(f)) if f.is_data() => chunks += 1,
                     Some(_) => return (chunks, true),
                     None => return (chunks, false),
                 }
             }
-        });
+        })
+    }
+
+    const SECOND: std::time::Duration = std::time::Duration::from_secs(1);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_receiver_that_keeps_lagging_just_under_lag_is_dropped_once_its_delays_add_up() {
+        let fanout = Arc::new(Fanout::default());
+        let (reading, fan) = start(&fanout, Some(key(1)), "host-b");
+        let slow = join(&fanout, &key(1), "host-c").unwrap();
+        let reading = collect(reading);
+        // Takes each chunk 9 s after it could: within LAG every time.
+        let slow = read_at(slow, LAG - SECOND);
         let t = tokio::time::Instant::now();
         for _ in 0..50 {
             assert!(fan.deliver(chunk(1, 1000), None).await);
         }
         // At its pace the 50 chunks would have taken over 6 minutes.
         assert!(
-            tokio::time::Instant::now() - t < std::time::Duration::from_secs(120),
+            tokio::time::Instant::now() - t < 120 * SECOND,
             "the slow receiver set the pace of the whole send"
         );
         fan.finish(done(), true).await;
@@ -492,19 +588,97 @@ mod tests {
         assert!(!ended && chunks < 50, "the slow receiver was never dropped");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_copy_a_little_slower_than_another_keeps_its_place_in_the_send() {
+        let fanout = Arc::new(Fanout::default());
+        let (fast, fan) = start(&fanout, Some(key(1)), "host-b");
+        let slower = join(&fanout, &key(1), "host-c").unwrap();
+        let (fast, slower) = (read_at(fast, SECOND), read_at(slower, SECOND * 11 / 10));
+        for _ in 0..200 {
+            assert!(fan.deliver(chunk(1, 1000), None).await);
+        }
+        fan.finish(done(), true).await;
+        assert_eq!(fast.await.unwrap(), (200, true));
+        assert_eq!(
+            slower.await.unwrap(),
+            (200, true),
+            "the slower copy was dropped"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_cannot_spread_its_delays_over_two_connections() {
+        let fanout = Arc::new(Fanout::default());
+        let (fast, fan) = start(&fanout, Some(key(1)), "host-b");
+        // Each of the node's two receivers alone costs the others less than half their time.
+        let slow = [
+            read_at(join(&fanout, &key(1), "host-h").unwrap(), SECOND * 9 / 2),
+            read_at(join(&fanout, &key(1), "host-h").unwrap(), SECOND * 9 / 2),
+        ];
+        let fast = read_at(fast, SECOND);
+        let t = tokio::time::Instant::now();
+        for _ in 0..50 {
+            assert!(fan.deliver(chunk(1, 1000), None).await);
+        }
+        assert!(
+            tokio::time::Instant::now() - t < 120 * SECOND,
+            "the node set the pace of the whole send"
+        );
+        fan.finish(done(), true).await;
+        assert_eq!(fast.await.unwrap(), (50, true));
+        for s in slow {
+            assert!(!s.await.unwrap().1, "a receiver of the slow node was kept");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_receiver_holds_its_seat_until_it_is_dropped_or_the_send_ends() {
+        let fanout = Arc::new(Fanout::default());
+        let seat = Arc::new(());
+        let seated = |f: &Arc<Fanout>, key| {
+            f.join_or_start(Some(key), "host-b", Box::new(seat.clone()), || Some(()))
+        };
+        let Started::New(first, fan, ()) = seated(&fanout, key(1)) else {
+            panic!("no send started")
+        };
+        let Started::Joined(second) = seated(&fanout, key(1)) else {
+            panic!("not joined")
+        };
+        assert_eq!(Arc::strong_count(&seat), 3);
+        // The first hangs up: dropped at the next chunk, and its seat given back.
+        drop(first);
+        let second = collect(second);
+        assert!(fan.deliver(chunk(1, 10), None).await);
+        assert_eq!(Arc::strong_count(&seat), 2);
+        fan.finish(done(), true).await;
+        second.await.unwrap();
+        assert_eq!(Arc::strong_count(&seat), 1);
+        // Refused as busy: the seat is given back at once.
+        assert!(matches!(
+            fanout.join_or_start(
+                Some(key(2)),
+                "host-b",
+                Box::new(seat.clone()),
+                || None::<()>
+            ),
+            Started::Busy
+        ));
+        assert_eq!(Arc::strong_count(&seat), 1);
+    }
+
     #[tokio::test]
     async fn two_asking_together_share_one_send_and_a_busy_host_says_so() {
         let fanout = Arc::new(Fanout::default());
         let (_first, _fan) = start(&fanout, Some(key(1)), "host-b");
         // A slot is only asked for when there is nothing to join.
         assert!(matches!(
-            fanout.join_or_start(Some(key(1)), "host-c", || -> Option<()> {
+            fanout.join_or_start(Some(key(1)), "host-c", Box::new(()), || -> Option<()> {
                 panic!("asked for a slot")
             }),
             Started::Joined(_)
         ));
         assert!(matches!(
-            fanout.join_or_start(Some(key(2)), "host-c", || None::<()>),
+            fanout.join_or_start(Some(key(2)), "host-c", Box::new(()), || None::<()>),
             Started::Busy
         ));
     }
