@@ -42,6 +42,8 @@ pub struct AgentContext {
     pub backup_jobs: Mutex<HashMap<String, super::replica::BackupJob>>,
     /// Set while this host verifies a backup (one at a time).
     pub verifying: Arc<std::sync::atomic::AtomicBool>,
+    /// The live receives this host runs at once ([`super::schedule::RECEIVES`]).
+    pub receives: Arc<super::schedule::ReceiveSlots>,
     /// Uploads this host runs at once ([`super::replica::MAX_UPLOADS`]); the others wait.
     pub uploads: Arc<tokio::sync::Semaphore>,
     /// Uploads of one namespace this host runs at once
@@ -79,6 +81,9 @@ impl AgentContext {
             quiet: Mutex::default(),
             backup_jobs: Mutex::default(),
             verifying: Arc::default(),
+            receives: Arc::new(super::schedule::ReceiveSlots::new(
+                super::schedule::RECEIVES,
+            )),
             uploads: Arc::new(tokio::sync::Semaphore::new(super::replica::MAX_UPLOADS)),
             namespace_uploads: Mutex::default(),
             verify_memo: Mutex::default(),

@@ -7,7 +7,8 @@
 //! agent opens again for work (sanity checks passing, heartbeat renewed). The controller
 //! turns what the agent must act on into changes of its replicas: the primary's newest
 //! snapshot for secondaries, the Project's generation and on-demand annotations for the
-//! primary. At most [`CONCURRENCY`] replicas are worked on at once, never one twice.
+//! primary. At most [`CONCURRENCY`] replicas are worked on at once, never one twice, and at
+//! most [`RECEIVES`] of them receive.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -28,11 +29,13 @@ use serde_json::Value;
 
 use super::{AgentContext, replica};
 
-/// Replicas worked on at once. A primary's snapshot waits while every slot is taken, by four
-/// long receives say: a source that stops sending, or sends less than
-/// [`crate::fetch::MIN_PACE`] in a [`crate::live::STALL`], is cut off, but one that keeps
-/// sending keeps its slot for as long as it sends.
-pub const CONCURRENCY: u16 = 4;
+/// Replicas worked on at once.
+pub const CONCURRENCY: u16 = 8;
+/// Of those, passes that receive a live send at once: the other slots stay free for
+/// primaries' snapshots and every short pass, however long receives take (a new copy's full
+/// send, a slow source). A copy that finds none free waits outside the scheduler's slots and
+/// is woken when one is given back ([`ReceiveSlots`]).
+pub const RECEIVES: usize = CONCURRENCY as usize / 2;
 /// A replica with nothing due is still looked at this often.
 pub const RESYNC: Duration = Duration::from_secs(3600);
 /// A replica is poked (looked at for a change outside its object) at most this often.
@@ -89,6 +92,7 @@ impl Replicas {
             })
             .map(Ok);
         let (pokes, poked) = mpsc::unbounded::<ObjectRef<StreamReplica>>();
+        let _ = shared.receives.wake.set(pokes.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let queue = stream::select(stream::select(changes, all), poked.map(Ok)).take_until(stopped);
         let work = applier(
@@ -156,6 +160,66 @@ impl Replicas {
         {
             tracing::warn!("replica work still running after 120 s: leaving it to crash recovery");
             self.task.abort();
+        }
+    }
+}
+
+/// The live receives this host runs at once, and the copies waiting for one, first come
+/// first woken.
+pub struct ReceiveSlots {
+    limit: usize,
+    state: Mutex<Waiting>,
+    /// Where a waiting copy is woken: the scheduler's queue.
+    wake: std::sync::OnceLock<mpsc::UnboundedSender<ObjectRef<StreamReplica>>>,
+}
+
+#[derive(Default)]
+struct Waiting {
+    running: usize,
+    queue: std::collections::VecDeque<ObjectRef<StreamReplica>>,
+}
+
+/// One of the [`RECEIVES`]; dropping it wakes the copy that waited longest.
+pub struct ReceiveSlot(Arc<ReceiveSlots>);
+
+impl ReceiveSlots {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            state: Mutex::default(),
+            wake: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A slot for `copy`, or None: it then waits in line and is looked at again when a slot
+    /// is given back.
+    pub fn take(self: &Arc<Self>, copy: ObjectRef<StreamReplica>) -> Option<ReceiveSlot> {
+        let mut w = self.lock();
+        if w.running < self.limit {
+            w.running += 1;
+            w.queue.retain(|q| q != &copy);
+            return Some(ReceiveSlot(self.clone()));
+        }
+        if !w.queue.contains(&copy) {
+            w.queue.push_back(copy);
+        }
+        None
+    }
+}
+
+impl Drop for ReceiveSlot {
+    fn drop(&mut self) {
+        let next = {
+            let mut w = self.0.lock();
+            w.running = w.running.saturating_sub(1);
+            w.queue.pop_front()
+        };
+        if let (Some(next), Some(wake)) = (next, self.0.wake.get()) {
+            let _ = wake.unbounded_send(next);
         }
     }
 }
@@ -267,6 +331,35 @@ async fn reconcile(sr: Arc<StreamReplica>, sh: Arc<AgentContext>) -> Result<Acti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copies_beyond_the_receive_slots_wait_in_line_and_are_woken_in_turn() {
+        let copy = |name: &str| ObjectRef::<StreamReplica>::new(name).within("ns");
+        let slots = Arc::new(ReceiveSlots::new(2));
+        let (wake, mut woken) = mpsc::unbounded();
+        slots.wake.set(wake).unwrap();
+        let a = slots.take(copy("a")).unwrap();
+        let b = slots.take(copy("b")).unwrap();
+        // Full: c, d wait in line (c asking twice keeps its place), and nobody is woken yet.
+        assert!(slots.take(copy("c")).is_none());
+        assert!(slots.take(copy("d")).is_none());
+        assert!(slots.take(copy("c")).is_none());
+        assert!(woken.try_recv().is_err());
+        // A slot given back wakes the first in line, who takes it.
+        drop(a);
+        assert_eq!(woken.try_recv().unwrap(), copy("c"));
+        let c = slots.take(copy("c")).unwrap();
+        assert!(slots.take(copy("e")).is_none());
+        drop(b);
+        assert_eq!(woken.try_recv().unwrap(), copy("d"));
+        // One woken but no longer receiving leaves its slot to whoever asks next; the line
+        // goes on with the next slot given back.
+        let e = slots.take(copy("e")).unwrap();
+        drop(c);
+        assert!(woken.try_recv().is_err(), "e took its slot: nobody waits");
+        drop(e);
+        assert!(slots.take(copy("f")).is_some());
+    }
 
     #[test]
     fn backoff_doubles_up_to_its_cap() {

@@ -101,6 +101,20 @@ pub(super) async fn secondary(
         );
     }
     let received = !steps.is_empty();
+    // Held while this pass receives. None free: this copy is looked at again when one is
+    // given back, and keeps what it reported meanwhile.
+    let receiving = if received {
+        let slot = cx
+            .receives
+            .take(kube::runtime::reflector::ObjectRef::from_obj(sr));
+        if slot.is_none() {
+            tracing::debug!(project = %key, "every live receive of this host is taken: waiting for one");
+            return Ok(prev);
+        }
+        slot
+    } else {
+        None
+    };
     if received {
         let find = |g: u64| remote.iter().find(|s| s.guid() == Some(g));
         let total = steps
@@ -121,6 +135,7 @@ pub(super) async fn secondary(
             tracing::info!(project = %key, snapshot = to, "live send applied");
         }
     }
+    drop(receiving);
     let forked = forks_verdict(zfs, layout, key).await;
     let exists = zfs.exists(ds).await?;
     let mut as_left = None;
