@@ -477,7 +477,7 @@ impl Sources {
         let zfs = self.zfs.clone();
         let fault = self.fault.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let slot = slot;
             // zfs send's output in chunks of 1 MiB, read straight into the frames sent.
             let (chunks, mut r) = tokio::sync::mpsc::channel::<Bytes>(4);
             // A resumed send is what the token says it is, which the peer wrote: its BEGIN
@@ -548,6 +548,8 @@ impl Sources {
                 // Every receiver went away: dropping `fan` ends what is left of the send.
                 (_, Err(None)) => return,
             }
+            // zfs send is done: its slot is free while the trailers wait for slow readers.
+            drop(slot);
             fan.finish(trailers, ok).await;
         });
         streaming(body)

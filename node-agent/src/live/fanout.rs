@@ -9,16 +9,17 @@
 //! What is kept is bounded: a send that produced [`JOIN_WINDOW`] bytes before its joining time
 //! is up waits for it (its receivers still have those bytes to take meanwhile).
 //!
-//! A shared send goes at the pace of its slowest receiver, within bounds: a receiver that
-//! hangs up is dropped, and so is one that has not taken a chunk [`LAG`] after another
-//! receiver took it (or [`STALL`] after it was offered, when it is the only one). And the
-//! time the others starve while the send waits for a node's receivers (a receiver starves
-//! when it asks for data and its queue is empty) is counted against that node: once it adds
-//! up to more than [`LAG`] plus half the time since the node joined, the node's receivers are
-//! dropped. A copy a little slower than another costs it only the difference and stays; one
-//! that holds the others to less than half their pace goes, however it spreads its delays
-//! over chunks or connections. The dropped one asks again and gets a send of its own
-//! (resumed where ZFS can). When no receiver is left the send ends.
+//! A shared send goes at the pace of its slowest receiver, within bounds. A receiver that
+//! hangs up is dropped. A node with a receiver that has not taken a chunk [`LAG`] after
+//! another receiver took it (or [`STALL`] after it was offered, when it is the only one) is
+//! dropped from the send, all its receivers. And the time the other nodes' receivers starve
+//! (ask for data with none queued) after they took a chunk and until one of a node's takes
+//! it is counted against that node, for the whole send: once that adds up to more than
+//! [`LAG`] plus half the time since the node joined, it is dropped. A copy a little slower
+//! than another costs it only the difference and stays; one that holds the others to less
+//! than half their pace goes, however it spreads its delays over chunks or connections,
+//! and a node dropped from a send does not join it again: it asks again and gets a send of
+//! its own (resumed where ZFS can). When no receiver is left the send ends.
 //!
 //! Each receiver holds a seat its caller gave it (a per-node share of the host's sends) until
 //! it is dropped or the send ends: joining is not free.
@@ -97,11 +98,18 @@ struct Receiver {
     frames: Frames,
     bytes: u64,
     started: std::time::Instant,
-    /// When it joined, and how long it made the others starve in all.
-    joined: tokio::time::Instant,
-    held_back: std::time::Duration,
     hunger: Arc<Mutex<Hunger>>,
     _seat: Seat,
+}
+
+/// A node's account in one send, kept while the send runs (also once its receivers left).
+struct Node {
+    /// When its first receiver joined.
+    joined: tokio::time::Instant,
+    /// How long in all the other nodes' receivers starved waiting for its receivers.
+    held_back: std::time::Duration,
+    /// Dropped from this send: it does not join it again.
+    dropped: bool,
 }
 
 impl Receiver {
@@ -116,11 +124,13 @@ impl Receiver {
     }
 }
 
-#[derive(Default)]
 struct Receivers {
     /// What the send produced so far, while receivers may join it; None once they may not.
     prefix: Option<Vec<Bytes>>,
+    /// Until when they may join.
+    joinable_until: tokio::time::Instant,
     list: Vec<Receiver>,
+    nodes: HashMap<String, Node>,
     next_id: u64,
 }
 
@@ -130,19 +140,29 @@ impl Receivers {
         self.prefix.iter().flatten().map(Bytes::len).sum()
     }
 
+    /// Whether `peer` may join now.
+    fn takes(&self, peer: &str) -> bool {
+        self.prefix.is_some()
+            && tokio::time::Instant::now() < self.joinable_until
+            && !self.nodes.get(peer).is_some_and(|n| n.dropped)
+    }
+
     /// A new receiver holding `seat`: the body it is answered with, given `prefix` first.
     fn add(&mut self, peer: &str, seat: Seat, prefix: Vec<Bytes>, bytes: u64) -> Body {
         let (tx, mut rx) = tokio::sync::mpsc::channel(8);
         let hunger = Arc::new(Mutex::new(Hunger::default()));
         self.next_id += 1;
+        self.nodes.entry(peer.to_owned()).or_insert_with(|| Node {
+            joined: tokio::time::Instant::now(),
+            held_back: std::time::Duration::ZERO,
+            dropped: false,
+        });
         self.list.push(Receiver {
             id: self.next_id,
             peer: peer.to_owned(),
             frames: tx,
             bytes,
             started: std::time::Instant::now(),
-            joined: tokio::time::Instant::now(),
-            held_back: std::time::Duration::ZERO,
             hunger: hunger.clone(),
             _seat: seat,
         });
@@ -218,7 +238,9 @@ impl Fanout {
             && let Some(group) = open.get(k)
         {
             let mut g = lock(group);
-            if let Some(prefix) = g.prefix.clone() {
+            if g.takes(peer)
+                && let Some(prefix) = g.prefix.clone()
+            {
                 let bytes = g.kept() as u64;
                 tracing::debug!(peer, snapshot = %k.snapshot, bytes, "joined a running send");
                 crate::metrics::add(&crate::metrics::METRICS.live_send_joins, 1);
@@ -229,9 +251,13 @@ impl Fanout {
         let Some(slot) = slot() else {
             return Started::Busy;
         };
+        let joinable_until = tokio::time::Instant::now() + self.join_time;
         let mut g = Receivers {
             prefix: key.as_ref().map(|_| Vec::new()),
-            ..Receivers::default()
+            joinable_until,
+            list: Vec::new(),
+            nodes: HashMap::new(),
+            next_id: 0,
         };
         let body = g.add(peer, seat, Vec::new(), 0);
         crate::metrics::add(&crate::metrics::METRICS.live_sends, 1);
@@ -246,7 +272,7 @@ impl Fanout {
             fanout: self.clone(),
             key,
             group,
-            joinable_until: tokio::time::Instant::now() + self.join_time,
+            joinable_until,
         };
         Started::New(body, fan, slot)
     }
@@ -292,15 +318,20 @@ impl Fan {
             tokio::time::sleep_until(self.joinable_until).await;
             self.close();
         }
-        type Hungers = Vec<(u64, Arc<Mutex<Hunger>>)>;
-        let (targets, hungers): (Vec<(u64, Frames)>, Hungers) = {
+        type Watched = Vec<(u64, String, Arc<Mutex<Hunger>>)>;
+        let (targets, watched): (Vec<(u64, Frames)>, Watched) = {
             let mut g = lock(&self.group);
             if let Some(prefix) = &mut g.prefix {
                 prefix.push(chunk.clone());
             }
             g.list
                 .iter()
-                .map(|r| ((r.id, r.frames.clone()), (r.id, r.hunger.clone())))
+                .map(|r| {
+                    (
+                        (r.id, r.frames.clone()),
+                        (r.id, r.peer.clone(), r.hunger.clone()),
+                    )
+                })
                 .unzip()
         };
         let mut flipped = flipped;
@@ -312,72 +343,85 @@ impl Fan {
                 async move { (id, frames.send(Ok(Frame::data(data))).await.is_ok()) }
             })
             .collect();
-        // Up to STALL for the first receiver to take it, then LAG for the others.
-        let hungry = |at| -> Vec<(u64, std::time::Duration)> {
-            hungers
-                .iter()
-                .map(|(id, h)| (*id, lock(h).until(at)))
-                .collect()
+        // How long each had starved, as of `at`.
+        let hungry = |at| -> Vec<std::time::Duration> {
+            watched.iter().map(|(_, _, h)| lock(h).until(at)).collect()
         };
+        let peer_of = |id: u64| watched.iter().find(|w| w.0 == id).map(|w| w.1.as_str());
+        // What the receivers of other nodes that already took the chunk starved since the
+        // first took it, the most any of them did, as of `at`: what waiting for `peer` cost.
+        let cost = |took: &[u64], before: &[std::time::Duration], at, peer: &str| {
+            watched
+                .iter()
+                .zip(hungry(at))
+                .zip(before)
+                .filter(|(((id, p, _), _), _)| p != peer && took.contains(id))
+                .map(|((_, after), before)| after.saturating_sub(*before))
+                .max()
+                .unwrap_or_default()
+        };
+        // Up to STALL for the first receiver to take it, then LAG for the others.
         let mut took = Vec::new();
-        let mut when_first_took = None;
+        let mut hung_up = Vec::new();
+        let mut charged: Vec<(String, std::time::Duration)> = Vec::new();
+        let mut before = None;
         let mut until = tokio::time::Instant::now() + STALL;
         while let Ok(Some((id, ok))) = tokio::time::timeout_at(until, sends.next()).await {
-            if ok {
-                let now = tokio::time::Instant::now();
-                when_first_took.get_or_insert_with(|| hungry(now));
-                took.push(id);
-                until = until.min(now + LAG);
+            let now = tokio::time::Instant::now();
+            if !ok {
+                hung_up.push(id);
+                continue;
             }
+            let before = before.get_or_insert_with(|| hungry(now));
+            if let Some(peer) = peer_of(id) {
+                charged.push((peer.to_owned(), cost(&took, before, now, peer)));
+            }
+            took.push(id);
+            until = until.min(now + LAG);
         }
         drop(sends);
         let n = n as u64;
         let now = tokio::time::Instant::now();
-        // When all took it, the wait for the last cost the others what they starved meanwhile
-        // (the most any of them did). When one did not, it is dropped for it, not blamed.
-        let blame = match (when_first_took, took.last()) {
-            (Some(before), Some(&last)) if took.len() > 1 && took.len() == ids.len() => {
-                let cost = hungry(now)
-                    .into_iter()
-                    .zip(before)
-                    .filter(|((id, _), _)| *id != last)
-                    .map(|((_, after), (_, before))| after.saturating_sub(before))
-                    .max()
-                    .unwrap_or_default();
-                Some((last, cost))
-            }
-            _ => None,
-        };
-        let mut g = lock(&self.group);
-        if let Some((last, cost)) = blame
-            && let Some(r) = g.list.iter_mut().find(|r| r.id == last)
-        {
-            r.held_back += cost;
-        }
-        // A node whose receivers held the others back too long loses them all.
-        let mut nodes: HashMap<&str, (std::time::Duration, tokio::time::Instant)> = HashMap::new();
-        for r in &g.list {
-            let e = nodes
-                .entry(&r.peer)
-                .or_insert((std::time::Duration::ZERO, r.joined));
-            e.0 += r.held_back;
-            e.1 = e.1.min(r.joined);
-        }
-        let too_slow: Vec<String> = nodes
-            .into_iter()
-            .filter(|(_, (held_back, joined))| *held_back > LAG + (now - *joined) / 2)
-            .map(|(node, _)| node.to_owned())
+        // Who did not take it in time is charged the whole wait, and its node is dropped.
+        let late: Vec<&str> = ids
+            .iter()
+            .filter(|id| !took.contains(id) && !hung_up.contains(id))
+            .filter_map(|&id| peer_of(id))
             .collect();
-        for id in ids {
-            let Some(at) = g.list.iter().position(|r| r.id == id) else {
-                continue;
-            };
-            if took.contains(&id) && !too_slow.contains(&g.list[at].peer) {
-                g.list[at].bytes += n;
-                crate::metrics::add(&crate::metrics::METRICS.bytes_sent, n);
-            } else {
-                g.list.remove(at).record(false);
+        if let Some(before) = &before {
+            for peer in &late {
+                charged.push(((*peer).to_owned(), cost(&took, before, now, peer)));
             }
+        }
+        let mut g = lock(&self.group);
+        for (peer, cost) in charged {
+            if let Some(node) = g.nodes.get_mut(&peer) {
+                node.held_back += cost;
+            }
+        }
+        for (peer, node) in &mut g.nodes {
+            if late.contains(&peer.as_str()) || node.held_back > LAG + (now - node.joined) / 2 {
+                node.dropped = true;
+            }
+        }
+        let dropped: Vec<String> = g
+            .nodes
+            .iter()
+            .filter(|(_, node)| node.dropped)
+            .map(|(peer, _)| peer.clone())
+            .collect();
+        let mut i = 0;
+        while i < g.list.len() {
+            let r = &g.list[i];
+            if dropped.contains(&r.peer) || hung_up.contains(&r.id) {
+                g.list.remove(i).record(false);
+                continue;
+            }
+            if took.contains(&r.id) {
+                g.list[i].bytes += n;
+                crate::metrics::add(&crate::metrics::METRICS.bytes_sent, n);
+            }
+            i += 1;
         }
         let left = !g.list.is_empty();
         drop(g);
@@ -549,8 +593,18 @@ mod tests {
 
     /// Reads `body` one frame every `pause`: the data frames it got, and whether its
     /// trailers came (else it was dropped).
-    fn read_at(mut body: Body, pause: std::time::Duration) -> tokio::task::JoinHandle<(u32, bool)> {
+    fn read_at(body: Body, pause: std::time::Duration) -> tokio::task::JoinHandle<(u32, bool)> {
+        read_after(body, std::time::Duration::ZERO, pause)
+    }
+
+    /// [`read_at`], beginning `first` later.
+    fn read_after(
+        mut body: Body,
+        first: std::time::Duration,
+        pause: std::time::Duration,
+    ) -> tokio::task::JoinHandle<(u32, bool)> {
         tokio::spawn(async move {
+            tokio::time::sleep(first).await;
             let mut chunks = 0;
             loop {
                 tokio::time::sleep(pause).await;
@@ -610,10 +664,14 @@ mod tests {
     async fn a_node_cannot_spread_its_delays_over_two_connections() {
         let fanout = Arc::new(Fanout::default());
         let (fast, fan) = start(&fanout, Some(key(1)), "host-b");
-        // Each of the node's two receivers alone costs the others less than half their time.
+        // Its two receivers take turns being the last to take a chunk.
         let slow = [
             read_at(join(&fanout, &key(1), "host-h").unwrap(), SECOND * 9 / 2),
-            read_at(join(&fanout, &key(1), "host-h").unwrap(), SECOND * 9 / 2),
+            read_after(
+                join(&fanout, &key(1), "host-h").unwrap(),
+                SECOND * 2,
+                SECOND * 9 / 2,
+            ),
         ];
         let fast = read_at(fast, SECOND);
         let t = tokio::time::Instant::now();
@@ -629,6 +687,31 @@ mod tests {
         for s in slow {
             assert!(!s.await.unwrap().1, "a receiver of the slow node was kept");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_that_abandons_a_lagging_receiver_loses_the_others_and_joins_no_more() {
+        let fanout = Arc::new(Fanout::with_join_time(3600 * SECOND));
+        let (fast, fan) = start(&fanout, Some(key(1)), "host-b");
+        let fast = read_at(fast, SECOND);
+        // One receiver that reads slowly, one that stops reading: its blame is not dropped
+        // with it, and the node goes, both receivers.
+        let slow = read_at(join(&fanout, &key(1), "host-h").unwrap(), SECOND * 3);
+        let _stuck = join(&fanout, &key(1), "host-h").unwrap();
+        for _ in 0..30 {
+            assert!(fan.deliver(chunk(1, 1000), None).await);
+        }
+        assert!(
+            join(&fanout, &key(1), "host-h").is_none(),
+            "a dropped node joined again"
+        );
+        assert!(
+            join(&fanout, &key(1), "host-c").is_some(),
+            "another node could not join"
+        );
+        fan.finish(done(), true).await;
+        assert_eq!(fast.await.unwrap(), (30, true));
+        assert!(!slow.await.unwrap().1, "the node's other receiver was kept");
     }
 
     #[tokio::test]

@@ -83,6 +83,7 @@ impl AgentContext {
             verifying: Arc::default(),
             receives: Arc::new(super::schedule::ReceiveSlots::new(
                 super::schedule::RECEIVES,
+                super::schedule::RESERVED_FOR,
             )),
             uploads: Arc::new(tokio::sync::Semaphore::new(super::replica::MAX_UPLOADS)),
             namespace_uploads: Mutex::default(),

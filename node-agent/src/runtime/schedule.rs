@@ -164,10 +164,16 @@ impl Replicas {
     }
 }
 
+/// How long a slot given back is kept for the copy woken for it.
+pub const RESERVED_FOR: Duration = Duration::from_secs(30);
+
 /// The live receives this host runs at once, and the copies waiting for one, first come
-/// first woken.
+/// first served: a slot given back is kept for the copy that waited longest, which is woken,
+/// for [`RESERVED_FOR`]; if it does not come for it by then (it no longer needs one, or is
+/// gone), the next in line gets it.
 pub struct ReceiveSlots {
     limit: usize,
+    reserved_for: Duration,
     state: Mutex<Waiting>,
     /// Where a waiting copy is woken: the scheduler's queue.
     wake: std::sync::OnceLock<mpsc::UnboundedSender<ObjectRef<StreamReplica>>>,
@@ -175,52 +181,86 @@ pub struct ReceiveSlots {
 
 #[derive(Default)]
 struct Waiting {
+    /// Slots taken or kept for a woken copy.
     running: usize,
     queue: std::collections::VecDeque<ObjectRef<StreamReplica>>,
+    kept: Vec<(ObjectRef<StreamReplica>, std::time::Instant)>,
 }
 
-/// One of the [`RECEIVES`]; dropping it wakes the copy that waited longest.
+impl Waiting {
+    /// A slot given back: kept for the first in line, who is to be woken; else free.
+    fn give_back(&mut self, woken: &mut Vec<ObjectRef<StreamReplica>>) {
+        match self.queue.pop_front() {
+            Some(next) => {
+                self.kept.push((next.clone(), std::time::Instant::now()));
+                woken.push(next);
+            }
+            None => self.running = self.running.saturating_sub(1),
+        }
+    }
+}
+
+/// One of the [`RECEIVES`]; dropping it hands it on.
 pub struct ReceiveSlot(Arc<ReceiveSlots>);
 
 impl ReceiveSlots {
-    pub fn new(limit: usize) -> Self {
+    pub fn new(limit: usize, reserved_for: Duration) -> Self {
         Self {
             limit,
+            reserved_for,
             state: Mutex::default(),
             wake: std::sync::OnceLock::new(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    /// Runs `f` on the state, then wakes whom it says.
+    fn with<T>(&self, f: impl FnOnce(&mut Waiting, &mut Vec<ObjectRef<StreamReplica>>) -> T) -> T {
+        let mut woken = Vec::new();
+        let out = f(
+            &mut self.state.lock().unwrap_or_else(|p| p.into_inner()),
+            &mut woken,
+        );
+        if let Some(wake) = self.wake.get() {
+            for copy in woken {
+                let _ = wake.unbounded_send(copy);
+            }
+        }
+        out
     }
 
-    /// A slot for `copy`, or None: it then waits in line and is looked at again when a slot
-    /// is given back.
+    /// A slot for `copy`, or None: it then waits in line and is woken when one is kept for
+    /// it.
     pub fn take(self: &Arc<Self>, copy: ObjectRef<StreamReplica>) -> Option<ReceiveSlot> {
-        let mut w = self.lock();
-        if w.running < self.limit {
-            w.running += 1;
-            w.queue.retain(|q| q != &copy);
-            return Some(ReceiveSlot(self.clone()));
-        }
-        if !w.queue.contains(&copy) {
-            w.queue.push_back(copy);
-        }
-        None
+        let got = self.with(|w, woken| {
+            let now = std::time::Instant::now();
+            let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut w.kept)
+                .into_iter()
+                .partition(|(c, at)| c != &copy && now.duration_since(*at) > self.reserved_for);
+            w.kept = kept;
+            for _ in expired {
+                w.give_back(woken);
+            }
+            if let Some(i) = w.kept.iter().position(|(c, _)| c == &copy) {
+                w.kept.remove(i);
+                return true;
+            }
+            if w.running < self.limit {
+                w.running += 1;
+                w.queue.retain(|q| q != &copy);
+                return true;
+            }
+            if !w.queue.contains(&copy) {
+                w.queue.push_back(copy);
+            }
+            false
+        });
+        got.then(|| ReceiveSlot(self.clone()))
     }
 }
 
 impl Drop for ReceiveSlot {
     fn drop(&mut self) {
-        let next = {
-            let mut w = self.0.lock();
-            w.running = w.running.saturating_sub(1);
-            w.queue.pop_front()
-        };
-        if let (Some(next), Some(wake)) = (next, self.0.wake.get()) {
-            let _ = wake.unbounded_send(next);
-        }
+        self.0.with(Waiting::give_back);
     }
 }
 
@@ -335,7 +375,7 @@ mod tests {
     #[test]
     fn copies_beyond_the_receive_slots_wait_in_line_and_are_woken_in_turn() {
         let copy = |name: &str| ObjectRef::<StreamReplica>::new(name).within("ns");
-        let slots = Arc::new(ReceiveSlots::new(2));
+        let slots = Arc::new(ReceiveSlots::new(2, Duration::from_millis(200)));
         let (wake, mut woken) = mpsc::unbounded();
         slots.wake.set(wake).unwrap();
         let a = slots.take(copy("a")).unwrap();
@@ -345,20 +385,37 @@ mod tests {
         assert!(slots.take(copy("d")).is_none());
         assert!(slots.take(copy("c")).is_none());
         assert!(woken.try_recv().is_err());
-        // A slot given back wakes the first in line, who takes it.
+        // A slot given back is kept for the first in line, who is woken: nobody else gets it.
         drop(a);
         assert_eq!(woken.try_recv().unwrap(), copy("c"));
+        assert!(
+            slots.take(copy("e")).is_none(),
+            "a slot kept for c went to e"
+        );
         let c = slots.take(copy("c")).unwrap();
-        assert!(slots.take(copy("e")).is_none());
+        // Next in line: d; d does not come for it, and after a while it goes on to e.
         drop(b);
         assert_eq!(woken.try_recv().unwrap(), copy("d"));
-        // One woken but no longer receiving leaves its slot to whoever asks next; the line
-        // goes on with the next slot given back.
+        assert!(slots.take(copy("f")).is_none());
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(slots.take(copy("f")).is_none(), "f is behind e");
+        assert_eq!(woken.try_recv().unwrap(), copy("e"));
         let e = slots.take(copy("e")).unwrap();
+        // d, late, waits in line again; then f and d get the slots given back, in turn.
+        assert!(slots.take(copy("d")).is_none());
         drop(c);
-        assert!(woken.try_recv().is_err(), "e took its slot: nobody waits");
+        assert_eq!(woken.try_recv().unwrap(), copy("f"));
         drop(e);
-        assert!(slots.take(copy("f")).is_some());
+        assert_eq!(woken.try_recv().unwrap(), copy("d"));
+        let (f, d) = (
+            slots.take(copy("f")).unwrap(),
+            slots.take(copy("d")).unwrap(),
+        );
+        drop((f, d));
+        // Nobody waits: the slots are free for anyone.
+        assert!(woken.try_recv().is_err());
+        let both = (slots.take(copy("g")), slots.take(copy("h")));
+        assert!(both.0.is_some() && both.1.is_some());
     }
 
     #[test]

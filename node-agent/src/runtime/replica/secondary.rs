@@ -75,6 +75,24 @@ pub(super) async fn secondary(
         }
         tracing::info!(project = %key, primary_error = %e, source = %peer.node, "the primary cannot be reached: catching up from another copy");
     }
+    // Held while this pass receives; taken before anything here changes (a fork). None
+    // free: this copy is looked at again when one is given back, and says it is syncing.
+    let receiving = if todo == LiveSync::UpToDate {
+        None
+    } else {
+        let slot = cx
+            .receives
+            .take(kube::runtime::reflector::ObjectRef::from_obj(sr));
+        if slot.is_none() {
+            tracing::debug!(project = %key, "every live receive of this host is taken: waiting for one");
+            return Ok(StreamReplicaStatus {
+                phase: Some(projstore_api::ReplicaPhase::Syncing),
+                transfer: None,
+                ..prev
+            });
+        }
+        slot
+    };
     if todo == LiveSync::Diverged {
         // This copy holds history the source lacks (a returning old primary): keep it under
         // forks/ and sync afresh. Nothing is destroyed.
@@ -101,20 +119,6 @@ pub(super) async fn secondary(
         );
     }
     let received = !steps.is_empty();
-    // Held while this pass receives. None free: this copy is looked at again when one is
-    // given back, and keeps what it reported meanwhile.
-    let receiving = if received {
-        let slot = cx
-            .receives
-            .take(kube::runtime::reflector::ObjectRef::from_obj(sr));
-        if slot.is_none() {
-            tracing::debug!(project = %key, "every live receive of this host is taken: waiting for one");
-            return Ok(prev);
-        }
-        slot
-    } else {
-        None
-    };
     if received {
         let find = |g: u64| remote.iter().find(|s| s.guid() == Some(g));
         let total = steps
