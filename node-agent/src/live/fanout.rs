@@ -318,7 +318,7 @@ impl Fan {
             tokio::time::sleep_until(self.joinable_until).await;
             self.close();
         }
-        type Watched = Vec<(u64, String, Arc<Mutex<Hunger>>)>;
+        type Watched = Vec<(u64, String, Arc<Mutex<Hunger>>, Frames)>;
         let (targets, watched): (Vec<(u64, Frames)>, Watched) = {
             let mut g = lock(&self.group);
             if let Some(prefix) = &mut g.prefix {
@@ -329,7 +329,7 @@ impl Fan {
                 .map(|r| {
                     (
                         (r.id, r.frames.clone()),
-                        (r.id, r.peer.clone(), r.hunger.clone()),
+                        (r.id, r.peer.clone(), r.hunger.clone(), r.frames.clone()),
                     )
                 })
                 .unzip()
@@ -345,17 +345,23 @@ impl Fan {
             .collect();
         // How long each had starved, as of `at`.
         let hungry = |at| -> Vec<std::time::Duration> {
-            watched.iter().map(|(_, _, h)| lock(h).until(at)).collect()
+            watched
+                .iter()
+                .map(|(_, _, h, _)| lock(h).until(at))
+                .collect()
         };
         let peer_of = |id: u64| watched.iter().find(|w| w.0 == id).map(|w| w.1.as_str());
-        // What the receivers of other nodes that already took the chunk starved since the
-        // first took it, the most any of them did, as of `at`: what waiting for `peer` cost.
+        // What the receivers of other nodes that already took the chunk (and are still there)
+        // starved since the first took it, the most any of them did, as of `at`: what waiting
+        // for `peer` cost.
         let cost = |took: &[u64], before: &[std::time::Duration], at, peer: &str| {
             watched
                 .iter()
                 .zip(hungry(at))
                 .zip(before)
-                .filter(|(((id, p, _), _), _)| p != peer && took.contains(id))
+                .filter(|(((id, p, _, frames), _), _)| {
+                    p != peer && took.contains(id) && !frames.is_closed()
+                })
                 .map(|((_, after), before)| after.saturating_sub(*before))
                 .max()
                 .unwrap_or_default()
@@ -394,7 +400,13 @@ impl Fan {
             }
         }
         let mut g = lock(&self.group);
+        // A node with several receivers is charged once per chunk: the most of them.
+        let mut per_node: HashMap<String, std::time::Duration> = HashMap::new();
         for (peer, cost) in charged {
+            let c = per_node.entry(peer).or_default();
+            *c = (*c).max(cost);
+        }
+        for (peer, cost) in per_node {
             if let Some(node) = g.nodes.get_mut(&peer) {
                 node.held_back += cost;
             }
@@ -661,10 +673,10 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_node_cannot_spread_its_delays_over_two_connections() {
+    async fn a_node_with_two_slow_connections_is_dropped_with_both() {
         let fanout = Arc::new(Fanout::default());
         let (fast, fan) = start(&fanout, Some(key(1)), "host-b");
-        // Its two receivers take turns being the last to take a chunk.
+        // Its two receivers, a little apart, take turns being the last to take a chunk.
         let slow = [
             read_at(join(&fanout, &key(1), "host-h").unwrap(), SECOND * 9 / 2),
             read_after(
@@ -690,12 +702,11 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_node_that_abandons_a_lagging_receiver_loses_the_others_and_joins_no_more() {
+    async fn a_node_with_a_stuck_receiver_loses_the_others_and_joins_no_more() {
         let fanout = Arc::new(Fanout::with_join_time(3600 * SECOND));
         let (fast, fan) = start(&fanout, Some(key(1)), "host-b");
         let fast = read_at(fast, SECOND);
-        // One receiver that reads slowly, one that stops reading: its blame is not dropped
-        // with it, and the node goes, both receivers.
+        // One receiver that reads slowly, one that stops reading: the node goes, both.
         let slow = read_at(join(&fanout, &key(1), "host-h").unwrap(), SECOND * 3);
         let _stuck = join(&fanout, &key(1), "host-h").unwrap();
         for _ in 0..30 {
@@ -712,6 +723,40 @@ mod tests {
         fan.finish(done(), true).await;
         assert_eq!(fast.await.unwrap(), (30, true));
         assert!(!slow.await.unwrap().1, "the node's other receiver was kept");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_nodes_blame_outlives_the_receivers_it_abandons() {
+        let fanout = Arc::new(Fanout::with_join_time(3600 * SECOND));
+        let (fast, fan) = start(&fanout, Some(key(1)), "host-b");
+        let fast = read_at(fast, SECOND);
+        // A receiver that lags, then hangs up before its node is dropped.
+        let mut lagging = join(&fanout, &key(1), "host-h").unwrap();
+        let lagging = tokio::spawn(async move {
+            for _ in 0..30 {
+                tokio::time::sleep(SECOND * 2).await;
+                lagging.frame().await;
+            }
+        });
+        let blame = |f: &Fan| {
+            let g = lock(&f.group);
+            let h = &g.nodes["host-h"];
+            (
+                h.held_back,
+                h.dropped,
+                g.list.iter().any(|r| r.peer == "host-h"),
+            )
+        };
+        while !lagging.is_finished() || blame(&fan).2 {
+            assert!(fan.deliver(chunk(1, 1000), None).await);
+        }
+        let (held_back, dropped, _) = blame(&fan);
+        assert!(!dropped && held_back > 5 * SECOND, "{held_back:?}");
+        // The node's next receiver starts from there.
+        let _next = join(&fanout, &key(1), "host-h").unwrap();
+        assert_eq!(blame(&fan).0, held_back);
+        fan.finish(done(), true).await;
+        assert!(fast.await.unwrap().1);
     }
 
     #[tokio::test]

@@ -188,6 +188,24 @@ struct Waiting {
 }
 
 impl Waiting {
+    /// Slots kept longer than `reserved_for` for copies that did not come (but `coming`) go
+    /// to the next in line.
+    fn expire(
+        &mut self,
+        reserved_for: Duration,
+        coming: Option<&ObjectRef<StreamReplica>>,
+        woken: &mut Vec<ObjectRef<StreamReplica>>,
+    ) {
+        let now = std::time::Instant::now();
+        let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.kept)
+            .into_iter()
+            .partition(|(c, at)| Some(c) != coming && now.duration_since(*at) > reserved_for);
+        self.kept = kept;
+        for _ in expired {
+            self.give_back(woken);
+        }
+    }
+
     /// A slot given back: kept for the first in line, who is to be woken; else free.
     fn give_back(&mut self, woken: &mut Vec<ObjectRef<StreamReplica>>) {
         match self.queue.pop_front() {
@@ -213,33 +231,52 @@ impl ReceiveSlots {
         }
     }
 
-    /// Runs `f` on the state, then wakes whom it says.
-    fn with<T>(&self, f: impl FnOnce(&mut Waiting, &mut Vec<ObjectRef<StreamReplica>>) -> T) -> T {
+    /// Runs `f` on the state, then wakes whom it says, and hands on what is kept for them if
+    /// they do not come for it in time.
+    fn with<T>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Waiting, &mut Vec<ObjectRef<StreamReplica>>) -> T,
+    ) -> T {
         let mut woken = Vec::new();
         let out = f(
             &mut self.state.lock().unwrap_or_else(|p| p.into_inner()),
             &mut woken,
         );
-        if let Some(wake) = self.wake.get() {
-            for copy in woken {
+        self.wake_up(woken);
+        out
+    }
+
+    fn wake_up(self: &Arc<Self>, woken: Vec<ObjectRef<StreamReplica>>) {
+        for copy in woken {
+            if let Some(wake) = self.wake.get() {
                 let _ = wake.unbounded_send(copy);
             }
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let slots = self.clone();
+                runtime.spawn(async move {
+                    tokio::time::sleep(slots.reserved_for + Duration::from_millis(100)).await;
+                    slots.expire();
+                });
+            }
         }
-        out
+    }
+
+    /// Hands on the slots kept too long for copies that did not come.
+    fn expire(self: &Arc<Self>) {
+        let mut woken = Vec::new();
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).expire(
+            self.reserved_for,
+            None,
+            &mut woken,
+        );
+        self.wake_up(woken);
     }
 
     /// A slot for `copy`, or None: it then waits in line and is woken when one is kept for
     /// it.
     pub fn take(self: &Arc<Self>, copy: ObjectRef<StreamReplica>) -> Option<ReceiveSlot> {
         let got = self.with(|w, woken| {
-            let now = std::time::Instant::now();
-            let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut w.kept)
-                .into_iter()
-                .partition(|(c, at)| c != &copy && now.duration_since(*at) > self.reserved_for);
-            w.kept = kept;
-            for _ in expired {
-                w.give_back(woken);
-            }
+            w.expire(self.reserved_for, Some(&copy), woken);
             if let Some(i) = w.kept.iter().position(|(c, _)| c == &copy) {
                 w.kept.remove(i);
                 return true;
@@ -416,6 +453,23 @@ mod tests {
         assert!(woken.try_recv().is_err());
         let both = (slots.take(copy("g")), slots.take(copy("h")));
         assert!(both.0.is_some() && both.1.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_slot_kept_for_a_copy_that_does_not_come_goes_on_by_itself() {
+        let copy = |name: &str| ObjectRef::<StreamReplica>::new(name).within("ns");
+        let slots = Arc::new(ReceiveSlots::new(1, Duration::from_millis(200)));
+        let (wake, mut woken) = mpsc::unbounded();
+        slots.wake.set(wake).unwrap();
+        let a = slots.take(copy("a")).unwrap();
+        assert!(slots.take(copy("b")).is_none());
+        assert!(slots.take(copy("c")).is_none());
+        drop(a);
+        assert_eq!(woken.next().await, Some(copy("b")));
+        // b never comes, and nobody else asks: c is woken all the same, and its slot waits.
+        let next = tokio::time::timeout(Duration::from_secs(5), woken.next()).await;
+        assert_eq!(next.unwrap(), Some(copy("c")));
+        assert!(slots.take(copy("c")).is_some());
     }
 
     #[test]
