@@ -282,7 +282,7 @@ async fn start_hosts(
                 host_dir.join("run").display().to_string(),
                 "--log-format".into(),
                 "pretty".into(),
-                // The scenarios corrupt a send in flight through it (s05).
+                // The scenarios corrupt a send in flight through it (s06).
                 "--test-fault-hooks".into(),
             ],
             log: logs.join(format!("agent-{}.log", h.node)),
