@@ -477,7 +477,6 @@ impl Sources {
         let zfs = self.zfs.clone();
         let fault = self.fault.clone();
         tokio::spawn(async move {
-            let slot = slot;
             // zfs send's output in chunks of 1 MiB, read straight into the frames sent.
             let (chunks, mut r) = tokio::sync::mpsc::channel::<Bytes>(4);
             // A resumed send is what the token says it is, which the peer wrote: its BEGIN

@@ -272,7 +272,6 @@ impl Fanout {
             fanout: self.clone(),
             key,
             group,
-            joinable_until,
         };
         Started::New(body, fan, slot)
     }
@@ -283,7 +282,6 @@ pub struct Fan {
     fanout: Arc<Fanout>,
     key: Option<SendKey>,
     group: Arc<Mutex<Receivers>>,
-    joinable_until: tokio::time::Instant,
 }
 
 impl Fan {
@@ -307,37 +305,32 @@ impl Fan {
     /// left.
     pub async fn deliver(&self, chunk: Bytes, flipped: Option<Bytes>) -> bool {
         let n = chunk.len();
-        let full = {
+        let (full, joinable_until) = {
             let g = lock(&self.group);
-            g.prefix.is_some()
-                && (g.kept() + n > JOIN_WINDOW
-                    || tokio::time::Instant::now() >= self.joinable_until)
+            let full = g.prefix.is_some()
+                && (g.kept() + n > JOIN_WINDOW || tokio::time::Instant::now() >= g.joinable_until);
+            (full, g.joinable_until)
         };
         if full {
             // Receivers may still join until the joining time is up, and nothing more is kept.
-            tokio::time::sleep_until(self.joinable_until).await;
+            tokio::time::sleep_until(joinable_until).await;
             self.close();
         }
-        type Watched = Vec<(u64, String, Arc<Mutex<Hunger>>, Frames)>;
-        let (targets, watched): (Vec<(u64, Frames)>, Watched) = {
+        let watched: Vec<(u64, String, Arc<Mutex<Hunger>>, Frames)> = {
             let mut g = lock(&self.group);
             if let Some(prefix) = &mut g.prefix {
                 prefix.push(chunk.clone());
             }
             g.list
                 .iter()
-                .map(|r| {
-                    (
-                        (r.id, r.frames.clone()),
-                        (r.id, r.peer.clone(), r.hunger.clone(), r.frames.clone()),
-                    )
-                })
-                .unzip()
+                .map(|r| (r.id, r.peer.clone(), r.hunger.clone(), r.frames.clone()))
+                .collect()
         };
         let mut flipped = flipped;
-        let ids: Vec<u64> = targets.iter().map(|t| t.0).collect();
-        let mut sends: futures_util::stream::FuturesUnordered<_> = targets
-            .into_iter()
+        let ids: Vec<u64> = watched.iter().map(|w| w.0).collect();
+        let mut sends: futures_util::stream::FuturesUnordered<_> = watched
+            .iter()
+            .map(|(id, _, _, frames)| (*id, frames.clone()))
             .map(|(id, frames)| {
                 let data = flipped.take().unwrap_or_else(|| chunk.clone());
                 async move { (id, frames.send(Ok(Frame::data(data))).await.is_ok()) }
@@ -369,7 +362,7 @@ impl Fan {
         // Up to STALL for the first receiver to take it, then LAG for the others.
         let mut took = Vec::new();
         let mut hung_up = Vec::new();
-        let mut charged: Vec<(String, std::time::Duration)> = Vec::new();
+        let mut charged: Vec<(&str, std::time::Duration)> = Vec::new();
         let mut before = None;
         let mut until = tokio::time::Instant::now() + STALL;
         while let Ok(Some((id, ok))) = tokio::time::timeout_at(until, sends.next()).await {
@@ -380,7 +373,7 @@ impl Fan {
             }
             let before = before.get_or_insert_with(|| hungry(now));
             if let Some(peer) = peer_of(id) {
-                charged.push((peer.to_owned(), cost(&took, before, now, peer)));
+                charged.push((peer, cost(&took, before, now, peer)));
             }
             took.push(id);
             until = until.min(now + LAG);
@@ -396,18 +389,18 @@ impl Fan {
             .collect();
         if let Some(before) = &before {
             for peer in &late {
-                charged.push(((*peer).to_owned(), cost(&took, before, now, peer)));
+                charged.push((peer, cost(&took, before, now, peer)));
             }
         }
         let mut g = lock(&self.group);
         // A node with several receivers is charged once per chunk: the most of them.
-        let mut per_node: HashMap<String, std::time::Duration> = HashMap::new();
+        let mut per_node: HashMap<&str, std::time::Duration> = HashMap::new();
         for (peer, cost) in charged {
             let c = per_node.entry(peer).or_default();
             *c = (*c).max(cost);
         }
         for (peer, cost) in per_node {
-            if let Some(node) = g.nodes.get_mut(&peer) {
+            if let Some(node) = g.nodes.get_mut(peer) {
                 node.held_back += cost;
             }
         }

@@ -263,13 +263,7 @@ impl ReceiveSlots {
 
     /// Hands on the slots kept too long for copies that did not come.
     fn expire(self: &Arc<Self>) {
-        let mut woken = Vec::new();
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).expire(
-            self.reserved_for,
-            None,
-            &mut woken,
-        );
-        self.wake_up(woken);
+        self.with(|w, woken| w.expire(self.reserved_for, None, woken));
     }
 
     /// A slot for `copy`, or None: it then waits in line and is woken when one is kept for
