@@ -228,6 +228,113 @@ impl Drop for Held {
     }
 }
 
+/// How a bench pipe carries `zfs send`'s bytes to `zfs recv`.
+#[derive(Clone, Copy, PartialEq)]
+enum Via {
+    /// Straight, as `zfs send | zfs recv`.
+    Pipe,
+    /// Through `floor_relay`.
+    Relay,
+    /// Through `floor_tls_relay`.
+    TlsRelay,
+}
+
+/// The agents' own TLS set-up, for `floor_tls_relay`: a cluster CA, one node's certificate,
+/// loaded by the agent's loader (mutual TLS, the suites and order the agents use).
+fn floor_tls(dir: &Path) -> projstore_agent::tls::NodeTls {
+    let ca = projstore_e2e::pki::ClusterCa::new("bench-floor").unwrap();
+    let ips = ["127.0.0.1".parse().unwrap()];
+    ca.write_node_dir(dir, "host-floor", &ips).unwrap();
+    projstore_agent::tls::NodeTls::load(dir, "host-floor").unwrap()
+}
+
+/// The floor with sockets: what `floor_relay` does, with the bytes between its two threads
+/// going through a TLS connection over loopback TCP made with the agents' own TLS
+/// configuration, as between two agents (the sending end serves, the receiving end connects).
+/// No HTTP, framing, fan-out or scheduling; the digests are compared out of band. The
+/// receiving end reads its socket through a mebibyte buffer (the agent's read-ahead) and
+/// writes to `zfs recv` a mebibyte at a time.
+fn floor_tls_relay(
+    mut from: std::process::ChildStdout,
+    mut to: std::process::ChildStdin,
+    tls: &projstore_agent::tls::NodeTls,
+) -> std::thread::JoinHandle<()> {
+    use std::io::{BufReader, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use tokio_rustls::rustls;
+    /// A socket read through a buffer and written directly.
+    struct Socket(BufReader<TcpStream>, TcpStream);
+    impl Read for Socket {
+        fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+            self.0.read(b)
+        }
+    }
+    impl Write for Socket {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.1.write(b)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.1.flush()
+        }
+    }
+    let _ = rustix::pipe::fcntl_setpipe_size(&from, 1 << 20);
+    let _ = rustix::pipe::fcntl_setpipe_size(&to, 1 << 20);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tls.acceptor().config().clone();
+    let sender = std::thread::spawn(move || {
+        let (sock, _) = listener.accept().unwrap();
+        sock.set_nodelay(true).unwrap();
+        let conn = rustls::ServerConnection::new(server).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        let mut digest = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = from.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            digest.update(&buf[..n]);
+            tls.write_all(&buf[..n]).unwrap();
+        }
+        tls.conn.send_close_notify();
+        tls.flush().unwrap();
+        digest.finalize()
+    });
+    let client = tls.connector().config().clone();
+    std::thread::spawn(move || {
+        let sock = TcpStream::connect(addr).unwrap();
+        sock.set_nodelay(true).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("host-floor").unwrap();
+        let conn = rustls::ClientConnection::new(client, name).unwrap();
+        let socket = Socket(
+            BufReader::with_capacity(1 << 20, sock.try_clone().unwrap()),
+            sock,
+        );
+        let mut tls = rustls::StreamOwned::new(conn, socket);
+        let mut digest = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut filled = 0;
+        loop {
+            let n = tls.read(&mut buf[filled..]).unwrap();
+            if n > 0 {
+                filled += n;
+                if filled < buf.len() {
+                    continue;
+                }
+            }
+            digest.update(&buf[..filled]);
+            to.write_all(&buf[..filled]).unwrap();
+            filled = 0;
+            if n == 0 {
+                break;
+            }
+        }
+        drop(to);
+        assert_eq!(sender.join().unwrap(), digest.finalize());
+    })
+}
+
 /// Copies `from` to `to` doing to every byte only what the live path must, in two threads as
 /// in two agents: the sender's BLAKE3 digest and AES-256-GCM sealing in 16 KiB records (TLS's),
 /// then the receiver's opening and digest. Pipes of a mebibyte, as the agent's.
@@ -437,6 +544,7 @@ fn main() {
     // 256 MiB changes, live, then the same snapshots raw and through the floor's relay; three
     // rounds, as zfs-fuse's own speed varies from one transfer to the next.
     let mut rounds = Vec::new();
+    let tls = floor_tls(&tmp.path().join("floor-tls"));
     for round in 0..3u64 {
         // A 256 MiB change, live.
         std::fs::write(mount.join("big"), random_bytes(256 << 20, 99 + round)).unwrap();
@@ -475,8 +583,8 @@ fn main() {
             .filter(|c| c.role == "Secondary")
             .map(|c| format!("{}/recv/bench-raw", zpool_of(&kc, &c.pool)))
             .collect();
-        // `zfs send [-i from] snap | zfs recv -u target`, or through the floor's relay.
-        let pipe = |from: Option<&str>, snap: &str, target: &str, relay: bool| {
+        // `zfs send [-i from] snap | zfs recv -u target`, straight or through a floor's relay.
+        let pipe = |from: Option<&str>, snap: &str, target: &str, via: Via| {
             let mut send = Command::new("zfs");
             send.arg("send");
             if let Some(f) = from {
@@ -485,9 +593,13 @@ fn main() {
             let mut send = send.arg(snap).stdout(Stdio::piped()).spawn().unwrap();
             let mut recv = Command::new("zfs");
             recv.args(["recv", "-u", target]);
-            let (recv, relay) = if relay {
+            let (recv, relay) = if via != Via::Pipe {
                 let mut recv = recv.stdin(Stdio::piped()).spawn().unwrap();
-                let r = floor_relay(send.stdout.take().unwrap(), recv.stdin.take().unwrap());
+                let (from, to) = (send.stdout.take().unwrap(), recv.stdin.take().unwrap());
+                let r = match via {
+                    Via::TlsRelay => floor_tls_relay(from, to, &tls),
+                    _ => floor_relay(from, to),
+                };
                 (recv, Some(r))
             } else {
                 (
@@ -511,21 +623,21 @@ fn main() {
         };
         // One timed transfer of `new` into each target at once, raw or through the floor's
         // relay: each target first gets `prev` (untimed), and the timed transfer starts once
-        // the writes before it have settled, or it pays for their write-back. Returns the time
-        // and the zfs-fuse daemon's CPU seconds in it.
-        let timed = |relay: bool| {
+        // the writes before it have settled, or it pays for their write-back. Returns the time,
+        // the zfs-fuse daemon's CPU seconds in it and the relays' (this process's).
+        let timed = |via: Via| {
             for t in &targets {
-                finish(vec![pipe(None, prev, t, false)]);
+                finish(vec![pipe(None, prev, t, Via::Pipe)]);
             }
             settle();
-            let (t, zfs0) = (Instant::now(), zfs_fuse_cpu());
+            let (t, zfs0, own0) = (Instant::now(), zfs_fuse_cpu(), cpu_of("self"));
             finish(
                 targets
                     .iter()
-                    .map(|t| pipe(Some(prev), new, t, relay))
+                    .map(|t| pipe(Some(prev), new, t, via))
                     .collect(),
             );
-            let took = (t.elapsed(), zfs_fuse_cpu() - zfs0);
+            let took = (t.elapsed(), zfs_fuse_cpu() - zfs0, cpu_of("self") - own0);
             for t in &targets {
                 zfs(&["destroy", "-r", t]);
             }
@@ -534,16 +646,23 @@ fn main() {
         // The raw pipes, three times: zfs-fuse's own speed on them varies (0.98 s to 2.09 s
         // for the same snapshot here, the daemon's CPU with it), and the goal is measured
         // against the fastest — the speed a raw pipe can reach here.
-        let raws: Vec<(Duration, f64)> = (0..3).map(|_| timed(false)).collect();
-        let (raw, zfs_raw) = raws.iter().copied().min_by_key(|r| r.0).unwrap();
+        let raws: Vec<(Duration, f64, f64)> = (0..3).map(|_| timed(Via::Pipe)).collect();
+        let (raw, zfs_raw, _) = raws.iter().copied().min_by_key(|r| r.0).unwrap();
         // An estimate of the floor the contract sets: the same pipes (of a mebibyte, as the
         // agent's) with, in between, only what the live path must do to every byte — a BLAKE3
         // digest as sent, AES-256-GCM sealing in TLS's 16 KiB records (the suite rustls picks
         // first), opening, a digest as received — split between a sending and a receiving thread
         // as between two agents; no sockets, HTTP, agents or scheduling. Median of 3 rounds.
-        let mut floors: Vec<Duration> = (0..3).map(|_| timed(true).0).collect();
-        floors.sort();
-        let floor = floors[1];
+        // Each with the relays' CPU seconds in it.
+        let median3 = |via: Via| {
+            let mut v: Vec<(Duration, f64, f64)> = (0..3).map(|_| timed(via)).collect();
+            v.sort_by_key(|r| r.0);
+            (v[1].0, v[1].2)
+        };
+        let (floor, _) = median3(Via::Relay);
+        // The same with sockets: the relay's two threads connected by TLS over loopback TCP,
+        // with the agents' own TLS set-up. The live path cannot do less and still cross hosts.
+        let (floor_tls, floor_tls_cpu) = median3(Via::TlsRelay);
         println!(
             "round {round}: 256 MiB change, snapshot-now → applied on both secondaries: {:.2}s; raw zfs send -i | zfs recv of the same snapshot into the same two pools at once, fastest of 3: {:.2}s (all, in order: {:.2?}); ratio {:.2} (goal ≥ 0.9)",
             live.as_secs_f64(),
@@ -570,15 +689,23 @@ fn main() {
             live.as_secs_f64(),
             (zfs_live + cpu) / live.as_secs_f64()
         );
-        rounds.push((live, raw, floor));
+        println!(
+            "the floor with sockets (the same relays, their two threads connected by TLS over loopback TCP with the agents' TLS set-up; median of 3): {:.2}s, its relays' CPU {floor_tls_cpu:.2} s ({:.2} CPU s per GiB); raw/floor with sockets {:.2}; live against it: {:.2}",
+            floor_tls.as_secs_f64(),
+            floor_tls_cpu / gib,
+            raw.as_secs_f64() / floor_tls.as_secs_f64(),
+            floor_tls.as_secs_f64() / live.as_secs_f64()
+        );
+        rounds.push((live, raw, floor, floor_tls));
     }
-    let median = |f: &dyn Fn(&(Duration, Duration, Duration)) -> f64| {
+    type Round = (Duration, Duration, Duration, Duration);
+    let median = |f: &dyn Fn(&Round) -> f64| {
         let mut v: Vec<f64> = rounds.iter().map(f).collect();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
     println!(
-        "256 MiB changes, medians of {} rounds: live {:.2}s, raw (each round's fastest) {:.2}s, floor {:.2}s; ratio raw/live {:.2} (goal ≥ 0.9), best the contract allows (raw/floor) {:.2}, live against the floor {:.2}; ratios by round: {:?}",
+        "256 MiB changes, medians of {} rounds: live {:.2}s, raw (each round's fastest) {:.2}s, floor {:.2}s; ratio raw/live {:.2} (goal ≥ 0.9), best the contract allows (raw/floor) {:.2}, live against the floor {:.2}; floor with sockets {:.2}s, raw/floor with sockets {:.2}, live against it {:.2}; ratios by round: {:?}",
         rounds.len(),
         median(&|r| r.0.as_secs_f64()),
         median(&|r| r.1.as_secs_f64()),
@@ -586,6 +713,9 @@ fn main() {
         median(&|r| r.1.as_secs_f64() / r.0.as_secs_f64()),
         median(&|r| r.1.as_secs_f64() / r.2.as_secs_f64()),
         median(&|r| r.2.as_secs_f64() / r.0.as_secs_f64()),
+        median(&|r| r.3.as_secs_f64()),
+        median(&|r| r.1.as_secs_f64() / r.3.as_secs_f64()),
+        median(&|r| r.3.as_secs_f64() / r.0.as_secs_f64()),
         rounds
             .iter()
             .map(|r| format!("{:.2}", r.1.as_secs_f64() / r.0.as_secs_f64()))
