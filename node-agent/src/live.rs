@@ -69,6 +69,11 @@ pub const WITHHELD: usize = 64 << 10;
 /// What a receive hands `zfs recv` at a time, about.
 const FEED_CHUNK: usize = 1 << 20;
 
+/// Room in a receive's gathering buffer: a chunk, the withheld tail and the largest frame
+/// hyper hands over at once beyond them (its read buffer stops at about 400 KiB), so the
+/// buffer never grows by copying.
+const GATHER: usize = FEED_CHUNK + WITHHELD + (512 << 10);
+
 /// The largest snapshot list read from a peer.
 const MAX_LIST_BYTES: usize = 16 << 20;
 
@@ -695,7 +700,9 @@ where
     let feed = async move {
         let mut hasher = blake3::Hasher::new();
         let mut total = 0u64;
-        let mut held = bytes::BytesMut::with_capacity(FEED_CHUNK + WITHHELD);
+        // zfs recv's channel (4) and its pipe write hold chunks.
+        let mut buffers = crate::zfs::Recycled::new(8);
+        let mut held = buffers.buffer(GATHER);
         let mut trailers = None;
         let gone = || {
             recv_stopped.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -734,12 +741,17 @@ where
                         begun = true;
                     }
                     if begun && held.len() >= WITHHELD + FEED_CHUNK {
-                        let pass = held.split_to(held.len() - WITHHELD).freeze();
+                        // The withheld tail moves to a buffer of its own, so the chunk's
+                        // block is free to be used again once zfs recv has it.
+                        let mut next = buffers.buffer(GATHER);
+                        next.extend_from_slice(&held[held.len() - WITHHELD..]);
+                        held.truncate(held.len() - WITHHELD);
+                        let pass = std::mem::replace(&mut held, next).freeze();
+                        buffers.track(&pass);
                         let waiting = tokio::time::Instant::now();
                         w.send(pass).await.map_err(|_| gone())?;
                         // zfs recv taking its time is not the source's slowness.
                         pace.paused(waiting.elapsed());
-                        held.reserve(FEED_CHUNK);
                     }
                     continue;
                 }

@@ -26,7 +26,7 @@ pub use dataset::{Created, Destroyed};
 pub use error::ZfsError;
 pub use names::{DatasetName, HoldTag, NameError, PoolName, PropertyName, SnapshotName};
 pub use parse::{PoolRow, SnapshotInfo};
-pub use pipe::{Progress, RecvOptions, SendFlags};
+pub use pipe::{Progress, RecvOptions, Recycled, SendFlags};
 pub use pool::{Capacity, Imported, Vdev, parse_status_vdevs};
 pub use resume::ResumeToken;
 
