@@ -11,17 +11,34 @@ pub(super) async fn stop_serving(
     run_dir: &Path,
     ds: &DatasetName,
 ) -> Result<(), ReplicaError> {
-    stop_writes(zfs, run_dir, ds).await?;
-    if zfs.property(ds, &p(PROP_ROLE)?).await? == "primary" {
+    // One read for the three, on every pass of a copy: unmounting changes neither of the
+    // other two.
+    let (role, readonly) = (p(PROP_ROLE)?, p("readonly")?);
+    let mut have = zfs
+        .properties(ds, &[&p("mounted")?, &role, &readonly])
+        .await?;
+    let mut take = |name: &PropertyName| {
+        have.remove(name.as_str())
+            .ok_or_else(|| crate::zfs::ZfsError::Parse {
+                what: format!("get {} of {ds}", name.as_str()),
+                detail: "property missing from output".into(),
+            })
+    };
+    let mounted = take(&p("mounted")?)? == "yes";
+    let (role_now, readonly_now) = (take(&role)?, take(&readonly)?);
+    if mounted {
+        unmount_for_good(zfs, run_dir, ds).await?;
+    }
+    if role_now == "primary" {
         let snaps = zfs.snapshots(ds, &[]).await?;
         let snap = unused_managed_snapshot(ds, &snaps)?;
         if let Some(kept) = zfs.snapshot_unsaved(ds, &snap).await? {
             tracing::warn!(dataset = %ds, snapshot = %kept.name, "writes made after the last replicated snapshot kept in a snapshot");
         }
-        zfs.set(ds, &p(PROP_ROLE)?, "secondary").await?;
+        zfs.set(ds, &role, "secondary").await?;
     }
-    if zfs.property(ds, &p("readonly")?).await? != "on" {
-        zfs.set(ds, &p("readonly")?, "on").await?;
+    if readonly_now != "on" {
+        zfs.set(ds, &readonly, "on").await?;
     }
     Ok(())
 }
@@ -86,6 +103,12 @@ pub(super) async fn stop_writes(
     if !zfs.is_mounted(ds).await? {
         return Ok(());
     }
+    unmount_for_good(zfs, run_dir, ds).await
+}
+
+/// Unmounts `ds`, mounted: the folder mounts and exports in it first, then the dataset
+/// (forced when busy).
+async fn unmount_for_good(zfs: &Zfs, run_dir: &Path, ds: &DatasetName) -> Result<(), ReplicaError> {
     let mp = zfs.property(ds, &p("mountpoint")?).await?;
     if mp.starts_with('/') {
         let dirs = crate::mounts::MountDirs::new(run_dir);
