@@ -69,9 +69,9 @@ pub const WITHHELD: usize = 64 << 10;
 /// What a receive hands `zfs recv` at a time, about.
 const FEED_CHUNK: usize = 1 << 20;
 
-/// Room in a receive's gathering buffer: a chunk, the withheld tail and the largest frame
-/// hyper hands over at once beyond them (its read buffer stops at about 400 KiB), so the
-/// buffer never grows by copying.
+/// Room in a receive's gathering buffer: a chunk, the withheld tail and a frame beyond them
+/// (hyper's frames stay below about 400 KiB as a rule), so the buffer seldom grows by copying;
+/// a larger frame only costs that copy.
 const GATHER: usize = FEED_CHUNK + WITHHELD + (512 << 10);
 
 /// The largest snapshot list read from a peer.
@@ -700,7 +700,7 @@ where
     let feed = async move {
         let mut hasher = blake3::Hasher::new();
         let mut total = 0u64;
-        // zfs recv's channel (4) and its pipe write hold chunks.
+        // zfs recv's channel (4) and its pipe write hold chunks in flight.
         let mut buffers = crate::zfs::Recycled::new(8);
         let mut held = buffers.buffer(GATHER);
         let mut trailers = None;

@@ -41,20 +41,31 @@ impl Progress {
 /// A chunk of a mebibyte handed on (to `zfs recv`, or to the connections of a send) is freed
 /// by whoever drops it last, and the allocator gives such blocks back to the kernel: the next
 /// chunk then takes page faults on every page it fills, a tenth of the agent's CPU on a
-/// transfer. This keeps a clone of the chunks handed on, newest last, and takes the oldest
-/// back once its clone is the only one left. It holds at most `keep` chunks beyond those still
-/// in flight.
+/// transfer. This keeps a clone of the last `keep` chunks handed on (those still in flight
+/// among them) and takes a block back once its clone is the only one left. At most `SPARE`
+/// such free blocks wait here for the next chunks (chunks are often let go of in bursts);
+/// others go back to the allocator.
+///
+/// Only `Bytes::try_into_mut` hands a block back: it succeeds only for the last holder, after
+/// every other holder's release (its count is read with acquire ordering), so no chunk is
+/// ever written while anyone still reads it. Never replace it with `is_unique` alone.
 #[derive(Debug)]
 pub struct Recycled {
     sent: std::collections::VecDeque<bytes::Bytes>,
     keep: usize,
+    /// Buffers handed out that were used before.
+    reused: u64,
 }
+
+/// Free blocks a [`Recycled`] keeps for the next chunks, at most.
+const SPARE: usize = 3;
 
 impl Recycled {
     pub fn new(keep: usize) -> Self {
         Self {
             sent: std::collections::VecDeque::with_capacity(keep),
             keep,
+            reused: 0,
         }
     }
 
@@ -69,18 +80,37 @@ impl Recycled {
         self.sent.push_back(chunk.clone());
     }
 
-    /// An empty buffer with room for `capacity` bytes: the oldest chunk's when nobody else
-    /// holds it, else a new one.
+    /// An empty buffer with room for `capacity` bytes: the oldest chunk's that nobody else
+    /// holds, else a new one.
     pub fn buffer(&mut self, capacity: usize) -> bytes::BytesMut {
-        if self.sent.front().is_some_and(bytes::Bytes::is_unique)
-            && let Some(Ok(mut used)) = self.sent.pop_front().map(bytes::Bytes::try_into_mut)
-        {
-            used.clear();
-            // Empty, so this only moves its start back to the beginning of the block.
-            used.reserve(capacity);
-            return used;
+        let mut found = None;
+        let mut spares = 0;
+        let mut i = 0;
+        while i < self.sent.len() {
+            if !self.sent[i].is_unique() {
+                i += 1;
+                continue;
+            }
+            if found.is_none() {
+                found = self.sent.remove(i).map(bytes::Bytes::try_into_mut);
+            } else if spares < SPARE {
+                spares += 1;
+                i += 1;
+            } else {
+                // One free block too many: back to the allocator.
+                self.sent.remove(i);
+            }
         }
-        bytes::BytesMut::with_capacity(capacity)
+        match found {
+            Some(Ok(mut used)) => {
+                self.reused += 1;
+                used.clear();
+                // Room for `capacity` already, as every block here was made for it.
+                used.reserve(capacity);
+                used
+            }
+            _ => bytes::BytesMut::with_capacity(capacity),
+        }
     }
 }
 
@@ -242,7 +272,8 @@ impl Zfs {
             .ok_or_else(|| io_err(&what, "no stdout pipe"))?;
         let stderr = drain_stderr(&mut child);
         let mut total = 0u64;
-        // Chunks are held by the channel (4), a send's receivers (8 each) and their connections.
+        // Chunks in flight: the channel (4), a send's receivers' queues (8, the same chunks for
+        // every receiver) and their connections' write buffers.
         let mut buffers = Recycled::new(16);
         loop {
             let mut chunk = buffers.buffer(BUF);
@@ -707,26 +738,50 @@ mod tests {
 
     #[test]
     fn a_chunks_buffer_is_used_again_only_once_nobody_else_holds_it() {
-        let mut buffers = Recycled::new(2);
-        let fill = |buffers: &mut Recycled, byte: u8| {
+        let mut buffers = Recycled::new(5 + SPARE);
+        // A chunk of `len` bytes of `byte`, handed on.
+        let fill = |buffers: &mut Recycled, byte: u8, len: usize| {
             let mut b = buffers.buffer(BUF);
             assert!(b.is_empty() && b.capacity() >= BUF);
-            b.extend_from_slice(&vec![byte; BUF]);
+            b.resize(len, byte);
             let chunk = b.freeze();
             buffers.track(&chunk);
             chunk
         };
-        let first = fill(&mut buffers, 1);
-        let at = first.as_ptr();
-        // Still held (by a receiver, say): the next chunk gets a block of its own.
-        let second = fill(&mut buffers, 2);
-        assert_ne!(second.as_ptr(), at);
-        assert!(first.iter().all(|&b| b == 1), "a held chunk is never written over");
-        // Let go of: its block is the next chunk's, emptied.
+        // A full chunk and one filled in part (a stream's last, a receiver's gathered one).
+        let (first, second) = (fill(&mut buffers, 1, BUF), fill(&mut buffers, 2, 1000));
+        // Both still held (by a receiver, say): the next chunk gets a block of its own.
+        let third = fill(&mut buffers, 3, BUF);
+        assert_eq!(buffers.reused, 0);
+        // A part of the first still held keeps its block from being used again.
+        let part = first.slice(10..20);
         drop(first);
-        let third = fill(&mut buffers, 3);
-        assert_eq!(third.as_ptr(), at);
-        assert!(second.iter().all(|&b| b == 2) && third.iter().all(|&b| b == 3));
+        let fourth = fill(&mut buffers, 4, BUF);
+        assert_eq!(buffers.reused, 0);
+        assert!(
+            part.iter().all(|&b| b == 1),
+            "a held chunk is never written over"
+        );
+        // Let go of: the oldest free block is the next chunk's, emptied.
+        drop(part);
+        drop(second);
+        let fifth = fill(&mut buffers, 5, BUF);
+        assert_eq!(buffers.reused, 1);
+        let sixth = fill(&mut buffers, 6, 1000);
+        assert_eq!(buffers.reused, 2);
+        for (chunk, byte, len) in [(&third, 3, BUF), (&fourth, 4, BUF), (&fifth, 5, BUF)] {
+            assert_eq!(chunk.len(), len);
+            assert!(chunk.iter().all(|&b| b == byte));
+        }
+        assert!(sixth.len() == 1000 && sixth.iter().all(|&b| b == 6));
+        // Free blocks beyond SPARE wait here no longer: they go back to the allocator.
+        let more: Vec<bytes::Bytes> = (0..SPARE as u8)
+            .map(|i| fill(&mut buffers, 7 + i, 10))
+            .collect();
+        drop((third, fourth, fifth, sixth, more));
+        let _next = buffers.buffer(BUF);
+        assert_eq!(buffers.reused, 3);
+        assert_eq!(buffers.sent.iter().filter(|c| c.is_unique()).count(), SPARE);
         // Beyond `keep`, chunks are forgotten, not held back: their blocks go when dropped.
         let mut keep_none = Recycled::new(0);
         let b = keep_none.buffer(16);
