@@ -180,6 +180,145 @@ async fn s03b_an_open_project_keeps_no_stream_files_and_every_snapshot_reaches_i
     }
 }
 
+/// More copies to catch up on each host than it receives at once
+/// (`projstore_agent::runtime::schedule::RECEIVES`): while their sources hold their sends
+/// (the agents' `HOLD_SENDS` fault hook), as many copies as that receive on each host, never
+/// more, and the others wait in line (Syncing, not failed). Once the sends go on, each
+/// receive given back wakes a waiting copy, which catches up at once: without the wake-up it
+/// would wait out its backoff, which has grown past the time this allows.
+#[tokio::test]
+async fn s03c_copies_beyond_a_hosts_receives_wait_in_line_and_are_woken() {
+    use projstore_agent::runtime::schedule::RECEIVES;
+    let Some(c) = Cluster::up_with_hosts("s03c-receive-line").await else {
+        return;
+    };
+    // A copy of each on every host: each host catches up 2 * PROJECTS / 3 copies at once.
+    const PROJECTS: usize = 9;
+    let names: Vec<String> = (0..PROJECTS).map(|i| format!("line-{i}")).collect();
+    for n in &names {
+        c.create_project(NS, n, sized("200Mi", 3)).await;
+    }
+    let mut before = Vec::new();
+    for n in &names {
+        before.push(c.in_sync(NS, n, 3, None, Duration::from_secs(180)).await);
+    }
+    for (i, n) in names.iter().enumerate() {
+        let mount = c.mount_path(NS, n).await;
+        std::fs::write(mount.join("data"), random_bytes(4 << 20, 300 + i as u64)).unwrap();
+    }
+    let holds: Vec<std::path::PathBuf> = c
+        .hosts
+        .iter()
+        .map(|h| {
+            let hold = c
+                .dir
+                .join("hosts")
+                .join(&h.node)
+                .join("run")
+                .join(projstore_agent::live::HOLD_SENDS);
+            std::fs::create_dir_all(hold.parent().unwrap()).unwrap();
+            std::fs::write(&hold, b"").unwrap();
+            hold
+        })
+        .collect();
+    // The most `zfs recv` into each pool of this cluster seen at once, from the process table.
+    let pools: Vec<String> = c.hosts.iter().map(|h| format!("{}/", h.pool)).collect();
+    let most = std::sync::Arc::new(std::sync::Mutex::new(vec![0usize; pools.len()]));
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let (most, watching, pools) = (most.clone(), watching.clone(), pools.clone());
+        std::thread::spawn(move || {
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut now = vec![0usize; pools.len()];
+                for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                    let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+                        continue;
+                    };
+                    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+                    if !args.contains(&b"recv".as_slice()) {
+                        continue;
+                    }
+                    for (i, pool) in pools.iter().enumerate() {
+                        if args.iter().any(|a| a.starts_with(pool.as_bytes())) {
+                            now[i] += 1;
+                        }
+                    }
+                }
+                let mut most = most.lock().unwrap();
+                for (m, n) in most.iter_mut().zip(now) {
+                    *m = (*m).max(n);
+                }
+                drop(most);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    // The agents' logs from here on.
+    let log_of = |node: &str| {
+        std::fs::read_to_string(c.dir.join("logs").join(format!("agent-{node}.log")))
+            .unwrap_or_default()
+    };
+    let marks: Vec<usize> = c.hosts.iter().map(|h| log_of(&h.node).len()).collect();
+    let since_marks = || -> Vec<String> {
+        c.hosts
+            .iter()
+            .zip(&marks)
+            .map(|(h, &mark)| log_of(&h.node).get(mark..).unwrap_or_default().to_owned())
+            .collect()
+    };
+    const WAITING: &str = "every live receive of this host is taken";
+    for n in &names {
+        c.snapshot_now(NS, n).await;
+    }
+    // A host receives as many as it may and has copies waiting for a receive (placement
+    // decides how many copies each host holds).
+    c.wait(
+        "a host's receives all taken, copies waiting",
+        Duration::from_secs(120),
+        || async {
+            let most = most.lock().unwrap().clone();
+            let waited: Vec<bool> = since_marks().iter().map(|l| l.contains(WAITING)).collect();
+            if most.iter().zip(&waited).any(|(&m, &w)| m == RECEIVES && w) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "zfs recv at once per host: {most:?}; a copy waiting per host: {waited:?}"
+                ))
+            }
+        },
+    )
+    .await;
+    // The waiting copies look again after a backoff that doubles from 2 s: after 35 s the
+    // next is about 30 s away.
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    let released = Instant::now();
+    for hold in &holds {
+        std::fs::remove_file(hold).unwrap();
+    }
+    let deadline = released + Duration::from_secs(20);
+    for (n, b) in names.iter().zip(&before) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        c.in_sync(NS, n, 3, Some(b), left).await;
+    }
+    c.timing(
+        "every copy caught up after the sends went on",
+        released.elapsed(),
+    );
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    watcher.join().unwrap();
+    let most = most.lock().unwrap().clone();
+    c.check(
+        most.iter().all(|&m| m <= RECEIVES),
+        &format!("a host ran more than {RECEIVES} zfs recv at once: {most:?}"),
+    );
+    c.check(
+        !since_marks()
+            .iter()
+            .any(|l| l.contains("replica pass failed")),
+        "a pass failed while copies waited for receives",
+    );
+}
+
 /// Scenario 4: a secondary's agent is down while snapshots are taken; retention would prune
 /// the snapshot the copy stands on, but the primary holds it (DESIGN §5.2): after its restart
 /// the copy catches up incrementally (no full resend), and the hold is released once it moved

@@ -149,14 +149,19 @@ pub struct Sources {
     checking: Arc<tokio::sync::Semaphore>,
     /// The sends others may join (see [`fanout`]).
     fanout: Arc<fanout::Fanout>,
-    /// A fault hook for the end-to-end tests: while this file exists, the next send flips one
-    /// byte after hashing it (and removes the file), as a corrupting network would. Only root
-    /// on this host can make it, and the receiver's check refuses such a stream.
+    /// The fault hooks of the end-to-end tests, files under the agent's run directory that only
+    /// root on this host can make: [`FLIP_NEXT_SEND`], [`HOLD_SENDS`].
     fault: Option<std::path::PathBuf>,
 }
 
-/// The fault hook's file under an agent's run directory (see [`Sources`]).
+/// A fault hook (see [`Sources`]): while this file exists, the next send flips one byte after
+/// hashing it (and removes the file), as a corrupting network would. The receiver's check
+/// refuses such a stream.
 pub const FLIP_NEXT_SEND: &str = "faults/flip-next-send";
+
+/// A fault hook (see [`Sources`]): while this file exists, sends wait before `zfs send` starts,
+/// as a source whose disks are slow would; their receivers wait, holding their receive slots.
+pub const HOLD_SENDS: &str = "faults/hold-sends";
 
 /// The live dataset of a project on this host, if it has one.
 pub type Locate = Arc<
@@ -330,9 +335,9 @@ impl Sources {
         self.fanout.sends_started()
     }
 
-    /// Arms the fault hook: [`FLIP_NEXT_SEND`] under `run_dir`.
-    pub fn with_fault_hook(mut self, run_dir: &std::path::Path) -> Self {
-        self.fault = Some(run_dir.join(FLIP_NEXT_SEND));
+    /// Arms the fault hooks: [`FLIP_NEXT_SEND`] and [`HOLD_SENDS`] under `run_dir`.
+    pub fn with_fault_hooks(mut self, run_dir: &std::path::Path) -> Self {
+        self.fault = Some(run_dir.to_path_buf());
         self
     }
 
@@ -480,7 +485,10 @@ impl Sources {
         };
         let peer = peer.to_owned();
         let zfs = self.zfs.clone();
-        let fault = self.fault.clone();
+        let (flip, hold) = match &self.fault {
+            Some(dir) => (Some(dir.join(FLIP_NEXT_SEND)), Some(dir.join(HOLD_SENDS))),
+            None => (None, None),
+        };
         tokio::spawn(async move {
             // zfs send's output in chunks of 1 MiB, read straight into the frames sent.
             let (chunks, mut r) = tokio::sync::mpsc::channel::<Bytes>(4);
@@ -511,7 +519,7 @@ impl Sources {
                     hasher.update(&chunk);
                     total += n as u64;
                     let flipped = (n > 2 * RECORD
-                        && fault
+                        && flip
                             .as_ref()
                             .is_some_and(|f| std::fs::remove_file(f).is_ok()))
                     .then(|| {
@@ -527,6 +535,11 @@ impl Sources {
                 }
                 Ok::<_, Option<String>>((hasher.finalize().to_hex().to_string(), total))
             };
+            // Held before zfs send starts: zfs-fuse stops taking snapshots while a send of it
+            // waits half-way.
+            while hold.as_ref().is_some_and(|h| h.exists()) {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
             let (sent, forwarded) = tokio::join!(send, forward);
             let mut trailers = HeaderMap::new();
             let ok = sent.is_ok() && forwarded.is_ok();

@@ -74,7 +74,7 @@ pub struct Config {
     pub zfs_bin: Option<PathBuf>,
     pub zpool_bin: Option<PathBuf>,
     /// Whether the test suites' fault hooks are armed (`--test-fault-hooks`; the dev cluster
-    /// only): see [`crate::live::FLIP_NEXT_SEND`].
+    /// only): see [`crate::live::FLIP_NEXT_SEND`] and [`crate::live::HOLD_SENDS`].
     pub fault_hooks: bool,
 }
 
@@ -357,7 +357,7 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), RunError> {
                     sources: zfs.clone().map(|zfs| {
                         let sources = crate::live::Sources::new(zfs, cx.clone().locator());
                         if cfg.fault_hooks {
-                            sources.with_fault_hook(&cfg.run_dir)
+                            sources.with_fault_hooks(&cfg.run_dir)
                         } else {
                             sources
                         }

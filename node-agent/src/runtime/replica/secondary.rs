@@ -84,7 +84,7 @@ pub(super) async fn secondary(
             .receives
             .take(kube::runtime::reflector::ObjectRef::from_obj(sr));
         if slot.is_none() {
-            tracing::debug!(project = %key, "every live receive of this host is taken: waiting for one");
+            tracing::info!(project = %key, "every live receive of this host is taken: waiting for one");
             return Ok(StreamReplicaStatus {
                 phase: Some(projstore_api::ReplicaPhase::Syncing),
                 transfer: None,
