@@ -34,6 +34,9 @@ pub struct AgentContext {
     pub open: AtomicBool,
     /// Consecutive failed passes per replica (`ns/name`), for the backoff.
     pub failures: Mutex<HashMap<String, u32>>,
+    /// The status each replica's last pass wrote, by the replica's uid: what the watch should
+    /// bring back before the next pass (see `schedule::pass_patch`).
+    pub written: Mutex<HashMap<String, serde_json::Value>>,
     /// Per primary dataset: when a scheduled snapshot last found nothing written (no snapshot
     /// was taken; the next check is one interval later).
     pub quiet: Mutex<HashMap<String, i64>>,
@@ -78,6 +81,7 @@ impl AgentContext {
             zfs,
             open: AtomicBool::new(false),
             failures: Mutex::default(),
+            written: Mutex::default(),
             quiet: Mutex::default(),
             backup_jobs: Mutex::default(),
             verifying: Arc::default(),

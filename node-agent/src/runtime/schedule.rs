@@ -346,6 +346,27 @@ fn status_patch(current: &Value, new: &Value) -> Value {
     Value::Object(patch)
 }
 
+/// What a pass writes, if anything: the merge patch from `seen` (the status as the watch last
+/// brought it) to `new`. When `seen` is not what this agent's last pass wrote (`last`), the
+/// watch has not brought that back yet (a pass right after another, e.g. one woken for a
+/// receive just after it wrote Syncing) or someone else changed it: a difference from `seen`
+/// would then leave out fields that `seen` already shows as `new` has them, and the server
+/// would keep what the last pass wrote (a copy Syncing for good). So every field of `new` is
+/// sent.
+fn pass_patch(seen: &Value, last: Option<&Value>, new: &Value) -> Option<Value> {
+    let mut patch = status_patch(seen, new);
+    let stale = last.is_some_and(|last| !super::same_status(seen, last));
+    if stale {
+        if let (Some(p), Some(new)) = (patch.as_object_mut(), new.as_object()) {
+            for (k, v) in new {
+                p.insert(k.clone(), v.clone());
+            }
+        }
+        return Some(patch);
+    }
+    (!super::same_status(seen, &patch)).then_some(patch)
+}
+
 #[tracing::instrument(skip_all, fields(project = %format!("{}/{}", sr.namespace().unwrap_or_default(), sr.spec.project), pool = %sr.spec.pool))]
 async fn reconcile(sr: Arc<StreamReplica>, sh: Arc<AgentContext>) -> Result<Action, Infallible> {
     if sh.zfs.is_none() || !sh.open.load(Ordering::SeqCst) {
@@ -372,19 +393,34 @@ async fn reconcile(sr: Arc<StreamReplica>, sh: Arc<AgentContext>) -> Result<Acti
         ),
     };
     let current = serde_json::to_value(&sr.status).unwrap_or_default();
-    let patch = status_patch(&current, &serde_json::to_value(&status).unwrap_or_default());
-    if !super::same_status(&current, &patch) {
+    let new = serde_json::to_value(&status).unwrap_or_default();
+    let uid = sr.metadata.uid.clone().unwrap_or_default();
+    let last = sh
+        .written
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&uid)
+        .cloned();
+    if let Some(patch) = pass_patch(&current, last.as_ref(), &new) {
         let api: Api<StreamReplica> =
             Api::namespaced(sh.client.clone(), &sr.namespace().unwrap_or_default());
-        if let Err(e) = api
+        let written = api
             .patch_status(
                 &sr.name_any(),
                 &PatchParams::apply(super::MANAGER),
                 &Patch::Merge(&serde_json::json!({ "status": patch })),
             )
-            .await
-        {
-            tracing::warn!(replica = %key, error = %e, "cannot write replica status");
+            .await;
+        let mut last = sh.written.lock().unwrap_or_else(|p| p.into_inner());
+        match written {
+            Ok(_) => {
+                last.insert(uid, new);
+            }
+            Err(e) => {
+                // What the server holds is not known: the next pass goes by the watch.
+                last.remove(&uid);
+                tracing::warn!(replica = %key, error = %e, "cannot write replica status");
+            }
         }
     }
     let mut failures = sh.failures.lock().unwrap_or_else(|p| p.into_inner());
@@ -498,6 +534,26 @@ mod tests {
         let mut promoted = sr.clone();
         promoted.spec.role = projstore_api::ReplicaRole::Primary;
         assert_ne!(fingerprint(&sr), fingerprint(&promoted));
+    }
+
+    #[test]
+    fn a_pass_after_a_write_the_watch_has_not_brought_back_sends_its_whole_status() {
+        let ready = serde_json::json!({"phase": "Ready", "appliedSnapshot": {"guid": "1"}});
+        let syncing = serde_json::json!({"phase": "Syncing", "appliedSnapshot": {"guid": "1"}});
+        let applied = serde_json::json!({"phase": "Ready", "appliedSnapshot": {"guid": "2"}});
+        // The last pass wrote Syncing; the watch still shows Ready: the phase is sent although
+        // `seen` has it so.
+        let patch = pass_patch(&ready, Some(&syncing), &applied).unwrap();
+        assert_eq!(patch["phase"], "Ready");
+        assert_eq!(patch["appliedSnapshot"]["guid"], "2");
+        // Once the watch shows what was written, only the difference goes.
+        let patch = pass_patch(&syncing, Some(&syncing), &applied).unwrap();
+        assert_eq!(patch["phase"], "Ready");
+        let patch = pass_patch(&applied, Some(&applied), &applied);
+        assert!(patch.is_none(), "nothing changed: nothing written");
+        // Nothing written before (a new agent): the watch is all there is.
+        let patch = pass_patch(&ready, None, &applied).unwrap();
+        assert!(patch.get("phase").is_none());
     }
 
     #[test]
