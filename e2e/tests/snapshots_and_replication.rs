@@ -206,7 +206,33 @@ async fn s03c_copies_beyond_a_hosts_receives_wait_in_line_and_are_woken() {
         let mount = c.mount_path(NS, n).await;
         std::fs::write(mount.join("data"), random_bytes(4 << 20, 300 + i as u64)).unwrap();
     }
-    let holds: Vec<std::path::PathBuf> = c
+    /// The hold files and the process-table watcher: both end also when the test fails.
+    struct Holding {
+        files: Vec<std::path::PathBuf>,
+        watching: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        watcher: Option<std::thread::JoinHandle<()>>,
+    }
+    impl Holding {
+        fn release(&mut self) {
+            for f in self.files.drain(..) {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+        fn stop_watching(&mut self) {
+            self.watching
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            if let Some(w) = self.watcher.take() {
+                let _ = w.join();
+            }
+        }
+    }
+    impl Drop for Holding {
+        fn drop(&mut self) {
+            self.release();
+            self.stop_watching();
+        }
+    }
+    let files: Vec<std::path::PathBuf> = c
         .hosts
         .iter()
         .map(|h| {
@@ -249,9 +275,14 @@ async fn s03c_copies_beyond_a_hosts_receives_wait_in_line_and_are_woken() {
                     *m = (*m).max(n);
                 }
                 drop(most);
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(20));
             }
         })
+    };
+    let mut holding = Holding {
+        files,
+        watching,
+        watcher: Some(watcher),
     };
     // The agents' logs from here on.
     let log_of = |node: &str| {
@@ -288,14 +319,37 @@ async fn s03c_copies_beyond_a_hosts_receives_wait_in_line_and_are_woken() {
         },
     )
     .await;
-    // The waiting copies look again after a backoff that doubles from 2 s: after 35 s the
-    // next is about 30 s away.
-    tokio::time::sleep(Duration::from_secs(35)).await;
+    // A waiting copy looks again after a backoff that doubles from 2 s: once one has looked
+    // five times (at 0, 2, 6, 14 and 30 s), its next look is 32 s away.
+    let most_looks = || -> usize {
+        let logs = since_marks();
+        let looks = |log: &String, name: &String| {
+            let project = format!("{NS}/{name}");
+            log.lines()
+                .filter(|l| l.contains(WAITING) && l.contains(&project))
+                .count()
+        };
+        logs.iter()
+            .flat_map(|log| names.iter().map(move |n| looks(log, n)))
+            .max()
+            .unwrap_or(0)
+    };
+    c.wait(
+        "a waiting copy looked five times",
+        Duration::from_secs(120),
+        || async {
+            let n = most_looks();
+            if n >= 5 {
+                Ok(())
+            } else {
+                Err(format!("most looks of a waiting copy: {n}"))
+            }
+        },
+    )
+    .await;
     let released = Instant::now();
-    for hold in &holds {
-        std::fs::remove_file(hold).unwrap();
-    }
-    let deadline = released + Duration::from_secs(20);
+    holding.release();
+    let deadline = released + Duration::from_secs(25);
     for (n, b) in names.iter().zip(&before) {
         let left = deadline.saturating_duration_since(Instant::now());
         c.in_sync(NS, n, 3, Some(b), left).await;
@@ -304,8 +358,7 @@ async fn s03c_copies_beyond_a_hosts_receives_wait_in_line_and_are_woken() {
         "every copy caught up after the sends went on",
         released.elapsed(),
     );
-    watching.store(false, std::sync::atomic::Ordering::Relaxed);
-    watcher.join().unwrap();
+    holding.stop_watching();
     let most = most.lock().unwrap().clone();
     c.check(
         most.iter().all(|&m| m <= RECEIVES),
