@@ -71,11 +71,28 @@ impl Zfs {
         ds: &DatasetName,
         prop: &PropertyName,
     ) -> Result<String, ZfsError> {
-        let mut map = self.get(ds.as_str(), &[prop.as_str()]).await?;
-        map.remove(prop.as_str()).ok_or_else(|| ZfsError::Parse {
-            what: format!("get {} of {ds}", prop.as_str()),
-            detail: "property missing from output".into(),
-        })
+        let [value] = self.property_values(ds, [prop]).await?;
+        Ok(value)
+    }
+
+    /// Properties of a dataset with one `zfs get`, in the order asked (`-` when unset for
+    /// user properties); an error when one is missing from the output.
+    pub async fn property_values<const N: usize>(
+        &self,
+        ds: &DatasetName,
+        props: [&PropertyName; N],
+    ) -> Result<[String; N], ZfsError> {
+        let names = props.map(PropertyName::as_str);
+        let mut map = self.get(ds.as_str(), &names).await?;
+        let mut values = Vec::with_capacity(N);
+        for name in names {
+            values.push(map.remove(name).ok_or_else(|| ZfsError::Parse {
+                what: format!("get {name} of {ds}"),
+                detail: "property missing from output".into(),
+            })?);
+        }
+        let mut values = values.into_iter();
+        Ok(std::array::from_fn(|_| values.next().unwrap_or_default()))
     }
 
     /// Several properties of a dataset.

@@ -14,19 +14,10 @@ pub(super) async fn stop_serving(
     // One read for the three, on every pass of a copy: unmounting changes neither of the
     // other two.
     let (role, readonly) = (p(PROP_ROLE)?, p("readonly")?);
-    let mut have = zfs
-        .properties(ds, &[&p("mounted")?, &role, &readonly])
+    let [mounted, role_now, readonly_now] = zfs
+        .property_values(ds, [&p("mounted")?, &role, &readonly])
         .await?;
-    let mut take = |name: &PropertyName| {
-        have.remove(name.as_str())
-            .ok_or_else(|| crate::zfs::ZfsError::Parse {
-                what: format!("get {} of {ds}", name.as_str()),
-                detail: "property missing from output".into(),
-            })
-    };
-    let mounted = take(&p("mounted")?)? == "yes";
-    let (role_now, readonly_now) = (take(&role)?, take(&readonly)?);
-    if mounted {
+    if mounted == "yes" {
         unmount_for_good(zfs, run_dir, ds).await?;
     }
     if role_now == "primary" {
