@@ -414,7 +414,17 @@ async fn reconcile(sr: Arc<StreamReplica>, sh: Arc<AgentContext>) -> Result<Acti
         let mut last = sh.written.lock().unwrap_or_else(|p| p.into_inner());
         match written {
             Ok(_) => {
-                last.insert(uid, new);
+                // Replicas gone from this node leave theirs behind: every 256 new ones, only
+                // those still here are kept.
+                if last.insert(uid, new).is_none() && last.len().is_multiple_of(256) {
+                    let here: std::collections::HashSet<String> = sh
+                        .replicas
+                        .state()
+                        .iter()
+                        .filter_map(|r| r.metadata.uid.clone())
+                        .collect();
+                    last.retain(|uid, _| here.contains(uid));
+                }
             }
             Err(e) => {
                 // What the server holds is not known: the next pass goes by the watch.
